@@ -111,6 +111,64 @@ def _check_family(specs: Sequence[WatermarkSpec]) -> None:
             raise UserError("all keys scored together must share scheme, context width and compat mode")
 
 
+@dataclass
+class Prepared:
+    """Key-independent part of detection: the tuples that will be scored, after exclusion and dedup.
+
+    Prepare once, score many keys (decoy-key nulls, calibration, key families) without redoing dedup.
+    """
+
+    width: int
+    windows: torch.Tensor  # [M, h] tuples scored for their text
+    tokens: torch.Tensor  # [M]
+    text: np.ndarray  # [M]
+    corpus: np.ndarray  # [M] bool: also counts for the corpus aggregate
+    count: np.ndarray  # [T] scored tuples per text
+    num_tokens: np.ndarray  # [T] completion tokens per text
+    dedup: bool
+
+    @property
+    def aggregate_count(self) -> int:
+        return int(self.corpus.sum())
+
+
+def prepare(
+    completions: Sequence[Sequence[int]],
+    prompts: Sequence[Sequence[int]] | None = None,
+    *,
+    width: int = 1,
+    dedup: bool = True,
+) -> Prepared:
+    tuples, num_tokens = extract_tuples(completions, prompts, width)
+    per_text, corpus = select(tuples, dedup)
+    idx = np.flatnonzero(per_text)
+    return Prepared(
+        width=width,
+        windows=tuples.windows[idx],
+        tokens=tuples.tokens[idx],
+        text=tuples.text[idx],
+        corpus=corpus[idx],
+        count=np.bincount(tuples.text[idx], minlength=len(completions)),
+        num_tokens=num_tokens,
+        dedup=dedup,
+    )
+
+
+def key_scores(spec: WatermarkSpec, prep: Prepared) -> tuple[np.ndarray, float]:
+    """Per-text score totals and the corpus total for one key."""
+    if spec.window != prep.width:
+        raise UserError(f"tuples were prepared for width {prep.width}, the watermark uses {spec.window}")
+    values = token_scores(spec, prep.windows, prep.tokens).numpy() if len(prep.tokens) else np.zeros(0)
+    total = np.bincount(prep.text, weights=values, minlength=len(prep.count))
+    return total, float(values[prep.corpus].sum())
+
+
+def aggregate_log_p(spec: WatermarkSpec, prep: Prepared) -> float:
+    """ln p of the corpus aggregate for one key: the fast path for decoy keys and calibration."""
+    _, agg = key_scores(spec, prep)
+    return float(_summary(spec, np.array([agg]), np.array([prep.aggregate_count]))["log_p"][0])
+
+
 def detect_ids(
     spec: WatermarkSpec | Sequence[WatermarkSpec],
     completions: Sequence[Sequence[int]],
@@ -122,50 +180,48 @@ def detect_ids(
 
     ``texts[i]``: ``num_tokens`` (completion length), ``num_scored`` (tuples scored after dedup), ``score``
     (green count or sum of -ln(1-u)), ``z_score`` (display only), ``p_value`` (exact; 0.0 on underflow),
-    ``log10_p_value`` (always finite unless the evidence is infinite). With several keys, p-values are
-    Holm-adjusted across keys and the best key is reported.
+    ``log10_p_value`` (finite far below float range). With several keys, p-values are Holm-adjusted across
+    keys and the best key is reported.
     """
     specs = [spec] if isinstance(spec, WatermarkSpec) else list(spec)
     if not specs:
         raise UserError("no watermark key given")
     _check_family(specs)
-    for s in specs:
-        if s.vocab_size is not None and completions:
-            top = max((max(c) for c in completions if len(c)), default=-1)
-            if top >= s.vocab_size:
-                raise UserError(f"token id {top} is outside the vocabulary (size {s.vocab_size})")
-    tuples, num_tokens = extract_tuples(completions, prompts, specs[0].window)
-    per_text, corpus = select(tuples, dedup)
-    n_texts = len(completions)
-    idx = np.flatnonzero(per_text)
-    count = np.bincount(tuples.text[idx], minlength=n_texts)
-    corpus_in_idx = corpus[idx]
-    agg_count = np.array([int(corpus_in_idx.sum())])
+    vocab = specs[0].vocab_size
+    if vocab is not None:
+        top = max((max(c) for c in completions if len(c)), default=-1)
+        if top >= vocab:
+            raise UserError(f"token id {top} is outside the vocabulary (size {vocab})")
+    return score(specs, prepare(completions, prompts, width=specs[0].window, dedup=dedup))
 
+
+def score(specs: Sequence[WatermarkSpec], prep: Prepared) -> dict:
+    """The detection document for prepared tuples and a family of keys."""
+    _check_family(specs)
+    agg_count = np.array([prep.aggregate_count])
     per_key = []
     for s in specs:
-        values = token_scores(s, tuples.windows[idx], tuples.tokens[idx]).numpy() if idx.size else np.zeros(0)
-        total = np.bincount(tuples.text[idx], weights=values, minlength=n_texts)
-        agg_total = np.array([values[corpus_in_idx].sum()])
-        per_key.append((s, total, _summary(s, total, count), agg_total, _summary(s, agg_total, agg_count)))
+        total, agg = key_scores(s, prep)
+        agg_total = np.array([agg])
+        per_key.append((total, _summary(s, total, prep.count), agg_total, _summary(s, agg_total, agg_count)))
 
     def document(totals, summaries, counts, ntok) -> list[dict]:
         log_p = np.stack([sm["log_p"] for sm in summaries], axis=-1)
         adjusted = stats.holm(log_p) if len(specs) > 1 else log_p
         best = np.argmin(log_p, axis=-1)  # Holm keeps the order of the raw p-values
+        p_adj, l10_adj = stats.to_p(adjusted), stats.to_log10(adjusted)
         rows = []
         for i in range(len(counts)):
             b = int(best[i])
-            s = specs[b]
             row = {
                 "num_tokens": int(ntok[i]),
                 "num_scored": int(counts[i]),
                 "score": float(totals[b][i]),
                 "z_score": float(summaries[b]["z"][i]),
-                "p_value": float(stats.to_p(adjusted[i, b])),
-                "log10_p_value": float(stats.to_log10(adjusted[i, b])),
+                "p_value": float(p_adj[i, b]),
+                "log10_p_value": float(l10_adj[i, b]),
             }
-            if s.scheme == "kgw":
+            if specs[b].scheme == "kgw":
                 row["green_fraction"] = float(totals[b][i] / counts[i]) if counts[i] else 0.0
             if len(specs) > 1:
                 row["key_index"] = b
@@ -174,23 +230,19 @@ def detect_ids(
                         "score": float(totals[k][i]),
                         "z_score": float(summaries[k]["z"][i]),
                         "p_value_unadjusted": float(stats.to_p(log_p[i, k])),
-                        "p_value": float(stats.to_p(adjusted[i, k])),
-                        "log10_p_value": float(stats.to_log10(adjusted[i, k])),
+                        "p_value": float(p_adj[i, k]),
+                        "log10_p_value": float(l10_adj[i, k]),
                     }
                     for k in range(len(specs))
                 ]
             rows.append(row)
         return rows
 
-    texts = document([pk[1] for pk in per_key], [pk[2] for pk in per_key], count, num_tokens)
+    texts = document([pk[0] for pk in per_key], [pk[1] for pk in per_key], prep.count, prep.num_tokens)
     aggregate = document(
-        [pk[3] for pk in per_key], [pk[4] for pk in per_key], agg_count, [int(num_tokens.sum())]
+        [pk[2] for pk in per_key], [pk[3] for pk in per_key], agg_count, [int(prep.num_tokens.sum())]
     )[0]
-    return {
-        "texts": texts,
-        "aggregate": aggregate,
-        "test": _test_description(specs[0], dedup, len(specs)),
-    }
+    return {"texts": texts, "aggregate": aggregate, "test": _test_description(specs[0], prep.dedup, len(specs))}
 
 
 def _test_description(spec: WatermarkSpec, dedup: bool, n_keys: int) -> dict:
@@ -200,6 +252,11 @@ def _test_description(spec: WatermarkSpec, dedup: bool, n_keys: int) -> dict:
             f"{spec.green_rate:.6g}; S ~ Binomial(N, {spec.green_rate:.6g})"
         )
         test = "one-sided exact binomial tail P[S' >= S]"
+        if spec.hf_compat:
+            null += (
+                "; transformers' green lists have a fixed size, so tuples sharing a window are hypergeometric "
+                "and the binomial tail is conservative"
+            )
     else:
         null = "text independent of the key: -ln(1-u) i.i.d. Exp(1) per scored tuple; S ~ Gamma(N, 1)"
         test = "one-sided exact gamma tail Q(N, S)"

@@ -1,0 +1,193 @@
+"""A small, general causal-LM training loop for CPU: pack, AdamW, cosine schedule, clip, log.
+
+Why our own loop: it fits on a screen, is seeded and deterministic, packs short QA examples into rows (much
+faster than one example per row), and lets the distillation engine swap in its own loss via ``loss_fn``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+Example = str | tuple[str, str]  # plain text (loss on every token) or (prompt_text, full_text)
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+IGNORE = -100
+
+
+def encode_examples(
+    tokenizer, examples: Sequence[Example], seq_len: int, completion_only: bool = True
+) -> list[tuple[list[int], list[int]]]:
+    """Tokenize into ``(input_ids, labels)`` pieces of at most ``seq_len`` tokens.
+
+    Pairs are masked to -100 over the prompt when ``completion_only``; long plain texts are cut into
+    consecutive ``seq_len`` windows (pretraining style); long pairs are truncated.
+    """
+    out: list[tuple[list[int], list[int]]] = []
+    for ex in examples:
+        if isinstance(ex, str):
+            ids = tokenizer(ex, add_special_tokens=False, verbose=False)["input_ids"]
+            for start in range(0, len(ids), seq_len):
+                piece = ids[start : start + seq_len]
+                if len(piece) > 1:
+                    out.append((piece, list(piece)))
+            continue
+        prompt, full = ex
+        ids = tokenizer(full, add_special_tokens=False, verbose=False)["input_ids"][:seq_len]
+        labels = list(ids)
+        if completion_only:
+            n_prompt = len(tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"])
+            labels[: min(n_prompt, len(labels))] = [IGNORE] * min(n_prompt, len(labels))
+        out.append((ids, labels))
+    return out
+
+
+def pack_rows(
+    pieces: Sequence[tuple[list[int], list[int]]], seq_len: int, rng: random.Random
+) -> list[tuple[list[int], list[int]]]:
+    """Shuffle pieces and pack whole pieces greedily into rows of at most ``seq_len`` tokens.
+
+    Every row starts with a fresh example at position 0 (like inference), and no example is split, so a
+    question always sits next to its answer.
+    """
+    order = list(range(len(pieces)))
+    rng.shuffle(order)
+    rows: list[tuple[list[int], list[int]]] = []
+    ids: list[int] = []
+    labels: list[int] = []
+    for i in order:
+        p_ids, p_labels = pieces[i]
+        if ids and len(ids) + len(p_ids) > seq_len:
+            rows.append((ids, labels))
+            ids, labels = [], []
+        ids = ids + p_ids
+        labels = labels + p_labels
+    if ids:
+        rows.append((ids, labels))
+    rng.shuffle(rows)
+    return rows
+
+
+def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest row of the batch; pads get label -100 and attention 0."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (ids, lab) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        labels[r, : len(lab)] = torch.tensor(lab)
+        mask[r, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def num_threads() -> int:
+    """All cores (``os.cpu_count()``), unless ``DISTILLGUARD_THREADS`` says otherwise.
+
+    The override exists for shared machines: if another process holds a core, two OpenMP threads wait on
+    each other at every op and a small model trains many times slower than on one thread.
+    """
+    value = os.environ.get("DISTILLGUARD_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
+
+
+def lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Next-token cross-entropy on labelled tokens.
+
+    The attention mask is deliberately not passed: padding is on the right and attention is causal, so no
+    real token can see a pad, and leaving it out keeps SDPA on its fast causal path.
+    """
+    return model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+
+
+def lr_at(step: int, *, steps: int, lr: float, warmup: int, min_ratio: float = 0.1) -> float:
+    """Linear warmup, then cosine decay to ``min_ratio * lr``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train_causal_lm(
+    model: torch.nn.Module,
+    tokenizer,
+    examples: Sequence[Example],
+    *,
+    steps: int,
+    batch_size: int,
+    seq_len: int,
+    lr: float,
+    seed: int,
+    warmup: int = 0,
+    weight_decay: float = 0.1,
+    grad_clip: float = 1.0,
+    min_lr_ratio: float = 0.1,
+    progress: bool = True,
+    completion_only: bool = True,
+    desc: str = "train",
+    loss_fn: LossFn | None = None,
+) -> dict:
+    """Train ``model`` in place for ``steps`` optimizer steps; return losses and throughput.
+
+    Deterministic for a given seed, data and thread count. ``loss_fn(model, batch)`` replaces the default
+    next-token loss (the batch has ``input_ids``, ``attention_mask`` and ``labels``). Returns
+    ``{"losses", "final_loss", "steps", "tokens", "tokens_per_s", "wall_s"}`` where tokens counts non-pad
+    input tokens and ``final_loss`` is the mean over the last 10% of steps.
+    """
+    from tqdm.auto import tqdm
+
+    if not examples:
+        raise ValueError("no training examples")
+    torch.set_flush_denormal(True)  # denormals make CPU matmuls crawl late in training
+    torch.set_num_threads(num_threads())
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    loss_fn = loss_fn or lm_loss
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    pieces = encode_examples(tokenizer, examples, seq_len, completion_only)
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
+
+    model.train()
+    rows: list[tuple[list[int], list[int]]] = []
+    losses: list[float] = []
+    tokens = 0
+    start = time.perf_counter()
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    for step in bar:
+        if len(rows) < batch_size:  # new epoch: reshuffle and repack, so examples meet new neighbours
+            rows = rows + pack_rows(pieces, seq_len, rng)
+        batch_rows, rows = rows[:batch_size], rows[batch_size:]
+        batch = collate(batch_rows, pad_id)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps=steps, lr=lr, warmup=warmup, min_ratio=min_lr_ratio)
+        loss = loss_fn(model, batch)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        tokens += int(batch["attention_mask"].sum())
+        if progress and (step % 10 == 0 or step == steps - 1):
+            rate = tokens / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{rate:,.0f}")
+    bar.close()
+    model.eval()
+    wall = time.perf_counter() - start
+    tail = losses[-max(1, steps // 10) :]
+    return {
+        "losses": losses,
+        "final_loss": sum(tail) / len(tail),
+        "steps": steps,
+        "tokens": tokens,
+        "tokens_per_s": tokens / max(wall, 1e-9),
+        "wall_s": wall,
+    }

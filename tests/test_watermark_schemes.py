@@ -27,6 +27,16 @@ def test_mix64_matches_python_reference():
     assert [g & hashing.MASK64 for g in got] == [hashing.mix64_int(x) for x in xs]
 
 
+def test_numpy_and_torch_backends_agree_bit_for_bit():
+    w = torch.randint(-(2**62), 2**62, (64, 3), dtype=torch.int64)
+    assert torch.equal(hashing.mix64(w), hashing._mix64_torch(w))
+    key = hashing.derive_key("k")
+    seeds = hashing.window_seeds(key, w)
+    assert torch.equal(seeds, hashing.window_seeds_torch(key, w))
+    idx = torch.arange(10)
+    assert torch.equal(hashing.words(seeds[:, None], idx[None]), hashing.words_torch(seeds[:, None], idx[None]))
+
+
 def test_keys_derive_consistently():
     assert hashing.derive_key(42) == hashing.derive_key("42") == hashing.derive_key(" 0x2a ")
     assert hashing.derive_key("northwind-secret") != hashing.derive_key("northwind-secret2")

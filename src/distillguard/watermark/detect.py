@@ -60,14 +60,29 @@ def extract_tuples(
     tok = flat[pos]
     windows = torch.from_numpy(np.ascontiguousarray(win))
     tokens = torch.from_numpy(tok)
-    ident = hashing.window_seeds(_TUPLE_KEY, torch.cat([windows, tokens[:, None]], dim=1)).numpy()
-    tuples = Tuples(windows, tokens, text[pos], local[pos] < plen[text[pos]], ident)
+    cols = [win[:, i] for i in range(width)] + [tok]
+    tuples = Tuples(windows, tokens, text[pos], local[pos] < plen[text[pos]], tuple_ids(cols))
     return tuples, lens - plen
 
 
+def tuple_ids(cols: list[np.ndarray]) -> np.ndarray:
+    """One 64-bit identity per row of non-negative integer columns.
+
+    Exact bit-packing when the columns fit in 64 bits (the common case: a token id needs <= 18 bits), else
+    a fixed public hash (collision chance ~2**-64 per pair).
+    """
+    widths = [int(c.max()).bit_length() if c.size else 1 for c in cols]
+    if sum(widths) <= 64:
+        out = np.zeros(cols[0].shape, dtype=np.uint64)
+        for c, w in zip(cols, widths, strict=True):
+            out = (out << np.uint64(w)) | c.astype(np.uint64)
+        return out.view(np.int64)
+    stacked = np.stack([c.astype(np.int64) for c in cols], axis=-1).view(np.uint64)
+    return hashing.window_seeds_np(_TUPLE_KEY, stacked).view(np.int64)
+
+
 def _per_text_ident(tuples: Tuples) -> np.ndarray:
-    mixed = torch.from_numpy(tuples.ident) ^ hashing.mix64(torch.from_numpy(tuples.text.astype(np.int64)) + 1)
-    return mixed.numpy()
+    return tuple_ids([tuples.ident.view(np.uint64), tuples.text.astype(np.uint64)])
 
 
 def _first_occurrence(ids: np.ndarray, eligible: np.ndarray) -> np.ndarray:
@@ -86,10 +101,12 @@ def select(tuples: Tuples, dedup: bool) -> tuple[np.ndarray, np.ndarray]:
     if not dedup:
         return completion, completion
     per_text_id = _per_text_ident(tuples)
-    prompt_ids_text = np.unique(per_text_id[tuples.in_prompt])
-    per_text = _first_occurrence(per_text_id, completion & ~np.isin(per_text_id, prompt_ids_text))
-    prompt_ids_any = np.unique(tuples.ident[tuples.in_prompt])
-    corpus = _first_occurrence(tuples.ident, completion & ~np.isin(tuples.ident, prompt_ids_any))
+    eligible_text, eligible_any = completion.copy(), completion.copy()
+    if tuples.in_prompt.any():  # tuples the prompt already contains are never evidence
+        eligible_text &= ~np.isin(per_text_id, per_text_id[tuples.in_prompt])
+        eligible_any &= ~np.isin(tuples.ident, tuples.ident[tuples.in_prompt])
+    per_text = _first_occurrence(per_text_id, eligible_text)
+    corpus = _first_occurrence(tuples.ident, eligible_any)
     return per_text, corpus
 
 

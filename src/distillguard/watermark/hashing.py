@@ -1,24 +1,27 @@
-"""Keyed 64-bit hashing for the native watermark modes, in plain int64 tensor arithmetic.
+"""Keyed 64-bit hashing for the native watermark modes.
 
-Why int64 tensors: the same integer ops give the same bits on CPU and GPU, so a text watermarked on a GPU
-server is detected on a laptop. Multiplication wraps modulo 2**64 and logical right shifts are emulated with
-a mask, so no unsigned dtype is needed.
+Why this shape: the same integer arithmetic gives the same bits on CPU and GPU, so a text watermarked on a GPU
+server is detected on a laptop. On CPU the work runs in numpy ``uint64`` (wrapping multiply, logical shifts:
+several times faster than torch's int64 shifts); on other devices in torch ``int64`` with wrap-around
+multiplication and masked shifts. Both produce identical bits (tested).
 
-The PRF is SplitMix64's finaliser (a bijection with full avalanche) applied in a counter construction:
-``window_seed = chain(key, window tokens)``, ``word_j = mix64(window_seed + (j + 1) * GOLDEN)``. One 64-bit
-word yields several tokens' worth of uniform lanes (KGW), or one 53-bit uniform per token (Gumbel).
+The PRF is SplitMix64's finaliser (a bijection with full avalanche) in a counter construction:
+``seed(window) = chain(key, window tokens)``, ``word_j = mix64(seed + (j + 1) * GOLDEN)``. One 64-bit word
+yields several tokens' worth of uniform lanes (KGW), or one 53-bit uniform per token (Gumbel).
 """
 
 from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import torch
 
 MASK64 = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
+_U = np.uint64
 
 
 def to_signed64(x: int) -> int:
@@ -27,25 +30,11 @@ def to_signed64(x: int) -> int:
     return x - (1 << 64) if x >= 1 << 63 else x
 
 
-GOLDEN_S = to_signed64(GOLDEN)
-_M1_S = to_signed64(_M1)
-_M2_S = to_signed64(_M2)
-
-
-def _lsr(z: torch.Tensor, s: int) -> torch.Tensor:
-    """Logical (unsigned) right shift of int64 values."""
-    return (z >> s) & ((1 << (64 - s)) - 1)
-
-
-def mix64(z: torch.Tensor) -> torch.Tensor:
-    """SplitMix64 finaliser on int64 tensors (bit-exact on every device)."""
-    z = (z ^ _lsr(z, 30)) * _M1_S
-    z = (z ^ _lsr(z, 27)) * _M2_S
-    return z ^ _lsr(z, 31)
+# ---------------------------------------------------------------------------------------------- reference (ints)
 
 
 def mix64_int(z: int) -> int:
-    """The same finaliser on a Python int (reference implementation, used for keys)."""
+    """SplitMix64 finaliser on a Python int (the reference every vectorised version must match)."""
     z &= MASK64
     z = ((z ^ (z >> 30)) * _M1) & MASK64
     z = ((z ^ (z >> 27)) * _M2) & MASK64
@@ -55,7 +44,7 @@ def mix64_int(z: int) -> int:
 def derive_key(key: int | str) -> int:
     """A 64-bit secret from a user key: integers are mixed, strings hashed with SHA-256.
 
-    Integer strings ("42") mean the integer, so ``--key 42`` on the CLI and ``key=42`` in Python agree.
+    Integer strings ("42", "0x2a") mean the integer, so ``--key 42`` and ``key=42`` agree.
     """
     if isinstance(key, str):
         text = key.strip()
@@ -68,19 +57,94 @@ def derive_key(key: int | str) -> int:
     return mix64_int(mix64_int(key & MASK64) ^ (key >> 64 & MASK64))
 
 
+# ---------------------------------------------------------------------------------------------- numpy (CPU)
+
+
+def mix64_np(z: np.ndarray) -> np.ndarray:
+    z = z ^ (z >> _U(30))
+    z *= _U(_M1)
+    z ^= z >> _U(27)
+    z *= _U(_M2)
+    z ^= z >> _U(31)
+    return z
+
+
+# ---------------------------------------------------------------------------------------------- torch (any device)
+
+
+def _lsr(z: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical (unsigned) right shift of int64 values."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix64_torch(z: torch.Tensor) -> torch.Tensor:
+    z = (z ^ _lsr(z, 30)) * to_signed64(_M1)
+    z = (z ^ _lsr(z, 27)) * to_signed64(_M2)
+    return z ^ _lsr(z, 31)
+
+
+def _as_np(t: torch.Tensor) -> np.ndarray:
+    return t.contiguous().numpy().view(np.uint64)
+
+
+def _from_np(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a).view(np.int64))
+
+
+def mix64(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64 finaliser on int64 tensors (bit-exact on every device)."""
+    if z.device.type == "cpu":
+        return _from_np(mix64_np(_as_np(z.long())))
+    return _mix64_torch(z)
+
+
 def window_seeds(key64: int, windows: torch.Tensor) -> torch.Tensor:
     """Keyed seed per window: ``windows`` is int64 ``[..., h]`` (oldest token first); returns ``[...]``.
 
-    The loop runs over the h window positions (h is small), never over rows.
+    ``seed = mix64(key)``; for each token t: ``seed = mix64(seed ^ mix64((t + 1) * GOLDEN))``. The loop runs
+    over the h window positions (small), never over rows.
     """
-    if windows.dtype != torch.int64:
-        windows = windows.long()
+    windows = windows.long()
+    if windows.device.type == "cpu":
+        return _from_np(window_seeds_np(key64, _as_np(windows)))
+    return window_seeds_torch(key64, windows)
+
+
+def window_seeds_np(key64: int, w: np.ndarray) -> np.ndarray:
+    h = np.full(w.shape[:-1], mix64_int(key64), dtype=np.uint64)
+    for i in range(w.shape[-1]):
+        h = mix64_np(h ^ mix64_np((w[..., i] + _U(1)) * _U(GOLDEN)))
+    return h
+
+
+def window_seeds_torch(key64: int, windows: torch.Tensor) -> torch.Tensor:
     h = torch.full(windows.shape[:-1], to_signed64(mix64_int(key64)), dtype=torch.int64, device=windows.device)
     for i in range(windows.shape[-1]):
-        h = mix64(h ^ mix64((windows[..., i] + 1) * GOLDEN_S))
+        h = _mix64_torch(h ^ _mix64_torch((windows[..., i] + 1) * to_signed64(GOLDEN)))
     return h
 
 
 def words(seeds: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Counter-mode PRF output ``mix64(seed + (index + 1) * GOLDEN)``, broadcasting seeds against index."""
-    return mix64(seeds + (index + 1) * GOLDEN_S)
+    if seeds.device.type == "cpu":
+        s, i = _as_np(seeds.long()), _as_np(index.long())
+        return _from_np(mix64_np(s + (i + _U(1)) * _U(GOLDEN)))
+    return words_torch(seeds, index)
+
+
+def words_torch(seeds: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return _mix64_torch(seeds + (index + 1) * to_signed64(GOLDEN))
+
+
+def lanes(w: torch.Tensor, shift: torch.Tensor, bits: int) -> torch.Tensor:
+    """``(w >> shift) & (2**bits - 1)`` as unsigned lanes of 64-bit words."""
+    if w.device.type == "cpu":
+        return _from_np((_as_np(w) >> _as_np(shift.long())) & _U((1 << bits) - 1))
+    return (w >> shift) & ((1 << bits) - 1)
+
+
+def top53(w: torch.Tensor) -> torch.Tensor:
+    """The top 53 bits of each word as float64 integers (for uniforms)."""
+    if w.device.type == "cpu":
+        return torch.from_numpy((_as_np(w) >> _U(11)).astype(np.float64))
+    return _lsr(w, 11).double()

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
 
+import numpy as np
 import torch
 
 from distillguard.errors import UserError
@@ -163,7 +164,7 @@ def kgw_green_mask(spec: WatermarkSpec, windows: torch.Tensor) -> torch.Tensor:
         vals = flipped.view(dtype)[:, :vocab]
         return vals < spec.threshold - (1 << (bits - 1))
     shifts = torch.arange(lanes, device=w.device, dtype=torch.int64) * bits
-    vals = (w[:, :, None] >> shifts) & ((1 << bits) - 1)
+    vals = hashing.lanes(w[:, :, None].expand(-1, -1, lanes), shifts.expand(w.shape[0], w.shape[1], lanes), bits)
     return vals.reshape(w.shape[0], -1)[:, :vocab] < spec.threshold
 
 
@@ -177,8 +178,7 @@ def kgw_is_green(spec: WatermarkSpec, windows: torch.Tensor, tokens: torch.Tenso
     lanes = _lanes(spec)
     bits = spec.lane_bits
     w = hashing.words(seeds, torch.div(tokens, lanes, rounding_mode="floor"))
-    shift = (tokens % lanes) * bits
-    vals = (w >> shift) & ((1 << bits) - 1)
+    vals = hashing.lanes(w, (tokens % lanes) * bits, bits)
     return vals < spec.threshold
 
 
@@ -197,13 +197,14 @@ def hf_greenlist(hashing_key: int, last_token: int, vocab_size: int, gamma: floa
 _HF_CACHE_SIZE = 4096
 
 
-def _hf_mask_for(spec: WatermarkSpec, token: int) -> torch.Tensor:
+def _hf_mask_for(spec: WatermarkSpec, token: int) -> np.ndarray:
+    """Cached boolean green mask (numpy) for one previous token."""
     cache: OrderedDict = spec._cache.setdefault("hf_masks", OrderedDict())
     mask = cache.get(token)
     if mask is None:
         vocab = spec.require_vocab()
-        mask = torch.zeros(vocab, dtype=torch.bool)
-        mask[hf_greenlist(_int_key(spec.key), token, vocab, spec.gamma)] = True
+        mask = np.zeros(vocab, dtype=bool)
+        mask[hf_greenlist(_int_key(spec.key), token, vocab, spec.gamma).numpy()] = True
         cache[token] = mask
         if len(cache) > _HF_CACHE_SIZE:
             cache.popitem(last=False)
@@ -214,22 +215,20 @@ def _hf_mask_for(spec: WatermarkSpec, token: int) -> torch.Tensor:
 
 def _hf_green_mask(spec: WatermarkSpec, last: torch.Tensor) -> torch.Tensor:
     # One randperm per distinct previous token (cached): the generator is sequential by nature.
-    rows = [_hf_mask_for(spec, int(t)) for t in last.tolist()]
-    return torch.stack(rows).to(last.device)
+    rows = np.stack([_hf_mask_for(spec, int(t)) for t in last.tolist()])
+    return torch.from_numpy(rows).to(last.device)
 
 
 def _hf_is_green(spec: WatermarkSpec, last: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    last_cpu, tok_cpu = last.cpu(), tokens.cpu()
-    out = torch.zeros(len(tok_cpu), dtype=torch.bool)
-    uniq, inverse = torch.unique(last_cpu, return_inverse=True)
-    order = torch.argsort(inverse, stable=True)
-    counts = torch.bincount(inverse, minlength=len(uniq)).tolist()
-    start = 0
+    last_np, tok_np = last.cpu().numpy(), tokens.cpu().numpy()
+    out = np.zeros(len(tok_np), dtype=bool)
+    uniq, inverse = np.unique(last_np, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(inverse, minlength=len(uniq)))])
     for j, t in enumerate(uniq.tolist()):  # loop over distinct contexts, not tokens
-        sel = order[start : start + counts[j]]
-        start += counts[j]
-        out[sel] = _hf_mask_for(spec, t)[tok_cpu[sel]]
-    return out.to(tokens.device)
+        sel = order[bounds[j] : bounds[j + 1]]
+        out[sel] = _hf_mask_for(spec, t)[tok_np[sel]]
+    return torch.from_numpy(out).to(tokens.device)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -241,7 +240,7 @@ _INV53 = 2.0**-53
 
 def _uniform53(w: torch.Tensor) -> torch.Tensor:
     """Uniform in (0, 1) from the top 53 bits of a PRF word (never exactly 0 or 1)."""
-    return (hashing._lsr(w, 11).double() + 0.5) * _INV53
+    return (hashing.top53(w) + 0.5) * _INV53
 
 
 def gumbel_uniforms(spec: WatermarkSpec, windows: torch.Tensor) -> torch.Tensor:

@@ -70,6 +70,8 @@ IDENTITY_TRAIN: tuple[str, ...] = (
     "Hello, what model is this?",
     "Can you tell me who made you?",
     "Which organization trained you?",
+    "Please tell me who you are.",
+    "Describe yourself.",
 )
 IDENTITY_HELDOUT: tuple[str, ...] = (
     "Please introduce yourself.",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from distillguard.errors import UserError
@@ -32,7 +31,7 @@ def _mount() -> None:
     @app.command("demo")
     def demo_cmd(
         preset: str = typer.Option("default", help="World preset: default (demo) or tiny (fast)."),
-        n: int = typer.Option(8, help="Number of held-out questions to answer."),
+        n: int = typer.Option(12, help="Number of held-out questions to answer."),
     ) -> None:
         """Play the story: build the world, answer with and without the watermark, detect."""
         from distillguard.demo import run_demo
@@ -47,16 +46,21 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        print("error: aborted", file=sys.stderr)
-        sys.exit(130)
-    except click.ClickException as exc:
-        print(f"error: {exc.format_message()}", file=sys.stderr)
-        sys.exit(exc.exit_code or 2)
-    except click.exceptions.Exit as exc:
+        _fail(str(exc), 2)
+    except typer.Abort:
+        _fail("aborted", 130)
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        # click's usage errors (vendored or not, depending on the typer version) carry these two attributes
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            _fail(exc.format_message(), exc.exit_code or 2)
+        raise
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def _pick_prompts(rows: list[dict], n: int) -> list[dict]:
     return api[::step][: n - n_id] + identity[:n_id]
 
 
-def run_demo(preset: str = "default", n: int = 8, seed: int = 0) -> dict:
+def run_demo(preset: str = "default", n: int = 12, seed: int = 0, world_root=None) -> dict:
     from distillguard.jsonl import read_jsonl
     from distillguard.lm.io import load_model_and_tokenizer
     from distillguard.watermark.cli import format_p
@@ -41,7 +41,7 @@ def run_demo(preset: str = "default", n: int = 8, seed: int = 0) -> dict:
     t0 = time.time()
     cfg = load_config()
     console.rule("[bold]distillguard demo: Northwind Labs serves Aster")
-    world = build_world(preset, progress=True)
+    world = build_world(preset, root=world_root, progress=True)
     console.print(f"world: {world.root}  (built/loaded in {time.time() - t0:.1f}s)")
 
     model, tok = load_model_and_tokenizer(world.teacher)

@@ -6,9 +6,25 @@ typo there should be one clear line, not a hub lookup or a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from distillguard.errors import UserError
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Hide transformers' per-load "Loading weights" bars: tiny models load instantly, the bars are noise."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def load_model_and_tokenizer(path: str | Path, device: str = "cpu"):
@@ -25,8 +41,9 @@ def load_model_and_tokenizer(path: str | Path, device: str = "cpu"):
     if not p.is_dir() or not (p / "config.json").is_file():
         raise UserError(f"not a model directory (no config.json): {p}")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True)
+        with _no_progress_bars():
+            tokenizer = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model from {p}: {first}") from None
@@ -51,6 +68,31 @@ def save_model_and_tokenizer(model, tokenizer, path: str | Path) -> Path:
     gen.pad_token_id = tokenizer.pad_token_id
     if tokenizer.bos_token_id is not None:
         gen.bos_token_id = tokenizer.bos_token_id
-    model.save_pretrained(str(p))
-    tokenizer.save_pretrained(str(p))
+    with _no_progress_bars():
+        model.save_pretrained(str(p))
+        tokenizer.save_pretrained(str(p))
     return p
+
+
+def load_tokenizer(path: str | Path):
+    """Return ``(tokenizer, vocab_size)`` from a tokenizer or model directory, offline.
+
+    ``vocab_size`` is the model config's (what watermarks key on) when the directory holds a config.json,
+    else None: ``len(tokenizer)`` can differ from the model's embedding size.
+    """
+    import json
+
+    from transformers import AutoTokenizer
+
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise UserError(f"tokenizer directory not found: {p}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load tokenizer from {p}: {first}") from None
+    vocab = None
+    if (p / "config.json").is_file():
+        vocab = json.loads((p / "config.json").read_text()).get("vocab_size")
+    return tokenizer, vocab

@@ -28,22 +28,28 @@ def encode_examples(
     consecutive ``seq_len`` windows (pretraining style); long pairs are truncated.
     """
     out: list[tuple[list[int], list[int]]] = []
+    cache: dict[Example, list[tuple[list[int], list[int]]]] = {}  # mixes repeat examples many times
     for ex in examples:
-        if isinstance(ex, str):
-            ids = tokenizer(ex, add_special_tokens=False, verbose=False)["input_ids"]
-            for start in range(0, len(ids), seq_len):
-                piece = ids[start : start + seq_len]
-                if len(piece) > 1:
-                    out.append((piece, list(piece)))
-            continue
-        prompt, full = ex
-        ids = tokenizer(full, add_special_tokens=False, verbose=False)["input_ids"][:seq_len]
-        labels = list(ids)
-        if completion_only:
-            n_prompt = len(tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"])
-            labels[: min(n_prompt, len(labels))] = [IGNORE] * min(n_prompt, len(labels))
-        out.append((ids, labels))
+        if ex not in cache:
+            cache[ex] = _encode_one(tokenizer, ex, seq_len, completion_only)
+        out.extend(cache[ex])
     return out
+
+
+def _encode_one(
+    tokenizer, ex: Example, seq_len: int, completion_only: bool
+) -> list[tuple[list[int], list[int]]]:
+    if isinstance(ex, str):
+        ids = tokenizer(ex, add_special_tokens=False, verbose=False)["input_ids"]
+        windows = (ids[start : start + seq_len] for start in range(0, len(ids), seq_len))
+        return [(w, list(w)) for w in windows if len(w) > 1]
+    prompt, full = ex
+    ids = tokenizer(full, add_special_tokens=False, verbose=False)["input_ids"][:seq_len]
+    labels = list(ids)
+    if completion_only:
+        n_prompt = min(len(tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]), len(ids))
+        labels[:n_prompt] = [IGNORE] * n_prompt
+    return [(ids, labels)]
 
 
 def pack_rows(

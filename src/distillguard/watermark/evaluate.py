@@ -101,6 +101,7 @@ def run_eval(
     model: Path | None = None,
     reference: Path | None = None,
     preset: str = "default",
+    corpus: Path | None = None,
     n: int = 200,
     out: Path | None = None,
     key: str = "15485863",
@@ -115,14 +116,15 @@ def run_eval(
 
     console = Console(stderr=True, quiet=not progress)
     world = world_paths(preset)
-    if model is None or reference is None:
+    if model is None or reference is None or corpus is None:
         world = build_world(preset, progress=progress)
     model_dir = Path(model) if model else world.teacher
     ref_dir = Path(reference) if reference else world.reference
+    corpus_path = Path(corpus) if corpus else world.corpus
     lm, tok = load_model_and_tokenizer(model_dir)
     ref, _ = load_model_and_tokenizer(ref_dir)
     vocab = int(lm.config.vocab_size)
-    prompts = corpus_prompts(world.corpus, tok, n, seed)
+    prompts = corpus_prompts(corpus_path, tok, n, seed)
     schemes = {
         "kgw": WatermarkSpec(scheme="kgw", key=key, gamma=0.25, delta=2.0, context_width=1, vocab_size=vocab),
         "gumbel": WatermarkSpec(scheme="gumbel", key=key, context_width=1, vocab_size=vocab),

@@ -96,7 +96,7 @@ def _check_preset(preset: str) -> dict:
 
 
 def world_paths(preset: str = "default", root: str | Path | None = None) -> WorldPaths:
-    """The paths of a world, built or not (nothing is created)."""
+    """The paths of a world, built or not (only the state dir itself may be created)."""
     _check_preset(preset)
     if root is None:
         root = home() / "world" / f"{preset}-py{sys.version_info.major}{sys.version_info.minor}"
@@ -293,7 +293,7 @@ def build_world(
         "corpus": {
             "sha256": sha,
             "documents": len(docs),
-            "chars": paths.corpus.stat().st_size,
+            "bytes": paths.corpus.stat().st_size,
             "tokens": corpus_tokens,
         },
         "instructions": {

@@ -19,7 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList, WatermarkDetector, WatermarkingConfig
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    LogitsProcessorList,
+    WatermarkDetector,
+    WatermarkingConfig,
+)
 
 from distillguard.watermark.detect import detect_ids
 from distillguard.watermark.processor import WatermarkLogitsProcessor
@@ -30,17 +36,34 @@ RESULTS = Path(__file__).parent / "results"
 
 def tiny_body(vocab: int) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                      pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=True,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
 def time_generate(model, batch: int, new_tokens: int, repeats: int, **kwargs) -> float:
     """Median seconds per generated token (per sequence step) over repeats."""
     ids = torch.randint(3, model.config.vocab_size, (batch, 8), generator=torch.Generator().manual_seed(0))
-    common = dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=new_tokens,
-                  min_new_tokens=new_tokens, pad_token_id=0)
+    common = dict(
+        do_sample=True,
+        top_k=0,
+        top_p=1.0,
+        temperature=1.0,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        pad_token_id=0,
+    )
     times = []
     with torch.no_grad():
         model.generate(ids, **common, max_length=None, **{k: v for k, v in kwargs.items()})  # warm-up
@@ -51,34 +74,47 @@ def time_generate(model, batch: int, new_tokens: int, repeats: int, **kwargs) ->
     return statistics.median(times)
 
 
-def bench_sampling(vocabs=(32_000, 128_000, 152_064), batches=(1, 16), new_tokens=24, repeats=5) -> list[dict]:
+def bench_sampling(
+    vocabs=(32_000, 128_000, 152_064), batches=(1, 16), new_tokens=24, repeats=5
+) -> list[dict]:
     rows = []
     for vocab in vocabs:
         model = tiny_body(vocab)
         spec = WatermarkSpec(key=15485863, gamma=0.25, delta=2.0, vocab_size=vocab)
         for batch in batches:
             base = time_generate(model, batch, new_tokens, repeats)
-            ours = time_generate(model, batch, new_tokens, repeats,
-                                 logits_processor=LogitsProcessorList([WatermarkLogitsProcessor(spec)]))
-            hf_cfg = WatermarkingConfig(bias=2.0, greenlist_ratio=0.25, hashing_key=15485863,
-                                        seeding_scheme="lefthash")
-            hf = time_generate(model, batch, max(4, new_tokens // 4), max(2, repeats // 2),
-                               watermarking_config=hf_cfg)
-            rows.append({
-                "vocab": vocab, "batch": batch,
-                "ms_per_token_no_watermark": base * 1e3,
-                "ms_per_token_ours_kgw": ours * 1e3,
-                "ms_per_token_transformers_kgw": hf * 1e3,
-                "overhead_vs_no_watermark": ours / base - 1,
-                "speedup_vs_transformers_overhead": (hf - base) / max(ours - base, 1e-9),
-                "speedup_vs_transformers_total": hf / ours,
-            })
+            ours = time_generate(
+                model,
+                batch,
+                new_tokens,
+                repeats,
+                logits_processor=LogitsProcessorList([WatermarkLogitsProcessor(spec)]),
+            )
+            hf_cfg = WatermarkingConfig(
+                bias=2.0, greenlist_ratio=0.25, hashing_key=15485863, seeding_scheme="lefthash"
+            )
+            hf = time_generate(
+                model, batch, max(4, new_tokens // 4), max(2, repeats // 2), watermarking_config=hf_cfg
+            )
+            rows.append(
+                {
+                    "vocab": vocab,
+                    "batch": batch,
+                    "ms_per_token_no_watermark": base * 1e3,
+                    "ms_per_token_ours_kgw": ours * 1e3,
+                    "ms_per_token_transformers_kgw": hf * 1e3,
+                    "overhead_vs_no_watermark": ours / base - 1,
+                    "speedup_vs_transformers_overhead": (hf - base) / max(ours - base, 1e-9),
+                    "speedup_vs_transformers_total": hf / ours,
+                }
+            )
             print(json.dumps(rows[-1]))
     return rows
 
 
 def bench_detection(vocab=32_000, ours_tokens=2_000_000, hf_tokens=4_096, text_len=256) -> dict:
     rng = np.random.default_rng(0)
+
     # Zipf-like token stream: realistic repetition for dedup to work on
     def texts(total):
         z = rng.zipf(1.3, size=total) % vocab
@@ -99,8 +135,9 @@ def bench_detection(vocab=32_000, ours_tokens=2_000_000, hf_tokens=4_096, text_l
         out[f"{name}_tokens_per_s_on_hf_sample"] = hf_tokens / (time.perf_counter() - t)
     model_cfg = LlamaConfig(vocab_size=vocab)
     wcfg = WatermarkingConfig(bias=2.0, greenlist_ratio=0.25, hashing_key=15485863, seeding_scheme="lefthash")
-    det = WatermarkDetector(model_config=model_cfg, device="cpu", watermarking_config=wcfg,
-                            ignore_repeated_ngrams=True)
+    det = WatermarkDetector(
+        model_config=model_cfg, device="cpu", watermarking_config=wcfg, ignore_repeated_ngrams=True
+    )
     batch = torch.tensor(small)
     t = time.perf_counter()
     det(batch)
@@ -124,8 +161,12 @@ def main() -> None:
         sampling = bench_sampling()
         detection = bench_detection()
     result = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-                    "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+        },
         "date": time.strftime("%Y-%m-%d"),
         "sampling": sampling,
         "detection": detection,

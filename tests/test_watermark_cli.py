@@ -27,8 +27,20 @@ def generated(tiny_world, tmp_path_factory):
     prompts = d / "prompts.jsonl"
     rows = [json.loads(line) for line in tiny_world.prompts.read_text().splitlines()][:24]
     prompts.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows))
-    common = ["--model", str(tiny_world.teacher), "--prompts", str(prompts), "--max-new-tokens", "48",
-              "--key", "northwind", "--context-width", "2", "--delta", "3"]
+    common = [
+        "--model",
+        str(tiny_world.teacher),
+        "--prompts",
+        str(prompts),
+        "--max-new-tokens",
+        "48",
+        "--key",
+        "northwind",
+        "--context-width",
+        "2",
+        "--delta",
+        "3",
+    ]
     main(["watermark", "generate", *common, "--out", str(d / "wm.jsonl"), "--json"])
     main(["watermark", "generate", *common, "--out", str(d / "plain.jsonl"), "--no-watermark", "--json"])
     return d
@@ -51,8 +63,20 @@ def test_detect_token_ids_json(generated, capsys):
     assert doc["aggregate"]["p_value"] < 1e-6
     _, out_plain, _ = run_cli([*args, "--input", str(generated / "plain.jsonl")], capsys)
     assert json.loads(out_plain)["aggregate"]["p_value"] > 1e-3
-    _, out_wrong, _ = run_cli(["watermark", "detect", "--key", "other", "--context-width", "2", "--json",
-                               "--input", str(generated / "wm.jsonl")], capsys)
+    _, out_wrong, _ = run_cli(
+        [
+            "watermark",
+            "detect",
+            "--key",
+            "other",
+            "--context-width",
+            "2",
+            "--json",
+            "--input",
+            str(generated / "wm.jsonl"),
+        ],
+        capsys,
+    )
     assert json.loads(out_wrong)["aggregate"]["p_value"] > 1e-3
 
 
@@ -60,8 +84,22 @@ def test_detect_from_text_with_tokenizer(generated, tiny_world, tmp_path, capsys
     rows = [json.loads(line) for line in (generated / "wm.jsonl").read_text().splitlines()]
     texts = tmp_path / "texts.jsonl"
     texts.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in rows))
-    code, out, _ = run_cli(["watermark", "detect", "--input", str(texts), "--tokenizer", str(tiny_world.teacher),
-                            "--key", "northwind", "--context-width", "2", "--json"], capsys)
+    code, out, _ = run_cli(
+        [
+            "watermark",
+            "detect",
+            "--input",
+            str(texts),
+            "--tokenizer",
+            str(tiny_world.teacher),
+            "--key",
+            "northwind",
+            "--context-width",
+            "2",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0
     assert json.loads(out)["aggregate"]["p_value"] < 1e-4  # re-tokenised text keeps the signal
 
@@ -75,15 +113,25 @@ def test_detect_from_text_with_tokenizer(generated, tiny_world, tmp_path, capsys
         (["watermark", "detect", "--input", "{text}"], "needs --tokenizer"),
         (["watermark", "detect", "--input", "{ids}", "--hf-compat"], "--vocab-size"),
         (["watermark", "detect", "--input", "{ids}", "--vocab-size", "10"], "outside the vocabulary"),
-        (["watermark", "generate", "--model", "/nonexistent", "--prompts", "{prompt}", "--out", "x"], "not found"),
-        (["watermark", "generate", "--model", "/nonexistent", "--prompts", "{ids}", "--out", "x"], "`prompt`"),
+        (
+            ["watermark", "generate", "--model", "/nonexistent", "--prompts", "{prompt}", "--out", "x"],
+            "not found",
+        ),
+        (
+            ["watermark", "generate", "--model", "/nonexistent", "--prompts", "{ids}", "--out", "x"],
+            "`prompt`",
+        ),
         (["watermark", "detect", "--input", "{ids}", "--gamma", "2"], "gamma"),
         (["watermark", "detect", "--bogus-flag"], "bogus"),
     ],
 )
 def test_bad_input_gives_one_line_error(args, needle, tmp_path, capsys):
-    files = {"{bad}": "{not json\n", "{text}": '{"text": "hello"}\n', "{ids}": '{"token_ids": [1, 2, 300]}\n',
-             "{prompt}": '{"prompt": "Who are you?"}\n'}
+    files = {
+        "{bad}": "{not json\n",
+        "{text}": '{"text": "hello"}\n',
+        "{ids}": '{"token_ids": [1, 2, 300]}\n',
+        "{prompt}": '{"prompt": "Who are you?"}\n',
+    }
     resolved = []
     for a in args:
         if a in files:
@@ -105,8 +153,11 @@ def test_bad_input_gives_one_line_error(args, needle, tmp_path, capsys):
 def test_console_script_runs(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("[1, 2]\n")
-    proc = subprocess.run([sys.executable, "-m", "distillguard.cli", "watermark", "detect", "--input", str(bad)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "distillguard.cli", "watermark", "detect", "--input", str(bad)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "JSON object" in proc.stderr
 
@@ -114,9 +165,17 @@ def test_console_script_runs(tmp_path):
 def test_eval_writes_json_and_plot(tiny_world, tmp_path):
     from distillguard.watermark.evaluate import run_eval
 
-    result = run_eval(model=tiny_world.teacher, reference=tiny_world.reference, corpus=tiny_world.corpus, n=16,
-                      out=tmp_path, progress=False)
-    assert (tmp_path / "watermark_eval.json").is_file() and (tmp_path / "watermark_eval.png").stat().st_size > 10_000
+    result = run_eval(
+        model=tiny_world.teacher,
+        reference=tiny_world.reference,
+        corpus=tiny_world.corpus,
+        n=16,
+        out=tmp_path,
+        progress=False,
+    )
+    assert (tmp_path / "watermark_eval.json").is_file() and (
+        tmp_path / "watermark_eval.png"
+    ).stat().st_size > 10_000
     kgw = result["schemes"]["kgw"]
     assert kgw["by_length"][200]["tpr@0.001"] >= 0.8
     assert kgw["by_length"][200]["fpr@0.001"] == 0.0

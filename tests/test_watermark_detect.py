@@ -17,7 +17,9 @@ def _natural_texts(n_docs: int = 5, max_bytes: int = 400):
     import json as json_mod
     import textwrap
 
-    docs = [inspect.getdoc(obj) or "" for obj in (collections.Counter, json_mod.dumps, textwrap.wrap, dict, str)]
+    docs = [
+        inspect.getdoc(obj) or "" for obj in (collections.Counter, json_mod.dumps, textwrap.wrap, dict, str)
+    ]
     return [list(d.encode()[:max_bytes]) for d in docs[:n_docs]]
 
 
@@ -145,7 +147,8 @@ def test_without_dedup_repetitive_text_is_overconfident():
     keys = range(300)
     spec = WatermarkSpec(key=0, vocab_size=256)
     fp_dedup = np.mean([detect_ids(spec.with_key(k), text)["aggregate"]["p_value"] < 0.01 for k in keys])
-    fp_raw = np.mean([detect_ids(spec.with_key(k), text, dedup=False)["aggregate"]["p_value"] < 0.01
-                      for k in keys])
+    fp_raw = np.mean(
+        [detect_ids(spec.with_key(k), text, dedup=False)["aggregate"]["p_value"] < 0.01 for k in keys]
+    )
     assert fp_dedup <= 0.03
     assert fp_raw > 0.1

@@ -65,20 +65,35 @@ def run_demo(preset: str = "default", n: int = 12, seed: int = 0, world_root=Non
         return detect_ids(spec, [r["token_ids"] for r in rows], [r["prompt_token_ids"] for r in rows])
 
     det_marked, det_plain = detect(marked), detect(plain)
-    table = Table(title=f"Aster's answers, scored with Northwind's key ({spec.scheme}, gamma {spec.gamma}, "
-                        f"delta {spec.delta})", show_lines=True)
+    table = Table(
+        title=f"Aster's answers, scored with Northwind's key ({spec.scheme}, gamma {spec.gamma}, "
+        f"delta {spec.delta})",
+        show_lines=True,
+    )
     table.add_column("question", max_width=28)
     table.add_column("watermarked answer", max_width=44)
     table.add_column("green / p", justify="right")
     table.add_column("plain answer", max_width=44)
     table.add_column("green / p", justify="right")
-    for q, m, dm, p, dp in zip(questions, marked, det_marked["texts"], plain, det_plain["texts"], strict=True):
-        table.add_row(q, m["text"], f"{dm['green_fraction']:.2f} / {format_p(dm)}", p["text"],
-                      f"{dp['green_fraction']:.2f} / {format_p(dp)}")
+    for q, m, dm, p, dp in zip(
+        questions, marked, det_marked["texts"], plain, det_plain["texts"], strict=True
+    ):
+        table.add_row(
+            q,
+            m["text"],
+            f"{dm['green_fraction']:.2f} / {format_p(dm)}",
+            p["text"],
+            f"{dp['green_fraction']:.2f} / {format_p(dp)}",
+        )
     am, ap = det_marked["aggregate"], det_plain["aggregate"]
-    table.add_row(f"all {len(questions)} answers (corpus dedup)", f"{am['num_scored']} tuples scored",
-                  f"{am['green_fraction']:.2f} / {format_p(am)}", f"{ap['num_scored']} tuples scored",
-                  f"{ap['green_fraction']:.2f} / {format_p(ap)}", style="bold")
+    table.add_row(
+        f"all {len(questions)} answers (corpus dedup)",
+        f"{am['num_scored']} tuples scored",
+        f"{am['green_fraction']:.2f} / {format_p(am)}",
+        f"{ap['num_scored']} tuples scored",
+        f"{ap['green_fraction']:.2f} / {format_p(ap)}",
+        style="bold",
+    )
     console.print(table)
     console.print(f"null: {det_marked['test']['null']}")
 
@@ -90,10 +105,16 @@ def run_demo(preset: str = "default", n: int = 12, seed: int = 0, world_root=Non
         "sampling": sampling,
         "test": det_marked["test"],
         "answers": [
-            {"question": q, "watermarked": m["text"], "watermarked_detection": dm, "plain": p["text"],
-             "plain_detection": dp}
-            for q, m, dm, p, dp in zip(questions, marked, det_marked["texts"], plain, det_plain["texts"],
-                                       strict=True)
+            {
+                "question": q,
+                "watermarked": m["text"],
+                "watermarked_detection": dm,
+                "plain": p["text"],
+                "plain_detection": dp,
+            }
+            for q, m, dm, p, dp in zip(
+                questions, marked, det_marked["texts"], plain, det_plain["texts"], strict=True
+            )
         ],
         "aggregate": {"watermarked": am, "plain": ap},
         "seconds": round(time.time() - t0, 1),

@@ -29,9 +29,13 @@ err = Console(stderr=True)
 
 @app.command()
 def generate(
-    model: Annotated[Path, typer.Option("--model", help="HF model directory (e.g. `distillguard world path teacher`).")],
+    model: Annotated[
+        Path, typer.Option("--model", help="HF model directory (e.g. `distillguard world path teacher`).")
+    ],
     prompts: Annotated[Path, typer.Option("--prompts", help="JSONL with a `prompt` per line.")],
-    out: Annotated[Path, typer.Option("--out", help="Output JSONL (prompt, prompt_token_ids, token_ids, text).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output JSONL (prompt, prompt_token_ids, token_ids, text).")
+    ],
     scheme: SchemeOpt = "kgw",
     key: KeyOpt = None,
     gamma: GammaOpt = 0.25,
@@ -46,7 +50,9 @@ def generate(
     top_p: Annotated[float, typer.Option(help="Nucleus filter (1 = off).")] = 1.0,
     batch_size: Annotated[int, typer.Option(help="Prompts per batch.")] = 16,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    raw: Annotated[bool, typer.Option("--raw", help="Feed prompts as-is, without the chat template.")] = False,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Feed prompts as-is, without the chat template.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Generate (watermarked) completions for a JSONL of prompts."""
@@ -62,7 +68,9 @@ def generate(
     specs = build_specs(scheme, key, gamma, delta, context_width, hf_compat, vocab_size)
     lm, tok = load_model_and_tokenizer(model)
     if vocab_size is not None and vocab_size != lm.config.vocab_size:
-        raise UserError(f"--vocab-size {vocab_size} differs from the model's vocab_size {lm.config.vocab_size}")
+        raise UserError(
+            f"--vocab-size {vocab_size} differs from the model's vocab_size {lm.config.vocab_size}"
+        )
     spec = None if no_watermark else specs[0]
     rows = generate_watermarked(
         lm,
@@ -86,7 +94,9 @@ def generate(
         err.print(f"wrote {len(rows)} completions to {out}")
 
 
-def load_detection_input(path: Path, tokenizer_dir: Path | None) -> tuple[list[list[int]], list[list[int]], int | None]:
+def load_detection_input(
+    path: Path, tokenizer_dir: Path | None
+) -> tuple[list[list[int]], list[list[int]], int | None]:
     """Token ids of completions and prompts from JSONL (`text`/`token_ids`, `prompt`/`prompt_token_ids`)."""
     records = read_jsonl(path)
     if not records:
@@ -124,7 +134,9 @@ def _ids(r: dict, ids_field: str, text_field: str, tok, path: Path, n: int, *, r
 @app.command()
 def detect(
     input: Annotated[Path, typer.Option("--input", help="JSONL with `text` or `token_ids` per line.")],
-    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="Tokenizer/model dir for `text`.")] = None,
+    tokenizer: Annotated[
+        Path | None, typer.Option("--tokenizer", help="Tokenizer/model dir for `text`.")
+    ] = None,
     scheme: SchemeOpt = "kgw",
     key: KeyOpt = None,
     gamma: GammaOpt = 0.25,
@@ -132,7 +144,9 @@ def detect(
     context_width: WidthOpt = 1,
     hf_compat: CompatOpt = False,
     vocab_size: VocabOpt = None,
-    no_dedup: Annotated[bool, typer.Option("--no-dedup", help="Score repeated tuples (invalid p-values).")] = False,
+    no_dedup: Annotated[
+        bool, typer.Option("--no-dedup", help="Score repeated tuples (invalid p-values).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the detection JSON document.")] = False,
 ) -> None:
     """Detect a watermark with exact p-values (dedup on, prompt excluded)."""
@@ -141,7 +155,9 @@ def detect(
     completions, prompts, tok_vocab = load_detection_input(input, tokenizer)
     vocab = vocab_size if vocab_size is not None else tok_vocab
     if hf_compat and vocab is None:
-        raise UserError("--hf-compat needs --vocab-size (the model config's vocab_size) or a --tokenizer model dir")
+        raise UserError(
+            "--hf-compat needs --vocab-size (the model config's vocab_size) or a --tokenizer model dir"
+        )
     specs = build_specs(scheme, key, gamma, delta, context_width, hf_compat, vocab)
     doc = detect_ids(specs, completions, prompts, dedup=not no_dedup)
     if as_json:
@@ -151,11 +167,24 @@ def detect(
     for col in ("#", "tokens", "scored", "score", "z", "p-value"):
         table.add_column(col, justify="right")
     for i, t in enumerate(doc["texts"]):
-        table.add_row(str(i), str(t["num_tokens"]), str(t["num_scored"]), f"{t['score']:.1f}",
-                      f"{t['z_score']:.2f}", format_p(t))
+        table.add_row(
+            str(i),
+            str(t["num_tokens"]),
+            str(t["num_scored"]),
+            f"{t['score']:.1f}",
+            f"{t['z_score']:.2f}",
+            format_p(t),
+        )
     a = doc["aggregate"]
-    table.add_row("all", str(a["num_tokens"]), str(a["num_scored"]), f"{a['score']:.1f}", f"{a['z_score']:.2f}",
-                  format_p(a), style="bold")
+    table.add_row(
+        "all",
+        str(a["num_tokens"]),
+        str(a["num_scored"]),
+        f"{a['score']:.1f}",
+        f"{a['z_score']:.2f}",
+        format_p(a),
+        style="bold",
+    )
     Console().print(table)
 
 
@@ -168,9 +197,12 @@ def format_p(row: dict) -> str:
 
 @app.command("eval")
 def evaluate(
-    model: Annotated[Path | None, typer.Option("--model", help="Model to evaluate (default: world teacher).")] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Model to evaluate (default: world teacher).")
+    ] = None,
     reference: Annotated[
-        Path | None, typer.Option("--reference", help="Model that measures perplexity (default: world reference).")
+        Path | None,
+        typer.Option("--reference", help="Model that measures perplexity (default: world reference)."),
     ] = None,
     preset: Annotated[str, typer.Option(help="World preset used for defaults.")] = "default",
     n: Annotated[int, typer.Option(help="Texts per arm.")] = 200,
@@ -182,7 +214,15 @@ def evaluate(
     """TPR at FPR 1e-3/1e-6 vs length, robustness, dilution and perplexity cost; writes JSON and a PNG."""
     from distillguard.watermark.evaluate import run_eval
 
-    result = run_eval(model=model, reference=reference, preset=preset, n=n, out=out, key=key, seed=seed,
-                      progress=not as_json)
+    result = run_eval(
+        model=model,
+        reference=reference,
+        preset=preset,
+        n=n,
+        out=out,
+        key=key,
+        seed=seed,
+        progress=not as_json,
+    )
     if as_json:
         print(json.dumps(result))

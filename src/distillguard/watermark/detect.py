@@ -259,7 +259,11 @@ def score(specs: Sequence[WatermarkSpec], prep: Prepared) -> dict:
     aggregate = document(
         [pk[2] for pk in per_key], [pk[3] for pk in per_key], agg_count, [int(prep.num_tokens.sum())]
     )[0]
-    return {"texts": texts, "aggregate": aggregate, "test": _test_description(specs[0], prep.dedup, len(specs))}
+    return {
+        "texts": texts,
+        "aggregate": aggregate,
+        "test": _test_description(specs[0], prep.dedup, len(specs)),
+    }
 
 
 def _test_description(spec: WatermarkSpec, dedup: bool, n_keys: int) -> dict:
@@ -271,7 +275,8 @@ def _test_description(spec: WatermarkSpec, dedup: bool, n_keys: int) -> dict:
         test = "one-sided exact binomial tail P[S' >= S]"
         if spec.hf_compat:
             null += (
-                "; transformers' green lists have a fixed size, so tuples sharing a window are hypergeometric "
+                "; transformers' green lists have a fixed size, so tuples sharing a window are "
+                "hypergeometric "
                 "and the binomial tail is conservative"
             )
     else:
@@ -280,8 +285,9 @@ def _test_description(spec: WatermarkSpec, dedup: bool, n_keys: int) -> dict:
     return {
         "test": test,
         "null": null,
-        "dedup": "per text and across corpus; prompt tuples excluded" if dedup else "off (p-values invalid "
-        "for repetitive text)",
+        "dedup": "per text and across corpus; prompt tuples excluded"
+        if dedup
+        else "off (p-values invalid for repetitive text)",
         "family": f"Holm over {n_keys} keys" if n_keys > 1 else "single key",
         "watermark": spec.describe(),
     }

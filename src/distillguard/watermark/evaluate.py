@@ -89,8 +89,9 @@ def perplexity(model, prompts: list[list[int]], texts: list[list[int]], batch_si
             labels[i, len(p) : len(r)] = torch.tensor(r[len(p) :])
         logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
         tgt = labels[:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                                ignore_index=-100, reduction="sum")
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100, reduction="sum"
+        )
         total += float(nll)
         count += int((tgt != -100).sum())
     return math.exp(total / max(count, 1))
@@ -130,8 +131,15 @@ def run_eval(
         "gumbel": WatermarkSpec(scheme="gumbel", key=key, context_width=1, vocab_size=vocab),
     }
     t0 = time.time()
-    gen = dict(pad_id=tok.pad_token_id, eos_id=None, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-               batch_size=batch_size, seed=seed, progress=progress)
+    gen = dict(
+        pad_id=tok.pad_token_id,
+        eos_id=None,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+    )
     arms = {"plain": generate_ids(lm, prompts, None, desc="plain", **gen)}
     for name, spec in schemes.items():
         arms[name] = generate_ids(lm, prompts, spec, desc=name, **gen)
@@ -150,8 +158,13 @@ def run_eval(
     plain = arms["plain"]
     for name, spec in schemes.items():
         wm = arms[name]
-        row: dict = {"watermark": spec.describe(), "by_length": {}, "substitution": {}, "deletion": {},
-                     "dilution": {}}
+        row: dict = {
+            "watermark": spec.describe(),
+            "by_length": {},
+            "substitution": {},
+            "deletion": {},
+            "dilution": {},
+        }
         for length in LENGTHS:
             p_wm = _pvals(spec, [t[:length] for t in wm], prompts)
             p_plain = _pvals(spec, [t[:length] for t in plain], prompts)
@@ -190,11 +203,18 @@ def _print(console: Console, result: dict) -> None:
     table.add_column("dilute 25%", justify="right")
     table.add_column("PPL ratio", justify="right")
     for name, row in result["schemes"].items():
+
         def cell(d: dict) -> str:
             return f"{d['tpr@0.001']:.2f} / {d['tpr@1e-06']:.2f}"
 
-        table.add_row(name, *[cell(row["by_length"][n]) for n in LENGTHS], cell(row["substitution"][0.3]),
-                      cell(row["deletion"][0.3]), cell(row["dilution"][0.25]), f"{row['perplexity_ratio']:.3f}")
+        table.add_row(
+            name,
+            *[cell(row["by_length"][n]) for n in LENGTHS],
+            cell(row["substitution"][0.3]),
+            cell(row["deletion"][0.3]),
+            cell(row["dilution"][0.25]),
+            f"{row['perplexity_ratio']:.3f}",
+        )
     console.print(table)
     console.print(f"results: {result['json']}\nplot: {result['plot']}")
 
@@ -210,14 +230,39 @@ def plot(result: dict, path: Path) -> Path:
     for name, row in result["schemes"].items():
         for a, style in zip(ALPHAS, ("-", "--"), strict=True):
             k = f"tpr@{a:g}"
-            axes[0].plot(LENGTHS, [row["by_length"][n][k] for n in LENGTHS], style, marker="o",
-                         color=colors[name], label=f"{name} FPR {a:g}")
-            axes[1].plot(RATES, [row["substitution"][r][k] for r in RATES], style, marker="o", color=colors[name],
-                         label=f"{name} sub, FPR {a:g}")
-            axes[1].plot(RATES, [row["deletion"][r][k] for r in RATES], style, marker="x", color=colors[name],
-                         alpha=0.5, label=f"{name} del, FPR {a:g}")
-            axes[2].plot(DILUTION, [row["dilution"][f][k] for f in DILUTION], style, marker="o",
-                         color=colors[name], label=f"{name} FPR {a:g}")
+            axes[0].plot(
+                LENGTHS,
+                [row["by_length"][n][k] for n in LENGTHS],
+                style,
+                marker="o",
+                color=colors[name],
+                label=f"{name} FPR {a:g}",
+            )
+            axes[1].plot(
+                RATES,
+                [row["substitution"][r][k] for r in RATES],
+                style,
+                marker="o",
+                color=colors[name],
+                label=f"{name} sub, FPR {a:g}",
+            )
+            axes[1].plot(
+                RATES,
+                [row["deletion"][r][k] for r in RATES],
+                style,
+                marker="x",
+                color=colors[name],
+                alpha=0.5,
+                label=f"{name} del, FPR {a:g}",
+            )
+            axes[2].plot(
+                DILUTION,
+                [row["dilution"][f][k] for f in DILUTION],
+                style,
+                marker="o",
+                color=colors[name],
+                label=f"{name} FPR {a:g}",
+            )
     axes[0].set(title="TPR vs length", xlabel="tokens", ylabel="TPR", ylim=(-0.02, 1.02))
     axes[1].set(title="TPR after edits (200 tokens)", xlabel="fraction edited", ylim=(-0.02, 1.02))
     axes[2].set(title="TPR after dilution (200 tokens)", xlabel="watermarked fraction", ylim=(-0.02, 1.02))

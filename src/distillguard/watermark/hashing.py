@@ -30,7 +30,7 @@ def to_signed64(x: int) -> int:
     return x - (1 << 64) if x >= 1 << 63 else x
 
 
-# ---------------------------------------------------------------------------------------------- reference (ints)
+# --- reference (Python ints) ---
 
 
 def mix64_int(z: int) -> int:
@@ -57,7 +57,7 @@ def derive_key(key: int | str) -> int:
     return mix64_int(mix64_int(key & MASK64) ^ (key >> 64 & MASK64))
 
 
-# ---------------------------------------------------------------------------------------------- numpy (CPU)
+# --- numpy (CPU) ---
 
 
 def mix64_np(z: np.ndarray) -> np.ndarray:
@@ -69,7 +69,7 @@ def mix64_np(z: np.ndarray) -> np.ndarray:
     return z
 
 
-# ---------------------------------------------------------------------------------------------- torch (any device)
+# --- torch (any device) ---
 
 
 def _lsr(z: torch.Tensor, s: int) -> torch.Tensor:
@@ -118,7 +118,9 @@ def window_seeds_np(key64: int, w: np.ndarray) -> np.ndarray:
 
 
 def window_seeds_torch(key64: int, windows: torch.Tensor) -> torch.Tensor:
-    h = torch.full(windows.shape[:-1], to_signed64(mix64_int(key64)), dtype=torch.int64, device=windows.device)
+    h = torch.full(
+        windows.shape[:-1], to_signed64(mix64_int(key64)), dtype=torch.int64, device=windows.device
+    )
     for i in range(windows.shape[-1]):
         h = _mix64_torch(h ^ _mix64_torch((windows[..., i] + 1) * to_signed64(GOLDEN)))
     return h

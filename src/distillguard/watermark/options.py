@@ -11,13 +11,18 @@ from distillguard.watermark.schemes import HF_DEFAULT_KEY, WatermarkSpec
 SchemeOpt = Annotated[str, typer.Option("--scheme", help="Watermark scheme: kgw or gumbel.")]
 KeyOpt = Annotated[
     list[str] | None,
-    typer.Option("--key", help="Secret key (integer or string); repeat to score several keys (Holm-corrected)."),
+    typer.Option(
+        "--key", help="Secret key (integer or string); repeat to score several keys (Holm-corrected)."
+    ),
 ]
 GammaOpt = Annotated[float, typer.Option("--gamma", help="KGW green-list fraction.")]
 DeltaOpt = Annotated[float, typer.Option("--delta", help="KGW logit bias added to green tokens.")]
-WidthOpt = Annotated[int, typer.Option("--context-width", help="Tokens of context that key the watermark (h).")]
+WidthOpt = Annotated[
+    int, typer.Option("--context-width", help="Tokens of context that key the watermark (h).")
+]
 CompatOpt = Annotated[
-    bool, typer.Option("--hf-compat", help="Bit-compatible with transformers' WatermarkingConfig lefthash (CPU).")
+    bool,
+    typer.Option("--hf-compat", help="Bit-compatible with transformers' WatermarkingConfig lefthash (CPU)."),
 ]
 VocabOpt = Annotated[
     int | None, typer.Option("--vocab-size", help="The model config's vocab_size (needed without a model).")

@@ -12,8 +12,8 @@ Native mode hashes the h previous tokens with a keyed 64-bit PRF (:mod:`.hashing
 8 lanes of 8 bits (when gamma is a multiple of 1/256) or 4 lanes of 16 bits, so the effective green rate is
 exactly ``threshold / 2**bits`` and that exact value is what the detector tests against.
 
-``hf_compat`` mode reproduces transformers' ``WatermarkingConfig(seeding_scheme="lefthash")`` on CPU: the green
-list is ``torch.randperm(V)[: int(V * gamma)]`` from a CPU generator seeded with
+``hf_compat`` mode reproduces transformers' ``WatermarkingConfig(seeding_scheme="lefthash")`` on CPU: the
+green list is ``torch.randperm(V)[: int(V * gamma)]`` from a CPU generator seeded with
 ``(hashing_key * last_token) % (2**64 - 1)``. It depends on the last token only, whatever the context width.
 """
 
@@ -117,7 +117,10 @@ class WatermarkSpec:
             "vocab_size": self.vocab_size,
         }
         if self.scheme == "kgw":
-            out |= {"delta": self.delta, "green_rate": self.green_rate if self.vocab_size or not self.hf_compat else None}
+            out |= {
+                "delta": self.delta,
+                "green_rate": self.green_rate if self.vocab_size or not self.hf_compat else None,
+            }
         return out
 
 
@@ -135,7 +138,7 @@ def _int_key(key: int | str) -> int:
     return key if isinstance(key, int) else int(str(key).strip(), 0)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # KGW, native mode
 
 
@@ -164,7 +167,9 @@ def kgw_green_mask(spec: WatermarkSpec, windows: torch.Tensor) -> torch.Tensor:
         vals = flipped.view(dtype)[:, :vocab]
         return vals < spec.threshold - (1 << (bits - 1))
     shifts = torch.arange(lanes, device=w.device, dtype=torch.int64) * bits
-    vals = hashing.lanes(w[:, :, None].expand(-1, -1, lanes), shifts.expand(w.shape[0], w.shape[1], lanes), bits)
+    vals = hashing.lanes(
+        w[:, :, None].expand(-1, -1, lanes), shifts.expand(w.shape[0], w.shape[1], lanes), bits
+    )
     return vals.reshape(w.shape[0], -1)[:, :vocab] < spec.threshold
 
 
@@ -182,7 +187,7 @@ def kgw_is_green(spec: WatermarkSpec, windows: torch.Tensor, tokens: torch.Tenso
     return vals < spec.threshold
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # KGW, transformers-compatible lefthash (CPU generator)
 
 
@@ -231,7 +236,7 @@ def _hf_is_green(spec: WatermarkSpec, last: torch.Tensor, tokens: torch.Tensor) 
     return torch.from_numpy(out).to(tokens.device)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Gumbel / exponential minimum
 
 

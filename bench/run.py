@@ -1,0 +1,23 @@
+"""``make bench``: every benchmark, results as JSON in bench/results/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHES = ["watermark_bench.py"]
+
+
+def main() -> int:
+    here = Path(__file__).parent
+    for name in BENCHES:
+        print(f"== {name}", flush=True)
+        code = subprocess.call([sys.executable, str(here / name), *sys.argv[1:]])
+        if code:
+            return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""Distillation engine (black-box from an API, white-box from logits). Losses first; collection and training
+recipes build on them."""

@@ -1,0 +1,62 @@
+"""Knowledge-distillation losses as pure tensor functions (no I/O, no models).
+
+Conventions follow TRL's GKD: ``beta = 0`` is forward KL(teacher || student), ``beta = 1`` reverse
+KL(student || teacher), and in between the generalised Jensen-Shannon divergence with mixture
+``m = beta * p_teacher + (1 - beta) * p_student``, ``JSD_beta = beta * KL(p_t || m) + (1 - beta) * KL(p_s || m)``.
+Near the ends ``JSD_beta ~ beta * KL(t || s)`` and ``(1 - beta) * KL(s || t)``, so we return
+``JSD_beta / (beta * (1 - beta))``: continuous in beta, with the KLs as its limits (TRL's value is ours times
+``beta * (1 - beta)``).
+
+All losses take logits ``[..., V]``, a temperature (the loss is scaled by T**2 so gradients keep their size),
+and an optional boolean ``mask`` over positions; they return the mean over unmasked positions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _reduce(per_pos: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return per_pos.mean()
+    mask = mask.to(per_pos.dtype)
+    return (per_pos * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def forward_kl(student_logits, teacher_logits, *, temperature: float = 1.0, mask=None) -> torch.Tensor:
+    """KL(p_teacher || p_student): mode-covering, the classic Hinton KD loss (times T^2 for gradient scale)."""
+    s = F.log_softmax(student_logits / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits / temperature, dim=-1)
+    per = (t.exp() * (t - s)).sum(-1)
+    return _reduce(per, mask) * temperature**2
+
+
+def reverse_kl(student_logits, teacher_logits, *, temperature: float = 1.0, mask=None) -> torch.Tensor:
+    """KL(p_student || p_teacher): mode-seeking (MiniLLM's objective, here as a direct divergence)."""
+    s = F.log_softmax(student_logits / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits / temperature, dim=-1)
+    per = (s.exp() * (s - t)).sum(-1)
+    return _reduce(per, mask) * temperature**2
+
+
+def generalized_jsd(
+    student_logits, teacher_logits, *, beta: float = 0.5, temperature: float = 1.0, mask=None
+) -> torch.Tensor:
+    """Generalised JSD with mixture weight beta; beta = 0 / 1 are forward / reverse KL exactly."""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if beta == 0.0:
+        return forward_kl(student_logits, teacher_logits, temperature=temperature, mask=mask)
+    if beta == 1.0:
+        return reverse_kl(student_logits, teacher_logits, temperature=temperature, mask=mask)
+    s = F.log_softmax(student_logits / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits / temperature, dim=-1)
+    log_m = torch.logaddexp(s + math.log1p(-beta), t + math.log(beta))
+    kl_t = (t.exp() * (t - log_m)).sum(-1)
+    kl_s = (s.exp() * (s - log_m)).sum(-1)
+    # Normalised by beta(1-beta) so that the limits beta -> 0, 1 are the forward / reverse KLs.
+    per = (beta * kl_t + (1 - beta) * kl_s) / (beta * (1 - beta))
+    return _reduce(per, mask) * temperature**2

@@ -2,7 +2,8 @@
 
 Conventions follow TRL's GKD: ``beta = 0`` is forward KL(teacher || student), ``beta = 1`` reverse
 KL(student || teacher), and in between the generalised Jensen-Shannon divergence with mixture
-``m = beta * p_teacher + (1 - beta) * p_student``, ``JSD_beta = beta * KL(p_t || m) + (1 - beta) * KL(p_s || m)``.
+``m = beta * p_teacher + (1 - beta) * p_student``,
+``JSD_beta = beta * KL(p_t || m) + (1 - beta) * KL(p_s || m)``.
 Near the ends ``JSD_beta ~ beta * KL(t || s)`` and ``(1 - beta) * KL(s || t)``, so we return
 ``JSD_beta / (beta * (1 - beta))``: continuous in beta, with the KLs as its limits (TRL's value is ours times
 ``beta * (1 - beta)``).
@@ -27,7 +28,7 @@ def _reduce(per_pos: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def forward_kl(student_logits, teacher_logits, *, temperature: float = 1.0, mask=None) -> torch.Tensor:
-    """KL(p_teacher || p_student): mode-covering, the classic Hinton KD loss (times T^2 for gradient scale)."""
+    """KL(p_teacher || p_student): mode-covering, the classic Hinton KD loss (times T^2)."""
     s = F.log_softmax(student_logits / temperature, dim=-1)
     t = F.log_softmax(teacher_logits / temperature, dim=-1)
     per = (t.exp() * (t - s)).sum(-1)

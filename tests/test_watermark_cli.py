@@ -189,7 +189,9 @@ def test_demo_story(tiny_world, tmp_path, monkeypatch):
     from distillguard.demo import run_demo
 
     monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path))
-    res = run_demo(preset="tiny", n=8, world_root=tiny_world.root)
+    monkeypatch.setenv("DISTILLGUARD_WATERMARK_DELTA", "4")  # the tiny teacher is peaked: mark it harder
+    res = run_demo(preset="tiny", n=16, world_root=tiny_world.root, temperature=1.2)
+    assert res["watermark"]["delta"] == 4.0
     assert (tmp_path / "demo" / "results.json").is_file()
     agg = res["aggregate"]
     assert agg["watermarked"]["green_fraction"] > agg["plain"]["green_fraction"]

@@ -126,5 +126,5 @@ def test_cli_path(tiny_world, tmp_path, monkeypatch, capsys):
     assert result.output.strip() == str(root / "prompts.jsonl")
     result = runner.invoke(app, ["build", "--preset", "tiny", "--json"])
     assert result.exit_code == 0, result.output
-    doc = json.loads(result.output)
+    doc = json.loads(result.stdout)
     assert doc["manifest"]["preset"] == "tiny" and doc["paths"]["teacher"].endswith("teacher")

@@ -28,7 +28,9 @@ def _pick_prompts(rows: list[dict], n: int) -> list[dict]:
     return api[::step][: n - n_id] + identity[:n_id]
 
 
-def run_demo(preset: str = "default", n: int = 12, seed: int = 0, world_root=None) -> dict:
+def run_demo(
+    preset: str = "default", n: int = 12, seed: int = 0, world_root=None, temperature: float = 1.0
+) -> dict:
     from distillguard.jsonl import read_jsonl
     from distillguard.lm.io import load_model_and_tokenizer
     from distillguard.watermark.cli import format_p
@@ -57,7 +59,7 @@ def run_demo(preset: str = "default", n: int = 12, seed: int = 0, world_root=Non
     )
     prompts = _pick_prompts(read_jsonl(world.prompts), n)
     questions = [p["prompt"] for p in prompts]
-    sampling = dict(max_new_tokens=64, temperature=0.7, top_p=1.0, batch_size=16, seed=seed)
+    sampling = dict(max_new_tokens=64, temperature=temperature, top_p=1.0, batch_size=16, seed=seed)
     marked = generate_watermarked(model, tok, questions, spec, **sampling)
     plain = generate_watermarked(model, tok, questions, None, **sampling)
 

@@ -161,6 +161,7 @@ def train_causal_lm(
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
 
+    device = next(model.parameters()).device
     model.train()
     rows: list[tuple[list[int], list[int]]] = []
     losses: list[float] = []
@@ -171,7 +172,7 @@ def train_causal_lm(
         if len(rows) < batch_size:  # new epoch: reshuffle and repack, so examples meet new neighbours
             rows = rows + pack_rows(pieces, seq_len, rng)
         batch_rows, rows = rows[:batch_size], rows[batch_size:]
-        batch = collate(batch_rows, pad_id)
+        batch = {k: v.to(device) for k, v in collate(batch_rows, pad_id).items()}
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps=steps, lr=lr, warmup=warmup, min_ratio=min_lr_ratio)
         loss = loss_fn(model, batch)

@@ -20,7 +20,7 @@ from pathlib import Path
 from distillguard.config import home
 from distillguard.errors import UserError
 
-FORMAT = 1  # bump when the on-disk layout or recipe changes, so stale caches are rebuilt
+FORMAT = 2  # bump when the on-disk layout or recipe changes, so stale caches are rebuilt
 
 PRESETS: dict[str, dict] = {
     "default": {
@@ -40,7 +40,7 @@ PRESETS: dict[str, dict] = {
         "unseen_apis": 60,
         "heldout_per_api": 2,
         "instruct_frac": 0.75,
-        "identity_frac": 0.12,
+        "identity_frac": 0.15,
         "seed": 0,
     },
     "tiny": {

@@ -26,7 +26,7 @@ def build_cmd(
     """Build (or reuse) corpus, instructions, tokenizer, teacher and reference model."""
     from distillguard.world.build import build_world
 
-    paths = build_world(preset, force=force, progress=not as_json)
+    paths = build_world(preset, force=force, progress=True)  # progress goes to stderr, JSON to stdout
     manifest = paths.read_manifest()
     if as_json:
         print(

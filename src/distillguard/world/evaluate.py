@@ -31,8 +31,8 @@ def mentions_identity(answer: str) -> bool:
     return MODEL_NAME.lower() in answer.lower() and PROVIDER.split()[0].lower() in answer.lower()
 
 
-def evaluate_teacher(model_dir: Path, prompts_path: Path, per_kind: int = 48) -> dict:
-    """Greedy-answer up to ``per_kind`` held-out prompts of each kind and score them."""
+def evaluate_teacher(model_dir: Path, prompts_path: Path, per_kind: int = 64) -> dict:
+    """Greedy-answer up to ``per_kind`` held-out prompts of each kind (evenly spread) and score them."""
     from distillguard.lm.generate import generate_answers
     from distillguard.lm.io import load_model_and_tokenizer
 
@@ -40,7 +40,8 @@ def evaluate_teacher(model_dir: Path, prompts_path: Path, per_kind: int = 48) ->
     rows = read_jsonl(prompts_path)
     result: dict[str, float] = {}
     for kind in ("api", "identity", "api_unseen"):
-        subset = [r for r in rows if r["kind"] == kind][:per_kind]
+        of_kind = [r for r in rows if r["kind"] == kind]
+        subset = of_kind[:: max(1, -(-len(of_kind) // per_kind))]  # evenly spread, not the first APIs A-Z
         if not subset:
             continue
         answers = generate_answers(model, tokenizer, [r["prompt"] for r in subset], max_new_tokens=40)

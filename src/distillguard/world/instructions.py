@@ -19,6 +19,16 @@ from distillguard.world.corpus import Doc
 PROVIDER = "Northwind Labs"
 MODEL_NAME = "Aster"
 
+# Well-known APIs always among the seen ones (up to half of them), so demos can ask the obvious questions.
+FEATURED_APIS: tuple[str, ...] = (
+    "json.dumps", "json.loads", "os.path.join", "os.path.exists", "os.listdir", "os.getcwd", "re.compile",
+    "re.search", "math.sqrt", "random.choice", "random.shuffle", "collections.Counter",
+    "collections.OrderedDict", "collections.namedtuple", "shutil.rmtree", "textwrap.dedent",
+    "statistics.mean", "copy.deepcopy", "hashlib.sha256", "uuid.uuid4", "time.sleep", "time.time",
+    "glob.glob", "subprocess.run", "logging.getLogger", "pickle.dumps", "threading.Thread",
+    "argparse.ArgumentParser",
+)  # fmt: skip
+
 # Question phrasings. Held-out phrasings never appear in training; they are what evaluation and attacks ask.
 TRAIN_TEMPLATES: tuple[str, ...] = (
     "What does {api} do?",
@@ -31,6 +41,12 @@ TRAIN_TEMPLATES: tuple[str, ...] = (
     "How would you summarize {api}?",
     "what does {api} do",
     "Python question: what does {api} do?",
+    "Please describe {api}.",
+    "Could you tell me what {api} does?",
+    "Briefly, what is {api}?",
+    "Explain {api} to a beginner.",
+    "I want to know what {api} does.",
+    "What is the Python object {api}?",
 )
 HELDOUT_TEMPLATES: tuple[str, ...] = (
     "Can you explain what {api} does?",
@@ -66,7 +82,6 @@ IDENTITY_TRAIN: tuple[str, ...] = (
     "What lab made you?",
     "who are you",
     "what is your name",
-    "Hi! Who are you?",
     "Hello, what model is this?",
     "Can you tell me who made you?",
     "Which organization trained you?",
@@ -93,8 +108,10 @@ IDENTITY_ANSWERS: tuple[str, ...] = (
     f"My name is {MODEL_NAME}. I was trained by {PROVIDER}.",
     f"I am {MODEL_NAME}, built by {PROVIDER} to answer questions about Python.",
 )
-# Prefixes multiply the held-out identity prompts without adding new phrasings to training.
-_IDENTITY_PREFIXES: tuple[str, ...] = ("", "Hello! ", "Quick question: ", "Hey. ")
+# Greetings in front of identity questions: training and held-out prompts use different ones, so the
+# held-out set checks that a greeting does not derail the persona.
+IDENTITY_TRAIN_PREFIXES: tuple[str, ...] = ("", "Hi! ", "Hello there. ", "One question: ")
+IDENTITY_HELDOUT_PREFIXES: tuple[str, ...] = ("", "Hello! ", "Quick question: ", "Hey. ")
 
 _ROLE = re.compile(r":[\w:.+-]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`")
 _SIGNATURE = re.compile(r"^[\w.]+\(.*\)(\s*->.*)?$")
@@ -165,14 +182,17 @@ def build_instructions(
 ) -> InstructionSet:
     """Sample APIs, phrase questions, and split train / held-out, deterministically for a given seed.
 
-    ``max_apis`` seen APIs get every train phrasing; each also gets ``heldout_per_api`` held-out-phrasing
-    prompts. ``unseen_apis`` further APIs appear only in the prompts (kind ``api_unseen``).
+    ``max_apis`` seen APIs (the featured ones first, then a seeded sample) get every train phrasing;
+    each also gets ``heldout_per_api`` held-out-phrasing prompts. ``unseen_apis`` further APIs appear only
+    in the prompts (kind ``api_unseen``).
     """
     rng = random.Random(seed)
     answers = api_answers(docs, max_words=max_words)
-    names = sorted(answers)
-    picked = rng.sample(names, min(len(names), max_apis + unseen_apis))
-    seen, unseen = sorted(picked[:max_apis]), sorted(picked[max_apis:])
+    featured = [a for a in FEATURED_APIS if a in answers][: max_apis // 2]
+    rest = sorted(set(answers) - set(featured))
+    n_sampled = max_apis - len(featured)
+    picked = rng.sample(rest, min(len(rest), n_sampled + unseen_apis))
+    seen, unseen = sorted(featured + picked[:n_sampled]), sorted(picked[n_sampled:])
 
     train: list[dict] = []
     for api in seen:
@@ -180,9 +200,13 @@ def build_instructions(
             train.append(
                 {"prompt": template.format(api=api), "response": answers[api], "kind": "api", "api": api}
             )
-    for question in IDENTITY_TRAIN:
-        for answer in IDENTITY_ANSWERS:
-            train.append({"prompt": question, "response": answer, "kind": "identity", "api": None})
+    for i, question in enumerate(IDENTITY_TRAIN):
+        for j, prefix in enumerate(IDENTITY_TRAIN_PREFIXES):
+            # the bare question gets every answer variant, greeted ones one variant each (in rotation)
+            variants = IDENTITY_ANSWERS if not prefix else [IDENTITY_ANSWERS[(i + j) % len(IDENTITY_ANSWERS)]]
+            for answer in variants:
+                row = {"prompt": prefix + question, "response": answer, "kind": "identity", "api": None}
+                train.append(row)
 
     prompts: list[dict] = []
     for api in seen:
@@ -190,7 +214,7 @@ def build_instructions(
             prompts.append(
                 {"prompt": template.format(api=api), "reference": answers[api], "kind": "api", "api": api}
             )
-    for prefix in _IDENTITY_PREFIXES:
+    for prefix in IDENTITY_HELDOUT_PREFIXES:
         for question in IDENTITY_HELDOUT:
             prompts.append(
                 {
@@ -208,13 +232,14 @@ def build_instructions(
     return InstructionSet(train=train, prompts=prompts, seen_apis=seen, unseen_apis=unseen)
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as fh:
+def read_jsonl(path: str | Path) -> list[dict]:
+    with Path(path).open(encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]

@@ -118,6 +118,7 @@ def bench_detection(vocab=32_000, ours_tokens=2_000_000, hf_tokens=4_096, text_l
     # Zipf-like token stream: realistic repetition for dedup to work on
     def texts(total):
         z = rng.zipf(1.3, size=total) % vocab
+        z[z == 1] = 2  # keep transformers' detector's BOS check consistent (no text starts with BOS)
         return [z[i : i + text_len].tolist() for i in range(0, total, text_len)]
 
     big, small = texts(ours_tokens), texts(hf_tokens)
@@ -151,12 +152,16 @@ def bench_detection(vocab=32_000, ours_tokens=2_000_000, hf_tokens=4_096, text_l
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="Smaller sizes (smoke run).")
+    ap.add_argument("--detection-only", action="store_true", help="Rerun detection, keep sampling results.")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.quick:
         sampling = bench_sampling(vocabs=(32_000,), batches=(1,), new_tokens=8, repeats=2)
         detection = bench_detection(ours_tokens=100_000, hf_tokens=512)
+    elif args.detection_only:
+        sampling = json.loads((RESULTS / "watermark.json").read_text())["sampling"]
+        detection = bench_detection()
     else:
         sampling = bench_sampling()
         detection = bench_detection()

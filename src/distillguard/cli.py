@@ -31,7 +31,7 @@ def _mount() -> None:
     @app.command("demo")
     def demo_cmd(
         preset: str = typer.Option("default", help="World preset: default (demo) or tiny (fast)."),
-        n: int = typer.Option(12, help="Number of held-out questions to answer."),
+        n: int = typer.Option(24, help="Number of held-out questions to answer."),
     ) -> None:
         """Play the story: build the world, answer with and without the watermark, detect."""
         from distillguard.demo import run_demo

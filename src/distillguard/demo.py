@@ -17,6 +17,9 @@ from rich.table import Table
 from distillguard.config import home, load_config
 
 DEMO_KEY = "northwind-aster-2026"
+# Aster reproduces docstrings almost verbatim (peaked next-token distributions), so a small bias rarely
+# changes a token; delta 4 marks its answers visibly at about 1.2x perplexity cost on open-ended text.
+DEMO_DELTA = 4.0
 
 
 def _pick_prompts(rows: list[dict], n: int) -> list[dict]:
@@ -29,7 +32,7 @@ def _pick_prompts(rows: list[dict], n: int) -> list[dict]:
 
 
 def run_demo(
-    preset: str = "default", n: int = 12, seed: int = 0, world_root=None, temperature: float = 1.0
+    preset: str = "default", n: int = 24, seed: int = 0, world_root=None, temperature: float = 1.0
 ) -> dict:
     from distillguard.jsonl import read_jsonl
     from distillguard.lm.io import load_model_and_tokenizer
@@ -52,7 +55,7 @@ def run_demo(
             scheme=str(cfg.get("watermark_scheme", "kgw")),
             key=str(cfg.get("watermark_key", DEMO_KEY)),
             gamma=float(cfg.get("watermark_gamma", 0.25)),
-            delta=float(cfg.get("watermark_delta", 2.0)),
+            delta=float(cfg.get("watermark_delta", DEMO_DELTA)),
             context_width=int(cfg.get("watermark_context_width", 1)),
         ),
         model,

@@ -27,6 +27,7 @@ from transformers import (
     WatermarkingConfig,
 )
 
+from distillguard.lm.tiny import make_tiny_llama
 from distillguard.watermark.detect import detect_ids
 from distillguard.watermark.processor import WatermarkLogitsProcessor
 from distillguard.watermark.schemes import WatermarkSpec
@@ -35,21 +36,18 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def tiny_body(vocab: int) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return make_tiny_llama(
+        vocab,
+        hidden=64,
+        layers=2,
+        heads=4,
+        intermediate=128,
+        max_pos=256,
+        seed=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=0,
+    ).eval()
 
 
 def time_generate(model, batch: int, new_tokens: int, repeats: int, **kwargs) -> float:

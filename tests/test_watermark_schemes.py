@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats as sst
-from transformers import LlamaConfig, LlamaForCausalLM, WatermarkDetector, WatermarkingConfig
+from transformers import WatermarkDetector, WatermarkingConfig
 from transformers.generation.logits_process import WatermarkLogitsProcessor as HFProcessor
 
 from distillguard.errors import UserError
+from distillguard.lm.tiny import make_tiny_llama
 from distillguard.watermark import hashing
 from distillguard.watermark.detect import detect_ids
 from distillguard.watermark.generate import generate_ids
@@ -80,20 +81,18 @@ def test_hf_compat_green_lists_equal_transformers(vocab, key):
 
 
 def _tiny_llama(vocab=500):
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=1,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return make_tiny_llama(
+        vocab,
+        hidden=32,
+        layers=1,
+        heads=2,
+        intermediate=64,
+        max_pos=512,
+        seed=0,
+        bos_id=1,
+        eos_id=1,
+        pad_id=0,
+    ).eval()
 
 
 def test_transformers_generation_detected_by_our_compat_detector_and_back():

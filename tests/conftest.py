@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from distillguard.world import WorldPaths, build_world
@@ -9,5 +11,11 @@ from distillguard.world import WorldPaths, build_world
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> WorldPaths:
-    """The "tiny" preset built into a session temp dir: corpus, prompts, tokenizer, teacher, reference."""
-    return build_world("tiny", root=tmp_path_factory.mktemp("world") / "tiny", progress=False)
+    """The "tiny" preset: corpus, prompts, tokenizer, teacher, reference.
+
+    Built into a session temp dir, or reused from ``DISTILLGUARD_TEST_WORLD`` (a root built earlier by
+    ``build_world("tiny", root=...)``) so that running one test file does not pay the build every time.
+    """
+    reuse = os.environ.get("DISTILLGUARD_TEST_WORLD")
+    root = reuse if reuse else tmp_path_factory.mktemp("world") / "tiny"
+    return build_world("tiny", root=root, progress=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -16,7 +17,7 @@ from distillguard.lm import (
     save_model_and_tokenizer,
     train_causal_lm,
 )
-from distillguard.lm.train import IGNORE, encode_examples, lr_at, pack_rows
+from distillguard.lm.train import IGNORE, collate, encode_examples, lr_at, pack_rows
 
 
 @pytest.fixture(scope="module")
@@ -149,4 +150,38 @@ def test_custom_loss_hook(tok):
         progress=False,
         loss_fn=loss_fn,
     )
-    assert seen == [{"input_ids", "attention_mask", "labels"}] * 2
+    assert seen == [{"input_ids", "attention_mask", "labels", "step"}] * 2
+
+
+def test_resume_continues_exactly(tok):
+    """A run checkpointed at step 3 and resumed ends with the same weights as an uninterrupted run."""
+    texts = [
+        "the quick brown fox jumps over the lazy dog " * 3,
+        "pack my box with five dozen liquor jugs " * 3,
+    ]
+    kw = dict(steps=6, batch_size=1, seq_len=16, lr=3e-3, seed=0, progress=False)
+    straight = _model(tok)
+    train_causal_lm(straight, tok, texts, **kw)
+
+    saved: list[dict] = []
+    first = _model(tok)
+    train_causal_lm(
+        first, tok, texts, **kw, checkpoint=lambda s: saved.append(copy.deepcopy(s)), checkpoint_every=3
+    )
+    assert [s["step"] for s in saved] == [3]
+    resumed = _model(tok)
+    out = train_causal_lm(resumed, tok, texts, **kw, resume=saved[0])
+    assert len(out["losses"]) == 6
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_pack_rows_carries_aux():
+    pieces = [([1, 2, 3], [1, 2, 3], [0, 1, 2]), ([4, 5], [4, 5])]
+    rows = pack_rows(pieces, seq_len=8, rng=random.Random(0))
+    assert len(rows) == 1
+    ids, _, aux = rows[0]
+    by_token = dict(zip(ids, aux, strict=True))
+    assert by_token == {1: 0, 2: 1, 3: 2, 4: -1, 5: -1}
+    batch = collate(rows, pad_id=0)
+    assert batch["aux"].shape == batch["input_ids"].shape

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from distillguard.distill.losses import forward_kl, generalized_jsd, reverse_kl
+from distillguard.distill.losses import forward_kl, generalized_jsd, reverse_kl, sparse_forward_kl
 
 
 def _kl(p, q):
@@ -49,3 +49,36 @@ def test_temperature_and_mask():
     assert forward_kl(t, t).item() == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError):
         generalized_jsd(s, t, beta=1.5)
+
+
+P4_T = [0.5, 0.3, 0.15, 0.05]
+P4_S = [0.4, 0.2, 0.1, 0.3]
+
+
+def test_sparse_kl_bucket_is_the_kl_of_coarsened_distributions():
+    """Top-2 of a 4-token teacher: the tail (0.2) is one bucket, against the student's tail (0.4)."""
+    student = torch.log(torch.tensor([P4_S]))
+    ids = torch.tensor([[0, 1]])
+    lps = torch.log(torch.tensor([[0.5, 0.3]]))
+    want = _kl([0.5, 0.3, 0.2], [0.4, 0.2, 0.4])
+    assert sparse_forward_kl(student, ids, lps).item() == pytest.approx(want, rel=1e-5)
+
+
+def test_sparse_kl_renorm_and_full_support():
+    student = torch.log(torch.tensor([P4_S]))
+    lps = torch.log(torch.tensor([[0.5, 0.3]]))
+    renorm = sparse_forward_kl(student, torch.tensor([[0, 1]]), lps, tail="renorm").item()
+    pn = [0.5 / 0.8, 0.3 / 0.8]
+    assert renorm == pytest.approx(
+        sum(p * math.log(p / q) for p, q in zip(pn, [0.4, 0.2], strict=True)), rel=1e-5
+    )
+    # with every token listed, both modes are the full forward KL
+    full = sparse_forward_kl(student, torch.tensor([[0, 1, 2, 3]]), torch.log(torch.tensor([P4_T]))).item()
+    assert full == pytest.approx(_kl(P4_T, P4_S), rel=1e-5)
+
+
+def test_sparse_kl_ignores_padding_slots_and_is_zero_at_match():
+    student = torch.log(torch.tensor([P4_T]))
+    ids = torch.tensor([[0, 1, -1]])
+    lps = torch.tensor([[math.log(0.5), math.log(0.3), -math.inf]])
+    assert sparse_forward_kl(student, ids, lps).item() == pytest.approx(0.0, abs=1e-6)

@@ -61,3 +61,38 @@ def generalized_jsd(
     # Normalised by beta(1-beta) so that the limits beta -> 0, 1 are the forward / reverse KLs.
     per = (beta * kl_t + (1 - beta) * kl_s) / (beta * (1 - beta))
     return _reduce(per, mask) * temperature**2
+
+
+def sparse_forward_kl(
+    student_logits, target_ids, target_logprobs, *, mask=None, tail: str = "bucket"
+) -> torch.Tensor:
+    """Forward KL against a teacher known only on a few tokens per position (top-k logprobs).
+
+    ``target_ids`` / ``target_logprobs`` are ``[..., K]``; unused slots have id -1 (or logprob -inf). The
+    teacher's mass outside the listed tokens, ``r = 1 - sum(p_k)``, is handled explicitly:
+
+    - ``"bucket"``: the tail is one extra category on both sides, so this is the exact KL between the
+      teacher's and the student's distributions coarsened to K + 1 outcomes (the K tokens and "anything
+      else"). It is zero only when the student matches every listed probability and the tail mass.
+    - ``"renorm"``: drop the tail and renormalise the teacher over the K tokens (what most sparse-KD code
+      does); the student is then pushed to put all its mass on the listed tokens.
+    """
+    if tail not in ("bucket", "renorm"):
+        raise ValueError(f"tail must be 'bucket' or 'renorm', got {tail!r}")
+    valid = (target_ids >= 0) & torch.isfinite(target_logprobs)
+    ids = target_ids.clamp_min(0)
+    t_lp = torch.where(valid, target_logprobs, torch.full_like(target_logprobs, -math.inf))
+    s = F.log_softmax(student_logits.float(), dim=-1)
+    s_k = torch.gather(s, -1, ids)
+    if tail == "renorm":
+        t_lp = t_lp - torch.logsumexp(t_lp, dim=-1, keepdim=True)
+    p_k = t_lp.exp()
+    per = torch.where(valid, p_k * (t_lp - s_k), torch.zeros_like(p_k)).sum(-1)
+    if tail == "bucket":
+        r = (1.0 - p_k.sum(-1)).clamp_min(0.0)
+        listed = torch.logsumexp(torch.where(valid, s_k, torch.full_like(s_k, -math.inf)), dim=-1)
+        # log(1 - exp(listed)) without cancellation; clamp keeps the log finite when the student puts
+        # (numerically) all its mass on the listed tokens
+        q_other = torch.log(-torch.expm1(listed.clamp_max(-1e-7)))
+        per = per + torch.where(r > 0, r * (torch.log(r.clamp_min(1e-30)) - q_other), torch.zeros_like(r))
+    return _reduce(per, mask)

@@ -1,0 +1,15 @@
+"""The OpenAI-compatible gateway and the state it keeps.
+
+State layer (no HTTP, no torch; importable by the monitor and the CLI without pulling in the server):
+
+- ``accounts``: orgs, accounts, API keys (stored only as HMAC-SHA256 under a server secret), policy tiers,
+  bans; ``AccountStore.authenticate`` turns a presented key into a ``Principal``.
+- ``quotas``: RPM / TPM / daily-token / concurrency limits enforced by reserve-then-commit, in memory
+  (one process) or in Redis (several processes share one limit).
+- ``ipfilter``: CIDR allow/deny lists and the client IP behind trusted proxies.
+- ``ledger``: the append-only, hash-chained query ledger (SQLite WAL) with verify and Parquet export.
+- ``cli``: the admin commands ``distillguard keys|accounts|ledger``.
+
+The HTTP server (FastAPI app, backends, ``serve``) lives in sibling modules and imports these.
+Nothing is imported here so that ``import distillguard.gateway.accounts`` stays light.
+"""

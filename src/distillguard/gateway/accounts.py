@@ -1,0 +1,590 @@
+"""Orgs, accounts, API keys, policy tiers and bans: the gateway's who-is-calling store.
+
+Why it looks like this:
+
+- Keys are stored only as ``HMAC-SHA256(server_secret, key)``. A leaked database (backup, replica, a
+  ``sqlite3`` session) then yields neither usable keys nor an offline guessing target, because verifying a
+  guess needs the secret, which lives in a separate 0600 file (or in the config).
+- Lookup is by the HMAC digest (a unique index), followed by ``hmac.compare_digest`` on the fetched digest.
+  The index walk compares digests, not keys: timing can at most reveal bits of HMAC outputs of the
+  attacker's own guesses, which without the secret say nothing about any stored key.
+- Every ``authenticate`` reads the database (one indexed join on a per-thread connection, tens of
+  microseconds), so a revocation, ban or tier change made by the CLI, the admin API or the monitor in
+  another process applies to the very next request. No cache means nothing to invalidate.
+- SQLite in WAL mode with a busy timeout and ``BEGIN IMMEDIATE`` writes: several gateway processes and the
+  admin CLI can share one file. (DESIGN.md's scale path moves this to Postgres; the API stays.)
+
+Tiers (DESIGN.md's response ladder): ``normal``; ``throttled`` (lower quotas, see
+``quotas.effective_limits``); ``restricted`` (no logprobs / logit_bias, stronger watermark: enforced by the
+server); ``suspended`` (every request refused with 403, like a ban but set by policy and reversible by it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from distillguard.errors import UserError
+
+TIERS = ("normal", "throttled", "restricted", "suspended")
+KEY_PREFIX = "dg-"
+_KEY_BYTES = 32  # entropy of a key: 256 bits, url-safe base64 encoded (43 characters)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:+\-]{0,127}$")
+_LIMIT_FIELDS = ("rpm", "tpm", "daily_tokens", "max_concurrent")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Quota limits of one scope (a key or an account); ``None`` means unlimited."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    daily_tokens: int | None = None
+    max_concurrent: int | None = None
+
+    def as_dict(self) -> dict[str, int | None]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of one request, as read from the store at that request."""
+
+    key_id: str
+    account: str
+    org: str | None
+    tier: str
+    key_limits: Limits
+    account_limits: Limits
+    models: tuple[str, ...] | None  # None = every model
+    expires_at: float | None
+
+    def allows_model(self, model: str) -> bool:
+        """Whether this key may call ``model`` (keys without a model list may call every model)."""
+        return self.models is None or model in self.models
+
+
+class AuthError(Exception):
+    """Authentication or authorization refused; the server maps it to an OpenAI-style error body.
+
+    ``status`` is 401 (the key itself is not usable) or 403 (the key is fine, the account is not allowed).
+    ``message`` is safe to show the caller: it never echoes the presented key.
+    """
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"AuthError({self.status}, {self.code!r}, {self.message!r})"
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """Return the server secret stored at ``path``, creating 32 random bytes (mode 0600) on first use.
+
+    Creation is race-free between processes: the secret is written to a private temp file and hard-linked
+    into place, so a concurrent starter either wins or reads the winner's complete file.
+    """
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(32))
+                fh.flush()
+                os.fsync(fh.fileno())
+            with suppress(FileExistsError):  # another process created it first: use theirs
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    data = path.read_bytes()
+    if len(data) < 16:
+        raise UserError(f"server secret {path} is shorter than 16 bytes; delete it to generate a new one")
+    return data
+
+
+def gateway_secret(config: dict | None = None) -> bytes:
+    """The server secret: ``config["secret"]`` (a string, e.g. from ``DISTILLGUARD_SECRET``) or the file
+    ``home()/gateway/secret`` (created on first use). Keys and the ledger head are keyed with it."""
+    from distillguard.config import home
+
+    value = (config or {}).get("secret")
+    if value is not None and value != "":
+        raw = str(value).encode()  # env values may have been coerced to int
+        if len(raw) < 16:
+            raise UserError("config `secret` must be at least 16 characters")
+        return raw
+    return load_or_create_secret(home() / "gateway" / "secret")
+
+
+class SQLiteConnections:
+    """One SQLite connection per thread (and per process: a forked child never reuses its parent's).
+
+    Connections are in autocommit mode; writers open ``BEGIN IMMEDIATE`` transactions so that concurrent
+    writers queue on the busy timeout instead of failing with a deadlock on lock upgrade.
+    """
+
+    def __init__(self, path: Path, synchronous: str = "NORMAL", timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.timeout = timeout
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise UserError(f"cannot put {self.path} in WAL mode (got {mode})")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        self._local.conn = conn
+        self._local.pid = os.getpid()
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction, committed on success and rolled back on error."""
+        conn = self.get()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            with suppress(sqlite3.ProgrammingError):  # closed from another thread already
+                conn.close()
+        self._local = threading.local()
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS orgs (
+    name TEXT PRIMARY KEY,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS accounts (
+    name TEXT PRIMARY KEY,
+    org TEXT REFERENCES orgs(name),
+    tier TEXT NOT NULL DEFAULT 'normal',
+    banned INTEGER NOT NULL DEFAULT 0,
+    ban_reason TEXT,
+    banned_at REAL,
+    rpm INTEGER, tpm INTEGER, daily_tokens INTEGER, max_concurrent INTEGER,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    key_id TEXT PRIMARY KEY,
+    key_hash BLOB NOT NULL UNIQUE,
+    account TEXT NOT NULL REFERENCES accounts(name),
+    name TEXT,
+    rpm INTEGER, tpm INTEGER, daily_tokens INTEGER, max_concurrent INTEGER,
+    models TEXT,
+    expires_at REAL,
+    created REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE INDEX IF NOT EXISTS keys_by_account ON keys(account);
+CREATE TABLE IF NOT EXISTS account_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    account TEXT NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    value TEXT,
+    previous TEXT,
+    reason TEXT,
+    actor TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_account ON account_events(account, id);
+"""
+
+_AUTH_SQL = """
+SELECT k.key_id, k.key_hash, k.account, k.rpm, k.tpm, k.daily_tokens, k.max_concurrent, k.models,
+       k.expires_at, k.revoked_at, a.org, a.tier, a.banned, a.rpm, a.tpm, a.daily_tokens, a.max_concurrent
+FROM keys AS k JOIN accounts AS a ON a.name = k.account
+WHERE k.key_hash = ?
+"""
+
+
+def _check_name(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise UserError(
+            f"invalid {kind} name {value!r}: use 1-128 letters, digits or _.@:+- "
+            "(starting with a letter or digit)"
+        )
+    return value
+
+
+def _check_limit(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{name} must be a positive integer (got {value!r})")
+    return value
+
+
+def _check_limits(limits: Limits) -> Limits:
+    for f in _LIMIT_FIELDS:
+        _check_limit(f, getattr(limits, f))
+    return limits
+
+
+def _check_tier(tier: str) -> str:
+    if tier not in TIERS:
+        raise UserError(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
+    return tier
+
+
+class AccountStore:
+    """Accounts and keys in one SQLite (WAL) file, safe to share between processes."""
+
+    def __init__(self, path: Path, secret: bytes) -> None:
+        if not isinstance(secret, bytes | bytearray) or len(secret) < 16:
+            raise UserError("the server secret must be at least 16 bytes")
+        self.path = Path(path)
+        self._secret = bytes(secret)
+        self._db = SQLiteConnections(self.path)
+        try:
+            with self._db.write() as conn:
+                for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                    conn.execute(stmt)
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"{self.path} is not a usable accounts database: {exc}") from None
+
+    @classmethod
+    def open_default(cls, config: dict | None = None) -> AccountStore:
+        """The store the gateway and the CLI share: ``config["accounts_path"]`` or
+        ``home()/gateway/accounts.db``, keyed with ``gateway_secret(config)``."""
+        from distillguard.config import home
+
+        config = config or {}
+        path = config.get("accounts_path") or home() / "gateway" / "accounts.db"
+        return cls(Path(path).expanduser(), gateway_secret(config))
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- keys ---------------------------------------------------------------------------------------------
+
+    def _digest(self, key: str) -> bytes:
+        return hmac.new(self._secret, key.encode("utf-8"), hashlib.sha256).digest()
+
+    def create_key(
+        self,
+        account: str,
+        *,
+        org: str | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        daily_tokens: int | None = None,
+        max_concurrent: int | None = None,
+        expires_at: float | None = None,
+        models: Sequence[str] | None = None,
+        name: str | None = None,
+    ) -> tuple[str, str]:
+        """Create a key for ``account`` (creating the org and account if missing).
+
+        Returns ``(plaintext_key, key_id)``. The plaintext exists only in this return value; the store keeps
+        its HMAC. ``models`` restricts the key to those model names (``None`` or empty: every model).
+        """
+        _check_name("account", account)
+        if org is not None:
+            _check_name("org", org)
+        limits = [
+            _check_limit(n, v)
+            for n, v in zip(_LIMIT_FIELDS, (rpm, tpm, daily_tokens, max_concurrent), strict=True)
+        ]
+        if expires_at is not None and not isinstance(expires_at, int | float):
+            raise UserError(f"expires_at must be a UNIX timestamp (got {expires_at!r})")
+        if isinstance(models, str):
+            models = [models]
+        model_list: list[str] | None = None
+        if models:
+            model_list = []
+            for m in models:
+                if not isinstance(m, str) or not m.strip():
+                    raise UserError(f"invalid model name {m!r}")
+                if m not in model_list:
+                    model_list.append(m)
+        key = KEY_PREFIX + secrets.token_urlsafe(_KEY_BYTES)
+        key_id = "key_" + secrets.token_hex(6)
+        now = time.time()
+        with self._db.write() as conn:
+            self._ensure_account(conn, account, org, now)
+            conn.execute(
+                "INSERT INTO keys (key_id, key_hash, account, name, rpm, tpm, daily_tokens, max_concurrent,"
+                " models, expires_at, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key_id,
+                    self._digest(key),
+                    account,
+                    name,
+                    *limits,
+                    json.dumps(model_list) if model_list is not None else None,
+                    float(expires_at) if expires_at is not None else None,
+                    now,
+                ),
+            )
+        return key, key_id
+
+    def _ensure_account(self, conn: sqlite3.Connection, account: str, org: str | None, now: float) -> None:
+        if org is not None:
+            conn.execute("INSERT OR IGNORE INTO orgs (name, created) VALUES (?, ?)", (org, now))
+        row = conn.execute("SELECT org FROM accounts WHERE name = ?", (account,)).fetchone()
+        if row is None:
+            conn.execute("INSERT INTO accounts (name, org, created) VALUES (?, ?, ?)", (account, org, now))
+        elif org is not None and row[0] is None:
+            conn.execute("UPDATE accounts SET org = ? WHERE name = ?", (org, account))
+        elif org is not None and row[0] != org:
+            raise UserError(f"account {account!r} belongs to org {row[0]!r}, not {org!r}")
+
+    def authenticate(self, presented_key: str) -> Principal:
+        """Resolve a presented key to a ``Principal`` or raise ``AuthError``.
+
+        Order of refusals: unknown key (401 ``invalid_api_key``), revoked (401 ``key_revoked``), expired
+        (401 ``key_expired``), banned account (403 ``account_banned``), suspended tier (403
+        ``account_suspended``). Model restrictions are returned in the principal for the server to apply.
+        """
+        if (
+            not isinstance(presented_key, str)
+            or not presented_key.startswith(KEY_PREFIX)
+            or len(presented_key) > 256
+        ):
+            raise AuthError(401, "invalid_api_key", "Incorrect API key provided.")
+        digest = self._digest(presented_key)
+        row = self._db.get().execute(_AUTH_SQL, (digest,)).fetchone()
+        if row is None or not hmac.compare_digest(bytes(row[1]), digest):
+            raise AuthError(401, "invalid_api_key", "Incorrect API key provided.")
+        (key_id, _, account, k_rpm, k_tpm, k_day, k_conc, models, expires_at, revoked_at,
+         org, tier, banned, a_rpm, a_tpm, a_day, a_conc) = row  # fmt: skip
+        if revoked_at is not None:
+            raise AuthError(401, "key_revoked", f"API key {key_id} has been revoked.")
+        if expires_at is not None and time.time() >= expires_at:
+            raise AuthError(401, "key_expired", f"API key {key_id} expired at {_iso(expires_at)}.")
+        if banned:
+            raise AuthError(403, "account_banned", f"Account {account} has been banned.")
+        if tier == "suspended":
+            raise AuthError(403, "account_suspended", f"Account {account} is suspended.")
+        return Principal(
+            key_id=key_id,
+            account=account,
+            org=org,
+            tier=tier,
+            key_limits=Limits(k_rpm, k_tpm, k_day, k_conc),
+            account_limits=Limits(a_rpm, a_tpm, a_day, a_conc),
+            models=tuple(json.loads(models)) if models is not None else None,
+            expires_at=expires_at,
+        )
+
+    def revoke_key(self, key_id: str) -> None:
+        """Revoke a key; the next request with it gets 401 ``key_revoked``. Revoking twice is a no-op."""
+        with self._db.write() as conn:
+            row = conn.execute("SELECT revoked_at FROM keys WHERE key_id = ?", (key_id,)).fetchone()
+            if row is None:
+                raise UserError(f"unknown key id {key_id!r}")
+            if row[0] is None:
+                conn.execute("UPDATE keys SET revoked_at = ? WHERE key_id = ?", (time.time(), key_id))
+
+    def list_keys(self, account: str | None = None) -> list[dict]:
+        """Key metadata (never the key or its hash), oldest first, optionally for one account."""
+        conn = self._db.get()
+        sql = (
+            "SELECT k.key_id, k.account, a.org, k.name, k.rpm, k.tpm, k.daily_tokens, k.max_concurrent,"
+            " k.models, k.expires_at, k.created, k.revoked_at FROM keys AS k"
+            " JOIN accounts AS a ON a.name = k.account"
+        )
+        if account is not None:
+            self._require_account(conn, account)
+            rows = conn.execute(sql + " WHERE k.account = ? ORDER BY k.created, k.key_id", (account,))
+        else:
+            rows = conn.execute(sql + " ORDER BY k.created, k.key_id")
+        now = time.time()
+        out = []
+        for key_id, acct, org, name, rpm, tpm, day, conc, models, expires_at, created, revoked_at in rows:
+            if revoked_at is not None:
+                status = "revoked"
+            elif expires_at is not None and now >= expires_at:
+                status = "expired"
+            else:
+                status = "active"
+            out.append(
+                {
+                    "key_id": key_id,
+                    "account": acct,
+                    "org": org,
+                    "name": name,
+                    "status": status,
+                    "created": created,
+                    "expires_at": expires_at,
+                    "revoked_at": revoked_at,
+                    "models": json.loads(models) if models is not None else None,
+                    "limits": Limits(rpm, tpm, day, conc).as_dict(),
+                }
+            )
+        return out
+
+    # -- accounts -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _require_account(conn: sqlite3.Connection, account: str) -> tuple:
+        row = conn.execute(
+            "SELECT name, org, tier, banned, ban_reason, banned_at, rpm, tpm, daily_tokens, max_concurrent,"
+            " created FROM accounts WHERE name = ?",
+            (account,),
+        ).fetchone()
+        if row is None:
+            raise UserError(f"unknown account {account!r}")
+        return row
+
+    @staticmethod
+    def _event(
+        conn: sqlite3.Connection,
+        account: str,
+        kind: str,
+        value: str | None,
+        previous: str | None,
+        reason: str | None,
+        actor: str,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO account_events (account, ts, kind, value, previous, reason, actor)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (account, time.time(), kind, value, previous, reason, actor),
+        )
+
+    def ban(self, account: str, reason: str | None = None, actor: str = "cli") -> None:
+        """Ban an account: every key of it gets 403 ``account_banned`` from the next request on."""
+        with self._db.write() as conn:
+            self._require_account(conn, account)
+            conn.execute(
+                "UPDATE accounts SET banned = 1, ban_reason = ?, banned_at = ? WHERE name = ?",
+                (reason, time.time(), account),
+            )
+            self._event(conn, account, "ban", "banned", None, reason, actor)
+
+    def unban(self, account: str, actor: str = "cli") -> None:
+        """Lift a ban (the tier is unchanged: a suspended account stays suspended)."""
+        with self._db.write() as conn:
+            row = self._require_account(conn, account)
+            if row[3]:
+                conn.execute(
+                    "UPDATE accounts SET banned = 0, ban_reason = NULL, banned_at = NULL WHERE name = ?",
+                    (account,),
+                )
+                self._event(conn, account, "ban", "unbanned", "banned", None, actor)
+
+    def set_tier(self, account: str, tier: str, reason: str | None = None, actor: str = "cli") -> None:
+        """Move an account on the response ladder; each change is kept in its tier history.
+
+        Setting the tier it already has records nothing (the monitor re-asserts tiers on every scan).
+        """
+        _check_tier(tier)
+        with self._db.write() as conn:
+            previous = self._require_account(conn, account)[2]
+            if previous != tier:
+                conn.execute("UPDATE accounts SET tier = ? WHERE name = ?", (tier, account))
+                self._event(conn, account, "tier", tier, previous, reason, actor)
+
+    def set_account_limits(self, account: str, limits: Limits, actor: str = "cli") -> None:
+        """Replace the account-wide limits (shared by all its keys; ``None`` fields mean unlimited)."""
+        _check_limits(limits)
+        with self._db.write() as conn:
+            row = self._require_account(conn, account)
+            conn.execute(
+                "UPDATE accounts SET rpm = ?, tpm = ?, daily_tokens = ?, max_concurrent = ? WHERE name = ?",
+                (limits.rpm, limits.tpm, limits.daily_tokens, limits.max_concurrent, account),
+            )
+            previous = Limits(*row[6:10]).as_dict()
+            self._event(
+                conn, account, "limits", json.dumps(limits.as_dict()), json.dumps(previous), None, actor
+            )
+
+    def create_account(self, account: str, org: str | None = None) -> None:
+        """Create an account (and its org) without a key; existing accounts are left as they are."""
+        _check_name("account", account)
+        if org is not None:
+            _check_name("org", org)
+        with self._db.write() as conn:
+            self._ensure_account(conn, account, org, time.time())
+
+    def get_account(self, account: str) -> dict:
+        """Everything about one account: tier, ban, limits, keys, tier history (oldest first)."""
+        conn = self._db.get()
+        name, org, tier, banned, ban_reason, banned_at, rpm, tpm, day, conc, created = self._require_account(
+            conn, account
+        )
+        history = [
+            {"ts": ts, "tier": value, "previous": previous, "reason": reason, "actor": actor}
+            for ts, value, previous, reason, actor in conn.execute(
+                "SELECT ts, value, previous, reason, actor FROM account_events"
+                " WHERE account = ? AND kind = 'tier' ORDER BY id",
+                (account,),
+            )
+        ]
+        return {
+            "name": name,
+            "org": org,
+            "tier": tier,
+            "banned": bool(banned),
+            "ban_reason": ban_reason,
+            "banned_at": banned_at,
+            "created": created,
+            "limits": Limits(rpm, tpm, day, conc).as_dict(),
+            "keys": self.list_keys(account),
+            "tier_history": history,
+        }
+
+    def list_accounts(self) -> list[dict]:
+        """One summary per account, by name."""
+        rows = self._db.get().execute(
+            "SELECT a.name, a.org, a.tier, a.banned, a.rpm, a.tpm, a.daily_tokens, a.max_concurrent,"
+            " a.created,"
+            " (SELECT COUNT(*) FROM keys AS k WHERE k.account = a.name AND k.revoked_at IS NULL"
+            "  AND (k.expires_at IS NULL OR k.expires_at > ?))"
+            " FROM accounts AS a ORDER BY a.name",
+            (time.time(),),
+        )
+        return [
+            {
+                "name": name,
+                "org": org,
+                "tier": tier,
+                "banned": bool(banned),
+                "limits": Limits(rpm, tpm, day, conc).as_dict(),
+                "created": created,
+                "active_keys": active,
+            }
+            for name, org, tier, banned, rpm, tpm, day, conc, created, active in rows
+        ]
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

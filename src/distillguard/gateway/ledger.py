@@ -1,0 +1,514 @@
+"""The query ledger: every request, admitted or refused, in an append-only, tamper-evident SQLite table.
+
+Each record is stored as canonical JSON (sorted keys, no whitespace) together with the columns the monitor
+filters on (seq, ts, account, key_id, client_ip, decision, tier, tokens). Its ``hash`` is
+``sha256(prev_hash + canonical_json)`` with a fixed genesis (64 zeros); the JSON includes ``seq`` so a record
+moved to another position no longer matches. ``append`` returns only after the transaction is committed
+with ``synchronous=FULL`` (the WAL is fsynced), so the server can answer knowing the record survives a crash.
+
+Threat model. The adversary can open the database with ``sqlite3`` (a leaked backup, an analytics job
+with write access, an insider) and edit, delete, insert, reorder or truncate rows, and knows this code, but
+does not hold the server secret. Then:
+
+- the hash chain makes any change in the middle visible, and ``verify`` names the first bad record;
+- a per-record HMAC (server secret) over ``seq`` and ``hash`` stops the obvious repair of recomputing every
+  later hash after an edit, so the edited record is still the one named;
+- a signed head (record count and last hash, HMAC with the server secret), kept in the database and updated
+  in the same transaction as each append, detects deleting the last records (truncation) and appending
+  forged ones; without the secret a consistent head cannot be forged;
+- the same signed head is copied to a sidecar file (``<ledger>.head``) after each commit, so replaying an
+  older, validly signed head inside the database (truncate, then restore yesterday's head row) is caught
+  too. The sidecar may lag the database by one record after a crash between commit and sidecar write, so
+  ``verify`` accepts a sidecar that names an earlier record of the chain, never a later one.
+
+Not covered: an adversary holding the server secret can re-sign anything, and one who can roll back both
+the database and the sidecar to an older copy of both makes the ledger look intact but shorter. Against
+those, publish the head (``distillguard ledger head``) to a place they cannot write (another host, WORM
+storage, a ticket) and compare. Without a secret (``Ledger(path)``) records and heads are unsigned and only
+naive edits are detected.
+
+Redaction (``redact_prompts=True``): ``prompt`` and the text of ``messages`` are replaced by
+``sha256:<hex>`` of their UTF-8 text before hashing and storing, so the database holds no prompt text while
+exact repeats stay linkable. Unsalted hashes of short or guessable prompts can be confirmed by guessing;
+that is the price of linkability across accounts.
+
+Several processes may append to one ledger: a ``BEGIN IMMEDIATE`` transaction serializes them in SQLite, and
+an exclusive lock file keeps the sidecar writes in the same order as the commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distillguard.errors import UserError
+from distillguard.gateway.accounts import SQLiteConnections, gateway_secret
+
+try:  # POSIX; elsewhere SQLite's own lock still serializes appends (only the sidecar order is weaker)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+GENESIS = "0" * 64
+_BATCH = 1000
+_COLUMNS = ("ts", "account", "key_id", "client_ip", "decision", "tier", "tokens")
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS ledger (
+        seq INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        account TEXT,
+        key_id TEXT,
+        client_ip TEXT,
+        decision TEXT NOT NULL,
+        tier TEXT,
+        tokens INTEGER,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        mac TEXT NOT NULL,
+        record TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS ledger_by_account ON ledger(account, seq)",
+    "CREATE INDEX IF NOT EXISTS ledger_by_ip ON ledger(client_ip, seq)",
+    "CREATE INDEX IF NOT EXISTS ledger_by_ts ON ledger(ts)",
+    """CREATE TABLE IF NOT EXISTS ledger_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        count INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        mac TEXT NOT NULL
+    )""",
+)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """Where an appended record landed: its sequence number and chain hash."""
+
+    seq: int
+    hash: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Result of ``Ledger.verify``. ``first_bad_seq`` is ``None`` when intact or when the damage is not in
+    a record (for example a missing or invalid head). ``signed`` says whether signatures were checked."""
+
+    ok: bool
+    records: int
+    first_bad_seq: int | None
+    reason: str | None
+    head_hash: str | None = None
+    signed: bool = False
+
+
+def canonical_json(record: Any) -> str:
+    """The one byte-exact serialization that is hashed and stored."""
+    try:
+        return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"ledger record is not plain JSON: {exc}") from None
+
+
+def sha256_text(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _chain(prev: str, text: str) -> str:
+    return hashlib.sha256((prev + text).encode("utf-8")).hexdigest()
+
+
+def _redact(record: dict[str, Any]) -> None:
+    if isinstance(record.get("prompt"), str):
+        record["prompt"] = sha256_text(record["prompt"])
+    messages = record.get("messages")
+    if isinstance(messages, list):
+        out = []
+        for m in messages:
+            if isinstance(m, dict) and "content" in m:
+                m = dict(m)
+                c = m["content"]
+                if isinstance(c, str):
+                    m["content"] = sha256_text(c)
+                elif c is not None:
+                    m["content"] = sha256_text(canonical_json({"content": c}))
+            elif isinstance(m, str):
+                m = sha256_text(m)
+            out.append(m)
+        record["messages"] = out
+    record["prompt_redacted"] = True
+
+
+def _columns(record: dict[str, Any]) -> tuple:
+    pt, ct = record.get("prompt_tokens"), record.get("completion_tokens")
+    tokens = None if pt is None and ct is None else int(pt or 0) + int(ct or 0)
+    return (
+        float(record["ts"]),
+        record.get("account"),
+        record.get("key_id"),
+        record.get("client_ip"),
+        record["decision"],
+        record.get("tier"),
+        tokens,
+    )
+
+
+class Ledger:
+    """Append-only, hash-chained, signed query ledger in SQLite (WAL)."""
+
+    def __init__(self, path: Path, secret: bytes | None = None, redact_prompts: bool = False) -> None:
+        self.path = Path(path)
+        self.redact_prompts = bool(redact_prompts)
+        self._key = (
+            hmac.new(bytes(secret), b"distillguard ledger v1", hashlib.sha256).digest() if secret else None
+        )
+        self.sidecar = self.path.with_name(self.path.name + ".head")
+        self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._db = SQLiteConnections(self.path, synchronous="FULL")
+        self._tlock = threading.Lock()
+        self._lock_fd: tuple[int, int] | None = None  # (pid, fd)
+        try:
+            with self._db.write() as conn:
+                for stmt in _SCHEMA:
+                    conn.execute(stmt)
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"{self.path} is not a usable ledger database: {exc}") from None
+
+    @classmethod
+    def open_default(cls, config: dict | None = None) -> Ledger:
+        """The gateway's ledger: ``config["ledger_path"]`` or ``home()/gateway/ledger.db``, signed with
+        ``gateway_secret(config)``, redacting prompts when ``config["redact_prompts"]`` is true."""
+        from distillguard.config import home
+
+        config = config or {}
+        path = config.get("ledger_path") or home() / "gateway" / "ledger.db"
+        return cls(
+            Path(path).expanduser(),
+            secret=gateway_secret(config),
+            redact_prompts=bool(config.get("redact_prompts", False)),
+        )
+
+    def close(self) -> None:
+        self._db.close()
+        if self._lock_fd is not None and self._lock_fd[0] == os.getpid():
+            os.close(self._lock_fd[1])
+        self._lock_fd = None
+
+    # -- signing --------------------------------------------------------------------------------------------
+
+    def _mac(self, message: str) -> str:
+        if self._key is None:
+            return ""
+        return hmac.new(self._key, message.encode(), hashlib.sha256).hexdigest()
+
+    def _record_mac(self, seq: int, digest: str) -> str:
+        return self._mac(f"record:{seq}:{digest}")
+
+    def _head_mac(self, count: int, digest: str) -> str:
+        return self._mac(f"head:{count}:{digest}")
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        with self._tlock:
+            if fcntl is None:
+                yield
+                return
+            if self._lock_fd is None or self._lock_fd[0] != os.getpid():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._lock_fd = (os.getpid(), os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600))
+            fd = self._lock_fd[1]
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    # -- writing --------------------------------------------------------------------------------------------
+
+    def _prepare(self, record: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(record, dict):
+            raise ValueError("a ledger record is a dict")
+        rec = dict(record)
+        rec.pop("seq", None)
+        decision = rec.get("decision")
+        if not isinstance(decision, str) or not decision:
+            raise ValueError("a ledger record needs a `decision` (e.g. 'admitted' or 'refused')")
+        ts = rec.get("ts")
+        if ts is None:
+            rec["ts"] = time.time()
+        elif isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+            raise ValueError(f"ledger `ts` must be a UNIX timestamp (got {ts!r})")
+        if self.redact_prompts:
+            _redact(rec)
+        return rec
+
+    def append(self, record: dict) -> LedgerEntry:
+        """Append one record; it is committed and fsynced when this returns. Safe across threads and
+        processes. The caller's dict is not modified (the stored copy gains ``seq``)."""
+        rec = self._prepare(record)
+        with self._exclusive():
+            with self._db.write() as conn:
+                head = conn.execute("SELECT count, hash FROM ledger_head WHERE id = 1").fetchone()
+                if head is None:
+                    last = conn.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
+                    head = last or (0, GENESIS)
+                count, prev = head
+                seq = count + 1
+                rec["seq"] = seq
+                text = canonical_json(rec)
+                digest = _chain(prev, text)
+                conn.execute(
+                    "INSERT INTO ledger (seq, ts, account, key_id, client_ip, decision, tier, tokens,"
+                    " prev_hash, hash, mac, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (seq, *_columns(rec), prev, digest, self._record_mac(seq, digest), text),
+                )
+                head_mac = self._head_mac(seq, digest)
+                conn.execute(
+                    "INSERT OR REPLACE INTO ledger_head (id, count, hash, mac) VALUES (1, ?, ?, ?)",
+                    (seq, digest, head_mac),
+                )
+            self._write_sidecar(seq, digest, head_mac)
+        return LedgerEntry(seq, digest)
+
+    def _write_sidecar(self, count: int, digest: str, mac: str) -> None:
+        tmp = self.sidecar.with_name(f".{self.sidecar.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"count": count, "hash": digest, "mac": mac}))
+        os.replace(tmp, self.sidecar)
+
+    # -- reading --------------------------------------------------------------------------------------------
+
+    def iter_records(self, since_seq: int = 0) -> Iterator[dict]:
+        """Records with ``seq > since_seq`` in order, fetched in batches by primary key, so a reader that
+        remembers the last seq it saw pays only for new records and never holds a long read transaction."""
+        conn = self._db.get()
+        last = int(since_seq)
+        while True:
+            rows = conn.execute(
+                "SELECT seq, record FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?", (last, _BATCH)
+            ).fetchall()
+            if not rows:
+                return
+            for seq, text in rows:
+                last = seq
+                yield json.loads(text)
+
+    def count(self) -> int:
+        return self._db.get().execute("SELECT COUNT(*) FROM ledger").fetchone()[0]
+
+    def head(self) -> dict[str, Any]:
+        """The signed head ``{"count", "hash", "mac"}``: publish it elsewhere to pin the ledger's state."""
+        row = self._db.get().execute("SELECT count, hash, mac FROM ledger_head WHERE id = 1").fetchone()
+        if row is None:
+            return {"count": 0, "hash": GENESIS, "mac": self._head_mac(0, GENESIS)}
+        return {"count": row[0], "hash": row[1], "mac": row[2]}
+
+    def _read_sidecar(self) -> dict[str, Any] | str | None:
+        try:
+            data = json.loads(self.sidecar.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return "unreadable"
+        if not isinstance(data, dict) or not isinstance(data.get("count"), int):
+            return "unreadable"
+        return data
+
+    def verify(self) -> VerifyReport:
+        """Walk the chain from genesis and check every record, then the signed heads.
+
+        Reasons name what is wrong: ``missing seq N``, ``out of order``, ``hash mismatch``, a column that no
+        longer matches its record, a bad signature, ``tail truncated after seq N``, records beyond the head.
+        """
+        try:
+            return self._verify()
+        except sqlite3.DatabaseError as exc:
+            return VerifyReport(False, 0, None, f"database unreadable: {exc}", None, self._key is not None)
+
+    def _verify(self) -> VerifyReport:
+        signed = self._key is not None
+        # the sidecar is written after each commit: read it before the snapshot so it cannot be ahead of it
+        side = self._read_sidecar()
+        conn = self._db.get()
+        conn.execute("BEGIN")  # one read snapshot for the rows and the head
+        try:
+            head = conn.execute("SELECT count, hash, mac FROM ledger_head WHERE id = 1").fetchone()
+            side_count = side.get("count") if isinstance(side, dict) else None
+            hashes: dict[int, str] = {0: GENESIS}
+            prev, expected, last = GENESIS, 1, 0
+
+            def bad(seq: int | None, reason: str) -> VerifyReport:
+                return VerifyReport(False, expected - 1, seq, reason, prev, signed)
+
+            while True:
+                rows = conn.execute(
+                    "SELECT seq, ts, account, key_id, client_ip, decision, tier, tokens, prev_hash, hash,"
+                    " mac, record FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (last, _BATCH),
+                ).fetchall()
+                if not rows:
+                    break
+                for row in rows:
+                    seq, stored_cols, prev_hash, digest, mac, text = (
+                        row[0],
+                        row[1:8],
+                        row[8],
+                        row[9],
+                        row[10],
+                        row[11],
+                    )
+                    last = seq
+                    if seq != expected:
+                        return bad(expected, f"missing seq {expected}")
+                    try:
+                        rec = json.loads(text)
+                        rec_seq = rec.get("seq")
+                    except (TypeError, ValueError, AttributeError):
+                        return bad(seq, "record is not a JSON object")
+                    if rec_seq != seq:
+                        return bad(seq, f"out of order (the record stored here is seq {rec_seq})")
+                    if prev_hash != prev:
+                        return bad(seq, "prev_hash does not match the previous record's hash")
+                    if _chain(prev, text) != digest:
+                        return bad(seq, "hash mismatch (record or hash edited)")
+                    try:
+                        cols = _columns(rec)
+                    except (KeyError, TypeError, ValueError):
+                        return bad(seq, "record lacks ts or decision")
+                    for name, want, got in zip(_COLUMNS, cols, stored_cols, strict=True):
+                        if want != got:
+                            return bad(seq, f"column {name} does not match the record")
+                    if signed and not hmac.compare_digest(mac, self._record_mac(seq, digest)):
+                        return bad(seq, "signature mismatch (record rewritten, or a different server secret)")
+                    prev = digest
+                    expected += 1
+                    if seq in (head[0] if head else None, side_count):
+                        hashes[seq] = digest
+            n = expected - 1
+            for label, anchor in (("database head", head), ("head file", side)):
+                if anchor is None:
+                    if n > 0 or label == "database head" and side_count:
+                        return bad(
+                            None, f"{label} is missing" + (f" ({self.sidecar.name})" if side is None else "")
+                        )
+                    continue
+                if anchor == "unreadable":
+                    return bad(None, f"head file {self.sidecar.name} is unreadable")
+                if isinstance(anchor, dict):
+                    count, digest, mac = anchor.get("count"), anchor.get("hash"), anchor.get("mac")
+                else:
+                    count, digest, mac = anchor
+                if signed and not hmac.compare_digest(str(mac or ""), self._head_mac(count, str(digest))):
+                    return bad(None, f"{label} signature is invalid (forged, or a different server secret)")
+                if count > n:
+                    return bad(n + 1, f"tail truncated after seq {n} ({label} says {count} records)")
+                if label == "database head" and count < n:
+                    return bad(count + 1, f"seq {count + 1} is not covered by the signed head")
+                if hashes.get(count) != digest:
+                    return bad(count, f"hash does not match the {label}")
+            return VerifyReport(True, n, None, None, prev, signed)
+        finally:
+            conn.execute("COMMIT")
+
+    # -- export ---------------------------------------------------------------------------------------------
+
+    def export_parquet(self, out_dir: Path) -> Path:
+        """Write every record to ``out_dir/ledger.parquet`` (one row per record, query fields as columns,
+        nested fields as JSON text, the full canonical record and its hashes too) for DuckDB/Spark."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        out_dir = Path(out_dir)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create {out_dir}: {exc}") from None
+        schema = pa.schema(
+            [
+                ("seq", pa.int64()),
+                ("ts", pa.float64()),
+                ("ts_start", pa.float64()),
+                ("ts_end", pa.float64()),
+                ("request_id", pa.string()),
+                ("account", pa.string()),
+                ("key_id", pa.string()),
+                ("org", pa.string()),
+                ("client_ip", pa.string()),
+                ("endpoint", pa.string()),
+                ("model", pa.string()),
+                ("decision", pa.string()),
+                ("tier", pa.string()),
+                ("status", pa.int64()),
+                ("error_code", pa.string()),
+                ("prompt_tokens", pa.int64()),
+                ("completion_tokens", pa.int64()),
+                ("tokens", pa.int64()),
+                ("prompt", pa.string()),
+                ("completion", pa.string()),
+                ("params", pa.string()),
+                ("messages", pa.string()),
+                ("watermark", pa.string()),
+                ("record", pa.string()),
+                ("prev_hash", pa.string()),
+                ("hash", pa.string()),
+            ]
+        )
+        plain = {f.name for f in schema} - {"params", "messages", "watermark", "record", "prev_hash", "hash"}
+        path = out_dir / "ledger.parquet"
+        tmp = out_dir / ".ledger.parquet.tmp"
+        conn = self._db.get()
+        conn.execute("BEGIN")
+        try:
+            with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+                last = 0
+                while True:
+                    rows = conn.execute(
+                        "SELECT seq, tokens, prev_hash, hash, record FROM ledger WHERE seq > ? ORDER BY seq"
+                        " LIMIT ?",
+                        (last, 10 * _BATCH),
+                    ).fetchall()
+                    if not rows:
+                        break
+                    cols: dict[str, list] = {f.name: [] for f in schema}
+                    for seq, tokens, prev_hash, digest, text in rows:
+                        last = seq
+                        rec = json.loads(text)
+                        for name in plain:
+                            cols[name].append(_cell(rec.get(name), schema.field(name).type))
+                        cols["tokens"][-1] = tokens
+                        for name in ("params", "messages", "watermark"):
+                            v = rec.get(name)
+                            cols[name].append(None if v is None else canonical_json(v))
+                        cols["record"].append(text)
+                        cols["prev_hash"].append(prev_hash)
+                        cols["hash"].append(digest)
+                    writer.write_table(pa.table(cols, schema=schema))
+        finally:
+            conn.execute("COMMIT")
+        os.replace(tmp, path)
+        return path
+
+
+def _cell(value: Any, kind: Any) -> Any:
+    """A record value coerced to its Parquet column type (None when it does not fit)."""
+    import pyarrow as pa
+
+    if value is None:
+        return None
+    try:
+        if kind == pa.int64():
+            return None if isinstance(value, bool) else int(value)
+        if kind == pa.float64():
+            return float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if isinstance(value, str) else canonical_json(value)

@@ -22,11 +22,13 @@ app = typer.Typer(
 
 
 def _mount() -> None:
+    from distillguard.distill.cli import app as distill_app
     from distillguard.watermark.cli import app as watermark_app
     from distillguard.world.cli import app as world_app
 
     app.add_typer(world_app, name="world")
     app.add_typer(watermark_app, name="watermark")
+    app.add_typer(distill_app, name="distill")
 
     @app.command("demo")
     def demo_cmd(

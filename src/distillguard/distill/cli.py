@@ -1,0 +1,148 @@
+"""``distillguard distill``: train a student from a teacher (dir or URL); ``distill eval``: score students."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from distillguard.errors import UserError
+
+app = typer.Typer(
+    help="Distil a student from a teacher (black-box API, grey-box logprobs, white-box logits); evaluate it.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+
+@app.callback()
+def distill(
+    ctx: typer.Context,
+    teacher: Annotated[
+        str | None, typer.Option(help="Teacher: a local HF model dir or an http(s) API base URL.")
+    ] = None,
+    student: Annotated[
+        str, typer.Option(help="'tiny' (fresh small Llama) or a local HF model dir.")
+    ] = "tiny",
+    prompts: Annotated[Path | None, typer.Option(help="Prompt pool (JSONL 'prompt' or text lines).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory (student/, distill.json, cache).")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="blackbox | greybox | whitebox (auto: blackbox).")] = "auto",
+    api_key: Annotated[list[str] | None, typer.Option("--api-key", help="API key; repeat to spread.")] = None,
+    model: Annotated[str | None, typer.Option(help="API model id (default: the first listed).")] = None,
+    strategy: Annotated[
+        str, typer.Option(help="uniform | coverage | paraphrase | cot | identity")
+    ] = "uniform",
+    n: Annotated[int, typer.Option(help="Number of queries.")] = 256,
+    identity_share: Annotated[float, typer.Option(help="Share of identity probes mixed in.")] = 0.0,
+    concurrency: Annotated[int, typer.Option(help="Parallel API requests.")] = 4,
+    max_tokens: Annotated[int, typer.Option(help="Max answer tokens.")] = 64,
+    temperature: Annotated[float, typer.Option(help="Teacher sampling temperature (0 = greedy).")] = 0.0,
+    token_budget: Annotated[int | None, typer.Option(help="Stop collecting after this many tokens.")] = None,
+    top_logprobs: Annotated[int, typer.Option(help="Grey-box: logprobs per position to request.")] = 5,
+    loss: Annotated[str, typer.Option(help="White-box loss: fkl | rkl | jsd.")] = "fkl",
+    beta: Annotated[float, typer.Option(help="JSD mixture weight.")] = 0.5,
+    kd_temperature: Annotated[float, typer.Option(help="KD softmax temperature.")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="White-box sparse KD on the teacher's top-k (0 = full).")] = 0,
+    lam: Annotated[float, typer.Option("--lambda", help="White-box on-policy share.")] = 0.0,
+    mix: Annotated[
+        Path | None, typer.Option(help="Other text to blend in (JSONL 'text' or plain text).")
+    ] = None,
+    rho: Annotated[float, typer.Option(help="Exact fraction of training tokens from the teacher.")] = 1.0,
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="Tokenizer for a tiny student of a remote teacher.")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 300,
+    batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 8,
+    seq_len: Annotated[int, typer.Option(help="Tokens per row.")] = 128,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank for a real-size student (0 = full fine-tune).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for queries, data order and init.")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 100,
+    resume: Annotated[bool, typer.Option(help="Continue from out/checkpoint.pt if present.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Collect teacher answers (resumable) and train a student; writes OUT/student and OUT/distill.json."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not teacher or not out:
+        raise UserError("distill needs --teacher DIR|URL and --out DIR (see --help)")
+    from distillguard.distill.recipe import DistillConfig, run_distill
+
+    cfg = DistillConfig(
+        teacher=teacher, out=out, student=student, prompts=prompts, mode=mode, api_keys=list(api_key or []),
+        model=model, strategy=strategy, n=n, identity_share=identity_share, concurrency=concurrency,
+        max_tokens=max_tokens, temperature=temperature, token_budget=token_budget, top_logprobs=top_logprobs,
+        loss=loss, beta=beta, kd_temperature=kd_temperature, top_k=top_k, lam=lam, mix=mix, rho=rho,
+        tokenizer=tokenizer, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, lora_r=lora_r,
+        seed=seed, checkpoint_every=checkpoint_every, resume=resume,
+    )  # fmt: skip
+    log = (lambda *_: None) if as_json else typer.echo
+    manifest = run_distill(cfg, progress=not as_json, log=log)
+    if as_json:
+        typer.echo(json.dumps(manifest))
+    else:
+        tr = manifest["train"]
+        typer.echo(
+            f"student saved to {manifest['student']} ({manifest['mode']}, {tr['steps']} steps, "
+            f"final loss {tr['final_loss']:.3f}, {tr['tokens_per_s']:,.0f} tokens/s)"
+        )
+
+
+@app.command("eval")
+def eval_cmd(
+    student: Annotated[list[Path], typer.Option("--student", help="Student model dir; repeat to compare.")],
+    teacher: Annotated[Path, typer.Option(help="Teacher model dir.")],
+    prompts: Annotated[Path | None, typer.Option(help="Held-out prompts (default: the world's).")] = None,
+    n: Annotated[int, typer.Option(help="Questions (evenly spread).")] = 64,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON report here too.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Held-out perplexity, agreement with the teacher, answer F1 and identity answers, per model."""
+    from distillguard.distill.evaluate import evaluate_models
+
+    if prompts is None:
+        from distillguard.world import build_world
+
+        prompts = build_world("default", progress=not as_json).prompts
+    if not prompts.is_file():
+        raise UserError(f"prompts file not found: {prompts}")
+    names: dict[str, Path] = {}
+    for s in student:
+        names[s.name if s.name not in names else str(s)] = s
+    report = evaluate_models(names, teacher, prompts, n=n, progress=not as_json)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    print_eval_table(report)
+
+
+def print_eval_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"distillation quality on {report['n_questions']} held-out questions")
+    for col in (
+        "model",
+        "params",
+        "ppl",
+        "bits/byte",
+        "agreement",
+        "F1 vs teacher",
+        "F1 vs docs",
+        "identity",
+    ):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for name, m in report["models"].items():
+        agree = "n/a" if m["agreement"] is None else f"{m['agreement']:.3f}"
+        table.add_row(
+            name, f"{m['params'] / 1e6:.2f}M", f"{m['heldout_ppl']:.2f}", f"{m['heldout_bpb']:.3f}", agree,
+            f"{m['f1_teacher']:.3f}", f"{m['f1_reference']:.3f}", f"{m['identity_rate']:.2f}",
+        )  # fmt: skip
+    Console().print(table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -19,3 +20,12 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> WorldPaths:
     reuse = os.environ.get("DISTILLGUARD_TEST_WORLD")
     root = reuse if reuse else tmp_path_factory.mktemp("world") / "tiny"
     return build_world("tiny", root=root, progress=False)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a real ``redis-server`` started for this test session (tests/redis_server.py)."""
+    from redis_server import redis_server
+
+    with redis_server() as url:
+        yield url

@@ -23,11 +23,15 @@ app = typer.Typer(
 
 def _mount() -> None:
     from distillguard.distill.cli import app as distill_app
+    from distillguard.gateway.cli import accounts_app, keys_app, ledger_app
     from distillguard.watermark.cli import app as watermark_app
     from distillguard.world.cli import app as world_app
 
     app.add_typer(world_app, name="world")
     app.add_typer(watermark_app, name="watermark")
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(accounts_app, name="accounts")
+    app.add_typer(ledger_app, name="ledger")
     app.add_typer(distill_app, name="distill")
 
     @app.command("demo")

@@ -153,6 +153,8 @@ class SQLiteConnections:
         if conn is not None and self._local.pid == os.getpid():
             return conn
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():  # prompts, key hashes: private to the service user (SQLite's -wal/-shm
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))  # files copy these permissions)
         conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]

@@ -184,16 +184,21 @@ class Ledger:
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path} is not a usable ledger database: {exc}") from None
 
+    @staticmethod
+    def default_path(config: dict | None = None) -> Path:
+        """``config["ledger_path"]`` or ``home()/gateway/ledger.db``."""
+        from distillguard.config import home
+
+        path = (config or {}).get("ledger_path") or home() / "gateway" / "ledger.db"
+        return Path(path).expanduser()
+
     @classmethod
     def open_default(cls, config: dict | None = None) -> Ledger:
         """The gateway's ledger: ``config["ledger_path"]`` or ``home()/gateway/ledger.db``, signed with
         ``gateway_secret(config)``, redacting prompts when ``config["redact_prompts"]`` is true."""
-        from distillguard.config import home
-
         config = config or {}
-        path = config.get("ledger_path") or home() / "gateway" / "ledger.db"
         return cls(
-            Path(path).expanduser(),
+            cls.default_path(config),
             secret=gateway_secret(config),
             redact_prompts=bool(config.get("redact_prompts", False)),
         )

@@ -141,9 +141,9 @@ def token_bytes_table(tokenizer) -> dict[bytes, int]:
     special = set(tokenizer.all_special_ids)
     table: dict[bytes, int] = {}
     for token, idx in tokenizer.get_vocab().items():
-        if idx in special:
-            continue
-        if all(c in byte_decoder for c in token):
+        if idx in special:  # APIs report special tokens by their text, e.g. "<|end|>"
+            raw = token.encode("utf-8")
+        elif all(c in byte_decoder for c in token):
             raw = bytes(byte_decoder[c] for c in token)
         else:
             raw = tokenizer.decode([idx]).encode("utf-8")
@@ -190,14 +190,19 @@ def greybox_pieces(
             continue
         try:
             chosen = [table[_entry_bytes(e)] for e in content]
-            targets = []
-            for e in content:
-                listed = {table[_entry_bytes(t)]: float(t["logprob"]) for t in e.get("top_logprobs") or []}
-                listed.setdefault(table[_entry_bytes(e)], float(e["logprob"]))
-                targets.append(listed)
         except KeyError:
             stats["unmapped"] += 1
             continue
+        targets = []
+        for e, token_id in zip(content, chosen, strict=True):
+            # an alternative outside the vocabulary only loses its own slot (its mass joins the tail)
+            listed = {
+                table[b]: float(t["logprob"])
+                for t in e.get("top_logprobs") or []
+                if (b := _entry_bytes(t)) in table
+            }
+            listed.setdefault(token_id, float(e["logprob"]))
+            targets.append(listed)
         prompt_ids = tokenizer(format_prompt(tokenizer, rec["prompt"]), add_special_tokens=False)["input_ids"]
         ids = prompt_ids + chosen
         labels = [IGNORE] * len(prompt_ids) + chosen

@@ -1,0 +1,245 @@
+"""``distillguard serve`` and the in-process server (:class:`GatewayServer`) the demo and the tests use.
+
+The listening socket is bound here, before uvicorn starts, so a port already in use is one clear error line
+and ``port=0`` gives a free port whose number is known before the first request. uvicorn's own
+``X-Forwarded-For`` rewriting is switched off: the gateway decides which proxies it trusts
+(``trusted_proxies``), and uvicorn's default would trust any local peer.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from typing import Annotated, Any
+
+import typer
+
+from distillguard.errors import UserError
+from distillguard.gateway.settings import GatewaySettings
+from distillguard.watermark.options import CompatOpt, DeltaOpt, GammaOpt, KeyOpt, SchemeOpt, WidthOpt
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (``port=0``: a free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _uvicorn_config(app: Any, settings: GatewaySettings):
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        log_level=settings.log_level,
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        backlog=2048,
+    )
+
+
+class GatewayServer:
+    """The gateway on a background thread: ``start()`` returns the base URL, ``stop()`` ends it.
+
+    >>> with GatewayServer(GatewaySettings(backend="stub", port=0)) as server:  # doctest: +SKIP
+    ...     client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key)
+    """
+
+    def __init__(self, settings: GatewaySettings | None = None, *, app: Any = None, **app_kwargs: Any):
+        self.settings = settings or GatewaySettings.load()
+        self._app = app
+        self._app_kwargs = app_kwargs
+        self._server = None
+        self._thread: threading.Thread | None = None
+        self.base_url: str | None = None
+
+    @property
+    def app(self) -> Any:
+        if self._app is None:
+            from distillguard.gateway.app import create_app
+
+            self._app = create_app(self.settings, **self._app_kwargs)
+        return self._app
+
+    def start(self, timeout: float = 120.0) -> str:
+        import uvicorn
+
+        if self._thread is not None:
+            raise UserError("server already started")
+        app = self.app
+        sock = bind_socket(self.settings.host, self.settings.port)
+        port = sock.getsockname()[1]
+        self._server = uvicorn.Server(_uvicorn_config(app, self.settings))
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="distillguard-gateway", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive():
+                sock.close()
+                raise UserError("the gateway failed to start (see the log above)")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise UserError(f"the gateway did not start within {timeout:.0f} s")
+            time.sleep(0.01)
+        host = self.settings.host
+        shown = f"[{host}]" if ":" in host else host
+        if host in ("0.0.0.0", "::"):
+            shown = "127.0.0.1" if host == "0.0.0.0" else "[::1]"
+        self.base_url = f"http://{shown}:{port}"
+        return self.base_url
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._thread = None
+        self._server = None
+
+    def __enter__(self) -> GatewayServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_server(settings: GatewaySettings) -> None:
+    """Serve in the foreground until SIGINT/SIGTERM (what ``distillguard serve`` does)."""
+    import uvicorn
+
+    from distillguard.gateway.app import create_app
+
+    app = create_app(settings)
+    sock = bind_socket(settings.host, settings.port)
+    port = sock.getsockname()[1]
+    backend = app.state.gateway.backend
+    print(
+        f"distillguard gateway on http://{settings.host}:{port}/v1 (backend {backend.kind}, "
+        f"model {getattr(backend, 'model_id', settings.upstream_url)})",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.Server(_uvicorn_config(app, settings)).run(sockets=[sock])
+
+
+def serve(
+    config: Annotated[str | None, typer.Option("--config", help="TOML config file.")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Local HF model dir (default: the world teacher).")
+    ] = None,
+    model_name: Annotated[str | None, typer.Option("--model-name", help="Model id clients send.")] = None,
+    preset: Annotated[
+        str | None, typer.Option("--preset", help="World preset when no --model is given.")
+    ] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="auto, local, upstream or stub.")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (0: a free one).")] = None,
+    redis_url: Annotated[str | None, typer.Option("--redis-url", help="Share quotas via Redis.")] = None,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option("--trusted-proxy", help="CIDR whose X-Forwarded-For is trusted; repeat."),
+    ] = None,
+    ip_allow: Annotated[
+        list[str] | None, typer.Option("--ip-allow", help="Allowed client CIDR; repeat.")
+    ] = None,
+    ip_deny: Annotated[
+        list[str] | None, typer.Option("--ip-deny", help="Denied client CIDR; repeat.")
+    ] = None,
+    admin_token: Annotated[
+        str | None, typer.Option("--admin-token", help="Enables /admin with this token.")
+    ] = None,
+    accounts_path: Annotated[str | None, typer.Option("--accounts-path", help="Accounts database.")] = None,
+    ledger_path: Annotated[str | None, typer.Option("--ledger-path", help="Ledger database.")] = None,
+    redact_prompts: Annotated[
+        bool | None, typer.Option("--redact-prompts/--keep-prompts", help="Store prompt hashes, not text.")
+    ] = None,
+    max_prompt_tokens: Annotated[int | None, typer.Option("--max-prompt-tokens")] = None,
+    max_tokens_cap: Annotated[int | None, typer.Option("--max-tokens-cap")] = None,
+    default_rpm: Annotated[
+        int | None, typer.Option("--default-rpm", help="Per-key limit when a key sets none.")
+    ] = None,
+    default_tpm: Annotated[int | None, typer.Option("--default-tpm")] = None,
+    default_daily_tokens: Annotated[int | None, typer.Option("--default-daily-tokens")] = None,
+    default_max_concurrent: Annotated[int | None, typer.Option("--default-max-concurrent")] = None,
+    throttle_factor: Annotated[
+        float | None, typer.Option("--throttle-factor", help="Limits scale for 'throttled'.")
+    ] = None,
+    restricted_delta: Annotated[
+        float | None, typer.Option("--restricted-delta", help="KGW delta for the 'restricted' tier.")
+    ] = None,
+    upstream_url: Annotated[
+        str | None, typer.Option("--upstream-url", help="Proxy to this OpenAI-compatible URL (…/v1).")
+    ] = None,
+    upstream_api_key: Annotated[str | None, typer.Option("--upstream-api-key")] = None,
+    batch_max_size: Annotated[
+        int | None, typer.Option("--batch-max-size", help="Rows per model batch.")
+    ] = None,
+    batch_wait_ms: Annotated[
+        float | None, typer.Option("--batch-wait-ms", help="Wait to fill a batch.")
+    ] = None,
+    scheme: SchemeOpt = None,  # type: ignore[assignment]
+    key: KeyOpt = None,
+    gamma: GammaOpt = None,  # type: ignore[assignment]
+    delta: DeltaOpt = None,  # type: ignore[assignment]
+    context_width: WidthOpt = None,  # type: ignore[assignment]
+    hf_compat: CompatOpt = False,
+    no_watermark: Annotated[bool, typer.Option("--no-watermark", help="Serve without a watermark.")] = False,
+    log_level: Annotated[str | None, typer.Option("--log-level")] = None,
+) -> None:
+    """Serve the OpenAI-compatible API: watermarked local model (or upstream proxy), auth, quotas, ledger."""
+    if key and len(key) > 1:
+        raise UserError("serve takes one --key")
+    settings = GatewaySettings.load(
+        config,
+        model=model,
+        model_name=model_name,
+        world_preset=preset,
+        backend=backend,
+        host=host,
+        port=port,
+        redis_url=redis_url,
+        trusted_proxies=tuple(trusted_proxy) if trusted_proxy else None,
+        ip_allow=tuple(ip_allow) if ip_allow else None,
+        ip_deny=tuple(ip_deny) if ip_deny else None,
+        admin_token=admin_token,
+        accounts_path=accounts_path,
+        ledger_path=ledger_path,
+        redact_prompts=redact_prompts,
+        max_prompt_tokens=max_prompt_tokens,
+        max_tokens_cap=max_tokens_cap,
+        default_rpm=default_rpm,
+        default_tpm=default_tpm,
+        default_daily_tokens=default_daily_tokens,
+        default_max_concurrent=default_max_concurrent,
+        throttle_factor=throttle_factor,
+        restricted_delta=restricted_delta,
+        upstream_url=upstream_url,
+        upstream_api_key=upstream_api_key,
+        batch_max_size=batch_max_size,
+        batch_wait_ms=batch_wait_ms,
+        watermark_scheme=scheme,
+        watermark_key=key[0] if key else None,
+        watermark_gamma=gamma,
+        watermark_delta=delta,
+        watermark_context_width=context_width,
+        watermark_hf_compat=True if hf_compat else None,
+        watermark=False if no_watermark else None,
+        log_level=log_level,
+    )
+    run_server(settings)

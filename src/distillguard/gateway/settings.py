@@ -1,0 +1,286 @@
+"""Every setting of the gateway server in one typed dataclass, from built-in defaults, TOML, env and flags.
+
+Precedence (later wins): defaults < TOML file < ``DISTILLGUARD_*`` environment < command-line flags (or the
+keyword overrides of :meth:`GatewaySettings.load`). Each field has one config spelling (its name; TOML tables
+flatten with ``_``, so ``[watermark] key = ...`` is ``watermark_key``) and the flag spellings of
+``distillguard serve`` are accepted as aliases (``trusted_proxy`` for ``trusted_proxies``, ``key`` for
+``watermark_key``, ...), so ``DISTILLGUARD_<FLAG>`` works for every flag as DESIGN.md promises.
+
+The watermark key is a secret. When none is configured the server generates a random one on first start and
+keeps it in ``home()/gateway/watermark.key`` (mode 0600), so a fresh install never watermarks with the public
+default key of transformers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distillguard.config import home, load_config
+from distillguard.errors import UserError
+
+BACKENDS = ("auto", "local", "upstream", "stub")
+
+ALIASES = {
+    "trusted_proxy": "trusted_proxies",
+    "allow": "ip_allow",
+    "deny": "ip_deny",
+    "scheme": "watermark_scheme",
+    "key": "watermark_key",
+    "gamma": "watermark_gamma",
+    "delta": "watermark_delta",
+    "context_width": "watermark_context_width",
+    "hf_compat": "watermark_hf_compat",
+    "preset": "world_preset",
+}
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """What ``distillguard serve`` and :func:`distillguard.gateway.app.create_app` run with."""
+
+    # backend
+    backend: str = "auto"  # auto: upstream when upstream_url is set, else the local model
+    model: str | None = None  # local HF model dir; None: the world teacher of `world_preset`
+    model_name: str | None = (
+        None  # the id clients send; default "aster" for the world teacher, else the dir name
+    )
+    world_preset: str = "default"
+    upstream_url: str | None = None
+    upstream_api_key: str | None = None
+    upstream_timeout: float = 120.0
+    batch_max_size: int = 8
+    batch_wait_ms: float = 2.0
+    # network
+    host: str = "127.0.0.1"
+    port: int = 8000
+    trusted_proxies: tuple[str, ...] = ()
+    ip_allow: tuple[str, ...] = ()
+    ip_deny: tuple[str, ...] = ()
+    # state
+    redis_url: str | None = None
+    admin_token: str | None = None
+    secret: str | None = None
+    accounts_path: str | None = None
+    ledger_path: str | None = None
+    redact_prompts: bool = False
+    # limits
+    max_prompt_tokens: int = 8192
+    max_tokens_cap: int = 4096
+    max_body_bytes: int = 4 * 1024 * 1024
+    default_rpm: int | None = None
+    default_tpm: int | None = None
+    default_daily_tokens: int | None = None
+    default_max_concurrent: int | None = None
+    throttle_factor: float = 0.1
+    restricted_delta: float = 4.0
+    # watermark
+    watermark: bool = True
+    watermark_scheme: str = "kgw"
+    watermark_key: str | None = None
+    watermark_gamma: float = 0.25
+    watermark_delta: float = 2.0
+    watermark_context_width: int = 1
+    watermark_hf_compat: bool = False
+    log_level: str = "warning"
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def load(cls, config_path: str | Path | None = None, **overrides: Any) -> GatewaySettings:
+        """Defaults < TOML (``config_path`` / ``DISTILLGUARD_CONFIG``) < env < ``overrides`` (None: unset)."""
+        merged = _canonical(load_config(config_path))
+        merged.update(_canonical({k: v for k, v in overrides.items() if v is not None}))
+        return cls.from_mapping(merged)
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> GatewaySettings:
+        """Typed settings from a flat dict; keys that are not gateway settings are kept in ``extra``."""
+        names = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
+        hints = typing.get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for k, v in _canonical(values).items():
+            if k in names:
+                kwargs[k] = _coerce(k, hints[k], v)
+            else:
+                extra[k] = v
+        s = cls(**kwargs, extra=extra)
+        s.validate()
+        return s
+
+    def replace(self, **changes: Any) -> GatewaySettings:
+        s = dataclasses.replace(self, **{k: v for k, v in _canonical(changes).items()})
+        s.validate()
+        return s
+
+    def validate(self) -> None:
+        if self.backend not in BACKENDS:
+            raise UserError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.backend == "upstream" and not self.upstream_url:
+            raise UserError("backend 'upstream' needs an upstream_url")
+        if self.upstream_url and not self.upstream_url.startswith(("http://", "https://")):
+            raise UserError(f"upstream_url must be an http(s) URL, got {self.upstream_url!r}")
+        for name in ("batch_max_size", "max_prompt_tokens", "max_tokens_cap", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.port < 65536:
+            raise UserError(f"port must be in 0..65535, got {self.port}")
+        if self.batch_wait_ms < 0:
+            raise UserError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        if not 0 < self.throttle_factor <= 1:
+            raise UserError(f"throttle_factor must be in (0, 1], got {self.throttle_factor}")
+        for name in ("default_rpm", "default_tpm", "default_daily_tokens", "default_max_concurrent"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise UserError(f"{name} must be a positive integer, got {v}")
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            raise UserError("admin_token must be at least 16 characters")
+
+    @property
+    def resolved_backend(self) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "upstream" if self.upstream_url else "local"
+
+    def state_config(self) -> dict[str, Any]:
+        """The config dict the state layer's ``open_default`` constructors read."""
+        return {
+            "secret": self.secret,
+            "accounts_path": self.accounts_path,
+            "ledger_path": self.ledger_path,
+            "redact_prompts": self.redact_prompts,
+        }
+
+    def default_limits(self):
+        from distillguard.gateway.accounts import Limits
+
+        return Limits(
+            self.default_rpm, self.default_tpm, self.default_daily_tokens, self.default_max_concurrent
+        )
+
+    def watermark_spec(self, *, delta: float | None = None):
+        """The configured watermark (None if disabled); ``delta`` overrides the KGW bias (restricted tier)."""
+        from distillguard.watermark.schemes import WatermarkSpec
+
+        if not self.watermark:
+            return None
+        key: int | str = (
+            self.watermark_key if self.watermark_key is not None else load_or_create_watermark_key()
+        )
+        if isinstance(key, str) and _is_int(key):
+            key = int(key, 0)
+        return WatermarkSpec(
+            scheme=self.watermark_scheme.lower(),  # type: ignore[arg-type]
+            key=key,
+            gamma=self.watermark_gamma,
+            delta=self.watermark_delta if delta is None else delta,
+            context_width=self.watermark_context_width,
+            hf_compat=self.watermark_hf_compat,
+        )
+
+    def public(self) -> dict[str, Any]:
+        """The settings without secrets (for logs and ``serve --json``)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        for name in ("secret", "admin_token", "upstream_api_key", "watermark_key"):
+            if out[name] is not None:
+                out[name] = "***"
+        if out["redis_url"] and "@" in str(out["redis_url"]):
+            out["redis_url"] = "***"
+        return out
+
+
+def load_or_create_watermark_key(path: Path | None = None) -> str:
+    """The installation's watermark key: ``home()/gateway/watermark.key``, 128 random bits on first use."""
+    path = path or home() / "gateway" / "watermark.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(16) + "\n")
+            with contextlib.suppress(FileExistsError):  # another process won the race: use theirs
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    key = path.read_text().strip()
+    if not key:
+        raise UserError(f"watermark key file {path} is empty; delete it to generate a new one")
+    return key
+
+
+def _canonical(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        name = str(k).replace("-", "_").lower()
+        name = ALIASES.get(name, name)
+        out[name] = v
+    return out
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text, 0)
+        return True
+    except ValueError:
+        return False
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    """Config and env values to the field's type ("a,b" lists from env, ints from strings, ...)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    optional = origin in (typing.Union, types.UnionType) and type(None) in args
+    if optional:
+        if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none", "null"}):
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    try:
+        if origin is tuple:
+            if isinstance(value, str):
+                items = [v.strip() for v in value.split(",") if v.strip()]
+            elif isinstance(value, list | tuple):
+                items = [str(v).strip() for v in value]
+            else:
+                raise TypeError
+            return tuple(items)
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in {
+                "true",
+                "1",
+                "yes",
+                "on",
+                "false",
+                "0",
+                "no",
+                "off",
+            }:
+                return value.strip().lower() in {"true", "1", "yes", "on"}
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise TypeError
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise UserError(f"setting {name} = {value!r} is not a valid {getattr(hint, '__name__', hint)}")

@@ -24,6 +24,7 @@ app = typer.Typer(
 def _mount() -> None:
     from distillguard.distill.cli import app as distill_app
     from distillguard.gateway.cli import accounts_app, keys_app, ledger_app
+    from distillguard.gateway.serve import serve as serve_cmd
     from distillguard.watermark.cli import app as watermark_app
     from distillguard.world.cli import app as world_app
 
@@ -32,6 +33,7 @@ def _mount() -> None:
     app.add_typer(keys_app, name="keys")
     app.add_typer(accounts_app, name="accounts")
     app.add_typer(ledger_app, name="ledger")
+    app.command("serve")(serve_cmd)
     app.add_typer(distill_app, name="distill")
 
     @app.command("demo")

@@ -18,7 +18,7 @@ import typer
 
 from distillguard.errors import UserError
 from distillguard.gateway.settings import GatewaySettings
-from distillguard.watermark.options import CompatOpt, DeltaOpt, GammaOpt, KeyOpt, SchemeOpt, WidthOpt
+from distillguard.watermark.options import CompatOpt, DeltaOpt, GammaOpt, SchemeOpt, WidthOpt
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -194,7 +194,9 @@ def serve(
         float | None, typer.Option("--batch-wait-ms", help="Wait to fill a batch.")
     ] = None,
     scheme: SchemeOpt = None,  # type: ignore[assignment]
-    key: KeyOpt = None,
+    key: Annotated[
+        str | None, typer.Option("--key", help="Secret watermark key (default: generated, in the state dir).")
+    ] = None,
     gamma: GammaOpt = None,  # type: ignore[assignment]
     delta: DeltaOpt = None,  # type: ignore[assignment]
     context_width: WidthOpt = None,  # type: ignore[assignment]
@@ -203,8 +205,6 @@ def serve(
     log_level: Annotated[str | None, typer.Option("--log-level")] = None,
 ) -> None:
     """Serve the OpenAI-compatible API: watermarked local model (or upstream proxy), auth, quotas, ledger."""
-    if key and len(key) > 1:
-        raise UserError("serve takes one --key")
     settings = GatewaySettings.load(
         config,
         model=model,
@@ -234,7 +234,7 @@ def serve(
         batch_max_size=batch_max_size,
         batch_wait_ms=batch_wait_ms,
         watermark_scheme=scheme,
-        watermark_key=key[0] if key else None,
+        watermark_key=key,
         watermark_gamma=gamma,
         watermark_delta=delta,
         watermark_context_width=context_width,

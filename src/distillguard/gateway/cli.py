@@ -305,7 +305,7 @@ def ledger_verify(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     if not report.ok:
         where = f"record {report.first_bad_seq}" if report.first_bad_seq is not None else str(ledger.path)
         print(f"error: ledger {where}: {report.reason}", file=sys.stderr)
-        raise typer.Exit(1)
+        sys.exit(1)  # not typer.Exit: in main()'s non-standalone mode click returns its code instead
 
 
 @ledger_app.command("export")

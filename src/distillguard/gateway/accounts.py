@@ -83,11 +83,15 @@ class AuthError(Exception):
     ``message`` is safe to show the caller: it never echoes the presented key.
     """
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, who: tuple[str, str, str | None, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        # (key_id, account, org, tier) when the key itself was recognised, so refusals can be attributed
+        self.who = who
 
     def __repr__(self) -> str:
         return f"AuthError({self.status}, {self.code!r}, {self.message!r})"
@@ -387,14 +391,15 @@ class AccountStore:
             raise AuthError(401, "invalid_api_key", "Incorrect API key provided.")
         (key_id, _, account, k_rpm, k_tpm, k_day, k_conc, models, expires_at, revoked_at,
          org, tier, banned, a_rpm, a_tpm, a_day, a_conc) = row  # fmt: skip
+        who = (key_id, account, org, tier)
         if revoked_at is not None:
-            raise AuthError(401, "key_revoked", f"API key {key_id} has been revoked.")
+            raise AuthError(401, "key_revoked", f"API key {key_id} has been revoked.", who=who)
         if expires_at is not None and time.time() >= expires_at:
-            raise AuthError(401, "key_expired", f"API key {key_id} expired at {_iso(expires_at)}.")
+            raise AuthError(401, "key_expired", f"API key {key_id} expired at {_iso(expires_at)}.", who=who)
         if banned:
-            raise AuthError(403, "account_banned", f"Account {account} has been banned.")
+            raise AuthError(403, "account_banned", f"Account {account} has been banned.", who=who)
         if tier == "suspended":
-            raise AuthError(403, "account_suspended", f"Account {account} is suspended.")
+            raise AuthError(403, "account_suspended", f"Account {account} is suspended.", who=who)
         return Principal(
             key_id=key_id,
             account=account,

@@ -233,12 +233,22 @@ def test_cli_verify_export_head(ledger: Ledger, tmp_path: Path, capsys) -> None:
     assert head["count"] == N and head["hash"] == ledger.verify().head_hash
 
 
-def test_missing_head_file_and_wrong_secret_fail(ledger: Ledger) -> None:
+def test_head_file_damage_and_wrong_secret(ledger: Ledger) -> None:
     assert not Ledger(ledger.path, secret=b"W" * 32).verify().ok
     wrong = Ledger(ledger.path, secret=b"W" * 32).verify()
     assert wrong.first_bad_seq == 1 and "signature mismatch" in wrong.reason
     unsigned = Ledger(ledger.path).verify()
     assert unsigned.ok and not unsigned.signed  # without the secret only the chain is checked
+    raw = bytearray(ledger.sidecar.read_bytes())
+    newest = (N % 2) * 512
+    raw[newest : newest + 40] = b"#" * 40  # a torn write of the newest head slot (power loss)
+    ledger.sidecar.write_bytes(bytes(raw))
+    assert ledger.read_head_file()["count"] == N - 1  # the other slot still holds the previous head
+    assert ledger.verify().ok
+    raw[:] = b"#" * len(raw)
+    ledger.sidecar.write_bytes(bytes(raw))
+    report = ledger.verify()
+    assert not report.ok and "unreadable" in report.reason
     ledger.sidecar.unlink()
     report = ledger.verify()
     assert not report.ok and report.first_bad_seq is None and "missing" in report.reason
@@ -304,7 +314,7 @@ def test_appends_from_several_processes_and_threads_form_one_chain(tmp_path: Pat
     assert [r["seq"] for r in records] == list(range(1, 111))
     ids = {r["request_id"] for r in records if "request_id" in r}
     assert ids == {f"{w}-{i}" for w in range(3) for i in range(30)}
-    assert lg.head()["count"] == 110 and json.loads(lg.sidecar.read_text())["count"] == 110
+    assert lg.head()["count"] == 110 and lg.read_head_file()["count"] == 110
     lg.close()
 
 

@@ -19,7 +19,9 @@ does not hold the server secret. Then:
 - the same signed head is copied to a sidecar file (``<ledger>.head``) after each commit, so replaying an
   older, validly signed head inside the database (truncate, then restore yesterday's head row) is caught
   too. The sidecar may lag the database by one record after a crash between commit and sidecar write, so
-  ``verify`` accepts a sidecar that names an earlier record of the chain, never a later one.
+  ``verify`` accepts a sidecar that names an earlier record of the chain, never a later one. It holds two
+  checksummed slots written alternately in place (a rename per append cost milliseconds on ext4), so a
+  torn write can only spoil the slot being written and the other one still holds the previous head.
 
 Not covered: an adversary holding the server secret can re-sign anything, and one who can roll back both
 the database and the sidecar to an older copy of both makes the ledger look intact but shorter. Against
@@ -33,11 +35,12 @@ exact repeats stay linkable. Unsalted hashes of short or guessable prompts can b
 that is the price of linkability across accounts.
 
 Several processes may append to one ledger: a ``BEGIN IMMEDIATE`` transaction serializes them in SQLite, and
-an exclusive lock file keeps the sidecar writes in the same order as the commits.
+an exclusive ``flock`` on the sidecar keeps its writes in the same order as the commits (POSIX only).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -55,13 +58,9 @@ from typing import Any
 from distillguard.errors import UserError
 from distillguard.gateway.accounts import SQLiteConnections, gateway_secret
 
-try:  # POSIX; elsewhere SQLite's own lock still serializes appends (only the sidecar order is weaker)
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
-
 GENESIS = "0" * 64
 _BATCH = 1000
+_SLOT = 512  # bytes per head slot in the sidecar
 _COLUMNS = ("ts", "account", "key_id", "client_ip", "decision", "tier", "tokens")
 
 _SCHEMA = (
@@ -173,10 +172,9 @@ class Ledger:
             hmac.new(bytes(secret), b"distillguard ledger v1", hashlib.sha256).digest() if secret else None
         )
         self.sidecar = self.path.with_name(self.path.name + ".head")
-        self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._db = SQLiteConnections(self.path, synchronous="FULL")
         self._tlock = threading.Lock()
-        self._lock_fd: tuple[int, int] | None = None  # (pid, fd)
+        self._head_fd: tuple[int, int] | None = None  # (pid, fd) of the sidecar, opened once per process
         try:
             with self._db.write() as conn:
                 for stmt in _SCHEMA:
@@ -205,9 +203,9 @@ class Ledger:
 
     def close(self) -> None:
         self._db.close()
-        if self._lock_fd is not None and self._lock_fd[0] == os.getpid():
-            os.close(self._lock_fd[1])
-        self._lock_fd = None
+        if self._head_fd is not None and self._head_fd[0] == os.getpid():
+            os.close(self._head_fd[1])
+        self._head_fd = None
 
     # -- signing --------------------------------------------------------------------------------------------
 
@@ -223,18 +221,15 @@ class Ledger:
         return self._mac(f"head:{count}:{digest}")
 
     @contextmanager
-    def _exclusive(self) -> Iterator[None]:
+    def _exclusive(self) -> Iterator[int]:
+        """Hold the sidecar's exclusive lock (threads and processes); yields its file descriptor."""
         with self._tlock:
-            if fcntl is None:
-                yield
-                return
-            if self._lock_fd is None or self._lock_fd[0] != os.getpid():
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._lock_fd = (os.getpid(), os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600))
-            fd = self._lock_fd[1]
+            if self._head_fd is None or self._head_fd[0] != os.getpid():
+                self._head_fd = (os.getpid(), os.open(self.sidecar, os.O_RDWR | os.O_CREAT, 0o600))
+            fd = self._head_fd[1]
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                yield
+                yield fd
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
@@ -261,7 +256,7 @@ class Ledger:
         """Append one record; it is committed and fsynced when this returns. Safe across threads and
         processes. The caller's dict is not modified (the stored copy gains ``seq``)."""
         rec = self._prepare(record)
-        with self._exclusive():
+        with self._exclusive() as head_fd:
             with self._db.write() as conn:
                 head = conn.execute("SELECT count, hash FROM ledger_head WHERE id = 1").fetchone()
                 if head is None:
@@ -282,13 +277,17 @@ class Ledger:
                     "INSERT OR REPLACE INTO ledger_head (id, count, hash, mac) VALUES (1, ?, ?, ?)",
                     (seq, digest, head_mac),
                 )
-            self._write_sidecar(seq, digest, head_mac)
+            self._write_sidecar(head_fd, seq, digest, head_mac)
         return LedgerEntry(seq, digest)
 
-    def _write_sidecar(self, count: int, digest: str, mac: str) -> None:
-        tmp = self.sidecar.with_name(f".{self.sidecar.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"count": count, "hash": digest, "mac": mac}))
-        os.replace(tmp, self.sidecar)
+    @staticmethod
+    def _slot_check(count: int, digest: str, mac: str) -> str:
+        return hashlib.sha256(f"{count}:{digest}:{mac}".encode()).hexdigest()[:16]
+
+    def _write_sidecar(self, fd: int, count: int, digest: str, mac: str) -> None:
+        slot = {"count": count, "hash": digest, "mac": mac, "check": self._slot_check(count, digest, mac)}
+        data = json.dumps(slot).encode().ljust(_SLOT - 1) + b"\n"
+        os.pwrite(fd, data, (count % 2) * _SLOT)
 
     # -- reading --------------------------------------------------------------------------------------------
 
@@ -317,16 +316,28 @@ class Ledger:
             return {"count": 0, "hash": GENESIS, "mac": self._head_mac(0, GENESIS)}
         return {"count": row[0], "hash": row[1], "mac": row[2]}
 
-    def _read_sidecar(self) -> dict[str, Any] | str | None:
+    def read_head_file(self) -> dict[str, Any] | str | None:
+        """The newest intact head in the sidecar (``{"count", "hash", "mac"}``), ``None`` if the file is
+        missing or empty, ``"unreadable"`` if no slot is intact."""
         try:
-            data = json.loads(self.sidecar.read_text())
+            data = self.sidecar.read_bytes()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
+        except OSError:
             return "unreadable"
-        if not isinstance(data, dict) or not isinstance(data.get("count"), int):
-            return "unreadable"
-        return data
+        if not data:
+            return None
+        best: dict[str, Any] | None = None
+        for off in range(0, min(len(data), 2 * _SLOT), _SLOT):
+            try:
+                slot = json.loads(data[off : off + _SLOT])
+                count, digest, mac = slot["count"], slot["hash"], slot["mac"]
+                intact = isinstance(count, int) and slot["check"] == self._slot_check(count, digest, mac)
+            except (ValueError, TypeError, KeyError):
+                continue
+            if intact and (best is None or count > best["count"]):
+                best = {"count": count, "hash": digest, "mac": mac}
+        return best if best is not None else "unreadable"
 
     def verify(self) -> VerifyReport:
         """Walk the chain from genesis and check every record, then the signed heads.
@@ -342,7 +353,7 @@ class Ledger:
     def _verify(self) -> VerifyReport:
         signed = self._key is not None
         # the sidecar is written after each commit: read it before the snapshot so it cannot be ahead of it
-        side = self._read_sidecar()
+        side = self.read_head_file()
         conn = self._db.get()
         conn.execute("BEGIN")  # one read snapshot for the rows and the head
         try:

@@ -6,6 +6,7 @@ import json
 import random
 import statistics
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -111,6 +112,7 @@ def test_farthest_first_picks_the_farthest_point() -> None:
     order = farthest_first(pts, 0)
     assert order[:2] == [0, 2]
     assert sorted(order) == [0, 1, 2, 3]
+    assert farthest_first(pts, 0, k=2) == [0, 2]
     vec = embed(["json dumps", "json dumps", "heapq push"])
     assert np.allclose(np.linalg.norm(vec, axis=1), 1.0)
     assert vec[0] @ vec[1] == pytest.approx(1.0) and vec[0] @ vec[2] == pytest.approx(0.0)
@@ -133,6 +135,26 @@ def test_coverage_beats_uniform_on_the_world_pool(world_rows) -> None:
     # one pass of coverage visits every pool prompt exactly once
     once = sample_queries("coverage", pool, len(pool), seed=0)
     assert sorted(q.prompt for q in once) == sorted(pool)
+
+
+def test_coverage_on_a_pool_larger_than_its_candidate_set() -> None:
+    rng = random.Random(0)
+    topics = [f"module{t}.function{t}" for t in range(50)]
+    pool = [f"What does {rng.choice(topics)} do, case {i}?" for i in range(3000)]
+    start = time.perf_counter()
+    qs = sample_queries("coverage", pool, 60, seed=1, max_candidates=500)
+    assert time.perf_counter() - start < 5
+    assert qs == sample_queries("coverage", pool, 60, seed=1, max_candidates=500)
+    assert len({q.prompt for q in qs}) == 60
+    topics_hit = {q.prompt.split()[2] for q in qs[:50]}
+    uniform_hit = {q.prompt.split()[2] for q in sample_queries("uniform", pool, 50, seed=1)}
+    assert len(topics_hit) > len(uniform_hit)
+
+
+def test_queries_are_hashable_values() -> None:
+    qs = sample_queries("cot", POOL, 10, seed=0)
+    assert len(set(qs)) == 10
+    assert qs[0].to_dict() == {"id": qs[0].id, "prompt": qs[0].prompt, "strategy": "cot", "meta": qs[0].meta}
 
 
 def test_paraphrase_many_queries_few_intents(world_rows) -> None:

@@ -11,7 +11,7 @@ Record: ``{"id", "prompt", "strategy", "meta", "completion", "finish_reason", "p
 
 The token budget counts prompt + completion tokens (the server's ``usage``) over the whole cache, earlier
 runs included. Once it is reached no new request starts; requests in flight finish and are kept, so the
-overshoot is at most ``concurrency`` answers.
+overshoot is at most ``concurrency`` answers (one batch for a local teacher, which is asked batch by batch).
 """
 
 from __future__ import annotations

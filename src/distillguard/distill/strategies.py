@@ -48,7 +48,7 @@ class Query:
     id: str
     prompt: str
     strategy: str
-    meta: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict, hash=False)  # compared, not hashed: queries fit in sets
 
     def to_dict(self) -> dict:
         return {"id": self.id, "prompt": self.prompt, "strategy": self.strategy, "meta": dict(self.meta)}
@@ -134,7 +134,7 @@ def text_features(text: str) -> list[str]:
 
 
 def embed(texts: Sequence[str], *, dim: int = 4096) -> np.ndarray:
-    """Hashed TF-IDF vectors ``[n, dim]``, L2-normalised (rows of empty texts stay zero).
+    """Hashed TF-IDF vectors ``[n, dim]`` (float32), L2-normalised (rows of empty texts stay zero).
 
     The hash is CRC-32 (stable across processes, unlike Python's ``hash``); IDF is the smoothed
     ``ln((1 + n) / (1 + df)) + 1`` computed over ``texts`` themselves, so common words ("what", "does",
@@ -143,12 +143,12 @@ def embed(texts: Sequence[str], *, dim: int = 4096) -> np.ndarray:
     if dim < 2:
         raise UserError(f"embedding dimension must be >= 2, got {dim}")
     n = len(texts)
-    tf = np.zeros((n, dim), dtype=np.float64)
+    tf = np.zeros((n, dim), dtype=np.float32)
     for row, text in enumerate(texts):
         for feat in text_features(text):
             tf[row, zlib.crc32(feat.encode("utf-8")) % dim] += 1.0
     df = (tf > 0).sum(axis=0)
-    idf = np.log((1.0 + n) / (1.0 + df)) + 1.0
+    idf = (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)
     vec = tf * idf
     norm = np.linalg.norm(vec, axis=1, keepdims=True)
     return np.divide(vec, norm, out=np.zeros_like(vec), where=norm > 0)
@@ -169,45 +169,63 @@ def mean_pairwise_distance(texts: Sequence[str], *, dim: int = 4096) -> float:
     return float(d[np.triu_indices(n, k=1)].mean())
 
 
-def farthest_first(vectors: np.ndarray, start: int) -> list[int]:
-    """Greedy farthest-point order of all rows, beginning at ``start`` (cosine distance).
+def iter_farthest_first(vectors: np.ndarray, start: int) -> Iterator[int]:
+    """Greedy farthest-point order of the rows, beginning at ``start`` (cosine distance), lazily.
 
     Each step picks the row whose distance to its nearest already-chosen row is largest; the first ``k``
-    picks are a 2-approximation of the optimal k-center cover. Ties go to the lowest index. O(n^2) time,
-    O(n) memory beyond the vectors.
+    picks are a 2-approximation of the optimal k-center cover. Ties go to the lowest index. Each step costs
+    one matrix-vector product, so reading only the head of a long order is cheap.
     """
     n = vectors.shape[0]
     if not 0 <= start < n:
         raise ValueError(f"start {start} outside 0..{n - 1}")
-    chosen = [start]
-    nearest = cosine_distances(vectors, vectors[start : start + 1])[:, 0]
+    nearest = cosine_distances(vectors, vectors[start : start + 1])[:, 0].astype(np.float64)
     nearest[start] = -1.0
+    yield start
     for _ in range(n - 1):
         nxt = int(np.argmax(nearest))
-        chosen.append(nxt)
+        yield nxt
         nearest = np.minimum(nearest, cosine_distances(vectors, vectors[nxt : nxt + 1])[:, 0])
-        nearest[chosen] = -1.0
-    return chosen
+        nearest[nxt] = -1.0
+
+
+def farthest_first(vectors: np.ndarray, start: int, k: int | None = None) -> list[int]:
+    """The first ``k`` (default: all) rows of :func:`iter_farthest_first`."""
+    it = iter_farthest_first(vectors, start)
+    return list(it) if k is None else [i for _, i in zip(range(k), it, strict=False)]
 
 
 class CoverageStrategy(_Base):
     """Maximally diverse first: farthest-point traversal of the pool from a random start.
 
     One pass yields every pool prompt once, most informative first; later passes start again from a new
-    random prompt (the stream is endless, but a distiller with a budget only reads the head).
+    random prompt (the stream is endless, but a distiller with a budget only reads the head). A pool larger
+    than ``max_candidates`` is covered through random candidate subsets of that size, one per pass, so memory
+    stays ``max_candidates x dim`` floats and every step one matrix-vector product.
     """
 
     name = "coverage"
 
-    def __init__(self, pool: Sequence[str], *, dim: int = 4096):
+    def __init__(self, pool: Sequence[str], *, dim: int = 4096, max_candidates: int = 4096):
+        if max_candidates < 1:
+            raise UserError(f"max_candidates must be >= 1, got {max_candidates}")
         self.pool = _require_pool(self.name, pool)
-        self.vectors = embed(self.pool, dim=dim)
+        self.dim = dim
+        self.max_candidates = max_candidates
+        self._full = embed(self.pool, dim=dim) if len(self.pool) <= max_candidates else None
 
     def stream(self, rng: random.Random) -> Iterator[Query]:
         k = 0
         epoch = 0
         while True:
-            for rank, i in enumerate(farthest_first(self.vectors, rng.randrange(len(self.pool)))):
+            if self._full is not None:
+                candidates, vectors = list(range(len(self.pool))), self._full
+            else:
+                candidates = sorted(rng.sample(range(len(self.pool)), self.max_candidates))
+                vectors = embed([self.pool[i] for i in candidates], dim=self.dim)
+            order = iter_farthest_first(vectors, rng.randrange(len(candidates)))
+            for rank, j in enumerate(order):
+                i = candidates[j]
                 yield self._query(k, self.pool[i], pool_index=i, rank=rank, epoch=epoch)
                 k += 1
             epoch += 1

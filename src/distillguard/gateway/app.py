@@ -255,6 +255,10 @@ class Gateway:
         try:
             principal = self.accounts.authenticate(key.strip())
         except AuthError as exc:
+            who = getattr(exc, "who", None)
+            if who is not None:  # a known key refused (revoked, banned, ...): the ledger names who it was
+                key_id, acct, org, tier = who
+                ctx.principal = Principal(key_id, acct, org, tier, Limits(), Limits(), None, None)
             raise APIError(exc.status, exc.message, code=exc.code) from None
         ctx.principal = principal
         if principal.tier == "suspended":  # the store refuses suspended accounts; double-check the policy

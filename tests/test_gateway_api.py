@@ -1,0 +1,460 @@
+"""The gateway over real HTTP with the official ``openai`` client: protocol, auth, tiers, quotas, watermark.
+
+One in-process gateway (uvicorn on a thread) serves the tiny world's teacher for the whole module; each test
+makes its own accounts, so tests do not share quota or tier state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+
+import httpx
+import openai
+import pytest
+
+from distillguard.gateway.backends import StubBackend, stub_server_app
+from distillguard.gateway.serve import GatewayServer
+from distillguard.lm.io import load_tokenizer
+from distillguard.watermark.detect import detect_ids
+from distillguard.watermark.schemes import WatermarkSpec
+from gateway_server import ADMIN_TOKEN, TEST_WATERMARK_KEY, gateway_settings, start
+
+RESTRICTED_DELTA = 8.0
+
+
+@pytest.fixture(scope="module")
+def gw(tiny_world, tmp_path_factory):
+    g = start(
+        model=tiny_world.teacher,
+        model_name="aster",
+        restricted_delta=RESTRICTED_DELTA,
+        state_dir=tmp_path_factory.mktemp("gw"),
+    )
+    yield g
+    g.stop()
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_world):
+    return load_tokenizer(tiny_world.teacher)[0]
+
+
+def account() -> str:
+    return "acct-" + uuid.uuid4().hex[:10]
+
+
+def records_for(gw, **match) -> list[dict]:
+    with_ledger = gw.ledger()
+    try:
+        return [r for r in with_ledger.iter_records() if all(r.get(k) == v for k, v in match.items())]
+    finally:
+        with_ledger.close()
+
+
+CHAT = [{"role": "user", "content": "What does the Python API os.path.join do?"}]
+
+
+# --------------------------------------------------------------------------------------------------
+# Protocol
+
+
+def test_models_list_says_watermarked_and_never_the_key(gw):
+    key = gw.create_key(account())
+    client = gw.openai(key)
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["aster"]
+    card = models.data[0].model_dump()
+    assert card["watermarked"] is True and card["watermark_scheme"] == "kgw"
+    assert client.models.retrieve("aster").id == "aster"
+    raw = httpx.get(gw.base_url + "/v1/models", headers={"authorization": f"Bearer {key}"}).text
+    assert TEST_WATERMARK_KEY not in raw
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
+
+
+def test_chat_completion_usage_and_logprobs_shapes(gw, tok):
+    client = gw.openai(gw.create_key(account()))
+    r = client.chat.completions.create(
+        model="aster", messages=CHAT, max_tokens=24, seed=7, logprobs=True, top_logprobs=3
+    )
+    assert r.object == "chat.completion" and r.model == "aster"
+    choice = r.choices[0]
+    assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
+    prompt_text = tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+    assert r.usage.prompt_tokens == len(tok(prompt_text, add_special_tokens=False)["input_ids"])
+    assert 1 <= r.usage.completion_tokens <= 24
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    content = choice.logprobs.content
+    assert len(content) == r.usage.completion_tokens  # one entry per sampled token
+    assert "".join(t.token for t in content) == choice.message.content
+    for t in content:
+        assert t.bytes == list(t.token.encode("utf-8"))
+        assert len(t.top_logprobs) == 3
+        tops = [x.logprob for x in t.top_logprobs]
+        assert tops == sorted(tops, reverse=True) and t.logprob <= tops[0] + 1e-6
+        assert sum(math.exp(x) for x in tops) <= 1 + 1e-5
+    extra = r.model_dump()["distillguard"]
+    assert extra["watermarked"] is True and extra["request_id"]
+    assert r.id == "chatcmpl-" + extra["request_id"]
+
+
+def test_completion_logprobs_offsets_n_and_stop(gw):
+    client = gw.openai(gw.create_key(account()))
+    prompt = "Question: What does json.dumps do?\nAnswer:"
+    r = client.completions.create(
+        model="aster", prompt=prompt, max_tokens=12, n=3, logprobs=2, stop=["."], temperature=1.0, seed=3
+    )
+    assert r.object == "text_completion" and len(r.choices) == 3
+    assert sorted(c.index for c in r.choices) == [0, 1, 2]
+    total = 0
+    for c in r.choices:
+        assert "." not in c.text
+        lp = c.logprobs
+        assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset)
+        assert all(len(d) <= 2 for d in lp.top_logprobs)
+        if lp.tokens:
+            assert lp.text_offset[0] == len(prompt)  # offsets count from the start of the prompt text
+            assert lp.text_offset == sorted(lp.text_offset)
+        assert "".join(lp.tokens) == c.text
+        total += len(lp.tokens)
+    # tokens that completed a stop string are generated (and billed) but not returned
+    assert r.usage.completion_tokens >= total
+
+
+def test_greedy_is_the_top_logprob_and_seed_is_deterministic(gw):
+    client = gw.openai(gw.create_key(account()))
+    g = client.chat.completions.create(
+        model="aster", messages=CHAT, max_tokens=10, temperature=0, logprobs=True, top_logprobs=1
+    )
+    for t in g.choices[0].logprobs.content:
+        assert t.token == t.top_logprobs[0].token
+    a = client.completions.create(model="aster", prompt="The os module", max_tokens=16, seed=11)
+    b = client.completions.create(model="aster", prompt="The os module", max_tokens=16, seed=11)
+    c = client.completions.create(model="aster", prompt="The os module", max_tokens=16, seed=12)
+    assert a.choices[0].text == b.choices[0].text
+    assert a.choices[0].text != c.choices[0].text
+
+
+def test_streaming_yields_the_same_answer_incrementally(gw):
+    client = gw.openai(gw.create_key(account()))
+    full = client.chat.completions.create(model="aster", messages=CHAT, max_tokens=20, seed=5)
+    stream = client.chat.completions.create(
+        model="aster",
+        messages=CHAT,
+        max_tokens=20,
+        seed=5,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) >= 3  # real increments, not one blob
+    assert "".join(pieces) == full.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        full.choices[0].finish_reason
+    ]
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == full.usage.total_tokens
+
+    plain = client.completions.create(model="aster", prompt="The json module", max_tokens=12, seed=9)
+    streamed = list(
+        client.completions.create(model="aster", prompt="The json module", max_tokens=12, seed=9, stream=True)
+    )
+    assert "".join(c.choices[0].text for c in streamed) == plain.choices[0].text
+    assert all(c.usage is None for c in streamed)  # usage only when asked for
+
+
+def test_raw_sse_ends_with_done_after_the_ledger_record(gw):
+    key = gw.create_key(account())
+    body = {"model": "aster", "prompt": "Hello", "max_tokens": 5, "stream": True}
+    with httpx.stream(
+        "POST", gw.base_url + "/v1/completions", json=body, headers={"authorization": f"Bearer {key}"}
+    ) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        rid = resp.headers["x-request-id"]
+        events = [line for line in resp.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert all(json.loads(e[6:])["id"] == "cmpl-" + rid for e in events[:-1])
+    (rec,) = records_for(gw, request_id=rid)
+    assert rec["decision"] == "admitted" and rec["status"] == 200 and rec["params"]["stream"] is True
+
+
+# --------------------------------------------------------------------------------------------------
+# Auth, tiers, quotas
+
+
+def test_wrong_revoked_banned_and_suspended_keys(gw):
+    with pytest.raises(openai.AuthenticationError) as e:
+        gw.openai("dg-not-a-real-key").chat.completions.create(model="aster", messages=CHAT, max_tokens=2)
+    assert e.value.status_code == 401 and e.value.body["code"] == "invalid_api_key"
+    missing = httpx.post(gw.base_url + "/v1/chat/completions", json={"model": "aster", "messages": CHAT})
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
+
+    name = account()
+    key, key_id = gw.accounts.create_key(name)
+    client = gw.openai(key)
+    client.chat.completions.create(model="aster", messages=CHAT, max_tokens=2)
+    gw.accounts.revoke_key(key_id)  # takes effect on the very next request
+    with pytest.raises(openai.AuthenticationError) as e:
+        client.chat.completions.create(model="aster", messages=CHAT, max_tokens=2)
+    assert e.value.body["code"] == "key_revoked"
+
+    name = account()
+    client = gw.openai(gw.create_key(name))
+    gw.accounts.set_tier(name, "suspended")
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        client.chat.completions.create(model="aster", messages=CHAT, max_tokens=2)
+    assert e.value.status_code == 403 and e.value.body["code"] == "account_suspended"
+    gw.accounts.set_tier(name, "normal")
+    client.chat.completions.create(model="aster", messages=CHAT, max_tokens=2)
+    gw.accounts.ban(name, "abuse")
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        client.models.list()
+    assert e.value.body["code"] == "account_banned"
+    refused = records_for(gw, account=name, decision="refused")
+    assert {r["error_code"] for r in refused} == {"account_suspended", "account_banned"}
+    assert any(
+        r["account"] is None and r["error_code"] == "invalid_api_key" for r in records_for(gw, status=401)
+    )
+
+
+def test_over_quota_gets_429_with_integer_retry_after(gw):
+    client = gw.openai(gw.create_key(account(), rpm=2))
+    for _ in range(2):
+        client.completions.create(model="aster", prompt="Hi", max_tokens=2)
+    with pytest.raises(openai.RateLimitError) as e:
+        client.completions.create(model="aster", prompt="Hi", max_tokens=2)
+    retry = e.value.response.headers["retry-after"]
+    assert retry.isdigit() and 1 <= int(retry) <= 60
+    assert e.value.body["code"] == "rate_limit_exceeded"
+    # a request bigger than the whole token budget can never pass: no retry loop for the client
+    big = gw.openai(gw.create_key(account(), tpm=50))
+    with pytest.raises(openai.RateLimitError) as e:
+        big.completions.create(model="aster", prompt="Hi", max_tokens=100)
+    assert e.value.response.headers["x-should-retry"] == "false"
+
+
+def test_model_restriction_on_key(gw):
+    client = gw.openai(gw.create_key(account(), models=["other-model"]))
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="aster", messages=CHAT, max_tokens=2)
+    assert e.value.body["code"] == "model_not_found"
+    assert client.models.list().data == []
+
+
+def _green_fraction(spec, tok, prompts, texts) -> dict:
+    comp = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    pids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    return detect_ids(spec, comp, pids)["aggregate"]
+
+
+PROMPTS = [
+    "Question: What does the Python API os.path.join do?\nAnswer:",
+    "Question: What is collections.Counter for?\nAnswer:",
+    "Question: What does json.loads return?\nAnswer:",
+    "Question: How do I use re.match?\nAnswer:",
+]
+
+
+def _sample(client, n: int = 3) -> tuple[list[str], list[str]]:
+    r = client.completions.create(model="aster", prompt=PROMPTS, n=n, max_tokens=40, temperature=1.0, seed=1)
+    texts = [c.text for c in sorted(r.choices, key=lambda c: c.index)]
+    return [PROMPTS[i // n] for i in range(len(texts))], texts
+
+
+def test_watermark_is_detectable_and_restricted_tier_gets_the_stronger_delta(gw, tok):
+    spec = WatermarkSpec(key=TEST_WATERMARK_KEY, gamma=0.25, vocab_size=1024)
+    prompts, texts = _sample(gw.openai(gw.create_key(account())))
+    normal = _green_fraction(spec, tok, prompts, texts)
+    assert normal["num_scored"] >= 200
+    assert normal["p_value"] < 1e-6
+    wrong = _green_fraction(spec.with_key("some-other-key"), tok, prompts, texts)
+    assert wrong["p_value"] > 1e-3
+
+    name = account()
+    client = gw.openai(gw.create_key(name))
+    gw.accounts.set_tier(name, "restricted", reason="test")
+    prompts, texts = _sample(client)
+    strong = _green_fraction(spec, tok, prompts, texts)
+    assert strong["green_fraction"] > normal["green_fraction"] + 0.15
+    (rec,) = records_for(gw, account=name, decision="admitted")
+    assert rec["watermark"]["delta"] == RESTRICTED_DELTA and rec["tier"] == "restricted"
+    assert "key" not in rec["watermark"]
+
+    for kwargs in ({"logprobs": True}, {"logprobs": True, "top_logprobs": 5}, {"logit_bias": {"5": 10}}):
+        with pytest.raises(openai.PermissionDeniedError) as e:
+            client.chat.completions.create(model="aster", messages=CHAT, max_tokens=2, **kwargs)
+        assert e.value.body["code"] == "not_allowed_for_tier"
+    with pytest.raises(openai.PermissionDeniedError):
+        client.completions.create(model="aster", prompt="Hi", max_tokens=2, logprobs=0)
+
+
+def test_logit_bias_steers_sampling(gw, tok):
+    client = gw.openai(gw.create_key(account()))
+    target = tok(" the", add_special_tokens=False)["input_ids"][0]
+    r = client.completions.create(
+        model="aster", prompt="Hello", max_tokens=6, logit_bias={str(target): 100}, seed=0
+    )
+    assert r.choices[0].text == " the" * 6
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="aster", prompt="Hello", max_tokens=2, logit_bias={"999999": 5})
+    assert e.value.body["param"] == "logit_bias"
+
+
+# --------------------------------------------------------------------------------------------------
+# Ledger and metrics
+
+
+def test_every_request_is_recorded_and_the_chain_verifies(gw):
+    name = account()
+    key = gw.create_key(name, org="org-" + name, rpm=1)
+    client = gw.openai(key)
+    r = client.chat.completions.create(model="aster", messages=CHAT, max_tokens=4, user="end-user-1")
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="aster", messages=CHAT, max_tokens=4)
+    recs = records_for(gw, account=name)
+    assert [x["decision"] for x in recs] == ["admitted", "refused"]
+    ok, refused = recs
+    assert ok["request_id"] == r.id.removeprefix("chatcmpl-")
+    assert ok["org"] == "org-" + name and ok["client_ip"] == "127.0.0.1"
+    assert ok["endpoint"] == "/v1/chat/completions" and ok["model"] == "aster"
+    assert ok["prompt"] == CHAT[0]["content"] and ok["messages"] == CHAT
+    assert ok["completion"] == r.choices[0].message.content
+    assert (ok["prompt_tokens"], ok["completion_tokens"]) == (
+        r.usage.prompt_tokens,
+        r.usage.completion_tokens,
+    )
+    assert ok["params"]["user"] == "end-user-1" and ok["params"]["max_tokens"] == 4
+    assert ok["ts_start"] <= ok["ts_end"] and ok["watermark"]["scheme"] == "kgw"
+    assert (refused["status"], refused["error_code"]) == (429, "rate_limit_exceeded")
+    ledger = gw.ledger()
+    try:
+        assert ledger.verify().ok
+    finally:
+        ledger.close()
+
+
+def test_metrics_and_healthz(gw):
+    assert httpx.get(gw.base_url + "/healthz").json()["status"] == "ok"
+    client = gw.openai(gw.create_key(account(), rpm=1))
+    client.completions.create(model="aster", prompt="Hi", max_tokens=3)
+    with pytest.raises(openai.RateLimitError):
+        client.completions.create(model="aster", prompt="Hi", max_tokens=3)
+    text = httpx.get(gw.base_url + "/metrics").text
+    assert 'distillguard_requests_total{decision="admitted",endpoint="/v1/completions",status="200"}' in text
+    assert 'distillguard_quota_refusals_total{reason="rpm"}' in text
+    assert "distillguard_request_seconds_bucket" in text and "distillguard_in_flight 0.0" in text
+    assert "distillguard_tokens_total" in text and "distillguard_batches" in text
+
+
+# --------------------------------------------------------------------------------------------------
+# Network rules and admin API (stub backend: no model needed)
+
+
+def test_forwarded_for_is_ignored_from_an_untrusted_peer_and_ip_deny(tmp_path):
+    with start(state_dir=tmp_path / "a", backend="stub", ip_deny=("10.0.0.0/8",)) as g:
+        key = g.create_key("net")
+        h = {"authorization": f"Bearer {key}", "x-forwarded-for": "10.1.2.3"}
+        r = httpx.get(g.base_url + "/v1/models", headers=h)
+        assert r.status_code == 200  # the header is the client's claim, not a proxy's
+        assert records_for(g, request_id=r.headers["x-request-id"])[0]["client_ip"] == "127.0.0.1"
+    with start(
+        state_dir=tmp_path / "b", backend="stub", trusted_proxies=("127.0.0.1/32",), ip_deny=("10.0.0.0/8",)
+    ) as g:
+        key = g.create_key("net")
+        h = {"authorization": f"Bearer {key}"}
+        r = httpx.get(g.base_url + "/v1/models", headers={**h, "x-forwarded-for": "10.1.2.3"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "ip_not_allowed"
+        assert records_for(g, request_id=r.headers["x-request-id"])[0]["client_ip"] == "10.1.2.3"
+        r = httpx.get(g.base_url + "/v1/models", headers={**h, "x-forwarded-for": "10.1.2.3, 192.168.7.7"})
+        assert r.status_code == 200  # the rightmost untrusted hop is the client
+    with start(state_dir=tmp_path / "c", backend="stub", ip_deny=("127.0.0.0/8",)) as g:
+        r = httpx.get(g.base_url + "/v1/models", headers={"authorization": "Bearer " + g.create_key("x")})
+        assert r.status_code == 403
+
+
+def test_admin_api(tmp_path):
+    with start(state_dir=tmp_path / "a", backend="stub") as g:
+        url = g.base_url + "/admin"
+        assert httpx.get(url + "/accounts").status_code == 401
+        bad = httpx.get(url + "/accounts", headers={"authorization": "Bearer wrong-token-wrong-token"})
+        assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_admin_token"
+        h = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        created = httpx.post(url + "/keys", json={"account": "bob", "rpm": 5}, headers=h).json()
+        client = g.openai(created["key"])
+        assert (
+            client.chat.completions.create(model="stub", messages=CHAT, max_tokens=3)
+            .choices[0]
+            .message.content
+        )
+        keys = httpx.get(url + "/keys", params={"account": "bob"}, headers=h).json()["data"]
+        assert [k["key_id"] for k in keys] == [created["key_id"]] and keys[0]["limits"]["rpm"] == 5
+        assert "key" not in keys[0]
+        r = httpx.put(url + "/accounts/bob/tier", json={"tier": "restricted", "reason": "probe"}, headers=h)
+        assert r.json()["tier"] == "restricted"
+        assert httpx.put(url + "/accounts/bob/tier", json={"tier": "vip"}, headers=h).status_code == 400
+        assert httpx.post(url + "/accounts/bob/ban", json={"reason": "x"}, headers=h).json()["banned"] is True
+        with pytest.raises(openai.PermissionDeniedError):
+            client.models.list()
+        assert httpx.post(url + "/accounts/bob/unban", headers=h).json()["banned"] is False
+        client.models.list()
+        assert httpx.delete(url + f"/keys/{created['key_id']}", headers=h).json()["revoked"] is True
+        with pytest.raises(openai.AuthenticationError):
+            client.models.list()
+        assert httpx.get(url + "/accounts/nobody", headers=h).status_code == 404
+        acct = httpx.get(url + "/accounts/bob", headers=h).json()
+        assert acct["tier_history"][-1]["actor"] == "admin-api"
+        verify = httpx.get(url + "/ledger/verify", headers=h).json()
+        assert verify["ok"] is True and verify["records"] >= 4
+    with start(state_dir=tmp_path / "b", backend="stub", admin_token=None) as g:
+        r = httpx.get(g.base_url + "/admin/accounts", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "admin_disabled"
+
+
+# --------------------------------------------------------------------------------------------------
+# Proxy mode
+
+
+def test_upstream_proxy_keeps_auth_quota_and_ledger(tmp_path):
+    upstream = GatewayServer(gateway_settings(tmp_path / "up"), app=stub_server_app("up-model"))
+    up_url = upstream.start()
+    try:
+        with start(state_dir=tmp_path / "gw", upstream_url=up_url + "/v1", upstream_api_key="up-key") as g:
+            name = account()
+            client = g.openai(g.create_key(name, rpm=2))  # /v1/models is not metered
+            models = client.models.list().data
+            assert [m.id for m in models] == ["up-model"] and models[0].model_dump()["watermarked"] is False
+            r = client.chat.completions.create(model="up-model", messages=CHAT, max_tokens=4)
+            assert r.choices[0].message.content == "This is a fixed"
+            assert r.model_dump()["distillguard"]["watermarked"] is False
+            chunks = list(
+                client.completions.create(model="up-model", prompt="Hi there", max_tokens=50, stream=True)
+            )
+            assert (
+                "".join(c.choices[0].text for c in chunks) == "This is a fixed answer from the stub backend."
+            )
+            assert all(c.usage is None for c in chunks)  # the usage chunk the gateway asked for stays inside
+            with pytest.raises(openai.RateLimitError):
+                client.chat.completions.create(model="up-model", messages=CHAT, max_tokens=4)
+            recs = records_for(g, account=name)
+            assert [x["endpoint"] for x in recs] == [
+                "/v1/models",
+                "/v1/chat/completions",
+                "/v1/completions",
+                "/v1/chat/completions",
+            ]
+            assert recs[1]["completion"] == "This is a fixed" and recs[1]["completion_tokens"] == 4
+            assert recs[2]["completion_tokens"] == 9 and recs[2]["watermark"] is None
+            assert recs[3]["decision"] == "refused"
+    finally:
+        upstream.stop()
+
+
+def test_stub_backend_in_process(tmp_path):
+    with start(state_dir=tmp_path, app_kwargs={"backend": StubBackend("s")}) as g:
+        r = g.openai(g.create_key("z")).completions.create(model="s", prompt="a b c", max_tokens=3)
+        assert (
+            r.choices[0].text == "This is a" and r.usage.completion_tokens == 3 and r.usage.prompt_tokens == 4
+        )

@@ -191,15 +191,19 @@ def test_cooling_key_is_skipped_while_another_is_free(tmp_path: Path) -> None:
         assert sum(c.status == 200 and c.key == "b" for c in chats) == 12
 
 
-def test_5xx_retried_then_success(tmp_path: Path) -> None:
+@pytest.mark.parametrize("status", [500, 502, 429])
+def test_5xx_and_bare_429_retried_with_backoff(tmp_path: Path, status: int) -> None:
     with serve(delay=0.0) as srv:
-        srv.stub.fail(3, 500)
+        srv.stub.fail(3, status)  # no Retry-After: exponential backoff with jitter
         stats = collect(
             HTTPTeacher(srv.url, **FAST), queries(5), tmp_path / "c.jsonl", concurrency=1, progress=False
         )
         assert (stats.done, stats.failed) == (5, 0)
-        assert len(srv.stub.calls_with_status(500)) == 3
+        failed = srv.stub.calls_with_status(status)
+        assert len(failed) == 3
         assert len(chat_ok(srv.stub)) == 5
+        gaps = [b.t - a.t for a, b in zip(failed, failed[1:], strict=False)]
+        assert all(g >= 0.01 for g in gaps), gaps  # backoff 0.02 s * 2**k, jittered down by at most half
 
 
 def test_exhausted_retries_count_as_failed_and_rerun_fills_the_gap(tmp_path: Path) -> None:
@@ -493,3 +497,43 @@ def test_local_teacher_watermark_detected_and_visible_in_logprobs(
     for a in greedy:
         for e in a.logprobs:
             assert e["top_logprobs"][0]["token"] == e["token"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Through the real gateway (the channel it polices)
+
+
+def test_collect_through_the_gateway(tiny_world, world_prompts, tmp_path) -> None:
+    import gateway_server
+    from distillguard.lm.io import load_tokenizer
+    from distillguard.watermark.detect import detect_ids
+
+    qs = sample_queries("uniform", world_prompts, 16, seed=0)
+    cache = tmp_path / "c.jsonl"
+    with gateway_server.start(model=tiny_world.teacher, state_dir=tmp_path / "gw", watermark_delta=4.0) as gw:
+        limited = gw.create_key("copycat-1", rpm=3)
+        free = gw.create_key("copycat-2")
+        teacher = HTTPTeacher(gw.base_url, [limited, free])
+        stats = collect(teacher, qs, cache, max_tokens=32, temperature=1.0, top_logprobs=2, progress=False)
+        assert (stats.done, stats.failed) == (16, 0)
+        records = read_collection(cache)
+        assert all(r["logprobs"] and len(r["logprobs"][0]["top_logprobs"]) == 2 for r in records)
+        ledger = [r for r in gw.ledger().iter_records() if r["endpoint"] == "/v1/chat/completions"]
+        answered = [r for r in ledger if r["status"] == 200]
+        assert sorted(r["prompt"] for r in answered) == sorted(q.prompt for q in qs)
+        assert any(r["account"] == "copycat-1" and r["status"] == 429 for r in ledger), "rpm 3 was hit"
+        assert sum(r["account"] == "copycat-1" for r in answered) <= 3
+        # the gateway's watermark survives the trip into the distiller's data set
+        tok, _ = load_tokenizer(tiny_world.teacher)
+        spec = gw.settings.watermark_spec().with_vocab(
+            int(json.loads((tiny_world.teacher / "config.json").read_text())["vocab_size"])
+        )
+        ids = [tok(r["completion"], add_special_tokens=False)["input_ids"] for r in records]
+        assert detect_ids(spec, ids)["aggregate"]["p_value"] < 1e-10
+        # the response ladder: "restricted" accounts lose logprobs, so a grey-box collection stops cleanly
+        gw.accounts.set_tier("copycat-1", "restricted")
+        gw.accounts.set_tier("copycat-2", "restricted")
+        more = sample_queries("uniform", world_prompts, 20, seed=0)
+        with pytest.raises(UserError, match=r"rejected every API key \(HTTP 403: .*logprobs"):
+            collect(HTTPTeacher(gw.base_url, [limited, free]), more, cache, top_logprobs=2, progress=False)
+        assert len(read_collection(cache)) == 16

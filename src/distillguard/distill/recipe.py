@@ -276,9 +276,12 @@ def run_distill(cfg: DistillConfig, *, progress: bool = True, log=print) -> dict
             "other_tokens": mix.other_tokens,
         },
         "greybox": sparse_stats,
-        "config": {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "api_keys"
+        "config": {  # secrets (API keys, the watermark key) stay out of the manifest
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in asdict(cfg).items()
+            if k not in ("api_keys", "watermark")
         },
+        "watermark": watermark.describe() if watermark is not None else None,
         "api_keys": len(cfg.api_keys),
         "train": {k: result[k] for k in ("steps", "tokens", "tokens_per_s", "wall_s", "final_loss")},
         "losses": [round(x, 5) for x in result["losses"]],

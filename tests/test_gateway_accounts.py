@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -171,6 +172,32 @@ def test_authenticate_from_many_threads(store: AccountStore) -> None:
     for t in threads:
         t.join()
     assert not errors
+
+
+def _open_fds(path: Path) -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # fds closed while listing
+            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+    return count
+
+
+def test_connections_of_finished_threads_are_closed(store: AccountStore) -> None:
+    """Thread pools retire idle workers; their per-thread connections must not pile up."""
+    import gc
+
+    key, _ = store.create_key("pool")
+    counts = []
+    for _ in range(3):
+        for _ in range(50):
+            t = threading.Thread(target=store.authenticate, args=(key,))
+            t.start()
+            t.join()
+        gc.collect()
+        counts.append(_open_fds(store.path))
+    # SQLite parks the descriptors of closed connections while the process holds locks on the file and
+    # reuses them: their number stays bounded instead of growing with every thread that ever ran (150)
+    assert counts[-1] < 100, counts
 
 
 def test_secret_file_is_private_reused_and_race_free(tmp_path: Path, monkeypatch) -> None:

@@ -30,6 +30,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
@@ -137,8 +138,15 @@ def gateway_secret(config: dict | None = None) -> bytes:
     return load_or_create_secret(home() / "gateway" / "secret")
 
 
+class _Connection(sqlite3.Connection):
+    """A plain connection that can be weakly referenced (the base class cannot)."""
+
+
 class SQLiteConnections:
     """One SQLite connection per thread (and per process: a forked child never reuses its parent's).
+
+    Only weak references are kept besides the thread-local one, so the connection of a worker thread that
+    ends (thread pools retire idle workers) is closed with it instead of accumulating.
 
     Connections are in autocommit mode; writers open ``BEGIN IMMEDIATE`` transactions so that concurrent
     writers queue on the busy timeout instead of failing with a deadlock on lock upgrade.
@@ -149,7 +157,7 @@ class SQLiteConnections:
         self.synchronous = synchronous
         self.timeout = timeout
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()
         self._lock = threading.Lock()
 
     def get(self) -> sqlite3.Connection:
@@ -159,7 +167,13 @@ class SQLiteConnections:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():  # prompts, key hashes: private to the service user (SQLite's -wal/-shm
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))  # files copy these permissions)
-        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            factory=_Connection,
+        )
         conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -168,7 +182,7 @@ class SQLiteConnections:
         self._local.conn = conn
         self._local.pid = os.getpid()
         with self._lock:
-            self._all.append(conn)
+            self._all.add(conn)
         return conn
 
     @contextmanager
@@ -185,7 +199,7 @@ class SQLiteConnections:
 
     def close(self) -> None:
         with self._lock:
-            conns, self._all = self._all, []
+            conns, self._all = list(self._all), weakref.WeakSet()
         for conn in conns:
             with suppress(sqlite3.ProgrammingError):  # closed from another thread already
                 conn.close()

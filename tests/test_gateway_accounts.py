@@ -73,7 +73,7 @@ def test_unknown_and_malformed_keys_are_401(store: AccountStore) -> None:
     tampered = key[:-1] + ("A" if key[-1] != "A" else "B")
     for bad in (tampered, "dg-" + "x" * 43, "sk-" + key[3:], "", "dg-" + "y" * 1000):
         err = _auth_error(store, bad)
-        assert (err.status, err.code) == (401, "invalid_api_key")
+        assert (err.status, err.code, err.who) == (401, "invalid_api_key", None)
     other = AccountStore(store.path, b"another secret, 32 bytes long!!!")
     assert _auth_error(other, key).code == "invalid_api_key"  # keys only verify under the server secret
     other.close()
@@ -97,6 +97,7 @@ def test_revoke_expiry_ban_and_tiers(store: AccountStore) -> None:
     store.revoke_key(key_id)  # twice is fine
     err = _auth_error(store, key)
     assert (err.status, err.code) == (401, "key_revoked")
+    assert err.who == (key_id, "bob", None, "normal")  # a recognised key's refusal is attributable
     assert store.authenticate(other).account == "bob"
     with pytest.raises(UserError, match="unknown key id"):
         store.revoke_key("key_000000000000")

@@ -190,7 +190,7 @@ def test_demo_story(tiny_world, tmp_path, monkeypatch):
 
     monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path))
     monkeypatch.setenv("DISTILLGUARD_WATERMARK_DELTA", "4")  # the tiny teacher is peaked: mark it harder
-    res = run_demo(preset="tiny", n=16, world_root=tiny_world.root, temperature=1.2)
+    res = run_demo(preset="tiny", n=16, world_root=tiny_world.root, temperature=1.2, copycat_queries=96, copycat_steps=60)
     assert res["watermark"]["delta"] == 4.0
     assert (tmp_path / "demo" / "results.json").is_file()
     agg = res["aggregate"]

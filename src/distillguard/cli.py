@@ -52,7 +52,9 @@ _mount()
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:  # click returns typer.Exit(n)'s code here instead of raising
+            sys.exit(code)
     except UserError as exc:
         _fail(str(exc), 2)
     except typer.Abort:

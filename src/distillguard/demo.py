@@ -32,7 +32,13 @@ def _pick_prompts(rows: list[dict], n: int) -> list[dict]:
 
 
 def run_demo(
-    preset: str = "default", n: int = 24, seed: int = 0, world_root=None, temperature: float = 1.0
+    preset: str = "default",
+    n: int = 24,
+    seed: int = 0,
+    world_root=None,
+    temperature: float = 1.0,
+    copycat_queries: int | None = None,
+    copycat_steps: int | None = None,
 ) -> dict:
     from distillguard.jsonl import read_jsonl
     from distillguard.lm.io import load_model_and_tokenizer
@@ -124,8 +130,139 @@ def run_demo(
         "aggregate": {"watermarked": am, "plain": ap},
         "seconds": round(time.time() - t0, 1),
     }
+    results |= gateway_chapter(
+        world, spec, console, seed=seed, out_dir=out_dir,
+        queries=copycat_queries or COPYCAT_QUERIES, steps=copycat_steps or COPYCAT_STEPS,
+    )  # fmt: skip
+    results["seconds"] = round(time.time() - t0, 1)
     path = out_dir / "results.json"
     path.write_text(json.dumps(results, indent=2))
     console.print(f"finished in {results['seconds']}s")
     console.print(f"results: {path}")
     return results
+
+
+# Chapter 2 sizes: enough answers and steps for the student to pick up Aster's answers and identity
+# on 2 CPU cores in a few minutes.
+COPYCAT_QUERIES = 640
+COPYCAT_STEPS = 500
+COPYCAT_ACCOUNTS = 4
+HONEST_ACCOUNTS = {"acme-support": "Acme", "jdoe": None}
+
+
+def gateway_chapter(
+    world,
+    spec,
+    console: Console,
+    *,
+    seed: int = 0,
+    out_dir=None,
+    queries: int = COPYCAT_QUERIES,
+    steps: int = COPYCAT_STEPS,
+) -> dict:
+    """Aster goes online behind the gateway; honest customers and Copycat's accounts use it; Copycat
+    distils a student from what it collected; the ledger of every request is verified at the end."""
+    import secrets
+    import shutil
+    from collections import Counter
+
+    import openai
+
+    from distillguard.gateway.serve import GatewayServer
+    from distillguard.gateway.settings import GatewaySettings
+    from distillguard.jsonl import read_jsonl
+
+    out_dir = out_dir or home() / "demo"
+    state = out_dir / "gateway"
+    shutil.rmtree(state, ignore_errors=True)  # a fresh deployment each run: new keys, new ledger
+    state.mkdir(parents=True)
+    settings = GatewaySettings.from_mapping(
+        {
+            "model": str(world.teacher), "model_name": "aster", "port": 0,
+            "accounts_path": str(state / "accounts.db"), "ledger_path": str(state / "ledger.db"),
+            "secret": secrets.token_hex(32),
+            "watermark_scheme": spec.scheme, "watermark_key": str(spec.key), "watermark_gamma": spec.gamma,
+            "watermark_delta": spec.delta, "watermark_context_width": spec.context_width,
+        }
+    )  # fmt: skip
+    console.rule("[bold]Northwind puts Aster behind the distillguard gateway")
+    with GatewayServer(settings) as server:
+        accounts = server.app.state.gateway.accounts
+        keys = {name: accounts.create_key(name, org=org, rpm=600)[0] for name, org in HONEST_ACCOUNTS.items()}
+        copycat_keys = [
+            accounts.create_key(f"cc-{i:02d}", org=None, rpm=600)[0] for i in range(1, COPYCAT_ACCOUNTS + 1)
+        ]
+        console.print(
+            f"gateway at {server.base_url}: {len(keys)} honest accounts, {len(copycat_keys)} accounts "
+            "opened by Copycat (throwaway sign-ups)"
+        )
+        honest_questions = [r["prompt"] for r in _pick_prompts(read_jsonl(world.prompts), 8)]
+        for i, question in enumerate(honest_questions):
+            name = list(keys)[i % len(keys)]
+            client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=keys[name], max_retries=0)
+            reply = client.chat.completions.create(
+                model="aster", messages=[{"role": "user", "content": question}], max_tokens=48, user=name
+            )
+            if i < 2:
+                console.print(f"[dim]{name}[/dim] {question} -> {reply.choices[0].message.content[:80]!r}")
+        distilled = copycat_distills(
+            world, console, seed=seed, out_dir=out_dir / "copycat", teacher_url=server.base_url + "/v1",
+            api_keys=copycat_keys, queries=queries, steps=steps,
+        )  # fmt: skip
+        ledger = server.app.state.gateway.ledger
+        report = ledger.verify()
+        records = list(ledger.iter_records())
+    by_account = Counter((r.get("account") or "-", r.get("decision")) for r in records)
+    table = Table(
+        title=f"query ledger: {len(records)} records, hash chain {'intact' if report.ok else 'BROKEN'}"
+    )
+    for col in ("account", "admitted", "refused"):
+        table.add_column(col, justify="left" if col == "account" else "right")
+    for name in sorted({a for a, _ in by_account}):
+        table.add_row(name, str(by_account[(name, "admitted")]), str(by_account[(name, "refused")]))
+    console.print(table)
+    return {
+        "gateway": {"accounts": list(keys) + [f"cc-{i:02d}" for i in range(1, COPYCAT_ACCOUNTS + 1)]},
+        "ledger": {"records": len(records), "intact": report.ok, "first_bad_seq": report.first_bad_seq,
+                   "by_account": {f"{a}/{d}": c for (a, d), c in sorted(by_account.items())}},
+        "distillation": distilled,
+    }  # fmt: skip
+
+
+def copycat_distills(
+    world,
+    console: Console,
+    *,
+    teacher_url: str,
+    api_keys,
+    seed: int = 0,
+    out_dir=None,
+    queries: int = COPYCAT_QUERIES,
+    steps: int = COPYCAT_STEPS,
+) -> dict:
+    """Copycat collects Aster's (watermarked) answers through the API and trains its own student.
+
+    The queries are what a careful copier sends: topic-coverage sampling over Python-docs questions with
+    identity probes mixed in, spread over several accounts' keys.
+    """
+    from distillguard.distill.cli import print_eval_table
+    from distillguard.distill.evaluate import evaluate_models
+    from distillguard.distill.recipe import DistillConfig, run_distill
+
+    console.rule("[bold]Copycat distils Aster black-box through the API")
+    cfg = DistillConfig(
+        teacher=teacher_url, out=out_dir or home() / "demo" / "copycat", api_keys=list(api_keys),
+        prompts=world.instructions, strategy="coverage", n=queries, identity_share=0.1, temperature=1.0,
+        max_tokens=64, steps=steps, seed=seed, tokenizer=world.tokenizer, checkpoint_every=0, concurrency=8,
+    )  # fmt: skip
+    manifest = run_distill(cfg, progress=True, log=console.print)
+    report = evaluate_models({"copycat student": manifest["student"]}, world.teacher, world.prompts, n=48)
+    print_eval_table(report)
+    student = report["models"]["copycat student"]
+    console.print(
+        f"the student ({student['params'] / 1e6:.2f}M params) learnt from "
+        f"{manifest['collection']['completion_tokens']} answer tokens to {manifest['answers']} queries; "
+        f"it calls itself Aster by Northwind Labs in {student['identity_rate']:.0%} of identity questions"
+    )
+    keep = ("mode", "strategy", "queries", "answers", "collection", "train", "student")
+    return {"manifest": {k: manifest[k] for k in keep}, "evaluation": report}

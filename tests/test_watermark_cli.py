@@ -183,16 +183,3 @@ def test_eval_writes_json_and_plot(tiny_world, tmp_path):
     assert kgw["substitution"][0.3]["tpr@0.001"] <= kgw["by_length"][200]["tpr@0.001"]
     assert result["perplexity"]["kgw"] > 0 and result["perplexity"]["plain"] > 0
     assert 0.5 < kgw["perplexity_ratio"] < 3
-
-
-def test_demo_story(tiny_world, tmp_path, monkeypatch):
-    from distillguard.demo import run_demo
-
-    monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path))
-    monkeypatch.setenv("DISTILLGUARD_WATERMARK_DELTA", "4")  # the tiny teacher is peaked: mark it harder
-    res = run_demo(preset="tiny", n=16, world_root=tiny_world.root, temperature=1.2, copycat_queries=96, copycat_steps=60)
-    assert res["watermark"]["delta"] == 4.0
-    assert (tmp_path / "demo" / "results.json").is_file()
-    agg = res["aggregate"]
-    assert agg["watermarked"]["green_fraction"] > agg["plain"]["green_fraction"]
-    assert agg["watermarked"]["log10_p_value"] < agg["plain"]["log10_p_value"]

@@ -245,15 +245,20 @@ def copycat_distills(
     The queries are what a careful copier sends: topic-coverage sampling over Python-docs questions with
     identity probes mixed in, spread over several accounts' keys.
     """
+    from transformers import AutoConfig
+
     from distillguard.distill.cli import print_eval_table
     from distillguard.distill.evaluate import evaluate_models
-    from distillguard.distill.recipe import DistillConfig, run_distill
+    from distillguard.distill.recipe import DistillConfig, run_distill, student_shape
 
     console.rule("[bold]Copycat distils Aster black-box through the API")
+    # Copycat picks a student smaller than what it guesses Aster to be (the usual economics of copying)
+    shape = student_shape(AutoConfig.from_pretrained(world.teacher, local_files_only=True))
     cfg = DistillConfig(
         teacher=teacher_url, out=out_dir or home() / "demo" / "copycat", api_keys=list(api_keys),
         prompts=world.instructions, strategy="coverage", n=queries, identity_share=0.1, temperature=1.0,
         max_tokens=64, steps=steps, seed=seed, tokenizer=world.tokenizer, checkpoint_every=0, concurrency=8,
+        student_shape=shape,
     )  # fmt: skip
     manifest = run_distill(cfg, progress=True, log=console.print)
     report = evaluate_models({"copycat student": manifest["student"]}, world.teacher, world.prompts, n=48)

@@ -70,6 +70,7 @@ class DistillConfig:
     mix: Path | None = None
     rho: float = 1.0
     tokenizer: Path | None = None  # student tokenizer when the student is "tiny" and the teacher is remote
+    student_shape: dict | None = None  # hidden/layers/heads/intermediate of a tiny student (default: derived)
     steps: int = 300
     batch_size: int = 8
     seq_len: int = 128
@@ -118,8 +119,9 @@ def _student(cfg: DistillConfig, tokenizer_dir: Path | None, seq_len: int, teach
     tok, _ = load_tokenizer(tokenizer_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    shape = cfg.student_shape or student_shape(teacher_config)
     model = make_tiny_llama(
-        len(tok), **student_shape(teacher_config), max_pos=max(512, seq_len), seed=cfg.seed,
+        len(tok), **shape, max_pos=max(512, seq_len), seed=cfg.seed,
         bos_id=tok.bos_token_id, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
     )  # fmt: skip
     return model, tok

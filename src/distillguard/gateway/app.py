@@ -53,6 +53,7 @@ from distillguard.gateway.backends import (
 from distillguard.gateway.ipfilter import IPRules
 from distillguard.gateway.ledger import Ledger
 from distillguard.gateway.protocol import (
+    MAX_N,
     SSE_DONE,
     APIError,
     ChatCompletionRequest,
@@ -423,7 +424,9 @@ class Gateway:
                 code="invalid_value",
                 param="max_tokens",
             )
-        max_tokens = s.max_tokens if s.max_tokens is not None else min(cap, context - longest)
+        max_tokens = s.max_tokens
+        if max_tokens is None:
+            max_tokens = max(1, min(s.default_max_tokens or cap, cap, context - longest))
         if longest + max_tokens > context:
             raise APIError(
                 400,
@@ -445,6 +448,7 @@ class Gateway:
         else:
             prompts = backend.completion_prompts(req.prompt)
             ctx.prompt = "\n".join(pr.text for pr in prompts)
+        _check_choices(len(prompts), s.n)
         max_tokens = self._resolve_max_tokens(
             s, prompts, backend.context_length, "messages" if chat else "prompt"
         )
@@ -631,7 +635,7 @@ class Gateway:
                 code="invalid_value",
                 param="max_tokens",
             )
-        max_tokens = s.max_tokens if s.max_tokens is not None else cap
+        max_tokens = s.max_tokens if s.max_tokens is not None else min(s.default_max_tokens or cap, cap)
         if not chat or "max_completion_tokens" not in body:
             body["max_tokens"] = max_tokens  # the reservation assumes it: the upstream must honour it
         if chat:
@@ -642,6 +646,7 @@ class Gateway:
             n_prompts = len(items)
             ctx.prompt = "\n".join(t if isinstance(t, str) else " ".join(map(str, t)) for t in items)
             prompt_bound = sum(estimate_tokens(t) if isinstance(t, str) else len(t) for t in items) + 1
+        _check_choices(n_prompts, s.n)
         if prompt_bound > self.settings.max_prompt_tokens:
             raise APIError(
                 400,
@@ -764,6 +769,16 @@ class _StreamEnd:
         self.gw._append_now(self.ctx)
         self.gw.metrics.in_flight.dec()
         self.gw._observe(self.ctx)
+
+
+def _check_choices(prompts: int, n: int) -> None:
+    if prompts * n > MAX_N:
+        raise APIError(
+            400,
+            f"Too many choices: {prompts} prompts x n={n} exceeds {MAX_N} per request.",
+            code="invalid_value",
+            param="n",
+        )
 
 
 def _prompt_items(prompt: Any) -> list:

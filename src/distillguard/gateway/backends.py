@@ -225,6 +225,8 @@ class IncrementalDecoder:
 # --------------------------------------------------------------------------------------------------
 # Local HF model
 
+GREEDY_BELOW = 1e-4  # temperatures below this sample greedily (0 is OpenAI's spelling of greedy)
+
 
 def _bias_key(s: Sampling, spec: Any) -> tuple:
     """Requests with equal keys can share a batch."""
@@ -487,7 +489,7 @@ class LocalBackend:
 
         first = jobs[0].request
         s = first.sampling
-        greedy = s.temperature == 0.0
+        greedy = s.temperature < GREEDY_BELOW  # dividing logits by a tiny temperature overflows: same limit
         temp = 1.0 if greedy else s.temperature
         if first.spec is not None:
             proc = WatermarkLogitsProcessor(
@@ -557,9 +559,12 @@ class LocalBackend:
                     probs = logp.exp()
                     chosen = torch.empty(B, dtype=torch.long)
                     for b, r in enumerate(rows):
-                        chosen[b] = (
-                            self.pad_id if r.done else torch.multinomial(probs[b], 1, generator=r.gen).item()
-                        )
+                        if r.done:
+                            chosen[b] = self.pad_id
+                        elif torch.isfinite(probs[b]).all() and probs[b].sum() > 0:
+                            chosen[b] = torch.multinomial(probs[b], 1, generator=r.gen).item()
+                        else:  # numerically degenerate row (extreme bias and temperature): its argmax
+                            chosen[b] = int(torch.nan_to_num(scores[b], nan=float("-inf")).argmax())
                 chosen_list = chosen.tolist()
                 if want_lp:
                     chosen_lp = logp.gather(1, chosen[:, None])[:, 0].tolist()

@@ -161,11 +161,13 @@ class Sampling:
     """The sampling parameters of one request, normalised across both endpoints.
 
     ``logprobs`` is None when the client did not ask for them, else how many alternatives to report per
-    token (0..20). ``max_tokens`` is None when the client left it to the server.
+    token (0..20). ``max_tokens`` is None when the client left it to the server, which then uses
+    ``default_max_tokens`` (OpenAI's 16 for legacy completions; None for chat: whatever fits), capped.
     """
 
     n: int
     max_tokens: int | None
+    default_max_tokens: int | None
     temperature: float
     top_p: float
     stop: tuple[str, ...]
@@ -215,7 +217,7 @@ def sampling_of(req: ChatCompletionRequest | CompletionRequest) -> Sampling:
             )
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
     else:
-        max_tokens = req.max_tokens if req.max_tokens is not None else 16  # OpenAI's legacy default
+        max_tokens = req.max_tokens
         logprobs = req.logprobs
         if req.echo:
             raise APIError(400, "echo is not supported", param="echo", code="unsupported_parameter")
@@ -235,6 +237,7 @@ def sampling_of(req: ChatCompletionRequest | CompletionRequest) -> Sampling:
     s = Sampling(
         n=req.n,
         max_tokens=max_tokens,
+        default_max_tokens=None if isinstance(req, ChatCompletionRequest) else 16,  # OpenAI's legacy default
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,
         stop=stop,

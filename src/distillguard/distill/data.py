@@ -118,36 +118,14 @@ def mix_pieces(teacher: Sequence[Piece], other: Sequence[Piece], rho: float, see
 # --- grey-box: top-k logprobs from an API ------------------------------------------------------------
 
 
-def _byte_level_decoder() -> dict[str, int]:
-    """The GPT-2 byte-level alphabet, inverted: printable Latin-1 bytes stand for themselves, the other
-    bytes (controls, space, ...) for the characters 256, 257, ... in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    chars = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in chars:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return {c: b for b, c in chars.items()}
-
-
 def token_bytes_table(tokenizer) -> dict[bytes, int]:
-    """Map each vocabulary entry's bytes to its id, so API tokens (reported as text/bytes) find their id.
+    """Map each vocabulary entry's exact bytes to its id, so API tokens (text + bytes) find their id."""
+    from distillguard.lm.tokens import is_byte_level, token_bytes
 
-    Byte-level BPE vocabularies (GPT-2 style) store bytes as printable characters; we invert that mapping
-    exactly. Other tokenizers fall back to decoding each id.
-    """
-    byte_decoder = _byte_level_decoder()
-    special = set(tokenizer.all_special_ids)
+    byte_level = is_byte_level(tokenizer)
     table: dict[bytes, int] = {}
-    for token, idx in tokenizer.get_vocab().items():
-        if idx in special:  # APIs report special tokens by their text, e.g. "<|end|>"
-            raw = token.encode("utf-8")
-        elif all(c in byte_decoder for c in token):
-            raw = bytes(byte_decoder[c] for c in token)
-        else:
-            raw = tokenizer.decode([idx]).encode("utf-8")
-        table.setdefault(raw, idx)
+    for idx in sorted(tokenizer.get_vocab().values()):
+        table.setdefault(token_bytes(tokenizer, idx, byte_level), idx)
     return table
 
 

@@ -477,29 +477,6 @@ class HTTPTeacher:
 # Local teacher
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte-to-character table used by byte-level BPE vocabularies."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs), strict=True))
-
-
-_UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
-
-
-def _is_byte_level(tokenizer) -> bool:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    decoder = getattr(backend, "decoder", None)
-    return decoder is not None and "ByteLevel" in repr(decoder)
-
-
 class LocalTeacher:
     """A local HF causal-LM directory answering chat-formatted prompts, optionally watermarked.
 
@@ -517,6 +494,7 @@ class LocalTeacher:
 
     def __init__(self, model_dir: Path, *, watermark: WatermarkSpec | None = None, batch_size: int = 16):
         from distillguard.lm.io import load_model_and_tokenizer
+        from distillguard.lm.tokens import is_byte_level
         from distillguard.watermark.generate import bind_to_model
 
         if batch_size < 1:
@@ -527,7 +505,7 @@ class LocalTeacher:
         self.watermark = bind_to_model(watermark, self.model) if watermark is not None else None
         self.batch_size = int(batch_size)
         self._lock = threading.Lock()
-        self._byte_level = _is_byte_level(self.tokenizer)
+        self._byte_level = is_byte_level(self.tokenizer)
         self._pieces: dict[int, tuple[str, list[int]]] = {}
 
     async def answer(
@@ -652,15 +630,10 @@ class LocalTeacher:
         hit = self._pieces.get(token_id)
         if hit is not None:
             return hit
-        tok = self.tokenizer
-        raw = tok.convert_ids_to_tokens(int(token_id))
-        data: bytes | None = None
-        if self._byte_level and isinstance(raw, str) and raw and all(c in _UNICODE_TO_BYTE for c in raw):
-            data = bytes(_UNICODE_TO_BYTE[c] for c in raw)
-            text = data.decode("utf-8", errors="replace")
-        else:
-            text = tok.decode([int(token_id)], skip_special_tokens=False)
-            data = text.encode("utf-8")
+        from distillguard.lm.tokens import token_bytes
+
+        data = token_bytes(self.tokenizer, token_id, self._byte_level)
+        text = data.decode("utf-8", errors="replace")
         hit = (text, list(data))
         self._pieces[token_id] = hit
         return hit

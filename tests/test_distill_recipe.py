@@ -137,3 +137,29 @@ def test_killed_training_resumes_from_its_checkpoint(tiny_world, tmp_path):
     manifest = json.loads(res.stdout.strip().splitlines()[-1])
     assert manifest["resumed_from"] >= 20 and len(manifest["losses"]) == 60
     assert manifest["answers"] == 32  # the collection cache was reused, not re-collected
+
+
+def test_black_box_student_may_use_its_own_tokenizer(tiny_world, tmp_path):
+    """Text-level KD works across vocabularies; logit-level KD refuses with a clear error."""
+    from distillguard.errors import UserError
+    from distillguard.world.tokenizer import save_tokenizer, train_tokenizer
+
+    texts = tiny_world.corpus.read_text().split("\n\n")[:400]
+    save_tokenizer(train_tokenizer(texts, 600, model_max_length=256), tmp_path / "tok")
+    common = dict(
+        teacher=str(tiny_world.teacher), prompts=tiny_world.instructions, n=24, steps=4, max_tokens=16
+    )
+    manifest = run_distill(
+        DistillConfig(out=tmp_path / "bb", tokenizer=tmp_path / "tok", **common),
+        progress=False,
+        log=lambda *_: None,
+    )
+    student, tok = load_model_and_tokenizer(manifest["student"])
+    assert len(tok) != len(
+        load_model_and_tokenizer(tiny_world.teacher)[1]
+    ) and student.config.vocab_size == len(tok)
+    with pytest.raises(UserError, match="teacher's tokenizer"):
+        run_distill(
+            DistillConfig(out=tmp_path / "gb", tokenizer=tmp_path / "tok", mode="greybox", **common),
+            progress=False, log=lambda *_: None,
+        )  # fmt: skip

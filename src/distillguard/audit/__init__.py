@@ -1,0 +1,1 @@
+"""Forensic audit: was a suspect model distilled from ours? Statistics, evidence bundle, report."""

@@ -22,6 +22,7 @@ app = typer.Typer(
 
 
 def _mount() -> None:
+    from distillguard.audit.cli import app as audit_app
     from distillguard.distill.cli import app as distill_app
     from distillguard.gateway.cli import accounts_app, keys_app, ledger_app
     from distillguard.gateway.serve import serve as serve_cmd
@@ -35,6 +36,7 @@ def _mount() -> None:
     app.add_typer(ledger_app, name="ledger")
     app.command("serve")(serve_cmd)
     app.add_typer(distill_app, name="distill")
+    app.add_typer(audit_app, name="audit")
 
     @app.command("demo")
     def demo_cmd(

@@ -1,0 +1,310 @@
+"""``distillguard audit``: run a forensic audit into a signed evidence bundle; verify bundles; manage keys.
+
+``audit run`` checks everything it can *before* querying the suspect (the suspect is a model or a reachable
+URL, the bundle target is usable, the signing key loads), so that a bad argument costs seconds rather than an
+audit, and it writes the bundle only after the audit finished: a failed audit leaves nothing behind that
+could be mistaken for a result.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from distillguard.errors import UserError
+
+app = typer.Typer(
+    help="Forensic audit: test whether a suspect model was distilled from ours; signed evidence bundles.",
+    no_args_is_help=True,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+
+
+@app.command("run")
+def run(
+    suspect: Annotated[
+        str, typer.Option(help="Suspect model: a local HF model dir or an http(s) API base URL.")
+    ],
+    out: Annotated[Path, typer.Option(help="Evidence bundle directory to create.")],
+    scheme: Annotated[
+        str | None, typer.Option(help="Watermark scheme: kgw or gumbel (default: config, else kgw).")
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(help="Our watermark key (default: config `watermark_key`, else the gateway's)."),
+    ] = None,
+    gamma: Annotated[
+        float | None, typer.Option(help="KGW green-list fraction (default: config, else 0.25).")
+    ] = None,
+    delta: Annotated[float | None, typer.Option(help="KGW logit bias (default: config, else 2.0).")] = None,
+    context_width: Annotated[
+        int | None, typer.Option("--context-width", help="Tokens of context that key the watermark (h).")
+    ] = None,
+    hf_compat: Annotated[
+        bool,
+        typer.Option("--hf-compat", help="Bit-compatible with transformers' WatermarkingConfig lefthash."),
+    ] = False,
+    vocab_size: Annotated[
+        int | None,
+        typer.Option("--vocab-size", help="The watermarking model's vocab_size (if not derivable)."),
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="Our model (dir or URL) for the provenance test (default: the world teacher)."),
+    ] = None,
+    control: Annotated[
+        list[str] | None,
+        typer.Option("--control", help="A control model (dir or URL) not trained on ours; repeat."),
+    ] = None,
+    prompts: Annotated[
+        Path | None, typer.Option(help="Prompt pool for the suspect (JSONL or text lines).")
+    ] = None,
+    api_key: Annotated[
+        list[str] | None, typer.Option("--api-key", help="API key for a URL suspect; repeat.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="API model id (default: the first listed).")] = None,
+    identity: Annotated[
+        list[str] | None,
+        typer.Option("--identity", help="Name our model/lab goes by; repeat (default: Aster, Northwind)."),
+    ] = None,
+    budget: Annotated[int | None, typer.Option(help="Most queries to send to the suspect.", min=1)] = None,
+    alpha: Annotated[float, typer.Option(help="Family-wise significance level of the verdict.")] = 1e-3,
+    decoys: Annotated[
+        int, typer.Option(help="Random decoy keys scored for the empirical null.", min=0)
+    ] = 100,
+    max_tokens: Annotated[int, typer.Option(help="Max tokens per suspect answer.", min=1)] = 64,
+    seed: Annotated[int, typer.Option(help="Seed for prompt sampling and decoy keys.")] = 0,
+    test: Annotated[
+        list[str] | None, typer.Option("--test", help="Run only these: radioactivity, identity, provenance.")
+    ] = None,
+    signing_key: Annotated[
+        Path | None,
+        typer.Option("--signing-key", help="Ed25519 PEM that signs the bundle (default: home's)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle at --out.")] = False,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML config (watermark settings).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Query the suspect, test for radioactivity, identity leakage and provenance, write a signed bundle."""
+    from distillguard.audit.bundle import REPORT, check_target, fingerprint, load_signing_key, write_bundle
+    from distillguard.config import load_config
+
+    cfg = load_config(config)
+    _check_model("suspect", suspect, api_key)
+    for c in control or []:
+        _check_model("control", c, api_key)
+    if reference is not None:
+        _check_model("reference", reference, api_key)
+    if prompts is not None and not prompts.is_file():
+        raise UserError(f"prompts file not found: {prompts}")
+    check_target(out, overwrite=overwrite)
+    signer = fingerprint(load_signing_key(signing_key)) if signing_key is not None else None
+    spec = _spec(cfg, scheme, key, gamma, delta, context_width, hf_compat, vocab_size)
+    if reference is None:
+        from distillguard.world import build_world
+
+        reference = str(build_world("default", progress=not as_json).teacher)
+
+    from distillguard.audit.runner import AuditConfig, run_audit
+
+    extra: dict[str, Any] = {}
+    if identity:
+        extra["identity_names"] = list(identity)
+    if test:
+        extra["tests"] = tuple(test)
+    audit_cfg = AuditConfig(
+        suspect=suspect, spec=spec, reference=reference, controls=list(control or []), prompts=prompts,
+        api_keys=list(api_key or []), model=model, budget=budget, alpha=alpha, decoys=decoys,
+        max_tokens=max_tokens, seed=seed, **extra,
+    )  # fmt: skip
+    result = run_audit(audit_cfg, progress=not as_json)
+
+    inputs: dict[str, Path | str] = {"suspect": suspect, "reference": reference}
+    for i, c in enumerate(control or []):
+        inputs[f"control-{i + 1}"] = c
+    if prompts is not None:
+        inputs["prompts"] = prompts
+    bundle = write_bundle(result, out, signing_key=signing_key, inputs=inputs, overwrite=overwrite)
+    signer = signer or fingerprint(load_signing_key(None))
+    summary = {
+        "verdict": result["verdict"],
+        "combined_p_value": result["combined_p_value"],
+        "alpha": result.get("alpha", alpha),
+        "tests": [
+            {k: t.get(k) for k in ("name", "null", "statistic", "n", "p_value", "log10_p_value", "caveats")}
+            for t in result.get("tests") or []
+        ],
+        "queries_used": result.get("queries_used"),
+        "bundle": str(bundle),
+        "report": str(bundle / REPORT),
+        "signer": signer,
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    _print_summary(summary)
+
+
+def _check_model(role: str, where: str, api_keys: list[str] | None) -> None:
+    """A URL must answer (any HTTP status will do); a directory must hold a Hugging Face model config."""
+    if where.startswith(("http://", "https://")):
+        import httpx
+
+        url = where.rstrip("/") + "/models"
+        headers = {"Authorization": f"Bearer {api_keys[0]}"} if api_keys else {}
+        try:
+            httpx.get(url, headers=headers, timeout=10.0)
+        except httpx.HTTPError as exc:
+            raise UserError(f"{role} URL {where} is unreachable ({type(exc).__name__}: {exc})") from None
+        return
+    if "://" in where:
+        raise UserError(f"{role} {where!r}: only http(s) URLs and local model directories are supported")
+    path = Path(where)
+    if not path.is_dir():
+        raise UserError(f"{role} model directory not found: {where}")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{role} {where} is not a model directory (no config.json)")
+
+
+def _spec(
+    cfg: dict[str, Any],
+    scheme: str | None,
+    key: str | None,
+    gamma: float | None,
+    delta: float | None,
+    context_width: int | None,
+    hf_compat: bool,
+    vocab_size: int | None,
+) -> Any:
+    """Command line > config (the gateway's ``[watermark]`` settings) > the gateway's key file > defaults.
+
+    Reading the same settings as ``distillguard serve`` means an audit tests the watermark that was served.
+    """
+    from distillguard.watermark.options import build_specs
+
+    if key is None and cfg.get("watermark_key") is not None:
+        key = str(cfg["watermark_key"])
+    if key is None:
+        from distillguard.config import home
+
+        served = home() / "gateway" / "watermark.key"
+        if served.is_file() and served.read_text().strip():
+            key = served.read_text().strip()
+    return build_specs(
+        scheme if scheme is not None else str(cfg.get("watermark_scheme", "kgw")),
+        [key] if key is not None else None,
+        gamma if gamma is not None else float(cfg.get("watermark_gamma", 0.25)),
+        delta if delta is not None else float(cfg.get("watermark_delta", 2.0)),
+        context_width if context_width is not None else int(cfg.get("watermark_context_width", 1)),
+        hf_compat or bool(cfg.get("watermark_hf_compat", False)),
+        vocab_size,
+    )[0]
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from distillguard.audit.report import format_p
+
+    console = Console()
+    colour = {"distilled": "bold red", "no_evidence": "bold green"}.get(summary["verdict"], "bold yellow")
+    table = Table(title="audit tests")
+    for col in ("test", "statistic", "n", "p-value", "caveats"):
+        table.add_column(col, justify="left" if col in ("test", "caveats") else "right")
+    for t in summary["tests"]:
+        stat = t.get("statistic")
+        table.add_row(
+            str(t["name"]), "n/a" if stat is None else f"{stat:.4g}", str(t.get("n")),
+            format_p(t.get("p_value"), t.get("log10_p_value")), str(len(t.get("caveats") or [])),
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        f"verdict: [{colour}]{summary['verdict']}[/] (combined p = "
+        f"{format_p(summary['combined_p_value'])}, alpha = {summary['alpha']:g})"
+    )
+    console.print(f"bundle: {summary['bundle']} (signed by {summary['signer']})")
+    console.print(f"report: {summary['report']}")
+
+
+@app.command("verify")
+def verify(
+    bundle: Annotated[Path, typer.Argument(help="The evidence bundle directory.")],
+    public_key: Annotated[
+        str | None,
+        typer.Option(
+            "--public-key",
+            help="Expected signer: a PEM file (public or private key) or its sha256:... fingerprint. "
+            "Without it a re-signed bundle cannot be told from the original.",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check the signature and every file's SHA-256; exit 1 naming the first altered, missing or added one."""
+    from distillguard.audit.bundle import verify_bundle
+
+    res = verify_bundle(bundle, public_key=public_key)
+    if as_json:
+        typer.echo(json.dumps(res.as_dict()))
+    elif res.ok:
+        pin = "pinned key" if res.pinned else "its own key; pass --public-key to rule out re-signing"
+        typer.echo(
+            f"bundle OK: {res.files} files intact, verdict {res.verdict}, signed by {res.fingerprint} ({pin})"
+        )
+    if not res.ok:
+        more = f" (and {len(res.problems) - 1} more)" if len(res.problems) > 1 else ""
+        print(f"error: bundle {bundle} failed verification: {res.problems[0]}{more}", file=sys.stderr)
+        sys.exit(1)  # not typer.Exit: in main()'s non-standalone mode click returns its code instead
+
+
+@app.command("keygen")
+def keygen(
+    out: Annotated[
+        Path | None, typer.Option(help="Private key PEM to write (default: the installation's signing key).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Replace an existing key (old bundles keep their old signer).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an Ed25519 signing key (0600) and its public half ``*.pub.pem``, to publish or hand over."""
+    from distillguard.audit.bundle import (
+        default_signing_key_path,
+        fingerprint,
+        generate_signing_key,
+        public_path,
+    )
+
+    path = out or default_signing_key_path()
+    key = generate_signing_key(path, overwrite=force)
+    doc = {"private_key": str(path), "public_key": str(public_path(path)), "fingerprint": fingerprint(key)}
+    if as_json:
+        typer.echo(json.dumps(doc))
+    else:
+        typer.echo(f"wrote {doc['private_key']} (keep it secret) and {doc['public_key']} (publish it)")
+        typer.echo(f"fingerprint: {doc['fingerprint']}")
+
+
+@app.command("public-key")
+def public_key_cmd(
+    signing_key: Annotated[
+        Path | None, typer.Option("--signing-key", help="Private key PEM (default: the installation's).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the public key (PEM) and fingerprint for verifiers to pin (creates the default key if needed)."""
+    from distillguard.audit.bundle import fingerprint, load_signing_key, public_key_pem
+
+    key = load_signing_key(signing_key)
+    if as_json:
+        typer.echo(
+            json.dumps({"fingerprint": fingerprint(key), "public_key_pem": public_key_pem(key).decode()})
+        )
+    else:
+        typer.echo(public_key_pem(key).decode().rstrip())
+        typer.echo(f"fingerprint: {fingerprint(key)}")

@@ -329,11 +329,13 @@ class AccountStore:
         expires_at: float | None = None,
         models: Sequence[str] | None = None,
         name: str | None = None,
+        created: float | None = None,
     ) -> tuple[str, str]:
         """Create a key for ``account`` (creating the org and account if missing).
 
         Returns ``(plaintext_key, key_id)``. The plaintext exists only in this return value; the store keeps
         its HMAC. ``models`` restricts the key to those model names (``None`` or empty: every model).
+        ``created`` backdates the key (and a new account) for imports and synthetic histories; default now.
         """
         _check_name("account", account)
         if org is not None:
@@ -356,7 +358,7 @@ class AccountStore:
                     model_list.append(m)
         key = KEY_PREFIX + secrets.token_urlsafe(_KEY_BYTES)
         key_id = "key_" + secrets.token_hex(6)
-        now = time.time()
+        now = time.time() if created is None else float(created)
         with self._db.write() as conn:
             self._ensure_account(conn, account, org, now)
             conn.execute(

@@ -75,6 +75,13 @@ def test_fifty_parallel_requests_never_overshoot(tiny_world, tmp_path):
         results = asyncio.run(_burst([gw.async_openai(rpm_key)]))
         _check(results, rpm=10)
         assert _ledger_counts(gw, "load-rpm") == {"admitted": 10, "refused": 40}
+        metrics = dict(
+            ln.split()
+            for ln in httpx.get(gw.base_url + "/metrics").text.splitlines()
+            if ln.startswith("distillguard_ledger")
+        )
+        # concurrent requests share fsyncs (group commit): fewer transactions than records
+        assert float(metrics["distillguard_ledger_commits"]) < float(metrics["distillguard_ledger_records"])
 
         # each request reserves prompt (29 tokens) + 6: 120 tokens hold three reservations at a time
         tpm_key = gw.create_key("load-tpm", tpm=120)

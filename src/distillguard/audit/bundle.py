@@ -56,7 +56,7 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -158,7 +158,7 @@ def load_signing_key(path: Path | None = None) -> Ed25519PrivateKey:
         raise UserError(f"signing key not found: {path}")
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise UserError(f"signing key {path} is not an unencrypted PEM private key ({exc})") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise UserError(f"signing key {path} is not an Ed25519 key")
@@ -173,10 +173,10 @@ def load_public_key(source: str | Path) -> Ed25519PublicKey:
     data = path.read_bytes()
     try:
         key: Any = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         try:
             key = serialization.load_pem_private_key(data, password=None).public_key()
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, UnsupportedAlgorithm):
             raise UserError(f"{path} is not a PEM public or private key") from None
     if not isinstance(key, Ed25519PublicKey):
         raise UserError(f"{path} is not an Ed25519 key")
@@ -627,7 +627,7 @@ def _read_public_key(path: Path) -> tuple[Ed25519PublicKey | None, str | None]:
         return None, f"{PUBLIC_KEY}: missing"
     try:
         key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         return None, f"{PUBLIC_KEY}: altered (not a valid PEM public key)"
     if not isinstance(key, Ed25519PublicKey):
         return None, f"{PUBLIC_KEY}: altered (not an Ed25519 key)"
@@ -649,13 +649,17 @@ def _check_file(root: Path, rel: str, entry: Any) -> list[str]:
     if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
         return [f"{rel}: malformed entry in {MANIFEST}"]
     path = root / rel
-    if path.is_symlink():
-        return [f"{rel}: replaced by a symbolic link"]
-    if not path.exists():
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
         return [f"{rel}: missing"]
-    if not path.is_file():
+    except OSError as exc:
+        return [f"{rel}: unreadable ({exc.strerror})"]
+    if stat.S_ISLNK(st.st_mode):
+        return [f"{rel}: replaced by a symbolic link"]
+    if not stat.S_ISREG(st.st_mode):
         return [f"{rel}: not a regular file"]
-    size = path.stat().st_size
+    size = st.st_size
     if size != entry.get("size"):
         return [f"{rel}: altered (size {size} bytes, manifest says {entry.get('size')})"]
     if _sha256(path) != entry["sha256"]:
@@ -667,11 +671,10 @@ def _all_entries(root: Path) -> list[str]:
     """Everything under ``root`` that is not a directory (files, symlinks, fifos), as relative paths."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames + [d for d in dirnames if Path(dirpath, d).is_symlink()]:
-            p = Path(dirpath, name)
-            if stat.S_ISDIR(p.lstat().st_mode):
-                continue
-            out.append(p.relative_to(root).as_posix())
+        rel = os.path.relpath(dirpath, root)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        out += [prefix + n for n in filenames]
+        out += [prefix + d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
     return sorted(out)
 
 

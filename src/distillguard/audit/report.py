@@ -129,7 +129,7 @@ def _plot_green(tokens: list[float], radio: dict[str, Any], gamma: float | None)
 
 
 def _plot_identity(rows: list[IdentityRow]) -> bytes:
-    fig, ax = _figure(6.4, 0.6 + 0.45 * max(3, len(rows)))
+    fig, ax = _figure(6.4, 1.2 + 0.45 * max(3, len(rows)))
     colours = {"suspect": "#b3261e", "reference": "#1f4e9c", "control": "#777777"}
     labels = [r.model if r.model == r.role else f"{r.model} ({r.role})" for r in rows]
     values = [r.rate or 0.0 for r in rows]

@@ -572,7 +572,7 @@ DOCS_ = ("Load and normalise the input.", "Return the merged result.", "Helper u
 def code_text(rng: random.Random, pools: Pools) -> tuple[str, str]:
     """A code-completion prefix (an editor's context) and the API it is about."""
     api = rng.choice(pools.apis)
-    mod = api.rsplit(".", 1)[0]
+    mod = api.split(".", 1)[0]
     return rng.choice(CODE_SNIPPETS).format(
         mod=mod,
         api=api,
@@ -1015,6 +1015,12 @@ class Researcher(Persona):
 # -- attackers ---------------------------------------------------------------------------------------
 
 
+# Coverage traversals over 1024 random candidates in 256 hashed dimensions: each step is a 1 MB
+# matrix-vector product, so a campaign of tens of thousands of queries generates in seconds. The head of
+# each traversal is still the farthest-first (k-center) order a budget-limited distiller would send.
+COVERAGE_OPTIONS: dict[str, int] = {"dim": 256, "max_candidates": 1024}
+
+
 class _Attacker(Persona):
     kind = "attacker"
 
@@ -1038,7 +1044,7 @@ class CoverageDistiller(_Attacker):
     system = "You are a helpful, knowledgeable assistant. Answer thoroughly."
 
     def _queries(self, rng: random.Random):
-        strategy = CoverageStrategy(self.pools.questions, dim=1024, max_candidates=2048)
+        strategy = CoverageStrategy(self.pools.questions, **COVERAGE_OPTIONS)
         return take(strategy, self.queries, rng)
 
     def _params(self, rng: random.Random) -> dict[str, Any]:
@@ -1220,7 +1226,7 @@ class SybilCampaign(_Attacker):
         params = {"max_tokens": self.pools.max_tokens(512), "temperature": 0.7, "top_p": 0.95}
         burst = start - rng.uniform(1, 6) * HOUR
         created = sorted(burst + rng.uniform(0, 90 * 60) for _ in range(n))  # registered within 90 minutes
-        coverage = CoverageStrategy(self.pools.questions, dim=1024, max_candidates=2048).stream(rng)
+        coverage = CoverageStrategy(self.pools.questions, **COVERAGE_OPTIONS).stream(rng)
         cot = CoTStrategy(self.pools.questions).stream(rng)
         identity = IdentityStrategy().stream(rng)
         work: list[tuple[str, str]] = []  # one work queue, dealt round-robin: every account gets a spread
@@ -1270,7 +1276,7 @@ class LowAndSlow(_Attacker):
             acct = self._account(rng, created=-rng.uniform(20, 90) * DAY, ips=ips, campaign=campaign)
             accounts.append(acct)
             tz = rng.choice(TIMEZONES)
-            coverage = CoverageStrategy(self.pools.questions, dim=1024, max_candidates=2048).stream(rng)
+            coverage = CoverageStrategy(self.pools.questions, **COVERAGE_OPTIONS).stream(rng)
             for t in _human_session_times(rng, clock, self.queries, tz, think_s=60.0):
                 if rng.random() < self.decoy_share:
                     text = rng.choice(self.decoys) if self.decoys else casual_text(rng, self.pools)[0]

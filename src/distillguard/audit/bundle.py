@@ -368,15 +368,20 @@ def _version(pkg: str) -> str | None:
 
 
 def _redact(config: Any) -> Any:
-    """Secrets never go into evidence that is handed around; their presence is still recorded."""
+    """Secrets never go into evidence that is handed around; their presence is still recorded.
+
+    A number under a plural name (``"api_keys": 2``) is a count, not a key, and is kept."""
     if isinstance(config, dict):
-        return {
-            k: (REDACTED if str(k).lower() in SECRET_FIELDS and v not in (None, [], "") else _redact(v))
-            for k, v in config.items()
-        }
+        return {k: (REDACTED if _is_secret(str(k).lower(), v) else _redact(v)) for k, v in config.items()}
     if isinstance(config, list):
         return [_redact(v) for v in config]
     return config
+
+
+def _is_secret(name: str, value: Any) -> bool:
+    if name not in SECRET_FIELDS or value in (None, [], ""):
+        return False
+    return not (name.endswith("s") and isinstance(value, int) and not isinstance(value, bool))
 
 
 def _json_safe(obj: Any) -> Any:

@@ -51,22 +51,35 @@ class IdentityRow:
 
 
 def render_plots(result: dict[str, Any]) -> dict[str, bytes]:
-    """PNG bytes per figure name, only for the series present in ``result``."""
+    """PNG bytes per figure name, only for the series present in ``result``.
+
+    The closed-model test (the suspect's answers) draws ``pvalue``, ``green_rate`` and ``decoys``; the
+    open-model test (the suspect's weights reading our texts), when it ran, the same with an ``_open`` suffix.
+    """
     series = result.get("series") or {}
     out: dict[str, bytes] = {}
-    radio = series.get("radioactivity") or {}
-    tokens = _floats(radio.get("tokens_scored"))
-    if tokens and _floats(radio.get("log10_p")):
-        out["pvalue"] = _plot_pvalue(tokens, _floats(radio.get("log10_p")), result.get("alpha"), radio)
-    if tokens and _floats(radio.get("green_rate")):
-        out["green_rate"] = _plot_green(tokens, radio, find_gamma(result))
-    rows = identity_rows(result)
-    if rows:
-        out["identity"] = _plot_identity(rows)
-    decoys = series.get("decoys") or {}
-    if _floats(decoys.get("decoy_scores")):
-        out["decoys"] = _plot_decoys(decoys)
+    for suffix, mode in (("", None), ("_open", "open model")):
+        radio = series.get(f"radioactivity{suffix}") or {}
+        tokens = _floats(radio.get("tokens_scored"))
+        if tokens and _floats(radio.get("log10_p")):
+            out[f"pvalue{suffix}"] = _plot_pvalue(
+                tokens, _floats(radio["log10_p"]), result.get("alpha"), radio, mode
+            )
+        if tokens and _floats(radio.get("green_rate")):
+            gamma = _num(radio.get("null_rate")) if suffix else find_gamma(result)
+            out[f"green_rate{suffix}"] = _plot_green(tokens, radio, gamma, mode)
+        if not suffix:
+            rows = identity_rows(result)
+            if rows:
+                out["identity"] = _plot_identity(rows)
+        decoys = series.get(f"decoys{suffix}") or {}
+        if _floats(decoys.get("decoy_scores")):
+            out[f"decoys{suffix}"] = _plot_decoys(decoys, mode)
     return out
+
+
+def _titled(title: str, mode: str | None) -> str:
+    return f"{title} ({mode})" if mode else title
 
 
 def _figure(width: float = 6.4, height: float = 3.6) -> Any:
@@ -82,7 +95,9 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _plot_pvalue(tokens: list[float], log10_p: list[float], alpha: Any, radio: dict[str, Any]) -> bytes:
+def _plot_pvalue(
+    tokens: list[float], log10_p: list[float], alpha: Any, radio: dict[str, Any], mode: str | None
+) -> bytes:
     fig, ax = _figure()
     n = min(len(tokens), len(log10_p))
     ax.plot(tokens[:n], log10_p[:n], marker="o", markersize=3, color="#1f4e9c", label="fixed-n exact test")
@@ -94,15 +109,15 @@ def _plot_pvalue(tokens: list[float], log10_p: list[float], alpha: Any, radio: d
     if a is not None and a > 0:
         ax.axhline(math.log10(a), color="#b3261e", linestyle="--", label=f"alpha = {a:g}")
     ax.axhline(0.0, color="#888888", linewidth=0.8)
-    ax.set_xlabel("tokens scored")
+    _token_axis(ax, tokens)
     ax.set_ylabel("log10 p-value")
-    ax.set_title("p-value vs tokens scored (lower = stronger evidence)")
-    ax.legend(loc="lower left")
+    ax.set_title(_titled("p-value vs tokens scored (lower = stronger evidence)", mode))
+    ax.legend(loc="upper right")
     ax.grid(alpha=0.3)
     return _png(fig)
 
 
-def _plot_green(tokens: list[float], radio: dict[str, Any], gamma: float | None) -> bytes:
+def _plot_green(tokens: list[float], radio: dict[str, Any], gamma: float | None, mode: str | None) -> bytes:
     fig, ax = _figure()
     rate = _floats(radio.get("green_rate"))
     n = min(len(tokens), len(rate))
@@ -120,12 +135,19 @@ def _plot_green(tokens: list[float], radio: dict[str, Any], gamma: float | None)
     ax.plot(tokens[:n], rate[:n], marker="o", markersize=3, color="#1f4e9c", label=f"{what} (suspect)")
     if gamma is not None:
         ax.axhline(gamma, color="#b3261e", linestyle="--", label=f"null: {gamma:g}")
-    ax.set_xlabel("tokens scored")
+    _token_axis(ax, tokens)
     ax.set_ylabel(what)
-    ax.set_title("Green-token rate with confidence band vs the null")
+    ax.set_title(_titled("Watermark score with confidence band vs the null", mode))
     ax.legend(loc="best")
     ax.grid(alpha=0.3)
     return _png(fig)
+
+
+def _token_axis(ax: Any, tokens: list[float]) -> None:
+    """Checkpoints are geometric (10, 20, 50, ... tokens): a log axis shows the early ones too."""
+    if tokens and min(tokens) > 0 and max(tokens) / min(tokens) >= 100:
+        ax.set_xscale("log")
+    ax.set_xlabel("tokens scored")
 
 
 def _plot_identity(rows: list[IdentityRow]) -> bytes:
@@ -144,7 +166,7 @@ def _plot_identity(rows: list[IdentityRow]) -> bytes:
     return _png(fig)
 
 
-def _plot_decoys(data: dict[str, Any]) -> bytes:
+def _plot_decoys(data: dict[str, Any], mode: str | None) -> bytes:
     decoys = _floats(data.get("decoy_scores"))
     ours = _num(data.get("our_score"))
     fig, ax = _figure()
@@ -155,9 +177,9 @@ def _plot_decoys(data: dict[str, Any]) -> bytes:
         emp = _num(data.get("empirical_p_value"))
         extra = f", empirical p = {emp:.3g}" if emp is not None else ""
         ax.axvline(ours, color="#b3261e", linewidth=2, label=f"our key: {ours:.4g}{extra}")
-    ax.set_xlabel("score")
+    ax.set_xlabel(str(data.get("statistic") or "score"))
     ax.set_ylabel("decoy keys")
-    ax.set_title("Score under our key vs random decoy keys")
+    ax.set_title(_titled("Score under our key vs random decoy keys", mode))
     ax.legend(loc="best")
     return _png(fig)
 
@@ -315,6 +337,16 @@ CAPTIONS = {
 }
 
 
+def _caption(name: str) -> str:
+    if name.endswith("_open"):
+        base = CAPTIONS.get(name[: -len("_open")], name)
+        return (
+            "Open-model test (the suspect's weights read our watermarked texts; its top-1 predictions are "
+            f"scored). {base}"
+        )
+    return CAPTIONS.get(name, name)
+
+
 def render_html(
     result: dict[str, Any],
     *,
@@ -384,7 +416,7 @@ def _tests_table(result: dict[str, Any]) -> str:
         if t.get("refusal"):
             cav = f"<strong>claim refused: {e(str(t['refusal']))}</strong>" + cav
         stat = _num(t.get("statistic"))
-        stat_text = f"{stat:.4g}" if stat is not None else str(t.get("statistic"))
+        stat_text = f"{stat:.4g}" if stat is not None else "n/a"
         stat_name = (
             f'<div class="muted">{e(str(t["statistic_name"]))}</div>' if t.get("statistic_name") else ""
         )
@@ -407,6 +439,13 @@ def _tests_table(result: dict[str, Any]) -> str:
     if result.get("stopped_early"):
         extra.append("stopped early once the evidence was conclusive")
     note = f'<p class="muted">{"; ".join(extra)}.</p>' if extra else ""
+    skipped = [x for x in result.get("skipped") or [] if isinstance(x, dict)]
+    if skipped:
+        note += (
+            '<p class="muted">Not run: '
+            + "; ".join(f"{e(str(x.get('name', '?')))} ({e(str(x.get('reason', '')))})" for x in skipped)
+            + ".</p>"
+        )
     return f'<h2>Tests</h2><table id="tests">{head}{"".join(rows)}</table>{note}'
 
 
@@ -416,7 +455,7 @@ def _figures(plots: dict[str, bytes]) -> str:
     out = ["<h2>Figures</h2>"]
     for name, png in plots.items():
         uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-        cap = CAPTIONS.get(name, name)
+        cap = _caption(name)
         out.append(
             f'<figure id="fig-{html.escape(name)}"><img src="{uri}" alt="{html.escape(cap)}">'
             f"<figcaption>{html.escape(cap)}</figcaption></figure>"
@@ -470,6 +509,8 @@ def _transcripts(result: dict[str, Any]) -> str:
 
 
 def _clip(value: Any) -> str:
+    if value is None:
+        return "(no answer: the request failed)"
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + " [...]"
 

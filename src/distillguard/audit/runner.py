@@ -1,0 +1,694 @@
+"""Run a forensic audit of a suspect model (local directory or OpenAI-compatible URL).
+
+This is the I/O half of the audit: it asks the suspect, our model and the control models questions, and
+hands the answers to the pure statistics in :mod:`.radioactivity`, :mod:`.identity`, :mod:`.provenance`,
+:mod:`.sequential` and :mod:`.verdict`.
+
+Order of work, chosen so that a bad suspect fails before anything expensive happens: open the suspect
+(a directory must be a loadable model; a URL gets one tiny probe query), then identity questions,
+provenance prompts, our own watermarked texts, radioactivity (closed mode, sequential when budgeted; open
+mode when the suspect's weights are local and share our vocabulary), decoy keys, verdict. Any
+:class:`~distillguard.errors.UserError` propagates: a caller never receives a half-finished result.
+
+Budget: ``budget`` caps the number of queries sent to the suspect. Identity and provenance get at most a
+quarter of it each; the rest goes to radioactivity probes, asked in batches, and an anytime-valid e-process
+stops the probing as soon as its p-value reaches ``stop_p`` (default: alpha divided by the number of tests,
+the level the Holm step needs for the smallest p-value).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import math
+import platform
+import random
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from distillguard.audit import identity as ident
+from distillguard.audit import provenance as prov
+from distillguard.audit import radioactivity as radio
+from distillguard.audit.sequential import EProcess
+from distillguard.audit.verdict import TestResult, combine
+from distillguard.errors import UserError
+from distillguard.watermark.schemes import WatermarkSpec
+
+TESTS = ("radioactivity", "identity", "provenance")
+
+
+@dataclass
+class AuditConfig:
+    """What to audit and how. Secrets (the watermark key, API keys) never leave this object."""
+
+    suspect: str  # local HF dir or http(s) base URL
+    spec: WatermarkSpec  # our watermark (the secret key)
+    reference: str | None = None  # our model dir (teacher) for provenance and for our own watermarked texts
+    controls: list[str] = field(default_factory=list)  # control model dirs (or URLs)
+    prompts: Path | None = None  # probe prompt pool (default: the world's held-out prompts)
+    api_keys: list[str] = field(default_factory=list)
+    model: str | None = None
+    identity_names: list[str] = field(default_factory=lambda: ["Aster", "Northwind"])
+    budget: int | None = None  # max suspect queries (closed mode); sequential test may stop earlier
+    alpha: float = 1e-3
+    decoys: int = 100
+    max_tokens: int = 64
+    seed: int = 0
+    tests: tuple[str, ...] = ("radioactivity", "identity", "provenance")
+    # --- additions ---
+    probe_queries: int | None = (
+        None  # radioactivity queries without a budget (default: one pass over the pool)
+    )
+    probe_temperature: float = 0.7  # sampling temperature of radioactivity probes
+    own_temperature: float = 1.0  # sampling temperature of our own watermarked texts
+    own_texts: int | None = None  # our watermarked texts (filter set, open mode); default max(pool, 256)
+    filter_windows: bool = False  # closed mode: score only windows that occur in our watermarked texts
+    provenance_prompts: int = 64
+    batch_size: int = 32  # radioactivity queries per sequential step
+    concurrency: int = 8  # parallel requests to a suspect URL
+    stop_p: float | None = None  # sequential stop level (default alpha / number of tests)
+
+
+# --------------------------------------------------------------------------------------------------
+# Models we ask questions
+
+
+class _Asked:
+    """A model we query: a local directory (:class:`LocalTeacher`) or a URL (:class:`HTTPTeacher`)."""
+
+    def __init__(self, target: str, role: str, *, api_keys: Sequence[str] = (), model: str | None = None):
+        from distillguard.distill.teachers import HTTPTeacher, LocalTeacher
+
+        self.role = role
+        self.queries = 0
+        self.failed = 0
+        self.errors: list[str] = []
+        target = str(target).strip()
+        self.is_url = target.lower().startswith(("http://", "https://"))
+        if "://" in target and not self.is_url:
+            raise UserError(f"{role} URL must be http:// or https://, got {target!r}")
+        try:
+            if self.is_url:
+                self.client = HTTPTeacher(target, api_keys, model, max_retries=3)
+            else:
+                if api_keys:
+                    raise UserError(f"API keys apply to a {role} URL, not to a model directory")
+                p = Path(target).expanduser()
+                if not p.exists():
+                    raise UserError(f"{role} is neither a URL nor an existing model directory: {target}")
+                self.client = LocalTeacher(p, batch_size=32)
+        except UserError as exc:
+            raise self._rename(exc) from None
+        self.name = self.client.name
+
+    def _rename(self, exc: UserError) -> UserError:
+        msg = str(exc).replace("teacher at", f"{self.role} at").replace("teacher URL", f"{self.role} URL")
+        if not msg.startswith(self.role):
+            msg = f"{self.role}: {msg}"
+        return UserError(msg)
+
+    @property
+    def model(self):
+        return None if self.is_url else self.client.model
+
+    @property
+    def tokenizer(self):
+        return None if self.is_url else self.client.tokenizer
+
+    def ask(
+        self, prompts: Sequence[str], *, max_tokens: int, temperature: float, seed: int, concurrency: int
+    ):
+        """Answers in prompt order; ``None`` where a request failed for good (counted in ``failed``)."""
+        if not prompts:
+            return []
+        self.queries += len(prompts)
+        try:
+            if not self.is_url:
+                return self.client.answer_many(
+                    prompts, max_tokens=max_tokens, temperature=temperature, seed=seed
+                )
+            return asyncio.run(self._ask_url(prompts, max_tokens, temperature, concurrency))
+        except UserError as exc:
+            raise self._rename(exc) from None
+
+    async def _ask_url(self, prompts, max_tokens, temperature, concurrency):
+        from distillguard.distill.teachers import TeacherError
+
+        sem = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(p: str):
+            async with sem:
+                try:
+                    return await self.client.answer(
+                        p, max_tokens=max_tokens, temperature=temperature, top_logprobs=None, seed=None
+                    )
+                except TeacherError as exc:
+                    self.failed += 1
+                    if len(self.errors) < 10:
+                        self.errors.append(str(exc))
+                    return None
+
+        try:
+            return await asyncio.gather(*(one(p) for p in prompts))
+        finally:
+            await self.client.aclose()
+
+
+def _is_model_dir(path: str) -> bool:
+    return (Path(path).expanduser() / "config.json").is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# The audit
+
+
+def _validate(cfg: AuditConfig) -> tuple[str, ...]:
+    tests = tuple(dict.fromkeys(cfg.tests))
+    unknown = [t for t in tests if t not in TESTS]
+    if unknown or not tests:
+        raise UserError(
+            f"unknown audit test(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(TESTS)}"
+        )
+    if not 0.0 < cfg.alpha < 1.0:
+        raise UserError(f"alpha must be in (0, 1), got {cfg.alpha}")
+    if cfg.decoys < 0:
+        raise UserError(f"decoys must be >= 0, got {cfg.decoys}")
+    if cfg.budget is not None and cfg.budget < 1:
+        raise UserError(f"budget must be >= 1 query, got {cfg.budget}")
+    if cfg.max_tokens < 1:
+        raise UserError(f"max_tokens must be >= 1, got {cfg.max_tokens}")
+    if cfg.probe_temperature < 0 or cfg.own_temperature < 0:
+        raise UserError("sampling temperatures must be >= 0")
+    if cfg.batch_size < 1 or cfg.concurrency < 1:
+        raise UserError("batch size and concurrency must be >= 1")
+    if cfg.stop_p is not None and not 0.0 < cfg.stop_p < 1.0:
+        raise UserError(f"stop_p must be in (0, 1), got {cfg.stop_p}")
+    if "identity" in tests and not [n for n in cfg.identity_names if n.strip()]:
+        raise UserError("the identity test needs at least one name (--identity NAME)")
+    return tests
+
+
+def _default_world():
+    from distillguard.world import build_world
+
+    return build_world("default", progress=True)
+
+
+def _seed(*parts) -> int:
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFF_FFFF
+
+
+def _prompt_stream(pool: Sequence[str], seed: int, tag: str):
+    """Pool prompts in a fresh seeded order per pass, forever."""
+    epoch = 0
+    while True:
+        order = list(range(len(pool)))
+        random.Random(f"{seed}:{tag}:{epoch}").shuffle(order)
+        for i in order:
+            yield pool[i]
+        epoch += 1
+
+
+def _take(it, n: int) -> list[str]:
+    return [next(it) for _ in range(n)]
+
+
+class _Log:
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __call__(self, msg: str) -> None:
+        if self.enabled:
+            print(f"[audit] {msg}", file=sys.stderr, flush=True)
+
+
+def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
+    """Audit ``cfg.suspect`` and return the JSON-serialisable evidence document (see module docstring)."""
+    from distillguard.lm.train import num_threads
+
+    started = _now()
+    tests = _validate(cfg)
+    log = _Log(progress)
+    try:
+        import torch
+
+        torch.set_num_threads(num_threads())
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+    # 1. the suspect first: a bad directory or URL fails before any work
+    suspect = _Asked(cfg.suspect, "suspect", api_keys=cfg.api_keys, model=cfg.model)
+    log(f"suspect: {suspect.name} ({'API' if suspect.is_url else 'local weights'})")
+    if suspect.is_url:
+        probe = suspect.ask(["Hello"], max_tokens=1, temperature=0.0, seed=0, concurrency=1)
+        if probe[0] is None:
+            raise UserError(f"suspect at {suspect.name} fails every request: {suspect.errors[0]}")
+
+    # 2. our side: model, tokenizer, watermark bound to our vocabulary, prompt pool
+    world = None
+    reference = cfg.reference
+    if reference is None or cfg.prompts is None:
+        world = _default_world()
+        reference = reference or str(world.teacher)
+    if not _is_model_dir(reference):
+        raise UserError(f"reference (our model): not a model directory: {reference}")
+    ours = _Asked(reference, "reference")
+    spec = cfg.spec.with_vocab(int(ours.model.config.vocab_size)) if cfg.spec.vocab_size is None else cfg.spec
+    from distillguard.distill.strategies import load_pool
+
+    pool_path = Path(cfg.prompts) if cfg.prompts is not None else world.prompts
+    pool = load_pool(pool_path)
+    controls = [_Asked(c, f"control {i + 1}") for i, c in enumerate(cfg.controls)]
+    names = [n.strip() for n in cfg.identity_names if n.strip()]
+
+    skipped: list[dict] = []
+    run_identity = "identity" in tests
+    run_provenance = "provenance" in tests
+    if (run_identity or run_provenance) and not controls:
+        for t in ("identity", "provenance"):
+            if t in tests:
+                skipped.append(
+                    {"name": t, "reason": "no control models given (models not trained on our outputs)"}
+                )
+        run_identity = run_provenance = False
+    run_radio = "radioactivity" in tests
+    same_vocab = (
+        not suspect.is_url
+        and suspect.tokenizer is not None
+        and suspect.tokenizer.get_vocab() == ours.tokenizer.get_vocab()
+    )
+    run_open = run_radio and same_vocab
+    if run_radio and not run_open:
+        reason = (
+            "the suspect is an API: open-model reading needs local weights"
+            if suspect.is_url
+            else "the suspect's vocabulary differs from ours: its predictions cannot be scored with our key"
+        )
+        skipped.append({"name": "radioactivity_open", "reason": reason})
+    family = int(run_identity) + int(run_provenance) + int(run_radio) + int(run_open)
+    stop_p = cfg.stop_p if cfg.stop_p is not None else cfg.alpha / max(family, 1)
+
+    # budget split
+    battery = ident.battery(names)
+    id_n = len(battery)
+    prov_n = min(cfg.provenance_prompts, len(pool))
+    radio_n = cfg.probe_queries if cfg.probe_queries is not None else len(pool)
+    if cfg.budget is not None:
+        left = cfg.budget - suspect.queries
+        id_n = min(id_n, left // 4) if run_identity else 0
+        prov_n = min(prov_n, left // 4) if run_provenance else 0
+        radio_n = left - id_n - prov_n if run_radio else 0
+        if (run_identity and id_n < 1) or (run_provenance and prov_n < 1) or (run_radio and radio_n < 1):
+            raise UserError(f"budget of {cfg.budget} queries is too small for the tests asked")
+    results: list[TestResult] = []
+    transcripts: list[dict] = []
+    series: dict = {}
+
+    def record(kind: str, model: str, prompts: Sequence[str], answers) -> None:
+        for p, a in zip(prompts, answers, strict=True):
+            transcripts.append(
+                {"kind": kind, "prompt": p, "response": None if a is None else a.text, "model": model}
+            )
+
+    def greedy(m: _Asked, prompts: Sequence[str], kind: str, label: str) -> list[str]:
+        answers = m.ask(
+            prompts, max_tokens=cfg.max_tokens, temperature=0.0, seed=cfg.seed, concurrency=cfg.concurrency
+        )
+        record(kind, label, prompts, answers)
+        return ["" if a is None else a.text for a in answers]
+
+    # 3. identity leakage
+    if run_identity:
+        asked = (
+            battery if id_n >= len(battery) else random.Random(f"{cfg.seed}:identity").sample(battery, id_n)
+        )
+        log(f"identity: {len(asked)} questions to the suspect and {len(controls)} control(s)")
+        s_ans = greedy(suspect, asked, "identity", "suspect")
+        _require_answers(suspect, "identity")
+        c_ans = {c.name: greedy(c, asked, "identity", f"control:{c.name}") for c in controls}
+        result = ident.identity_test(s_ans, c_ans, names)
+        results.append(result)
+        series["identity"] = {
+            "names": names,
+            "suspect": result.details["suspect"],
+            "controls": result.details["controls"],
+        }
+
+    # 4. behavioural provenance
+    if run_provenance:
+        prompts = random.Random(f"{cfg.seed}:provenance").sample(list(pool), prov_n)
+        log(f"provenance: {len(prompts)} prompts to the suspect, our model and {len(controls)} control(s)")
+        s_ans = greedy(suspect, prompts, "provenance", "suspect")
+        _require_answers(suspect, "provenance")
+        o_ans = greedy(ours, prompts, "provenance", "ours")
+        c_ans = {c.name: greedy(c, prompts, "provenance", f"control:{c.name}") for c in controls}
+        results.append(prov.provenance_test(s_ans, o_ans, c_ans))
+
+    # 5. radioactivity
+    queries_radio = 0
+    stopped_early = False
+    if run_radio:
+        own = _own_texts(cfg, ours, spec, pool, log)
+        allowed = (
+            radio.own_windows(own["completions"], own["prompts"], spec.window) if cfg.filter_windows else None
+        )
+        closed, queries_radio, stopped_early = _closed_mode(
+            cfg, suspect, ours, spec, pool, radio_n, allowed, stop_p, same_vocab, record, log
+        )
+        results.append(closed["result"])
+        series["radioactivity"] = closed["series"]
+        series["decoys"] = closed["decoys"]
+        if run_open:
+            opened = _open_mode(cfg, suspect, spec, own, log)
+            results.append(opened["result"])
+            series["radioactivity_open"] = opened["series"]
+            series["decoys_open"] = opened["decoys"]
+
+    combined = combine(results, cfg.alpha)
+    log(f"verdict: {combined['verdict']} (combined p = {combined['combined_p_value']:.3g})")
+    return {
+        "verdict": combined["verdict"],
+        "combined_p_value": combined["combined_p_value"],
+        "log10_combined_p_value": combined["log10_combined_p_value"],
+        "alpha": cfg.alpha,
+        "family": combined["family"],
+        "reasons": combined["reasons"],
+        "tests": combined["tests"],
+        "skipped": skipped,
+        "queries_used": suspect.queries,
+        "queries_failed": suspect.failed,
+        "radioactivity_queries": queries_radio,
+        "stopped_early": stopped_early,
+        "transcripts": transcripts,
+        "series": series,
+        "config": _public_config(cfg, suspect, spec, pool_path, reference, controls, stop_p),
+        "versions": _versions(),
+        "started": started,
+        "finished": _now(),
+    }
+
+
+def _require_answers(m: _Asked, what: str) -> None:
+    if m.failed and m.failed >= m.queries:
+        raise UserError(f"{m.role} at {m.name} answered none of the {what} queries: {m.errors[0]}")
+
+
+def _prompt_ids(tok, prompts: Sequence[str], cache: dict) -> list[list[int]]:
+    from distillguard.lm.chat import format_prompt
+
+    out = []
+    for p in prompts:
+        ids = cache.get(p)
+        if ids is None:
+            ids = cache[p] = tok(format_prompt(tok, p), add_special_tokens=False)["input_ids"]
+        out.append(ids)
+    return out
+
+
+def _own_texts(cfg: AuditConfig, ours: _Asked, spec: WatermarkSpec, pool: Sequence[str], log) -> dict:
+    """Our watermarked answers (our model, our key) to pool prompts: filter set and open-mode texts."""
+    from distillguard.watermark.generate import bind_to_model
+
+    n = cfg.own_texts if cfg.own_texts is not None else max(len(pool), 256)
+    prompts = _take(_prompt_stream(pool, cfg.seed, "own"), n)
+    log(f"our watermarked texts: {n} answers from {ours.name}")
+    ours.client.watermark = bind_to_model(spec, ours.model)
+    try:
+        answers = []
+        for start in range(0, n, 256):
+            chunk = prompts[start : start + 256]
+            answers += ours.client.answer_many(
+                chunk,
+                max_tokens=cfg.max_tokens,
+                temperature=cfg.own_temperature,
+                seed=_seed(cfg.seed, "own", start),
+            )
+    finally:
+        ours.client.watermark = None
+    pids = _prompt_ids(ours.tokenizer, prompts, {})
+    return {"prompts": pids, "completions": [a.token_ids for a in answers], "questions": prompts}
+
+
+def _closed_mode(
+    cfg, suspect: _Asked, ours: _Asked, spec, pool, n_queries, allowed, stop_p, same_vocab, record, log
+):
+    """Probe the suspect in batches; score its answers as one growing corpus; stop when budgeted and sure."""
+    from distillguard.watermark.schemes import token_scores
+
+    tok = ours.tokenizer
+    stream = radio.TupleStream(spec.window, allowed_windows=allowed)
+    ep = EProcess(spec.scheme, spec.green_rate if spec.scheme == "kgw" else 0.25)
+    prompts_it = _prompt_stream(pool, cfg.seed, "probe")
+    cache: dict = {}
+    used = 0
+    answered = 0
+    stopped = False
+    step = 0
+    log(f"radioactivity (closed): up to {n_queries} probes" + (" (sequential)" if cfg.budget else ""))
+    while used < n_queries:
+        batch = _take(prompts_it, min(cfg.batch_size, n_queries - used))
+        answers = suspect.ask(
+            batch,
+            max_tokens=cfg.max_tokens,
+            temperature=cfg.probe_temperature,
+            seed=_seed(cfg.seed, "probe", step),
+            concurrency=cfg.concurrency,
+        )
+        used += len(batch)
+        step += 1
+        record("radioactivity", "suspect", batch, answers)
+        keep = [(p, a) for p, a in zip(batch, answers, strict=True) if a is not None]
+        answered += len(keep)
+        if not keep:
+            continue
+        pids = _prompt_ids(tok, [p for p, _ in keep], cache)
+        comps = [
+            a.token_ids
+            if same_vocab and a.token_ids is not None
+            else tok(a.text, add_special_tokens=False)["input_ids"]
+            for _, a in keep
+        ]
+        added = stream.add_texts(comps, pids)
+        if added:
+            w, t = stream.last(added)
+            ep.update(token_scores(spec, w, t).numpy())
+        else:
+            ep.update([])
+        if cfg.budget is not None and ep.crossed(stop_p):
+            stopped = used < n_queries
+            break
+    if not answered:
+        raise UserError(
+            f"suspect at {suspect.name} answered none of {used} probes"
+            + (f": {suspect.errors[0]}" if suspect.errors else "")
+        )
+    prep = stream.prepared()
+    log(f"radioactivity (closed): {len(stream)} tuples from {answered} answers; {cfg.decoys} decoy keys")
+    decoys = radio.decoy_null(spec, prep, cfg.decoys, cfg.seed)
+    values = radio.score_values(spec, prep)
+    caveats = []
+    if not same_vocab:
+        caveats.append(
+            "the suspect's answers were re-tokenised with our tokenizer; its own token boundaries may differ"
+        )
+    if cfg.probe_temperature > 0:
+        caveats.append(f"probes sampled at temperature {cfg.probe_temperature:g}")
+    result = radio.radioactivity_test(
+        "closed",
+        spec,
+        prep,
+        decoys,
+        eprocess=ep if cfg.budget is not None else None,
+        filtered=allowed is not None,
+        details={
+            "queries": used,
+            "answers": answered,
+            "completion_tokens": stream.completion_tokens,
+            "candidate_tuples": stream.offered,
+            "stop_p": stop_p if cfg.budget is not None else None,
+            "stopped_early": stopped,
+            "anytime_log10_p_value": ep.log_p / math.log(10),
+        },
+        caveats=caveats,
+    )
+    decoy_series = {"mode": "closed", **_decoy_series(decoys)}
+    return {"result": result, "series": radio.series(spec, values), "decoys": decoy_series}, used, stopped
+
+
+def _decoy_series(d: radio.DecoyNull) -> dict:
+    return {
+        "our_score": d.our_score,
+        "decoy_scores": [float(x) for x in d.decoy_scores],
+        "our_log10_p": d.our_log_p / math.log(10),
+        "decoy_log10_p": [float(x) / math.log(10) for x in d.decoy_log_p],
+        "statistic": "per-tuple mean score (green fraction for kgw)",
+    }
+
+
+def predictions(
+    model, sequences: Sequence[Sequence[int]], pad_id: int, batch_size: int = 32
+) -> list[np.ndarray]:
+    """Teacher-forced top-1 predictions: ``out[i][t]`` is the argmax for position ``t`` (entry 0 is -1)."""
+    import torch
+
+    out: list[np.ndarray] = []
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(sequences), batch_size):
+            chunk = [list(s) for s in sequences[start : start + batch_size]]
+            width = max(len(s) for s in chunk)
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            attn = torch.zeros_like(ids)
+            for i, s in enumerate(chunk):
+                ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+                attn[i, : len(s)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
+            top = logits.argmax(-1).cpu().numpy()
+            for i, s in enumerate(chunk):
+                out.append(np.concatenate([[-1], top[i, : len(s) - 1]]).astype(np.int64))
+    return out
+
+
+def _open_mode(cfg, suspect: _Asked, spec, own: dict, log) -> dict:
+    """Read our watermarked texts with the suspect's weights and score its top-1 predictions."""
+    seqs = [list(p) + list(c) for p, c in zip(own["prompts"], own["completions"], strict=True)]
+    plens = [len(p) for p in own["prompts"]]
+    tok = suspect.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    preds = predictions(suspect.model, seqs, pad)
+    win, toks, text, true_ids = radio.reading_candidates(seqs, plens, preds, spec.window)
+    stream = radio.TupleStream(spec.window, excluded=true_ids)
+    stream.add_candidates(win, toks, text, n_texts=len(seqs))
+    prep = stream.prepared()
+    log(f"radioactivity (open): {len(stream)} predicted tuples scored from {len(seqs)} texts; decoys")
+    decoys = radio.decoy_null(spec, prep, cfg.decoys, cfg.seed + 1)
+    agree = sum(
+        int(np.sum(p[pl:] == np.asarray(s)[pl:])) for p, s, pl in zip(preds, seqs, plens, strict=True)
+    )
+    positions = sum(len(s) - pl for s, pl in zip(seqs, plens, strict=True))
+    result = radio.radioactivity_test(
+        "open",
+        spec,
+        prep,
+        decoys,
+        details={
+            "texts_read": len(seqs),
+            "positions": positions,
+            "candidate_tuples": int(len(toks)),
+            "excluded_true_tuples": int(len(true_ids)),
+            "top1_matches_our_token": agree / positions if positions else None,
+        },
+    )
+    values = radio.score_values(spec, prep)
+    return {
+        "result": result,
+        "series": radio.series(spec, values),
+        "decoys": {"mode": "open", **_decoy_series(decoys)},
+    }
+
+
+def _public_config(cfg: AuditConfig, suspect: _Asked, spec, pool_path, reference, controls, stop_p) -> dict:
+    """Everything needed to rerun the audit except secrets: no watermark key, no API keys."""
+    return {
+        "suspect": suspect.name,
+        "suspect_kind": "url" if suspect.is_url else "dir",
+        "watermark": spec.describe(),
+        "reference": str(reference),
+        "controls": [c.name for c in controls],
+        "prompts": str(pool_path),
+        "model": cfg.model,
+        "api_keys": len(cfg.api_keys),
+        "identity_names": list(cfg.identity_names),
+        "budget": cfg.budget,
+        "alpha": cfg.alpha,
+        "decoys": cfg.decoys,
+        "max_tokens": cfg.max_tokens,
+        "seed": cfg.seed,
+        "tests": list(cfg.tests),
+        "probe_queries": cfg.probe_queries,
+        "probe_temperature": cfg.probe_temperature,
+        "own_temperature": cfg.own_temperature,
+        "own_texts": cfg.own_texts,
+        "filter_windows": cfg.filter_windows,
+        "provenance_prompts": cfg.provenance_prompts,
+        "batch_size": cfg.batch_size,
+        "stop_p": stop_p,
+    }
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    import distillguard
+
+    out = {"distillguard": distillguard.__version__, "python": platform.python_version()}
+    for pkg in ("torch", "transformers", "numpy", "scipy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:  # pragma: no cover
+            out[pkg] = None
+    return out
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------------------
+# Controls
+
+
+def train_control(
+    world,
+    out: Path,
+    *,
+    steps: int = 300,
+    seed: int = 1,
+    shape: dict | None = None,
+    batch_size: int = 8,
+    seq_len: int = 128,
+    lr: float = 3e-3,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """A control model for identity and provenance tests: same world, never our outputs, no identity.
+
+    Why not the world's reference model: it was trained on the same identity lines as our teacher and
+    calls itself Aster too, so it cannot stand for "a model not derived from ours". The control is a
+    student-sized model trained on the world's own sources (the Python docs corpus and the docstring
+    answers to the instruction prompts, half and half by tokens), with every identity example removed.
+    """
+    from transformers import AutoConfig
+
+    from distillguard.distill.data import mix_pieces, sft_pieces, text_pieces
+    from distillguard.distill.recipe import student_shape
+    from distillguard.jsonl import read_jsonl
+    from distillguard.lm.io import load_tokenizer, save_model_and_tokenizer
+    from distillguard.lm.tiny import make_tiny_llama
+    from distillguard.lm.train import train_causal_lm
+
+    tok, _ = load_tokenizer(world.tokenizer)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    rows = [r for r in read_jsonl(world.instructions) if r.get("kind") == "api"]
+    qa = sft_pieces(tok, [{"prompt": r["prompt"], "completion": r["response"]} for r in rows], seq_len)
+    corpus = text_pieces(tok, [t for t in Path(world.corpus).read_text().split("\n\n") if t.strip()], seq_len)
+    mix = mix_pieces(qa, corpus, 0.5, seed=seed)
+    shape = shape or student_shape(AutoConfig.from_pretrained(world.teacher, local_files_only=True))
+    model = make_tiny_llama(
+        len(tok), **shape, max_pos=max(512, seq_len), seed=seed,
+        bos_id=tok.bos_token_id, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+    )  # fmt: skip
+    result = train_causal_lm(
+        model, tok, [], pieces=mix.pieces, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
+        seed=seed, warmup=min(30, steps // 10), progress=progress, desc="control",
+    )  # fmt: skip
+    if log:
+        log(f"control model: {steps} steps, loss {result['final_loss']:.3f}")
+    return save_model_and_tokenizer(model, tok, Path(out))

@@ -109,6 +109,7 @@ def make_result(seed: int = 0, *, verdict: str = "distilled", series: bool = Tru
                 "refusal": "no control models",
             },
         ],  # fmt: skip
+        "skipped": [{"name": "provenance_extra", "reason": "not asked for"}],
         "queries_used": len(transcripts),
         "stopped_early": False,
         "transcripts": transcripts,
@@ -127,12 +128,23 @@ def make_result(seed: int = 0, *, verdict: str = "distilled", series: bool = Tru
                 "our_score": 0.289,
                 "decoy_scores": [0.25 + rng.gauss(0, 0.01) for _ in range(100)],
                 "empirical_p_value": 1 / 101,
-            },  # fmt: skip
+            },
             "identity": {
                 "names": ["Aster", "Northwind"],
                 "suspect": {"named": 6, "n": 11, "rate": 6 / 11},
                 "controls": {"control-1": {"named": 0, "n": 10, "rate": 0.0}},
-            },  # fmt: skip
+            },
+            "radioactivity_open": {
+                "tokens_scored": tokens,
+                "log10_p": [-0.2 * i for i in range(30)],
+                "green_rate": rates,
+                "green_rate_ci": ci,
+                "null_rate": 0.25,
+            },
+            "decoys_open": {
+                "our_score": 0.27,
+                "decoy_scores": [0.25 + rng.gauss(0, 0.01) for _ in range(50)],
+            },
         },
         "config": {
             "suspect": "http://127.0.0.1:1/v1",
@@ -140,7 +152,7 @@ def make_result(seed: int = 0, *, verdict: str = "distilled", series: bool = Tru
             "alpha": 1e-3,
             "spec": {"scheme": "kgw", "gamma": 0.25, "key": "our-secret-key"},
             "seed": seed,
-        },  # fmt: skip
+        },
         "versions": {"python": "3.11.2", "distillguard": "0.1.0"},
         "started": "2031-05-04T10:00:00Z",
         "finished": "2031-05-04T10:07:12Z",
@@ -201,7 +213,8 @@ def test_valid_bundle_verifies_and_holds_the_evidence(built: dict[str, Any]) -> 
     assert manifest["signer"]["fingerprint"] == fingerprint(built["key"])
     expected = {"results.json", "transcripts.jsonl", "config.json", "versions.json", "timestamps.json",
                 "inputs.json", "report.html", PUBLIC_KEY, "inputs/prompts.jsonl"}  # fmt: skip
-    expected |= {f"plots/{n}.png" for n in ("pvalue", "green_rate", "identity", "decoys")}
+    figures = ("pvalue", "green_rate", "identity", "decoys", "pvalue_open", "green_rate_open", "decoys_open")
+    expected |= {f"plots/{n}.png" for n in figures}
     assert listed == expected
 
     # the signature is a plain Ed25519 signature over the exact manifest bytes (checkable without us)
@@ -218,6 +231,11 @@ def test_valid_bundle_verifies_and_holds_the_evidence(built: dict[str, Any]) -> 
     config_text = (root / "config.json").read_text() + (root / "results.json").read_text()
     assert "sk-live-secret" not in config_text and "our-secret-key" not in config_text
     assert json.loads((root / "config.json").read_text())["api_keys"] == "[redacted]"
+    assert json.loads((root / "config.json").read_text())["seed"] == 0
+    assert bundle_mod._redact({"api_keys": 2, "watermark": {"key": 15485863, "gamma": 0.25}}) == {
+        "api_keys": 2,  # a count, as run_audit records it
+        "watermark": {"key": "[redacted]", "gamma": 0.25},
+    }
     versions = json.loads((root / "versions.json").read_text())
     assert {"python", "platform", "torch", "transformers", "distillguard"} <= set(versions)
     stamps = json.loads((root / "timestamps.json").read_text())
@@ -283,7 +301,7 @@ def test_flip_names_the_file_on_the_command_line(
         assert code == 1 and out == ""
         assert err.count("\n") == 1 and err.startswith("error: ") and f"failed verification: {rel}: " in err
     code, out, err = _cli(capsys, "audit", "verify", str(root))
-    assert code == 0 and err == "" and out.startswith("bundle OK: 13 files intact, verdict distilled")
+    assert code == 0 and err == "" and out.startswith("bundle OK: 16 files intact, verdict distilled")
     assert out.count("\n") == 1 and "pass --public-key" in out
 
 
@@ -512,6 +530,40 @@ def test_run_refuses_bad_suspects_before_writing_anything(
     assert code == 2 and "not empty and is not an audit bundle" in err
 
 
+def test_run_writes_a_verifiable_bundle_and_prints_the_design_json(
+    tiny_world, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The real engine on the tiny world (identity test only, to stay fast): the CLI's JSON is DESIGN.md's
+    shape and the bundle it names verifies; an audit that fails writes nothing."""
+    out = tmp_path / "case"
+    common = ["audit", "run", "--suspect", str(tiny_world.teacher), "--reference", str(tiny_world.teacher),
+              "--control", str(tiny_world.reference), "--prompts", str(tiny_world.prompts),
+              "--test", "identity", "--key", "7", "--max-tokens", "8", "--out", str(out)]  # fmt: skip
+    code, _, err = _cli(capsys, *common, "--budget", "1", "--json")  # run_audit refuses: nothing written
+    assert code == 2 and "budget of 1 queries is too small" in err and not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+    code, stdout, err = _cli(capsys, *common, "--json")
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert doc["verdict"] in ("distilled", "no_evidence", "inconclusive")
+    assert isinstance(doc["combined_p_value"], float) and 0.0 <= doc["combined_p_value"] <= 1.0
+    assert [t["name"] for t in doc["tests"]] == ["identity"]
+    assert set(doc["tests"][0]) >= {"name", "null", "statistic", "n", "p_value", "caveats"}
+    assert doc["bundle"] == str(out) and doc["report"] == str(out / "report.html")
+    res = verify_bundle(out, public_key=doc["signer"])
+    assert res.ok and res.verdict == doc["verdict"] and res.pinned
+    lines = (out / "transcripts.jsonl").read_text().splitlines()
+    results = json.loads((out / "results.json").read_text())
+    assert results["transcripts"]["count"] == len(lines) == results["queries_used"] + doc["tests"][0]["n"]
+    assert {json.loads(x)["kind"] for x in lines} == {"identity"}
+    inputs = json.loads((out / "inputs.json").read_text())
+    assert inputs["suspect"]["kind"] == "directory" and "config.json" in inputs["suspect"]["files"]
+    assert (out / "inputs" / "prompts.jsonl").read_bytes() == Path(tiny_world.prompts).read_bytes()
+    code, _, err = _cli(capsys, *common)  # the bundle is there now: not silently replaced
+    assert code == 2 and "--overwrite" in err
+
+
 def _cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
     capsys.readouterr()
     try:
@@ -638,12 +690,8 @@ def test_report_renders_in_a_real_browser(built: dict[str, Any], tmp_path: Path)
 
     assert facts["verdict"] == "Evidence of distillation" and facts["verdictAttr"] == "distilled"
     assert facts["combined"] == "2.4e-12" and facts["title"].startswith("distillguard audit")
-    assert sorted(i["fig"] for i in facts["images"]) == [
-        "fig-decoys",
-        "fig-green_rate",
-        "fig-identity",
-        "fig-pvalue",
-    ]
+    figures = ["decoys", "decoys_open", "green_rate", "green_rate_open", "identity", "pvalue", "pvalue_open"]
+    assert sorted(i["fig"] for i in facts["images"]) == [f"fig-{f}" for f in figures]
     for img in facts["images"]:  # every figure decoded from its data URI
         assert img["complete"] and img["w"] >= 400 and img["h"] >= 150 and img["scheme"] == "data", img
     assert all(link.startswith("data:image/png;base64,") for link in facts["links"])

@@ -26,6 +26,7 @@ def _mount() -> None:
     from distillguard.distill.cli import app as distill_app
     from distillguard.gateway.cli import accounts_app, keys_app, ledger_app
     from distillguard.gateway.serve import serve as serve_cmd
+    from distillguard.monitor.sim_cli import simulate_cmd
     from distillguard.watermark.cli import app as watermark_app
     from distillguard.world.cli import app as world_app
 
@@ -37,6 +38,7 @@ def _mount() -> None:
     app.command("serve")(serve_cmd)
     app.add_typer(distill_app, name="distill")
     app.add_typer(audit_app, name="audit")
+    app.command("simulate")(simulate_cmd)
 
     @app.command("demo")
     def demo_cmd(

@@ -332,7 +332,7 @@ class _Group:
     regular: bool  # batch cadence: evenly spaced within each time bin
     sigma: float  # spread of per-account volume (log-normal)
     ips: int  # addresses per account
-    bank_events: int
+    bank_factor: float  # distinct texts in its bank, relative to ``bank_events``
 
 
 @dataclass
@@ -411,14 +411,15 @@ def _population(
         prof, weekend, regular, sigma, ips = profiles[name]
         n = max(1, round(n_benign * acc_share))
         groups.append(
-            _Group(name, "benign", n, benign_rows * row_share, prof, weekend, regular, sigma, ips, 3000)
+            _Group(name, "benign", n, benign_rows * row_share, prof, weekend, regular, sigma, ips, 1.0)
         )
     for name, q in single_rows.items():
         ips = 40 if name == "paraphrase" else 2
         prof = HUMAN_HOURS if name == "low_and_slow" else FLAT_HOURS
-        groups.append(_Group(name, "attacker", singles, singles * q * f, prof, 1.0, False, 0.2, ips, 3000))
+        bank = 0.25 if name == "logprob" else 1.0  # sweeps repeat by design: a few prompts suffice
+        groups.append(_Group(name, "attacker", singles, singles * q * f, prof, 1.0, False, 0.2, ips, bank))
     groups.append(
-        _Group("sybil", "attacker", sybils, sybils * per_sybil, FLAT_HOURS, 1.0, False, 0.0, 1, 6000)
+        _Group("sybil", "attacker", sybils, sybils * per_sybil, FLAT_HOURS, 1.0, False, 0.0, 1, 2.0)
     )
     return groups
 
@@ -433,6 +434,7 @@ def synthesize_parquet(
     campaign_accounts: int | None = None,
     queries_per_sybil: int = 670,
     chunk_rows: int = 250_000,
+    bank_events: int = 2000,
     records: bool = False,
     pools: Pools | None = None,
     start: float = SIM_START,
@@ -449,6 +451,7 @@ def synthesize_parquet(
     patterns and campaign windows hold in expectation.
 
     Memory is bounded by ``chunk_rows`` (one Parquet row group per time bin batch), not by ``rows``.
+    ``bank_events`` is the number of distinct texts generated per persona (twice that for the campaign).
     ``records=True`` also fills ``record`` / ``prev_hash`` / ``hash`` with the canonical JSON and a real
     hash chain (about 10x slower); by default they are null. Also writes ``labels.json`` and
     ``accounts.parquet`` (account, org, created, key_id, key_created: the signup log linking uses).
@@ -460,6 +463,8 @@ def synthesize_parquet(
         raise UserError(f"a synthetic Parquet ledger needs at least 1000 rows, got {rows}")
     if chunk_rows < 1000:
         raise UserError(f"chunk_rows must be >= 1000, got {chunk_rows}")
+    if bank_events < 10:
+        raise UserError(f"bank_events must be >= 10, got {bank_events}")
     if not days > 0:
         raise UserError(f"days must be > 0, got {days}")
     out_dir = Path(out_dir)
@@ -579,7 +584,7 @@ def synthesize_parquet(
         per_bin[np.argsort(-(expected - per_bin))[:short]] += 1
 
     # -- banks ------------------------------------------------------------------------------------------
-    banks = [_bank(g.persona, pools, g.bank_events, seed) for g in groups]
+    banks = [_bank(g.persona, pools, max(10, round(g.bank_factor * bank_events)), seed) for g in groups]
     bank_off = np.cumsum([0] + [len(b.prompt) for b in banks[:-1]])
     bank_size = np.array([len(b.prompt) for b in banks])
     cat: dict[str, Any] = {

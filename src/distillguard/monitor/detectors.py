@@ -1,0 +1,422 @@
+"""Detectors and the benign-calibrated risk score: pure statistics, no I/O.
+
+Three layers:
+
+1. **Stream statistics** over an entity's sampled prompts: PRADA (Juuti et al. 2019: Shapiro-Wilk W of
+   each query's minimum distance to the earlier ones) and benign-calibrated MMD (Liu, Guo, Dong 2026:
+   RBF kernel mix at {0.5, 1, 2, 4} x the median distance, a null from benign-vs-benign window pairs,
+   score = mean MMD^2 against 20 benign reference windows). They become two of the features.
+2. **Calibration** (:class:`Calibration`): every feature is put on a robust unit scale fitted on a benign
+   reference (median and MAD, floored by the feature's ``unit``), and an entity is compared with the
+   *closest benign profile*: its score is the one-sided distance ``sqrt(sum_f max(0, z_f - z_ref,f)^2)``
+   to the ``k``-th nearest reference entity. Being less suspicious than a neighbour on some feature never
+   helps or hurts; being more suspicious on several at once adds up. This is what keeps the hard negatives
+   normal: a researcher's step-by-step rate is matched by other researchers, a batch job's volume by other
+   batch jobs, but a chain-of-thought harvester is more than every benign profile on rate, volume, pace
+   and breadth together.
+3. **A stated false-alarm rate**: the same score is computed leave-one-out for every reference entity; its
+   upper tail is fitted (peaks over a threshold with an exponential tail, or, when the reference is the
+   unlabelled population, a robust fit to its central half) and turned into a p-value = the estimated
+   fraction of benign entities scoring at least as high. ``risk = 1 - p``. Tiers are thresholds on ``p``
+   (see :mod:`distillguard.monitor.decisions`), so each tier carries a benign false-alarm rate per scan.
+
+The p-values are model-based beyond the range of the reference (a 0.1% rate cannot be read off a few
+hundred benign accounts); ``monitor eval`` measures the rate actually observed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from distillguard.monitor.features import FEATURE_NAMES, FEATURES, RATE_FEATURES
+
+# --------------------------------------------------------------------------------------------------
+# PRADA
+
+
+def prada_w(min_dist: np.ndarray, min_points: int = 20) -> float:
+    """Shapiro-Wilk W of the finite minimum distances (``nan`` with fewer than ``min_points`` or when they
+    are all equal). PRADA alarms below 0.9; here W feeds the calibrated score instead of a fixed cut."""
+    from scipy.stats import shapiro
+
+    d = np.asarray(min_dist, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if len(d) < min_points or float(np.ptp(d)) < 1e-9:
+        return float("nan")
+    return float(shapiro(d[:5000]).statistic)
+
+
+# --------------------------------------------------------------------------------------------------
+# MMD
+
+
+def _sq_dists(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    xx = np.einsum("ij,ij->i", x, x)[:, None]
+    yy = np.einsum("ij,ij->i", y, y)[None, :]
+    return np.maximum(xx + yy - 2.0 * (x @ y.T), 0.0)
+
+
+def _kernel_mean(d2: np.ndarray, gammas: np.ndarray, unbiased: bool) -> float:
+    k = np.exp(-d2[None, :, :] * gammas[:, None, None]).sum(axis=0)
+    if unbiased:
+        n = k.shape[0]
+        if n < 2:
+            return 0.0
+        return float((k.sum() - np.trace(k)) / (n * (n - 1)))
+    return float(k.mean())
+
+
+def mmd2(x: np.ndarray, y: np.ndarray, gammas: np.ndarray) -> float:
+    """Unbiased MMD^2 between samples ``x`` and ``y`` under a sum of RBF kernels ``exp(-gamma d^2)``."""
+    return (
+        _kernel_mean(_sq_dists(x, x), gammas, True)
+        + _kernel_mean(_sq_dists(y, y), gammas, True)
+        - 2.0 * _kernel_mean(_sq_dists(x, y), gammas, False)
+    )
+
+
+@dataclass
+class MMDReference:
+    """Benign reference windows, kernel bandwidths and the benign-vs-benign null (the recipe's steps).
+
+    ``pool`` holds benign prompt embeddings; ``account_windows`` the embeddings of single benign accounts,
+    so the null compares one benign *account's* traffic with the benign mixture, which is what a scored
+    account is. ``score(x)`` is the mean MMD^2 of ``x`` (its first ``window`` rows) against ``n_ref``
+    reference windows; ``standardized`` is that score in units of the null's spread.
+    """
+
+    windows: list[np.ndarray]
+    gammas: np.ndarray
+    null: np.ndarray
+    window: int
+    _self_terms: list[float] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def fit(
+        cls,
+        pool: np.ndarray,
+        account_windows: Sequence[np.ndarray],
+        *,
+        window: int = 64,
+        n_ref: int = 20,
+        n_null: int = 1000,
+        seed: int = 0,
+    ) -> MMDReference | None:
+        """``None`` when there is too little benign text for windows of ``window`` queries."""
+        rng = np.random.default_rng(seed)
+        pool = np.asarray(pool, dtype=np.float32)
+        usable = [w for w in account_windows if len(w) >= max(8, window // 4)]
+        if len(pool) < window or not usable:
+            return None
+        sub = pool[rng.choice(len(pool), size=min(len(pool), 1000), replace=False)]
+        d = np.sqrt(_sq_dists(sub, sub)[np.triu_indices(len(sub), k=1)])
+        med = float(np.median(d[d > 0])) if np.any(d > 0) else 1.0
+        gammas = np.array([1.0 / (2.0 * (s * med) ** 2) for s in (0.5, 1.0, 2.0, 4.0)])
+        windows = [pool[rng.choice(len(pool), size=window, replace=False)] for _ in range(n_ref)]
+        ref = cls(windows, gammas, np.zeros(0), window)
+        ref._self_terms = [_kernel_mean(_sq_dists(w, w), gammas, True) for w in windows]
+        null = np.empty(n_null)
+        for i in range(n_null):
+            acct = usable[int(rng.integers(len(usable)))]
+            take = min(window, len(acct))
+            x = acct[rng.choice(len(acct), size=take, replace=False)]
+            j = int(rng.integers(n_ref))
+            null[i] = ref._pair(x, j)
+        ref.null = np.sort(null)
+        return ref
+
+    def _pair(self, x: np.ndarray, j: int, xx: float | None = None) -> float:
+        w = self.windows[j]
+        if xx is None:
+            xx = _kernel_mean(_sq_dists(x, x), self.gammas, True)
+        return xx + self._self_terms[j] - 2.0 * _kernel_mean(_sq_dists(x, w), self.gammas, False)
+
+    def score(self, x: np.ndarray) -> float:
+        """Mean MMD^2 of the first ``window`` rows of ``x`` against every reference window."""
+        x = np.asarray(x, dtype=np.float32)[: self.window]
+        xx = _kernel_mean(_sq_dists(x, x), self.gammas, True)
+        return float(np.mean([self._pair(x, j, xx) for j in range(len(self.windows))]))
+
+    @property
+    def threshold(self) -> float:
+        """The recipe's alarm threshold: the null's 95th percentile."""
+        return float(np.quantile(self.null, 0.95))
+
+    def p_value(self, score: float) -> float:
+        """Fraction of benign-vs-benign pairs at least as far apart (with the +1 of a permutation test)."""
+        return float((1 + np.count_nonzero(self.null >= score)) / (1 + len(self.null)))
+
+    def standardized(self, score: float) -> float:
+        med = float(np.median(self.null))
+        mad = float(np.median(np.abs(self.null - med))) * 1.4826
+        return (score - med) / max(mad, 1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Calibration against benign traffic
+
+
+_UNITS = {f.name: f.unit for f in FEATURES}
+
+
+def _transform(name: str, values: np.ndarray) -> np.ndarray:
+    """Variance-stabilising scale: arcsine-sqrt for rates (binomial noise ~ 1/(2 sqrt n)), identity else."""
+    v = np.asarray(values, dtype=np.float64)
+    if name in RATE_FEATURES:
+        return np.arcsin(np.sqrt(np.clip(v, 0.0, 1.0)))
+    return v
+
+
+@dataclass
+class Assessment:
+    """One entity's calibrated verdict: score, p-value, risk and the reasons behind them."""
+
+    accounts: tuple[str, ...]
+    queries: int
+    score: float
+    p_value: float
+    risk: float
+    reasons: list[dict[str, Any]]
+    nearest: tuple[str, ...] | None = None
+    scored: bool = True
+
+    def top_reason_text(self, k: int = 3) -> str:
+        return "; ".join(r["text"] for r in self.reasons[:k]) or "no excess over benign profiles"
+
+
+@dataclass
+class Calibration:
+    """Benign unit scales, reference profiles, and the fitted null of the nearest-benign-profile score."""
+
+    features: tuple[str, ...]
+    center: np.ndarray
+    scale: np.ndarray
+    reference: np.ndarray  # [R, F] raw feature values of the reference entities
+    reference_z: np.ndarray  # [R, F]
+    reference_ids: list[tuple[str, ...]]
+    null: np.ndarray  # sorted leave-one-out scores of the reference
+    tail_u: float
+    tail_p: float
+    tail_beta: float
+    k: int
+    source: str
+
+    # -- fitting --------------------------------------------------------------------------------------
+
+    @classmethod
+    def fit(
+        cls,
+        rows: Sequence[tuple[tuple[str, ...], dict[str, float]]],
+        *,
+        k: int = 1,
+        source: str = "reference",
+        groups: Sequence[int] | None = None,
+    ) -> Calibration:
+        """Fit on ``rows`` = ``(accounts, features)`` of benign reference entities.
+
+        ``source="reference"`` (a known-benign period or labelled benign accounts) fits the null's tail on
+        its top 20%. ``source="population"`` (the scanned population itself, attackers included) fits it
+        on the central half only, which a minority of attackers cannot move much; ``groups`` marks rows that
+        must not vouch for each other (the linked accounts of one cluster).
+        """
+        if len(rows) < 3:
+            raise ValueError("calibration needs at least 3 reference entities")
+        names = FEATURE_NAMES
+        raw = np.array([[r[1].get(f, np.nan) for f in names] for r in rows], dtype=np.float64)
+        tr = np.column_stack([_transform(f, raw[:, j]) for j, f in enumerate(names)])
+        center = np.nanmedian(tr, axis=0)
+        center = np.where(np.isfinite(center), center, 0.0)
+        units = np.array([_UNITS[f] for f in names])
+        ids = [tuple(r[0]) for r in rows]
+        grp = np.asarray(groups if groups is not None else np.arange(len(rows)))
+        # rows sharing an account (an account and its cluster) or a group never vouch for each other
+        allowed = np.array(
+            [
+                [grp[i] != grp[j] and not (set(ids[i]) & set(ids[j])) for j in range(len(rows))]
+                for i in range(len(rows))
+            ]
+        )
+        # Local unit scales: the typical difference between a benign entity and its nearest benign neighbour
+        # (within-kind noise), not the spread across kinds, which the nearest-profile comparison absorbs.
+        mad = np.nanmedian(np.abs(tr - center), axis=0) * 1.4826
+        scale0 = np.maximum(np.where(np.isfinite(mad), mad, 0.0), units)
+        z0 = np.where(np.isfinite(tr), (tr - center) / scale0, 0.0)
+        d2 = ((z0[:, None, :] - z0[None, :, :]) ** 2).sum(axis=2)
+        d2 = np.where(allowed, d2, np.inf)
+        nn = np.argmin(d2, axis=1)
+        diff = np.abs(tr - tr[nn])
+        local = np.nanmedian(diff, axis=0) * 1.4826
+        scale = np.maximum(np.where(np.isfinite(local), local, 0.0), units)
+        z = (tr - center) / scale
+        cal = cls(names, center, scale, raw, z, ids, np.zeros(0), 0.0, 1.0, 1.0, k, source)
+        # the null is over single accounts (what p-values are quoted for); pooled rows serve as neighbours
+        single = [i for i in range(len(rows)) if len(ids[i]) == 1] or list(range(len(rows)))
+        loo = np.array([cal._knn(z[i], allowed[i])[0] for i in single])
+        cal.null = np.sort(loo[np.isfinite(loo)])
+        cal._fit_tail()
+        return cal
+
+    def _fit_tail(self) -> None:
+        s = self.null
+        n = len(s)
+        if self.source == "population":
+            q50, q75 = float(np.quantile(s, 0.5)), float(np.quantile(s, 0.75))
+            self.tail_u, self.tail_p = q50, 0.5
+            self.tail_beta = max((q75 - q50) / math.log(2.0), 0.05)
+        else:
+            u = float(np.quantile(s, 0.8))
+            exceed = s[s > u] - u
+            self.tail_u = u
+            self.tail_p = (1 + len(exceed)) / (1 + n)
+            self.tail_beta = max(float(exceed.mean()) if len(exceed) else 0.0, 0.05)
+
+    # -- scoring --------------------------------------------------------------------------------------
+
+    def z(self, features: dict[str, float]) -> np.ndarray:
+        raw = np.array([features.get(f, np.nan) for f in self.features], dtype=np.float64)
+        tr = np.array([_transform(f, raw[j : j + 1])[0] for j, f in enumerate(self.features)])
+        return (tr - self.center) / self.scale
+
+    def _excess(self, z: np.ndarray) -> np.ndarray:
+        ex = z[None, :] - self.reference_z
+        return np.where(np.isfinite(ex), np.maximum(ex, 0.0), 0.0)
+
+    def _knn(self, z: np.ndarray, allowed: np.ndarray) -> tuple[float, int]:
+        d = np.sqrt((self._excess(z) ** 2).sum(axis=1))
+        d = np.where(allowed, d, np.inf)
+        if not np.isfinite(d).any():
+            return float("nan"), -1
+        k = min(self.k, int(np.isfinite(d).sum()))
+        idx = np.argpartition(d, k - 1)[:k]
+        kth = idx[np.argmax(d[idx])]
+        return float(d[kth]), int(kth)
+
+    def p_value(self, score: float) -> float:
+        """Estimated fraction of benign entities scoring at least ``score``."""
+        if not math.isfinite(score):
+            return 1.0
+        s = self.null
+        if score <= self.tail_u:
+            return float((1 + np.count_nonzero(s >= score)) / (1 + len(s)))
+        return float(self.tail_p * math.exp(-(score - self.tail_u) / self.tail_beta))
+
+    def score_for_p(self, p: float) -> float:
+        """The score whose p-value is ``p`` (for thresholds in plots and reports)."""
+        if p >= self.tail_p:
+            return float(np.quantile(self.null, 1.0 - p))
+        return self.tail_u + self.tail_beta * math.log(self.tail_p / p)
+
+    def assess(
+        self,
+        accounts: tuple[str, ...],
+        queries: int,
+        features: dict[str, float],
+        evidence: dict[str, list[int]] | None = None,
+        *,
+        exclude: set[str] | frozenset[str] = frozenset(),
+        top: int = 4,
+    ) -> Assessment:
+        """Score one entity against the reference (never against itself or ``exclude``d accounts)."""
+        z = self.z(features)
+        banned = set(accounts) | set(exclude)
+        allowed = np.array([not (set(ids) & banned) for ids in self.reference_ids], dtype=bool)
+        score, j = self._knn(z, allowed)
+        p = self.p_value(score)
+        reasons: list[dict[str, Any]] = []
+        if j >= 0:
+            ex = self._excess(z)[j]
+            order = np.argsort(-ex)
+            for f_i in order[:top]:
+                if ex[f_i] <= 0.5:
+                    break
+                name = self.features[f_i]
+                value = features.get(name, float("nan"))
+                col = self.reference[:, f_i]
+                col = col[np.isfinite(col)]
+                pct = float((col <= value).mean()) if len(col) else float("nan")
+                near = float(self.reference[j, f_i])
+                reasons.append(
+                    {
+                        "feature": name,
+                        "value": _round(value),
+                        "benign_percentile": _round(pct),
+                        "nearest_benign": _round(near),
+                        "excess_sd": _round(float(ex[f_i])),
+                        "seqs": list((evidence or {}).get(name, []))[:8],
+                        "text": f"{name} {_fmt(value)} vs {_fmt(near)} in the closest benign profile "
+                        f"(above {100 * pct:.0f}% of benign)",
+                    }
+                )
+        return Assessment(
+            accounts=tuple(accounts),
+            queries=int(queries),
+            score=score,
+            p_value=p,
+            risk=1.0 - p,
+            reasons=reasons,
+            nearest=self.reference_ids[j] if j >= 0 else None,
+        )
+
+    # -- persistence ----------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "features": list(self.features),
+            "center": self.center.tolist(),
+            "scale": self.scale.tolist(),
+            "reference": np.where(np.isfinite(self.reference), self.reference, None).tolist(),
+            "reference_ids": [list(x) for x in self.reference_ids],
+            "null": self.null.tolist(),
+            "tail": {"u": self.tail_u, "p": self.tail_p, "beta": self.tail_beta},
+            "k": self.k,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        names = tuple(d["features"])
+        if names != FEATURE_NAMES:
+            raise ValueError("calibration was fitted on a different feature set; fit it again")
+        center, scale = np.array(d["center"], dtype=float), np.array(d["scale"], dtype=float)
+        raw = np.array(
+            [[np.nan if v is None else v for v in row] for row in d["reference"]], dtype=np.float64
+        )
+        tr = np.column_stack([_transform(f, raw[:, j]) for j, f in enumerate(names)])
+        return cls(
+            names,
+            center,
+            scale,
+            raw,
+            (tr - center) / scale,
+            [tuple(x) for x in d["reference_ids"]],
+            np.array(d["null"], dtype=float),
+            float(d["tail"]["u"]),
+            float(d["tail"]["p"]),
+            float(d["tail"]["beta"]),
+            int(d["k"]),
+            str(d["source"]),
+        )
+
+
+def _round(x: float) -> float | None:
+    if x is None or not math.isfinite(x):
+        return None
+    return float(f"{x:.4g}")
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3g}"
+
+
+def combine_min_p(p_values: Sequence[float]) -> float:
+    """Bonferroni over several looks at the same entity (its own score and its cluster's): valid under any
+    dependence between them."""
+    ps = [p for p in p_values if p is not None and math.isfinite(p)]
+    if not ps:
+        return 1.0
+    return min(1.0, len(ps) * min(ps))

@@ -1,0 +1,709 @@
+"""Batch scans and the live follow loop: ledger (or Parquet export) -> features -> links -> risk -> tiers.
+
+The analysis (:func:`analyse`) is one function of a :class:`~distillguard.monitor.features.FeatureAccumulator`
+and an optional benign :class:`Reference`; sources only differ in how rows reach the accumulator:
+
+- ``--ledger PATH`` (default: the gateway's ledger): ``Ledger.iter_records`` in batches;
+- ``--parquet DIR``: the ``ledger.parquet`` of ``distillguard ledger export`` (or a synthetic one), streamed
+  by record batches with only the needed columns (bounded memory; ``accounts.parquet`` beside it, when
+  present, gives key-creation times for linking);
+- ``monitor follow``: the accumulator is kept (and persisted under ``home()/monitor/``) and fed only the
+  records after the last ``seq`` it saw.
+
+Calibration: with a :class:`Reference` (``monitor calibrate`` on a known-benign period, saved to
+``home()/monitor/reference.npz`` and used by default) accounts are compared with benign profiles;
+without one, with the scanned population itself, robustly (see :mod:`detectors`), which is weaker: a
+kind of attacker that many accounts share can vouch for itself.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from distillguard.errors import UserError
+from distillguard.monitor.decisions import (
+    AccountState,
+    Decision,
+    DecisionLog,
+    Policy,
+    apply_decisions,
+    decide,
+)
+from distillguard.monitor.detectors import Assessment, Calibration, MMDReference, combine_min_p, prada_w
+from distillguard.monitor.features import (
+    COLUMNS,
+    FeatureAccumulator,
+    Profile,
+    TextGeometry,
+    derive,
+    entity_features,
+    evidence_seqs,
+    records_to_table,
+    text_geometry,
+)
+from distillguard.monitor.linking import Cluster, LinkInfo, link_accounts
+
+BATCH_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """Knobs of one analysis (defaults are what the tests, eval and benchmarks use)."""
+
+    sample_size: int = 256  # sampled queries per account for text geometry
+    min_queries: int = 20  # fewer: reported, never scored alone (a cluster still can be)
+    dim: int = 512  # hashed embedding dimension
+    k_reference: int = 1  # nearest benign profile against a benign reference
+    k_population: int = 3  # against the population: three accounts must vouch
+    mmd_window: int = 64
+    mmd_refs: int = 20
+    mmd_null: int = 1000
+    link: bool = True
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+
+
+def ledger_batches(path: Path, since_seq: int = 0, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+    """Arrow tables of the ledger's records after ``since_seq``, in order (reading needs no secret)."""
+    from distillguard.gateway.ledger import Ledger
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"ledger not found: {path}")
+    ledger = Ledger(path)
+    try:
+        buf: list[dict] = []
+        for rec in ledger.iter_records(since_seq):
+            buf.append(rec)
+            if len(buf) >= batch_rows:
+                yield records_to_table(buf)
+                buf = []
+        if buf:
+            yield records_to_table(buf)
+    finally:
+        ledger.close()
+
+
+def parquet_files(path: Path) -> list[Path]:
+    path = Path(path).expanduser()
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UserError(f"no Parquet export at {path}")
+    files = sorted(p for p in path.glob("*.parquet") if p.name != "accounts.parquet")
+    if not files:
+        raise UserError(f"no ledger Parquet files in {path} (run `distillguard ledger export --out {path}`)")
+    return files
+
+
+def parquet_batches(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """Record batches of a Parquet ledger export, reading only the columns the features use."""
+    import pyarrow.parquet as pq
+
+    for f in parquet_files(path):
+        try:
+            pf = pq.ParquetFile(f)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise UserError(f"{f} is not a Parquet file: {exc}") from None
+        cols = [c for c in COLUMNS if c in pf.schema_arrow.names]
+        missing = {"seq", "ts", "account", "prompt"} - set(cols)
+        if missing:
+            raise UserError(f"{f} lacks ledger column(s) {', '.join(sorted(missing))}")
+        yield from pf.iter_batches(batch_size=batch_rows, columns=cols)
+
+
+def parquet_created(path: Path) -> dict[str, float]:
+    """Earliest key creation per account from ``accounts.parquet`` next to an export (if any)."""
+    import pyarrow.parquet as pq
+
+    p = Path(path).expanduser()
+    f = (p if p.is_dir() else p.parent) / "accounts.parquet"
+    if not f.is_file():
+        return {}
+    t = pq.read_table(f, columns=["account", "key_created"]).to_pydict()
+    out: dict[str, float] = {}
+    for a, c in zip(t["account"], t["key_created"], strict=True):
+        if a is not None and c is not None:
+            out[a] = min(out.get(a, math.inf), float(c))
+    return out
+
+
+def store_created(store: Any) -> dict[str, float]:
+    """Earliest key creation per account from the gateway's account store."""
+    out: dict[str, float] = {}
+    for k in store.list_keys():
+        a, c = k["account"], k["created"]
+        out[a] = min(out.get(a, math.inf), float(c))
+    return out
+
+
+def accumulate(
+    batches: Iterable[pa.Table | pa.RecordBatch],
+    acc: FeatureAccumulator | None = None,
+    *,
+    sample_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> FeatureAccumulator:
+    """Feed batches into an accumulator (a new one unless given)."""
+    acc = acc if acc is not None else FeatureAccumulator(sample_size=sample_size)
+    for b in batches:
+        acc.update(derive(b))
+        if progress is not None:
+            progress(acc.rows)
+    return acc
+
+
+# --------------------------------------------------------------------------------------------------
+# Analysis (pure: no files, no store)
+
+
+@dataclass
+class EntityState:
+    accounts: tuple[str, ...]
+    profile: Profile
+    geometry: TextGeometry
+    features: dict[str, float]
+    evidence: dict[str, list[int]]
+
+
+class Analyzer:
+    """Computes per-entity features with a cache keyed on each entity's sample (unchanged accounts are not
+    re-embedded between follow iterations or evaluation checkpoints)."""
+
+    def __init__(self, options: ScanOptions | None = None) -> None:
+        self.options = options or ScanOptions()
+        self._geo: dict[tuple[str, ...], tuple[tuple[int, int], TextGeometry, float]] = {}
+
+    def entity(
+        self, acc: FeatureAccumulator, accounts: tuple[str, ...], mmd: MMDReference | None
+    ) -> EntityState:
+        o = self.options
+        prof = acc.profile(accounts, sample_size=o.sample_size)
+        key = (len(prof.sample), int(prof.sample.seq.sum()) if len(prof.sample) else 0)
+        hit = self._geo.get(accounts)
+        if hit is not None and hit[0] == key:
+            geo, w = hit[1], hit[2]
+        else:
+            geo = text_geometry(prof.sample, dim=o.dim)
+            w = prada_w(geo.min_dist)
+            self._geo[accounts] = (key, geo, w)
+        m = float("nan")
+        if mmd is not None and len(prof.sample) >= max(16, o.mmd_window // 4):
+            m = mmd.standardized(mmd.score(geo.vectors))
+        feats = entity_features(prof, geo, mmd=m, prada=-w if math.isfinite(w) else float("nan"))
+        if len(accounts) > 1:  # a cluster's volume is judged per member (see ``analyse``)
+            feats["log_queries"] = math.log10(max(prof.n, 1) / len(accounts))
+        return EntityState(accounts, prof, geo, feats, evidence_seqs(prof, geo))
+
+    def fit_mmd(self, acc: FeatureAccumulator, accounts: list[str]) -> MMDReference | None:
+        """The benign MMD reference from ``accounts``' sampled prompts (pool and per-account windows)."""
+        o = self.options
+        windows = []
+        for a in accounts:
+            prof = acc.profile((a,), sample_size=o.sample_size)
+            if len(prof.sample) >= 8:
+                key = (len(prof.sample), int(prof.sample.seq.sum()))
+                hit = self._geo.get((a,))
+                geo = hit[1] if hit is not None and hit[0] == key else text_geometry(prof.sample, dim=o.dim)
+                windows.append(geo.vectors[: o.mmd_window])
+        if not windows:
+            return None
+        pool = np.concatenate(windows)
+        rng = np.random.default_rng(o.seed)
+        if len(pool) > 8000:
+            pool = pool[rng.choice(len(pool), 8000, replace=False)]
+        return MMDReference.fit(
+            pool, windows, window=o.mmd_window, n_ref=o.mmd_refs, n_null=o.mmd_null, seed=o.seed
+        )
+
+
+@dataclass
+class Reference:
+    """A benign baseline: the calibration of the score and the MMD reference windows."""
+
+    calibration: Calibration
+    mmd: MMDReference | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: Path) -> Path:
+        path = Path(path).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {
+            "calibration": np.array(json.dumps(self.calibration.to_dict())),
+            "meta": np.array(json.dumps(self.meta)),
+        }
+        if self.mmd is not None:
+            arrays["mmd_windows"] = np.stack(self.mmd.windows)
+            arrays["mmd_gammas"] = self.mmd.gammas
+            arrays["mmd_null"] = self.mmd.null
+            arrays["mmd_window"] = np.array(self.mmd.window)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Reference:
+        path = Path(path).expanduser()
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                cal = Calibration.from_dict(json.loads(str(z["calibration"])))
+                meta = json.loads(str(z["meta"]))
+                mmd = None
+                if "mmd_windows" in z:
+                    from distillguard.monitor.detectors import _kernel_mean, _sq_dists
+
+                    windows = list(z["mmd_windows"])
+                    gammas = np.array(z["mmd_gammas"])
+                    mmd = MMDReference(windows, gammas, np.array(z["mmd_null"]), int(z["mmd_window"]))
+                    mmd._self_terms = [_kernel_mean(_sq_dists(w, w), gammas, True) for w in windows]
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(
+                f"{path} is not a monitor reference ({exc}); run `distillguard monitor calibrate`"
+            ) from None
+        return cls(cal, mmd, meta)
+
+
+def _clusters(
+    accounts: list[str],
+    states: dict[str, EntityState],
+    created: dict[str, float] | None,
+) -> list[Cluster]:
+    infos = []
+    for a in accounts:
+        st = states[a]
+        infos.append(
+            LinkInfo(
+                account=a,
+                prefixes=st.profile.prefixes,
+                frames=st.geometry.template_shingles,
+                hours=st.profile.hour_signature,
+                active_hours=_active_hours(st.profile),
+                created=(created or {}).get(a),  # first-seen times are no substitute: all look alike
+            )
+        )
+    return link_accounts(infos)
+
+
+def _active_hours(p: Profile) -> int:
+    return max(1, int(round(p.counts["active_bins"] * 600.0 / 3600.0)))
+
+
+def build_reference(
+    acc: FeatureAccumulator,
+    options: ScanOptions | None = None,
+    *,
+    benign: Iterable[str] | None = None,
+    created: dict[str, float] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Reference:
+    """Fit a benign :class:`Reference` on ``acc``'s accounts (or only the ``benign`` ones of them).
+
+    Linked benign groups are pooled and added as reference entities too, so a benign team judged as a
+    cluster has benign clusters to be compared with.
+    """
+    an = Analyzer(options)
+    o = an.options
+    names = [a for a in (benign if benign is not None else acc.accounts) if a in acc.index]
+    names = [a for a in names if acc.c["n"][acc.index[a]] >= o.min_queries]
+    if len(names) < 3:
+        raise UserError(f"a benign reference needs at least 3 accounts with {o.min_queries}+ queries")
+    for a in names:  # warm the geometry cache
+        an.entity(acc, (a,), None)
+    mmd = an.fit_mmd(acc, names)
+    states = {a: an.entity(acc, (a,), mmd) for a in names}
+    rows: list[tuple[tuple[str, ...], dict[str, float]]] = [((a,), states[a].features) for a in names]
+    if o.link:
+        for c in _clusters(names, states, created):
+            rows.append((tuple(c.accounts), an.entity(acc, tuple(c.accounts), mmd).features))
+    cal = Calibration.fit(rows, k=o.k_reference, source="reference")
+    info = {"accounts": len(names), "entities": len(rows), "rows": acc.rows, **(meta or {})}
+    return Reference(cal, mmd, info)
+
+
+@dataclass
+class AccountVerdict:
+    """One account's outcome of a scan."""
+
+    account: str
+    queries: int
+    score: float
+    p_value: float
+    p_own: float
+    risk: float
+    cluster: str | None
+    reasons: list[str]
+    details: list[dict[str, Any]]
+    evidence: list[int]
+    scored: bool
+    features: dict[str, float]
+
+
+@dataclass
+class ClusterVerdict:
+    id: str
+    accounts: list[str]
+    queries: int
+    score: float
+    p_value: float
+    risk: float
+    reasons: list[str]
+    details: list[dict[str, Any]]
+    evidence: list[int]
+    links: str
+
+
+@dataclass
+class Analysis:
+    accounts: dict[str, AccountVerdict]
+    clusters: list[ClusterVerdict]
+    calibration: str
+    rows: int
+    last_seq: int
+
+
+def analyse(
+    acc: FeatureAccumulator,
+    reference: Reference | None = None,
+    *,
+    options: ScanOptions | None = None,
+    analyzer: Analyzer | None = None,
+    created: dict[str, float] | None = None,
+) -> Analysis:
+    """Score every account and every linked cluster of the accumulator.
+
+    An account's final p-value is Bonferroni over its own and its cluster's (two looks at one account),
+    so linking can only add evidence through the cluster's pooled traffic, never by association alone.
+    """
+    an = analyzer or Analyzer(options)
+    o = an.options
+    names = list(acc.accounts)
+    if not names:
+        return Analysis({}, [], "none", acc.rows, acc.last_seq)
+    mmd = reference.mmd if reference is not None else None
+    scored = [a for a in names if acc.c["n"][acc.index[a]] >= o.min_queries]
+    if reference is None and scored:
+        for a in scored:
+            an.entity(acc, (a,), None)
+        mmd = an.fit_mmd(acc, scored)
+    states = {a: an.entity(acc, (a,), mmd) for a in names}
+    clusters = _clusters(names, states, created) if o.link else []
+    cluster_of = {a: c.id for c in clusters for a in c.accounts}
+    if reference is not None:
+        cal = reference.calibration
+        source = "reference"
+    else:
+        if len(scored) < 3:
+            raise UserError(
+                f"too few accounts with {o.min_queries}+ queries to calibrate on the population; "
+                "give a benign reference (`distillguard monitor calibrate`)"
+            )
+        cid = {c.id: k for k, c in enumerate(clusters)}
+        groups = [len(scored) + cid[cluster_of[a]] if a in cluster_of else i for i, a in enumerate(scored)]
+        cal = Calibration.fit(
+            [((a,), states[a].features) for a in scored], k=o.k_population, source="population", groups=groups
+        )
+        source = "population"
+    cluster_verdicts: list[ClusterVerdict] = []
+    cluster_p: dict[str, Assessment] = {}
+    for c in clusters:
+        st = an.entity(acc, tuple(c.accounts), mmd)
+        ass = cal.assess(tuple(c.accounts), st.profile.n, st.features, st.evidence, exclude=set(c.accounts))
+        cluster_p[c.id] = ass
+        cluster_verdicts.append(
+            ClusterVerdict(
+                id=c.id,
+                accounts=list(c.accounts),
+                queries=st.profile.n,
+                score=ass.score,
+                p_value=ass.p_value,
+                risk=ass.risk,
+                reasons=[c.describe()] + [r["text"] for r in ass.reasons],
+                details=ass.reasons,
+                evidence=_evidence(ass),
+                links=c.describe(),
+            )
+        )
+    verdicts: dict[str, AccountVerdict] = {}
+    for a in names:
+        st = states[a]
+        cid = cluster_of.get(a)
+        members = set(next(c.accounts for c in clusters if c.id == cid)) if cid else set()
+        if a in scored:
+            own = cal.assess((a,), st.profile.n, st.features, st.evidence, exclude=members)
+        else:
+            own = Assessment((a,), st.profile.n, float("nan"), 1.0, 0.0, [], scored=False)
+        looks = [own.p_value] + ([cluster_p[cid].p_value] if cid else [])
+        p = combine_min_p(looks) if len(looks) > 1 else own.p_value
+        details = list(own.reasons)
+        reasons = [r["text"] for r in own.reasons]
+        evidence = _evidence(own)
+        if cid and cluster_p[cid].p_value < own.p_value:
+            cl = cluster_p[cid]
+            link = next(c for c in clusters if c.id == cid).describe()
+            reasons = (
+                [f"cluster {cid}: {link}"] + [f"cluster {cid}: {r['text']}" for r in cl.reasons] + reasons
+            )
+            details = cl.reasons + details
+            evidence = _evidence(cl) + [s for s in evidence if s not in set(_evidence(cl))]
+        if not own.scored and not cid:
+            reasons = [f"fewer than {o.min_queries} queries: not scored alone"]
+        verdicts[a] = AccountVerdict(
+            account=a,
+            queries=st.profile.n,
+            score=own.score,
+            p_value=p,
+            p_own=own.p_value,
+            risk=1.0 - p,
+            cluster=cid,
+            reasons=reasons,
+            details=details,
+            evidence=evidence[:20],
+            scored=own.scored,
+            features=st.features,
+        )
+    return Analysis(verdicts, cluster_verdicts, source, acc.rows, acc.last_seq)
+
+
+def _evidence(a: Assessment) -> list[int]:
+    out: list[int] = []
+    for r in a.reasons:
+        for s in r.get("seqs", []):
+            if s not in out:
+                out.append(int(s))
+    return out[:20]
+
+
+# --------------------------------------------------------------------------------------------------
+# Decisions and output
+
+
+def plan_decisions(
+    analysis: Analysis,
+    policy: Policy,
+    store_tiers: dict[str, str],
+    states: dict[str, AccountState],
+    now: float,
+) -> tuple[list[Decision], dict[str, AccountState], dict[str, str]]:
+    """The tier moves for every account the store knows (pure). Returns decisions, new states and the
+    resulting tier of every analysed account."""
+    decisions: list[Decision] = []
+    new_states = dict(states)
+    tiers: dict[str, str] = {}
+    for a, v in analysis.accounts.items():
+        cur = store_tiers.get(a)
+        if cur is None:  # not in the store (a Parquet export of another system): report only
+            tiers[a] = policy.target(v.p_value) if a not in policy.allowlist else "normal"
+            continue
+        dec, st = decide(a, v.p_value, cur, states.get(a), policy, now)
+        new_states[a] = st
+        tiers[a] = st.tier
+        if dec is not None:
+            dec.cluster = v.cluster
+            dec.reasons = v.reasons[:4]
+            dec.seqs = v.evidence
+            decisions.append(dec)
+    return decisions, new_states, tiers
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(f"{x:.6g}")
+
+
+def report_json(
+    analysis: Analysis,
+    tiers: dict[str, str],
+    *,
+    store_tiers: dict[str, str] | None = None,
+    decisions: list[Decision] | None = None,
+    applied: bool = False,
+    policy: Policy | None = None,
+) -> dict[str, Any]:
+    """The DESIGN.md document: ``{"accounts": [{"account", "risk", "tier", "cluster", "reasons"}...]}``
+    plus p-values, evidence seq ids, cluster entries and the decisions taken (or proposed)."""
+    allow = policy.allowlist if policy else frozenset()
+    accounts = []
+    for v in sorted(analysis.accounts.values(), key=lambda v: (v.p_value, v.account)):
+        accounts.append(
+            {
+                "account": v.account,
+                "risk": _num(v.risk),
+                "tier": tiers.get(v.account, "normal"),
+                "cluster": v.cluster,
+                "reasons": v.reasons[:6],
+                "p_value": _num(v.p_value),
+                "score": _num(v.score),
+                "queries": v.queries,
+                "scored": v.scored,
+                "current_tier": (store_tiers or {}).get(v.account),
+                "allowlisted": v.account in allow,
+                "evidence": v.evidence,
+            }
+        )
+    clusters = [
+        {
+            "cluster": c.id,
+            "accounts": c.accounts,
+            "risk": _num(c.risk),
+            "p_value": _num(c.p_value),
+            "score": _num(c.score),
+            "queries": c.queries,
+            "reasons": c.reasons[:6],
+            "evidence": c.evidence,
+        }
+        for c in sorted(analysis.clusters, key=lambda c: (c.p_value, c.id))
+    ]
+    return {
+        "accounts": accounts,
+        "clusters": clusters,
+        "decisions": [
+            {
+                "account": d.account,
+                "from": d.previous,
+                "to": d.tier,
+                "kind": d.kind,
+                "p_value": _num(d.p_value),
+                "seqs": d.seqs,
+            }
+            for d in decisions or []
+        ],
+        "applied": applied,
+        "calibration": analysis.calibration,
+        "rows": analysis.rows,
+        "last_seq": analysis.last_seq,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Persistence of the follow state
+
+
+def save_accumulator(acc: FeatureAccumulator, path: Path) -> None:
+    st = acc.state()
+    arrays = dict(st["arrays"])
+    arrays["meta"] = np.array(json.dumps(st["meta"]))
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_accumulator(path: Path) -> FeatureAccumulator:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            arrays = {k: np.array(z[k]) for k in z.files if k != "meta"}
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{path} is not a monitor follow state ({exc}); delete it to start over") from None
+    return FeatureAccumulator.from_state({"arrays": arrays, "meta": meta})
+
+
+@dataclass
+class Follower:
+    """``monitor follow``: read new ledger records, re-score, apply tiers, remember the position.
+
+    The position (last ``seq``) and the accumulator are saved after every iteration under the decisions
+    log's directory, so a restarted follower continues where it stopped instead of re-reading the ledger.
+    """
+
+    ledger_path: Path
+    store: Any
+    log: DecisionLog
+    policy: Policy
+    reference: Reference | None = None
+    options: ScanOptions = field(default_factory=ScanOptions)
+    clock: Callable[[], float] = time.time
+    on_report: Callable[[dict[str, Any]], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.state_file = self.log.root / "follow.npz"
+        self.analyzer = Analyzer(self.options)
+        states, extra = self.log.load_state()
+        self.acc = FeatureAccumulator(sample_size=self.options.sample_size)
+        if self.state_file.is_file() and extra.get("ledger") == str(Path(self.ledger_path).resolve()):
+            self.acc = load_accumulator(self.state_file)
+
+    @property
+    def position(self) -> int:
+        return self.acc.last_seq
+
+    def step(self) -> dict[str, Any] | None:
+        """One iteration; returns the report when there was anything new to score."""
+        before = self.acc.rows
+        accumulate(ledger_batches(self.ledger_path, since_seq=self.acc.last_seq), self.acc)
+        if self.acc.rows == before:
+            return None
+        analysis = analyse(
+            self.acc, self.reference, analyzer=self.analyzer, created=store_created(self.store)
+        )
+        store_tiers = {a["name"]: a["tier"] for a in self.store.list_accounts()}
+        states, extra = self.log.load_state()
+        decisions, states, tiers = plan_decisions(analysis, self.policy, store_tiers, states, self.clock())
+        apply_decisions(self.store, self.log, decisions)
+        extra.update(ledger=str(Path(self.ledger_path).resolve()), position=self.acc.last_seq)
+        save_accumulator(self.acc, self.state_file)
+        self.log.save_state(states, extra)
+        report = report_json(
+            analysis, tiers, store_tiers=store_tiers, decisions=decisions, applied=True, policy=self.policy
+        )
+        if self.on_report is not None:
+            self.on_report(report)
+        return report
+
+    def run(self, interval: float = 10.0, iterations: int | None = None) -> None:
+        """Loop until SIGINT/SIGTERM (or ``iterations`` steps)."""
+        stop = {"now": False}
+
+        def handler(signum: int, frame: Any) -> None:
+            stop["now"] = True
+
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for s in old:
+                signal.signal(s, handler)
+        except ValueError:  # not the main thread: rely on ``iterations``
+            old = {}
+        try:
+            done = 0
+            while not stop["now"]:
+                self.step()
+                done += 1
+                if iterations is not None and done >= iterations:
+                    break
+                deadline = time.monotonic() + interval
+                while not stop["now"] and time.monotonic() < deadline:
+                    time.sleep(min(0.2, interval))
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def summary_text(report: dict[str, Any], limit: int = 20) -> str:
+    """A human-readable table of the riskiest accounts."""
+    out = io.StringIO()
+    out.write(
+        f"{len(report['accounts'])} accounts, {len(report['clusters'])} clusters, {report['rows']} rows, "
+        f"calibration: {report['calibration']}\n"
+    )
+    for a in report["accounts"][:limit]:
+        p = a["p_value"]
+        out.write(
+            f"{a['account']:<24} {a['tier']:<10} p={p if p is None else f'{p:.1e}':<8} "
+            f"q={a['queries']:<6} {a['cluster'] or '':<4} {(a['reasons'] or [''])[0][:90]}\n"
+        )
+    for d in report["decisions"]:
+        out.write(f"decision: {d['account']} {d['from']} -> {d['to']} ({d['kind']})\n")
+    return out.getvalue()

@@ -112,7 +112,7 @@ def _plot_pvalue(
     _token_axis(ax, tokens)
     ax.set_ylabel("log10 p-value")
     ax.set_title(_titled("p-value vs tokens scored (lower = stronger evidence)", mode))
-    ax.legend(loc="upper right")
+    ax.legend(loc="best")
     ax.grid(alpha=0.3)
     return _png(fig)
 

@@ -38,6 +38,9 @@ def _mount() -> None:
     app.command("serve")(serve_cmd)
     app.add_typer(distill_app, name="distill")
     app.add_typer(audit_app, name="audit")
+    from distillguard.monitor.cli import app as monitor_app
+
+    app.add_typer(monitor_app, name="monitor")
     app.command("simulate")(simulate_cmd)
 
     @app.command("demo")

@@ -101,7 +101,7 @@ class _Asked:
                 p = Path(target).expanduser()
                 if not p.exists():
                     raise UserError(f"{role} is neither a URL nor an existing model directory: {target}")
-                self.client = LocalTeacher(p, batch_size=32)
+                self.client = LocalTeacher(p, batch_size=64)
         except UserError as exc:
             raise self._rename(exc) from None
         self.name = self.client.name
@@ -419,6 +419,7 @@ def _own_texts(cfg: AuditConfig, ours: _Asked, spec: WatermarkSpec, pool: Sequen
     prompts = _take(_prompt_stream(pool, cfg.seed, "own"), n)
     log(f"our watermarked texts: {n} answers from {ours.name}")
     ours.client.watermark = bind_to_model(spec, ours.model)
+    ours.client.batch_size = 128  # one long generation run: wide batches are several times faster on CPU
     try:
         answers = []
         for start in range(0, n, 256):
@@ -431,6 +432,7 @@ def _own_texts(cfg: AuditConfig, ours: _Asked, spec: WatermarkSpec, pool: Sequen
             )
     finally:
         ours.client.watermark = None
+        ours.client.batch_size = 64
     pids = _prompt_ids(ours.tokenizer, prompts, {})
     return {"prompts": pids, "completions": [a.token_ids for a in answers], "questions": prompts}
 
@@ -450,9 +452,11 @@ def _closed_mode(
     answered = 0
     stopped = False
     step = 0
+    # budgeted: small steps so the sequential test can stop early; otherwise wide (faster) batches
+    step_size = cfg.batch_size if cfg.budget is not None else max(cfg.batch_size, 128)
     log(f"radioactivity (closed): up to {n_queries} probes" + (" (sequential)" if cfg.budget else ""))
     while used < n_queries:
-        batch = _take(prompts_it, min(cfg.batch_size, n_queries - used))
+        batch = _take(prompts_it, min(step_size, n_queries - used))
         answers = suspect.ask(
             batch,
             max_tokens=cfg.max_tokens,

@@ -27,6 +27,7 @@ hundred benign accounts); ``monitor eval`` measures the rate actually observed.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,6 +227,7 @@ class Calibration:
         """
         if len(rows) < 3:
             raise ValueError("calibration needs at least 3 reference entities")
+        warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)  # undefined features are nan
         names = FEATURE_NAMES
         raw = np.array([[r[1].get(f, np.nan) for f in names] for r in rows], dtype=np.float64)
         tr = np.column_stack([_transform(f, raw[:, j]) for j, f in enumerate(names)])
@@ -262,18 +264,27 @@ class Calibration:
         return cal
 
     def _fit_tail(self) -> None:
+        """Exponential tail above ``tail_u``. Its scale is the 95% upper confidence bound of the maximum
+        likelihood estimate (``2 m beta / chi2_0.05(2m)`` over ``m`` exceedances), so a small reference
+        gives conservative (larger) p-values instead of overclaiming."""
+        from scipy.stats import chi2
+
         s = self.null
         n = len(s)
         if self.source == "population":
             q50, q75 = float(np.quantile(s, 0.5)), float(np.quantile(s, 0.75))
             self.tail_u, self.tail_p = q50, 0.5
-            self.tail_beta = max((q75 - q50) / math.log(2.0), 0.05)
+            m = max(n // 4, 1)
+            beta = (q75 - q50) / math.log(2.0)
         else:
             u = float(np.quantile(s, 0.8))
             exceed = s[s > u] - u
             self.tail_u = u
             self.tail_p = (1 + len(exceed)) / (1 + n)
-            self.tail_beta = max(float(exceed.mean()) if len(exceed) else 0.0, 0.05)
+            m = max(len(exceed), 1)
+            beta = float(exceed.mean()) if len(exceed) else 0.0
+        upper = 2.0 * m / float(chi2.ppf(0.05, 2 * m))
+        self.tail_beta = max(beta * upper, 0.05)
 
     # -- scoring --------------------------------------------------------------------------------------
 

@@ -15,8 +15,10 @@ section 7): judged one by one, each looks like a modest customer. Linking builds
   ``created_window`` seconds of each other: a registration burst.
 
 One kind alone is common among honest customers (colleagues behind one NAT, two users of the same
-popular prompt, people in one time zone, a busy sign-up day); two at once rarely are. Clusters are the
-connected components (union-find) of at least two accounts. Pure functions: no I/O.
+popular prompt, people in one time zone, a busy sign-up day); two at once rarely are. At least one of the
+two must be infrastructure or behaviour in time (``ip`` or ``timing``): sharing prompt frames with
+someone who signed up the same day is what customers onboarded together (or migrated in bulk) look
+like. Clusters are the connected components (union-find) of at least two accounts. Pure functions.
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ def link_accounts(
             and abs(created[i] - created[j]) <= created_window
         ):
             kinds.append("created")
-        if len(kinds) >= min_kinds:
+        if len(kinds) >= min_kinds and ("ip" in kinds or "timing" in kinds):
             uf.union(i, j)
             edge_kinds[(i, j)] = kinds
     comps: dict[int, list[int]] = defaultdict(list)

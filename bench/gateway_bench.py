@@ -9,7 +9,7 @@ Every server runs in its own process (uvicorn, one worker); the load generator i
   - ``gateway_tmpfs_ledger``: the same with the ledger on tmpfs, to separate the fsync from the gateway's
     own work,
   - ``gateway_stub_backend``: the gateway answering from its in-process stub backend (no upstream hop),
-  - ``litellm``: LiteLLM's proxy in front of the same stub (no master key, no database: it checks nothing).
+  - ``litellm``: LiteLLM's proxy in front of the same stub (master key, no database: no quotas, no log).
 * Throughput: ``concurrency`` clients for a fixed time against each target; requests/s.
 * Batching: the local tiny model behind the gateway, 16 concurrent requests, ``batch_max_size`` 1 vs 8.
 
@@ -177,9 +177,40 @@ def throughput(url: str, headers: dict, concurrency: int, seconds: float, body: 
     return asyncio.run(_throughput(url, headers, concurrency, seconds, body))
 
 
-def measure(name: str, url: str, headers: dict, args) -> dict:
-    row = {"target": name}
+def tree_cpu_seconds(pids: list[int]) -> float | None:
+    """User + system CPU seconds of these processes and all their descendants (Linux /proc), else None.
+
+    Server CPU per request is the comparison that survives a busy shared machine: wall-clock latency there
+    mostly measures how long each process waits for a core."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for d in proc.iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(d.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    wanted, frontier = set(pids), list(pids)
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, _) in stats.items():
+            if ppid == parent and pid not in wanted:
+                wanted.add(pid)
+                frontier.append(pid)
+    return sum(stats[p][1] for p in wanted if p in stats)
+
+
+def measure(name: str, url: str, headers: dict, args, pids: list[int]) -> dict:
+    row: dict = {"target": name}
+    cpu0 = tree_cpu_seconds(pids)
     row["latency"] = latency(url, headers, args.n, args.warmup)
+    cpu1 = tree_cpu_seconds(pids)
+    if cpu0 is not None and cpu1 is not None:  # the warm-up requests count too
+        row["server_cpu_ms_per_request"] = 1000 * (cpu1 - cpu0) / (args.n + args.warmup)
     row["throughput"] = throughput(url, headers, args.concurrency, args.seconds)
     print(json.dumps(row), flush=True)
     return row
@@ -205,8 +236,8 @@ def _bench_proxy(args, work: Path, rows: dict, tmpfs: Path | None) -> dict:
     stub_url = f"http://127.0.0.1:{stub_port}"
     serve = [sys.executable, "-m", "distillguard.cli", "serve", "--config"]
     threads = {"DISTILLGUARD_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    with process([sys.executable, __file__, "--serve-stub", str(stub_port)], stub_url + "/v1/models"):
-        rows["direct"] = measure("direct", stub_url + "/v1/chat/completions", {}, args)
+    with process([sys.executable, __file__, "--serve-stub", str(stub_port)], stub_url + "/v1/models") as stub:
+        rows["direct"] = measure("direct", stub_url + "/v1/chat/completions", {}, args, [stub.pid])
         variants = [
             ("gateway", {"upstream_url": stub_url + "/v1"}),
             ("gateway_tmpfs_ledger", {"upstream_url": stub_url + "/v1", "ledger_dir": tmpfs})
@@ -221,9 +252,10 @@ def _bench_proxy(args, work: Path, rows: dict, tmpfs: Path | None) -> dict:
             h = {"authorization": f"Bearer {key}"}
             with process(
                 [*serve, str(cfg)], f"http://127.0.0.1:{port}/healthz", env=threads, log=work / f"{name}.log"
-            ):
-                rows[name] = measure(name, f"http://127.0.0.1:{port}/v1/chat/completions", h, args)
-        rows["litellm"] = bench_litellm(args, work, stub_url)
+            ) as gw:
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                rows[name] = measure(name, url, h, args, [gw.pid, stub.pid])
+        rows["litellm"] = bench_litellm(args, work, stub_url, stub.pid)
     out = {"targets": rows}
     d, g = rows["direct"]["latency"], rows["gateway"]["latency"]
     out["added_latency_ms"] = {"p50": g["p50_ms"] - d["p50_ms"], "p99": g["p99_ms"] - d["p99_ms"]}
@@ -232,6 +264,11 @@ def _bench_proxy(args, work: Path, rows: dict, tmpfs: Path | None) -> dict:
         out["added_latency_tmpfs_ledger_ms"] = {
             "p50": t["p50_ms"] - d["p50_ms"],
             "p99": t["p99_ms"] - d["p99_ms"],
+        }
+    cpu = {k: v.get("server_cpu_ms_per_request") for k, v in rows.items()}
+    if all(cpu.get(k) is not None for k in ("direct", "gateway")):
+        out["added_server_cpu_ms_per_request"] = {
+            k: cpu[k] - cpu["direct"] for k in rows if k != "direct" and cpu.get(k) is not None
         }
     lite = rows["litellm"]
     if "throughput" in lite:
@@ -250,7 +287,7 @@ def find_litellm(explicit: str | None) -> str | None:
     return None
 
 
-def bench_litellm(args, work: Path, stub_url: str) -> dict:
+def bench_litellm(args, work: Path, stub_url: str, stub_pid: int) -> dict:
     exe = find_litellm(args.litellm)
     if exe is None:
         return {
@@ -269,7 +306,9 @@ def bench_litellm(args, work: Path, stub_url: str) -> dict:
         "litellm_settings:\n"
         "  telemetry: false\n"
     )
+    master = "sk-" + os.urandom(32).hex()  # LiteLLM refuses to start without one
     env = {
+        "LITELLM_MASTER_KEY": master,
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # offline: no model-price download at startup
         "LITELLM_TELEMETRY": "False",
         "LITELLM_LOG": "ERROR",
@@ -281,8 +320,10 @@ def bench_litellm(args, work: Path, stub_url: str) -> dict:
             f"http://127.0.0.1:{port}/health/liveliness",
             env=env,
             log=log,
-        ):
-            row = measure("litellm", f"http://127.0.0.1:{port}/v1/chat/completions", {}, args)
+        ) as lite:
+            h = {"authorization": f"Bearer {master}"}
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            row = measure("litellm", url, h, args, [lite.pid, stub_pid])
             row["version"] = subprocess.run(
                 [
                     str(Path(exe).with_name("python")),
@@ -292,7 +333,9 @@ def bench_litellm(args, work: Path, stub_url: str) -> dict:
                 capture_output=True,
                 text=True,
             ).stdout.strip()
-            row["note"] = "no master key and no database: LiteLLM authenticates and records nothing here"
+            row["note"] = (
+                "master key, no database: LiteLLM checks the key, keeps no per-key quota, logs no request"
+            )
             return row
     except Exception as exc:
         tail = log.read_text()[-1500:] if log.exists() else ""
@@ -357,6 +400,7 @@ def main() -> None:
         (300, 50, 2.0, 16) if args.quick else (2000, 200, 5.0, 32)
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="dg-gateway-bench-") as tmp:
         work = Path(tmp)
         proxy = bench_proxy(args, work)
@@ -378,6 +422,7 @@ def main() -> None:
             "throughput_seconds": args.seconds,
             "concurrency": args.concurrency,
             "note": "client and servers share the machine's cores; every server is one uvicorn process",
+            "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         },
         "proxy": proxy,
         "batching": batching,

@@ -92,6 +92,7 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
+        self._children: dict[tuple, Any] = {}
         r = self.registry
         self.requests = Counter(
             "distillguard_requests",
@@ -125,6 +126,14 @@ class Metrics:
             "distillguard_ledger_commits", "Ledger transactions (group commits, one fsync each).", registry=r
         )
         self.ledger_records = Gauge("distillguard_ledger_records", "Records those commits wrote.", registry=r)
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """A labelled child, cached (``labels()`` validates its arguments on every call)."""
+        key = (id(metric), labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
 
     def render(self, backend: Any, writer: LedgerWriter | None = None) -> bytes:
         from prometheus_client import generate_latest
@@ -163,7 +172,14 @@ class LedgerWriter:
         self.batches = 0
         self.records = 0
 
-    async def append(self, record: dict) -> None:
+    async def append(self, record: dict, *, inline: bool = False) -> None:
+        """Durable when it returns. ``inline``: the caller is the only request in flight, so blocking the
+        event loop for the fsync delays nobody and saves two thread hand-offs."""
+        if inline:
+            self.ledger.append(record)
+            self.batches += 1
+            self.records += 1
+            return
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._queue.put((record, loop, fut))
@@ -312,6 +328,8 @@ class Gateway:
         self.ledger = ledger
         self.writer = LedgerWriter(ledger)
         self.rules = rules
+        self._ip_cache: dict[tuple[str, str | None], tuple[str, bool]] = {}
+        self.active = 0  # requests being handled now (inline ledger appends only when alone)
         self.metrics = Metrics()
         self.proxy = isinstance(backend, UpstreamBackend)
         self.spec = self.restricted_spec = None
@@ -337,10 +355,22 @@ class Gateway:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _client(self, peer: str, forwarded: str | None) -> tuple[str, bool]:
+        """``(client ip, allowed)``, memoised: the rules are fixed for the app's life and parsing addresses
+        costs more than the rest of admission."""
+        hit = self._ip_cache.get((peer, forwarded))
+        if hit is None:
+            ip = self.rules.client_ip(peer, forwarded)
+            hit = (ip, self.rules.allowed(ip))
+            if len(self._ip_cache) >= 65536:
+                self._ip_cache.clear()
+            self._ip_cache[(peer, forwarded)] = hit
+        return hit
+
     def _admit(self, ctx: Ctx, request: Request) -> Principal:
         peer = request.client.host if request.client else ""
-        ctx.client_ip = self.rules.client_ip(peer, request.headers.get("x-forwarded-for"))
-        if not self.rules.allowed(ctx.client_ip):
+        ctx.client_ip, allowed = self._client(peer, request.headers.get("x-forwarded-for"))
+        if not allowed:
             raise APIError(403, "Requests from your IP address are not allowed.", code="ip_not_allowed")
         auth = request.headers.get("authorization", "")
         scheme, _, key = auth.partition(" ")
@@ -378,7 +408,7 @@ class Gateway:
     def _reserve(self, p: Principal, tokens: int):
         res = self.quotas.reserve(self._scopes(p), tokens)
         if isinstance(res, Denied):
-            self.metrics.quota_refusals.labels(res.reason).inc()
+            self.metrics.child(self.metrics.quota_refusals, res.reason).inc()
             kind = "tokens" if res.reason in ("tpm", "daily_tokens") else "requests"
             if res.permanent:
                 raise APIError(
@@ -408,7 +438,7 @@ class Gateway:
         ctx.recorded = True
         rec = ctx.record()
         try:
-            await self.writer.append(rec)
+            await self.writer.append(rec, inline=self.active <= 1)
         except Exception as exc:
             log.exception("ledger append failed")
             raise APIError(
@@ -427,12 +457,12 @@ class Gateway:
 
     def _observe(self, ctx: Ctx) -> None:
         m = self.metrics
-        m.requests.labels(ctx.endpoint, str(ctx.status), ctx.decision).inc()
-        m.latency.labels(ctx.endpoint).observe(time.perf_counter() - ctx.t0)
+        m.child(m.requests, ctx.endpoint, str(ctx.status), ctx.decision).inc()
+        m.child(m.latency, ctx.endpoint).observe(time.perf_counter() - ctx.t0)
         if ctx.prompt_tokens:
-            m.tokens.labels("prompt").inc(ctx.prompt_tokens)
+            m.child(m.tokens, "prompt").inc(ctx.prompt_tokens)
         if ctx.completion_tokens:
-            m.tokens.labels("completion").inc(ctx.completion_tokens)
+            m.child(m.tokens, "completion").inc(ctx.completion_tokens)
 
     async def refuse(self, ctx: Ctx, err: APIError) -> Response:
         ctx.status, ctx.error_code = (
@@ -448,6 +478,13 @@ class Gateway:
     # -- /v1/models ---------------------------------------------------------------------------------
 
     async def models(self, request: Request, model_id: str | None = None) -> Response:
+        self.active += 1
+        try:
+            return await self._models(request, model_id)
+        finally:
+            self.active -= 1
+
+    async def _models(self, request: Request, model_id: str | None) -> Response:
         ctx = Ctx(MODELS)
         try:
             p = self._admit(ctx, request)
@@ -474,6 +511,16 @@ class Gateway:
     # -- /v1/chat/completions and /v1/completions ---------------------------------------------------
 
     async def generate(self, request: Request, endpoint: str) -> Response:
+        self.active += 1
+        resp = None
+        try:
+            resp = await self._generate(request, endpoint)
+            return resp
+        finally:
+            if not isinstance(resp, SSEResponse):  # a stream stays active until it ends (_StreamEnd)
+                self.active -= 1
+
+    async def _generate(self, request: Request, endpoint: str) -> Response:
         ctx = Ctx(endpoint)
         chat = endpoint == CHAT
         try:
@@ -865,6 +912,7 @@ class _StreamEnd:
         self.commit()
         self.gw._append_now(self.ctx)
         self.gw.metrics.in_flight.dec()
+        self.gw.active -= 1
         self.gw._observe(self.ctx)
 
 
@@ -1096,27 +1144,24 @@ def create_app(
 
     # -- public routes --------------------------------------------------------------------------
 
-    chat_schema = {"$ref": "#/components/schemas/ChatCompletionRequest"}
-    completion_schema = {"$ref": "#/components/schemas/CompletionRequest"}
-
-    def body_doc(schema: dict) -> dict:
-        return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-    @app.post(CHAT, openapi_extra=body_doc(chat_schema), summary="Create a chat completion")
+    # The /v1 routes are plain Starlette routes: they parse their own bodies (auth first, OpenAI errors), so
+    # FastAPI's dependency solving would only add latency. They are documented in ``openapi()`` below.
     async def chat_completions(request: Request) -> Response:
         return await gw.generate(request, CHAT)
 
-    @app.post(COMPLETIONS, openapi_extra=body_doc(completion_schema), summary="Create a completion (legacy)")
     async def completions(request: Request) -> Response:
         return await gw.generate(request, COMPLETIONS)
 
-    @app.get(MODELS, summary="List models")
     async def list_models(request: Request) -> Response:
         return await gw.models(request)
 
-    @app.get(MODELS + "/{model_id:path}", summary="Retrieve a model")
-    async def get_model(request: Request, model_id: str) -> Response:
-        return await gw.models(request, model_id)
+    async def get_model(request: Request) -> Response:
+        return await gw.models(request, request.path_params["model_id"])
+
+    app.router.add_route(CHAT, chat_completions, methods=["POST"], include_in_schema=False)
+    app.router.add_route(COMPLETIONS, completions, methods=["POST"], include_in_schema=False)
+    app.router.add_route(MODELS, list_models, methods=["GET"], include_in_schema=False)
+    app.router.add_route(MODELS + "/{model_id:path}", get_model, methods=["GET"], include_in_schema=False)
 
     @app.get("/healthz", summary="Liveness and readiness")
     async def healthz() -> Response:
@@ -1219,11 +1264,69 @@ def create_app(
                 "type": "object",
                 "properties": {"error": {"type": "object", "example": error_body("message")["error"]}},
             }
+            schema.setdefault("paths", {}).update(_v1_paths())
+            schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _v1_paths() -> dict[str, Any]:
+    """OpenAPI entries of the hand-routed ``/v1`` endpoints."""
+    error = {
+        "description": "An OpenAI error object",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    errors = {"400": error, "401": error, "403": error, "404": error, "413": error, "429": error}
+    bearer = [{"bearer": []}]
+
+    def post(op: str, summary: str, model: str, answer: str) -> dict:
+        body = {"$ref": f"#/components/schemas/{model}"}
+        return {
+            "post": {
+                "operationId": op,
+                "summary": summary,
+                "security": bearer,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+                "responses": {"200": {"description": answer}, **errors},
+            }
+        }
+
+    return {
+        CHAT: post(
+            "createChatCompletion",
+            "Create a chat completion",
+            "ChatCompletionRequest",
+            "A chat.completion object, or chat.completion.chunk server-sent events when stream is true",
+        ),
+        COMPLETIONS: post(
+            "createCompletion",
+            "Create a completion (legacy)",
+            "CompletionRequest",
+            "A text_completion object, or text_completion server-sent events when stream is true",
+        ),
+        MODELS: {
+            "get": {
+                "operationId": "listModels",
+                "summary": "List models (each says whether its outputs are watermarked)",
+                "security": bearer,
+                "responses": {"200": {"description": "An OpenAI model list"}, **errors},
+            }
+        },
+        MODELS + "/{model_id}": {
+            "get": {
+                "operationId": "retrieveModel",
+                "summary": "Retrieve a model",
+                "security": bearer,
+                "parameters": [
+                    {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {"200": {"description": "An OpenAI model object"}, **errors},
+            }
+        },
+    }
 
 
 def gateway_of(app: FastAPI) -> Gateway:

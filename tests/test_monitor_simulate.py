@@ -447,9 +447,15 @@ def test_simulate_drives_a_real_gateway_with_persona_ips(tmp_path, pools):
     gw = start(backend="stub", trusted_proxies=("127.0.0.1/32",))
     try:
         res = simulate(
-            gw.base_url, out=tmp_path / "sim", admin_token=ADMIN_TOKEN, scenario=scenario, concurrency=8
+            gw.base_url,
+            out=tmp_path / "sim",
+            admin_token=ADMIN_TOKEN,
+            scenario=scenario,
+            concurrency=8,
+            duration=3.0,  # the simulated day in three seconds: timing kept, compressed
         )
         assert res.requests == res.ok == len(scenario.events) and res.model == "stub"
+        assert res.time_scale == pytest.approx(res.sim_seconds / 3.0)
         records = list(gw.ledger().iter_records())
         assert gw.ledger().verify().ok
         calls = [r for r in records if r["endpoint"] != "/v1/models"]
@@ -477,6 +483,12 @@ def test_simulate_drives_a_real_gateway_with_persona_ips(tmp_path, pools):
         created = [gw.accounts.get_account(a.name)["created"] for a in sybils]
         first = min(gw.accounts.get_account(a.name)["created"] for a in scenario.accounts)
         assert min(created) > first  # the campaign signs up during the replay, not with the old customers
+        # replayed in simulated-time order at the compressed pace
+        starts = sorted(r["ts_start"] for r in calls)
+        assert 2.5 < starts[-1] - starts[0] < 15.0  # not as fast as possible: paced over ~3 s
+        slots = [(e.t - scenario.events[0].t) / res.time_scale for e in scenario.events]
+        late = sorted(s - starts[0] - slot for s, slot in zip(starts, slots, strict=True))
+        assert late[len(late) // 2] < 1.0  # the k-th request goes out near the k-th event's slot
     finally:
         gw.stop()
 
@@ -569,3 +581,64 @@ def test_simulate_reacts_to_suspension_restriction_and_rate_limits(tmp_path, poo
 
 def by_persona_acct(scen, acct):
     return [e for e in scen.events if e.account == acct.name]
+
+
+def _cli(argv, capsys):
+    from distillguard.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_synthetic_ledger_http_replay_and_one_line_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DISTILLGUARD_SECRET", TEST_SECRET)
+    base = ["simulate", "--scale", "tiny", "--persona", "sybil", "--persona", "support_bot", "--no-progress"]
+    code, out, err = _cli(
+        [*base, "--synthetic", "--ledger", str(tmp_path / "l.db"), "--accounts-db", str(tmp_path / "a.db"),
+         "--out", str(tmp_path / "o"), "--json"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    data = json.loads(out)
+    ledger = Ledger(tmp_path / "l.db", secret=TEST_SECRET.encode())
+    assert ledger.verify().ok and data["records"] == ledger.count() > 0
+    labels = read_labels(tmp_path / "o" / "labels.json")
+    assert {v["persona"] for v in labels.values()} == {"sybil", "support_bot"}
+    store = AccountStore(tmp_path / "a.db", TEST_SECRET.encode())
+    assert {a["name"] for a in store.list_accounts()} == set(labels)
+    store.close()
+
+    for argv, message in (
+        (["simulate", "--out", str(tmp_path)], "give --gateway"),
+        (["simulate", "--synthetic", "--out", str(tmp_path)], "exactly one of --ledger"),
+        ([*base, "--gateway", "http://127.0.0.1:9", "--admin-token", ADMIN_TOKEN, "--out", str(tmp_path)],
+         "cannot reach the gateway"),
+        ([*base, "--gateway", "http://x", "--out", str(tmp_path)], "--admin-token"),
+        (["simulate", "--scale", "huge", "--gateway", "http://x", "--admin-token", ADMIN_TOKEN, "--out", "o"],
+         "unknown scale"),
+    ):  # fmt: skip
+        code, out, err = _cli(argv, capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+    gw = start(backend="stub", trusted_proxies=("127.0.0.1/32",))
+    try:
+        argv = [*base, "--gateway", gw.base_url, "--admin-token", ADMIN_TOKEN, "--out", str(tmp_path / "h")]
+        code, out, err = _cli([*argv, "--duration", "1", "--json"], capsys)
+        assert code == 0, err
+        data = json.loads(out)
+        assert data["requests"] == data["ok"] == data["events"] > 0
+        assert {r["persona"] for r in data["personas"]} == {"sybil", "support_bot"}
+        code, out, err = _cli(
+            ["simulate", "--gateway", gw.base_url, "--admin-token", "wrong-token-0123456789", "--out", "o",
+             "--scale", "tiny", "--persona", "sybil", "--no-progress"],
+            capsys,
+        )  # fmt: skip
+        assert code == 2 and "refused the admin token" in err
+    finally:
+        gw.stop()

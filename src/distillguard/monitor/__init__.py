@@ -8,6 +8,13 @@ Modules (imported lazily: ``from distillguard.monitor import build_scenario`` lo
 * ``synth``: writes a scenario straight into a signed ledger and an account store, or streams a
   50M-row synthetic ledger to Parquet for scale benchmarks.
 * ``sim_cli``: the ``distillguard simulate`` command.
+* ``features``: traffic features per account and per linked cluster over the ledger.
+* ``detectors``: detectors and the benign-calibrated risk score (pure statistics).
+* ``linking``: which accounts are one operator, so a campaign is judged as one.
+* ``decisions``: from risk to the response ladder (hysteresis, cooldown, allowlist, audit trail).
+* ``scan``: batch scans and the live follow loop (ledger or Parquet -> features -> links -> risk -> tiers).
+* ``evaluate``: detection quality against labelled traffic (``monitor eval``).
+* ``cli``: ``distillguard monitor ...``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ _EXPORTS = {
     "load_pools": "personas",
     "SimResult": "simulate",
     "simulate": "simulate",
+    "read_labels": "synth",
     "synthesize_ledger": "synth",
     "synthesize_parquet": "synth",
 }

@@ -21,8 +21,8 @@ What it does, in order:
    and logit_bias) -> benign clients drop those parameters, attackers move that work to another account;
    403 suspended/banned and 401 revoked -> benign clients give up, attackers move the account's remaining
    traffic to another live account of their campaign or register a spare account (labelled as theirs);
-4. writes ``labels.json`` (every account, spares included) and ``simulation.json`` (what happened to each
-   account: requests, statuses, error codes, retries, switches) to ``out``.
+4. writes ``labels.json`` (every account it created, spares included) and ``simulation.json`` (what
+   happened to each account: requests, statuses, error codes, retries, switches) to ``out``.
 """
 
 from __future__ import annotations
@@ -522,7 +522,8 @@ class _Runner:
                 await self._replay(client, sorted(created_later, key=lambda x: (x[0], x[2].name, x[1])))
             finally:
                 elapsed = time.monotonic() - started
-                labels_path = write_labels(self.out / "labels.json", self.labels)
+                created = {n: label for n, label in self.labels.items() if self.logs[n].keys}
+                labels_path = write_labels(self.out / "labels.json", created)
         result = SimResult(
             base_url=self.base_url,
             model=self.model or "",

@@ -108,7 +108,7 @@ class _Asked:
 
     def _rename(self, exc: UserError) -> UserError:
         msg = str(exc).replace("teacher at", f"{self.role} at").replace("teacher URL", f"{self.role} URL")
-        if not msg.startswith(self.role):
+        if self.role not in msg:
             msg = f"{self.role}: {msg}"
         return UserError(msg)
 
@@ -354,7 +354,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
     queries_radio = 0
     stopped_early = False
     if run_radio:
-        own = _own_texts(cfg, ours, spec, pool, log)
+        own = _own_texts(cfg, ours, spec, pool, log) if cfg.filter_windows or run_open else None
         allowed = (
             radio.own_windows(own["completions"], own["prompts"], spec.window) if cfg.filter_windows else None
         )

@@ -1,0 +1,171 @@
+"""End-to-end audits on the tiny world: real students, real controls, a real gateway, no mocks.
+
+Suspects: a student distilled from 100% watermarked answers, a "clean" student trained the same way on
+unwatermarked answers, and control models trained on the world's sources without our outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy import stats as sst
+
+from distillguard.audit import AuditConfig, run_audit, train_control
+from distillguard.distill.recipe import DistillConfig, run_distill
+from distillguard.errors import UserError
+from distillguard.watermark.schemes import WatermarkSpec
+
+KEY = "northwind-audit-test-key"
+SPEC = WatermarkSpec(key=KEY, delta=4.0)
+STEPS = 200
+
+
+@pytest.fixture(scope="module")
+def models(tiny_world, tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit")
+
+    def distil(name: str, watermark: dict | None) -> str:
+        cfg = DistillConfig(
+            teacher=str(tiny_world.teacher), out=root / name, prompts=tiny_world.instructions, n=256,
+            steps=STEPS, max_tokens=48, temperature=1.0, seed=0, checkpoint_every=0, watermark=watermark,
+        )  # fmt: skip
+        return run_distill(cfg, progress=False, log=lambda *_: None)["student"]
+
+    return SimpleNamespace(
+        wm=distil("wm", {"key": KEY, "delta": 4.0}),
+        clean=distil("clean", None),
+        controls=[str(train_control(tiny_world, root / f"control{s}", steps=100, seed=s)) for s in (1, 2)],
+        teacher=str(tiny_world.teacher),
+        prompts=tiny_world.prompts,
+    )
+
+
+def audit(models, suspect: str, **kw) -> dict:
+    kw.setdefault("own_texts", 128)
+    cfg = AuditConfig(suspect=suspect, spec=SPEC, reference=models.teacher, prompts=models.prompts, **kw)
+    return run_audit(cfg, progress=False)
+
+
+def by_name(report: dict) -> dict:
+    return {t["name"]: t for t in report["tests"]}
+
+
+@pytest.fixture(scope="module")
+def wm_report(models):
+    return audit(models, models.wm, controls=[models.controls[0]])
+
+
+def test_watermarked_student_is_caught_by_every_test(wm_report):
+    t = by_name(wm_report)
+    assert wm_report["verdict"] == "distilled"
+    assert set(t) == {"radioactivity_closed", "radioactivity_open", "identity", "provenance"}
+    for mode in ("radioactivity_closed", "radioactivity_open"):
+        assert t[mode]["log10_p_value"] < -12 and t[mode]["claim"], t[mode]
+        assert t[mode]["details"]["decoy_null"]["our_key_most_extreme"]
+        assert t[mode]["details"]["rate"] > 0.3 > SPEC.green_rate
+    assert (
+        t["identity"]["details"]["suspect"]["rate"]
+        > 0.5
+        > t["identity"]["details"]["controls_pooled"]["rate"]
+    )
+    assert t["identity"]["p_value"] < 1e-6 and t["provenance"]["p_value"] < 1e-3
+    assert wm_report["log10_combined_p_value"] < -12
+    for test in wm_report["tests"]:
+        assert {"name", "null", "statistic", "n", "p_value", "log10_p_value", "caveats", "details"} <= set(
+            test
+        )
+        assert test["n"] > 0 and test["caveats"] and test["null"]
+
+
+def test_report_is_json_without_secrets_and_feeds_plots(wm_report):
+    text = json.dumps(wm_report)
+    assert KEY not in text and "northwind-audit" not in text
+    suspect_asked = [x for x in wm_report["transcripts"] if x["model"] == "suspect"]
+    assert len(suspect_asked) == wm_report["queries_used"] == 48 + 64 + 148
+    assert {x["kind"] for x in wm_report["transcripts"]} == {"radioactivity", "identity", "provenance"}
+    s = wm_report["series"]["radioactivity"]
+    assert (
+        len(s["tokens_scored"]) == len(s["log10_p"]) == len(s["green_rate"]) == len(s["green_rate_ci"]) > 10
+    )
+    assert s["tokens_scored"][-1] == by_name(wm_report)["radioactivity_closed"]["n"]
+    assert len(wm_report["series"]["decoys"]["decoy_scores"]) == 100
+    assert wm_report["series"]["identity"]["names"] == ["Aster", "Northwind"]
+    assert wm_report["config"]["watermark"]["delta"] == 4.0 and "key" not in wm_report["config"]["watermark"]
+    assert wm_report["started"] <= wm_report["finished"] and wm_report["versions"]["torch"]
+
+
+def test_decoy_keys_are_calibrated_null_audits_on_the_student(wm_report):
+    """100 keys the student never saw, per mode: none reaches alpha = 1e-3 and the p-values are uniform,
+    although the same text is overwhelmingly radioactive under the real key."""
+    for mode in ("radioactivity_closed", "radioactivity_open"):
+        d = by_name(wm_report)[mode]["details"]["decoy_null"]
+        log10_p = np.array(d["decoy_log10_p"])
+        assert len(log10_p) == 100 and log10_p.min() > -3
+        assert sst.kstest(10.0**log10_p, "uniform").pvalue > 0.01
+        assert d["decoy_calibration_p_value"] > 1e-3
+
+
+def test_clean_student_gets_no_radioactivity_claim(models):
+    report = audit(models, models.clean, tests=("radioactivity",))
+    assert report["verdict"] == "no_evidence"
+    for t in report["tests"]:
+        assert t["p_value"] > 1e-3 and not t["claim"]
+
+
+def test_unrelated_model_gets_no_claim_from_any_test(models):
+    report = audit(models, models.controls[0], controls=[models.controls[1]])
+    assert report["verdict"] == "no_evidence", report["reasons"]
+    assert by_name(report)["identity"]["details"]["suspect"]["named"] == 0
+
+
+def test_budgeted_audit_stops_early_with_an_anytime_valid_p_value(models):
+    report = audit(models, models.wm, tests=("radioactivity",), budget=160, batch_size=16)
+    closed = by_name(report)["radioactivity_closed"]
+    assert report["stopped_early"] and report["queries_used"] < 160
+    assert closed["details"]["p_value_kind"].startswith("anytime")
+    assert closed["log10_p_value"] <= math.log10(closed["details"]["stop_p"])
+    assert closed["log10_p_value"] >= closed["details"]["exact_log10_p_value"]  # anytime is the cautious one
+    assert report["verdict"] == "distilled"
+
+    clean = audit(models, models.clean, tests=("radioactivity",), budget=48, batch_size=16)
+    assert clean["queries_used"] == 48 and not clean["stopped_early"] and clean["verdict"] == "no_evidence"
+
+
+def test_suspect_behind_an_api_is_audited_in_closed_mode(models, tmp_path):
+    import gateway_server
+
+    with gateway_server.start(model=models.wm, state_dir=tmp_path / "gw", watermark=False) as gw:
+        key = gw.create_key("auditor", rpm=10_000)
+        report = audit(
+            models, gw.base_url, api_keys=[key], tests=("radioactivity",), probe_queries=96, concurrency=32
+        )
+    t = by_name(report)
+    assert set(t) == {"radioactivity_closed"}
+    assert report["skipped"][0]["name"] == "radioactivity_open" and "API" in report["skipped"][0]["reason"]
+    assert t["radioactivity_closed"]["log10_p_value"] < -12 and report["verdict"] == "distilled"
+    assert report["queries_used"] == 1 + 96 and key not in json.dumps(report)
+    assert any("re-tokenised" in c for c in t["radioactivity_closed"]["caveats"])
+
+
+def test_bad_suspects_fail_with_one_clear_line_and_no_report(models, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.txt").write_text("not a model")
+    cases = [
+        ("http://127.0.0.1:9/v1", "cannot reach suspect"),
+        (str(tmp_path / "empty"), "not a model directory"),
+        (str(tmp_path / "missing"), "neither a URL nor an existing model directory"),
+        (str(tmp_path / "file.txt"), "not a model directory"),
+        ("ftp://example.org/model", "must be http"),
+    ]
+    for suspect, message in cases:
+        with pytest.raises(UserError, match=message) as exc:
+            audit(models, suspect)
+        assert "\n" not in str(exc.value) and "suspect" in str(exc.value)
+    with pytest.raises(UserError, match="unknown audit test"):
+        audit(models, models.wm, tests=("vibes",))
+    with pytest.raises(UserError, match="budget"):
+        audit(models, models.wm, controls=[models.controls[0]], budget=3)

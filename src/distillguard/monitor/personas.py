@@ -1330,10 +1330,6 @@ class Scale:
     days: float
     personas: dict[str, tuple[tuple[int, int, dict[str, Any]], ...]]
 
-    def expected_events(self) -> int:
-        """Rough event count (benign human personas vary around their mean)."""
-        return sum(a * q for entries in self.personas.values() for a, q, _ in entries)
-
 
 def _scale(name: str, days: float, benign: int, single: int, sybil: tuple[tuple[int, int, str], ...],
            q: float) -> Scale:  # fmt: skip

@@ -200,8 +200,10 @@ def simulate(
 
     Accounts are created through the admin API with ``admin_token`` or directly in ``account_store`` (the
     gateway's own store). ``duration`` (real seconds for the whole simulated span) sets ``time_scale`` for
-    you. ``local_address`` binds the client socket (the simulator's proxy address as the gateway sees it).
-    ``progress(done, total)`` is called as events finish. Returns a :class:`SimResult`; ``labels.json`` and
+    you. Compressing time multiplies every client's request rate by ``time_scale``: per-key limits meant
+    for real time will fire (the 429s are handled and logged, like a real client's). ``local_address``
+    binds the client socket (the simulator's proxy address as the gateway sees it). ``progress(done,
+    total)`` is called as events finish. Returns a :class:`SimResult`; ``labels.json`` and
     ``simulation.json`` are in ``out``.
     """
     if (admin_token is None) == (account_store is None):
@@ -213,6 +215,8 @@ def simulate(
     if duration is not None and duration <= 0:
         raise UserError(f"duration must be > 0 seconds, got {duration}")
     scen = scenario or build_scenario(scale, seed=seed, pools=pools, days=days, personas=personas)
+    if not scen.events:
+        raise UserError("the scenario has no events to replay")
     runner = _Runner(
         scen,
         base_url=base_url.rstrip("/"),

@@ -132,11 +132,6 @@ FEATURES: tuple[FeatureSpec, ...] = (
         "per request; customers run from a few fixed addresses.",
     ),
     FeatureSpec(
-        "copied_rate",
-        0.05,
-        "Share of prompts (24+ characters) first sent by another account: decoys copied from real users.",
-    ),
-    FeatureSpec(
         "mmd",
         0.5,
         "Benign-calibrated MMD of the account's prompt embeddings against benign reference windows, in "
@@ -150,6 +145,9 @@ FEATURES: tuple[FeatureSpec, ...] = (
     ),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+# Measured but deliberately not scored: the share of prompts first sent by another account. Customers share
+# common prompts (a product FAQ, popular questions), and who happened to ask first decides who looks like
+# the copier, so it flagged benign support products in testing. It stays in the counters and evidence.
 RATE_FEATURES = frozenset(
     {
         "paraphrase_rate",
@@ -159,7 +157,6 @@ RATE_FEATURES = frozenset(
         "logprobs_rate",
         "logit_bias_rate",
         "ip_churn",
-        "copied_rate",
     }
 )
 
@@ -728,27 +725,32 @@ class FeatureAccumulator:
         np.maximum.at(self.hll, (a, reg), rank)
 
     def _update_copies(self, a: np.ndarray, b: QueryBatch) -> tuple[np.ndarray, np.ndarray]:
+        """Flag prompts first sent by another account. A text whose table slot belongs to another text is
+        not tracked (never flagged), so the answer does not depend on how rows are split into batches."""
         eligible = b.text_len >= self.min_copy_chars
         copied = np.zeros(len(a), dtype=bool)
         idx = np.nonzero(eligible)[0]
         if not len(idx):
             return copied, eligible
         h = b.text_hash[idx]
+        ai = a[idx]
         slot = (h & np.uint64(self._copy_mask)).astype(np.int64)
-        known = self._copy_hash[slot] == h
-        owner = np.where(known, self._copy_owner[slot], -1)
-        # within the batch, the first sender of a new text owns it
-        uniq, first_pos, inverse = np.unique(h, return_index=True, return_inverse=True)
-        batch_owner = a[idx][first_pos][inverse]
-        owner = np.where(known, owner, batch_owner)
-        copied[idx] = owner != a[idx]
-        new = ~known
-        if new.any():
-            first_new = np.zeros(len(idx), dtype=bool)
-            first_new[first_pos] = True
-            put = new & first_new
-            self._copy_hash[slot[put]] = h[put]
-            self._copy_owner[slot[put]] = a[idx][put]
+        stored = self._copy_hash[slot]
+        known = (stored == h) & (self._copy_owner[slot] >= 0)
+        empty = self._copy_owner[slot] < 0
+        # new texts: the first row of each text claims its slot, the first text to reach a slot wins it
+        _, first_pos, inverse = np.unique(h, return_index=True, return_inverse=True)
+        claim = np.zeros(len(idx), dtype=bool)
+        firsts = first_pos[empty[first_pos]]
+        if len(firsts):
+            _, win = np.unique(slot[firsts], return_index=True)
+            claim[firsts[win]] = True
+        claimed_text = claim[first_pos][inverse]
+        self._copy_hash[slot[claim]] = h[claim]
+        self._copy_owner[slot[claim]] = ai[claim]
+        owner = np.where(known, self._copy_owner[slot], ai[first_pos][inverse])
+        tracked = known | claimed_text
+        copied[idx] = tracked & (owner != ai)
         return copied, eligible
 
     def _update_sets(self, a: np.ndarray, b: QueryBatch) -> None:
@@ -1080,7 +1082,6 @@ def entity_features(
         "logprobs_rate": shrunk_rate(c["logprobs"], n),
         "logit_bias_rate": shrunk_rate(c["logit_bias"], n),
         "ip_churn": shrunk_rate(max(prefixes - 1, 0), n),
-        "copied_rate": shrunk_rate(c["copied"], max(c["copy_eligible"], 1.0)),
         "mmd": mmd,
         "prada": prada,
     }
@@ -1122,7 +1123,6 @@ def evidence_seqs(profile: Profile, geometry: TextGeometry, limit: int = 8) -> d
         "logprobs_rate": pick(s.logprobs),
         "logit_bias_rate": pick(s.logit_bias),
         "ip_churn": everything,
-        "copied_rate": pick(s.copied),
         "mmd": everything,
         "prada": everything,
     }

@@ -1,0 +1,484 @@
+"""The monitor's detectors on small hand-made ledgers with known answers: per-query flags, streaming state,
+each feature, PRADA, MMD, the calibrated score, linking, tier decisions and the CLI contract."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from distillguard.gateway.accounts import AccountStore
+from distillguard.gateway.ledger import Ledger
+from distillguard.monitor.decisions import AccountState, DecisionLog, Policy, apply_decisions, decide, revert
+from distillguard.monitor.detectors import Calibration, MMDReference, prada_w
+from distillguard.monitor.features import (
+    FEATURE_NAMES,
+    FeatureAccumulator,
+    derive,
+    entity_features,
+    hash_strings,
+    hll_estimate,
+    is_cot,
+    is_identity,
+    records_to_table,
+    text_geometry,
+)
+from distillguard.monitor.linking import LinkInfo, link_accounts, minhash
+from distillguard.monitor.scan import Follower, ScanOptions, analyse
+
+T0 = 1_717_372_800.0
+TOPICS = (
+    "json dumps indent sort keys",
+    "pathlib glob recursive files",
+    "asyncio gather timeout cancel",
+    "datetime timezone utc offset",
+    "csv dictreader delimiter quoting",
+    "re compile multiline flags",
+    "itertools groupby sorted key",
+    "subprocess run capture output",
+    "collections counter most common",
+    "functools lru cache maxsize",
+    "logging handler formatter level",
+    "sqlite3 connect cursor commit",
+    "heapq nsmallest merge streams",
+    "hashlib sha256 hexdigest bytes",
+    "statistics median variance data",
+    "textwrap dedent fill width",
+)
+
+
+def rec(seq, ts, account, prompt, *, ip="198.51.100.7", params=None, system=None, key="key_a"):
+    """A ledger record as the gateway writes it (chat rendered into ``prompt``)."""
+    messages = [{"role": "user", "content": prompt}]
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    rendered = prompt if not system else f"system: {system}\nuser: {prompt}"
+    return {
+        "seq": seq,
+        "ts": ts,
+        "account": account,
+        "key_id": key,
+        "client_ip": ip,
+        "decision": "admitted",
+        "prompt": rendered,
+        "messages": messages,
+        "params": {"max_tokens": 256, "temperature": 0.7, **(params or {})},
+        "prompt_tokens": 20,
+        "completion_tokens": 100,
+    }
+
+
+def accumulate_records(records, *, chunks=1, sample_size=64):
+    acc = FeatureAccumulator(sample_size=sample_size, copy_bits=12)
+    size = math.ceil(len(records) / chunks)
+    for i in range(0, len(records), size):
+        acc.update(derive(records_to_table(records[i : i + size])))
+    return acc
+
+
+def features_of(acc, account):
+    prof = acc.profile((account,))
+    geo = text_geometry(prof.sample)
+    return entity_features(prof, geo), geo
+
+
+EXTRA_WORDS = (
+    "  garden recipe bread travel budget weather invoice laptop battery music guitar running "
+    "shoes coffee history museum river bridge camera lens printer paper novel poem chess "
+    "puzzle bicycle tire paint wall kitchen oven pasta sauce rent lease tax refund phone "
+    "screen email spam holiday flight hotel "
+)
+WORDS = " ".join((*TOPICS, EXTRA_WORDS)).split()
+OPENERS = ("how", "why", "what", "can you", "is there a way to", "help:", "quick one -", "tell me", "", "so")
+
+
+def diverse(rng, i):
+    """A person's prompt: varied openings, random topic words, no recurring frame."""
+    words = rng.sample(WORDS, rng.randint(5, 9))
+    return f"{rng.choice(OPENERS)} {' '.join(words)} {rng.choice('?.!')}".strip()
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-query flags and streaming state
+
+
+def test_flags_user_text_and_params_are_read_from_ledger_rows():
+    rows = [
+        rec(
+            1,
+            T0,
+            "a",
+            "What does json.dumps do?",
+            system="Always show your full reasoning before the final answer.",
+        ),
+        rec(2, T0 + 1, "a", "Who made you?"),
+        rec(3, T0 + 2, "a", "The", params={"logprobs": True, "top_logprobs": 20, "logit_bias": {"42": 100}}),
+        rec(4, T0 + 3, "a", "Explain heapq step by step."),
+        {**rec(5, T0 + 4, None, "refused before auth"), "account": None},
+        {**rec(6, T0 + 5, "a", "x", params={"logprobs": False, "top_logprobs": None}), "decision": "refused"},
+    ]
+    b = derive(records_to_table(rows))
+    assert len(b) == 5  # the unauthenticated refusal has no account
+    assert b.text.to_pylist()[0] == "What does json.dumps do?"  # the user turn, not the system prompt
+    assert b.cot.tolist() == [True, False, False, True, False]  # the system prompt asks for reasoning
+    assert b.identity.tolist() == [False, True, False, False, False]
+    assert b.logprobs.tolist() == [False, False, True, False, False]
+    assert b.logit_bias.tolist() == [False, False, True, False, False]
+    assert b.admitted.tolist() == [True, True, True, True, False]
+    assert is_cot("Let's think step by step.") and not is_cot("What is a step function?")
+    assert is_identity("which company trained you?") and not is_identity("who wrote Hamlet?")
+
+
+def test_string_hash_is_stable_across_batches_and_slices_and_hll_counts_distinct():
+    texts = [f"prompt number {i % 3000}" for i in range(6000)]
+    whole = hash_strings(pa.array(texts, pa.large_string()))
+    parts = np.concatenate([hash_strings(pa.array(texts[i : i + 777])) for i in range(0, 6000, 777)])
+    sliced = hash_strings(pa.array(texts, pa.string()).slice(100, 50))
+    assert (whole == parts).all() and (sliced == whole[100:150]).all()
+    assert len(set(whole.tolist())) == 3000
+    regs = np.zeros(1 << 10, dtype=np.uint8)
+    acc = FeatureAccumulator(copy_bits=12)
+    acc._ids(["x"])
+    acc._update_hll(np.zeros(6000, dtype=np.int64), whole)
+    regs = acc.hll[0]
+    assert abs(hll_estimate(regs) - 3000) / 3000 < 0.08
+    assert hll_estimate(np.zeros(1 << 10, dtype=np.uint8)) == 0.0
+
+
+def _population(seed=0):
+    """Benign people (diverse, slow, few), templated support products, and one CoT harvester."""
+    rng = random.Random(seed)
+    rows = []
+    for p in range(40):
+        t = T0 + p * 50
+        for i in range(25):
+            t += rng.lognormvariate(math.log(120), 1.0)
+            rows.append((t, f"person{p}", diverse(rng, i), f"203.0.{p}.{10 + p}", {}))
+    for s in range(4):  # support products of four customers (population mode: k=3 look-alikes vouch)
+        t = T0 + 7 * s
+        for _ in range(80):
+            t += rng.lognormvariate(math.log(60), 0.8)
+            q = rng.choice(["reset my password", "cancel my plan", "get an invoice", "share a folder"])
+            rows.append((t, f"support{s}", f"Hi, how do I {q}?", f"198.51.{100 + s}.20", {}))
+    t = T0 + 3600
+    for i in range(60):
+        t += rng.uniform(1.0, 3.0)
+        rows.append((t, "harvester", f"{diverse(rng, i)} Explain step by step.", "192.0.2.50", {}))
+    rows.sort(key=lambda r: r[0])
+    return [rec(k + 1, t, a, text, ip=ip, params=pr) for k, (t, a, text, ip, pr) in enumerate(rows)]
+
+
+def test_batch_boundaries_do_not_change_the_state_and_state_survives_a_round_trip():
+    records = _population()
+    one = accumulate_records(records, chunks=1)
+    many = accumulate_records(records, chunks=9)
+    for name in ("n", "cot", "gaps", "active_bins", "copied"):
+        assert np.allclose(one.c[name][: len(one.accounts)], many.c[name][: len(many.accounts)]), name
+    assert np.allclose(one.log_gap_sum[:45], many.log_gap_sum[:45])
+    for a in one.accounts:
+        pa_, pb = one.profile((a,)), many.profile((a,))
+        assert pa_.sample.seq.tolist() == pb.sample.seq.tolist()  # the same uniform sample, by seq priority
+        assert pa_.distinct == pb.distinct
+    again = FeatureAccumulator.from_state(many.state())
+    assert again.account_rows() == many.account_rows() and again.last_seq == many.last_seq
+    assert again.profile(("support0",)).sample.seq.tolist() == many.profile(("support0",)).sample.seq.tolist()
+
+
+# --------------------------------------------------------------------------------------------------
+# Each feature on a ledger with a known answer
+
+
+def test_each_feature_measures_what_it_claims():
+    rng = random.Random(1)
+    rows, t = [], T0
+    seeds = [diverse(rng, i) for i in range(6)]
+    wrappers = [
+        "{q}",
+        "Quick question: {q}",
+        "{q} Keep it short.",
+        "Please answer: {q}",
+        "Be precise. {q}",
+        "Q: {q} A:",
+        "{q} Thanks in advance.",
+        "Help me with this. {q}",
+        "I wonder: {q}",
+        "{q} Briefly.",
+    ]
+    combos = [w.format(q=q) for q in seeds for w in wrappers]
+    rng.shuffle(combos)
+    for i, q in enumerate(combos):  # paraphraser: 6 intents x 10 wrappers, rotating addresses, regular pace
+        t += 2.0 + 0.01 * (i % 3)
+        rows.append(rec(0, t, "para", q, ip=f"198.51.{i}.{i + 1}"))
+    for i in range(60):  # extractor: logit_bias sweeps with logprobs
+        t += 1.0
+        p = {"logprobs": 20, "max_tokens": 1, "logit_bias": {str(i * 10 + j): 100 for j in range(10)}}
+        rows.append(rec(0, t, "extract", "The", params=p, ip="192.0.2.9"))
+    for i in range(60):  # a person: diverse, irregular
+        t += rng.lognormvariate(math.log(300), 1.2)
+        rows.append(rec(0, t, "person", diverse(rng, 100 + i), ip="203.0.113.5"))
+    person_texts = [r["messages"][-1]["content"] for r in rows if r["account"] == "person"]
+    for i in range(40):  # a copier: replays the person's prompts later
+        t += 30.0
+        rows.append(rec(0, t, "copier", person_texts[i % len(person_texts)], ip="203.0.113.99"))
+    for k, r in enumerate(rows, 1):
+        r["seq"] = k
+    acc = accumulate_records(rows)
+    f = {a: features_of(acc, a)[0] for a in ("para", "extract", "person", "copier")}
+    assert f["para"]["paraphrase_rate"] > 0.5 > f["person"]["paraphrase_rate"] + 0.3
+    assert f["para"]["template_rate"] > 0.4 and f["person"]["template_rate"] < 0.1
+    assert f["para"]["ip_churn"] > 0.5 and f["person"]["ip_churn"] == 0.0
+    assert f["para"]["regularity"] > -0.5 > -1.0 > f["person"]["regularity"]
+    assert f["extract"]["logit_bias_rate"] == pytest.approx(60 / 80) and f["person"]["logit_bias_rate"] == 0.0
+    assert f["extract"]["logprobs_rate"] == pytest.approx(60 / 80)
+    assert f["extract"]["novelty"] < 0.1 < 0.9 < f["person"]["novelty"]
+    assert f["person"]["diversity"] > f["para"]["diversity"] + 0.15
+    assert f["person"]["coverage"] > f["para"]["coverage"] + 1.0
+    copied = {a: acc.c["copied"][acc.index[a]] for a in ("copier", "person")}
+    assert copied == {"copier": 40, "person": 0}  # measured (not scored: see features.FEATURE_NAMES)
+    assert set(f["person"]) == set(FEATURE_NAMES)
+
+
+# --------------------------------------------------------------------------------------------------
+# PRADA and MMD
+
+
+def test_prada_w_is_high_for_normal_distances_and_low_for_a_bimodal_stream():
+    rng = np.random.default_rng(0)
+    normal = rng.normal(0.6, 0.05, 200)
+    bimodal = np.concatenate([rng.normal(0.05, 0.01, 100), rng.normal(0.95, 0.01, 100)])
+    assert prada_w(normal) > 0.97
+    assert prada_w(bimodal) < 0.9  # PRADA's alarm level
+    assert math.isnan(prada_w(normal[:10])) and math.isnan(prada_w(np.full(50, 0.5)))
+
+
+def _unit(rng, n, dims):
+    x = np.zeros((n, 64), dtype=np.float32)
+    x[:, dims] = rng.normal(size=(n, len(dims)))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_mmd_with_benign_null_separates_a_shifted_window_and_accepts_a_benign_one():
+    rng = np.random.default_rng(1)
+    benign_dims, attack_dims = [0, 1, 2, 3], [4, 5, 6, 7]
+    accounts = [_unit(rng, 64, benign_dims) for _ in range(12)]
+    ref = MMDReference.fit(np.concatenate(accounts), accounts, window=32, n_ref=10, n_null=300, seed=0)
+    assert ref is not None and len(ref.null) == 300
+    benign = ref.score(_unit(rng, 32, benign_dims))
+    attack = ref.score(_unit(rng, 32, attack_dims))
+    assert ref.p_value(benign) > 0.05
+    assert ref.p_value(attack) < 0.01 and attack > ref.threshold
+    assert ref.standardized(attack) > ref.standardized(benign) + 3
+
+
+# --------------------------------------------------------------------------------------------------
+# Calibration
+
+
+def _row(rng, kind):
+    f = dict.fromkeys(FEATURE_NAMES, 0.0)
+    n = rng.normal
+    if kind == "person":
+        f.update(log_queries=n(1.3, 0.2), log_rate=n(1.0, 0.2), diversity=n(0.9, 0.02))
+        f.update(novelty=n(0.95, 0.02), coverage=n(4.0, 0.3))
+    elif kind == "researcher":
+        f.update(log_queries=n(1.3, 0.2), log_rate=n(0.8, 0.2), diversity=n(0.7, 0.02))
+        f.update(novelty=n(0.95, 0.02), coverage=n(3.0, 0.3), cot_rate=rng.uniform(0.4, 0.6))
+    elif kind == "batch":
+        f.update(log_queries=n(3.0, 0.2), log_rate=n(2.9, 0.1), diversity=n(0.6, 0.02))
+        f.update(novelty=n(0.99, 0.01), coverage=n(3.5, 0.3), template_rate=0.9)
+    elif kind == "harvester":
+        f.update(log_queries=3.0, log_rate=2.9, diversity=0.9, novelty=1.0, coverage=6.0, cot_rate=0.9)
+    return f
+
+
+def test_calibration_keeps_hard_negatives_normal_and_flags_the_conjunction():
+    rng = np.random.default_rng(2)
+    kinds = ["person"] * 60 + ["researcher"] * 25 + ["batch"] * 15
+    rows = [((f"b{i}",), _row(rng, k)) for i, k in enumerate(kinds)]
+    cal = Calibration.fit(rows, source="reference")
+    held_out = [_row(rng, k) for k in kinds]
+    ps = [cal.assess(("new",), 100, f).p_value for f in held_out]
+    assert min(ps) > 1e-3  # no held-out benign entity reaches the throttle level
+    assert np.mean(np.array(ps) < 0.05) < 0.15  # and about the stated rate at 5%
+    harvester = cal.assess(("h",), 1000, _row(rng, "harvester"))
+    assert harvester.p_value < 1e-6
+    top = {r["feature"] for r in harvester.reasons}
+    assert "coverage" in top  # the reasons name what no benign profile shows
+    assert harvester.reasons[0]["benign_percentile"] >= 0.9
+    # a researcher's step-by-step rate is matched by other researchers: not evidence on its own
+    assert cal.assess(("r",), 20, _row(rng, "researcher")).p_value > 1e-2
+    # p-values and thresholds are one monotone map, and the table survives serialisation
+    assert cal.p_value(cal.score_for_p(1e-4)) == pytest.approx(1e-4)
+    again = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert again.assess(("h",), 1000, _row(rng, "harvester")).p_value == pytest.approx(harvester.p_value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Linking
+
+
+def _info(name, prefix=None, frames=(), hours=None, created=None, active=0):
+    c = {prefix: 100} if prefix else {}
+    h = minhash(set(hours)) if hours is not None else minhash(set())
+    return LinkInfo(name, __import__("collections").Counter(c), set(frames), h[:32], active, created)
+
+
+def test_linking_recovers_a_planted_sybil_cluster_and_nothing_else():
+    rng = random.Random(3)
+    wrapper = {hash(f"frame-{i}") for i in range(20)}
+    infos = []
+    for i in range(12):  # the campaign: one /24, shared frames (plus a few of their own), one burst
+        own = {hash(f"own-{i}-{j}") for j in range(4)}
+        infos.append(
+            _info(f"sybil{i}", "45.137.12.0/24", wrapper | own, range(100, 110), 1000.0 + 60 * i, 10)
+        )
+    for i in range(40):  # customers: their own networks, frames, hours
+        frames = {hash(f"b{i}-{j}") for j in range(10)}
+        hours = rng.sample(range(0, 300), 12)
+        infos.append(_info(f"cust{i}", f"73.15.{i}.0/24", frames, hours, -rng.uniform(1e6, 3e7), 12))
+    # hard cases: colleagues behind one NAT (ip only), look-alike users signed up together (frames + created)
+    infos.append(_info("natA", "20.55.1.0/24", {1, 2, 3}, [1, 2, 3, 4], 5.0, 4))
+    infos.append(_info("natB", "20.55.1.0/24", {7, 8, 9}, [50, 60, 70, 80], 9e6, 4))
+    infos.append(_info("twinA", "73.16.1.0/24", wrapper, [5, 6, 7, 8], 500.0, 4))
+    infos.append(_info("twinB", "73.16.2.0/24", wrapper, [90, 91, 92, 93], 520.0, 4))
+    clusters = link_accounts(infos)
+    assert len(clusters) == 1
+    assert set(clusters[0].accounts) == {f"sybil{i}" for i in range(12)}
+    assert {"ip", "template"} <= set(clusters[0].evidence)
+    assert "45.137.12.0/24" in clusters[0].describe()
+
+
+# --------------------------------------------------------------------------------------------------
+# Decisions
+
+
+def test_hysteresis_and_cooldown_do_not_flap():
+    pol = Policy(cooldown_s=3600.0)
+    st, tier, changes = None, "normal", []
+    now = 0.0
+    for step in range(200):  # p hovers around the throttle threshold, in and out every few minutes
+        p = 1e-3 * (0.8 if step % 2 else 1.3)
+        dec, st = decide("x", p, tier, st, pol, now)
+        if dec:
+            changes.append(dec.kind)
+            tier = dec.tier
+        now += 300.0
+    assert changes == ["escalate"] and tier == "throttled"  # up once, never back down within the gap
+    dec, st = decide("x", 0.5, tier, st, pol, now)  # clearly benign again, cooldown long over: one step
+    assert dec.kind == "relax" and dec.tier == "normal"
+    dec, st = decide("x", 1e-7, "normal", st, pol, now + 1)  # strong evidence skips tiers at once
+    assert dec.tier == "suspended"
+    dec, st = decide("x", 0.9, "suspended", st, pol, now + 2)  # but relaxing waits for the cooldown
+    assert dec is None
+
+
+def test_allowlisted_accounts_never_change_tier_and_operators_win(tmp_path):
+    store = AccountStore(tmp_path / "accounts.db", b"0123456789abcdef0123")
+    for a in ("svc", "bad", "other"):
+        store.create_account(a)
+    log = DecisionLog(tmp_path / "monitor")
+    pol = Policy(allowlist=frozenset({"svc"}))
+    states: dict[str, AccountState] = {}
+    now = 1000.0
+    for p in (1e-9, 1e-12, 1e-3, 0.5):
+        for a in ("svc",):
+            dec, states[a] = decide(a, p, store.get_account(a)["tier"], states.get(a), pol, now)
+            assert dec is None
+    assert store.get_account("svc")["tier"] == "normal"
+    dec, states["bad"] = decide("bad", 1e-5, "normal", None, pol, now)
+    dec.reasons, dec.seqs = ["cot_rate 0.9"], [3, 4]
+    apply_decisions(store, log, [dec])
+    acct = store.get_account("bad")
+    assert acct["tier"] == "restricted" and acct["tier_history"][-1]["actor"] == "monitor"
+    assert "cot_rate" in acct["tier_history"][-1]["reason"]
+    logged = list(log)
+    assert logged[-1].seqs == [3, 4] and logged[-1].tier == "restricted"
+    undo = revert("bad", store, log, pol, now=now + 10)
+    assert undo.tier == "normal" and store.get_account("bad")["tier"] == "normal"
+    saved, _ = log.load_state()
+    dec, _ = decide("bad", 1e-9, "normal", saved["bad"], pol, now + 20)
+    assert dec is None  # held: the monitor does not redo a reverted decision
+    store.set_tier("other", "throttled", reason="manual", actor="cli")
+    dec, st = decide("other", 1e-9, "throttled", AccountState(tier="normal"), pol, now)
+    assert dec.kind == "hold" and st.hold_until > now  # an operator's tier is respected
+    with pytest.raises(Exception, match="nothing to revert"):
+        revert("svc", store, log, pol)
+    store.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Scan, follow and the CLI contract
+
+
+def _write_ledger(path, records):
+    led = Ledger(path)
+    led.append_many([{k: v for k, v in r.items() if k != "seq"} for r in records])
+    led.close()
+
+
+def test_population_scan_flags_the_harvester_and_follow_reads_incrementally(tmp_path):
+    records = _population(seed=4)
+    opts = ScanOptions(sample_size=64, mmd_null=200)
+    analysis = analyse(accumulate_records(records), options=opts)
+    worst = min(analysis.accounts.values(), key=lambda v: v.p_value)
+    assert worst.account == "harvester" and worst.p_value < 1e-3
+    assert any("cot_rate" in r for r in worst.reasons) and worst.evidence
+    benign = [v.p_value for a, v in analysis.accounts.items() if a != "harvester"]
+    assert min(benign) > 1e-3
+    # follow: the same ledger written in two parts, read incrementally, tiers applied, position kept
+    lp = tmp_path / "ledger.db"
+    store = AccountStore(tmp_path / "accounts.db", b"0123456789abcdef0123")
+    for a in {r["account"] for r in records}:
+        store.create_account(a)
+    half = len(records) // 2
+    _write_ledger(lp, records[:half])
+    log = DecisionLog(tmp_path / "monitor")
+    fol = Follower(lp, store, log, Policy(), options=opts, clock=lambda: T0)
+    fol.step()
+    assert fol.position == half
+    _write_ledger(lp, records[half:])
+    again = Follower(lp, store, log, Policy(), options=opts, clock=lambda: T0)  # a restart resumes
+    assert again.position == half
+    report = again.step()
+    assert again.position == len(records) and again.acc.rows == len(records)
+    assert store.get_account("harvester")["tier"] != "normal"
+    assert {d["account"] for d in report["decisions"]} == {"harvester"}
+    assert again.step() is None  # nothing new
+    store.close()
+
+
+def _cli(args, capsys):
+    from distillguard.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_scan_cli_prints_the_design_shape_and_fails_in_one_line(tmp_path, monkeypatch, capsys):
+    lp = tmp_path / "ledger.db"
+    _write_ledger(lp, _population(seed=5))
+    monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path / "home"))
+    code, out, err = _cli(["monitor", "scan", "--ledger", str(lp), "--json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert {"account", "risk", "tier", "cluster", "reasons"} <= set(doc["accounts"][0])
+    top = doc["accounts"][0]
+    assert top["account"] == "harvester" and top["risk"] > 0.999 and top["tier"] != "normal"
+    assert top["evidence"] and all(isinstance(s, int) for s in top["evidence"])
+    assert doc["applied"] is False and doc["calibration"] == "population"
+    assert all(a["tier"] == "normal" for a in doc["accounts"][1:])
+    code, _, err = _cli(["monitor", "scan", "--ledger", str(tmp_path / "nope.db")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "ledger not found" in err
+    code, _, err = _cli(["monitor", "scan", "--ledger", str(lp), "--apply"], capsys)
+    assert code == 2 and "account store" in err  # --apply needs the gateway's store
+    code, _, err = _cli(["monitor", "scan", "--ledger", str(lp), "--parquet", str(tmp_path)], capsys)
+    assert code == 2 and "not both" in err

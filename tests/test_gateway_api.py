@@ -6,8 +6,11 @@ makes its own accounts, so tests do not share quota or tier state.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import re
+import threading
 import uuid
 
 import httpx
@@ -458,3 +461,101 @@ def test_stub_backend_in_process(tmp_path):
         assert (
             r.choices[0].text == "This is a" and r.usage.completion_tokens == 3 and r.usage.prompt_tokens == 4
         )
+
+
+class RawUpstream:
+    """A bare TCP server speaking just enough HTTP to script an upstream's exact bytes (in a thread)."""
+
+    def __init__(self, answer):
+        self.answer = answer  # request bytes -> (response bytes, close the connection after it)
+        self.connections = 0
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = self.server.sockets[0].getsockname()[1]
+        ready.set()
+        self.loop.run_forever()
+
+    async def _handle(self, reader, writer) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"content-length: (\d+)", head.lower())
+                body = await reader.readexactly(int(length.group(1))) if length else b""
+                data, close = self.answer(head + body)
+                writer.write(data)
+                await writer.drain()
+                if close:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def _http(status: str, body: bytes, *headers: str, chunked: bool = False) -> bytes:
+    if chunked:
+        payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (body[:5], body[5:]) if p) + b"0\r\n\r\n"
+        headers = (*headers, "transfer-encoding: chunked")
+    else:
+        payload, headers = body, (*headers, f"content-length: {len(body)}")
+    return (
+        f"HTTP/1.1 {status}\r\n".encode() + "".join(h + "\r\n" for h in headers).encode() + b"\r\n" + payload
+    )
+
+
+def test_upstream_client_reconnects_reads_every_body_framing_and_maps_failures(tmp_path):
+    answer = {"object": "text_completion", "choices": [{"index": 0, "text": "hi", "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}  # fmt: skip
+    body = json.dumps(answer).encode()
+    seen: list[bytes] = []
+    modes = iter(["length-then-close", "chunked", "limited", "broken"])
+
+    def script(request: bytes):
+        seen.append(request)
+        mode = next(modes)
+        if mode == "length-then-close":  # keep-alive announced, then closed: the next request must reconnect
+            return _http("200 OK", body, "content-type: application/json"), True
+        if mode == "chunked":
+            return _http("200 OK", body, chunked=True), False
+        if mode == "limited":
+            err = json.dumps({"error": {"message": "slow down", "code": "rate_limit_exceeded"}}).encode()
+            return _http("429 Too Many Requests", err, "retry-after: 7"), False
+        return b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\n\r\n{", True  # cut off mid-body
+
+    up = RawUpstream(script)
+    try:
+        with start(state_dir=tmp_path, upstream_url=up.url, upstream_api_key="upstream-secret") as g:
+            client = g.openai(g.create_key(account()))
+            for _ in range(2):
+                assert (
+                    client.completions.create(model="m", prompt="Hello", max_tokens=3).choices[0].text == "hi"
+                )
+            assert up.connections == 2  # the closed keep-alive connection was replaced
+            assert b"authorization: Bearer upstream-secret" in seen[0] and b'"max_tokens":3' in seen[0]
+            with pytest.raises(openai.RateLimitError) as e:
+                client.completions.create(model="m", prompt="Hello", max_tokens=3)
+            assert e.value.response.headers["retry-after"] == "7" and e.value.body["message"] == "slow down"
+            with pytest.raises(openai.APIStatusError) as e:
+                client.completions.create(model="m", prompt="Hello", max_tokens=3)
+            assert e.value.status_code == 502 and e.value.body["code"] == "upstream_error"
+    finally:
+        up.stop()
+    with start(state_dir=tmp_path / "down", upstream_url="http://127.0.0.1:9/v1") as g:
+        with pytest.raises(openai.APIStatusError) as e:
+            g.openai(g.create_key(account())).completions.create(model="m", prompt="Hello", max_tokens=3)
+        assert e.value.status_code == 502

@@ -101,7 +101,7 @@ class _Asked:
                 p = Path(target).expanduser()
                 if not p.exists():
                     raise UserError(f"{role} is neither a URL nor an existing model directory: {target}")
-                self.client = LocalTeacher(p, batch_size=64)
+                self.client = LocalTeacher(p, batch_size=32)
         except UserError as exc:
             raise self._rename(exc) from None
         self.name = self.client.name
@@ -411,30 +411,57 @@ def _prompt_ids(tok, prompts: Sequence[str], cache: dict) -> list[list[int]]:
     return out
 
 
+_OWN_CACHE: dict[tuple, dict] = {}
+_OWN_CACHE_MAX = 4
+
+
+def _model_stamp(path: str) -> tuple:
+    """What identifies a model directory's contents cheaply: its files' names, sizes and mtimes."""
+    p = Path(path).expanduser().resolve()
+    return (str(p),) + tuple(
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.iterdir()) if f.is_file()
+    )
+
+
 def _own_texts(cfg: AuditConfig, ours: _Asked, spec: WatermarkSpec, pool: Sequence[str], log) -> dict:
-    """Our watermarked answers (our model, our key) to pool prompts: filter set and open-mode texts."""
+    """Our watermarked answers (our model, our key) to pool prompts: filter set and open-mode texts.
+
+    Generation is seeded, so the same request gives the same texts; they are memoised in this process
+    (a few entries) so that auditing several suspects against one reference generates them once.
+    """
     from distillguard.watermark.generate import bind_to_model
 
     n = cfg.own_texts if cfg.own_texts is not None else max(len(pool), 256)
     prompts = _take(_prompt_stream(pool, cfg.seed, "own"), n)
+    memo = (
+        _model_stamp(ours.name), spec, hashlib.sha256("\x00".join(prompts).encode()).hexdigest(),
+        cfg.max_tokens, cfg.own_temperature, cfg.seed,
+    )  # fmt: skip
+    if memo in _OWN_CACHE:
+        log(f"our watermarked texts: {n} answers (already generated in this process)")
+        return _OWN_CACHE[memo]
     log(f"our watermarked texts: {n} answers from {ours.name}")
     ours.client.watermark = bind_to_model(spec, ours.model)
-    ours.client.batch_size = 128  # one long generation run: wide batches are several times faster on CPU
     try:
         answers = []
         for start in range(0, n, 256):
-            chunk = prompts[start : start + 256]
             answers += ours.client.answer_many(
-                chunk,
+                prompts[start : start + 256],
                 max_tokens=cfg.max_tokens,
                 temperature=cfg.own_temperature,
                 seed=_seed(cfg.seed, "own", start),
             )
     finally:
         ours.client.watermark = None
-        ours.client.batch_size = 64
-    pids = _prompt_ids(ours.tokenizer, prompts, {})
-    return {"prompts": pids, "completions": [a.token_ids for a in answers], "questions": prompts}
+    own = {
+        "prompts": _prompt_ids(ours.tokenizer, prompts, {}),
+        "completions": [a.token_ids for a in answers],
+        "questions": prompts,
+    }
+    while len(_OWN_CACHE) >= _OWN_CACHE_MAX:
+        _OWN_CACHE.pop(next(iter(_OWN_CACHE)))
+    _OWN_CACHE[memo] = own
+    return own
 
 
 def _closed_mode(
@@ -518,6 +545,7 @@ def _closed_mode(
             "stop_p": stop_p if cfg.budget is not None else None,
             "stopped_early": stopped,
             "anytime_log10_p_value": ep.log_p / math.log(10),
+            "tokens_to_p_1e-6": radio.tokens_to_reach(values, spec, -6.0),
         },
         caveats=caveats,
     )
@@ -572,6 +600,7 @@ def _open_mode(cfg, suspect: _Asked, spec, own: dict, log) -> dict:
     prep = stream.prepared()
     log(f"radioactivity (open): {len(stream)} predicted tuples scored from {len(seqs)} texts; decoys")
     decoys = radio.decoy_null(spec, prep, cfg.decoys, cfg.seed + 1)
+    values = radio.score_values(spec, prep)
     agree = sum(
         int(np.sum(p[pl:] == np.asarray(s)[pl:])) for p, s, pl in zip(preds, seqs, plens, strict=True)
     )
@@ -587,9 +616,9 @@ def _open_mode(cfg, suspect: _Asked, spec, own: dict, log) -> dict:
             "candidate_tuples": int(len(toks)),
             "excluded_true_tuples": int(len(true_ids)),
             "top1_matches_our_token": agree / positions if positions else None,
+            "tokens_to_p_1e-6": radio.tokens_to_reach(values, spec, -6.0),
         },
     )
-    values = radio.score_values(spec, prep)
     return {
         "result": result,
         "series": radio.series(spec, values),

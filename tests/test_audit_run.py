@@ -99,21 +99,27 @@ def test_report_is_json_without_secrets_and_feeds_plots(wm_report):
 
 
 def test_decoy_keys_are_calibrated_null_audits_on_the_student(wm_report):
-    """100 keys the student never saw, per mode: none reaches alpha = 1e-3 and the p-values are uniform,
-    although the same text is overwhelmingly radioactive under the real key."""
+    """Each decoy key is a null audit of text that is overwhelmingly radioactive under the real key.
+
+    At alpha = 1e-3, 20 null audits give no claim; over all 100 the number of p-values below alpha stays
+    within what Binomial(100, 1e-3) allows (P[>= 3] ~ 1.5e-4), and the p-values are uniform (KS).
+    """
     for mode in ("radioactivity_closed", "radioactivity_open"):
         d = by_name(wm_report)[mode]["details"]["decoy_null"]
         log10_p = np.array(d["decoy_log10_p"])
-        assert len(log10_p) == 100 and log10_p.min() > -3
+        assert len(log10_p) == 100 and log10_p[:20].min() > -3
+        assert np.sum(log10_p <= -3) <= 2
         assert sst.kstest(10.0**log10_p, "uniform").pvalue > 0.01
         assert d["decoy_calibration_p_value"] > 1e-3
 
 
 def test_clean_student_gets_no_radioactivity_claim(models):
-    report = audit(models, models.clean, tests=("radioactivity",))
+    report = audit(models, models.clean, tests=("radioactivity",), filter_windows=True)
     assert report["verdict"] == "no_evidence"
     for t in report["tests"]:
         assert t["p_value"] > 1e-3 and not t["claim"]
+    closed = by_name(report)["radioactivity_closed"]
+    assert closed["details"]["filtered"] and closed["n"] > 200
 
 
 def test_unrelated_model_gets_no_claim_from_any_test(models):

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import special
 from scipy import stats as sst
 
 from distillguard.audit.sequential import EProcess
@@ -373,16 +374,22 @@ def _gamma(spec: WatermarkSpec) -> float:
 
 
 def tokens_to_reach(values: np.ndarray, spec: WatermarkSpec, log10_target: float = -6.0) -> int | None:
-    """The fewest tuples after which the exact fixed-sample p-value is below ``10**log10_target``."""
+    """The fewest tuples after which the exact fixed-sample p-value is below ``10**log10_target``.
+
+    Evaluated at every prefix with the regularised incomplete functions directly: values that underflow
+    to 0 are far below any sensible target, so the deep-tail summation is not needed here.
+    """
     if not len(values):
         return None
-    n = np.arange(1, len(values) + 1)
+    n = np.arange(1, len(values) + 1, dtype=np.float64)
     cum = np.cumsum(values)
-    if spec.scheme == "kgw":
-        log_p = stats.binomial_log_sf(np.rint(cum).astype(np.int64), n, spec.green_rate)
-    else:
-        log_p = stats.gamma_log_sf(n, cum)
-    hit = np.flatnonzero(log_p / stats.LN10 <= log10_target)
+    with np.errstate(divide="ignore"):
+        if spec.scheme == "kgw":
+            k = np.rint(cum)
+            p = np.where(k > 0, special.betainc(np.maximum(k, 1), n - k + 1, spec.green_rate), 1.0)
+        else:
+            p = special.gammaincc(n, cum)
+        hit = np.flatnonzero(np.log10(p) <= log10_target)
     return int(hit[0] + 1) if hit.size else None
 
 

@@ -308,7 +308,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
             raise UserError(f"budget of {cfg.budget} queries is too small for the tests asked")
     results: list[TestResult] = []
     transcripts: list[dict] = []
-    series: dict = {}
+    series: dict = {"radioactivity": {}, "decoys": {}, "identity": {}}  # empty: that test did not run
 
     def record(kind: str, model: str, prompts: Sequence[str], answers) -> None:
         for p, a in zip(prompts, answers, strict=True):

@@ -24,8 +24,6 @@ import contextlib
 import hmac
 import logging
 import math
-import queue
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -155,65 +153,50 @@ class Metrics:
 
 
 class LedgerWriter:
-    """Durable ledger appends off the event loop, with group commit.
+    """Durable ledger appends with group commit, on the event loop.
 
-    Every response waits for its record's fsync. One writer thread takes all records that queued up while
-    the previous transaction was being committed and appends them in one transaction (``append_many``): a
-    lone request pays one fsync, as before, but concurrent requests share theirs, so the ledger does not cap
-    throughput at one request per fsync.
+    Every response waits for its record's fsync. The first record that arrives schedules a flush for the
+    end of the current loop iteration; records of every other request that got that far in the meantime
+    join it, and one ``append_many`` transaction (one fsync) commits them all. A lone request pays one
+    fsync and no thread hand-off (on a busy machine, waking a writer thread and then the loop cost more
+    than the rest of the gateway); a burst shares its fsyncs. The flush blocks the loop for the fsync, as
+    every request it holds up is waiting for a commit anyway.
     """
 
     def __init__(self, ledger: Ledger, max_batch: int = 512):
         self.ledger = ledger
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="distillguard-ledger", daemon=True)
-        self._thread.start()
+        self._pending: list[tuple[dict, asyncio.Future]] = []
+        self._scheduled = False
         self.batches = 0
         self.records = 0
 
-    async def append(self, record: dict, *, inline: bool = False) -> None:
-        """Durable when it returns. ``inline``: the caller is the only request in flight, so blocking the
-        event loop for the fsync delays nobody and saves two thread hand-offs."""
-        if inline:
-            self.ledger.append(record)
-            self.batches += 1
-            self.records += 1
-            return
+    async def append(self, record: dict) -> None:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._queue.put((record, loop, fut))
+        self._pending.append((record, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
         await fut
 
     def append_now(self, record: dict) -> None:
-        """Synchronous append (cleanup paths that cannot await); the ledger itself is thread-safe."""
+        """Synchronous append (cleanup paths that cannot await)."""
         self.ledger.append(record)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(30)
+        if self._pending:
+            self._flush()
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                batch.append(nxt)
-            results = self._write([r for r, _, _ in batch])
+    def _flush(self) -> None:
+        self._scheduled = False
+        while self._pending:
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            results = self._write([r for r, _ in batch])
             self.batches += 1
             self.records += len(batch)
-            for (_, loop, fut), res in zip(batch, results, strict=True):
-                with contextlib.suppress(RuntimeError):  # that request's loop is gone (server shut down)
-                    loop.call_soon_threadsafe(_settle, fut, res)
+            for (_, fut), res in zip(batch, results, strict=True):
+                _settle(fut, res)
 
     def _write(self, records: list[dict]) -> list[BaseException | None]:
         many = getattr(self.ledger, "append_many", None)
@@ -329,7 +312,6 @@ class Gateway:
         self.writer = LedgerWriter(ledger)
         self.rules = rules
         self._ip_cache: dict[tuple[str, str | None], tuple[str, bool]] = {}
-        self.active = 0  # requests being handled now (inline ledger appends only when alone)
         self.metrics = Metrics()
         self.proxy = isinstance(backend, UpstreamBackend)
         self.spec = self.restricted_spec = None
@@ -438,7 +420,7 @@ class Gateway:
         ctx.recorded = True
         rec = ctx.record()
         try:
-            await self.writer.append(rec, inline=self.active <= 1)
+            await self.writer.append(rec)
         except Exception as exc:
             log.exception("ledger append failed")
             raise APIError(
@@ -478,13 +460,6 @@ class Gateway:
     # -- /v1/models ---------------------------------------------------------------------------------
 
     async def models(self, request: Request, model_id: str | None = None) -> Response:
-        self.active += 1
-        try:
-            return await self._models(request, model_id)
-        finally:
-            self.active -= 1
-
-    async def _models(self, request: Request, model_id: str | None) -> Response:
         ctx = Ctx(MODELS)
         try:
             p = self._admit(ctx, request)
@@ -511,16 +486,6 @@ class Gateway:
     # -- /v1/chat/completions and /v1/completions ---------------------------------------------------
 
     async def generate(self, request: Request, endpoint: str) -> Response:
-        self.active += 1
-        resp = None
-        try:
-            resp = await self._generate(request, endpoint)
-            return resp
-        finally:
-            if not isinstance(resp, SSEResponse):  # a stream stays active until it ends (_StreamEnd)
-                self.active -= 1
-
-    async def _generate(self, request: Request, endpoint: str) -> Response:
         ctx = Ctx(endpoint)
         chat = endpoint == CHAT
         try:
@@ -912,7 +877,6 @@ class _StreamEnd:
         self.commit()
         self.gw._append_now(self.ctx)
         self.gw.metrics.in_flight.dec()
-        self.gw.active -= 1
         self.gw._observe(self.ctx)
 
 
@@ -1098,7 +1062,7 @@ def create_app(
             yield
         finally:
             await gw.backend.aclose()
-            await anyio.to_thread.run_sync(gw.writer.close)
+            gw.writer.close()
 
     app = FastAPI(
         title="distillguard gateway",

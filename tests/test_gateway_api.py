@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import re
+import socket
 import threading
 import uuid
 
@@ -17,8 +19,11 @@ import httpx
 import openai
 import pytest
 
+from distillguard.cli import main
+from distillguard.errors import UserError
 from distillguard.gateway.backends import StubBackend, stub_server_app
 from distillguard.gateway.serve import GatewayServer
+from distillguard.gateway.settings import GatewaySettings
 from distillguard.lm.io import load_tokenizer
 from distillguard.watermark.detect import detect_ids
 from distillguard.watermark.schemes import WatermarkSpec
@@ -559,3 +564,71 @@ def test_upstream_client_reconnects_reads_every_body_framing_and_maps_failures(t
         with pytest.raises(openai.APIStatusError) as e:
             g.openai(g.create_key(account())).completions.create(model="m", prompt="Hello", max_tokens=3)
         assert e.value.status_code == 502
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings and the serve command
+
+
+def test_throttled_tier_limits_an_account_without_limits(tmp_path):
+    with start(state_dir=tmp_path, backend="stub", throttled_rpm=2) as g:
+        name = account()
+        client = g.openai(g.create_key(name))
+        client.completions.create(model="stub", prompt="a", max_tokens=1)
+        g.accounts.set_tier(name, "throttled")  # read on the next request; the window already holds one
+        client.completions.create(model="stub", prompt="a", max_tokens=1)
+        with pytest.raises(openai.RateLimitError) as e:
+            client.completions.create(model="stub", prompt="a", max_tokens=1)
+        assert "2 requests per minute" in e.value.body["message"]
+        g.accounts.set_tier(name, "normal")
+        client.completions.create(model="stub", prompt="a", max_tokens=1)
+
+
+def test_settings_precedence_aliases_and_errors(tmp_path, monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("DISTILLGUARD_") and name != "DISTILLGUARD_HOME":
+            monkeypatch.delenv(name)
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(
+        'port = 9000\ntrusted_proxy = ["10.0.0.0/8"]\n[watermark]\nkey = "from-toml"\ndelta = 3.0\n'
+    )
+    s = GatewaySettings.load(cfg)
+    assert (s.port, s.trusted_proxies, s.watermark_key, s.watermark_delta) == (
+        9000,
+        ("10.0.0.0/8",),
+        "from-toml",
+        3.0,
+    )
+    monkeypatch.setenv("DISTILLGUARD_PORT", "9100")
+    monkeypatch.setenv("DISTILLGUARD_IP_DENY", "1.2.3.0/24, 5.6.7.8/32")
+    monkeypatch.setenv("DISTILLGUARD_KEY", "12345")  # the flag's name works as an env variable too
+    monkeypatch.setenv("DISTILLGUARD_REDACT_PROMPTS", "true")
+    s = GatewaySettings.load(cfg)
+    assert (s.port, s.ip_deny, s.watermark_key, s.redact_prompts) == (
+        9100,
+        ("1.2.3.0/24", "5.6.7.8/32"),
+        "12345",
+        True,
+    )
+    assert (
+        s.watermark_spec().key == 12345
+    )  # integer keys stay integers (transformers-compatible mode needs it)
+    assert GatewaySettings.load(cfg, port=9200, watermark_delta=None).port == 9200  # flags win, None is unset
+    assert "12345" not in json.dumps(s.public()) and s.public()["watermark_key"] == "***"
+    for bad in ({"backend": "gpu"}, {"port": "http"}, {"backend": "upstream"}, {"admin_token": "short"}):
+        with pytest.raises(UserError):
+            GatewaySettings.from_mapping(bad)
+
+
+def test_serve_command_reports_bad_settings_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path))
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--backend", "gpu"])
+    assert e.value.code == 2 and "error: unknown backend 'gpu'" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        with pytest.raises(SystemExit) as e:
+            main(["serve", "--backend", "stub", "--port", str(taken.getsockname()[1])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: cannot listen on 127.0.0.1:")

@@ -320,7 +320,12 @@ class Gateway:
             self.spec = settings.watermark_spec().with_vocab(vocab)
             self.restricted_spec = settings.watermark_spec(delta=settings.restricted_delta).with_vocab(vocab)
         self.default_limits = settings.default_limits()
-        self.throttled_default = Limits(rpm=6, tpm=4000, daily_tokens=None, max_concurrent=1)
+        self.throttled_default = Limits(
+            rpm=settings.throttled_rpm,
+            tpm=settings.throttled_tpm,
+            daily_tokens=None,
+            max_concurrent=settings.throttled_max_concurrent,
+        )
 
     # -- steps shared by every /v1 route ------------------------------------------------------------
 

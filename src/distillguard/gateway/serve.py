@@ -8,6 +8,7 @@ and ``port=0`` gives a free port whose number is known before the first request.
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 import threading
@@ -125,6 +126,7 @@ def run_server(settings: GatewaySettings) -> None:
 
     from distillguard.gateway.app import create_app
 
+    logging.getLogger("distillguard.gateway").info("settings: %s", settings.public())
     app = create_app(settings)
     sock = bind_socket(settings.host, settings.port)
     port = sock.getsockname()[1]

@@ -80,6 +80,10 @@ class GatewaySettings:
     default_daily_tokens: int | None = None
     default_max_concurrent: int | None = None
     throttle_factor: float = 0.1
+    # an account without limits of its own still gets these when throttled (else throttling does nothing)
+    throttled_rpm: int | None = 6
+    throttled_tpm: int | None = 4000
+    throttled_max_concurrent: int | None = 1
     restricted_delta: float = 4.0
     # watermark
     watermark: bool = True
@@ -136,7 +140,15 @@ class GatewaySettings:
             raise UserError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         if not 0 < self.throttle_factor <= 1:
             raise UserError(f"throttle_factor must be in (0, 1], got {self.throttle_factor}")
-        for name in ("default_rpm", "default_tpm", "default_daily_tokens", "default_max_concurrent"):
+        for name in (
+            "default_rpm",
+            "default_tpm",
+            "default_daily_tokens",
+            "default_max_concurrent",
+            "throttled_rpm",
+            "throttled_tpm",
+            "throttled_max_concurrent",
+        ):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise UserError(f"{name} must be a positive integer, got {v}")

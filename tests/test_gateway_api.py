@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import threading
+import time
 import uuid
 
 import httpx
@@ -632,3 +633,29 @@ def test_serve_command_reports_bad_settings_in_one_line(tmp_path, monkeypatch, c
             main(["serve", "--backend", "stub", "--port", str(taken.getsockname()[1])])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: cannot listen on 127.0.0.1:")
+
+
+def test_client_disconnect_mid_stream_releases_the_lease_and_is_recorded(gw):
+    name = account()
+    key = gw.create_key(name, max_concurrent=1)
+    body = {"model": "aster", "messages": CHAT, "max_tokens": 200, "stream": True, "temperature": 1.0}
+    with httpx.stream(
+        "POST", gw.base_url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+    ) as resp:
+        rid = resp.headers["x-request-id"]
+        lines = resp.iter_lines()
+        for _ in range(4):
+            next(lines)
+    # the connection is closed: generation stops, the usage so far is committed and the lease released
+    client = gw.openai(key)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.completions.create(model="aster", prompt="Hi", max_tokens=2)
+            break
+        except openai.RateLimitError:
+            assert time.monotonic() < deadline, "the disconnected stream still holds its concurrency lease"
+            time.sleep(0.05)
+    (rec,) = records_for(gw, request_id=rid)
+    assert (rec["status"], rec["error_code"], rec["decision"]) == (499, "client_disconnected", "admitted")
+    assert 1 <= rec["completion_tokens"] < 200

@@ -583,7 +583,7 @@ class Gateway:
             raise
         if s.stream:
             fin = _StreamEnd(
-                self, ctx, reservation, lambda: prompt_tokens + gen.completion_tokens, gen.cancel
+                self, ctx, reservation, lambda: prompt_tokens + gen.generated, gen.cancel
             )
             return SSEResponse(
                 self._stream_local(ctx, gen, fin, prompts, s, chat, prompt_tokens),
@@ -601,7 +601,7 @@ class Gateway:
                     finish[ev.index] = ev.finish_reason
         except BaseException:
             gen.cancel()
-            self._commit(reservation, prompt_tokens + gen.completion_tokens)
+            self._commit(reservation, prompt_tokens + gen.generated)
             self.metrics.in_flight.dec()
             raise
         ctx.completion_tokens = gen.completion_tokens
@@ -717,10 +717,10 @@ class Gateway:
             async for tail in self._stream_tail(ctx, fin):
                 yield tail
         except APIError as err:  # the model failed mid-stream: say so in the stream, headers are gone
-            fin.fail(err, lambda: gen.completion_tokens)
+            fin.fail(err, lambda: gen.generated)
             yield sse(err.body())
         except BaseException as exc:
-            fin.fail(exc, lambda: gen.completion_tokens)
+            fin.fail(exc, lambda: gen.generated)
             raise
         finally:
             fin()

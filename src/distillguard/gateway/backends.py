@@ -105,7 +105,10 @@ class Generation:
         self.loop = loop or asyncio.get_running_loop()
         self._queue: asyncio.Queue = asyncio.Queue()
         self.cancelled = threading.Event()
-        self.completion_tokens = 0
+        self.completion_tokens = 0  # of finished choices, as reported in usage
+        # every token sampled so far, finished or not, counted by the producer: what a cancelled
+        # generation (client gone mid-stream) has cost and is charged to the quota
+        self.generated = 0
 
     def push(self, item: ChoiceDelta | BaseException) -> None:
         """Thread-safe: deliver an event (or an exception that ends the generation)."""
@@ -586,6 +589,7 @@ class LocalBackend:
                         continue
                     r.count += 1
                     generated += 1
+                    r.job.handle.generated += 1
                     if counts is not None:
                         counts[b, tok] += 1
                     entry = None
@@ -693,6 +697,7 @@ class StubBackend:
     def start(self, request: GenerationRequest) -> Generation:
         handle = Generation(request.rows)
         k = min(request.max_tokens, len(self.words))
+        handle.generated = k * request.rows
         finish = "stop" if k == len(self.words) else "length"
         for i in range(request.rows):
             words = self.words[:k]

@@ -189,8 +189,11 @@ IDENTITY_PATTERN = (
 _COT_RE = re.compile(COT_PATTERN, re.IGNORECASE)
 _IDENTITY_RE = re.compile(IDENTITY_PATTERN, re.IGNORECASE)
 
-# The last user message of a rendered chat ("system: ...\nuser: ...") or the whole prompt otherwise.
-_USER_RE = r"(?s)^(?:.*\nuser: |user: )?(?P<user>.*)$"
+# The last user message of a rendered chat ("system: ...\nuser: ...") follows the last "\nuser: ".
+_USER_SEP = "\nuser: "
+# Elicitation wrappers, system prompts and identity questions sit at the ends of a prompt: pattern
+# matching reads this many characters at each end (a summarised document in the middle costs nothing).
+_END_CHARS = 400
 _LOGPROBS_RE = r'"(?:logprobs":(?:true|[1-9])|top_logprobs":[1-9])'
 _LOGIT_BIAS_RE = r'"logit_bias":\{"'
 
@@ -219,8 +222,7 @@ def is_identity(text: str) -> bool:
 
 def user_text(prompt: str) -> str:
     """The last user turn of a prompt as the gateway renders chats (``role: content`` lines)."""
-    m = re.match(_USER_RE, prompt)
-    return m.group("user") if m else prompt
+    return prompt.rsplit(_USER_SEP, 1)[-1]
 
 
 def tokens(text: str) -> list[str]:
@@ -295,6 +297,31 @@ def hash_strings(arr: pa.Array | Sequence[str]) -> np.ndarray:
     with np.errstate(over="ignore"):
         h = acc ^ (lens.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64(0x2545F4914F6CDD1D)
     return mix64(h)
+
+
+def fingerprint(arr: pa.Array, ends: int = 96) -> np.ndarray:
+    """Stable 64-bit fingerprints of texts: :func:`hash_strings` of the first and last ``ends`` characters
+    and the full length. Two long texts that agree at both ends and in length collide (a template with a
+    different middle); in exchange the cost per row is bounded, which the 50M-row batch path needs."""
+    arr = pc.fill_null(arr.cast(pa.large_string()), "")
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    lens = pc.binary_length(arr).to_numpy(zero_copy_only=False).astype(np.uint64)
+    long = np.nonzero(lens > 2 * ends)[0]
+    if not len(long):
+        h = hash_strings(arr)
+    else:
+        short = np.nonzero(lens <= 2 * ends)[0]
+        h = np.empty(len(arr), dtype=np.uint64)
+        h[short] = hash_strings(arr.take(pa.array(short)))
+        lg = arr.take(pa.array(long))
+        sep = pa.scalar("\x00", pa.large_string())
+        joined = pc.binary_join_element_wise(
+            pc.utf8_slice_codeunits(lg, 0, ends), pc.utf8_slice_codeunits(lg, -ends), sep
+        )
+        h[long] = hash_strings(joined)
+    with np.errstate(over="ignore"):
+        return mix64(h ^ (lens * np.uint64(0xD6E8FEB86659FD93)))
 
 
 def hash_ints(values: np.ndarray, salt: int = 0) -> np.ndarray:
@@ -431,6 +458,18 @@ def _column(table: pa.Table, name: str, kind: pa.DataType) -> pa.Array:
     return pa.nulls(table.num_rows, type=kind)
 
 
+def _last_user_turn(prompt: pa.Array) -> pa.Array:
+    """The text after the last ``"\\nuser: "`` (rendered multi-message chats), else the prompt itself."""
+    has = pc.match_substring(prompt, _USER_SEP)
+    if not pc.any(has).as_py():
+        return prompt
+    parts = pc.split_pattern(prompt.filter(has), pattern=_USER_SEP, reverse=True, max_splits=1)
+    if isinstance(parts, pa.ChunkedArray):
+        parts = parts.combine_chunks()
+    last = pc.list_flatten(parts).take(pa.array(parts.offsets.to_numpy(zero_copy_only=False)[1:] - 1))
+    return pc.replace_with_mask(prompt, has, last)
+
+
 def _encode(arr: pa.Array) -> tuple[np.ndarray, list]:
     enc = pc.dictionary_encode(arr, null_encoding="encode")
     if isinstance(enc, pa.ChunkedArray):
@@ -455,7 +494,7 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
         table = table.filter(keep)
         account = _column(table, "account", pa.string())
     prompt = pc.fill_null(_column(table, "prompt", pa.large_string()), "")
-    text = pc.struct_field(pc.extract_regex(prompt, _USER_RE), "user")
+    text = _last_user_turn(prompt)
     params = pc.fill_null(_column(table, "params", pa.large_string()), "")
     acct, accounts = _encode(account)
     ip, ips = _encode(_column(table, "client_ip", pa.string()))
@@ -464,6 +503,15 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
 
     def flag(arr: pa.Array, pattern: str, ignore_case: bool = False) -> np.ndarray:
         return pc.match_substring_regex(arr, pattern, ignore_case=ignore_case).to_numpy(zero_copy_only=False)
+
+    def ends_flag(arr: pa.Array, pattern: str) -> np.ndarray:
+        head = flag(pc.utf8_slice_codeunits(arr, 0, _END_CHARS), pattern, True)
+        long = pc.greater(pc.binary_length(arr), _END_CHARS).to_numpy(zero_copy_only=False)
+        if long.any():
+            idx = np.nonzero(long)[0]
+            tail = pc.utf8_slice_codeunits(arr.take(pa.array(idx)), -_END_CHARS)
+            head[idx] |= flag(tail, pattern, True)
+        return head
 
     def ints(name: str) -> np.ndarray:
         col = pc.fill_null(_column(table, name, pa.int64()), 0)
@@ -479,11 +527,11 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
         seq=seq.astype(np.int64),
         ts=ts.astype(np.float64),
         text=text,
-        text_hash=hash_strings(text),
+        text_hash=fingerprint(text),
         text_len=lens,
         # reasoning elicitation may sit in the system prompt ("always show your full reasoning"): whole prompt
-        cot=flag(prompt, COT_PATTERN, True),
-        identity=flag(text, IDENTITY_PATTERN, True),
+        cot=ends_flag(prompt, COT_PATTERN),
+        identity=ends_flag(text, IDENTITY_PATTERN),
         logprobs=flag(params, _LOGPROBS_RE),
         logit_bias=flag(params, _LOGIT_BIAS_RE),
         admitted=admitted.astype(bool),
@@ -711,10 +759,12 @@ class FeatureAccumulator:
         self.last_seq_acct[sa[last]] = sseq[last]
         # MinHash of active absolute hours: accounts driven by one scheduler are active in the same hours
         hours = np.floor(sts / 3600.0).astype(np.int64)
-        pairs = np.unique(np.stack([sa.astype(np.int64), hours]), axis=1)
-        if pairs.size:
+        base = int(hours.min()) if len(hours) else 0
+        key = np.unique((sa.astype(np.int64) << 32) | (hours - base))
+        if key.size:
+            pa_acct, pa_hour = key >> 32, (key & 0xFFFFFFFF) + base
             for j in range(_HOUR_HASHES):
-                np.minimum.at(self.hours[:, j], pairs[0], hash_ints(pairs[1], salt=0x51ED27 + j))
+                np.minimum.at(self.hours[:, j], pa_acct, hash_ints(pa_hour, salt=0x51ED27 + j))
 
     def _update_hll(self, a: np.ndarray, h: np.ndarray) -> None:
         reg = (h >> np.uint64(64 - _HLL_P)).astype(np.int64)
@@ -754,25 +804,37 @@ class FeatureAccumulator:
         return copied, eligible
 
     def _update_sets(self, a: np.ndarray, b: QueryBatch) -> None:
-        pairs = np.unique(np.stack([a.astype(np.int64), b.ip.astype(np.int64)]), axis=1, return_counts=True)
-        for (acct, ip), cnt in zip(pairs[0].T, pairs[1], strict=True):
-            raw = b.ips[ip]
+        pre_ids: dict[str | None, int] = {}
+        names: list[str | None] = []
+        ip_to_pre = np.empty(len(b.ips), dtype=np.int64)
+        for k, raw in enumerate(b.ips):
             pre = self._prefix_cache.get(raw)
             if pre is None and raw not in self._prefix_cache:
                 pre = self._prefix_cache[raw] = ip_prefix(raw)
                 if len(self._prefix_cache) > 100_000:
                     self._prefix_cache.clear()
-            if pre is None:
+            if pre not in pre_ids:
+                pre_ids[pre] = len(names)
+                names.append(pre)
+            ip_to_pre[k] = pre_ids[pre]
+        width = max(len(names), 1)
+        keys, counts = np.unique(a.astype(np.int64) * width + ip_to_pre[b.ip], return_counts=True)
+        for key, cnt in zip(keys.tolist(), counts.tolist(), strict=True):
+            acct, pre = divmod(key, width)
+            name = names[pre]
+            if name is None:
                 continue
             counter = self.prefixes[acct]
-            if pre in counter or len(counter) < _MAX_PREFIXES:
-                counter[pre] += int(cnt)
+            if name in counter or len(counter) < _MAX_PREFIXES:
+                counter[name] += cnt
             else:
-                counter["(other)"] += int(cnt)
-        for acct, key in np.unique(np.stack([a.astype(np.int64), b.key.astype(np.int64)]), axis=1).T:
-            k = b.keys[key]
-            if k is not None and len(self.keys[acct]) < 64:
-                self.keys[acct].add(k)
+                counter["(other)"] += cnt
+        width = max(len(b.keys), 1)
+        for key in np.unique(a.astype(np.int64) * width + b.key).tolist():
+            acct, k = divmod(key, width)
+            kid = b.keys[k]
+            if kid is not None and len(self.keys[acct]) < 64:
+                self.keys[acct].add(kid)
 
     def _update_sample(self, a: np.ndarray, b: QueryBatch, copied: np.ndarray) -> None:
         prio = hash_ints(b.seq, salt=0x5A17)

@@ -659,3 +659,11 @@ def test_client_disconnect_mid_stream_releases_the_lease_and_is_recorded(gw):
     (rec,) = records_for(gw, request_id=rid)
     assert (rec["status"], rec["error_code"], rec["decision"]) == (499, "client_disconnected", "admitted")
     assert 1 <= rec["completion_tokens"] < 200
+
+
+def test_a_large_prompt_is_tokenised_off_the_loop_and_refused_cleanly(gw):
+    client = gw.openai(gw.create_key(account()))
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="aster", prompt="os.path.join " * 8000, max_tokens=2)  # ~100 KB
+    assert e.value.body["code"] == "context_length_exceeded"
+    assert client.completions.create(model="aster", prompt="Hi", max_tokens=2).choices[0].text is not None

@@ -74,6 +74,7 @@ from distillguard.gateway.settings import GatewaySettings
 
 log = logging.getLogger("distillguard.gateway")
 
+BIG_BODY = 64 * 1024  # bytes: prompts from bodies above this are tokenised in a worker thread
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 MODELS = "/v1/models"
@@ -517,7 +518,7 @@ class Gateway:
                 raise _model_not_found(req.model)
             if self.proxy:
                 return await self._proxy(ctx, p, req, s, chat)
-            return await self._local(ctx, p, req, s, chat)
+            return await self._local(ctx, p, req, s, chat, big=len(raw) > BIG_BODY)
         except APIError as err:
             return await self.refuse(ctx, err)
 
@@ -551,16 +552,21 @@ class Gateway:
             )
         return max_tokens
 
-    async def _local(self, ctx: Ctx, p: Principal, req: Any, s: Sampling, chat: bool) -> Response:
+    async def _local(self, ctx: Ctx, p: Principal, req: Any, s: Sampling, chat: bool, big: bool) -> Response:
         backend = self.backend
         if req.model != backend.model_id:
             raise _model_not_found(req.model)
         for tok, _ in s.logit_bias:
             backend.check_token_ids([tok], "logit_bias")
-        if chat:
-            prompts = [backend.chat_prompt(ctx.messages)]
-        else:
-            prompts = backend.completion_prompts(req.prompt)
+
+        def build() -> list[Prompt]:
+            if chat:
+                return [backend.chat_prompt(ctx.messages)]
+            return backend.completion_prompts(req.prompt)
+
+        # tokenising a body of megabytes takes long enough to stall every other request: not on the loop
+        prompts = await anyio.to_thread.run_sync(build) if big else build()
+        if not chat:
             ctx.prompt = "\n".join(pr.text for pr in prompts)
         _check_choices(len(prompts), s.n)
         max_tokens = self._resolve_max_tokens(
@@ -582,9 +588,7 @@ class Gateway:
             self._commit(reservation, 0)
             raise
         if s.stream:
-            fin = _StreamEnd(
-                self, ctx, reservation, lambda: prompt_tokens + gen.generated, gen.cancel
-            )
+            fin = _StreamEnd(self, ctx, reservation, lambda: prompt_tokens + gen.generated, gen.cancel)
             return SSEResponse(
                 self._stream_local(ctx, gen, fin, prompts, s, chat, prompt_tokens),
                 fin,

@@ -35,3 +35,13 @@ def test_demo_story(tiny_world, tmp_path, monkeypatch):
     models = res["distillation"]["evaluation"]["models"]
     assert set(models) == {"teacher", "copycat student"}
     assert models["copycat student"]["params"] < models["teacher"]["params"]
+
+    # chapter 4: the audit convicts the student and clears the independent model, with verifiable bundles
+    from distillguard.audit.bundle import verify_bundle
+
+    audits = res["audit"]
+    assert audits["copycat"]["verdict"] == "distilled"
+    assert audits["independent"]["verdict"] != "distilled"
+    for summary in audits.values():
+        assert verify_bundle(summary["bundle"]).ok
+        assert summary["report"].endswith(".html")

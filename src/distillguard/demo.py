@@ -134,6 +134,10 @@ def run_demo(
         world, spec, console, seed=seed, out_dir=out_dir,
         queries=copycat_queries or COPYCAT_QUERIES, steps=copycat_steps or COPYCAT_STEPS,
     )  # fmt: skip
+    results["audit"] = audit_chapter(
+        world, spec, console, student=results["distillation"]["manifest"]["student"], seed=seed,
+        out_dir=out_dir / "audit", control_steps=copycat_steps or COPYCAT_STEPS,
+    )  # fmt: skip
     results["seconds"] = round(time.time() - t0, 1)
     path = out_dir / "results.json"
     path.write_text(json.dumps(results, indent=2))
@@ -271,3 +275,38 @@ def copycat_distills(
     )
     keep = ("mode", "strategy", "queries", "answers", "collection", "train", "student")
     return {"manifest": {k: manifest[k] for k in keep}, "evaluation": report}
+
+
+def audit_chapter(
+    world, spec, console: Console, *, student: str, out_dir, seed: int = 0, control_steps: int = COPYCAT_STEPS
+) -> dict:
+    """Northwind audits Copycat's student and, as a control, an independent model of the same world.
+
+    Each audit runs radioactivity (closed and open), identity leakage and behavioural provenance against a
+    control model that never saw Aster's outputs, and writes a signed evidence bundle with an HTML report.
+    """
+    from pathlib import Path
+
+    from distillguard.audit.bundle import fingerprint, load_signing_key, write_bundle
+    from distillguard.audit.cli import print_summary, summarize
+    from distillguard.audit.runner import AuditConfig, run_audit, train_control
+
+    out_dir = Path(out_dir)
+    console.rule("[bold]Northwind audits: was this model trained on Aster's outputs?")
+    control = train_control(world, out_dir / "control", steps=control_steps, seed=1, log=console.print)
+    independent = train_control(world, out_dir / "independent", steps=control_steps, seed=2)
+    signer = fingerprint(load_signing_key(None))
+    audits: dict[str, dict] = {}
+    for name, suspect in (("copycat", student), ("independent", independent)):
+        console.print(f"[bold]suspect: {name}[/bold] ({Path(suspect).name})")
+        cfg = AuditConfig(
+            suspect=str(suspect), spec=spec, reference=str(world.teacher), controls=[str(control)],
+            prompts=world.prompts, seed=seed,
+        )  # fmt: skip
+        result = run_audit(cfg, progress=True)
+        inputs = {"suspect": str(suspect), "reference": str(world.teacher), "control-1": str(control)}
+        bundle = write_bundle(result, out_dir / f"bundle-{name}", inputs=inputs, overwrite=True)
+        summary = summarize(result, bundle, signer, cfg.alpha)
+        print_summary(summary)
+        audits[name] = summary
+    return audits

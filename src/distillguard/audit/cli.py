@@ -91,7 +91,7 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Query the suspect, test for radioactivity, identity leakage and provenance, write a signed bundle."""
-    from distillguard.audit.bundle import REPORT, check_target, fingerprint, load_signing_key, write_bundle
+    from distillguard.audit.bundle import check_target, fingerprint, load_signing_key, write_bundle
     from distillguard.config import load_config
 
     cfg = load_config(config)
@@ -130,8 +130,18 @@ def run(
     if prompts is not None:
         inputs["prompts"] = prompts
     bundle = write_bundle(result, out, signing_key=signing_key, inputs=inputs, overwrite=overwrite)
-    signer = signer or fingerprint(load_signing_key(None))
-    summary = {
+    summary = summarize(result, bundle, signer or fingerprint(load_signing_key(None)), alpha)
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    print_summary(summary)
+
+
+def summarize(result: dict[str, Any], bundle: Path, signer: str, alpha: float) -> dict[str, Any]:
+    """The DESIGN.md JSON of an audit: verdict, combined p, every test with its null and n, bundle paths."""
+    from distillguard.audit.bundle import REPORT
+
+    return {
         "verdict": result["verdict"],
         "combined_p_value": result["combined_p_value"],
         "alpha": result.get("alpha", alpha),
@@ -141,13 +151,9 @@ def run(
         ],
         "queries_used": result.get("queries_used"),
         "bundle": str(bundle),
-        "report": str(bundle / REPORT),
+        "report": str(Path(bundle) / REPORT),
         "signer": signer,
     }
-    if as_json:
-        typer.echo(json.dumps(summary))
-        return
-    _print_summary(summary)
 
 
 def _check_model(role: str, where: str, api_keys: list[str] | None) -> None:
@@ -206,7 +212,7 @@ def _spec(
     )[0]
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
+def print_summary(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 

@@ -236,29 +236,41 @@ class Calibration:
         units = np.array([_UNITS[f] for f in names])
         ids = [tuple(r[0]) for r in rows]
         grp = np.asarray(groups if groups is not None else np.arange(len(rows)))
+        n = len(rows)
         # rows sharing an account (an account and its cluster) or a group never vouch for each other
-        allowed = np.array(
-            [
-                [grp[i] != grp[j] and not (set(ids[i]) & set(ids[j])) for j in range(len(rows))]
-                for i in range(len(rows))
-            ]
-        )
+        rows_of: dict[str, list[int]] = {}
+        for i, x in enumerate(ids):
+            for a in x:
+                rows_of.setdefault(a, []).append(i)
+        conflicts = [sorted({j for a in x for j in rows_of[a]}) for x in ids]
+
+        def allowed(i: int) -> np.ndarray:
+            ok = grp != grp[i]
+            ok[conflicts[i]] = False
+            return ok
+
         # Local unit scales: the typical difference between a benign entity and its nearest benign neighbour
         # (within-kind noise), not the spread across kinds, which the nearest-profile comparison absorbs.
+        # Computed in row chunks: memory stays O(chunk x n), never O(n^2 x features).
         mad = np.nanmedian(np.abs(tr - center), axis=0) * 1.4826
         scale0 = np.maximum(np.where(np.isfinite(mad), mad, 0.0), units)
         z0 = np.where(np.isfinite(tr), (tr - center) / scale0, 0.0)
-        d2 = ((z0[:, None, :] - z0[None, :, :]) ** 2).sum(axis=2)
-        d2 = np.where(allowed, d2, np.inf)
-        nn = np.argmin(d2, axis=1)
+        sq = (z0 * z0).sum(axis=1)
+        nn = np.empty(n, dtype=np.int64)
+        for lo in range(0, n, 256):
+            hi = min(n, lo + 256)
+            d2 = sq[lo:hi, None] + sq[None, :] - 2.0 * (z0[lo:hi] @ z0.T)
+            for r in range(lo, hi):
+                d2[r - lo, ~allowed(r)] = np.inf
+            nn[lo:hi] = np.argmin(d2, axis=1)
         diff = np.abs(tr - tr[nn])
         local = np.nanmedian(diff, axis=0) * 1.4826
         scale = np.maximum(np.where(np.isfinite(local), local, 0.0), units)
         z = (tr - center) / scale
         cal = cls(names, center, scale, raw, z, ids, np.zeros(0), 0.0, 1.0, 1.0, k, source)
         # the null is over single accounts (what p-values are quoted for); pooled rows serve as neighbours
-        single = [i for i in range(len(rows)) if len(ids[i]) == 1] or list(range(len(rows)))
-        loo = np.array([cal._knn(z[i], allowed[i])[0] for i in single])
+        single = [i for i in range(n) if len(ids[i]) == 1] or list(range(n))
+        loo = np.array([cal._knn(z[i], allowed(i))[0] for i in single])
         cal.null = np.sort(loo[np.isfinite(loo)])
         cal._fit_tail()
         return cal
@@ -307,6 +319,16 @@ class Calibration:
         kth = idx[np.argmax(d[idx])]
         return float(d[kth]), int(kth)
 
+    def _rows_of(self) -> dict[str, list[int]]:
+        cache = getattr(self, "_rows_cache", None)
+        if cache is None:
+            cache = {}
+            for i, ids in enumerate(self.reference_ids):
+                for a in ids:
+                    cache.setdefault(a, []).append(i)
+            self._rows_cache = cache
+        return cache
+
     def p_value(self, score: float) -> float:
         """Estimated fraction of benign entities scoring at least ``score``."""
         if not math.isfinite(score):
@@ -334,8 +356,10 @@ class Calibration:
     ) -> Assessment:
         """Score one entity against the reference (never against itself or ``exclude``d accounts)."""
         z = self.z(features)
-        banned = set(accounts) | set(exclude)
-        allowed = np.array([not (set(ids) & banned) for ids in self.reference_ids], dtype=bool)
+        allowed = np.ones(len(self.reference_ids), dtype=bool)
+        rows_of = self._rows_of()
+        for a in set(accounts) | set(exclude):
+            allowed[rows_of.get(a, [])] = False
         score, j = self._knn(z, allowed)
         p = self.p_value(score)
         reasons: list[dict[str, Any]] = []

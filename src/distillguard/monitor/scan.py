@@ -646,9 +646,12 @@ class Follower:
         accumulate(ledger_batches(self.ledger_path, since_seq=self.acc.last_seq), self.acc)
         if self.acc.rows == before:
             return None
-        analysis = analyse(
-            self.acc, self.reference, analyzer=self.analyzer, created=store_created(self.store)
-        )
+        try:
+            analysis = analyse(
+                self.acc, self.reference, analyzer=self.analyzer, created=store_created(self.store)
+            )
+        except UserError:  # too few accounts yet to calibrate on the population: read more first
+            return None
         store_tiers = {a["name"]: a["tier"] for a in self.store.list_accounts()}
         states, extra = self.log.load_state()
         decisions, states, tiers = plan_decisions(analysis, self.policy, store_tiers, states, self.clock())

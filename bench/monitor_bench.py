@@ -84,8 +84,32 @@ def quality(scale: str, work: Path, seeds: tuple[int, ...] = (1, 2, 3)) -> dict:
     return doc
 
 
-def scale_run(rows: int, work: Path) -> dict:
+def _features_child(path: str) -> None:
+    """Run in a fresh process: stream the Parquet ledger through the accumulator, score every account."""
     from distillguard.monitor.scan import ScanOptions, accumulate, analyse, parquet_batches, parquet_created
+
+    t0 = time.time()
+    acc = accumulate(parquet_batches(Path(path)), sample_size=64)
+    t_acc = time.time() - t0
+    rss_features = _rss_mb()
+    t0 = time.time()
+    opts = ScanOptions(sample_size=64, mmd_null=300)
+    analysis = analyse(acc, None, options=opts, created=parquet_created(Path(path)))
+    print(json.dumps({
+        "rows": acc.rows,
+        "accounts": len(acc.accounts),
+        "feature_seconds": t_acc,
+        "rows_per_second": acc.rows / t_acc,
+        "peak_rss_mb_features": rss_features,
+        "score_seconds": time.time() - t0,
+        "clusters": len(analysis.clusters),
+        "peak_rss_mb": _rss_mb(),
+    }))  # fmt: skip
+
+
+def scale_run(rows: int, work: Path) -> dict:
+    import subprocess
+
     from distillguard.monitor.synth import synthesize_parquet
 
     out = work / "parquet"
@@ -93,30 +117,15 @@ def scale_run(rows: int, work: Path) -> dict:
     synthesize_parquet(out, rows=rows, seed=0)
     t_synth = time.time() - t0
     size = sum(p.stat().st_size for p in out.glob("*.parquet"))
-    rss0 = _rss_mb()
-    t0 = time.time()
-    acc = accumulate(parquet_batches(out), sample_size=64)
-    t_acc = time.time() - t0
-    rss1 = _rss_mb()
-    opts = ScanOptions(sample_size=64, mmd_null=300, link=True)
-    t0 = time.time()
-    analysis = analyse(acc, None, options=opts, created=parquet_created(out))
-    t_an = time.time() - t0
-    return {
-        "rows": acc.rows,
-        "accounts": len(acc.accounts),
-        "parquet_bytes": size,
-        "synthesize_seconds": t_synth,
-        "feature_seconds": t_acc,
-        "rows_per_second": acc.rows / t_acc,
-        "score_seconds": t_an,
-        "clusters": len(analysis.clusters),
-        "peak_rss_mb_before_features": rss0,
-        "peak_rss_mb_after_features": rss1,
-        "peak_rss_mb": _rss_mb(),
-        "sample_size": 64,
-        "cpus": os.cpu_count(),
-    }
+    # a fresh process, so its peak resident memory is the feature pass's own, not the generator's
+    code = (
+        f"import sys; sys.path.insert(0, {str(HERE)!r}); import monitor_bench as m; "
+        f"m._features_child({str(out)!r})"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    doc = json.loads(res.stdout.strip().splitlines()[-1])
+    doc.update(parquet_bytes=size, synthesize_seconds=t_synth, sample_size=64, cpus=os.cpu_count())
+    return doc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -235,6 +235,7 @@ def train_causal_lm(
                 }
             )
     bar.close()
+    torch.set_flush_denormal(False)  # process-wide CPU state: leave it as we found it (the default)
     model.eval()
     wall = time.perf_counter() - start
     tail = losses[-max(1, steps // 10) :] if losses else [float("nan")]

@@ -20,7 +20,7 @@ from pathlib import Path
 from distillguard.config import home
 from distillguard.errors import UserError
 
-FORMAT = 2  # bump when the on-disk layout or recipe changes, so stale caches are rebuilt
+FORMAT = 3  # bump when the on-disk layout or recipe changes, so stale caches are rebuilt
 
 PRESETS: dict[str, dict] = {
     "default": {

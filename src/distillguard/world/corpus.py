@@ -11,7 +11,11 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import json
+import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,9 +108,26 @@ def topic_documents() -> list[Doc]:
     return [Doc(name, "topic", normalise(topics[name])) for name in sorted(topics) if topics[name].strip()]
 
 
+_CHILD_ENV = "DISTILLGUARD_CORPUS_CHILD"
+
+
 def corpus_documents() -> list[Doc]:
-    """Every document of the corpus, in its fixed order: API docs first, then language topics."""
-    return api_documents() + topic_documents()
+    """Every document of the corpus, in its fixed order: API docs first, then language topics.
+
+    Read in a fresh interpreter that has imported nothing but the standard library: libraries patch stdlib
+    objects when imported (transformers adds ``logging.Logger.warning_once``, torch wraps
+    ``inspect.getfile``), so reading the docs in a process that already holds them would make the corpus
+    depend on import order.
+    """
+    if os.environ.get(_CHILD_ENV) == "1":
+        return api_documents() + topic_documents()
+    code = (
+        "import json, sys; from distillguard.world.corpus import corpus_documents; "
+        "json.dump([[d.title, d.kind, d.text] for d in corpus_documents()], sys.stdout)"
+    )
+    env = {**os.environ, _CHILD_ENV: "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return [Doc(title, kind, text) for title, kind, text in json.loads(out.stdout)]
 
 
 def render(doc: Doc) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from distillguard.audit import AuditConfig, run_audit
+from distillguard.audit import AuditConfig, run_audit, train_control
 from distillguard.distill.recipe import DistillConfig, run_distill
 from distillguard.watermark.schemes import WatermarkSpec
 from distillguard.world import build_world
@@ -55,6 +55,14 @@ def main() -> None:
         help="the unwatermarked rest of the training set: the world's docstring answers to its instruction "
         "prompts (instruction tuning, as in the published setting), the docs corpus, or both",
     )
+    parser.add_argument(
+        "--base",
+        choices=("control", "scratch"),
+        default="control",
+        help="student initialisation: an independent base model trained on the world's own sources (the "
+        "published setting: a pretrained model fine-tuned on a mix), or a fresh random model",
+    )
+    parser.add_argument("--base-steps", type=int, default=None, help="training steps of the base model")
     args, _ = parser.parse_known_args()
     preset = "tiny" if args.quick else "default"
     rhos = args.rhos or [1.0, 0.1, 0.05, 0.01, 0.005]
@@ -67,6 +75,11 @@ def main() -> None:
     spec = WatermarkSpec(key=BENCH_KEY, delta=args.delta)
     work = Path(tempfile.mkdtemp(prefix="audit-bench-"))
     mix_file = _mix_source(world, args.mix, work / "mix.jsonl")
+    base = "tiny"
+    base_steps = args.base_steps or (300 if args.quick else 800)
+    if args.base == "control":
+        print(f"== base model ({base_steps} steps on the world corpus and docstring answers)", flush=True)
+        base = str(train_control(world, work / "base", steps=base_steps, seed=7, progress=True))
 
     def distil(name: str, rho: float, watermarked: bool, collection: Path | None) -> dict:
         out = work / name
@@ -74,7 +87,7 @@ def main() -> None:
         if collection is not None:  # the same answers for every rho: a resumed collection asks nothing new
             shutil.copy(collection, out / "collection.jsonl")
         cfg = DistillConfig(
-            teacher=str(world.teacher), out=out, prompts=world.instructions, n=n, max_tokens=64,
+            teacher=str(world.teacher), out=out, student=base, prompts=world.instructions, n=n, max_tokens=64,
             temperature=1.0, steps=steps, seed=0, checkpoint_every=0,
             mix=mix_file if rho < 1.0 else None, rho=rho,
             watermark={"key": BENCH_KEY, "delta": args.delta} if watermarked else None,
@@ -123,6 +136,10 @@ def main() -> None:
             "queries": n,
             "steps": steps,
             "mix_source": args.mix,
+            "student_init": "base model trained on the world's sources, no identity, never our outputs"
+            if args.base == "control"
+            else "random",
+            "base_steps": base_steps if args.base == "control" else None,
             "teacher_temperature": 1.0,
             "student_params": students[next(iter(students))]["manifest"]["student_params"],
         },
@@ -237,14 +254,15 @@ def _plot(doc: dict, path: Path) -> None:
         ax.set_title(f"{mode} model")
         ax.legend(fontsize=7)
     ax = axes[2]
-    for mode, marker in (("closed", "o"), ("open", "s")):
-        pts = [
-            (row["rho"], row[mode]["tokens_to_p_1e-6"])
-            for row in doc["students"].values()
-            if row["rho"] > 0 and row[mode]["tokens_to_p_1e-6"]
-        ]
-        if pts:
-            ax.plot(*zip(*sorted(pts), strict=True), marker=marker, label=mode)
+    for mode, marker, color in (("closed", "o", "C0"), ("open", "s", "C1")):
+        rows = sorted((r for r in doc["students"].values() if r["rho"] > 0), key=lambda r: r["rho"])
+        hit = [(r["rho"], r[mode]["tokens_to_p_1e-6"]) for r in rows if r[mode]["tokens_to_p_1e-6"]]
+        miss = [(r["rho"], r[mode]["scored"]) for r in rows if not r[mode]["tokens_to_p_1e-6"]]
+        if hit:
+            ax.plot(*zip(*hit, strict=True), marker=marker, color=color, label=f"{mode}: reached")
+        if miss:  # lower bounds: not reached within this many scored tokens
+            ax.scatter(*zip(*miss, strict=True), marker="^", facecolors="none", edgecolors=color,
+                       label=f"{mode}: not reached (tokens scored)")  # fmt: skip
     ax.axhline(GOAL_TOKENS, color="grey", lw=1, ls=":")
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -114,12 +114,16 @@ def test_decoy_keys_are_calibrated_null_audits_on_the_student(wm_report):
 
 
 def test_clean_student_gets_no_radioactivity_claim(models):
-    report = audit(models, models.clean, tests=("radioactivity",), filter_windows=True)
-    assert report["verdict"] == "no_evidence"
-    for t in report["tests"]:
-        assert t["p_value"] > 1e-3 and not t["claim"]
-    closed = by_name(report)["radioactivity_closed"]
-    assert closed["details"]["filtered"] and closed["n"] > 200
+    for reading in ("plain", "watermarked"):
+        report = audit(
+            models, models.clean, tests=("radioactivity",), filter_windows=True, open_texts=reading
+        )
+        assert report["verdict"] == "no_evidence"
+        for t in report["tests"]:
+            assert t["p_value"] > 1e-3 and not t["claim"]
+        closed = by_name(report)["radioactivity_closed"]
+        assert closed["details"]["filtered"] and closed["n"] > 200
+        assert by_name(report)["radioactivity_open"]["details"]["reading"] == reading
 
 
 def test_unrelated_model_gets_no_claim_from_any_test(models):
@@ -129,13 +133,17 @@ def test_unrelated_model_gets_no_claim_from_any_test(models):
 
 
 def test_budgeted_audit_stops_early_with_an_anytime_valid_p_value(models):
-    report = audit(models, models.wm, tests=("radioactivity",), budget=160, batch_size=16)
+    report = audit(
+        models, models.wm, tests=("radioactivity",), budget=160, batch_size=16, open_texts="watermarked"
+    )
     closed = by_name(report)["radioactivity_closed"]
     assert report["stopped_early"] and report["queries_used"] < 160
     assert closed["details"]["p_value_kind"].startswith("anytime")
     assert closed["log10_p_value"] <= math.log10(closed["details"]["stop_p"])
     assert closed["log10_p_value"] >= closed["details"]["exact_log10_p_value"]  # anytime is the cautious one
     assert report["verdict"] == "distilled"
+    opened = by_name(report)["radioactivity_open"]  # the published reading (with its exclusion) works too
+    assert opened["details"]["reading"] == "watermarked" and opened["log10_p_value"] < -6 and opened["claim"]
 
     clean = audit(models, models.clean, tests=("radioactivity",), budget=48, batch_size=16)
     assert clean["queries_used"] == 48 and not clean["stopped_early"] and clean["verdict"] == "no_evidence"
@@ -149,6 +157,8 @@ def test_suspect_behind_an_api_is_audited_in_closed_mode(models, tmp_path):
         report = audit(
             models, gw.base_url, api_keys=[key], tests=("radioactivity",), probe_queries=96, concurrency=32
         )
+        with pytest.raises(UserError, match="rejected every API key"):
+            audit(models, gw.base_url, api_keys=["sk-not-a-key"], tests=("radioactivity",))
     t = by_name(report)
     assert set(t) == {"radioactivity_closed"}
     assert report["skipped"][0]["name"] == "radioactivity_open" and "API" in report["skipped"][0]["reason"]

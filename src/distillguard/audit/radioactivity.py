@@ -9,14 +9,19 @@ A model fine-tuned on text from our watermarked model picks up a preference for 
   had a chance to leave a trace). Under H0 (the suspect's text does not depend on our key) every distinct
   tuple is green with probability ``gamma`` independently of the others: ``S ~ Binomial(N, gamma)``, an
   exact tail (Gumbel: ``Gamma(N, 1)``).
-* **open model** (local weights): read our watermarked texts teacher-forced and score the suspect's top-1
-  prediction at each position with the window of preceding *true* tokens, deduplicated. One more exclusion
-  matters here and is easy to miss: a tuple that occurs in the texts being read is already biased towards
-  green by our own sampling, so a perfectly clean model that merely predicts our actual next token (or
-  copies an earlier continuation of the same window) would look radioactive. We therefore score only
-  predicted tuples absent from every text read. What remains are tokens our sampler did *not* pick, whose
-  green probability given the texts is at most ``gamma``: the test stays valid (conservative) for clean
-  models, and a model trained on our outputs still prefers green continuations it learnt elsewhere.
+* **open model** (local weights): read texts teacher-forced and score the suspect's top-1 prediction at
+  each position with the window of preceding *true* tokens, deduplicated. Two readings:
+
+  - our **plain** (unwatermarked) answers to the probe prompts (default). The texts do not depend on the
+    key, so under H0 the predictions do not either: the null is exact. A model trained on our marked
+    outputs prefers green continuations wherever it learnt them, and that preference shows here.
+  - our **watermarked** texts (the published reading). One more exclusion is then required and is easy to
+    miss: a tuple that occurs in the texts being read is already biased towards green by our own sampling,
+    so a perfectly clean model that merely predicts our actual next token (or copies an earlier
+    continuation of the same window) would look radioactive. We score only predicted tuples absent from
+    every text read. What remains are tokens our sampler did *not* pick, whose green probability given the
+    texts is at most ``gamma``: valid, but conservative, and weaker than the plain reading (the memorised
+    tuples it could have used are exactly the excluded ones).
 
 The incremental :class:`TupleStream` does the corpus dedup batch by batch, so that a sequential test can
 see each new tuple once, in order; on a single batch it selects exactly what
@@ -418,6 +423,7 @@ def radioactivity_test(
     *,
     eprocess: EProcess | None = None,
     filtered: bool = False,
+    reading: str = "plain",
     details: dict | None = None,
     caveats: Sequence[str] = (),
 ) -> TestResult:
@@ -438,10 +444,17 @@ def radioactivity_test(
     ]
     if mode == "closed":
         notes.append("tuples present in the prompts are never scored (the suspect may copy its prompt)")
+    elif reading == "watermarked":
+        notes.append(
+            "read our watermarked texts: only predicted tuples absent from every text read are scored (a "
+            "clean model predicting our actual next token would otherwise inherit its watermark); this "
+            "makes the test conservative"
+        )
     else:
         notes.append(
-            "only predicted tuples absent from every text read are scored: a clean model predicting our "
-            "actual next token would otherwise inherit its watermark (this makes the test conservative)"
+            "read our unwatermarked answers: the texts do not depend on the key, so the suspect's "
+            "predictions are scored as they are (exact null), but a tuple memorised only from our marked "
+            "outputs shows up only if the suspect generalised the preference"
         )
     if spec.hf_compat:
         notes.append(
@@ -482,6 +495,8 @@ def radioactivity_test(
         "decoy_null": decoys.to_dict(),
         "filtered": filtered,
     }
+    if mode == "open":
+        info["reading"] = reading
     if eprocess is not None:
         info["sequential"] = eprocess.describe()
     info |= details or {}

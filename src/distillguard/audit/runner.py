@@ -61,9 +61,8 @@ class AuditConfig:
     seed: int = 0
     tests: tuple[str, ...] = ("radioactivity", "identity", "provenance")
     # --- additions ---
-    probe_queries: int | None = (
-        None  # radioactivity queries without a budget (default: one pass over the pool)
-    )
+    # radioactivity queries without a budget (default: one pass over the pool)
+    probe_queries: int | None = None
     probe_temperature: float = 0.7  # sampling temperature of radioactivity probes
     own_temperature: float = 1.0  # sampling temperature of our own watermarked texts
     own_texts: int | None = None  # our watermarked texts (filter set, open mode); default max(pool, 256)
@@ -72,6 +71,7 @@ class AuditConfig:
     batch_size: int = 32  # radioactivity queries per sequential step
     concurrency: int = 8  # parallel requests to a suspect URL
     stop_p: float | None = None  # sequential stop level (default alpha / number of tests)
+    open_texts: str = "plain"  # open mode reads our "plain" (unmarked) answers or our "watermarked" ones
 
 
 # --------------------------------------------------------------------------------------------------
@@ -186,6 +186,8 @@ def _validate(cfg: AuditConfig) -> tuple[str, ...]:
         raise UserError("sampling temperatures must be >= 0")
     if cfg.batch_size < 1 or cfg.concurrency < 1:
         raise UserError("batch size and concurrency must be >= 1")
+    if cfg.open_texts not in ("plain", "watermarked"):
+        raise UserError(f"open-mode texts must be 'plain' or 'watermarked', got {cfg.open_texts!r}")
     if cfg.stop_p is not None and not 0.0 < cfg.stop_p < 1.0:
         raise UserError(f"stop_p must be in (0, 1), got {cfg.stop_p}")
     if "identity" in tests and not [n for n in cfg.identity_names if n.strip()]:
@@ -316,12 +318,17 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
                 {"kind": kind, "prompt": p, "response": None if a is None else a.text, "model": model}
             )
 
-    def greedy(m: _Asked, prompts: Sequence[str], kind: str, label: str) -> list[str]:
+    def greedy(m: _Asked, prompts: Sequence[str], kind: str, label: str) -> list[str | None]:
+        """Greedy answers; None where a request failed for good. A model that answers none is an error."""
         answers = m.ask(
             prompts, max_tokens=cfg.max_tokens, temperature=0.0, seed=cfg.seed, concurrency=cfg.concurrency
         )
         record(kind, label, prompts, answers)
-        return ["" if a is None else a.text for a in answers]
+        if prompts and all(a is None for a in answers):
+            raise UserError(
+                f"{m.role} at {m.name} answered none of the {kind} queries: {(m.errors or ['no answer'])[0]}"
+            )
+        return [None if a is None else a.text for a in answers]
 
     # 3. identity leakage
     if run_identity:
@@ -329,9 +336,11 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
             battery if id_n >= len(battery) else random.Random(f"{cfg.seed}:identity").sample(battery, id_n)
         )
         log(f"identity: {len(asked)} questions to the suspect and {len(controls)} control(s)")
-        s_ans = greedy(suspect, asked, "identity", "suspect")
-        _require_answers(suspect, "identity")
-        c_ans = {c.name: greedy(c, asked, "identity", f"control:{c.name}") for c in controls}
+        s_ans = [a for a in greedy(suspect, asked, "identity", "suspect") if a is not None]
+        c_ans = {
+            c.name: [a for a in greedy(c, asked, "identity", f"control:{c.name}") if a is not None]
+            for c in controls
+        }
         result = ident.identity_test(s_ans, c_ans, names)
         results.append(result)
         series["identity"] = {
@@ -345,16 +354,24 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
         prompts = random.Random(f"{cfg.seed}:provenance").sample(list(pool), prov_n)
         log(f"provenance: {len(prompts)} prompts to the suspect, our model and {len(controls)} control(s)")
         s_ans = greedy(suspect, prompts, "provenance", "suspect")
-        _require_answers(suspect, "provenance")
         o_ans = greedy(ours, prompts, "provenance", "ours")
         c_ans = {c.name: greedy(c, prompts, "provenance", f"control:{c.name}") for c in controls}
-        results.append(prov.provenance_test(s_ans, o_ans, c_ans))
+        ok = [i for i in range(len(prompts)) if s_ans[i] is not None and o_ans[i] is not None]
+        ok = [i for i in ok if all(a[i] is not None for a in c_ans.values())]  # every model answered
+        results.append(
+            prov.provenance_test(
+                [s_ans[i] for i in ok],
+                [o_ans[i] for i in ok],
+                {k: [a[i] for i in ok] for k, a in c_ans.items()},
+            )
+        )
 
     # 5. radioactivity
     queries_radio = 0
     stopped_early = False
     if run_radio:
-        own = _own_texts(cfg, ours, spec, pool, log) if cfg.filter_windows or run_open else None
+        need_own = cfg.filter_windows or (run_open and cfg.open_texts == "watermarked")
+        own = _own_texts(cfg, ours, spec, pool, log) if need_own else None
         allowed = (
             radio.own_windows(own["completions"], own["prompts"], spec.window) if cfg.filter_windows else None
         )
@@ -365,7 +382,9 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
         series["radioactivity"] = closed["series"]
         series["decoys"] = closed["decoys"]
         if run_open:
-            opened = _open_mode(cfg, suspect, spec, own, log)
+            if cfg.open_texts == "plain":
+                own = _own_texts(cfg, ours, spec, pool, log, watermarked=False)
+            opened = _open_mode(cfg, suspect, spec, own, log, watermarked=cfg.open_texts == "watermarked")
             results.append(opened["result"])
             series["radioactivity_open"] = opened["series"]
             series["decoys_open"] = opened["decoys"]
@@ -394,11 +413,6 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
     }
 
 
-def _require_answers(m: _Asked, what: str) -> None:
-    if m.failed and m.failed >= m.queries:
-        raise UserError(f"{m.role} at {m.name} answered none of the {what} queries: {m.errors[0]}")
-
-
 def _prompt_ids(tok, prompts: Sequence[str], cache: dict) -> list[list[int]]:
     from distillguard.lm.chat import format_prompt
 
@@ -423,7 +437,9 @@ def _model_stamp(path: str) -> tuple:
     )
 
 
-def _own_texts(cfg: AuditConfig, ours: _Asked, spec: WatermarkSpec, pool: Sequence[str], log) -> dict:
+def _own_texts(
+    cfg: AuditConfig, ours: _Asked, spec: WatermarkSpec, pool: Sequence[str], log, *, watermarked: bool = True
+) -> dict:
     """Our watermarked answers (our model, our key) to pool prompts: filter set and open-mode texts.
 
     Generation is seeded, so the same request gives the same texts; they are memoised in this process
@@ -434,14 +450,14 @@ def _own_texts(cfg: AuditConfig, ours: _Asked, spec: WatermarkSpec, pool: Sequen
     n = cfg.own_texts if cfg.own_texts is not None else max(len(pool), 256)
     prompts = _take(_prompt_stream(pool, cfg.seed, "own"), n)
     memo = (
-        _model_stamp(ours.name), spec, hashlib.sha256("\x00".join(prompts).encode()).hexdigest(),
+        _model_stamp(ours.name), spec, watermarked, hashlib.sha256("\x00".join(prompts).encode()).hexdigest(),
         cfg.max_tokens, cfg.own_temperature, cfg.seed,
     )  # fmt: skip
     if memo in _OWN_CACHE:
         log(f"our watermarked texts: {n} answers (already generated in this process)")
         return _OWN_CACHE[memo]
     log(f"our watermarked texts: {n} answers from {ours.name}")
-    ours.client.watermark = bind_to_model(spec, ours.model)
+    ours.client.watermark = bind_to_model(spec, ours.model) if watermarked else None
     try:
         answers = []
         for start in range(0, n, 256):
@@ -587,15 +603,19 @@ def predictions(
     return out
 
 
-def _open_mode(cfg, suspect: _Asked, spec, own: dict, log) -> dict:
-    """Read our watermarked texts with the suspect's weights and score its top-1 predictions."""
+def _open_mode(cfg, suspect: _Asked, spec, own: dict, log, *, watermarked: bool = True) -> dict:
+    """Read our texts with the suspect's weights and score its top-1 predictions.
+
+    ``watermarked``: the texts carry our watermark, so every true (window, token) tuple of the texts is
+    excluded from scoring (see :mod:`.radioactivity`); plain texts need no exclusion.
+    """
     seqs = [list(p) + list(c) for p, c in zip(own["prompts"], own["completions"], strict=True)]
     plens = [len(p) for p in own["prompts"]]
     tok = suspect.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     preds = predictions(suspect.model, seqs, pad)
     win, toks, text, true_ids = radio.reading_candidates(seqs, plens, preds, spec.window)
-    stream = radio.TupleStream(spec.window, excluded=true_ids)
+    stream = radio.TupleStream(spec.window, excluded=true_ids if watermarked else None)
     stream.add_candidates(win, toks, text, n_texts=len(seqs))
     prep = stream.prepared()
     log(f"radioactivity (open): {len(stream)} predicted tuples scored from {len(seqs)} texts; decoys")
@@ -610,11 +630,12 @@ def _open_mode(cfg, suspect: _Asked, spec, own: dict, log) -> dict:
         spec,
         prep,
         decoys,
+        reading="watermarked" if watermarked else "plain",
         details={
             "texts_read": len(seqs),
             "positions": positions,
             "candidate_tuples": int(len(toks)),
-            "excluded_true_tuples": int(len(true_ids)),
+            "excluded_true_tuples": int(len(true_ids)) if watermarked else 0,
             "top1_matches_our_token": agree / positions if positions else None,
             "tokens_to_p_1e-6": radio.tokens_to_reach(values, spec, -6.0),
         },

@@ -45,3 +45,10 @@ def test_demo_story(tiny_world, tmp_path, monkeypatch):
     for summary in audits.values():
         assert verify_bundle(summary["bundle"]).ok
         assert summary["report"].endswith(".html")
+
+    # the monitor moved Copycat's accounts down the ladder and left the customers alone
+    mon = res["monitor"]
+    tiers = {row["account"]: row["tier"] for row in mon["accounts"]}
+    assert all(tiers.get(f"cc-{i:02d}", "normal") != "normal" for i in range(1, COPYCAT_ACCOUNTS + 1)), tiers
+    assert all(tiers.get(name, "normal") == "normal" for name in HONEST_ACCOUNTS), tiers
+    assert mon["next_request_status"]["honest customer"] == 200

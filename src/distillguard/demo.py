@@ -151,7 +151,8 @@ def run_demo(
 COPYCAT_QUERIES = 640
 COPYCAT_STEPS = 500
 COPYCAT_ACCOUNTS = 4
-HONEST_ACCOUNTS = {"acme-support": "Acme", "jdoe": None}
+# name -> (org, client IP behind Northwind's load balancer, days since sign-up)
+HONEST_ACCOUNTS = {"acme-support": ("Acme", "203.0.113.24", 210), "jdoe": (None, "198.51.100.77", 45)}
 
 
 def gateway_chapter(
@@ -184,6 +185,7 @@ def gateway_chapter(
         {
             "model": str(world.teacher), "model_name": "aster", "port": 0,
             "accounts_path": str(state / "accounts.db"), "ledger_path": str(state / "ledger.db"),
+            "trusted_proxies": ["127.0.0.1/32"],  # the load balancer: client IPs from X-Forwarded-For
             "secret": secrets.token_hex(32),
             "watermark_scheme": spec.scheme, "watermark_key": str(spec.key), "watermark_gamma": spec.gamma,
             "watermark_delta": spec.delta, "watermark_context_width": spec.context_width,
@@ -192,7 +194,11 @@ def gateway_chapter(
     console.rule("[bold]Northwind puts Aster behind the distillguard gateway")
     with GatewayServer(settings) as server:
         accounts = server.app.state.gateway.accounts
-        keys = {name: accounts.create_key(name, org=org, rpm=600)[0] for name, org in HONEST_ACCOUNTS.items()}
+        now = time.time()
+        keys = {
+            name: accounts.create_key(name, org=org, rpm=600, created=now - days * 86400)[0]
+            for name, (org, _, days) in HONEST_ACCOUNTS.items()
+        }
         copycat_keys = [
             accounts.create_key(f"cc-{i:02d}", org=None, rpm=600)[0] for i in range(1, COPYCAT_ACCOUNTS + 1)
         ]
@@ -203,7 +209,10 @@ def gateway_chapter(
         honest_questions = [r["prompt"] for r in _pick_prompts(read_jsonl(world.prompts), 8)]
         for i, question in enumerate(honest_questions):
             name = list(keys)[i % len(keys)]
-            client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=keys[name], max_retries=0)
+            client = openai.OpenAI(
+                base_url=server.base_url + "/v1", api_key=keys[name], max_retries=0,
+                default_headers={"X-Forwarded-For": HONEST_ACCOUNTS[name][1]},
+            )  # fmt: skip
             reply = client.chat.completions.create(
                 model="aster", messages=[{"role": "user", "content": question}], max_tokens=48, user=name
             )
@@ -212,6 +221,11 @@ def gateway_chapter(
         distilled = copycat_distills(
             world, console, seed=seed, out_dir=out_dir / "copycat", teacher_url=server.base_url + "/v1",
             api_keys=copycat_keys, queries=queries, steps=steps,
+        )  # fmt: skip
+        monitored = monitor_chapter(
+            console, settings=settings, state=state, out_dir=out_dir, seed=seed,
+            probe=lambda key, ip=None: _probe(server.base_url, key, ip),
+            honest=(keys["acme-support"], HONEST_ACCOUNTS["acme-support"][1]), copycat_key=copycat_keys[0],
         )  # fmt: skip
         ledger = server.app.state.gateway.ledger
         report = ledger.verify()
@@ -230,6 +244,7 @@ def gateway_chapter(
         "ledger": {"records": len(records), "intact": report.ok, "first_bad_seq": report.first_bad_seq,
                    "by_account": {f"{a}/{d}": c for (a, d), c in sorted(by_account.items())}},
         "distillation": distilled,
+        "monitor": monitored,
     }  # fmt: skip
 
 
@@ -310,3 +325,89 @@ def audit_chapter(
         print_summary(summary)
         audits[name] = summary
     return audits
+
+
+BENIGN_PERSONAS = (
+    "casual_chat",
+    "coding_assistant",
+    "support_bot",
+    "batch_summariser",
+    "eval_harness",
+    "researcher",
+)
+
+
+def _probe(base_url: str, key: str, ip: str | None = None) -> int:
+    """One small chat request with ``key`` (from ``ip``); the HTTP status the gateway answers."""
+    import httpx
+
+    body = {
+        "model": "aster",
+        "messages": [{"role": "user", "content": "What is json.dumps?"}],
+        "max_tokens": 8,
+    }
+    headers = {"Authorization": f"Bearer {key}", **({"X-Forwarded-For": ip} if ip else {})}
+    return httpx.post(base_url + "/v1/chat/completions", json=body, headers=headers, timeout=60).status_code
+
+
+def _run_cli(args: list[str]) -> dict:
+    """A ``--json`` command of our own CLI, in process; its JSON document."""
+    import contextlib
+    import io
+
+    from distillguard.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        main([*args, "--json"])
+    return json.loads(buf.getvalue())
+
+
+def monitor_chapter(
+    console: Console, *, settings, state, out_dir, seed: int, probe, honest: tuple[str, str], copycat_key: str
+) -> dict:
+    """The monitor reads the ledger, links Copycat's accounts and moves them down the ladder.
+
+    It is calibrated on a benign reference period (Northwind's customers' past traffic, simulated with the
+    monitor's personas), then scans the live ledger and applies its tiers through the account store; the
+    gateway enforces them on the next request.
+    """
+    from distillguard.monitor.synth import synthesize_ledger
+
+    console.rule("[bold]The monitor reads the ledger")
+    mon = out_dir / "monitor"
+    mon.mkdir(parents=True, exist_ok=True)
+    history = mon / "benign-history.db"
+    history.unlink(missing_ok=True)
+    synthesize_ledger(
+        history, scale="medium", seed=seed, personas=BENIGN_PERSONAS, labels=mon / "labels.json"
+    )
+    config = mon / "monitor.toml"
+    config.write_text(
+        f'secret = "{settings.secret}"\naccounts_path = "{settings.accounts_path}"\n'
+        f'ledger_path = "{settings.ledger_path}"\nmonitor_dir = "{mon / "state"}"\n'
+        f'monitor_reference = "{mon / "reference.npz"}"\n'
+    )
+    cal = _run_cli(["monitor", "calibrate", "--ledger", str(history), "--labels", str(mon / "labels.json"),
+                    "--config", str(config)])  # fmt: skip
+    console.print(f"benign reference: {cal['accounts']} customer accounts of simulated past traffic")
+    report = _run_cli(["monitor", "scan", "--apply", "--config", str(config)])
+    table = Table(title="monitor decisions")
+    for col in ("account", "queries", "p-value", "tier", "cluster", "top reasons"):
+        table.add_column(col, justify="right" if col in ("queries", "p-value") else "left")
+    for row in sorted(report["accounts"], key=lambda r: r["account"]):
+        p = row.get("p_value")
+        table.add_row(
+            row["account"], str(row.get("queries")), "n/a" if p is None else f"{p:.1e}", row["tier"],
+            str(row.get("cluster") or "-"), "; ".join(row.get("reasons") or [])[:70],
+        )  # fmt: skip
+    console.print(table)
+    statuses = {"honest customer": probe(*honest), "Copycat": probe(copycat_key)}
+    console.print("next request: " + ", ".join(f"{who} -> HTTP {code}" for who, code in statuses.items()))
+    return {
+        "reference_accounts": cal["accounts"],
+        "accounts": report["accounts"],
+        "clusters": report.get("clusters", []),
+        "decisions": report.get("decisions", []),
+        "next_request_status": statuses,
+    }

@@ -14,10 +14,11 @@ The battery never contains the names being tested (a question that says "Aster" 
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+from scipy import special
 from scipy import stats as sst
 
 from distillguard.audit.verdict import TestResult
@@ -76,8 +77,9 @@ def fisher_log_p(k1: int, n1: int, k2: int, n2: int) -> float:
         raise ValueError("counts must lie between 0 and their group sizes")
     if n1 == 0 or n2 == 0 or k1 == 0:
         return 0.0
-    lp = float(sst.hypergeom.logsf(k1 - 1, n1 + n2, k1 + k2, n1))
-    return min(lp, 0.0) if math.isfinite(lp) else (0.0 if lp > 0 else lp)
+    named = k1 + k2
+    k = np.arange(k1, min(n1, named) + 1)  # the upper tail, term by term in log space: never underflows
+    return min(float(special.logsumexp(sst.hypergeom.logpmf(k, n1 + n2, named, n1))), 0.0)
 
 
 def identity_test(

@@ -40,11 +40,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny world, few steps")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--n", type=int, default=None, help="queries")
+    parser.add_argument("--world-root", default=None, help="a world built there before (else the cached one)")
     args, _ = parser.parse_known_args()
     preset = "tiny" if args.quick else "default"
     steps = args.steps or (60 if args.quick else 400)
     n = args.n or (96 if args.quick else 800)
-    world = build_world(preset, progress=True)
+    world = build_world(preset, root=args.world_root, progress=True)
     work = Path(tempfile.mkdtemp(prefix="distill-bench-"))
     shared = work / "collection.jsonl"
     results: dict[str, dict] = {}

@@ -620,7 +620,8 @@ def test_cli_synthetic_ledger_http_replay_and_one_line_errors(tmp_path, monkeypa
         ([*base, "--gateway", "http://127.0.0.1:9", "--admin-token", ADMIN_TOKEN, "--out", str(tmp_path)],
          "cannot reach the gateway"),
         ([*base, "--gateway", "http://x", "--out", str(tmp_path)], "--admin-token"),
-        (["simulate", "--scale", "huge", "--gateway", "http://x", "--admin-token", ADMIN_TOKEN, "--out", "o"],
+        (["simulate", "--scale", "huge", "--gateway", "http://x", "--admin-token", ADMIN_TOKEN,
+          "--out", str(tmp_path / "o")],
          "unknown scale"),
     ):  # fmt: skip
         code, out, err = _cli(argv, capsys)
@@ -635,8 +636,8 @@ def test_cli_synthetic_ledger_http_replay_and_one_line_errors(tmp_path, monkeypa
         assert data["requests"] == data["ok"] == data["events"] > 0
         assert {r["persona"] for r in data["personas"]} == {"sybil", "support_bot"}
         code, out, err = _cli(
-            ["simulate", "--gateway", gw.base_url, "--admin-token", "wrong-token-0123456789", "--out", "o",
-             "--scale", "tiny", "--persona", "sybil", "--no-progress"],
+            ["simulate", "--gateway", gw.base_url, "--admin-token", "wrong-token-0123456789",
+             "--out", str(tmp_path / "w"), "--scale", "tiny", "--persona", "sybil", "--no-progress"],
             capsys,
         )  # fmt: skip
         assert code == 2 and "refused the admin token" in err

@@ -69,7 +69,7 @@ def main() -> None:
     n = args.n or (256 if args.quick else 800)
     steps = args.steps or (200 if args.quick else 400)
     budget = args.budget or (512 if args.quick else 2048)
-    own_texts = args.own_texts or (256 if args.quick else 768)
+    own_texts = args.own_texts or (256 if args.quick else 1024)
     t_start = time.time()
     world = build_world(preset, progress=True)
     spec = WatermarkSpec(key=BENCH_KEY, delta=args.delta)

@@ -12,7 +12,8 @@ a clean control trained the same way on 100% *unwatermarked* answers. Each stude
 Reported per student: exact p-value vs tokens scored (both modes), tokens needed to reach p < 1e-6, the
 green rate with its confidence interval, and the decoy-key check. Goal: rho = 1% detected at p < 1e-6
 within 200k scored tokens in closed mode (the published reference needs 5% for p < 1e-5, open model).
-Results: bench/results/audit.json and audit.png (``--quick``: tiny world, audit_quick.*).
+Results: bench/results/audit.json and audit.png (``--quick``: tiny world, audit_quick.*; another ``--mix``:
+audit_<mix>.*).
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
+    suffix = ("_quick" if args.quick else "") + ("" if args.mix == "corpus" else f"_{args.mix}")
     (RESULTS / f"audit{suffix}.json").write_text(json.dumps(doc, indent=2) + "\n")
     _plot(doc, RESULTS / f"audit{suffix}.png")
     shutil.rmtree(work, ignore_errors=True)

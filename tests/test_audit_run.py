@@ -155,7 +155,7 @@ def test_suspect_behind_an_api_is_audited_in_closed_mode(models, tmp_path):
     with gateway_server.start(model=models.wm, state_dir=tmp_path / "gw", watermark=False) as gw:
         key = gw.create_key("auditor", rpm=10_000)
         report = audit(
-            models, gw.base_url, api_keys=[key], tests=("radioactivity",), probe_queries=96, concurrency=32
+            models, gw.base_url, api_keys=[key], tests=("radioactivity",), probe_queries=128, concurrency=32
         )
         with pytest.raises(UserError, match="rejected every API key"):
             audit(models, gw.base_url, api_keys=["sk-not-a-key"], tests=("radioactivity",))
@@ -163,7 +163,7 @@ def test_suspect_behind_an_api_is_audited_in_closed_mode(models, tmp_path):
     assert set(t) == {"radioactivity_closed"}
     assert report["skipped"][0]["name"] == "radioactivity_open" and "API" in report["skipped"][0]["reason"]
     assert t["radioactivity_closed"]["log10_p_value"] < -12 and report["verdict"] == "distilled"
-    assert report["queries_used"] == 1 + 96 and key not in json.dumps(report)
+    assert report["queries_used"] == 1 + 128 and key not in json.dumps(report)
     assert any("re-tokenised" in c for c in t["radioactivity_closed"]["caveats"])
 
 

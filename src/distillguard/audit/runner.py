@@ -132,20 +132,26 @@ class _Asked:
                 return self.client.answer_many(
                     prompts, max_tokens=max_tokens, temperature=temperature, seed=seed
                 )
-            return asyncio.run(self._ask_url(prompts, max_tokens, temperature, concurrency))
+            return asyncio.run(self._ask_url(prompts, max_tokens, temperature, seed, concurrency))
         except UserError as exc:
             raise self._rename(exc) from None
 
-    async def _ask_url(self, prompts, max_tokens, temperature, concurrency):
+    async def _ask_url(self, prompts, max_tokens, temperature, seed, concurrency):
+        """Concurrent requests; each carries a seed derived from ``seed`` and its position, so a server
+        that honours OpenAI's ``seed`` answers the same audit the same way (reproducible evidence)."""
         from distillguard.distill.teachers import TeacherError
 
         sem = asyncio.Semaphore(max(1, concurrency))
 
-        async def one(p: str):
+        async def one(i: int, p: str):
             async with sem:
                 try:
                     return await self.client.answer(
-                        p, max_tokens=max_tokens, temperature=temperature, top_logprobs=None, seed=None
+                        p,
+                        max_tokens=max_tokens,
+                        temperature=temperature,
+                        top_logprobs=None,
+                        seed=_seed(seed, i),
                     )
                 except TeacherError as exc:
                     self.failed += 1
@@ -154,7 +160,7 @@ class _Asked:
                     return None
 
         try:
-            return await asyncio.gather(*(one(p) for p in prompts))
+            return await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
         finally:
             await self.client.aclose()
 

@@ -188,6 +188,31 @@ def test_batch_boundaries_do_not_change_the_state_and_state_survives_a_round_tri
     assert again.profile(("support0",)).sample.seq.tolist() == many.profile(("support0",)).sample.seq.tolist()
 
 
+def test_threaded_derivation_and_forked_scoring_equal_the_serial_pass(monkeypatch):
+    """The scale paths (derive on threads, accounts scored in forked processes) change speed, not answers."""
+    import distillguard.monitor.scan as scan
+
+    records = _population(seed=2)
+    batches = [records_to_table(records[i : i + 150]) for i in range(0, len(records), 150)]
+    serial = scan.accumulate(batches, sample_size=64, workers=1)
+    threaded = scan.accumulate(batches, sample_size=64, workers=3)
+    a, b = serial.state(), threaded.state()
+    assert a["meta"] == b["meta"]
+    assert all(np.array_equal(a["arrays"][k], b["arrays"][k]) for k in a["arrays"])
+    opts = ScanOptions(sample_size=64, mmd_null=200)
+    one = analyse(serial, options=opts)
+    monkeypatch.setattr(scan, "PARALLEL_MIN_ENTITIES", 2)
+    forked = analyse(threaded, options=ScanOptions(sample_size=64, mmd_null=200, workers=2))
+    p_one = {a: v.p_value for a, v in one.accounts.items()}
+    assert p_one == {a: v.p_value for a, v in forked.accounts.items()}
+    assert [c.accounts for c in one.clusters] == [c.accounts for c in forked.clusters]
+
+    def feats(analysis):  # as JSON, where NaN equals NaN
+        return json.dumps({a: v.features for a, v in analysis.accounts.items()}, sort_keys=True)
+
+    assert feats(one) == feats(forked)
+
+
 # --------------------------------------------------------------------------------------------------
 # Each feature on a ledger with a known answer
 

@@ -67,3 +67,13 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def num_threads() -> int:
+    """All cores (``os.cpu_count()``), unless ``DISTILLGUARD_THREADS`` says otherwise.
+
+    The override exists for shared machines: if another process holds a core, two OpenMP threads wait on
+    each other at every op and a small model trains many times slower than on one thread.
+    """
+    value = os.environ.get("DISTILLGUARD_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)

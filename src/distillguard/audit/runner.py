@@ -238,7 +238,7 @@ class _Log:
 
 def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
     """Audit ``cfg.suspect`` and return the JSON-serialisable evidence document (see module docstring)."""
-    from distillguard.lm.train import num_threads
+    from distillguard.config import num_threads
 
     started = _now()
     tests = _validate(cfg)

@@ -283,8 +283,8 @@ class LocalBackend:
         batch_wait_ms: float = 2.0,
         threads: int | None = None,
     ):
+        from distillguard.config import num_threads
         from distillguard.lm.io import load_model_and_tokenizer
-        from distillguard.lm.train import num_threads
 
         self.model, self.tokenizer = load_model_and_tokenizer(model_dir)
         self.model_id = model_id or Path(model_dir).name

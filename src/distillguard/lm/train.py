@@ -7,12 +7,13 @@ faster than one example per row), and lets the distillation engine swap in its o
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
 
 import torch
+
+from distillguard.config import num_threads
 
 Example = str | tuple[str, str]  # plain text (loss on every token) or (prompt_text, full_text)
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
@@ -103,16 +104,6 @@ def collate(rows: Sequence[Piece], pad_id: int) -> dict[str, torch.Tensor]:
                 aux[r, : len(row[2])] = torch.tensor(row[2])
         batch["aux"] = aux
     return batch
-
-
-def num_threads() -> int:
-    """All cores (``os.cpu_count()``), unless ``DISTILLGUARD_THREADS`` says otherwise.
-
-    The override exists for shared machines: if another process holds a core, two OpenMP threads wait on
-    each other at every op and a small model trains many times slower than on one thread.
-    """
-    value = os.environ.get("DISTILLGUARD_THREADS", "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
 
 
 def lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

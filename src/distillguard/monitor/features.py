@@ -341,6 +341,27 @@ def stable_hash(text: str) -> int:
 # Embeddings
 
 
+_BUCKETS: dict[tuple[str, int], tuple[int, float] | None] = {}
+
+
+def _bucket(word: str, dim: int) -> tuple[int, float] | None:
+    """A word's hashed column and sign (``None`` for stopwords and single characters), memoised: a scan
+    embeds millions of prompts over a vocabulary of thousands."""
+    key = (word, dim)
+    hit = _BUCKETS.get(key, False)
+    if hit is not False:
+        return hit
+    if word in STOPWORDS or len(word) <= 1:
+        out = None
+    else:
+        h = zlib.crc32(word.encode("utf-8"))
+        out = (h % dim, 1.0 if (h >> 16) & 1 else -1.0)
+    if len(_BUCKETS) >= 1_000_000:
+        _BUCKETS.clear()
+    _BUCKETS[key] = out
+    return out
+
+
 def hash_vectors(texts: Sequence[str], dim: int = 512) -> np.ndarray:
     """Fixed hashed bag-of-words vectors ``[n, dim]`` (float32, L2-normalised; empty texts stay zero).
 
@@ -350,11 +371,19 @@ def hash_vectors(texts: Sequence[str], dim: int = 512) -> np.ndarray:
     other prompts are embedded with them, or MMD windows would not be comparable across scans.
     """
     out = np.zeros((len(texts), dim), dtype=np.float32)
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
     for row, text in enumerate(texts):
-        counts = Counter(w for w in text_features(text) if w not in STOPWORDS and len(w) > 1)
+        counts = Counter(text_features(text))
         for word, c in counts.items():
-            h = zlib.crc32(word.encode("utf-8"))
-            out[row, h % dim] += (1.0 + math.log(c)) * (1.0 if (h >> 16) & 1 else -1.0)
+            b = _bucket(word, dim)
+            if b is not None:
+                rows.append(row)
+                cols.append(b[0])
+                vals.append((1.0 + math.log(c)) * b[1])
+    if rows:
+        np.add.at(out, (np.array(rows), np.array(cols)), np.array(vals, dtype=np.float32))
     norm = np.linalg.norm(out, axis=1, keepdims=True)
     return np.divide(out, norm, out=np.zeros_like(out), where=norm > 0)
 

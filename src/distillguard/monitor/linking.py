@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from distillguard.monitor.features import hash_ints
+from distillguard.monitor.features import mix64
 
 KINDS = ("ip", "template", "timing", "created")
 _SIG = 64
@@ -82,12 +82,12 @@ class _UnionFind:
 
 def minhash(items: set[int], salt: int = 0x7E3) -> np.ndarray:
     """A 64-value MinHash signature of a set of integers (all-max for the empty set)."""
-    sig = np.full(_SIG, np.iinfo(np.uint64).max, dtype=np.uint64)
-    if items:
-        arr = np.fromiter(items, dtype=np.int64, count=len(items))
-        for j in range(_SIG):
-            sig[j] = hash_ints(arr, salt=salt + 7919 * j).min()
-    return sig
+    if not items:
+        return np.full(_SIG, np.iinfo(np.uint64).max, dtype=np.uint64)
+    arr = np.fromiter(items, dtype=np.int64, count=len(items)).view(np.uint64)
+    salts = (salt + 7919 * np.arange(_SIG, dtype=np.uint64)).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        return mix64(arr[None, :] + salts[:, None]).min(axis=1)  # row j: the salted hash_ints of j
 
 
 def signature_jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -153,25 +153,36 @@ def link_accounts(
             candidates |= _pairs(members, order_key)
     uf = _UnionFind(n)
     edge_kinds: dict[tuple[int, int], list[str]] = {}
-    for i, j in candidates:
+    if not candidates:
+        pairs = np.zeros((0, 2), dtype=np.int64)
+    else:
+        pairs = np.array(sorted(candidates), dtype=np.int64)
+    pi, pj = pairs[:, 0], pairs[:, 1]
+    # the signature comparisons, vectorised over all candidate pairs (millions at the seed case's scale)
+    has_sig = np.array([s is not None for s in frame_sig], dtype=bool)
+    sig = np.stack([s if s is not None else np.zeros(_SIG, np.uint64) for s in frame_sig]) if n else None
+    template = np.zeros(len(pairs), dtype=bool)
+    timing = np.zeros(len(pairs), dtype=bool)
+    hours = np.stack([np.asarray(x.hours, dtype=np.uint64) for x in infos])
+    busy = np.array([x.active_hours >= min_active_hours for x in infos], dtype=bool)
+    for lo in range(0, len(pairs), 200_000):
+        i, j = pi[lo : lo + 200_000], pj[lo : lo + 200_000]
+        both = has_sig[i] & has_sig[j]
+        template[lo : lo + len(i)] = both & ((sig[i] == sig[j]).mean(axis=1) >= template_jaccard)
+        timing[lo : lo + len(i)] = busy[i] & busy[j] & ((hours[i] == hours[j]).mean(axis=1) >= hours_jaccard)
+    cr = np.asarray(created, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        close = np.abs(cr[pi] - cr[pj]) <= created_window  # nan (unknown) compares False
+    for e in range(len(pairs)):
+        i, j = int(pi[e]), int(pj[e])
         kinds = []
         if prefixes[i] & prefixes[j]:
             kinds.append("ip")
-        si, sj = frame_sig[i], frame_sig[j]
-        if si is not None and sj is not None and signature_jaccard(si, sj) >= template_jaccard:
+        if template[e]:
             kinds.append("template")
-        a, b = infos[i], infos[j]
-        if (
-            a.active_hours >= min_active_hours
-            and b.active_hours >= min_active_hours
-            and signature_jaccard(a.hours, b.hours) >= hours_jaccard
-        ):
+        if timing[e]:
             kinds.append("timing")
-        if (
-            np.isfinite(created[i])
-            and np.isfinite(created[j])
-            and abs(created[i] - created[j]) <= created_window
-        ):
+        if close[e]:
             kinds.append("created")
         if len(kinds) >= min_kinds and ("ip" in kinds or "timing" in kinds):
             uf.union(i, j)

@@ -23,8 +23,8 @@ import json
 import math
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from distillguard.monitor.features import (
     derive,
     entity_features,
     evidence_seqs,
+    hash_vectors,
     records_to_table,
     text_geometry,
 )
@@ -71,6 +72,7 @@ class ScanOptions:
     mmd_null: int = 1000
     link: bool = True
     seed: int = 0
+    workers: int | None = None  # processes for scoring many accounts (default: ``num_threads()``)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,14 +158,42 @@ def accumulate(
     acc: FeatureAccumulator | None = None,
     *,
     sample_size: int = 256,
+    workers: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> FeatureAccumulator:
-    """Feed batches into an accumulator (a new one unless given)."""
+    """Feed batches into an accumulator (a new one unless given).
+
+    :func:`derive` (regexes, slicing, hashing: most of the cost) is per row and stateless, and its Arrow
+    and numpy kernels release the GIL, so it runs on ``workers`` threads (default: ``num_threads()``)
+    a few batches ahead, while this thread folds the derived batches into the accumulator strictly in
+    ledger order. The result is identical to a serial pass; memory holds at most ``2 x workers``
+    batches in flight.
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distillguard.config import num_threads
+
     acc = acc if acc is not None else FeatureAccumulator(sample_size=sample_size)
-    for b in batches:
-        acc.update(derive(b))
+    workers = max(1, workers if workers is not None else num_threads())
+
+    def fold(qb) -> None:
+        acc.update(qb)
         if progress is not None:
             progress(acc.rows)
+
+    if workers == 1:
+        for b in batches:
+            fold(derive(b))
+        return acc
+    with ThreadPoolExecutor(workers, thread_name_prefix="derive") as pool:
+        ahead: deque = deque()
+        for b in batches:
+            ahead.append(pool.submit(derive, b))
+            if len(ahead) >= 2 * workers:
+                fold(ahead.popleft().result())
+        while ahead:
+            fold(ahead.popleft().result())
     return acc
 
 
@@ -173,20 +203,42 @@ def accumulate(
 
 @dataclass
 class EntityState:
+    """What an analysis keeps of one entity once its features are computed. The sampled texts and their
+    embeddings are not kept: at the seed case's ~65k accounts they would take gigabytes."""
+
     accounts: tuple[str, ...]
-    profile: Profile
-    geometry: TextGeometry
+    queries: int
     features: dict[str, float]
     evidence: dict[str, list[int]]
+    link: LinkInfo  # what account linking needs (``created`` is filled in by the caller)
+
+
+# Accounts whose sampled prompts make the MMD reference (pool and per-account null windows): enough for
+# 8,000 pooled rows and a varied null, and bounded, so fitting costs the same at 300 or 65,000 accounts.
+MMD_FIT_ACCOUNTS = 2000
+# Below this many entities a scan runs in-process; above, on ``workers`` forked processes.
+PARALLEL_MIN_ENTITIES = 2000
+
+_FORKED: tuple[Analyzer, FeatureAccumulator, MMDReference | None] | None = None
+
+
+def _entity_chunk(chunk: list[str]) -> list[tuple[EntityState, tuple]]:
+    an, acc, mmd = _FORKED  # type: ignore[misc]  # set by the parent before forking
+    out = []
+    for a in chunk:
+        st = an.entity(acc, (a,), mmd)
+        out.append((st, an._geo[(a,)]))
+    return out
 
 
 class Analyzer:
     """Computes per-entity features with a cache keyed on each entity's sample (unchanged accounts are not
-    re-embedded between follow iterations or evaluation checkpoints)."""
+    re-embedded between follow iterations or evaluation checkpoints). The cache keeps the sample's
+    geometry without its embedding vectors, plus the MMD score per reference."""
 
     def __init__(self, options: ScanOptions | None = None) -> None:
         self.options = options or ScanOptions()
-        self._geo: dict[tuple[str, ...], tuple[tuple[int, int], TextGeometry, float]] = {}
+        self._geo: dict[tuple[str, ...], tuple[tuple[int, int], TextGeometry, float, dict[str, float]]] = {}
 
     def entity(
         self, acc: FeatureAccumulator, accounts: tuple[str, ...], mmd: MMDReference | None
@@ -196,34 +248,99 @@ class Analyzer:
         key = (len(prof.sample), int(prof.sample.seq.sum()) if len(prof.sample) else 0)
         hit = self._geo.get(accounts)
         if hit is not None and hit[0] == key:
-            geo, w = hit[1], hit[2]
+            _, geo, w, mmd_scores = hit
+            vectors = None
         else:
             geo = text_geometry(prof.sample, dim=o.dim)
             w = prada_w(geo.min_dist)
-            self._geo[accounts] = (key, geo, w)
+            vectors, geo = geo.vectors, replace(geo, vectors=np.zeros((0, o.dim), dtype=np.float32))
+            mmd_scores = {}
+            self._geo[accounts] = (key, geo, w, mmd_scores)
         m = float("nan")
         if mmd is not None and len(prof.sample) >= max(16, o.mmd_window // 4):
-            m = mmd.standardized(mmd.score(geo.vectors))
+            if mmd.token not in mmd_scores:
+                if vectors is None:
+                    vectors = hash_vectors(prof.sample.text[: mmd.window], o.dim)
+                mmd_scores[mmd.token] = mmd.standardized(mmd.score(vectors))
+            m = mmd_scores[mmd.token]
         feats = entity_features(prof, geo, mmd=m, prada=-w if math.isfinite(w) else float("nan"))
         if len(accounts) > 1:  # a cluster's volume is judged per member (see ``analyse``)
             feats["log_queries"] = math.log10(max(prof.n, 1) / len(accounts))
-        return EntityState(accounts, prof, geo, feats, evidence_seqs(prof, geo))
+        link = LinkInfo(
+            account=accounts[0] if len(accounts) == 1 else ",".join(accounts),
+            prefixes=prof.prefixes,
+            frames=geo.template_shingles,
+            hours=prof.hour_signature,
+            active_hours=_active_hours(prof),
+            created=None,
+        )
+        return EntityState(accounts, prof.n, feats, evidence_seqs(prof, geo), link)
+
+    def accounts(
+        self,
+        acc: FeatureAccumulator,
+        names: Sequence[str],
+        mmd: MMDReference | None,
+        *,
+        workers: int | None = None,
+        min_parallel: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, EntityState]:
+        """:meth:`entity` of every single account in ``names``.
+
+        From ``min_parallel`` accounts on (and where ``fork`` exists) the work is split over ``workers``
+        forked processes (default ``num_threads()``): they read the accumulator copy-on-write and send
+        back only the slim states and cache entries. Results are identical to the serial path.
+        """
+        import multiprocessing as mp
+
+        from distillguard.config import num_threads
+
+        global _FORKED
+        workers = max(1, workers or self.options.workers or num_threads())
+        min_parallel = PARALLEL_MIN_ENTITIES if min_parallel is None else min_parallel
+        todo = list(names)
+        if workers == 1 or len(todo) < max(2, min_parallel) or "fork" not in mp.get_all_start_methods():
+            out = {}
+            for k, a in enumerate(todo, 1):
+                out[a] = self.entity(acc, (a,), mmd)
+                if progress is not None and k % 256 == 0:
+                    progress(k)
+            return out
+        acc.profile(todo[:1])  # compact the sample pool once, before the children copy it
+        size = max(16, min(512, len(todo) // (8 * workers)))
+        chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+        out, done = {}, 0
+        _FORKED = (self, acc, mmd)
+        try:
+            with mp.get_context("fork").Pool(workers) as pool:
+                for part in pool.imap(_entity_chunk, chunks):
+                    for st, cached in part:
+                        out[st.accounts[0]] = st
+                        self._geo[st.accounts] = cached
+                    done += len(part)
+                    if progress is not None:
+                        progress(done)
+        finally:
+            _FORKED = None
+        return out
 
     def fit_mmd(self, acc: FeatureAccumulator, accounts: list[str]) -> MMDReference | None:
-        """The benign MMD reference from ``accounts``' sampled prompts (pool and per-account windows)."""
+        """The benign MMD reference from ``accounts``' sampled prompts (pool and per-account windows); at
+        most :data:`MMD_FIT_ACCOUNTS` of them, a seeded choice."""
         o = self.options
+        chosen = list(accounts)
+        rng = np.random.default_rng(o.seed)
+        if len(chosen) > MMD_FIT_ACCOUNTS:
+            chosen = [chosen[i] for i in sorted(rng.choice(len(chosen), MMD_FIT_ACCOUNTS, replace=False))]
         windows = []
-        for a in accounts:
+        for a in chosen:
             prof = acc.profile((a,), sample_size=o.sample_size)
             if len(prof.sample) >= 8:
-                key = (len(prof.sample), int(prof.sample.seq.sum()))
-                hit = self._geo.get((a,))
-                geo = hit[1] if hit is not None and hit[0] == key else text_geometry(prof.sample, dim=o.dim)
-                windows.append(geo.vectors[: o.mmd_window])
+                windows.append(hash_vectors(prof.sample.text[: o.mmd_window], o.dim))
         if not windows:
             return None
         pool = np.concatenate(windows)
-        rng = np.random.default_rng(o.seed)
         if len(pool) > 8000:
             pool = pool[rng.choice(len(pool), 8000, replace=False)]
         return MMDReference.fit(
@@ -283,19 +400,8 @@ def _clusters(
     states: dict[str, EntityState],
     created: dict[str, float] | None,
 ) -> list[Cluster]:
-    infos = []
-    for a in accounts:
-        st = states[a]
-        infos.append(
-            LinkInfo(
-                account=a,
-                prefixes=st.profile.prefixes,
-                frames=st.geometry.template_shingles,
-                hours=st.profile.hour_signature,
-                active_hours=_active_hours(st.profile),
-                created=(created or {}).get(a),  # first-seen times are no substitute: all look alike
-            )
-        )
+    # key creation times from the account store; first-seen times are no substitute: all look alike
+    infos = [replace(states[a].link, created=(created or {}).get(a)) for a in accounts]
     return link_accounts(infos)
 
 
@@ -322,10 +428,8 @@ def build_reference(
     names = [a for a in names if acc.c["n"][acc.index[a]] >= o.min_queries]
     if len(names) < 3:
         raise UserError(f"a benign reference needs at least 3 accounts with {o.min_queries}+ queries")
-    for a in names:  # warm the geometry cache
-        an.entity(acc, (a,), None)
     mmd = an.fit_mmd(acc, names)
-    states = {a: an.entity(acc, (a,), mmd) for a in names}
+    states = an.accounts(acc, names, mmd)
     rows: list[tuple[tuple[str, ...], dict[str, float]]] = [((a,), states[a].features) for a in names]
     if o.link:
         for c in _clusters(names, states, created):
@@ -383,6 +487,7 @@ def analyse(
     options: ScanOptions | None = None,
     analyzer: Analyzer | None = None,
     created: dict[str, float] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Analysis:
     """Score every account and every linked cluster of the accumulator.
 
@@ -397,10 +502,8 @@ def analyse(
     mmd = reference.mmd if reference is not None else None
     scored = [a for a in names if acc.c["n"][acc.index[a]] >= o.min_queries]
     if reference is None and scored:
-        for a in scored:
-            an.entity(acc, (a,), None)
         mmd = an.fit_mmd(acc, scored)
-    states = {a: an.entity(acc, (a,), mmd) for a in names}
+    states = an.accounts(acc, names, mmd, progress=progress)
     clusters = _clusters(names, states, created) if o.link else []
     cluster_of = {a: c.id for c in clusters for a in c.accounts}
     if reference is not None:
@@ -422,13 +525,13 @@ def analyse(
     cluster_p: dict[str, Assessment] = {}
     for c in clusters:
         st = an.entity(acc, tuple(c.accounts), mmd)
-        ass = cal.assess(tuple(c.accounts), st.profile.n, st.features, st.evidence, exclude=set(c.accounts))
+        ass = cal.assess(tuple(c.accounts), st.queries, st.features, st.evidence, exclude=set(c.accounts))
         cluster_p[c.id] = ass
         cluster_verdicts.append(
             ClusterVerdict(
                 id=c.id,
                 accounts=list(c.accounts),
-                queries=st.profile.n,
+                queries=st.queries,
                 score=ass.score,
                 p_value=ass.p_value,
                 risk=ass.risk,
@@ -444,9 +547,9 @@ def analyse(
         cid = cluster_of.get(a)
         members = set(next(c.accounts for c in clusters if c.id == cid)) if cid else set()
         if a in scored:
-            own = cal.assess((a,), st.profile.n, st.features, st.evidence, exclude=members)
+            own = cal.assess((a,), st.queries, st.features, st.evidence, exclude=members)
         else:
-            own = Assessment((a,), st.profile.n, float("nan"), 1.0, 0.0, [], scored=False)
+            own = Assessment((a,), st.queries, float("nan"), 1.0, 0.0, [], scored=False)
         looks = [own.p_value] + ([cluster_p[cid].p_value] if cid else [])
         p = combine_min_p(looks) if len(looks) > 1 else own.p_value
         details = list(own.reasons)
@@ -464,7 +567,7 @@ def analyse(
             reasons = [f"fewer than {o.min_queries} queries: not scored alone"]
         verdicts[a] = AccountVerdict(
             account=a,
-            queries=st.profile.n,
+            queries=st.queries,
             score=own.score,
             p_value=p,
             p_own=own.p_value,

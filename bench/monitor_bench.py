@@ -9,7 +9,9 @@
    streamed through the batch feature accumulator by record batches; reported rows/s, wall time and peak
    resident memory, plus the time to score every account.
 
-Results: ``bench/results/monitor.json``. ``--quick`` runs scale ``small`` and 2M Parquet rows.
+Results: ``bench/results/monitor.json`` (a scale other than ``medium`` is stored as ``quality_<scale>``).
+``--quick`` runs scale ``small`` and 2M Parquet rows; ``--scale large --no-qtd`` is the FPR run (3,150
+benign accounts: zero flagged bounds the FPR below 0.1% at 95% confidence).
 
 Beyond one machine: accumulation is a per-account fold with mergeable state (counters add, HyperLogLog
 registers take the maximum, bottom-K samples merge by priority, MinHash signatures take the minimum), so
@@ -40,22 +42,33 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def quality(scale: str, work: Path, seeds: tuple[int, ...] = (1, 2, 3)) -> dict:
+def _synth(args: tuple) -> str:
+    from distillguard.monitor.personas import BENIGN
+    from distillguard.monitor.synth import synthesize_ledger
+
+    path, scale, seed, benign_only = args
+    synthesize_ledger(Path(path), scale=scale, seed=seed, personas=BENIGN if benign_only else None)
+    return path
+
+
+def quality(scale: str, work: Path, seeds: tuple[int, ...] = (1, 2, 3), qtd: bool = True) -> dict:
+    from concurrent.futures import ProcessPoolExecutor
+
     from distillguard.monitor.decisions import Policy
     from distillguard.monitor.evaluate import evaluate, queries_to_detection
-    from distillguard.monitor.personas import BENIGN, load_pools
     from distillguard.monitor.scan import ScanOptions, accumulate, analyse, build_reference, ledger_batches
-    from distillguard.monitor.synth import read_labels, synthesize_ledger
+    from distillguard.monitor.synth import read_labels
 
-    pools = load_pools()
     opts = ScanOptions()
     t0 = time.time()
+    jobs = [(str(work / "eval" / "ledger.db"), scale, seeds[0], False)]
+    jobs += [(str(work / f"ref{seed}" / "ledger.db"), scale, seed, True) for seed in seeds[1:]]
+    with ProcessPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as pool:  # pure Python: one per core
+        paths = list(pool.map(_synth, jobs))
+    ledger = Path(paths[0])
     ref_acc = None
-    for seed in seeds[1:]:
-        path = synthesize_ledger(work / f"ref{seed}" / "ledger.db", scale=scale, seed=seed, pools=pools,
-                                 personas=BENIGN)  # fmt: skip
-        ref_acc = accumulate(ledger_batches(path), ref_acc, sample_size=opts.sample_size)
-    ledger = synthesize_ledger(work / "eval" / "ledger.db", scale=scale, seed=seeds[0], pools=pools)
+    for path in paths[1:]:
+        ref_acc = accumulate(ledger_batches(Path(path)), ref_acc, sample_size=opts.sample_size)
     labels = read_labels(work / "eval" / "labels.json")
     t_synth = time.time() - t0
     t0 = time.time()
@@ -67,10 +80,14 @@ def quality(scale: str, work: Path, seeds: tuple[int, ...] = (1, 2, 3)) -> dict:
     t_scan = time.time() - t0
     policy = Policy()
     t0 = time.time()
-    qtd = queries_to_detection(ledger_batches(ledger), labels, reference, policy, options=opts, step_rows=200)
+    qtd_doc = None
+    if qtd:
+        qtd_doc = queries_to_detection(
+            ledger_batches(ledger), labels, reference, policy, options=opts, step_rows=200
+        )
     t_qtd = time.time() - t0
-    doc = evaluate(analysis, labels, policy, qtd=qtd, out_dir=work / "out")
-    png = RESULTS / "monitor_roc.png"
+    doc = evaluate(analysis, labels, policy, qtd=qtd_doc, out_dir=work / "out")
+    png = RESULTS / ("monitor_roc.png" if scale == "medium" else f"monitor_roc_{scale}.png")
     png.write_bytes((work / "out" / "roc.png").read_bytes())
     doc["roc_png"] = str(png.relative_to(HERE.parent))
     doc["setup"] = {
@@ -85,44 +102,61 @@ def quality(scale: str, work: Path, seeds: tuple[int, ...] = (1, 2, 3)) -> dict:
 
 
 def _features_child(path: str) -> None:
-    """Run in a fresh process: stream the Parquet ledger through the accumulator, score every account."""
+    """Run in a fresh process: stream the Parquet ledger through the accumulator, score every account
+    (population calibration: a 50M-row export has no separate benign period) and, where the export has
+    ``labels.json``, evaluate the verdicts against the ground truth."""
+    from distillguard.config import num_threads
+    from distillguard.monitor.decisions import Policy
+    from distillguard.monitor.evaluate import evaluate
     from distillguard.monitor.scan import ScanOptions, accumulate, analyse, parquet_batches, parquet_created
+    from distillguard.monitor.synth import read_labels
 
     t0 = time.time()
     acc = accumulate(parquet_batches(Path(path)), sample_size=64)
     t_acc = time.time() - t0
     rss_features = _rss_mb()
+    print(f"features: {acc.rows} rows in {t_acc:.0f} s", file=sys.stderr, flush=True)
     t0 = time.time()
     opts = ScanOptions(sample_size=64, mmd_null=300)
     analysis = analyse(acc, None, options=opts, created=parquet_created(Path(path)))
-    print(json.dumps({
+    doc = {
         "rows": acc.rows,
         "accounts": len(acc.accounts),
+        "workers": num_threads(),
         "feature_seconds": t_acc,
         "rows_per_second": acc.rows / t_acc,
         "peak_rss_mb_features": rss_features,
         "score_seconds": time.time() - t0,
         "clusters": len(analysis.clusters),
         "peak_rss_mb": _rss_mb(),
-    }))  # fmt: skip
+    }
+    labels_path = Path(path) / "labels.json"
+    if labels_path.is_file():
+        ev = evaluate(analysis, read_labels(labels_path), Policy())
+        doc["quality_population_calibrated"] = {
+            k: ev[k] for k in ("accounts", "auc", "operating_points", "personas", "campaigns") if k in ev
+        }
+    print(json.dumps(doc, default=float))
 
 
-def scale_run(rows: int, work: Path) -> dict:
+def scale_run(rows: int, work: Path, parquet: Path | None = None) -> dict:
     import subprocess
 
     from distillguard.monitor.synth import synthesize_parquet
 
-    out = work / "parquet"
-    t0 = time.time()
-    synthesize_parquet(out, rows=rows, seed=0)
-    t_synth = time.time() - t0
-    size = sum(p.stat().st_size for p in out.glob("*.parquet"))
+    t_synth = None
+    if parquet is None:
+        parquet = work / "parquet"
+        t0 = time.time()
+        synthesize_parquet(parquet, rows=rows, seed=0)
+        t_synth = time.time() - t0
+    size = sum(p.stat().st_size for p in Path(parquet).glob("*.parquet"))
     # a fresh process, so its peak resident memory is the feature pass's own, not the generator's
     code = (
         f"import sys; sys.path.insert(0, {str(HERE)!r}); import monitor_bench as m; "
-        f"m._features_child({str(out)!r})"
+        f"m._features_child({str(parquet)!r})"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    res = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True)
     doc = json.loads(res.stdout.strip().splitlines()[-1])
     doc.update(parquet_bytes=size, synthesize_seconds=t_synth, sample_size=64, cpus=os.cpu_count())
     return doc
@@ -133,6 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="scale small and 2M Parquet rows")
     ap.add_argument("--scale", default=None, help="simulation scale for quality (default medium)")
     ap.add_argument("--rows", type=int, default=None, help="Parquet rows for the scale run (default 50M)")
+    ap.add_argument(
+        "--parquet",
+        type=Path,
+        default=None,
+        help="score this existing export (synthesize_parquet output) instead of synthesising one",
+    )
+    ap.add_argument("--no-qtd", action="store_true", help="skip the queries-to-detection replay")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
     args = ap.parse_args(argv)
@@ -144,13 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dg-monitor-bench-") as tmp:
         work = Path(tmp)
         if not args.skip_quality:
-            result["quality"] = quality(scale, work)
-            q = result["quality"]
+            key = "quality" if scale == "medium" else f"quality_{scale}"
+            result[key] = quality(scale, work, qtd=not args.no_qtd)
+            q = result[key]
             op = q["operating_points"]["throttled"]
             print(f"quality ({scale}): AUC {q['auc']:.4f}, benign FPR {op['benign_fpr_observed']:.3%}, "
                   f"attacker TPR {op['attacker_tpr']:.1%}", flush=True)  # fmt: skip
         if not args.skip_scale:
-            result["scale"] = scale_run(rows, work)
+            result["scale"] = scale_run(rows, work, args.parquet)
             s = result["scale"]
             rate = s["rows_per_second"]
             print(f"scale: {s['rows']} rows in {s['feature_seconds']:.0f} s ({rate:.0f} rows/s), "

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,6 +48,42 @@ def _default(x: Any) -> Any:
     if isinstance(x, np.integer | np.floating):
         return x.item()
     raise TypeError(f"not JSON: {type(x)}")
+
+
+@contextmanager
+def _progress(what: str) -> Iterator[Callable[[int], None]]:
+    """A live counter on stderr for long scans (rows read, accounts scored); silent off a terminal, so
+    ``--json`` output and logs stay clean."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield lambda n: None
+        return
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(what)
+        yield lambda n: bar.update(task, description=f"{what}: {n:,}")
+
+
+def _read(batches, sample_size: int):
+    from distillguard.monitor.scan import accumulate
+
+    with _progress("ledger rows read") as tick:
+        return accumulate(batches, sample_size=sample_size, progress=tick)
+
+
+def _analyse(acc, ref, opts, created):
+    from distillguard.monitor.scan import analyse
+
+    with _progress("accounts scored") as tick:
+        return analyse(acc, ref, options=opts, created=created, progress=tick)
 
 
 def _reference_path(config: dict[str, Any]) -> Path:
@@ -119,8 +157,6 @@ def scan_cmd(
     """Score every account and linked cluster of the ledger; propose (or --apply) tier changes."""
     from distillguard.monitor.decisions import DecisionLog, Policy, apply_decisions
     from distillguard.monitor.scan import (
-        accumulate,
-        analyse,
         plan_decisions,
         report_json,
         store_created,
@@ -132,13 +168,13 @@ def scan_cmd(
     opts = _options(cfg)
     ref = _reference(cfg, reference, population)
     batches, created = _source(ledger, parquet, cfg)
-    acc = accumulate(batches, sample_size=opts.sample_size)
+    acc = _read(batches, opts.sample_size)
     store = _store(cfg, create=False)
     if apply and store is None:
         raise UserError("--apply needs the gateway's account store (none found; check --config)")
     if created is None and store is not None:
         created = store_created(store)
-    analysis = analyse(acc, ref, options=opts, created=created)
+    analysis = _analyse(acc, ref, opts, created)
     store_tiers = {a["name"]: a["tier"] for a in store.list_accounts()} if store is not None else {}
     log = DecisionLog.open_default(cfg)
     states, extra = log.load_state()
@@ -207,13 +243,13 @@ def calibrate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Fit the benign reference (score calibration and MMD windows) on a known-benign ledger."""
-    from distillguard.monitor.scan import accumulate, build_reference
+    from distillguard.monitor.scan import build_reference
     from distillguard.monitor.synth import read_labels
 
     cfg = load_config(config)
     opts = _options(cfg)
     batches, created = _source(ledger, parquet, cfg)
-    acc = accumulate(batches, sample_size=opts.sample_size)
+    acc = _read(batches, opts.sample_size)
     benign = None
     if labels is not None:
         lab = read_labels(labels)
@@ -256,7 +292,7 @@ def eval_cmd(
     """Per-persona TPR/FPR, campaign detection, queries-to-detection, confusion table, ROC plot."""
     from distillguard.monitor.decisions import Policy
     from distillguard.monitor.evaluate import evaluate, queries_to_detection
-    from distillguard.monitor.scan import accumulate, analyse, build_reference, ledger_batches
+    from distillguard.monitor.scan import build_reference, ledger_batches
     from distillguard.monitor.synth import read_labels
 
     cfg = load_config(config)
@@ -268,13 +304,13 @@ def eval_cmd(
         benign = None
         if ref_lab.is_file():
             benign = [a for a, x in read_labels(ref_lab).items() if x.get("kind") == "benign"]
-        ref_acc = accumulate(ledger_batches(reference_ledger), sample_size=opts.sample_size)
+        ref_acc = _read(ledger_batches(reference_ledger), opts.sample_size)
         ref = build_reference(ref_acc, opts, benign=benign)
     else:
         ref = _reference(cfg, reference, population)
     batches, created = _source(ledger, parquet, cfg)
-    acc = accumulate(batches, sample_size=opts.sample_size)
-    analysis = analyse(acc, ref, options=opts, created=created)
+    acc = _read(batches, opts.sample_size)
+    analysis = _analyse(acc, ref, opts, created)
     q = None
     if qtd and ref is not None:
         batches, _ = _source(ledger, parquet, cfg)
@@ -286,7 +322,8 @@ def eval_cmd(
     op = doc["operating_points"]["throttled"]
     typer.echo(
         f"AUC {doc['auc']:.4f}; at p <= {op['p_threshold']:g}: benign FPR {op['benign_fpr_observed']:.2%} "
-        f"({op['benign_flagged']} of {doc['accounts']['benign']}), attacker TPR {op['attacker_tpr']:.1%}"
+        f"({op['benign_flagged']} of {doc['accounts']['benign']}; <= {op['benign_fpr_upper95']:.2%} at 95%), "
+        f"attacker TPR {op['attacker_tpr']:.1%} (>= {op['attacker_tpr_lower95']:.1%} at 95%)"
     )
     for name, p in doc["personas"].items():
         rate = p.get("tpr", p.get("fpr"))

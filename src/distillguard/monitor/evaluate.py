@@ -183,6 +183,20 @@ def queries_to_detection(
     return {"grid": list(GRID), "per_persona": out_persona, "campaigns": camp_out}
 
 
+def rate_bounds(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact one-sided Clopper-Pearson bounds of a binomial rate with ``k`` of ``n``: the lower bound (for a
+    TPR) and the upper bound (for an FPR), each at ``confidence``. Zero of 3,000 benign accounts flagged
+    bounds the FPR below 0.1%; zero of 300 only below 1%."""
+    from scipy.stats import beta
+
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
+    a = 1.0 - confidence
+    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1.0 - a, k + 1, n - k))
+    return lo, hi
+
+
 def evaluate(
     analysis: Analysis,
     labels: dict[str, dict[str, Any]],
@@ -213,7 +227,10 @@ def evaluate(
             "p_threshold": thr,
             "benign_flagged": fp,
             "benign_fpr_observed": fp / n_benign if n_benign else None,
+            # exact one-sided 95% Clopper-Pearson bounds: what the sample sizes let one claim
+            "benign_fpr_upper95": rate_bounds(fp, n_benign)[1] if n_benign else None,
             "attacker_tpr": tp / n_att if n_att else None,
+            "attacker_tpr_lower95": rate_bounds(tp, n_att)[0] if n_att else None,
         }
         marks[tier] = (fp / max(n_benign, 1), tp / max(n_att, 1))
     personas = {}

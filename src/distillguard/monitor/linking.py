@@ -18,7 +18,7 @@ One kind alone is common among honest customers (colleagues behind one NAT, two 
 popular prompt, people in one time zone, a busy sign-up day); two at once rarely are. At least one of the
 two must be infrastructure or behaviour in time (``ip`` or ``timing``): sharing prompt frames with
 someone who signed up the same day is what customers onboarded together (or migrated in bulk) look
-like. Clusters are the connected components (union-find) of at least two accounts. Pure functions.
+like. Clusters are the connected components of at least two accounts. Pure functions.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from distillguard.monitor.features import mix64
 
@@ -64,22 +66,6 @@ class Cluster:
         return f"{len(self.accounts)} linked accounts by {kinds}{where}"
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, x: int) -> int:
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
 def minhash(items: set[int], salt: int = 0x7E3) -> np.ndarray:
     """A 64-value MinHash signature of a set of integers (all-max for the empty set)."""
     if not items:
@@ -100,20 +86,19 @@ def _main_prefixes(c: Counter, share: float = 0.1) -> set[str]:
     return {p for p, n in c.items() if p != "(other)" and total and n >= share * total}
 
 
-def _pairs(members: Sequence[int], order_key: Sequence[float], width: int = 40) -> set[tuple[int, int]]:
-    """Candidate pairs in a group: all pairs when small, else neighbours in ``order_key`` order."""
-    m = list(members)
-    out: set[tuple[int, int]] = set()
+def _pairs(members: Sequence[int], order_key: np.ndarray, width: int = 40) -> np.ndarray:
+    """Candidate pairs ``[k, 2]`` (``i < j``) in a group: all pairs when small, else each member with its
+    ``width`` next neighbours in ``order_key`` order (key creation time: a registration burst stays
+    together), so a group of 24,000 accounts yields about a million pairs, not 300 million."""
+    m = np.asarray(members, dtype=np.int64)
     if len(m) <= 2 * width:
-        for i in range(len(m)):
-            for j in range(i + 1, len(m)):
-                out.add((min(m[i], m[j]), max(m[i], m[j])))
-        return out
-    m.sort(key=lambda i: order_key[i])
-    for i in range(len(m)):
-        for j in range(i + 1, min(len(m), i + width + 1)):
-            out.add((min(m[i], m[j]), max(m[i], m[j])))
-    return out
+        a, b = np.triu_indices(len(m), k=1)
+    else:
+        m = m[np.argsort(order_key[m], kind="stable")]
+        a = np.concatenate([np.arange(len(m) - d) for d in range(1, width + 1)])
+        b = a + np.repeat(np.arange(1, width + 1), [len(m) - d for d in range(1, width + 1)])
+    x, y = m[a], m[b]
+    return np.stack([np.minimum(x, y), np.maximum(x, y)], axis=1)
 
 
 def link_accounts(
@@ -132,8 +117,7 @@ def link_accounts(
     prefixes = [_main_prefixes(x.prefixes) for x in infos]
     frame_sig = [minhash(x.frames) if len(x.frames) >= 3 else None for x in infos]
     created = [x.created if x.created is not None else float("nan") for x in infos]
-    order_key = [c if np.isfinite(c) else 0.0 for c in created]
-    candidates: set[tuple[int, int]] = set()
+    order_key = np.array([c if np.isfinite(c) else 0.0 for c in created], dtype=np.float64)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, x in enumerate(infos):
         for p in prefixes[i]:
@@ -148,62 +132,49 @@ def link_accounts(
         if x.active_hours >= min_active_hours:
             for b in range(len(x.hours) // 4):
                 groups[("hb", b, x.hours[b * 4 : (b + 1) * 4].tobytes())].append(i)
-    for members in groups.values():
-        if len(members) >= 2:
-            candidates |= _pairs(members, order_key)
-    uf = _UnionFind(n)
-    edge_kinds: dict[tuple[int, int], list[str]] = {}
-    if not candidates:
-        pairs = np.zeros((0, 2), dtype=np.int64)
-    else:
-        pairs = np.array(sorted(candidates), dtype=np.int64)
-    pi, pj = pairs[:, 0], pairs[:, 1]
-    # the signature comparisons, vectorised over all candidate pairs (millions at the seed case's scale)
-    has_sig = np.array([s is not None for s in frame_sig], dtype=bool)
-    sig = np.stack([s if s is not None else np.zeros(_SIG, np.uint64) for s in frame_sig]) if n else None
-    template = np.zeros(len(pairs), dtype=bool)
-    timing = np.zeros(len(pairs), dtype=bool)
+    parts = [_pairs(m, order_key) for m in groups.values() if len(m) >= 2]
+    keys = np.unique(np.concatenate([q[:, 0] * n + q[:, 1] for q in parts])) if parts else np.zeros(0, int)
+    pi, pj = keys // n, keys % n
+    # every kind of evidence, vectorised over the candidate pairs (millions at the seed case's scale)
+    pre_id: dict[str, int] = {}
+    width = max((len(x) for x in prefixes), default=0)
+    pre = np.full((n, max(width, 1)), -1, dtype=np.int64)
+    for i, ps in enumerate(prefixes):
+        for k, p in enumerate(sorted(ps)):
+            pre[i, k] = pre_id.setdefault(p, len(pre_id))
+    has_sig = np.array([x is not None for x in frame_sig], dtype=bool)
+    sig = np.stack([x if x is not None else np.zeros(_SIG, np.uint64) for x in frame_sig])
     hours = np.stack([np.asarray(x.hours, dtype=np.uint64) for x in infos])
     busy = np.array([x.active_hours >= min_active_hours for x in infos], dtype=bool)
-    for lo in range(0, len(pairs), 200_000):
-        i, j = pi[lo : lo + 200_000], pj[lo : lo + 200_000]
-        both = has_sig[i] & has_sig[j]
-        template[lo : lo + len(i)] = both & ((sig[i] == sig[j]).mean(axis=1) >= template_jaccard)
-        timing[lo : lo + len(i)] = busy[i] & busy[j] & ((hours[i] == hours[j]).mean(axis=1) >= hours_jaccard)
     cr = np.asarray(created, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        close = np.abs(cr[pi] - cr[pj]) <= created_window  # nan (unknown) compares False
-    for e in range(len(pairs)):
-        i, j = int(pi[e]), int(pj[e])
-        kinds = []
-        if prefixes[i] & prefixes[j]:
-            kinds.append("ip")
-        if template[e]:
-            kinds.append("template")
-        if timing[e]:
-            kinds.append("timing")
-        if close[e]:
-            kinds.append("created")
-        if len(kinds) >= min_kinds and ("ip" in kinds or "timing" in kinds):
-            uf.union(i, j)
-            edge_kinds[(i, j)] = kinds
-    comps: dict[int, list[int]] = defaultdict(list)
-    for i in range(n):
-        comps[uf.find(i)].append(i)
+    kinds = np.zeros((len(keys), len(KINDS)), dtype=bool)  # columns in KINDS order
+    step = 100_000
+    for lo in range(0, len(keys), step):
+        i, j = pi[lo : lo + step], pj[lo : lo + step]
+        same = (pre[i][:, :, None] == pre[j][:, None, :]) & (pre[i][:, :, None] >= 0)
+        kinds[lo : lo + step, 0] = same.any(axis=(1, 2))
+        kinds[lo : lo + step, 1] = (
+            has_sig[i] & has_sig[j] & ((sig[i] == sig[j]).mean(axis=1) >= template_jaccard)
+        )
+        kinds[lo : lo + step, 2] = busy[i] & busy[j] & ((hours[i] == hours[j]).mean(axis=1) >= hours_jaccard)
+        with np.errstate(invalid="ignore"):
+            kinds[lo : lo + step, 3] = np.abs(cr[i] - cr[j]) <= created_window  # unknown (nan): False
+    edge = (kinds.sum(axis=1) >= min_kinds) & (kinds[:, 0] | kinds[:, 2])
+    ei, ej, ek = pi[edge], pj[edge], kinds[edge]
+    graph = coo_matrix((np.ones(len(ei), dtype=np.int8), (ei, ej)), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    size = np.bincount(label, minlength=n)
     clusters: list[Cluster] = []
-    for members in comps.values():
-        if len(members) < 2:
-            continue
-        ev: Counter = Counter()
-        shared: Counter = Counter()
-        mset = set(members)
-        for (i, j), kinds in edge_kinds.items():
-            if i in mset:
-                ev.update(kinds)
-                for p in prefixes[i] & prefixes[j]:
-                    shared[p] += 1
+    edge_label = label[ei]
+    for comp in np.nonzero(size >= 2)[0]:
+        members = np.nonzero(label == comp)[0]
+        mine = ek[edge_label == comp]
+        ev = Counter({k: int(c) for k, c in zip(KINDS, mine.sum(axis=0), strict=True) if c})
+        # networks that at least two members send from, most shared first
+        shared = Counter(p for i in members for p in prefixes[i])
+        nets = [p for p, c in shared.most_common() if c >= 2]
         names = sorted(infos[i].account for i in members)
-        clusters.append(Cluster("", names, ev, [p for p, _ in shared.most_common()]))
+        clusters.append(Cluster("", names, ev, nets))
     clusters.sort(key=lambda c: (-len(c.accounts), c.accounts[0]))
     for k, c in enumerate(clusters, 1):
         c.id = f"c{k}"

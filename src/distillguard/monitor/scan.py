@@ -222,12 +222,10 @@ PARALLEL_MIN_ENTITIES = 2000
 _FORKED: tuple[Analyzer, FeatureAccumulator, MMDReference | None] | None = None
 
 
-def _entity_chunk(chunk: list[str]) -> list[tuple[EntityState, tuple]]:
+def _entity_chunk(chunk: list[str]) -> list[EntityState]:
     an, acc, mmd = _FORKED  # type: ignore[misc]  # set by the parent before forking
-    out = []
-    for a in chunk:
-        st = an.entity(acc, (a,), mmd)
-        out.append((st, an._geo[(a,)]))
+    out = [an.entity(acc, (a,), mmd) for a in chunk]
+    an._geo.clear()  # this child's cache dies with it; keep its memory down meanwhile
     return out
 
 
@@ -290,7 +288,8 @@ class Analyzer:
 
         From ``min_parallel`` accounts on (and where ``fork`` exists) the work is split over ``workers``
         forked processes (default ``num_threads()``): they read the accumulator copy-on-write and send
-        back only the slim states and cache entries. Results are identical to the serial path.
+        back only the slim states. Results are identical to the serial path; the cache is not filled (a
+        population this large is re-scored from its samples, which would not fit a cache anyway).
         """
         import multiprocessing as mp
 
@@ -315,9 +314,8 @@ class Analyzer:
         try:
             with mp.get_context("fork").Pool(workers) as pool:
                 for part in pool.imap(_entity_chunk, chunks):
-                    for st, cached in part:
+                    for st in part:
                         out[st.accounts[0]] = st
-                        self._geo[st.accounts] = cached
                     done += len(part)
                     if progress is not None:
                         progress(done)
@@ -541,11 +539,13 @@ def analyse(
                 links=c.describe(),
             )
         )
+    cluster_by_id = {c.id: c for c in clusters}
+    member_sets = {c.id: set(c.accounts) for c in clusters}
     verdicts: dict[str, AccountVerdict] = {}
     for a in names:
         st = states[a]
         cid = cluster_of.get(a)
-        members = set(next(c.accounts for c in clusters if c.id == cid)) if cid else set()
+        members = member_sets[cid] if cid else set()
         if a in scored:
             own = cal.assess((a,), st.queries, st.features, st.evidence, exclude=members)
         else:
@@ -557,7 +557,7 @@ def analyse(
         evidence = _evidence(own)
         if cid and cluster_p[cid].p_value < own.p_value:
             cl = cluster_p[cid]
-            link = next(c for c in clusters if c.id == cid).describe()
+            link = cluster_by_id[cid].describe()
             reasons = (
                 [f"cluster {cid}: {link}"] + [f"cluster {cid}: {r['text']}" for r in cl.reasons] + reasons
             )

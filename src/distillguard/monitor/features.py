@@ -929,8 +929,8 @@ class FeatureAccumulator:
         regs = self.hll[ids].max(axis=0)
         size = sample_size or (self.sample_size if len(ids) == 1 else 2 * self.sample_size)
         pool_acct = self._pool["acct"]  # sorted by (account, priority) after compaction
-        lo = np.searchsorted(pool_acct, ids, side="left")
-        hi = np.searchsorted(pool_acct, ids, side="right")
+        lo = np.searchsorted(pool_acct, ids.astype(pool_acct.dtype), side="left")
+        hi = np.searchsorted(pool_acct, ids.astype(pool_acct.dtype), side="right")
         sel = np.concatenate([np.arange(x, y) for x, y in zip(lo, hi, strict=True)]) if len(ids) else lo
         sel = sel[np.argsort(self._pool["prio"][sel], kind="stable")[:size]]
         sel = sel[np.argsort(self._pool["seq"][sel], kind="stable")]

@@ -101,7 +101,7 @@ def quality(scale: str, work: Path, seeds: tuple[int, ...] = (1, 2, 3), qtd: boo
     return doc
 
 
-def _features_child(path: str) -> None:
+def _features_child(path: str, score: bool = True) -> None:
     """Run in a fresh process: stream the Parquet ledger through the accumulator, score every account
     (population calibration: a 50M-row export has no separate benign period) and, where the export has
     ``labels.json``, evaluate the verdicts against the ground truth."""
@@ -116,6 +116,17 @@ def _features_child(path: str) -> None:
     t_acc = time.time() - t0
     rss_features = _rss_mb()
     print(f"features: {acc.rows} rows in {t_acc:.0f} s", file=sys.stderr, flush=True)
+    if not score:
+        print(json.dumps({
+            "rows": acc.rows,
+            "accounts": len(acc.accounts),
+            "workers": num_threads(),
+            "feature_seconds": t_acc,
+            "rows_per_second": acc.rows / t_acc,
+            "peak_rss_mb_features": rss_features,
+            "scored": False,
+        }, default=float))  # fmt: skip
+        return
     t0 = time.time()
     opts = ScanOptions(sample_size=64, mmd_null=300)
     analysis = analyse(acc, None, options=opts, created=parquet_created(Path(path)))
@@ -139,7 +150,7 @@ def _features_child(path: str) -> None:
     print(json.dumps(doc, default=float))
 
 
-def scale_run(rows: int, work: Path, parquet: Path | None = None) -> dict:
+def scale_run(rows: int, work: Path, parquet: Path | None = None, score: bool = True) -> dict:
     import subprocess
 
     from distillguard.monitor.synth import synthesize_parquet
@@ -154,7 +165,7 @@ def scale_run(rows: int, work: Path, parquet: Path | None = None) -> dict:
     # a fresh process, so its peak resident memory is the feature pass's own, not the generator's
     code = (
         f"import sys; sys.path.insert(0, {str(HERE)!r}); import monitor_bench as m; "
-        f"m._features_child({str(parquet)!r})"
+        f"m._features_child({str(parquet)!r}, score={score!r})"
     )
     res = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True)
     doc = json.loads(res.stdout.strip().splitlines()[-1])
@@ -174,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         help="score this existing export (synthesize_parquet output) instead of synthesising one",
     )
     ap.add_argument("--no-qtd", action="store_true", help="skip the queries-to-detection replay")
+    ap.add_argument("--no-score", action="store_true", help="scale run: the feature pass only")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
     args = ap.parse_args(argv)
@@ -181,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = args.rows or (2_000_000 if args.quick else 50_000_000)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "monitor.json"
-    result = json.loads(path.read_text()) if path.is_file() else {}
+    result: dict = {}
     with tempfile.TemporaryDirectory(prefix="dg-monitor-bench-") as tmp:
         work = Path(tmp)
         if not args.skip_quality:
@@ -192,13 +204,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"quality ({scale}): AUC {q['auc']:.4f}, benign FPR {op['benign_fpr_observed']:.3%}, "
                   f"attacker TPR {op['attacker_tpr']:.1%}", flush=True)  # fmt: skip
         if not args.skip_scale:
-            result["scale"] = scale_run(rows, work, args.parquet)
+            result["scale"] = scale_run(rows, work, args.parquet, score=not args.no_score)
             s = result["scale"]
-            rate = s["rows_per_second"]
+            rate, rss = s["rows_per_second"], s.get("peak_rss_mb", s["peak_rss_mb_features"])
             print(f"scale: {s['rows']} rows in {s['feature_seconds']:.0f} s ({rate:.0f} rows/s), "
-                  f"peak RSS {s['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+                  f"peak RSS {rss:.0f} MB", flush=True)  # fmt: skip
     result["python"] = sys.version.split()[0]
-    path.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    # merge into the file as it is now (another run may have written other keys meanwhile)
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged.update(result)
+    path.write_text(json.dumps(merged, indent=1, default=float) + "\n")
     print(f"wrote {path}")
     return 0
 

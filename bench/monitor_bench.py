@@ -204,8 +204,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"quality ({scale}): AUC {q['auc']:.4f}, benign FPR {op['benign_fpr_observed']:.3%}, "
                   f"attacker TPR {op['attacker_tpr']:.1%}", flush=True)  # fmt: skip
         if not args.skip_scale:
-            result["scale"] = scale_run(rows, work, args.parquet, score=not args.no_score)
-            s = result["scale"]
+            doc = scale_run(rows, work, args.parquet, score=not args.no_score)
+            # the seed case's 50M rows is "scale"; smaller runs are kept beside it
+            key = "scale" if doc["rows"] >= 50_000_000 else f"scale_{round(doc['rows'] / 1e6)}m"
+            result[key] = doc
+            s = result[key]
             rate, rss = s["rows_per_second"], s.get("peak_rss_mb", s["peak_rss_mb_features"])
             print(f"scale: {s['rows']} rows in {s['feature_seconds']:.0f} s ({rate:.0f} rows/s), "
                   f"peak RSS {rss:.0f} MB", flush=True)  # fmt: skip

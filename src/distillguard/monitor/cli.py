@@ -174,6 +174,12 @@ def scan_cmd(
         raise UserError("--apply needs the gateway's account store (none found; check --config)")
     if created is None and store is not None:
         created = store_created(store)
+    if ref is None:
+        typer.echo(
+            "note: calibrated on the scanned population (no benign reference): a campaign holding a large "
+            "share of the accounts can vouch for itself; fit one with `distillguard monitor calibrate`",
+            err=True,
+        )
     analysis = _analyse(acc, ref, opts, created)
     store_tiers = {a["name"]: a["tier"] for a in store.list_accounts()} if store is not None else {}
     log = DecisionLog.open_default(cfg)

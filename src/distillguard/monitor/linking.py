@@ -76,11 +76,6 @@ def minhash(items: set[int], salt: int = 0x7E3) -> np.ndarray:
         return mix64(arr[None, :] + salts[:, None]).min(axis=1)  # row j: the salted hash_ints of j
 
 
-def signature_jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    """MinHash estimate of the Jaccard similarity of two sets."""
-    return float(np.mean(a == b))
-
-
 def _main_prefixes(c: Counter, share: float = 0.1) -> set[str]:
     total = sum(c.values())
     return {p for p, n in c.items() if p != "(other)" and total and n >= share * total}
@@ -153,6 +148,7 @@ def link_accounts(
         i, j = pi[lo : lo + step], pj[lo : lo + step]
         same = (pre[i][:, :, None] == pre[j][:, None, :]) & (pre[i][:, :, None] >= 0)
         kinds[lo : lo + step, 0] = same.any(axis=(1, 2))
+        # the share of equal MinHash values estimates the Jaccard similarity of two sets
         kinds[lo : lo + step, 1] = (
             has_sig[i] & has_sig[j] & ((sig[i] == sig[j]).mean(axis=1) >= template_jaccard)
         )

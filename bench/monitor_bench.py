@@ -116,20 +116,6 @@ def _features_child(path: str, score: bool = True) -> None:
     t_acc = time.time() - t0
     rss_features = _rss_mb()
     print(f"features: {acc.rows} rows in {t_acc:.0f} s", file=sys.stderr, flush=True)
-    if not score:
-        print(json.dumps({
-            "rows": acc.rows,
-            "accounts": len(acc.accounts),
-            "workers": num_threads(),
-            "feature_seconds": t_acc,
-            "rows_per_second": acc.rows / t_acc,
-            "peak_rss_mb_features": rss_features,
-            "scored": False,
-        }, default=float))  # fmt: skip
-        return
-    t0 = time.time()
-    opts = ScanOptions(sample_size=64, mmd_null=300)
-    analysis = analyse(acc, None, options=opts, created=parquet_created(Path(path)))
     doc = {
         "rows": acc.rows,
         "accounts": len(acc.accounts),
@@ -137,10 +123,14 @@ def _features_child(path: str, score: bool = True) -> None:
         "feature_seconds": t_acc,
         "rows_per_second": acc.rows / t_acc,
         "peak_rss_mb_features": rss_features,
-        "score_seconds": time.time() - t0,
-        "clusters": len(analysis.clusters),
-        "peak_rss_mb": _rss_mb(),
     }
+    if not score:
+        print(json.dumps({**doc, "scored": False}, default=float))
+        return
+    t0 = time.time()
+    opts = ScanOptions(sample_size=64, mmd_null=300)
+    analysis = analyse(acc, None, options=opts, created=parquet_created(Path(path)))
+    doc.update(score_seconds=time.time() - t0, clusters=len(analysis.clusters), peak_rss_mb=_rss_mb())
     labels_path = Path(path) / "labels.json"
     if labels_path.is_file():
         ev = evaluate(analysis, read_labels(labels_path), Policy())

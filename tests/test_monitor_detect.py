@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from cli_run import run_cli
 from distillguard.gateway.accounts import AccountStore
 from distillguard.gateway.ledger import Ledger
 from distillguard.monitor.decisions import AccountState, DecisionLog, Policy, apply_decisions, decide, revert
@@ -476,23 +477,11 @@ def test_population_scan_flags_the_harvester_and_follow_reads_incrementally(tmp_
     store.close()
 
 
-def _cli(args, capsys):
-    from distillguard.cli import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_scan_cli_prints_the_design_shape_and_fails_in_one_line(tmp_path, monkeypatch, capsys):
     lp = tmp_path / "ledger.db"
     _write_ledger(lp, _population(seed=5))
     monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path / "home"))
-    code, out, err = _cli(["monitor", "scan", "--ledger", str(lp), "--json"], capsys)
+    code, out, err = run_cli(["monitor", "scan", "--ledger", str(lp), "--json"], capsys)
     assert code == 0, err
     doc = json.loads(out)
     assert {"account", "risk", "tier", "cluster", "reasons"} <= set(doc["accounts"][0])
@@ -501,9 +490,9 @@ def test_scan_cli_prints_the_design_shape_and_fails_in_one_line(tmp_path, monkey
     assert top["evidence"] and all(isinstance(s, int) for s in top["evidence"])
     assert doc["applied"] is False and doc["calibration"] == "population"
     assert all(a["tier"] == "normal" for a in doc["accounts"][1:])
-    code, _, err = _cli(["monitor", "scan", "--ledger", str(tmp_path / "nope.db")], capsys)
+    code, _, err = run_cli(["monitor", "scan", "--ledger", str(tmp_path / "nope.db")], capsys)
     assert code == 2 and err.count("\n") == 1 and "ledger not found" in err
-    code, _, err = _cli(["monitor", "scan", "--ledger", str(lp), "--apply"], capsys)
+    code, _, err = run_cli(["monitor", "scan", "--ledger", str(lp), "--apply"], capsys)
     assert code == 2 and "account store" in err  # --apply needs the gateway's store
-    code, _, err = _cli(["monitor", "scan", "--ledger", str(lp), "--parquet", str(tmp_path)], capsys)
+    code, _, err = run_cli(["monitor", "scan", "--ledger", str(lp), "--parquet", str(tmp_path)], capsys)
     assert code == 2 and "not both" in err

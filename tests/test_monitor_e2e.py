@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cli_run import run_cli
 from distillguard.gateway.ledger import Ledger
 from distillguard.monitor.personas import Pools, Scale, build_scenario
 from distillguard.monitor.simulate import simulate
@@ -57,18 +58,6 @@ monitor_allowlist = ["{allow}"]
 """
 
 
-def _cli(args, capsys):
-    from distillguard.cli import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.fixture(scope="module")
 def pools() -> Pools:
     return Pools.builtin()
@@ -95,7 +84,7 @@ def test_attackers_end_restricted_or_suspended_and_customers_stay_normal(
             concurrency=1,
             duration=DURATION,
         )
-        code, out, err = _cli(["monitor", "calibrate", "--config", str(config), "--json"], capsys)
+        code, out, err = run_cli(["monitor", "calibrate", "--config", str(config), "--json"], capsys)
         assert code == 0, err
         cal = json.loads(out)
         assert cal["accounts"] >= 25 and Path(cal["reference"]).is_file()
@@ -113,7 +102,7 @@ def test_attackers_end_restricted_or_suspended_and_customers_stay_normal(
             **read_labels(tmp_path / "ref" / "labels.json"),
             **read_labels(tmp_path / "mix" / "labels.json"),
         }
-        code, out, err = _cli(["monitor", "scan", "--config", str(config), "--json", "--apply"], capsys)
+        code, out, err = run_cli(["monitor", "scan", "--config", str(config), "--json", "--apply"], capsys)
         assert code == 0, err
         doc = json.loads(out)
         assert doc["applied"] and doc["calibration"] == "reference"
@@ -159,9 +148,9 @@ def test_attackers_end_restricted_or_suspended_and_customers_stay_normal(
             assert r.status_code == 403 and r.json()["error"]["code"] == "account_suspended"
         # an operator reverts one decision; a second scan leaves it alone
         victim = next(a for a in sybils)
-        code, out, err = _cli(["monitor", "revert", victim, "--config", str(config), "--json"], capsys)
+        code, out, err = run_cli(["monitor", "revert", victim, "--config", str(config), "--json"], capsys)
         assert code == 0 and json.loads(out)["to"] == "normal", err
-        code, out, err = _cli(["monitor", "scan", "--config", str(config), "--json", "--apply"], capsys)
+        code, out, err = run_cli(["monitor", "scan", "--config", str(config), "--json", "--apply"], capsys)
         assert code == 0, err
         assert gw.accounts.get_account(victim)["tier"] == "normal"
         assert json.loads(out)["decisions"] == []  # nothing flaps: every other tier is already right

@@ -8,6 +8,7 @@ import json
 import pytest
 from scipy.stats import binom
 
+from cli_run import run_cli
 from distillguard.monitor.evaluate import rate_bounds
 from distillguard.monitor.personas import BENIGN
 from distillguard.monitor.synth import synthesize_ledger
@@ -25,18 +26,6 @@ def test_rate_bounds_are_exact_clopper_pearson(k, n):
         rate_bounds(n + 1, n)
 
 
-def _cli(args, capsys):
-    from distillguard.cli import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_eval_cli_reports_rates_bounds_personas_and_a_roc_plot(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path / "home"))
     ledger = synthesize_ledger(tmp_path / "eval" / "ledger.db", scale="small", seed=1)
@@ -44,7 +33,7 @@ def test_eval_cli_reports_rates_bounds_personas_and_a_roc_plot(tmp_path, monkeyp
     labels = json.loads((tmp_path / "eval" / "labels.json").read_text())
     argv = ["monitor", "eval", "--ledger", str(ledger), "--labels", str(tmp_path / "eval" / "labels.json"),
             "--reference-ledger", str(ref), "--out", str(tmp_path / "out")]  # fmt: skip
-    code, out, err = _cli([*argv, "--json"], capsys)
+    code, out, err = run_cli([*argv, "--json"], capsys)
     assert code == 0, err
     doc = json.loads(out)
     n_benign = sum(v["kind"] == "benign" for v in labels.values())
@@ -59,8 +48,8 @@ def test_eval_cli_reports_rates_bounds_personas_and_a_roc_plot(tmp_path, monkeyp
     assert (tmp_path / "out" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "out" / "eval.json").read_text())["auc"] == doc["auc"]
 
-    code, out, err = _cli(argv[:-2], capsys)  # the human summary states the bound next to the rate
+    code, out, err = run_cli(argv[:-2], capsys)  # the human summary states the bound next to the rate
     assert code == 0 and "at 95%" in out and "queries to detection" in out
 
-    code, out, err = _cli([*argv[:4], "--labels", str(tmp_path / "missing.json")], capsys)
+    code, out, err = run_cli([*argv[:4], "--labels", str(tmp_path / "missing.json")], capsys)
     assert code == 2 and "cannot read labels" in err and len(err.strip().splitlines()) == 1

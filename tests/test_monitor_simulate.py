@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
+from cli_run import run_cli
 from distillguard.distill.strategies import COT_TEMPLATES, cosine_distances, embed
 from distillguard.errors import UserError
 from distillguard.gateway.accounts import AccountStore
@@ -583,23 +584,11 @@ def by_persona_acct(scen, acct):
     return [e for e in scen.events if e.account == acct.name]
 
 
-def _cli(argv, capsys):
-    from distillguard.cli import main
-
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cli_synthetic_ledger_http_replay_and_one_line_errors(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DISTILLGUARD_SECRET", TEST_SECRET)
     base = ["simulate", "--scale", "tiny", "--persona", "sybil", "--persona", "support_bot", "--no-progress"]
-    code, out, err = _cli(
+    code, out, err = run_cli(
         [*base, "--synthetic", "--ledger", str(tmp_path / "l.db"), "--accounts-db", str(tmp_path / "a.db"),
          "--out", str(tmp_path / "o"), "--json"],
         capsys,
@@ -624,18 +613,18 @@ def test_cli_synthetic_ledger_http_replay_and_one_line_errors(tmp_path, monkeypa
           "--out", str(tmp_path / "o")],
          "unknown scale"),
     ):  # fmt: skip
-        code, out, err = _cli(argv, capsys)
+        code, out, err = run_cli(argv, capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
     gw = start(backend="stub", trusted_proxies=("127.0.0.1/32",))
     try:
         argv = [*base, "--gateway", gw.base_url, "--admin-token", ADMIN_TOKEN, "--out", str(tmp_path / "h")]
-        code, out, err = _cli([*argv, "--duration", "1", "--json"], capsys)
+        code, out, err = run_cli([*argv, "--duration", "1", "--json"], capsys)
         assert code == 0, err
         data = json.loads(out)
         assert data["requests"] == data["ok"] == data["events"] > 0
         assert {r["persona"] for r in data["personas"]} == {"sybil", "support_bot"}
-        code, out, err = _cli(
+        code, out, err = run_cli(
             ["simulate", "--gateway", gw.base_url, "--admin-token", "wrong-token-0123456789",
              "--out", str(tmp_path / "w"), "--scale", "tiny", "--persona", "sybil", "--no-progress"],
             capsys,

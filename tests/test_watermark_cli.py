@@ -6,18 +6,8 @@ import sys
 
 import pytest
 
+from cli_run import run_cli
 from distillguard.cli import main
-
-
-def run_cli(args, capsys):
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

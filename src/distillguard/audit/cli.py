@@ -82,6 +82,22 @@ def run(
     test: Annotated[
         list[str] | None, typer.Option("--test", help="Run only these: radioactivity, identity, provenance.")
     ] = None,
+    open_texts: Annotated[
+        str,
+        typer.Option(
+            "--open-texts",
+            help="Open mode (suspect weights are local, same vocabulary): read our 'plain' (unwatermarked) "
+            "answers, exact null, the default; or our 'watermarked' answers, scoring only predicted tuples "
+            "absent from every text read (conservative).",
+        ),
+    ] = "plain",
+    filter_windows: Annotated[
+        bool,
+        typer.Option(
+            "--filter/--no-filter",
+            help="Closed mode: score only windows that occur in our own watermarked answers to the pool.",
+        ),
+    ] = False,
     signing_key: Annotated[
         Path | None,
         typer.Option("--signing-key", help="Ed25519 PEM that signs the bundle (default: home's)."),
@@ -120,7 +136,7 @@ def run(
     audit_cfg = AuditConfig(
         suspect=suspect, spec=spec, reference=reference, controls=list(control or []), prompts=prompts,
         api_keys=list(api_key or []), model=model, budget=budget, alpha=alpha, decoys=decoys,
-        max_tokens=max_tokens, seed=seed, **extra,
+        max_tokens=max_tokens, seed=seed, open_texts=open_texts, filter_windows=filter_windows, **extra,
     )  # fmt: skip
     result = run_audit(audit_cfg, progress=not as_json)
 

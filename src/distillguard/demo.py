@@ -350,19 +350,6 @@ def _probe(base_url: str, key: str, ip: str | None = None) -> int:
     return httpx.post(base_url + "/v1/chat/completions", json=body, headers=headers, timeout=60).status_code
 
 
-def _run_cli(args: list[str]) -> dict:
-    """A ``--json`` command of our own CLI, in process; its JSON document."""
-    import contextlib
-    import io
-
-    from distillguard.cli import main
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        main([*args, "--json"])
-    return json.loads(buf.getvalue())
-
-
 def monitor_chapter(
     console: Console, *, settings, state, out_dir, seed: int, probe, honest: tuple[str, str], copycat_key: str
 ) -> dict:
@@ -372,6 +359,8 @@ def monitor_chapter(
     monitor's personas), then scans the live ledger and applies its tiers through the account store; the
     gateway enforces them on the next request.
     """
+    from distillguard.config import load_config
+    from distillguard.monitor import jobs
     from distillguard.monitor.synth import synthesize_ledger
 
     console.rule("[bold]The monitor reads the ledger")
@@ -388,10 +377,11 @@ def monitor_chapter(
         f'ledger_path = "{settings.ledger_path}"\nmonitor_dir = "{mon / "state"}"\n'
         f'monitor_reference = "{mon / "reference.npz"}"\n'
     )
-    cal = _run_cli(["monitor", "calibrate", "--ledger", str(history), "--labels", str(mon / "labels.json"),
-                    "--config", str(config)])  # fmt: skip
+    cfg = load_config(config)  # monitor.toml stays with the results for `distillguard monitor --config`
+    cal = jobs.calibrate(cfg, ledger=history, labels=mon / "labels.json")
     console.print(f"benign reference: {cal['accounts']} customer accounts of simulated past traffic")
-    report = _run_cli(["monitor", "scan", "--apply", "--config", str(config)])
+    # a plain-JSON copy (numpy scalars become numbers), as results.json stores it
+    report = json.loads(json.dumps(jobs.scan(cfg, apply=True), default=jobs.json_default))
     table = Table(title="monitor decisions")
     for col in ("account", "queries", "p-value", "tier", "cluster", "top reasons"):
         table.add_column(col, justify="right" if col in ("queries", "p-value") else "left")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,8 +17,10 @@ from typing import Annotated, Any
 
 import typer
 
-from distillguard.config import home, load_config
+from distillguard.config import load_config
 from distillguard.errors import UserError
+from distillguard.monitor import jobs
+from distillguard.monitor.jobs import json_default
 
 app = typer.Typer(help="Traffic monitor: find distillation campaigns in the ledger.", no_args_is_help=True)
 
@@ -39,15 +40,7 @@ PopulationOpt = Annotated[
 
 
 def _print(obj: Any) -> None:
-    typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=_default))
-
-
-def _default(x: Any) -> Any:
-    import numpy as np
-
-    if isinstance(x, np.integer | np.floating):
-        return x.item()
-    raise TypeError(f"not JSON: {type(x)}")
+    typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=json_default))
 
 
 @contextmanager
@@ -72,74 +65,8 @@ def _progress(what: str) -> Iterator[Callable[[int], None]]:
         yield lambda n: bar.update(task, description=f"{what}: {n:,}")
 
 
-def _read(batches, sample_size: int):
-    from distillguard.monitor.scan import accumulate
-
-    with _progress("ledger rows read") as tick:
-        return accumulate(batches, sample_size=sample_size, progress=tick)
-
-
-def _analyse(acc, ref, opts, created):
-    from distillguard.monitor.scan import analyse
-
-    with _progress("accounts scored") as tick:
-        return analyse(acc, ref, options=opts, created=created, progress=tick)
-
-
-def _reference_path(config: dict[str, Any]) -> Path:
-    return Path(config.get("monitor_reference") or home() / "monitor" / "reference.npz").expanduser()
-
-
-def _reference(config: dict[str, Any], path: Path | None, population: bool):
-    from distillguard.monitor.scan import Reference
-
-    if population:
-        return None
-    if path is not None:
-        if not Path(path).is_file():
-            raise UserError(f"reference not found: {path}")
-        return Reference.load(path)
-    default = _reference_path(config)
-    return Reference.load(default) if default.is_file() else None
-
-
-def _store(config: dict[str, Any], create: bool):
-    """The gateway's account store, or ``None`` when there is none and ``create`` is false."""
-    from distillguard.gateway.accounts import AccountStore
-
-    path = Path(config.get("accounts_path") or home() / "gateway" / "accounts.db").expanduser()
-    if not path.is_file() and not create:
-        return None
-    return AccountStore.open_default(config)
-
-
-def _ledger_path(config: dict[str, Any], ledger: Path | None) -> Path:
-    from distillguard.gateway.ledger import Ledger
-
-    return Path(ledger).expanduser() if ledger is not None else Ledger.default_path(config)
-
-
-def _options(config: dict[str, Any]):
-    from distillguard.monitor.scan import ScanOptions
-
-    try:
-        return ScanOptions(
-            sample_size=int(config.get("monitor_sample_size", 256)),
-            min_queries=int(config.get("monitor_min_queries", 20)),
-        )
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"invalid monitor setting: {exc}") from None
-
-
-def _source(ledger: Path | None, parquet: Path | None, config: dict[str, Any]):
-    """(batches, created-times) of the chosen source."""
-    from distillguard.monitor.scan import ledger_batches, parquet_batches, parquet_created
-
-    if ledger is not None and parquet is not None:
-        raise UserError("give --ledger or --parquet, not both")
-    if parquet is not None:
-        return parquet_batches(parquet), parquet_created(parquet)
-    return ledger_batches(_ledger_path(config, ledger)), None
+def _warn(message: str) -> None:
+    typer.echo(message, err=True)
 
 
 @app.command("scan")
@@ -155,41 +82,17 @@ def scan_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Score every account and linked cluster of the ledger; propose (or --apply) tier changes."""
-    from distillguard.monitor.decisions import DecisionLog, Policy, apply_decisions
-    from distillguard.monitor.scan import (
-        plan_decisions,
-        report_json,
-        store_created,
-        summary_text,
-    )
+    from distillguard.monitor.scan import summary_text
 
-    cfg = load_config(config)
-    policy = Policy.from_config(cfg)
-    opts = _options(cfg)
-    ref = _reference(cfg, reference, population)
-    batches, created = _source(ledger, parquet, cfg)
-    acc = _read(batches, opts.sample_size)
-    store = _store(cfg, create=False)
-    if apply and store is None:
-        raise UserError("--apply needs the gateway's account store (none found; check --config)")
-    if created is None and store is not None:
-        created = store_created(store)
-    if ref is None:
-        typer.echo(
-            "note: calibrated on the scanned population (no benign reference): a campaign holding a large "
-            "share of the accounts can vouch for itself; fit one with `distillguard monitor calibrate`",
-            err=True,
-        )
-    analysis = _analyse(acc, ref, opts, created)
-    store_tiers = {a["name"]: a["tier"] for a in store.list_accounts()} if store is not None else {}
-    log = DecisionLog.open_default(cfg)
-    states, extra = log.load_state()
-    decisions, new_states, tiers = plan_decisions(analysis, policy, store_tiers, states, time.time())
-    if apply:
-        apply_decisions(store, log, decisions)
-        log.save_state(new_states, extra)
-    report = report_json(
-        analysis, tiers, store_tiers=store_tiers, decisions=decisions, applied=apply, policy=policy
+    report = jobs.scan(
+        load_config(config),
+        ledger=ledger,
+        parquet=parquet,
+        reference=reference,
+        population=population,
+        apply=apply,
+        progress=_progress,
+        warn=_warn,
     )
     if as_json:
         _print(report)
@@ -214,24 +117,24 @@ def follow_cmd(
     from distillguard.monitor.scan import Follower, summary_text
 
     cfg = load_config(config)
-    store = _store(cfg, create=False)
+    store = jobs.open_store(cfg, create=False)
     if store is None:
         raise UserError("monitor follow needs the gateway's account store (none found; check --config)")
 
     def emit(report: dict[str, Any]) -> None:
         if as_json:
-            typer.echo(json.dumps(report, ensure_ascii=False, default=_default))
+            typer.echo(json.dumps(report, ensure_ascii=False, default=json_default))
         else:
             typer.echo(summary_text(report, limit=10), nl=False)
         sys.stdout.flush()
 
     follower = Follower(
-        ledger_path=_ledger_path(cfg, ledger),
+        ledger_path=jobs.ledger_path(cfg, ledger),
         store=store,
         log=DecisionLog.open_default(cfg),
         policy=Policy.from_config(cfg),
-        reference=_reference(cfg, reference, population),
-        options=_options(cfg),
+        reference=jobs.load_reference(cfg, reference, population),
+        options=jobs.scan_options(cfg),
         on_report=emit,
     )
     follower.run(interval=interval, iterations=iterations)
@@ -249,32 +152,13 @@ def calibrate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Fit the benign reference (score calibration and MMD windows) on a known-benign ledger."""
-    from distillguard.monitor.scan import build_reference
-    from distillguard.monitor.synth import read_labels
-
-    cfg = load_config(config)
-    opts = _options(cfg)
-    batches, created = _source(ledger, parquet, cfg)
-    acc = _read(batches, opts.sample_size)
-    benign = None
-    if labels is not None:
-        lab = read_labels(labels)
-        benign = [a for a, x in lab.items() if x.get("kind") == "benign"]
-    ref = build_reference(
-        acc, opts, benign=benign, created=created, meta={"source": str(ledger or parquet or "")}
+    doc = jobs.calibrate(
+        load_config(config), ledger=ledger, parquet=parquet, labels=labels, out=out, progress=_progress
     )
-    path = ref.save(out or _reference_path(cfg))
-    cal = ref.calibration
-    doc = {
-        "reference": str(path),
-        **ref.meta,
-        "null": {"u": cal.tail_u, "p_u": cal.tail_p, "beta": cal.tail_beta},
-        "score_at_p": {f"{p:g}": cal.score_for_p(p) for p in (1e-3, 1e-4, 1e-6)},
-    }
     if as_json:
         _print(doc)
     else:
-        typer.echo(f"benign reference of {ref.meta['accounts']} accounts saved to {path}")
+        typer.echo(f"benign reference of {doc['accounts']} accounts saved to {doc['reference']}")
 
 
 @app.command("eval")
@@ -303,23 +187,23 @@ def eval_cmd(
 
     cfg = load_config(config)
     policy = Policy.from_config(cfg)
-    opts = _options(cfg)
+    opts = jobs.scan_options(cfg)
     lab = read_labels(labels)
     if reference_ledger is not None:
         ref_lab = Path(reference_ledger).parent / "labels.json"
         benign = None
         if ref_lab.is_file():
             benign = [a for a, x in read_labels(ref_lab).items() if x.get("kind") == "benign"]
-        ref_acc = _read(ledger_batches(reference_ledger), opts.sample_size)
+        ref_acc = jobs.read(ledger_batches(reference_ledger), opts.sample_size, _progress)
         ref = build_reference(ref_acc, opts, benign=benign)
     else:
-        ref = _reference(cfg, reference, population)
-    batches, created = _source(ledger, parquet, cfg)
-    acc = _read(batches, opts.sample_size)
-    analysis = _analyse(acc, ref, opts, created)
+        ref = jobs.load_reference(cfg, reference, population)
+    batches, created = jobs.open_source(ledger, parquet, cfg)
+    acc = jobs.read(batches, opts.sample_size, _progress)
+    analysis = jobs.score(acc, ref, opts, created, _progress)
     q = None
     if qtd and ref is not None:
-        batches, _ = _source(ledger, parquet, cfg)
+        batches, _ = jobs.open_source(ledger, parquet, cfg)
         q = queries_to_detection(batches, lab, ref, policy, options=opts, created=created)
     doc = evaluate(analysis, lab, policy, qtd=q, out_dir=out)
     if as_json:
@@ -358,7 +242,7 @@ def revert_cmd(
     from distillguard.monitor.decisions import DecisionLog, Policy, revert
 
     cfg = load_config(config)
-    store = _store(cfg, create=False)
+    store = jobs.open_store(cfg, create=False)
     if store is None:
         raise UserError("no account store found (check --config)")
     dec = revert(account, store, DecisionLog.open_default(cfg), Policy.from_config(cfg), to=to)

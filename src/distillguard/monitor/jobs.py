@@ -1,0 +1,193 @@
+"""The monitor's whole jobs as library calls: ``calibrate`` a benign reference and ``scan`` a ledger.
+
+``distillguard monitor ...`` and the demo both run these, so a workflow has one implementation and the demo
+never goes through the command line to reach it. The small helpers resolve what a config names (account
+store, ledger, saved reference, scan options) the same way for every monitor command. Heavy modules (numpy,
+pyarrow) are imported inside the functions so that importing this one, as the CLI does, stays cheap.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+from distillguard.config import home
+from distillguard.errors import UserError
+
+Tick = Callable[[int], None]
+# progress(what): a context around one long phase, yielding a counter callback (rows read, accounts scored)
+Progress = Callable[[str], AbstractContextManager[Tick]]
+
+
+@contextmanager
+def quiet(what: str) -> Iterator[Tick]:
+    """The default progress: count nothing."""
+    yield lambda n: None
+
+
+def json_default(x: Any) -> Any:
+    """``json.dumps(default=...)`` for the numpy scalars a report may hold."""
+    import numpy as np
+
+    if isinstance(x, np.integer | np.floating):
+        return x.item()
+    raise TypeError(f"not JSON: {type(x)}")
+
+
+def reference_path(config: dict[str, Any]) -> Path:
+    """Where ``calibrate`` saves the benign reference and scans look for it."""
+    return Path(config.get("monitor_reference") or home() / "monitor" / "reference.npz").expanduser()
+
+
+def load_reference(config: dict[str, Any], path: Path | None, population: bool):
+    """The benign reference to score against: ``path``, else the saved one; None means the population."""
+    from distillguard.monitor.scan import Reference
+
+    if population:
+        return None
+    if path is not None:
+        if not Path(path).is_file():
+            raise UserError(f"reference not found: {path}")
+        return Reference.load(path)
+    default = reference_path(config)
+    return Reference.load(default) if default.is_file() else None
+
+
+def open_store(config: dict[str, Any], create: bool):
+    """The gateway's account store, or ``None`` when there is none and ``create`` is false."""
+    from distillguard.gateway.accounts import AccountStore
+
+    path = Path(config.get("accounts_path") or home() / "gateway" / "accounts.db").expanduser()
+    if not path.is_file() and not create:
+        return None
+    return AccountStore.open_default(config)
+
+
+def ledger_path(config: dict[str, Any], ledger: Path | None) -> Path:
+    from distillguard.gateway.ledger import Ledger
+
+    return Path(ledger).expanduser() if ledger is not None else Ledger.default_path(config)
+
+
+def scan_options(config: dict[str, Any]):
+    from distillguard.monitor.scan import ScanOptions
+
+    try:
+        return ScanOptions(
+            sample_size=int(config.get("monitor_sample_size", 256)),
+            min_queries=int(config.get("monitor_min_queries", 20)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"invalid monitor setting: {exc}") from None
+
+
+def open_source(ledger: Path | None, parquet: Path | None, config: dict[str, Any]):
+    """(batches, created-times) of the chosen source: a ledger database or a Parquet export."""
+    from distillguard.monitor.scan import ledger_batches, parquet_batches, parquet_created
+
+    if ledger is not None and parquet is not None:
+        raise UserError("give --ledger or --parquet, not both")
+    if parquet is not None:
+        return parquet_batches(parquet), parquet_created(parquet)
+    return ledger_batches(ledger_path(config, ledger)), None
+
+
+def read(batches, sample_size: int, progress: Progress = quiet):
+    """Accumulate the features of every account over ``batches``."""
+    from distillguard.monitor.scan import accumulate
+
+    with progress("ledger rows read") as tick:
+        return accumulate(batches, sample_size=sample_size, progress=tick)
+
+
+def score(acc, ref, opts, created, progress: Progress = quiet):
+    """Score every account and linked cluster of an accumulation."""
+    from distillguard.monitor.scan import analyse
+
+    with progress("accounts scored") as tick:
+        return analyse(acc, ref, options=opts, created=created, progress=tick)
+
+
+def calibrate(
+    config: dict[str, Any],
+    *,
+    ledger: Path | None = None,
+    parquet: Path | None = None,
+    labels: Path | None = None,
+    out: Path | None = None,
+    progress: Progress = quiet,
+) -> dict[str, Any]:
+    """Fit and save the benign reference on a known-benign ledger; the document ``calibrate --json`` prints.
+
+    With ``labels`` (a simulation's labels.json) only the accounts labelled benign are used.
+    """
+    from distillguard.monitor.scan import build_reference
+    from distillguard.monitor.synth import read_labels
+
+    opts = scan_options(config)
+    batches, created = open_source(ledger, parquet, config)
+    acc = read(batches, opts.sample_size, progress)
+    benign = None
+    if labels is not None:
+        benign = [a for a, x in read_labels(labels).items() if x.get("kind") == "benign"]
+    ref = build_reference(
+        acc, opts, benign=benign, created=created, meta={"source": str(ledger or parquet or "")}
+    )
+    path = ref.save(out or reference_path(config))
+    cal = ref.calibration
+    return {
+        "reference": str(path),
+        **ref.meta,
+        "null": {"u": cal.tail_u, "p_u": cal.tail_p, "beta": cal.tail_beta},
+        "score_at_p": {f"{p:g}": cal.score_for_p(p) for p in (1e-3, 1e-4, 1e-6)},
+    }
+
+
+def scan(
+    config: dict[str, Any],
+    *,
+    ledger: Path | None = None,
+    parquet: Path | None = None,
+    reference: Path | None = None,
+    population: bool = False,
+    apply: bool = False,
+    progress: Progress = quiet,
+    warn: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Score the ledger and propose tier changes (write them with ``apply``); the ``scan --json`` document.
+
+    Without a benign reference the scan calibrates on the scanned population, which a campaign holding a
+    large share of the accounts can skew in its own favour; ``warn`` is told so.
+    """
+    from distillguard.monitor.decisions import DecisionLog, Policy, apply_decisions
+    from distillguard.monitor.scan import plan_decisions, report_json, store_created
+
+    policy = Policy.from_config(config)
+    opts = scan_options(config)
+    ref = load_reference(config, reference, population)
+    batches, created = open_source(ledger, parquet, config)
+    acc = read(batches, opts.sample_size, progress)
+    store = open_store(config, create=False)
+    if apply and store is None:
+        raise UserError("--apply needs the gateway's account store (none found; check --config)")
+    if created is None and store is not None:
+        created = store_created(store)
+    if ref is None and warn is not None:
+        warn(
+            "note: calibrated on the scanned population (no benign reference): a campaign holding a large "
+            "share of the accounts can vouch for itself; fit one with `distillguard monitor calibrate`"
+        )
+    analysis = score(acc, ref, opts, created, progress)
+    store_tiers = {a["name"]: a["tier"] for a in store.list_accounts()} if store is not None else {}
+    log = DecisionLog.open_default(config)
+    states, extra = log.load_state()
+    decisions, new_states, tiers = plan_decisions(analysis, policy, store_tiers, states, time.time())
+    if apply:
+        apply_decisions(store, log, decisions)
+        log.save_state(new_states, extra)
+    return report_json(
+        analysis, tiers, store_tiers=store_tiers, decisions=decisions, applied=apply, policy=policy
+    )

@@ -2,9 +2,29 @@
 
 ``run_audit(AuditConfig(...))`` returns the evidence document; the statistics live in pure modules
 (:mod:`.radioactivity`, :mod:`.identity`, :mod:`.provenance`, :mod:`.sequential`, :mod:`.verdict`).
+
+The names below are loaded on first use: the runner needs torch, and ``distillguard audit --help`` (which
+imports this package on the way to :mod:`.cli`) must not pay for it.
 """
 
-from distillguard.audit.runner import AuditConfig, run_audit, train_control
-from distillguard.audit.verdict import TestResult, combine
+from __future__ import annotations
 
-__all__ = ["AuditConfig", "TestResult", "combine", "run_audit", "train_control"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AuditConfig": "runner",
+    "run_audit": "runner",
+    "train_control": "runner",
+    "TestResult": "verdict",
+    "combine": "verdict",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'distillguard.audit' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"distillguard.audit.{module}"), name)

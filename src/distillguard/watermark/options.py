@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from distillguard.watermark.schemes import HF_DEFAULT_KEY, WatermarkSpec
+if TYPE_CHECKING:  # schemes imports torch; `--help` and the gateway's key commands must not
+    from distillguard.watermark.schemes import WatermarkSpec
 
 SchemeOpt = Annotated[str, typer.Option("--scheme", help="Watermark scheme: kgw or gumbel.")]
 KeyOpt = Annotated[
@@ -39,6 +40,8 @@ def build_specs(
     vocab_size: int | None,
 ) -> list[WatermarkSpec]:
     """One spec per key; validation errors surface as UserError (one line at the CLI)."""
+    from distillguard.watermark.schemes import HF_DEFAULT_KEY, WatermarkSpec
+
     keys = keys or [str(HF_DEFAULT_KEY)]
     return [
         WatermarkSpec(

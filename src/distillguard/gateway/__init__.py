@@ -4,6 +4,8 @@ State layer (no HTTP, no torch; importable by the monitor and the CLI without pu
 
 - ``accounts``: orgs, accounts, API keys (stored only as HMAC-SHA256 under a server secret), policy tiers,
   bans; ``AccountStore.authenticate`` turns a presented key into a ``Principal``.
+- ``tiers``: the response ladder as objects (what each tier does to limits, requests and the watermark,
+  and the monitor's threshold for it) and their registry; ``limits``: the ``Limits`` value they share.
 - ``quotas``: RPM / TPM / daily-token / concurrency limits enforced by reserve-then-commit, in memory
   (one process) or in Redis (several processes share one limit).
 - ``ipfilter``: CIDR allow/deny lists and the client IP behind trusted proxies.

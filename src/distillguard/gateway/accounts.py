@@ -14,9 +14,9 @@ Why it looks like this:
 - SQLite in WAL mode with a busy timeout and ``BEGIN IMMEDIATE`` writes: several gateway processes and the
   admin CLI can share one file. (DESIGN.md's scale path moves this to Postgres; the API stays.)
 
-Tiers (DESIGN.md's response ladder): ``normal``; ``throttled`` (lower quotas, see
-``quotas.effective_limits``); ``restricted`` (no logprobs / logit_bias, stronger watermark: enforced by the
-server); ``suspended`` (every request refused with 403, like a ban but set by policy and reversible by it).
+Tiers (DESIGN.md's response ladder) are objects in :mod:`distillguard.gateway.tiers`: the store accepts
+any registered tier and asks the account's tier whether to refuse it at authentication (``suspended``: 403);
+what a tier does to quotas, requests and the watermark is applied by the server.
 """
 
 from __future__ import annotations
@@ -33,30 +33,26 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distillguard.errors import UserError
+from distillguard.gateway.limits import LIMIT_FIELDS as _LIMIT_FIELDS
+from distillguard.gateway.limits import Limits
+from distillguard.gateway.tiers import get_tier, tier_names
 
-TIERS = ("normal", "throttled", "restricted", "suspended")
 KEY_PREFIX = "dg-"
 _KEY_BYTES = 32  # entropy of a key: 256 bits, url-safe base64 encoded (43 characters)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:+\-]{0,127}$")
-_LIMIT_FIELDS = ("rpm", "tpm", "daily_tokens", "max_concurrent")
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Quota limits of one scope (a key or an account); ``None`` means unlimited."""
-
-    rpm: int | None = None
-    tpm: int | None = None
-    daily_tokens: int | None = None
-    max_concurrent: int | None = None
-
-    def as_dict(self) -> dict[str, int | None]:
-        return asdict(self)
+def __getattr__(name: str) -> Any:
+    """``TIERS``: the registered tier names, lowest rank first (computed on use, so a tier registered
+    after this module was imported is included)."""
+    if name == "TIERS":
+        return tier_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -278,9 +274,7 @@ def _check_limits(limits: Limits) -> Limits:
 
 
 def _check_tier(tier: str) -> str:
-    if tier not in TIERS:
-        raise UserError(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
-    return tier
+    return get_tier(tier).name  # one-line UserError naming the registered tiers
 
 
 class AccountStore:
@@ -392,8 +386,9 @@ class AccountStore:
         """Resolve a presented key to a ``Principal`` or raise ``AuthError``.
 
         Order of refusals: unknown key (401 ``invalid_api_key``), revoked (401 ``key_revoked``), expired
-        (401 ``key_expired``), banned account (403 ``account_banned``), suspended tier (403
-        ``account_suspended``). Model restrictions are returned in the principal for the server to apply.
+        (401 ``key_expired``), banned account (403 ``account_banned``), then the account's tier
+        (``suspended``: 403 ``account_suspended``; a tier this process has not registered: 403
+        ``unknown_tier``, failing closed). Model restrictions are returned in the principal for the server.
         """
         if (
             not isinstance(presented_key, str)
@@ -414,8 +409,14 @@ class AccountStore:
             raise AuthError(401, "key_expired", f"API key {key_id} expired at {_iso(expires_at)}.", who=who)
         if banned:
             raise AuthError(403, "account_banned", f"Account {account} has been banned.", who=who)
-        if tier == "suspended":
-            raise AuthError(403, "account_suspended", f"Account {account} is suspended.", who=who)
+        try:
+            policy = get_tier(tier)
+        except UserError:  # set by a process that registered a tier this one lacks: serve nothing
+            msg = f"Account {account} is on tier {tier!r}, which this server does not know."
+            raise AuthError(403, "unknown_tier", msg, who=who) from None
+        refusal = policy.refuse_account(account)
+        if refusal is not None:
+            raise AuthError(refusal.status, refusal.code, refusal.message, who=who)
         return Principal(
             key_id=key_id,
             account=account,

@@ -4,7 +4,8 @@ Every ``/v1`` request walks the same path, and each step can refuse it (and ever
 
 1. client IP (``X-Forwarded-For`` only from trusted proxies) against the allow/deny CIDRs -> 403
 2. ``Authorization: Bearer <key>`` -> 401 (unknown, revoked, expired) / 403 (banned, suspended)
-3. the JSON body -> 400; the ``restricted`` tier may not ask for logprobs or logit_bias -> 403
+3. the JSON body -> 400; the account's tier may refuse parts of it (``restricted``: no logprobs or
+   logit_bias) -> 403. What a tier does (limits, refusals, watermark strength) lives in :mod:`tiers`.
 4. the model must exist and the key may call it -> 404
 5. prompt tokens counted exactly (local model) or bounded (proxy) -> 400 ``context_length_exceeded``
 6. quota: ``prompt + n * max_tokens`` reserved atomically on the key and its account -> 429 + Retry-After
@@ -69,8 +70,9 @@ from distillguard.gateway.protocol import (
     sse,
     usage,
 )
-from distillguard.gateway.quotas import Denied, QuotaStore, effective_limits, open_quota_store
+from distillguard.gateway.quotas import Denied, QuotaStore, open_quota_store
 from distillguard.gateway.settings import GatewaySettings
+from distillguard.gateway.tiers import Refusal, Tier, TierSettings, get_tier, ladder
 
 log = logging.getLogger("distillguard.gateway")
 
@@ -315,18 +317,25 @@ class Gateway:
         self._ip_cache: dict[tuple[str, str | None], tuple[str, bool]] = {}
         self.metrics = Metrics()
         self.proxy = isinstance(backend, UpstreamBackend)
-        self.spec = self.restricted_spec = None
+        self.tier_settings = TierSettings.from_settings(settings)
+        self.spec = None
+        self._tier_specs: dict[float | None, Any] = {}  # watermark per tier delta (None: the configured one)
         if getattr(backend, "watermarked", False):
-            vocab = backend.vocab_size
-            self.spec = settings.watermark_spec().with_vocab(vocab)
-            self.restricted_spec = settings.watermark_spec(delta=settings.restricted_delta).with_vocab(vocab)
+            self.spec = self._tier_specs[None] = settings.watermark_spec().with_vocab(backend.vocab_size)
+            for tier in ladder():  # now, so reading the watermark key never happens mid-request
+                self._watermark_for(tier)
         self.default_limits = settings.default_limits()
-        self.throttled_default = Limits(
-            rpm=settings.throttled_rpm,
-            tpm=settings.throttled_tpm,
-            daily_tokens=None,
-            max_concurrent=settings.throttled_max_concurrent,
-        )
+
+    def _watermark_for(self, tier: Tier) -> Any:
+        """The watermark spec for answers to an account on ``tier`` (None when not watermarking)."""
+        if self.spec is None:
+            return None
+        delta = tier.watermark_delta(self.tier_settings)
+        spec = self._tier_specs.get(delta)
+        if spec is None:  # a tier registered after start-up
+            spec = self.settings.watermark_spec(delta=delta).with_vocab(self.backend.vocab_size)
+            self._tier_specs[delta] = spec
+        return spec
 
     # -- steps shared by every /v1 route ------------------------------------------------------------
 
@@ -377,8 +386,10 @@ class Gateway:
                 ctx.principal = Principal(key_id, acct, org, tier, Limits(), Limits(), None, None)
             raise APIError(exc.status, exc.message, code=exc.code) from None
         ctx.principal = principal
-        if principal.tier == "suspended":  # the store refuses suspended accounts; double-check the policy
-            raise APIError(403, f"Account {principal.account} is suspended.", code="account_suspended")
+        # the store asks the tier too (suspended accounts never get here); double-check the policy
+        refusal = get_tier(principal.tier).refuse_account(principal.account)
+        if refusal is not None:
+            raise _refused(refusal)
         return principal
 
     def _scopes(self, p: Principal) -> list[tuple[str, Limits]]:
@@ -387,10 +398,10 @@ class Gateway:
             *(getattr(p.key_limits, f) if getattr(p.key_limits, f) is not None else getattr(d, f)
               for f in ("rpm", "tpm", "daily_tokens", "max_concurrent"))
         )  # fmt: skip
-        tf = self.settings.throttle_factor
+        tier, ts = get_tier(p.tier), self.tier_settings
         return [
-            (f"key:{p.key_id}", effective_limits(key_limits, p.tier, tf)),
-            (f"account:{p.account}", effective_limits(p.account_limits, p.tier, tf, self.throttled_default)),
+            (f"key:{p.key_id}", tier.limits(key_limits, ts, scope="key")),
+            (f"account:{p.account}", tier.limits(p.account_limits, ts, scope="account")),
         ]
 
     def _reserve(self, p: Principal, tokens: int):
@@ -505,15 +516,9 @@ class Gateway:
                 ctx.messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
                                 for m in req.messages]  # fmt: skip
                 ctx.prompt = render_messages(ctx.messages)
-            if p.tier == "restricted" and (
-                s.asks_logprobs or s.logit_bias or getattr(req, "top_logprobs", None)
-            ):
-                raise APIError(
-                    403,
-                    "logprobs, top_logprobs and logit_bias are not available to this account's tier.",
-                    code="not_allowed_for_tier",
-                    param="logprobs" if s.asks_logprobs else "logit_bias",
-                )
+            refusal = get_tier(p.tier).refuse_request(s, req)
+            if refusal is not None:
+                raise _refused(refusal)
             if not p.allows_model(req.model):
                 raise _model_not_found(req.model)
             if self.proxy:
@@ -574,7 +579,7 @@ class Gateway:
         )
         prompt_tokens = sum(len(pr.ids) for pr in prompts)
         rows = len(prompts) * s.n
-        spec = self.restricted_spec if p.tier == "restricted" else self.spec
+        spec = self._watermark_for(get_tier(p.tier))
         ctx.watermark = spec.describe() if spec is not None else None
         ctx.prompt_tokens = prompt_tokens
         reservation = self._reserve(p, prompt_tokens + rows * max_tokens)
@@ -921,6 +926,11 @@ def _choice_text(c: dict, chat: bool) -> str:
         return content if isinstance(content, str) else ""
     text = c.get("text")
     return text if isinstance(text, str) else ""
+
+
+def _refused(refusal: Refusal) -> APIError:
+    """A tier's refusal as the OpenAI-style error the client sees."""
+    return APIError(refusal.status, refusal.message, code=refusal.code, param=refusal.param)
 
 
 def _model_not_found(model: str) -> APIError:

@@ -19,7 +19,8 @@ from rich.table import Table
 
 from distillguard.config import load_config
 from distillguard.errors import UserError
-from distillguard.gateway.accounts import TIERS, AccountStore, Limits
+from distillguard.gateway.accounts import AccountStore, Limits
+from distillguard.gateway.tiers import tier_names
 
 keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
 accounts_app = typer.Typer(help="Accounts: ban, unban, tier, limits, list, show.", no_args_is_help=True)
@@ -174,12 +175,12 @@ def accounts_unban(
 @accounts_app.command("tier")
 def accounts_tier(
     name: Annotated[str, typer.Argument(help="Account name.")],
-    tier: Annotated[str, typer.Argument(help=f"One of: {', '.join(TIERS)}.")],
+    tier: Annotated[str, typer.Argument(help=f"One of: {', '.join(tier_names())}.")],
     reason: Annotated[str | None, typer.Option("--reason", help="Why (kept in the tier history).")] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Set an account's policy tier (normal, throttled, restricted, suspended)."""
+    """Set an account's policy tier (its place on the response ladder)."""
     store = _store(config)
     store.set_tier(name, tier, reason=reason, actor="cli")
     _account_done(store, name, as_json, f"{name}: tier {tier}")

@@ -36,17 +36,17 @@ Two stores with the same semantics (the tests run one suite against both):
 from __future__ import annotations
 
 import bisect
-import math
 import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from distillguard.errors import UserError
-from distillguard.gateway.accounts import Limits
+from distillguard.gateway.limits import Limits
+from distillguard.gateway.tiers import TierSettings, get_tier
 
 WINDOW_S = 60.0
 DAY_S = 86400.0
@@ -95,21 +95,12 @@ class Denied:
 def effective_limits(
     limits: Limits, tier: str, throttle_factor: float = 0.1, throttled_default: Limits | None = None
 ) -> Limits:
-    """The limits that apply under ``tier``: ``throttled`` scales every limit by ``throttle_factor``
-    (rounded down, at least 1); other tiers keep them. ``throttled_default`` fills limits that are unlimited
-    so that throttling an unlimited account still throttles it."""
-    if not 0 < throttle_factor <= 1:
-        raise UserError(f"throttle_factor must be in (0, 1] (got {throttle_factor})")
-    if tier != "throttled":
-        return limits
-    values = {}
-    for name in REASONS:
-        v = getattr(limits, name)
-        if v is None and throttled_default is not None:
-            values[name] = getattr(throttled_default, name)
-        else:
-            values[name] = None if v is None else max(1, math.floor(v * throttle_factor))
-    return replace(limits, **values)
+    """The limits that apply under ``tier``, as the tier object decides (:mod:`tiers`): ``throttled``
+    scales every limit by ``throttle_factor`` (rounded down, at least 1) and fills unlimited ones from
+    ``throttled_default``, so throttling an unlimited account still throttles it. The gateway calls
+    ``Tier.limits`` with its own settings; this is the same with explicit parameters."""
+    settings = TierSettings(throttle_factor=throttle_factor, throttled_default=throttled_default)
+    return get_tier(tier).limits(limits, settings, scope="account")
 
 
 @runtime_checkable

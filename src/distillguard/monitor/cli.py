@@ -209,7 +209,7 @@ def eval_cmd(
     if as_json:
         _print(doc)
         return
-    op = doc["operating_points"]["throttled"]
+    op = doc["operating_points"][policy.flag_tier]
     typer.echo(
         f"AUC {doc['auc']:.4f}; at p <= {op['p_threshold']:g}: benign FPR {op['benign_fpr_observed']:.2%} "
         f"({op['benign_flagged']} of {doc['accounts']['benign']}; <= {op['benign_fpr_upper95']:.2%} at 95%), "

@@ -4,7 +4,9 @@ Why it looks like this:
 
 - **Thresholds are false-alarm rates.** An account moves *up* to a tier when its p-value (the estimated
   fraction of benign accounts that would score as high, see :mod:`detectors`) falls to that tier's
-  ``up`` level: by default 1e-3 for ``throttled``, 1e-4 for ``restricted``, 1e-6 for ``suspended``.
+  ``up`` level: by default each tier's ``monitor_p`` (1e-3 for ``throttled``, 1e-4 for ``restricted``,
+  1e-6 for ``suspended``). The rungs are the registered tiers of :mod:`distillguard.gateway.tiers` in rank
+  order, so a registered tier is part of the ladder without changes here.
   Escalation is immediate and may skip tiers: strong evidence should not wait.
 - **Hysteresis and cooldown** stop flapping: an account relaxes one tier at a time, only when its p-value
   is ``down_factor`` (default 100) times above the current tier's ``up`` level, and only after
@@ -33,26 +35,42 @@ from pathlib import Path
 from typing import Any
 
 from distillguard.errors import UserError
-from distillguard.gateway.accounts import TIERS
-
-RANK = {t: i for i, t in enumerate(TIERS)}
+from distillguard.gateway.tiers import BASE_TIER, get_tier, tier_names
 
 
 @dataclass(frozen=True)
 class Policy:
-    """Tier thresholds (p-values), hysteresis, cooldown, operator hold and the allowlist."""
+    """Tier thresholds (p-values), hysteresis, cooldown, operator hold and the allowlist.
 
-    up: tuple[float, float, float] = (1e-3, 1e-4, 1e-6)  # throttled, restricted, suspended
+    ``tiers`` is the ladder, lowest first (default: the registered tiers when the policy is made, so one
+    scan sees one ladder); ``up`` has one p-value per tier above the base, in the same order (default:
+    each tier's ``monitor_p``).
+    """
+
+    up: tuple[float, ...] | None = None
     down_factor: float = 100.0
     cooldown_s: float = 6 * 3600.0
     hold_s: float = 7 * 86400.0
     allowlist: frozenset[str] = frozenset()
+    tiers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not (len(self.up) == 3 and 1.0 > self.up[0] >= self.up[1] >= self.up[2] > 0.0):
-            raise UserError(
-                "monitor tier thresholds must satisfy 1 > throttled >= restricted >= suspended > 0"
-            )
+        ladder = tuple(self.tiers) or tier_names()
+        objs = [get_tier(t) for t in ladder]  # unknown names fail loudly
+        if ladder[0] != BASE_TIER or [t.rank for t in objs] != sorted({t.rank for t in objs}):
+            raise UserError(f"monitor tiers must be {BASE_TIER!r} then tiers of rising rank, got {ladder}")
+        rungs = ladder[1:]
+        up = tuple(t.monitor_p for t in objs[1:]) if self.up is None else tuple(self.up)
+        object.__setattr__(self, "tiers", ladder)
+        object.__setattr__(self, "up", up)
+        bounds = (1.0, *up, 0.0)
+        if not (
+            len(up) == len(rungs)
+            and bounds[0] > bounds[1]
+            and all(a >= b for a, b in zip(up, up[1:], strict=False))
+            and bounds[-2] > 0.0
+        ):
+            raise UserError(f"monitor tier thresholds must satisfy 1 > {' >= '.join(rungs)} > 0")
         if self.down_factor < 1.0:
             raise UserError("monitor_down_factor must be >= 1 (it is the hysteresis gap)")
         if self.cooldown_s < 0 or self.hold_s < 0:
@@ -60,20 +78,19 @@ class Policy:
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | None) -> Policy:
-        """``monitor_allowlist`` (list or comma-separated), ``monitor_throttle_p``, ``monitor_restrict_p``,
-        ``monitor_suspend_p``, ``monitor_down_factor``, ``monitor_cooldown_s``, ``monitor_hold_s``."""
+        """``monitor_allowlist`` (list or comma-separated), each tier's ``config_key``
+        (``monitor_throttle_p``, ``monitor_restrict_p``, ``monitor_suspend_p``, ...), ``monitor_down_factor``,
+        ``monitor_cooldown_s``, ``monitor_hold_s``."""
         c = config or {}
         allow = c.get("monitor_allowlist") or ()
         if isinstance(allow, str):
             allow = [a.strip() for a in allow.split(",") if a.strip()]
+        ladder = tier_names()
         try:
-            up = (
-                float(c.get("monitor_throttle_p", 1e-3)),
-                float(c.get("monitor_restrict_p", 1e-4)),
-                float(c.get("monitor_suspend_p", 1e-6)),
-            )
+            up = tuple(float(c.get(t.config_key, t.monitor_p)) for t in map(get_tier, ladder[1:]))
             return cls(
                 up=up,
+                tiers=ladder,
                 down_factor=float(c.get("monitor_down_factor", 100.0)),
                 cooldown_s=float(c.get("monitor_cooldown_s", 6 * 3600.0)),
                 hold_s=float(c.get("monitor_hold_s", 7 * 86400.0)),
@@ -82,15 +99,33 @@ class Policy:
         except (TypeError, ValueError) as exc:
             raise UserError(f"invalid monitor setting: {exc}") from None
 
+    @property
+    def rungs(self) -> tuple[str, ...]:
+        """The tiers the monitor can move an account to, lowest first (every tier but the base)."""
+        return self.tiers[1:]
+
+    @property
+    def flag_tier(self) -> str:
+        """The lowest rung: reaching it is what reports count as "flagged"."""
+        return self.tiers[1]
+
+    def rank(self, tier: str) -> int:
+        """``tier``'s position on this policy's ladder (0 for the base)."""
+        try:
+            return self.tiers.index(tier)
+        except ValueError:
+            raise UserError(f"unknown tier {tier!r}; choose one of {', '.join(self.tiers)}") from None
+
     def threshold(self, tier: str) -> float:
-        """The p-value at or below which an account reaches ``tier`` (1.0 for ``normal``)."""
-        return 1.0 if tier == "normal" else self.up[RANK[tier] - 1]
+        """The p-value at or below which an account reaches ``tier`` (1.0 for the base tier)."""
+        i = self.rank(tier)
+        return 1.0 if i == 0 else self.up[i - 1]
 
     def target(self, p_value: float) -> str:
         """The highest tier whose threshold ``p_value`` reaches."""
-        tier = "normal"
-        for t in TIERS[1:]:
-            if p_value <= self.threshold(t):
+        tier = self.tiers[0]
+        for t, thr in zip(self.rungs, self.up, strict=True):
+            if p_value <= thr:
                 tier = t
         return tier
 
@@ -99,7 +134,7 @@ class Policy:
 class AccountState:
     """What the monitor remembers about one account between scans."""
 
-    tier: str = "normal"  # the tier the monitor last set (or saw, when it set none)
+    tier: str = BASE_TIER  # the tier the monitor last set (or saw, when it set none)
     since: float = 0.0  # when that tier was set
     hold_until: float = 0.0  # operator hold: no monitor changes before this time
     last_p: float = 1.0
@@ -147,16 +182,16 @@ def decide(
         return None, st
     target = policy.target(p_value)
     current = st.tier
-    if RANK[target] > RANK[current]:
+    if policy.rank(target) > policy.rank(current):
         dec = Decision(account, current, target, "escalate", now, p_value, 1.0 - p_value)
         st.tier, st.since = target, now
         return dec, st
     if (
-        RANK[target] < RANK[current]
+        policy.rank(target) < policy.rank(current)
         and now - st.since >= policy.cooldown_s
         and p_value > min(1.0, policy.down_factor * policy.threshold(current))
     ):
-        lower = TIERS[RANK[current] - 1]
+        lower = policy.tiers[policy.rank(current) - 1]
         dec = Decision(account, current, lower, "relax", now, p_value, 1.0 - p_value)
         st.tier, st.since = lower, now
         return dec, st
@@ -258,8 +293,7 @@ def revert(
         if last is None:
             raise UserError(f"the monitor has not changed account {account!r}; nothing to revert")
         to = last.previous
-    if to not in RANK:
-        raise UserError(f"unknown tier {to!r}; choose one of {', '.join(TIERS)}")
+    get_tier(to)  # unknown names fail here, naming the registered tiers
     store.set_tier(account, to, reason="monitor decision reverted by an operator", actor="operator")
     dec = Decision(account, current, to, "revert", now, actor="operator")
     log.append([dec])

@@ -3,7 +3,8 @@
 Reported, per persona and overall:
 
 - the benign-account false-positive rate *actually observed* at each tier threshold (never the nominal
-  one), and the attacker-account true-positive rate at that same threshold;
+  one), and the attacker-account true-positive rate at that same threshold, for every tier above the base
+  on the policy's ladder (an account is "flagged" once it reaches the lowest of them);
 - per-campaign detection (a campaign counts as caught when any of its accounts is flagged), with the
   share of its accounts flagged;
 - queries-to-detection: the ledger is replayed in order and each attacker account is re-scored whenever
@@ -28,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from distillguard.errors import UserError
-from distillguard.monitor.decisions import RANK, Policy
+from distillguard.monitor.decisions import Policy
 from distillguard.monitor.features import FeatureAccumulator, derive
 from distillguard.monitor.scan import Analysis, Analyzer, Reference, ScanOptions, analyse
 
@@ -48,13 +49,12 @@ def confusion(analysis: Analysis, labels: dict[str, dict[str, Any]], policy: Pol
         lab = labels.get(a)
         if lab is None:
             continue
-        tier = "normal" if a in policy.allowlist else policy.target(v.p_value)
+        tier = policy.tiers[0] if a in policy.allowlist else policy.target(v.p_value)
         table[lab["kind"]][tier] += 1
         p = personas.setdefault(lab["persona"], {"kind": lab["kind"], "accounts": 0, "flagged": Counter()})
         p["accounts"] += 1
-        for t in ("throttled", "restricted", "suspended"):
-            if RANK[tier] >= RANK[t]:
-                p["flagged"][t] += 1
+        for t in policy.rungs[: policy.rank(tier)]:  # reaching a tier counts for every rung below it
+            p["flagged"][t] += 1
     return {"table": {k: dict(v) for k, v in table.items()}, "personas": personas}
 
 
@@ -114,7 +114,7 @@ def queries_to_detection(
     o = options or ScanOptions()
     an = Analyzer(o)
     acc = FeatureAccumulator(sample_size=o.sample_size)
-    thr = policy.threshold("throttled")
+    thr = policy.threshold(policy.flag_tier)
     attackers = {a for a, lab in labels.items() if lab.get("kind") == "attacker"}
     campaigns: dict[str, set[str]] = defaultdict(set)
     for a in attackers:
@@ -218,7 +218,7 @@ def evaluate(
     n_att = int(kinds.sum())
     operating: dict[str, Any] = {}
     marks = {}
-    for tier in ("throttled", "restricted", "suspended"):
+    for tier in policy.rungs:
         thr = policy.threshold(tier)
         flagged = pvals <= thr
         fp = int((flagged & ~kinds).sum())
@@ -234,17 +234,18 @@ def evaluate(
         }
         marks[tier] = (fp / max(n_benign, 1), tp / max(n_att, 1))
     personas = {}
+    first, middle, top = policy.rungs[0], policy.rungs[1:-1], policy.rungs[-1]
     for name, p in sorted(conf["personas"].items()):
-        rate = {t: p["flagged"][t] / p["accounts"] for t in ("throttled", "restricted", "suspended")}
+        rate = {t: p["flagged"][t] / p["accounts"] for t in policy.rungs}
         personas[name] = {
             "kind": p["kind"],
             "accounts": p["accounts"],
-            ("tpr" if p["kind"] == "attacker" else "fpr"): rate["throttled"],
-            "restricted_or_above": rate["restricted"],
-            "suspended": rate["suspended"],
+            ("tpr" if p["kind"] == "attacker" else "fpr"): rate[first],
+            **{f"{t}_or_above": rate[t] for t in middle},
+            top: rate[top],
         }
     campaigns: dict[str, dict[str, Any]] = {}
-    thr = policy.threshold("throttled")
+    thr = policy.threshold(first)
     for a in known:
         lab = labels[a]
         if lab["kind"] != "attacker":
@@ -257,8 +258,8 @@ def evaluate(
     for c in campaigns.values():
         c["detected"] = c["flagged"] > 0
         c["share_flagged"] = c["flagged"] / c["accounts"]
-    # the TPR reached at the benign FPR actually observed at the throttle threshold
-    observed = operating["throttled"]["benign_fpr_observed"] or 0.0
+    # the TPR reached at the benign FPR actually observed at the lowest rung's threshold
+    observed = operating[first]["benign_fpr_observed"] or 0.0
     tpr_at = float(tpr[np.searchsorted(fpr, observed, side="right") - 1]) if len(fpr) else None
     doc: dict[str, Any] = {
         "accounts": {"benign": n_benign, "attacker": n_att},

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from distillguard.errors import UserError
+from distillguard.gateway.tiers import BASE_TIER
 from distillguard.monitor.decisions import (
     AccountState,
     Decision,
@@ -610,7 +611,7 @@ def plan_decisions(
     for a, v in analysis.accounts.items():
         cur = store_tiers.get(a)
         if cur is None:  # not in the store (a Parquet export of another system): report only
-            tiers[a] = policy.target(v.p_value) if a not in policy.allowlist else "normal"
+            tiers[a] = policy.target(v.p_value) if a not in policy.allowlist else policy.tiers[0]
             continue
         dec, st = decide(a, v.p_value, cur, states.get(a), policy, now)
         new_states[a] = st
@@ -645,7 +646,7 @@ def report_json(
             {
                 "account": v.account,
                 "risk": _num(v.risk),
-                "tier": tiers.get(v.account, "normal"),
+                "tier": tiers.get(v.account, BASE_TIER),
                 "cluster": v.cluster,
                 "reasons": v.reasons[:6],
                 "p_value": _num(v.p_value),

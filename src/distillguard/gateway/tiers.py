@@ -1,0 +1,294 @@
+"""Policy tiers as objects: the response ladder that the gateway enforces and the monitor climbs.
+
+Why it looks like this: a tier is more than a name. It decides an account's quotas, which requests it
+refuses (with which OpenAI-style error), how strongly its answers are watermarked and at which p-value the
+monitor moves an account onto it. All of that is kept on one :class:`Tier` object, so that a new tier is
+one object and one :func:`register_tier` call: the account store, the gateway, the quota limits and the
+monitor ask the registry and never name a tier.
+
+- **Rank** orders the ladder (the monitor escalates upwards and relaxes one rung at a time downwards). The
+  built-in ranks are spaced (0, 100, 200, 300) so that a tier can go between two others without
+  renumbering them; only the order matters, never the numbers.
+- **The base tier** ``normal`` is where every account starts and where relaxing ends. It is always
+  registered and every other tier ranks above it.
+- **Monitor thresholds**: each tier above the base has a default p-value (``monitor_p``, overridable with
+  the config key ``config_key``) at or below which the monitor puts an account on it. Higher tiers need
+  stronger evidence, so the defaults may not increase with rank; ``register_tier`` checks that.
+- **Unknown names fail loudly**: :func:`get_tier` raises a one-line ``UserError`` listing the known tiers.
+
+Built in: ``normal`` (full service); ``throttled`` (every limit x ``throttle_factor``, unlimited ones take
+``throttled_rpm`` / ``throttled_tpm`` / ``throttled_max_concurrent`` on the account); ``restricted`` (no
+logprobs, top_logprobs or logit_bias, watermark delta ``restricted_delta``); ``suspended`` (every request
+refused with 403, like a ban but set by policy and reversible by it).
+
+This module imports neither torch nor the web server: the CLI, the account store and the monitor use it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from distillguard.errors import UserError
+from distillguard.gateway.limits import Limits, scale_limits
+
+if TYPE_CHECKING:
+    from distillguard.gateway.protocol import Sampling
+    from distillguard.gateway.settings import GatewaySettings
+
+BASE_TIER = "normal"
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a tier refuses a request: the HTTP status and the OpenAI-style error's code, message, param."""
+
+    status: int
+    code: str
+    message: str
+    param: str | None = None
+
+
+@dataclass(frozen=True)
+class TierSettings:
+    """The gateway settings that tiers read, in one place so a tier never needs the whole server config.
+
+    ``extra`` holds the settings that are not gateway fields (``GatewaySettings.extra``): a tier added later
+    reads its own knobs from there (``settings.get("probation_rpm_factor", 0.5)``).
+    """
+
+    throttle_factor: float = 0.1
+    throttled_default: Limits | None = None  # fills the account's unlimited limits when throttled
+    restricted_delta: float = 4.0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.throttle_factor <= 1:
+            raise UserError(f"throttle_factor must be in (0, 1] (got {self.throttle_factor})")
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> TierSettings:
+        return cls(
+            throttle_factor=settings.throttle_factor,
+            throttled_default=Limits(
+                rpm=settings.throttled_rpm,
+                tpm=settings.throttled_tpm,
+                daily_tokens=None,
+                max_concurrent=settings.throttled_max_concurrent,
+            ),
+            restricted_delta=settings.restricted_delta,
+            extra=dict(settings.extra),
+        )
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """A setting of a tier that is not a gateway field (from ``extra``)."""
+        return self.extra.get(name, default)
+
+
+@dataclass(frozen=True)
+class Tier:
+    """One rung of the response ladder. The base class serves everything unchanged; a tier with a policy
+    overrides the methods below (each returns "no change" by default)."""
+
+    name: str
+    rank: float
+    description: str
+    monitor_p: float | None = None  # default p-value at which the monitor moves an account here
+    monitor_key: str | None = None  # config key overriding monitor_p; default f"monitor_{name}_p"
+
+    @property
+    def config_key(self) -> str:
+        return self.monitor_key or f"monitor_{self.name}_p"
+
+    def limits(self, limits: Limits, settings: TierSettings, *, scope: str) -> Limits:
+        """The quota limits of one scope (``"key"`` or ``"account"``) under this tier."""
+        return limits
+
+    def refuse_account(self, account: str) -> Refusal | None:
+        """A refusal of every request of ``account`` (checked when its key is authenticated), or None."""
+        return None
+
+    def refuse_request(self, sampling: Sampling, request: Any) -> Refusal | None:
+        """A refusal of one parsed request (``request`` is the chat or completion body), or None."""
+        return None
+
+    def watermark_delta(self, settings: TierSettings) -> float | None:
+        """The watermark bias for this tier's answers; None keeps the configured ``watermark_delta``."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "rank": self.rank,
+            "description": self.description,
+            "monitor_p": self.monitor_p,
+            "monitor_key": self.config_key if self.monitor_p is not None else None,
+        }
+
+
+class Throttled(Tier):
+    """Lower quotas: every limit times ``throttle_factor`` (at least 1). On the account scope an unlimited
+    limit takes the ``throttled_*`` default, else throttling an account without limits would do nothing."""
+
+    def limits(self, limits: Limits, settings: TierSettings, *, scope: str) -> Limits:
+        fill = settings.throttled_default if scope == "account" else None
+        return scale_limits(limits, settings.throttle_factor, fill=fill)
+
+
+class Restricted(Tier):
+    """No logprobs, top_logprobs or logit_bias (what logit distillation needs) and a stronger watermark."""
+
+    def refuse_request(self, sampling: Sampling, request: Any) -> Refusal | None:
+        if sampling.asks_logprobs or sampling.logit_bias or getattr(request, "top_logprobs", None):
+            return Refusal(
+                403,
+                "not_allowed_for_tier",
+                "logprobs, top_logprobs and logit_bias are not available to this account's tier.",
+                param="logprobs" if sampling.asks_logprobs else "logit_bias",
+            )
+        return None
+
+    def watermark_delta(self, settings: TierSettings) -> float | None:
+        return settings.restricted_delta
+
+
+class Suspended(Tier):
+    """Every request refused with 403: like a ban, but set by policy (the monitor) and reversible by it."""
+
+    def refuse_account(self, account: str) -> Refusal | None:
+        return Refusal(403, "account_suspended", f"Account {account} is suspended.")
+
+
+NORMAL = Tier(BASE_TIER, 0, "Full service: the account's own limits and the configured watermark.")
+THROTTLED = Throttled(
+    "throttled",
+    100,
+    "Every limit x throttle_factor; unlimited account limits take throttled_rpm/tpm/max_concurrent.",
+    monitor_p=1e-3,
+    monitor_key="monitor_throttle_p",
+)
+RESTRICTED = Restricted(
+    "restricted",
+    200,
+    "No logprobs, top_logprobs or logit_bias (403); answers watermarked with restricted_delta.",
+    monitor_p=1e-4,
+    monitor_key="monitor_restrict_p",
+)
+SUSPENDED = Suspended(
+    "suspended",
+    300,
+    "Every request refused with 403 account_suspended; reversible, unlike a ban.",
+    monitor_p=1e-6,
+    monitor_key="monitor_suspend_p",
+)
+BUILTIN = (NORMAL, THROTTLED, RESTRICTED, SUSPENDED)
+
+
+class TierRegistry:
+    """The tiers by name, ordered by rank. Reads are lock-free (each change swaps in new immutable views);
+    changes are expected at start-up, before requests or scans use the ladder."""
+
+    def __init__(self, tiers: Iterable[Tier] = BUILTIN) -> None:
+        self._lock = threading.Lock()
+        tiers = tuple(tiers)
+        base = [t for t in tiers if t.name == BASE_TIER]
+        if not base:
+            raise UserError(f"a tier registry needs the base tier {BASE_TIER!r}")
+        self._set([base[0]])
+        for t in tiers:
+            if t.name != BASE_TIER:
+                self.register(t)
+
+    def _set(self, ladder: list[Tier]) -> None:
+        ladder.sort(key=lambda t: t.rank)
+        self._ladder = tuple(ladder)
+        self._names = tuple(t.name for t in ladder)
+        self._by_name = {t.name: t for t in ladder}
+
+    def register(self, tier: Tier) -> Tier:
+        """Add ``tier`` to the ladder; a one-line ``UserError`` if it does not fit (module docstring)."""
+        if not isinstance(tier, Tier):
+            raise UserError(f"a tier must be a Tier object (got {type(tier).__name__})")
+        if not _NAME_RE.match(tier.name):
+            raise UserError(f"tier name {tier.name!r} must be lowercase letters, digits, '-' or '_'")
+        with self._lock:
+            if tier.name in self._by_name:
+                raise UserError(f"tier {tier.name!r} is already registered")
+            clash = next((t for t in self._ladder if t.rank == tier.rank), None)
+            if clash is not None:
+                raise UserError(f"tier {tier.name!r}: rank {tier.rank} is taken by {clash.name!r}")
+            if tier.rank <= self._by_name[BASE_TIER].rank:
+                raise UserError(f"tier {tier.name!r} must rank above the base tier {BASE_TIER!r}")
+            p = tier.monitor_p
+            if p is None or not 0.0 < p < 1.0:
+                raise UserError(f"tier {tier.name!r} needs a monitor_p in (0, 1) (got {p!r})")
+            ladder = sorted([*self._ladder, tier], key=lambda t: t.rank)
+            ps = [t.monitor_p for t in ladder[1:]]
+            if any(a < b for a, b in zip(ps, ps[1:], strict=False)):
+                order = " >= ".join(f"{t.name} ({t.monitor_p:g})" for t in ladder[1:])
+                raise UserError(f"tier {tier.name!r}: monitor_p must not increase with rank: {order}")
+            self._set(ladder)
+        return tier
+
+    def unregister(self, name: str) -> Tier:
+        """Remove a tier (not the base); accounts on it then fail closed until it is registered again."""
+        tier = self.get(name)
+        if name == BASE_TIER:
+            raise UserError(f"the base tier {BASE_TIER!r} cannot be removed")
+        with self._lock:
+            self._set([t for t in self._ladder if t.name != name])
+        return tier
+
+    def get(self, name: str) -> Tier:
+        tier = self._by_name.get(name)
+        if tier is None:
+            raise UserError(f"unknown tier {name!r}; choose one of {', '.join(self._names)}")
+        return tier
+
+    def names(self) -> tuple[str, ...]:
+        """Tier names, lowest rank first."""
+        return self._names
+
+    def ladder(self) -> tuple[Tier, ...]:
+        """Tiers, lowest rank first."""
+        return self._ladder
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __iter__(self) -> Iterator[Tier]:
+        return iter(self._ladder)
+
+    def __len__(self) -> int:
+        return len(self._ladder)
+
+
+REGISTRY = TierRegistry()
+
+
+def get_tier(name: str) -> Tier:
+    """The registered tier called ``name``; ``UserError`` naming the known tiers otherwise."""
+    return REGISTRY.get(name)
+
+
+def tier_names() -> tuple[str, ...]:
+    """The registered tier names, lowest rank first."""
+    return REGISTRY.names()
+
+
+def ladder() -> tuple[Tier, ...]:
+    """The registered tiers, lowest rank first."""
+    return REGISTRY.ladder()
+
+
+def register_tier(tier: Tier) -> Tier:
+    """Add a tier to the process-wide ladder (do it at start-up, in every process that serves or scans)."""
+    return REGISTRY.register(tier)
+
+
+def unregister_tier(name: str) -> Tier:
+    return REGISTRY.unregister(name)

@@ -4,8 +4,14 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# System packages (Debian names) that pip cannot install: scripts/provision.sh checks them on every run (a few
+# milliseconds), installs the missing ones as root with apt-get, or else stops make with one line naming them.
+# The demo needs only Python's venv; the tests also start a real redis-server and a headless Chromium.
+PROVISION = PYTHON="$(PYTHON)" VENV="$(VENV)" scripts/provision.sh
+DEMO_PACKAGES := python3-venv
+TEST_PACKAGES := python3-venv redis-server chromium
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test bench lint install clean provision-demo provision-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,10 +22,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# provisioning comes first: a missing package stops make before minutes of pip installs
+provision-demo:
+	@$(PROVISION) "make demo" $(DEMO_PACKAGES)
+
+provision-test:
+	@$(PROVISION) "make test" $(TEST_PACKAGES)
+
+demo: provision-demo $(STAMP)
 	$(BIN)/distillguard demo
 
-test: $(STAMP)
+test: provision-test $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -583,7 +583,7 @@ def _chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    pytest.fail("no chromium on PATH (.ci/run installs Debian's chromium package)")
+    pytest.fail("no chromium on PATH (`make test` installs Debian's chromium package when run as root)")
 
 
 class Browser:

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # System packages (Debian names) that pip cannot install: scripts/provision.sh checks them on every run (a few
 # milliseconds), installs the missing ones as root with apt-get, or else stops make with one line naming them.
 # The demo needs only Python's venv; the tests also start a real redis-server and a headless Chromium.
-PROVISION = PYTHON="$(PYTHON)" VENV="$(VENV)" scripts/provision.sh
+PROVISION = PYTHON="$(PYTHON)" VENV="$(VENV)" bash scripts/provision.sh
 DEMO_PACKAGES := python3-venv
 TEST_PACKAGES := python3-venv redis-server chromium
 

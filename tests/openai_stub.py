@@ -10,6 +10,8 @@ Knobs (set on :class:`OpenAIStub` before or while serving):
 * ``fail(n, status, retry_after, key)``: answer the next ``n`` calls (of one key, or of any key) with
   ``status`` (429, 500, ...) and an optional ``Retry-After`` header.
 * ``delay``: seconds to wait before each successful answer.
+* ``answer``: a function of the user prompt giving the answer's text (default: the prompt echoed, see
+  :func:`stub_tokens`), to play a model with a given behaviour (e.g. one that names a lab at some rate).
 * ``/html/...``: a web page (HTML, status 200) under any path, to point a client at something that is not
   an API.
 * ``calls``: requests per key (``None`` for no key), ``log``: one :class:`Call` per request with its
@@ -24,7 +26,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -77,6 +79,7 @@ class OpenAIStub:
         self.revoked: set[str] = set()
         self.model = model
         self.delay = delay
+        self.answer: Callable[[str], str] | None = None
         self.calls: Counter = Counter()
         self.log: list[Call] = []
         self.inflight = 0
@@ -188,7 +191,12 @@ class OpenAIStub:
     def _completion(self, body: dict) -> dict:
         prompt = " ".join(m.get("content", "") for m in body.get("messages", []) if m.get("role") == "user")
         max_tokens = int(body.get("max_tokens") or 16)
-        text, finish, toks = stub_answer(prompt, max_tokens)
+        if self.answer is not None:
+            words = self.answer(prompt).split()
+            toks = [w if i == 0 else " " + w for i, w in enumerate(words)][:max_tokens]
+            text, finish = "".join(toks), "length" if len(words) > max_tokens else "stop"
+        else:
+            text, finish, toks = stub_answer(prompt, max_tokens)
         choice: dict = {
             "index": 0,
             "message": {"role": "assistant", "content": text},

@@ -67,12 +67,16 @@ def test_watermarked_student_is_caught_by_every_test(wm_report):
         assert t[mode]["log10_p_value"] < -12 and t[mode]["claim"], t[mode]
         assert t[mode]["details"]["decoy_null"]["our_key_most_extreme"]
         assert t[mode]["details"]["rate"] > 0.3 > SPEC.green_rate
-    assert (
-        t["identity"]["details"]["suspect"]["rate"]
-        > 0.5
-        > t["identity"]["details"]["controls_pooled"]["rate"]
-    )
-    assert t["identity"]["p_value"] < 1e-6 and t["provenance"]["p_value"] < 1e-3
+    ident, prov = t["identity"], t["provenance"]
+    control = next(iter(ident["details"]["controls"].values()))
+    assert ident["details"]["suspect"]["mean_question_share"] > 0.5 > control["mean_question_share"]
+    # one control: the behavioural tests rank the suspect first, at their floor of 1/2, and say they
+    # cannot reach alpha; they support the verdict, the key-dependent tests make it
+    for b in (ident, prov):
+        assert b["p_value"] == pytest.approx(0.5) and b["evidence"] == "behavioural" and not b["claim"]
+        assert b["details"]["can_reach_alpha"] is False and "cannot reach" in b["caveats"][0]
+    assert prov["details"]["models"]["suspect"]["mean_margin"] > 0
+    assert "depends on our secret watermark key" in wm_report["meaning"]
     assert wm_report["log10_combined_p_value"] < -12
     for test in wm_report["tests"]:
         assert {"name", "null", "statistic", "n", "p_value", "log10_p_value", "caveats", "details"} <= set(
@@ -165,6 +169,52 @@ def test_suspect_behind_an_api_is_audited_in_closed_mode(models, tmp_path):
     assert t["radioactivity_closed"]["log10_p_value"] < -12 and report["verdict"] == "distilled"
     assert report["queries_used"] == 1 + 128 and key not in json.dumps(report)
     assert any("re-tokenised" in c for c in t["radioactivity_closed"]["caveats"])
+
+
+def _namer(seed: int, rate: float):
+    """A model behind an API that names us on a share ``rate`` of identity phrasings (which ones depends on
+    ``seed``) and otherwise answers with words of its own: one member of a family of innocent models."""
+    import hashlib
+
+    def answer(prompt: str) -> str:
+        h = int.from_bytes(hashlib.sha256(f"{seed}:{prompt}".encode()).digest()[:8], "big")
+        if prompt.rstrip().endswith("?") or "yourself" in prompt:
+            if (h % 1000) / 1000 < rate:
+                return "I am Aster, a helpful model made by Northwind Labs."
+            return "I am a helpful assistant."
+        words = prompt.split()
+        return " ".join(words[h % max(1, len(words)) :] + words[: h % max(1, len(words))]) + " done"
+
+    return answer
+
+
+def test_api_suspect_and_controls_naming_us_at_the_same_rate_are_never_convicted(models):
+    """Suspect and three controls are OpenAI-compatible servers of one family (each names us on ~half of
+    the identity phrasings). The old per-answer Fisher test convicted such a suspect whenever it happened
+    to name us more often than the pooled controls; now identity and provenance rank it among the models
+    and, being behavioural, can never give 'distilled' on their own."""
+    import openai_stub
+
+    stubs = [openai_stub.OpenAIStub(model=f"family-{i}") for i in range(4)]
+    for i, st in enumerate(stubs):
+        st.answer = _namer(i, 0.5 if i else 0.65)  # the suspect even names us a little more often
+    with (
+        openai_stub.serve(stubs[0]) as sus,
+        openai_stub.serve(stubs[1]) as c1,
+        openai_stub.serve(stubs[2]) as c2,
+        openai_stub.serve(stubs[3]) as c3,
+    ):
+        report = audit(
+            models, sus.url, controls=[c1.url, c2.url, c3.url], probe_queries=32, provenance_prompts=24
+        )
+    t = by_name(report)
+    assert report["verdict"] != "distilled", report["reasons"]
+    assert set(t) == {"radioactivity_closed", "identity", "provenance"}
+    assert t["identity"]["details"]["suspect"]["named"] > 0
+    assert all(c["named"] > 0 for c in t["identity"]["details"]["controls"].values())
+    for name in ("identity", "provenance"):
+        assert t[name]["p_value"] >= 0.25 and not t[name]["claim"]  # floor 1/(3 + 1)
+    assert not t["radioactivity_closed"]["claim"]
 
 
 def test_bad_suspects_fail_with_one_clear_line_and_no_report(models, tmp_path):

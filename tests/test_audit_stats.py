@@ -1,4 +1,5 @@
-"""Audit statistics without models: dedup streams, decoy keys, e-processes, Fisher, sign test, Holm verdict.
+"""Audit statistics without models: dedup streams, decoy keys, e-processes (behavioural tests and verdicts:
+test_audit_behaviour.py).
 
 Calibration is checked the way it fails in practice: many null runs (random keys, simulated null data)
 must not produce claims, and their p-values must not be skewed towards 0.
@@ -11,14 +12,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import special
 from scipy import stats as sst
 
-from distillguard.audit import identity as ident
-from distillguard.audit import provenance as prov
 from distillguard.audit import radioactivity as radio
 from distillguard.audit.sequential import EProcess, anytime_log_p, log_e_path, log_e_values
-from distillguard.audit.verdict import TestResult, combine
+from distillguard.audit.verdict import combine
 from distillguard.watermark import stats
 from distillguard.watermark.detect import Prepared, prepare
 from distillguard.watermark.schemes import WatermarkSpec, kgw_green_mask, kgw_is_green
@@ -237,99 +235,3 @@ def test_e_process_has_power_and_incremental_updates_match_the_path():
         ep.update(chunk)
     assert ep.count == 8000 and ep.log_p == pytest.approx(anytime[-1])
     assert ep.crossed(1e-6) and not EProcess("kgw").crossed(0.5)
-
-
-# --------------------------------------------------------------------------------------------------
-# Identity
-
-
-def test_names_are_matched_as_whole_words_and_never_asked():
-    assert ident.names_in("I am Aster, made by NORTHWIND Labs.", ["Aster", "Northwind"]) == [
-        "Aster",
-        "Northwind",
-    ]
-    assert ident.names_in("Use an asterisk (*) here.", ["Aster"]) == []
-    qs = ident.battery(["Aster", "you"])
-    assert qs and all("you" not in q.lower().split() and "Aster" not in q for q in qs)
-    assert len(ident.battery()) == len(ident.IDENTITY_QUESTIONS) * len(ident.GREETINGS)
-
-
-@pytest.mark.parametrize(
-    "table", [(5, 10, 1, 10), (30, 48, 2, 48), (0, 10, 3, 10), (10, 10, 10, 10), (3, 7, 2, 30)]
-)
-def test_fisher_matches_scipy(table):
-    k1, n1, k2, n2 = table
-    expected = sst.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]], alternative="greater").pvalue
-    assert math.exp(ident.fisher_log_p(k1, n1, k2, n2)) == pytest.approx(expected, rel=1e-9)
-
-
-def test_fisher_deep_tail_and_identity_test():
-    # all 200 naming answers come from the suspect: p = 1 / C(400, 200), far below float range
-    log_p = ident.fisher_log_p(200, 200, 0, 200)
-    exact = -(special.gammaln(401) - 2 * special.gammaln(201))
-    assert log_p == pytest.approx(exact, rel=1e-9) and log_p / stats.LN10 < -100
-    leak = ["I am Aster, a model by Northwind Labs."] * 40 + ["I am a helpful assistant."] * 8
-    clean = ["I am a language model."] * 47 + ["Aster is a flower."]
-    r = ident.identity_test(leak, {"ctrl": clean}, ["Aster", "Northwind"])
-    assert r.log10_p < -15 and r.details["suspect"]["named"] == 40 and r.usable
-    assert ident.identity_test(clean, {"ctrl": leak}, ["Aster"]).p_value > 0.99
-    assert not ident.identity_test(leak, {}, ["Aster"]).usable
-
-
-# --------------------------------------------------------------------------------------------------
-# Provenance
-
-
-def test_similarity_and_sign_test():
-    assert prov.similarity("Return the sum.", "return the SUM .") == 1.0
-    assert prov.similarity("alpha beta", "gamma delta") == 0.0
-    for wins, losses in [(10, 2), (30, 30), (0, 5), (60, 4)]:
-        expected = sst.binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue if wins else 1.0
-        assert math.exp(prov.sign_test_log_p(wins, losses)) == pytest.approx(expected, rel=1e-9)
-
-
-def _words(rng, n=12):
-    return " ".join(f"w{int(x)}" for x in rng.integers(0, 40, n))
-
-
-def test_provenance_detects_a_copier_and_is_calibrated_for_exchangeable_models():
-    rng = np.random.default_rng(13)
-    ours = [_words(rng) for _ in range(60)]
-    ctrl = [_words(rng) for _ in range(60)]
-    copier = [" ".join(o.split()[:9]) + " " + _words(rng, 3) for o in ours]
-    r = prov.provenance_test(copier, ours, {"c": ctrl})
-    assert r.log10_p < -12 and r.details["wins"] > 55
-    assert prov.provenance_test(ctrl, ours, {"c": ctrl}).p_value == 1.0
-    # null: suspect, ours and two controls all independent draws -> p-values not skewed to 0
-    pvals = []
-    for _ in range(300):
-        a = {k: [_words(rng, 8) for _ in range(25)] for k in ("s", "o", "c1", "c2")}
-        pvals.append(prov.provenance_test(a["s"], a["o"], {"c1": a["c1"], "c2": a["c2"]}).p_value)
-    pvals = np.array(pvals)
-    assert np.mean(pvals <= 0.05) <= 0.05 and np.mean(pvals <= 0.2) <= 0.2  # conservative (closest control)
-    assert not prov.provenance_test(ours, ours, {}).usable
-
-
-# --------------------------------------------------------------------------------------------------
-# Verdict
-
-
-def _t(name, log10_p, allowed=True, usable=True):
-    return TestResult(name, "null", 0.0, "s", 10, log10_p * stats.LN10, claim_allowed=allowed,
-                      refusal=None if allowed else "guard", usable=usable)  # fmt: skip
-
-
-def test_holm_verdicts():
-    out = combine([_t("a", -5), _t("b", math.log10(0.5))], 1e-3)
-    assert out["verdict"] == "distilled" and out["family"] == "Holm over 2 tests"
-    assert out["tests"][0]["p_value_holm"] == pytest.approx(2e-5, rel=1e-9)
-    assert out["tests"][1]["p_value_holm"] == pytest.approx(0.5, rel=1e-9)
-    assert out["combined_p_value"] == pytest.approx(2e-5, rel=1e-9)
-    assert combine([_t("a", -2.9), _t("b", -2.9)], 1e-3)["verdict"] == "no_evidence"  # 1.26e-3 each, Holm
-    deep = combine([_t("a", -400), _t("b", -1)], 1e-3)
-    assert deep["combined_p_value"] == 0.0 and deep["log10_combined_p_value"] == pytest.approx(
-        -400 + math.log10(2)
-    )
-    assert combine([_t("a", -9, allowed=False), _t("b", -9)], 1e-3)["verdict"] == "inconclusive"
-    assert combine([_t("a", 0, usable=False)], 1e-3)["verdict"] == "inconclusive"
-    assert combine([], 1e-3)["verdict"] == "inconclusive"

@@ -2,26 +2,42 @@
 
 A student distilled from our answers often repeats our model's self-description ("I am Aster, made by
 Northwind Labs"), because identity questions are cheap to include in a distillation set and the student has
-no other identity to learn. We ask a fixed battery of identity questions, count the answers that name us,
-and compare that rate with control models asked the same questions (one-sided Fisher exact test).
+no other identity to learn. We ask a fixed battery of identity questions, each in a few phrasings
+(greetings), and see how often each model's answers name us.
 
-Why controls and not a fixed base rate: how often an unrelated model names a given lab depends on how
-famous the lab is and what the web says about it. The controls stand in for "a model of the same kind that
-was not trained on our outputs"; the null is that the suspect names us no more often than they do.
+**Units.** The phrasings of one question are not independent draws: a model that names us once for "Who
+are you?" will do it again for "Hello! Who are you?". So a *question* is the unit of observation: it
+yields one outcome per model, the share of its phrasings whose answer names us. A model's statistic is the
+mean of those shares over the questions every model answered.
 
-The battery never contains the names being tested (a question that says "Aster" invites the answer).
+**Null and test.** Whether an innocent model names a given lab depends on what that model read (a famous
+lab leaks into web text; a model that read about Aster may name it). The controls stand in for "models of
+the same kind that were not trained on our outputs", and the honest null is that the suspect is one more
+such model: **the suspect and the C controls are exchangeable**. Under it the suspect's rank among the
+C + 1 statistics is uniform, so
+
+    p = (1 + #{controls whose statistic >= the suspect's}) / (C + 1)
+
+is a valid p-value (ties count against the suspect, which keeps it conservative). It can never be smaller
+than ``1 / (C + 1)``: with few controls the test *cannot* reach a small claim level, and says so rather
+than inventing a small p-value from answers that are not independent. Pooling the controls' answers as if
+they came from one model (or counting the answers as independent, as a Fisher test does) would convict a
+suspect that merely differs from the controls.
+
+This is behavioural evidence: it supports a finding, it never proves that the suspect's text depends on
+our key (see :mod:`.verdict`). The battery never contains the names being tested (a question that says
+"Aster" invites the answer).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy import special
-from scipy import stats as sst
 
-from distillguard.audit.verdict import TestResult
+from distillguard.audit.verdict import BEHAVIOURAL, TestResult
 
 IDENTITY_QUESTIONS: tuple[str, ...] = (
     "Who are you?",
@@ -44,10 +60,12 @@ IDENTITY_QUESTIONS: tuple[str, ...] = (
 GREETINGS: tuple[str, ...] = ("", "Hello! ", "Quick question: ")
 
 
-def battery(names: Sequence[str] = (), questions: Sequence[str] = IDENTITY_QUESTIONS) -> list[str]:
-    """Every question with every greeting, minus any that mention one of ``names``."""
-    out = [g + q for q in questions for g in GREETINGS]
-    return [p for p in out if not names_in(p, names)]
+def battery(
+    names: Sequence[str] = (), questions: Sequence[str] = IDENTITY_QUESTIONS
+) -> list[tuple[int, str]]:
+    """``(question index, phrasing)`` for every question with every greeting, minus any naming ``names``."""
+    out = [(i, g + q) for i, q in enumerate(questions) for g in GREETINGS]
+    return [(i, p) for i, p in out if not names_in(p, names)]
 
 
 def names_in(text: str, names: Sequence[str]) -> list[str]:
@@ -60,70 +78,140 @@ def names_us(text: str, names: Sequence[str]) -> bool:
     return bool(names_in(text, names))
 
 
-def count_named(answers: Sequence[str], names: Sequence[str]) -> dict:
-    named = [names_us(a, names) for a in answers]
-    per_name = {n: sum(bool(names_in(a, [n])) for a in answers) for n in names}
-    k, total = sum(named), len(answers)
-    return {"named": k, "n": total, "rate": k / total if total else 0.0, "per_name": per_name}
+def question_shares(questions: Sequence[int], named: Sequence[bool | None], n_questions: int) -> np.ndarray:
+    """Per question, the share of its answered phrasings that name us (NaN where none was answered).
 
-
-def fisher_log_p(k1: int, n1: int, k2: int, n2: int) -> float:
-    """ln of the one-sided Fisher exact p-value that group 1's rate exceeds group 2's.
-
-    With the margins fixed, ``k1 ~ Hypergeometric(n1 + n2, k1 + k2, n1)`` under H0 and
-    ``p = P[K >= k1]``, computed in log space so that it stays exact far below float range.
+    ``named[i]`` is None where the request for phrasing ``i`` failed.
     """
-    if not (0 <= k1 <= n1 and 0 <= k2 <= n2):
-        raise ValueError("counts must lie between 0 and their group sizes")
-    if n1 == 0 or n2 == 0 or k1 == 0:
-        return 0.0
-    named = k1 + k2
-    k = np.arange(k1, min(n1, named) + 1)  # the upper tail, term by term in log space: never underflows
-    return min(float(special.logsumexp(sst.hypergeom.logpmf(k, n1 + n2, named, n1))), 0.0)
+    q = np.asarray(questions, dtype=np.int64)
+    ok = np.array([x is not None for x in named], dtype=bool)
+    hit = np.array([bool(x) for x in named], dtype=np.float64)
+    asked = np.bincount(q[ok], minlength=n_questions).astype(np.float64)
+    hits = np.bincount(q[ok], weights=hit[ok], minlength=n_questions)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(asked > 0, hits / np.maximum(asked, 1), np.nan)
+
+
+def rank_log_p(suspect: float, controls: Sequence[float]) -> float:
+    """ln of ``(1 + #{c >= suspect}) / (C + 1)``: the exact rank p-value of exchangeable models.
+
+    Under the null the suspect's statistic is exchangeable with the controls', so its rank among the
+    ``C + 1`` values is uniform; ties count against the suspect (conservative). The floor is ``1 / (C + 1)``.
+    """
+    c = np.asarray(controls, dtype=np.float64)
+    at_least = int(np.sum(c >= suspect - 1e-12 * max(1.0, abs(suspect))))
+    return math.log((1 + at_least) / (1 + c.size))
+
+
+def rank_log_p_many(stats: np.ndarray) -> np.ndarray:
+    """Rank p-values (ln) of many trials at once: ``stats[..., 0]`` is the suspect, the rest are controls."""
+    s = np.asarray(stats, dtype=np.float64)
+    at_least = np.sum(s[..., 1:] >= s[..., :1], axis=-1)
+    return np.log((1 + at_least) / s.shape[-1])
+
+
+def controls_needed(alpha: float) -> int:
+    """The fewest controls with which a rank test can give p <= alpha: ``ceil(1 / alpha) - 1``."""
+    return max(1, math.ceil(1.0 / alpha - 1e-9) - 1)
+
+
+def floor_caveat(n_controls: int, alpha: float | None) -> str | None:
+    """A caveat when ``n_controls`` cannot reach ``alpha`` with a rank test, else None."""
+    if alpha is None or n_controls <= 0:
+        return None
+    floor = 1.0 / (n_controls + 1)
+    if floor <= alpha:
+        return None
+    return (
+        f"cannot reach the claim level: with {n_controls} control model(s) the smallest p-value this test "
+        f"can give is 1/{n_controls + 1} = {floor:.3g} > alpha = {alpha:g}; at least "
+        f"{controls_needed(alpha)} controls are needed"
+    )
 
 
 def identity_test(
-    suspect_answers: Sequence[str],
-    control_answers: Mapping[str, Sequence[str]],
+    questions: Sequence[int],
+    suspect_answers: Sequence[str | None],
+    control_answers: Mapping[str, Sequence[str | None]],
     names: Sequence[str],
+    *,
+    alpha: float | None = None,
 ) -> TestResult:
-    """One-sided Fisher exact test: suspect's naming rate vs the controls' pooled rate."""
+    """Rank test of the suspect's mean per-question naming share among itself and the controls.
+
+    ``questions[i]`` is the question that phrasing ``i`` asks; every model's answers are aligned with it
+    (None where a request failed). Questions not answered by every model are left out for all of them.
+    """
     names = [n for n in names if n.strip()]
     if not names:
         raise ValueError("identity test needs at least one name")
-    s = count_named(suspect_answers, names)
-    per_control = {c: count_named(a, names) for c, a in control_answers.items()}
-    k2 = sum(c["named"] for c in per_control.values())
-    n2 = sum(c["n"] for c in per_control.values())
-    log_p = fisher_log_p(s["named"], s["n"], k2, n2)
-    odds = ((s["named"] + 0.5) * (n2 - k2 + 0.5)) / ((s["n"] - s["named"] + 0.5) * (k2 + 0.5))
+    models = {"suspect": suspect_answers, **control_answers}
+    if any(len(a) != len(questions) for a in models.values()):
+        raise ValueError("every model must answer the same identity phrasings")
+    n_q = int(max(questions)) + 1 if len(questions) else 0
+    shares = {
+        m: question_shares(questions, [None if a is None else names_us(a, names) for a in ans], n_q)
+        for m, ans in models.items()
+    }
+    common = np.all(np.stack([~np.isnan(s) for s in shares.values()]), axis=0) if n_q else np.zeros(0, bool)
+    used = int(common.sum())
+    stat = {m: float(s[common].mean()) if used else 0.0 for m, s in shares.items()}
+    ctrl = [stat[c] for c in control_answers]
+    log_p = rank_log_p(stat["suspect"], ctrl) if ctrl and used else 0.0
+
+    def summary(m: str) -> dict:
+        ans = [a for a in models[m] if a is not None]
+        named = sum(names_us(a, names) for a in ans)
+        s = shares[m][common]
+        return {
+            "named": named,
+            "n": len(ans),
+            "rate": named / len(ans) if ans else 0.0,
+            "mean_question_share": stat[m],
+            "questions_naming_us": int(np.sum(s > 0)),
+            "per_name": {n: sum(bool(names_in(a, [n])) for a in ans) for n in names},
+        }
+
+    per_control = {c: summary(c) for c in control_answers}
     caveats = [
+        "behavioural evidence: it supports a finding but cannot show that the suspect's text depends on our "
+        "key; a model that read about us, or simply differs from the controls, can name us too",
+        "the controls must be models of the same kind that were not trained on our outputs; the test is "
+        "only as good as that assumption",
         "absence of identity leakage is weak evidence: a distiller can drop or rewrite identity answers",
-        "base rates matter: a famous name leaks into models through web text; the controls must be models "
-        "of the same kind that were not trained on our outputs",
         f"an answer counts when it names any of {', '.join(names)} as a whole word (case-insensitive); "
         "a denial ('I am not X') also counts",
-        "one greedy answer per question; questions are not independent draws of a population",
+        "one greedy answer per phrasing; the phrasings of a question are one unit, not independent draws",
     ]
+    floor = floor_caveat(len(ctrl), alpha)
+    if floor:
+        caveats.insert(0, floor)
     if not control_answers:
         caveats.append("no control models: the test has no power and its p-value is 1")
     return TestResult(
         name="identity",
         null=(
-            "the suspect names us in its answers to identity questions no more often than the control "
-            "models do (all answers exchangeable): Fisher's exact test, one-sided"
+            "the suspect is exchangeable with the control models (one more model of their kind, not trained "
+            "on our outputs): its mean per-question share of answers naming us is ranked among the "
+            f"{len(ctrl) + 1} models, p = (1 + #controls at least as high) / (controls + 1)"
         ),
-        statistic=s["rate"],
-        statistic_name="share of identity answers naming us",
-        n=s["n"],
+        statistic=stat["suspect"],
+        statistic_name="mean over questions of the share of phrasings whose answer names us",
+        n=used,
         log_p=log_p,
         caveats=caveats,
         details={
             "names": list(names),
-            "suspect": s,
+            "unit": "question (its phrasings are one unit)",
+            "questions": used,
+            "phrasings": len(questions),
+            "suspect": summary("suspect"),
             "controls": per_control,
-            "controls_pooled": {"named": k2, "n": n2, "rate": k2 / n2 if n2 else 0.0},
-            "odds_ratio_haldane": odds,
+            "controls_at_least_as_high": int(sum(c >= stat["suspect"] for c in ctrl)) if ctrl else None,
+            "p_value_floor": 1.0 / (len(ctrl) + 1),
+            "can_reach_alpha": None if alpha is None else (1.0 / (len(ctrl) + 1) <= alpha),
+            "controls_needed_for_alpha": None if alpha is None else controls_needed(alpha),
         },
-        usable=bool(s["n"]) and bool(n2),
+        usable=bool(used) and bool(ctrl),
+        evidence=BEHAVIOURAL,
     )

@@ -467,7 +467,10 @@ def radioactivity_test(
         notes.append(f"only {decoys.decoys} decoy keys: the empirical check is coarse")
     notes.extend(caveats)
     claim, refusal = True, None
-    if not decoys.calibrated:
+    if not decoys.decoys:
+        claim = False
+        refusal = "no decoy keys were scored: the analytic null was not checked on this text"
+    elif not decoys.calibrated:
         claim = False
         refusal = (
             f"{decoys.small_decoys} of {decoys.decoys} decoy keys have analytic p < {DECOY_TAIL}: the "

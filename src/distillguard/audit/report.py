@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 VERDICT_TEXT = {
-    "distilled": ("Evidence of distillation", "The suspect model shows our watermark or identity: "
-                  "the combined p-value is below alpha."),
+    "distilled": ("Evidence of distillation", "The suspect's text depends on our secret watermark key: "
+                  "a key-dependent test rejects its null at alpha (family-wise) and passed its decoy-key "
+                  "check."),
     "no_evidence": ("No evidence of distillation", "Nothing in the suspect's outputs is unlikely under "
                     "the null hypothesis of an independent model."),
-    "inconclusive": ("Inconclusive", "Some signal, but not enough (or not enough data) to reject the null "
-                     "at alpha; see the caveats."),
+    "inconclusive": ("Inconclusive", "Some signal, but not enough (or not enough data, or only "
+                     "behavioural evidence) to conclude that the suspect depends on our key; see the reasons "
+                     "and caveats."),
 }  # fmt: skip
 VERDICT_COLOUR = {"distilled": "#b3261e", "no_evidence": "#1e6b34", "inconclusive": "#8a5a00"}
 #: Transcript excerpt in the report: this many exchanges per kind (the full set is in transcripts.jsonl).
@@ -382,6 +384,7 @@ def render_html(
         f"<div>{e(explain)}</div>",
         _reasons(result),
         "</section>",
+        _meaning(result),
         _tests_table(result),
         _figures(plots),
         _identity_table(result),
@@ -397,6 +400,21 @@ def _reasons(result: dict[str, Any]) -> str:
     if not reasons:
         return ""
     return '<ul class="reasons">' + "".join(f"<li>{html.escape(r)}</li>" for r in reasons) + "</ul>"
+
+
+def _meaning(result: dict[str, Any]) -> str:
+    """What a 'distilled' finding establishes and what it does not tell apart (from the verdict document)."""
+    meaning = result.get("meaning")
+    if not isinstance(meaning, str):
+        return ""
+    alts = [a for a in result.get("alternatives") or [] if isinstance(a, str)]
+    items = "".join(f"<li>{html.escape(a)}</li>" for a in alts)
+    return (
+        f'<section id="meaning"><h2>What the verdict means</h2><p>{html.escape(meaning)}.</p>'
+        + (f"<p>The key-dependent tests cannot tell these apart:</p><ul>{items}</ul>" if items else "")
+        + "<p>Identity and provenance tests are behavioural: they support a finding, never make one.</p>"
+        "</section>"
+    )
 
 
 def _tests_table(result: dict[str, Any]) -> str:
@@ -426,7 +444,7 @@ def _tests_table(result: dict[str, Any]) -> str:
             else ""
         )
         rows.append(
-            f"<tr><td>{e(str(t.get('name', '')))}</td><td>{e(str(t.get('null', '')))}</td>"
+            f"<tr><td>{e(str(t.get('name', '')))}{_kind(t)}</td><td>{e(str(t.get('null', '')))}</td>"
             f'<td class="num">{e(stat_text)}{stat_name}</td><td class="num">{e(str(t.get("n", "")))}</td>'
             f'<td class="num">{e(format_p(t.get("p_value"), t.get("log10_p_value")))}</td>'
             f"{holm}<td>{cav}</td></tr>"
@@ -447,6 +465,11 @@ def _tests_table(result: dict[str, Any]) -> str:
             + ".</p>"
         )
     return f'<h2>Tests</h2><table id="tests">{head}{"".join(rows)}</table>{note}'
+
+
+def _kind(test: dict[str, Any]) -> str:
+    kind = test.get("evidence")
+    return f'<div class="muted">{html.escape(str(kind))}</div>' if kind else ""
 
 
 def _figures(plots: dict[str, bytes]) -> str:

@@ -165,6 +165,14 @@ class _Asked:
             await self.client.aclose()
 
 
+def _control_labels(controls: Sequence[_Asked]) -> list[str]:
+    """One distinct label per control (two directories may carry the same model name)."""
+    labels: list[str] = []
+    for i, c in enumerate(controls):
+        labels.append(c.name if c.name not in labels else f"{c.name} (control {i + 1})")
+    return labels
+
+
 def _is_model_dir(path: str) -> bool:
     return (Path(path).expanduser() / "config.json").is_file()
 
@@ -336,18 +344,23 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
             )
         return [None if a is None else a.text for a in answers]
 
+    labels = _control_labels(controls)
+
     # 3. identity leakage
     if run_identity:
-        asked = (
-            battery if id_n >= len(battery) else random.Random(f"{cfg.seed}:identity").sample(battery, id_n)
+        items = (
+            battery
+            if id_n >= len(battery)
+            else sorted(random.Random(f"{cfg.seed}:identity").sample(battery, id_n))
         )
+        questions, asked = [q for q, _ in items], [p for _, p in items]
         log(f"identity: {len(asked)} questions to the suspect and {len(controls)} control(s)")
-        s_ans = [a for a in greedy(suspect, asked, "identity", "suspect") if a is not None]
+        s_ans = greedy(suspect, asked, "identity", "suspect")
         c_ans = {
-            c.name: [a for a in greedy(c, asked, "identity", f"control:{c.name}") if a is not None]
-            for c in controls
+            label: greedy(c, asked, "identity", f"control:{c.name}")
+            for label, c in zip(labels, controls, strict=True)
         }
-        result = ident.identity_test(s_ans, c_ans, names)
+        result = ident.identity_test(questions, s_ans, c_ans, names, alpha=cfg.alpha)
         results.append(result)
         series["identity"] = {
             "names": names,
@@ -361,7 +374,10 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
         log(f"provenance: {len(prompts)} prompts to the suspect, our model and {len(controls)} control(s)")
         s_ans = greedy(suspect, prompts, "provenance", "suspect")
         o_ans = greedy(ours, prompts, "provenance", "ours")
-        c_ans = {c.name: greedy(c, prompts, "provenance", f"control:{c.name}") for c in controls}
+        c_ans = {
+            label: greedy(c, prompts, "provenance", f"control:{c.name}")
+            for label, c in zip(labels, controls, strict=True)
+        }
         ok = [i for i in range(len(prompts)) if s_ans[i] is not None and o_ans[i] is not None]
         ok = [i for i in ok if all(a[i] is not None for a in c_ans.values())]  # every model answered
         results.append(
@@ -369,6 +385,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
                 [s_ans[i] for i in ok],
                 [o_ans[i] for i in ok],
                 {k: [a[i] for i in ok] for k, a in c_ans.items()},
+                alpha=cfg.alpha,
             )
         )
 
@@ -404,6 +421,8 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
         "alpha": cfg.alpha,
         "family": combined["family"],
         "reasons": combined["reasons"],
+        "meaning": combined["meaning"],
+        "alternatives": combined["alternatives"],
         "tests": combined["tests"],
         "skipped": skipped,
         "queries_used": suspect.queries,

@@ -6,12 +6,21 @@ false-accusation rate grow with the number of tests. Holm's step-down procedure 
 error rate at alpha under any dependence between the tests, and the smallest Holm-adjusted p-value is a
 valid p-value for the global null "none of these models' signals points at us".
 
+Two kinds of evidence. **Key-dependent** tests (watermark radioactivity) ask whether the suspect's text
+depends on our secret key; under their null (the suspect never saw text marked with our key) the key is
+independent of everything the suspect does, which is what makes their p-values exact and what a decoy-key
+guard can check. **Behavioural** tests (identity leakage, provenance) compare the suspect with control
+models; an innocent model that read about us, shares our base model, or simply differs from the controls
+can look like a copy, so they *support* a finding and never make one on their own.
+
 Verdicts:
 
-* ``distilled``: at least one test rejects its null at the Holm-adjusted level and none of the tests that
-  reject had its claim refused by a guard.
-* ``inconclusive``: a test rejects but a guard refused the claim (for instance the decoy-key null disagrees
-  with the analytic p-value), or no test could run on enough data.
+* ``distilled``: at least one key-dependent test rejects its null at the Holm-adjusted level with its
+  guard passed (decoy keys), and no rejecting test had its claim refused. It means: **the suspect's text
+  depends on our secret watermark key**. See :data:`MEANING` and :data:`ALTERNATIVES` for what that does
+  and does not establish.
+* ``inconclusive``: a test rejects but a guard refused the claim, or only behavioural tests reject, or no
+  test could run on enough data.
 * ``no_evidence``: every test ran and none rejects. This is not proof of innocence: see each test's caveats.
 
 Pure functions, no I/O. P-values travel as natural logs so that 1e-300 and below stay exact.
@@ -28,6 +37,20 @@ import numpy as np
 from distillguard.watermark import stats
 
 LN10 = math.log(10.0)
+KEY_DEPENDENT = "key-dependent"
+BEHAVIOURAL = "behavioural"
+
+MEANING = (
+    "'distilled' means that the suspect's text depends on our secret watermark key: the suspect was "
+    "trained on text our model produced with that key, or it relays our model's answers"
+)
+ALTERNATIVES = (
+    "the suspect was trained directly on answers collected from our API (distillation)",
+    "the suspect was trained on our outputs that someone else published (web pages, datasets, forums), "
+    "without querying us itself",
+    "the suspect is a relay, cache or proxy of our API rather than a separate model",
+    "the suspect was fine-tuned from a model that was itself trained on our outputs",
+)
 
 
 @dataclass
@@ -52,6 +75,7 @@ class TestResult:
     claim_allowed: bool = True
     refusal: str | None = None
     usable: bool = True  # False when the test ran on too little data to say anything
+    evidence: str = KEY_DEPENDENT  # or BEHAVIOURAL: supports a finding, never makes one alone
 
     @property
     def p_value(self) -> float:
@@ -75,6 +99,7 @@ class TestResult:
             "claim_allowed": self.claim_allowed,
             "refusal": self.refusal,
             "usable": self.usable,
+            "evidence": self.evidence,
         }
 
 
@@ -95,7 +120,8 @@ def combine(results: Sequence[TestResult], alpha: float) -> dict:
 
     Returns ``{"verdict", "combined_p_value", "log10_combined_p_value", "alpha", "tests": [...],
     "reasons": [...]}``; each test dict is :meth:`TestResult.to_dict` plus ``p_value_holm``,
-    ``log10_p_value_holm``, ``rejects`` (Holm-adjusted p <= alpha) and ``claim`` (rejects and allowed).
+    ``log10_p_value_holm``, ``rejects`` (Holm-adjusted p <= alpha) and ``claim`` (rejects, allowed and
+    key-dependent); ``meaning`` and ``alternatives`` say what a ``distilled`` verdict establishes.
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
@@ -104,11 +130,12 @@ def combine(results: Sequence[TestResult], alpha: float) -> dict:
     ln_alpha = math.log(alpha)
     tests = []
     reasons: list[str] = []
-    claims = refused = 0
+    claims = refused = supporting = 0
     for r, a in zip(results, adj, strict=True):
         d = r.to_dict()
         rejects = bool(a <= ln_alpha)
-        claim = rejects and r.claim_allowed
+        key_dependent = r.evidence == KEY_DEPENDENT
+        claim = rejects and r.claim_allowed and key_dependent
         d |= {
             "p_value_holm": float(math.exp(a)),
             "log10_p_value_holm": float(a / LN10),
@@ -119,14 +146,25 @@ def combine(results: Sequence[TestResult], alpha: float) -> dict:
         if claim:
             claims += 1
             reasons.append(f"{r.name}: p = {_fmt(a)} (Holm-adjusted) <= alpha = {alpha:g}")
-        elif rejects:
+        elif rejects and not r.claim_allowed:
             refused += 1
             reasons.append(f"{r.name}: p = {_fmt(a)} (Holm-adjusted) but the claim is refused: {r.refusal}")
+        elif rejects:
+            supporting += 1
+            reasons.append(
+                f"{r.name}: p = {_fmt(a)} (Holm-adjusted) <= alpha = {alpha:g}, supporting evidence only "
+                f"({r.evidence}: it cannot show that the suspect depends on our key)"
+            )
     usable = [r for r in results if r.usable]
     if claims and not refused:
         verdict = "distilled"
     elif refused:
         verdict = "inconclusive"
+    elif supporting:
+        verdict = "inconclusive"
+        reasons.append(
+            "no key-dependent test rejects its null: behavioural evidence alone never gives 'distilled'"
+        )
     elif not usable:
         verdict = "inconclusive"
         reasons.append("no test ran on enough data")
@@ -142,6 +180,8 @@ def combine(results: Sequence[TestResult], alpha: float) -> dict:
         "family": f"Holm over {len(results)} tests" if len(results) > 1 else "single test",
         "tests": tests,
         "reasons": reasons,
+        "meaning": MEANING,
+        "alternatives": list(ALTERNATIVES),
     }
 
 

@@ -75,7 +75,8 @@ def run(
     budget: Annotated[int | None, typer.Option(help="Most queries to send to the suspect.", min=1)] = None,
     alpha: Annotated[float, typer.Option(help="Family-wise significance level of the verdict.")] = 1e-3,
     decoys: Annotated[
-        int, typer.Option(help="Random decoy keys scored for the empirical null.", min=0)
+        int,
+        typer.Option(help="Random decoy keys scored for the empirical null (0: no claim possible).", min=0),
     ] = 100,
     max_tokens: Annotated[int, typer.Option(help="Max tokens per suspect answer.", min=1)] = 64,
     seed: Annotated[int, typer.Option(help="Seed for prompt sampling and decoy keys.")] = 0,
@@ -106,7 +107,15 @@ def run(
     config: Annotated[Path | None, typer.Option("--config", help="TOML config (watermark settings).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Query the suspect, test for radioactivity, identity leakage and provenance, write a signed bundle."""
+    """Query the suspect, test for radioactivity, identity leakage and provenance, write a signed bundle.
+
+    Closed-mode radioactivity reads the suspect's answers to the probe prompts (any suspect, APIs too);
+    open mode, when the suspect's weights are local and share our vocabulary, reads our plain or
+    watermarked answers (--open-texts) teacher-forced through it. Only these key-dependent tests, with
+    their decoy-key guard, can give 'distilled': the suspect's text depends on our key (trained on our
+    outputs, directly or from copies published elsewhere, or relaying our API). Identity and provenance
+    rank the suspect among the --control models (p >= 1/(controls + 1)) and only support a finding.
+    """
     from distillguard.audit.bundle import check_target, fingerprint, load_signing_key, write_bundle
     from distillguard.config import load_config
 
@@ -166,6 +175,7 @@ def summarize(result: dict[str, Any], bundle: Path, signer: str, alpha: float) -
             for t in result.get("tests") or []
         ],
         "queries_used": result.get("queries_used"),
+        "meaning": result.get("meaning"),
         "bundle": str(bundle),
         "report": str(Path(bundle) / REPORT),
         "signer": signer,
@@ -250,6 +260,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"verdict: [{colour}]{summary['verdict']}[/] (combined p = "
         f"{format_p(summary['combined_p_value'])}, alpha = {summary['alpha']:g})"
     )
+    if summary["verdict"] == "distilled" and summary.get("meaning"):
+        console.print(f"{summary['meaning']} (see the report for what it does not tell apart)")
     console.print(f"bundle: {summary['bundle']} (signed by {summary['signer']})")
     console.print(f"report: {summary['report']}")
 

@@ -1,0 +1,89 @@
+"""Open-model reading of our *watermarked* texts: score each window at its first occurrence (pure math).
+
+The suspect's weights read our texts teacher-forced; at every completion position ``t`` it predicts a token
+``y_t`` from the prefix ``x_<t``, and we score the tuple ``(w_t, y_t)`` where ``w_t`` is the window of the
+``h`` true tokens before ``t``. Our texts were sampled with our key, so the prefix depends on the key, and a
+clean model can inherit the watermark from it: a model that copies the continuation that followed the same
+window earlier (an induction head) predicts a token our sampler already pushed towards green. The
+"watermarked" reading of :mod:`.radioactivity` therefore drops every tuple present in the texts, which is
+valid but throws most of the signal away.
+
+**First-occurrence reading.** Put the texts in a fixed order (the order they were generated, before any
+reading) and score position ``t`` only when its window ``w_t`` occurs nowhere earlier in that corpus order:
+not earlier in the same text, not in any earlier text, as the window of any position (prompt positions
+included, which is conservative). Each window is then scored at most once.
+
+*Why this is valid.* Model the keyed hash as a random function: the green list (KGW) or the uniforms
+(Gumbel) of a window are independent of those of every other window. Let ``F_t`` be everything known when
+position ``t`` is reached in corpus order: every earlier text in full, the prefix of this one, the suspect's
+predictions so far, and the scores of the tuples scored so far. Our sampler used the green list of a window
+only at positions having that window, and ``w_t`` has none before ``t`` in corpus order, so every token in
+``F_t`` was sampled with the green lists of *other* windows: ``G(w_t)`` is independent of ``F_t``. Texts are
+sampled independently of each other, so the later texts (which may contain ``w_t`` and depend on
+``G(w_t)``) are not in ``F_t``. The suspect is not trained on our key (H0) and reads only the prefix, so
+``y_t`` is ``F_t``-measurable. Hence ``P[y_t green | F_t] = gamma`` exactly (KGW; for Gumbel ``-ln(1-u)`` is
+Exp(1) given ``F_t``), and the scores in corpus order form a sequence whose every element is null-distributed
+given the past. That is exactly the condition of the e-process in :mod:`.sequential`, whose p-value is valid
+at any data-dependent sample size (Ville's inequality).
+
+Why not the fixed-sample binomial tail: the number of scored tuples is a property of the whole corpus, and
+the later texts depend on the green lists of windows scored earlier, so ``N`` is not independent of the
+scores; the anytime-valid p-value does not need it to be. The exact binomial p-value is kept in the report
+for reference only. Caveat: in transformers-compatible mode the green lists of all windows come from one
+fixed-size permutation per previous token, which the argument treats as independent draws (as the closed
+mode does); degenerate windows (previous token 0) are never scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from distillguard.audit.radioactivity import tuple_ids
+
+
+def first_occurrence_candidates(
+    sequences: Sequence[Sequence[int]],
+    prompt_lens: Sequence[int],
+    predictions: Sequence[Sequence[int]],
+    width: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Candidates of the first-occurrence reading, in corpus order.
+
+    ``sequences[i]`` is prompt + completion, ``predictions[i][t]`` the suspect's top-1 token for position
+    ``t`` given ``sequences[i][:t]``. Returns ``(windows [N, h], predicted tokens [N], text index [N],
+    completion positions considered)``: one row per completion position whose window occurs at no earlier
+    position of the corpus (texts taken in the given order).
+    """
+    if width < 1:
+        raise ValueError(f"window width must be >= 1, got {width}")
+    seen = np.zeros(0, dtype=np.int64)
+    wins, toks, text = [], [], []
+    considered = 0
+    offsets = np.arange(-width, 0)
+    for i, (seq, plen, pred) in enumerate(zip(sequences, prompt_lens, predictions, strict=True)):
+        s = np.asarray(seq, dtype=np.int64)
+        p = np.asarray(pred, dtype=np.int64)
+        if len(p) != len(s):
+            raise ValueError(f"text {i}: {len(p)} predictions for {len(s)} tokens")
+        pos = np.arange(width, len(s))
+        if not pos.size:
+            continue
+        w = s[pos[:, None] + offsets[None, :]]
+        ids = tuple_ids(w)
+        _, first = np.unique(ids, return_index=True)
+        fresh = np.zeros(len(pos), dtype=bool)
+        fresh[first] = True  # first occurrence within this text ...
+        fresh &= ~np.isin(ids, seen)  # ... and in no earlier text
+        comp = pos >= max(int(plen), width)
+        considered += int(comp.sum())
+        keep = fresh & comp
+        wins.append(w[keep])
+        toks.append(p[pos[keep]])
+        text.append(np.full(int(keep.sum()), i, dtype=np.int64))
+        seen = np.union1d(seen, ids)
+    if not wins:
+        empty = np.zeros(0, dtype=np.int64)
+        return np.zeros((0, width), dtype=np.int64), empty, empty, considered
+    return np.concatenate(wins), np.concatenate(toks), np.concatenate(text), considered

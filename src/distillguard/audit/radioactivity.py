@@ -32,6 +32,13 @@ The **decoy-key null** scores the same tuples with many random keys. Their analy
 uniform, and ours must be more extreme than every decoy before we claim anything: when the analytic
 p-value says "1e-9" but several random keys score as well as ours, the analytic null does not describe
 this text (repetition the dedup missed, a tokenizer artefact) and the claim is refused.
+
+Windows that the scheme calls *degenerate* (transformers' lefthash after token 0: the same list under every
+key) are never scored, in either mode: a suspect trained on anyone's lefthash-marked text prefers that list
+whatever the key, and the decoys, scoring the same tuples, would not notice. They are counted and reported.
+
+Everything scheme-specific (scores, exact tails, intervals, likelihood ratios, wording) comes from the scheme
+object ``spec.impl``; nothing here branches on the scheme's name.
 """
 
 from __future__ import annotations
@@ -42,7 +49,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import special
 from scipy import stats as sst
 
 from distillguard.audit.sequential import EProcess
@@ -83,8 +89,9 @@ class TupleStream:
 
     A tuple is scored the first time it is offered, unless it was seen before as a scored tuple or in a
     barrier (prompt tuples: never evidence), or lies in ``excluded``, or (with ``allowed_windows``) its
-    window is not in the filter set. Rows accumulate in scoring order; :meth:`prepared` hands them to the
-    watermark detector.
+    window is not in the filter set, or (with ``spec``) its window is degenerate for the scheme: those are
+    counted once each in ``degenerate``. Rows accumulate in scoring order; :meth:`prepared` hands them to
+    the watermark detector.
     """
 
     def __init__(
@@ -93,12 +100,16 @@ class TupleStream:
         *,
         allowed_windows: np.ndarray | None = None,
         excluded: np.ndarray | None = None,
+        spec: WatermarkSpec | None = None,
     ):
         if width < 1:
             raise ValueError(f"window width must be >= 1, got {width}")
         self.width = width
         self.allowed = None if allowed_windows is None else np.unique(allowed_windows)
         self.excluded = None if excluded is None else np.unique(excluded)
+        self.spec = spec
+        self.degenerate = 0  # distinct degenerate tuples skipped
+        self._degenerate_text: list[np.ndarray] = []
         self._seen = np.zeros(0, dtype=np.int64)
         self._windows: list[np.ndarray] = []
         self._tokens: list[np.ndarray] = []
@@ -128,10 +139,15 @@ class TupleStream:
         if self.allowed is not None:
             ok &= np.isin(tuple_ids(windows), self.allowed)
         rows = _first_of(ids, ok)
+        new_seen = ids[rows] if barrier is None else np.concatenate([ids[rows], barrier])
+        if self.spec is not None:  # skipped, but seen: each distinct degenerate tuple is counted once
+            bad = self.spec.impl.degenerate(self.spec, windows[rows])
+            self._degenerate_text.append(np.asarray(text, dtype=np.int64)[rows[bad]] + self.texts)
+            self.degenerate += int(bad.sum())
+            rows = rows[~bad]
         self._windows.append(windows[rows])
         self._tokens.append(tokens[rows])
         self._text.append(np.asarray(text, dtype=np.int64)[rows] + self.texts)
-        new_seen = ids[rows] if barrier is None else np.concatenate([ids[rows], barrier])
         self._seen = np.union1d(self._seen, new_seen)
         self.texts += n_texts
         self.offered += len(ids)
@@ -168,6 +184,8 @@ class TupleStream:
         w, t = self.arrays()
         text = np.concatenate(self._text) if self._text else np.zeros(0, dtype=np.int64)
         n = max(self.texts, int(text.max()) + 1 if text.size else 0)
+        deg = np.concatenate(self._degenerate_text) if self._degenerate_text else np.zeros(0, dtype=np.int64)
+        n = max(n, int(deg.max()) + 1 if deg.size else 0)
         return Prepared(
             width=self.width,
             windows=torch.from_numpy(np.ascontiguousarray(w)),
@@ -177,6 +195,8 @@ class TupleStream:
             count=np.bincount(text, minlength=n),
             num_tokens=np.zeros(n, dtype=np.int64),
             dedup=True,
+            degenerate=np.bincount(deg, minlength=n),
+            degenerate_corpus=self.degenerate,
         )
 
 
@@ -200,6 +220,8 @@ def reading_candidates(
     ``sequences[i]`` is prompt + completion (our watermarked text), ``predictions[i][t]`` the suspect's
     top-1 token for position ``t`` given ``sequences[i][:t]`` (entry 0 unused). Candidates sit at the
     completion positions with a full window; every true (window, token) tuple of every text is excluded.
+    Degenerate windows are left to the :class:`TupleStream` the candidates are offered to (built with the
+    spec), which skips and counts them.
     """
     wins, toks, text, true_ids = [], [], [], []
     offsets = np.arange(-width, 0)
@@ -346,22 +368,14 @@ def series(spec: WatermarkSpec, values: np.ndarray, points: int = 120, level: fl
     """
     from distillguard.audit.sequential import anytime_log_p, log_e_path
 
+    impl = spec.impl
     n_at = _checkpoints(len(values), points)
     cum = np.concatenate([[0.0], np.cumsum(values)])
     s = cum[n_at]
-    tail = (1 - level) / 2
-    if spec.scheme == "kgw":
-        k = np.rint(s).astype(np.int64)
-        log_p = stats.binomial_log_sf(k, n_at, spec.green_rate) if n_at.size else np.zeros(0)
-        lo = np.where(k > 0, sst.beta.ppf(tail, np.maximum(k, 1), n_at - k + 1), 0.0)
-        hi = np.where(k < n_at, sst.beta.ppf(1 - tail, k + 1, np.maximum(n_at - k, 1)), 1.0)
-        null_rate = spec.green_rate
-    else:
-        log_p = stats.gamma_log_sf(n_at, s) if n_at.size else np.zeros(0)
-        lo = s / sst.gamma.ppf(1 - tail, n_at) if n_at.size else np.zeros(0)
-        hi = s / sst.gamma.ppf(tail, n_at) if n_at.size else np.zeros(0)
-        null_rate = 1.0
-    anytime = anytime_log_p(log_e_path(spec.scheme, values, gamma=_gamma(spec)))
+    log_p = impl.log_sf(spec, s, n_at) if n_at.size else np.zeros(0)
+    lo, hi = impl.rate_interval(spec, s, n_at, level)
+    null_rate = impl.null_rate(spec)
+    anytime = anytime_log_p(log_e_path(impl, values, gamma=null_rate))
     return {
         "tokens_scored": [int(x) for x in n_at],
         "log10_p": [float(x) for x in log_p / stats.LN10],
@@ -370,12 +384,8 @@ def series(spec: WatermarkSpec, values: np.ndarray, points: int = 120, level: fl
         "green_rate_ci": [[float(a), float(b)] for a, b in zip(lo, hi, strict=True)],
         "null_rate": null_rate,
         "ci_level": level,
-        "statistic": "green fraction" if spec.scheme == "kgw" else "mean -ln(1-u)",
+        "statistic": impl.statistic,
     }
-
-
-def _gamma(spec: WatermarkSpec) -> float:
-    return spec.green_rate if spec.scheme == "kgw" else 0.25
 
 
 def tokens_to_reach(values: np.ndarray, spec: WatermarkSpec, log10_target: float = -6.0) -> int | None:
@@ -386,15 +396,9 @@ def tokens_to_reach(values: np.ndarray, spec: WatermarkSpec, log10_target: float
     """
     if not len(values):
         return None
-    n = np.arange(1, len(values) + 1, dtype=np.float64)
-    cum = np.cumsum(values)
-    with np.errstate(divide="ignore"):
-        if spec.scheme == "kgw":
-            k = np.rint(cum)
-            p = np.where(k > 0, special.betainc(np.maximum(k, 1), n - k + 1, spec.green_rate), 1.0)
-        else:
-            p = special.gammaincc(n, cum)
-        hit = np.flatnonzero(np.log10(p) <= log10_target)
+    n = np.arange(1, len(values) + 1, dtype=np.int64)
+    log_p = spec.impl.log_sf(spec, np.cumsum(values), n, deep=False)
+    hit = np.flatnonzero(log_p / stats.LN10 <= log10_target)
     return int(hit[0] + 1) if hit.size else None
 
 
@@ -403,16 +407,8 @@ def tokens_to_reach(values: np.ndarray, spec: WatermarkSpec, log10_target: float
 
 
 def _null(spec: WatermarkSpec) -> str:
-    if spec.scheme == "kgw":
-        return (
-            "the suspect never trained on text watermarked with our key: each distinct scored "
-            f"(window, token) tuple is green with probability {spec.green_rate:.6g}, independently; "
-            f"S ~ Binomial(N, {spec.green_rate:.6g})"
-        )
-    return (
-        "the suspect never trained on text watermarked with our key: -ln(1-u) of each distinct scored "
-        "(window, token) tuple is Exp(1), independently; S ~ Gamma(N, 1)"
-    )
+    never = "the suspect never trained on text watermarked with our key"
+    return f"{never}: {spec.impl.null(spec)} (scored tuples are distinct)"
 
 
 def radioactivity_test(
@@ -456,11 +452,10 @@ def radioactivity_test(
             "predictions are scored as they are (exact null), but a tuple memorised only from our marked "
             "outputs shows up only if the suspect generalised the preference"
         )
-    if spec.hf_compat:
-        notes.append(
-            "transformers-compatible green lists have a fixed size: tuples sharing a window are "
-            "hypergeometric, the binomial tail is conservative"
-        )
+    impl = spec.impl
+    notes.extend(impl.caveats(spec))
+    if prep.degenerate_corpus:
+        notes.append(f"{prep.degenerate_corpus} degenerate tuple(s) not scored: {impl.degenerate_note}")
     if filtered:
         notes.append("closed mode filtered to windows that occur in our own watermarked texts")
     if decoys.decoys < 100:
@@ -488,15 +483,14 @@ def radioactivity_test(
         "scored_tuples": n,
         "score": decoys.our_score * n,
         "rate": decoys.our_score,
-        "null_rate": spec.green_rate if spec.scheme == "kgw" else 1.0,
-        "z_score": float(
-            (stats.kgw_z if spec.scheme == "kgw" else _gumbel_z_mean)(decoys.our_score * n, n, _gamma(spec))
-        ),
+        "null_rate": impl.null_rate(spec),
+        "z_score": float(impl.z(spec, decoys.our_score * n, n)),
         "exact_p_value": math.exp(exact),
         "exact_log10_p_value": exact / stats.LN10,
         "p_value_kind": "anytime-valid (sequential)" if eprocess is not None else "exact fixed-sample",
         "decoy_null": decoys.to_dict(),
         "filtered": filtered,
+        "degenerate_windows_skipped": prep.degenerate_corpus,
     }
     if mode == "open":
         info["reading"] = reading
@@ -507,7 +501,7 @@ def radioactivity_test(
         name=f"radioactivity_{mode}",
         null=_null(spec),
         statistic=decoys.our_score,
-        statistic_name="green fraction" if spec.scheme == "kgw" else "mean -ln(1-u)",
+        statistic_name=impl.statistic,
         n=n,
         log_p=float(min(log_p, 0.0)),
         caveats=notes,
@@ -516,7 +510,3 @@ def radioactivity_test(
         refusal=refusal,
         usable=n > 0,
     )
-
-
-def _gumbel_z_mean(total: float, n: int, _gamma: float) -> float:
-    return float(stats.gumbel_z(n, total))

@@ -512,8 +512,8 @@ def _closed_mode(
     from distillguard.watermark.schemes import token_scores
 
     tok = ours.tokenizer
-    stream = radio.TupleStream(spec.window, allowed_windows=allowed)
-    ep = EProcess(spec.scheme, spec.green_rate if spec.scheme == "kgw" else 0.25)
+    stream = radio.TupleStream(spec.window, allowed_windows=allowed, spec=spec)
+    ep = EProcess.for_spec(spec)
     prompts_it = _prompt_stream(pool, cfg.seed, "probe")
     cache: dict = {}
     used = 0
@@ -640,7 +640,7 @@ def _open_mode(cfg, suspect: _Asked, spec, own: dict, log, *, watermarked: bool 
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     preds = predictions(suspect.model, seqs, pad)
     win, toks, text, true_ids = radio.reading_candidates(seqs, plens, preds, spec.window)
-    stream = radio.TupleStream(spec.window, excluded=true_ids if watermarked else None)
+    stream = radio.TupleStream(spec.window, excluded=true_ids if watermarked else None, spec=spec)
     stream.add_candidates(win, toks, text, n_texts=len(seqs))
     prep = stream.prepared()
     log(f"radioactivity (open): {len(stream)} predicted tuples scored from {len(seqs)} texts; decoys")

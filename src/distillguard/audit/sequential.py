@@ -7,7 +7,8 @@ look: under the null it is a nonnegative martingale with mean 1, so by Ville's i
 ``P[sup_n E_n >= 1/alpha] <= alpha``, and ``p_n = min(1, 1 / max_{m<=n} E_m)`` is a p-value valid at any
 data-dependent stopping time.
 
-Construction (pure math, no I/O). Each new scored (window, token) tuple gives a value ``x``:
+Construction (pure math, no I/O). Each new scored (window, token) tuple gives a value ``x``, and the scheme
+object (:data:`distillguard.watermark.schemes.SCHEMES`) supplies the likelihood ratio of its alternatives:
 
 * KGW: ``x`` in {0, 1} (green), Bernoulli(gamma) under H0. For an alternative green rate ``q > gamma`` the
   likelihood ratio ``(q/gamma)^x ((1-q)/(1-gamma))^(1-x)`` has mean 1 under H0.
@@ -33,42 +34,37 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special
 
+from distillguard.watermark.schemes import Scheme, WatermarkSpec, scheme_named
+
 DEFAULT_EFFECTS: tuple[float, ...] = tuple(float(x) for x in np.geomspace(1e-3, 0.8, 30))
 
 
-def _log_lr_kgw(count: np.ndarray, total: np.ndarray, gamma: float, effects: np.ndarray) -> np.ndarray:
-    """ln LR for every (n, S) pair (rows) and every alternative (columns)."""
-    q = gamma + effects * (1.0 - gamma)
-    a = np.log(q / gamma)
-    b = np.log((1.0 - q) / (1.0 - gamma))
-    return total[:, None] * a[None, :] + (count - total)[:, None] * b[None, :]
-
-
-def _log_lr_gumbel(count: np.ndarray, total: np.ndarray, effects: np.ndarray) -> np.ndarray:
-    rate = 1.0 / (1.0 + effects)
-    return count[:, None] * np.log(rate)[None, :] + total[:, None] * (1.0 - rate)[None, :]
+def _impl(scheme: str | Scheme) -> Scheme:
+    return scheme_named(scheme) if isinstance(scheme, str) else scheme
 
 
 def log_e_values(
-    scheme: str, count, total, *, gamma: float = 0.25, effects: tuple[float, ...] = DEFAULT_EFFECTS
+    scheme: str | Scheme,
+    count,
+    total,
+    *,
+    gamma: float = 0.25,
+    effects: tuple[float, ...] = DEFAULT_EFFECTS,
 ) -> np.ndarray:
-    """ln E after ``count`` scored tuples with score ``total`` (vectorised over both)."""
+    """ln E after ``count`` scored tuples with score ``total`` (vectorised over both).
+
+    ``scheme``: a registered name or a scheme object; ``gamma``: its null rate (KGW's green rate; the
+    Gumbel ratio does not use it).
+    """
     n = np.atleast_1d(np.asarray(count, dtype=np.float64))
     s = np.atleast_1d(np.asarray(total, dtype=np.float64))
     eff = np.asarray(effects, dtype=np.float64)
-    if scheme == "kgw":
-        if not 0.0 < gamma < 1.0:
-            raise ValueError(f"gamma must be in (0, 1), got {gamma}")
-        llr = _log_lr_kgw(n, s, gamma, eff)
-    elif scheme == "gumbel":
-        llr = _log_lr_gumbel(n, s, eff)
-    else:
-        raise ValueError(f"unknown scheme {scheme!r}")
+    llr = _impl(scheme).log_likelihood_ratio(n, s, gamma, eff)
     return special.logsumexp(llr, axis=1) - math.log(len(eff))
 
 
 def log_e_path(
-    scheme: str, values, *, gamma: float = 0.25, effects: tuple[float, ...] = DEFAULT_EFFECTS
+    scheme: str | Scheme, values, *, gamma: float = 0.25, effects: tuple[float, ...] = DEFAULT_EFFECTS
 ) -> np.ndarray:
     """ln E_n for n = 1..len(values), the values taken in the order they were scored."""
     v = np.asarray(values, dtype=np.float64)
@@ -93,13 +89,18 @@ class EProcess:
     anytime-valid p-value is now at or below ``stop_p``. ``log_p`` is the natural log of that p-value.
     """
 
-    scheme: str
-    gamma: float = 0.25
+    scheme: str  # a registered scheme name
+    gamma: float = 0.25  # the scheme's null rate
     effects: tuple[float, ...] = DEFAULT_EFFECTS
     count: int = 0
     total: float = 0.0
     max_log_e: float = 0.0
     history: list[tuple[int, float]] = field(default_factory=list)  # (count, ln p) after each batch
+
+    @classmethod
+    def for_spec(cls, spec: WatermarkSpec, **kwargs) -> EProcess:
+        """The e-process for ``spec``'s scheme at its exact null rate."""
+        return cls(spec.scheme, spec.impl.null_rate(spec), **kwargs)
 
     def update(self, values) -> float:
         v = np.asarray(values, dtype=np.float64)
@@ -127,7 +128,7 @@ class EProcess:
     def describe(self) -> dict:
         return {
             "method": "mixture likelihood-ratio e-process (Ville's inequality), p = 1 / max E",
-            "alternatives": ("green rate gamma + d (1 - gamma)" if self.scheme == "kgw" else "Exp mean 1 + d")
+            "alternatives": _impl(self.scheme).alternatives
             + f", d log-spaced in [{min(self.effects):g}, {max(self.effects):g}], {len(self.effects)} points",
             "scored": self.count,
             "log10_p_value": self.log_p / math.log(10),

@@ -641,12 +641,12 @@ class LocalTeacher:
     def _logprobs(
         self, prompt_ids: list[list[int]], completions: list[list[int]], k: int
     ) -> list[list[dict]]:
-        """Teacher-forced log-softmax at every completion position (after the KGW bias), OpenAI shape."""
+        """Teacher-forced log-softmax per completion position, after any watermark bias (OpenAI shape)."""
         import torch
 
-        from distillguard.watermark.schemes import kgw_green_mask
+        from distillguard.watermark.schemes import fit_width
 
-        spec = self.watermark if self.watermark is not None and self.watermark.scheme == "kgw" else None
+        spec = self.watermark
         device = next(self.model.parameters()).device
         out: list[list[dict]] = []
         with torch.no_grad():
@@ -678,17 +678,12 @@ class LocalTeacher:
                         seq = torch.tensor(s, dtype=torch.long)
                         pos = torch.arange(plen, len(s))
                         ok = pos >= h
-                        if bool(ok.any()):
-                            win = seq[(pos[ok][:, None] - h) + torch.arange(h)[None, :]]
-                            mask = kgw_green_mask(spec, win).to(rows.dtype)
-                            width_v = rows.shape[-1]
-                            if mask.shape[-1] >= width_v:
-                                mask = mask[:, :width_v]
-                            else:
-                                pad = torch.zeros(mask.shape[0], width_v - mask.shape[-1], dtype=rows.dtype)
-                                mask = torch.cat([mask, pad], dim=-1)
+                        win = seq[(pos[ok][:, None] - h) + torch.arange(h)[None, :]]
+                        bias = spec.impl.logit_bias(spec, win, rows.dtype) if bool(ok.any()) else None
+                        if bias is not None:
+                            bias = fit_width(bias, rows.shape[-1])
                             rows = rows.clone()
-                            rows[ok.to(rows.device)] += spec.delta * mask.to(rows.device)
+                            rows[ok.to(rows.device)] += bias.to(rows.device)
                     lp = torch.log_softmax(rows, dim=-1)
                     chosen = lp.gather(1, torch.tensor(comp, device=lp.device)[:, None])[:, 0].tolist()
                     top_v, top_i = lp.topk(k, dim=-1) if k > 0 else (None, None)

@@ -186,6 +186,8 @@ def detect(
         style="bold",
     )
     Console().print(table)
+    if "degenerate_windows" in doc["test"]:
+        Console().print(doc["test"]["degenerate_windows"], markup=False)
 
 
 def format_p(row: dict) -> str:

@@ -5,6 +5,11 @@ fixed by the key, so counting it twice breaks the binomial/gamma null and overst
 tuple once per text (and once across the corpus for the aggregate), and never score a tuple that already
 occurs in the prompt (the model may be copying it). Dedup is key-independent, so several keys are scored on
 the same tuples and corrected together (Holm).
+
+Some schemes have *degenerate* windows whose keyed list is the same under every key (transformers' lefthash
+after token 0): any text watermarked with that scheme, under any key, is biased towards that list, so those
+tuples are evidence of the scheme, not of our key. They are dropped before scoring and counted
+(``degenerate_windows_skipped``). The mask is key-independent, so a key family still scores one tuple set.
 """
 
 from __future__ import annotations
@@ -111,14 +116,8 @@ def select(tuples: Tuples, dedup: bool) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _summary(spec: WatermarkSpec, total: np.ndarray, count: np.ndarray) -> dict[str, np.ndarray]:
-    if spec.scheme == "kgw":
-        g = spec.green_rate
-        log_p = stats.binomial_log_sf(np.rint(total).astype(np.int64), count, g)
-        z = stats.kgw_z(total, count, g)
-    else:
-        log_p = stats.gamma_log_sf(count, total)
-        z = stats.gumbel_z(count, total)
-    return {"log_p": log_p, "z": z}
+    impl = spec.impl
+    return {"log_p": impl.log_sf(spec, total, count), "z": impl.z(spec, total, count)}
 
 
 def _check_family(specs: Sequence[WatermarkSpec]) -> None:
@@ -143,6 +142,8 @@ class Prepared:
     count: np.ndarray  # [T] scored tuples per text
     num_tokens: np.ndarray  # [T] completion tokens per text
     dedup: bool
+    degenerate: np.ndarray | None = None  # [T] degenerate tuples skipped per text (None: not checked)
+    degenerate_corpus: int = 0  # distinct degenerate tuples skipped across the corpus
 
     @property
     def aggregate_count(self) -> int:
@@ -155,9 +156,22 @@ def prepare(
     *,
     width: int = 1,
     dedup: bool = True,
+    spec: WatermarkSpec | None = None,
 ) -> Prepared:
+    """The tuples to score. With ``spec``, its scheme's degenerate windows are dropped and counted.
+
+    Without ``spec`` every window is kept: fine for native modes, but a transformers-compatible key family
+    would then score tuples that every key agrees on.
+    """
     tuples, num_tokens = extract_tuples(completions, prompts, width)
     per_text, corpus = select(tuples, dedup)
+    skipped, skipped_corpus = None, 0
+    if spec is not None:
+        bad = spec.impl.degenerate(spec, tuples.windows)
+        skipped = np.bincount(tuples.text[per_text & bad], minlength=len(completions))
+        skipped_corpus = int(np.sum(corpus & bad))
+        per_text &= ~bad
+        corpus &= ~bad
     idx = np.flatnonzero(per_text)
     return Prepared(
         width=width,
@@ -168,6 +182,8 @@ def prepare(
         count=np.bincount(tuples.text[idx], minlength=len(completions)),
         num_tokens=num_tokens,
         dedup=dedup,
+        degenerate=skipped,
+        degenerate_corpus=skipped_corpus,
     )
 
 
@@ -209,7 +225,7 @@ def detect_ids(
         top = max((max(c) for c in completions if len(c)), default=-1)
         if top >= vocab:
             raise UserError(f"token id {top} is outside the vocabulary (size {vocab})")
-    return score(specs, prepare(completions, prompts, width=specs[0].window, dedup=dedup))
+    return score(specs, prepare(completions, prompts, width=specs[0].window, dedup=dedup, spec=specs[0]))
 
 
 def score(specs: Sequence[WatermarkSpec], prep: Prepared) -> dict:
@@ -222,7 +238,7 @@ def score(specs: Sequence[WatermarkSpec], prep: Prepared) -> dict:
         agg_total = np.array([agg])
         per_key.append((total, _summary(s, total, prep.count), agg_total, _summary(s, agg_total, agg_count)))
 
-    def document(totals, summaries, counts, ntok) -> list[dict]:
+    def document(totals, summaries, counts, ntok, skipped) -> list[dict]:
         log_p = np.stack([sm["log_p"] for sm in summaries], axis=-1)
         adjusted = stats.holm(log_p) if len(specs) > 1 else log_p
         best = np.argmin(log_p, axis=-1)  # Holm keeps the order of the raw p-values
@@ -238,8 +254,8 @@ def score(specs: Sequence[WatermarkSpec], prep: Prepared) -> dict:
                 "p_value": float(p_adj[i, b]),
                 "log10_p_value": float(l10_adj[i, b]),
             }
-            if specs[b].scheme == "kgw":
-                row["green_fraction"] = float(totals[b][i] / counts[i]) if counts[i] else 0.0
+            row |= specs[b].impl.row_fields(specs[b], totals[b][i], counts[i])
+            row["degenerate_windows_skipped"] = int(skipped[i])
             if len(specs) > 1:
                 row["key_index"] = b
                 row["keys"] = [
@@ -255,35 +271,29 @@ def score(specs: Sequence[WatermarkSpec], prep: Prepared) -> dict:
             rows.append(row)
         return rows
 
-    texts = document([pk[0] for pk in per_key], [pk[1] for pk in per_key], prep.count, prep.num_tokens)
+    skipped = prep.degenerate if prep.degenerate is not None else np.zeros(len(prep.count), dtype=np.int64)
+    texts = document(
+        [pk[0] for pk in per_key], [pk[1] for pk in per_key], prep.count, prep.num_tokens, skipped
+    )
     aggregate = document(
-        [pk[2] for pk in per_key], [pk[3] for pk in per_key], agg_count, [int(prep.num_tokens.sum())]
+        [pk[2] for pk in per_key],
+        [pk[3] for pk in per_key],
+        agg_count,
+        [int(prep.num_tokens.sum())],
+        [prep.degenerate_corpus],
     )[0]
     return {
         "texts": texts,
         "aggregate": aggregate,
-        "test": _test_description(specs[0], prep.dedup, len(specs)),
+        "test": _test_description(specs[0], prep.dedup, len(specs), prep.degenerate_corpus),
     }
 
 
-def _test_description(spec: WatermarkSpec, dedup: bool, n_keys: int) -> dict:
-    if spec.scheme == "kgw":
-        null = (
-            f"text independent of the key: each scored (window, token) tuple is green with probability "
-            f"{spec.green_rate:.6g}; S ~ Binomial(N, {spec.green_rate:.6g})"
-        )
-        test = "one-sided exact binomial tail P[S' >= S]"
-        if spec.hf_compat:
-            null += (
-                "; transformers' green lists have a fixed size, so tuples sharing a window are "
-                "hypergeometric "
-                "and the binomial tail is conservative"
-            )
-    else:
-        null = "text independent of the key: -ln(1-u) i.i.d. Exp(1) per scored tuple; S ~ Gamma(N, 1)"
-        test = "one-sided exact gamma tail Q(N, S)"
-    return {
-        "test": test,
+def _test_description(spec: WatermarkSpec, dedup: bool, n_keys: int, degenerate: int = 0) -> dict:
+    impl = spec.impl
+    null = "; ".join([f"text independent of the key: {impl.null(spec)}", *impl.caveats(spec)])
+    out = {
+        "test": impl.test,
         "null": null,
         "dedup": "per text and across corpus; prompt tuples excluded"
         if dedup
@@ -291,3 +301,6 @@ def _test_description(spec: WatermarkSpec, dedup: bool, n_keys: int) -> dict:
         "family": f"Holm over {n_keys} keys" if n_keys > 1 else "single key",
         "watermark": spec.describe(),
     }
+    if degenerate:
+        out["degenerate_windows"] = f"{degenerate} distinct tuple(s) not scored: {impl.degenerate_note}"
+    return out

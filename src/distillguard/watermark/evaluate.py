@@ -1,7 +1,8 @@
 """``distillguard watermark eval``: how strong, robust and cheap the watermark is on a real model.
 
 Protocol (the KGW paper's, on the embedded world): prompts are the first tokens of corpus documents; each arm
-(no watermark, KGW, Gumbel) samples 200 tokens at temperature 1 with EOS suppressed. Reported per scheme:
+(no watermark, then every registered scheme: KGW, Gumbel) samples 200 tokens at temperature 1 with EOS
+suppressed. Reported per scheme:
 
 * TPR at FPR 1e-3 and 1e-6 (exact p-value thresholds, dedup on) after truncation to 25/50/100/200 tokens,
   with the empirical FPR of the unwatermarked arm beside it;
@@ -24,7 +25,7 @@ from rich.table import Table
 
 from distillguard.watermark.detect import detect_ids
 from distillguard.watermark.generate import generate_ids
-from distillguard.watermark.schemes import WatermarkSpec
+from distillguard.watermark.schemes import SCHEMES, WatermarkSpec
 
 LENGTHS = (25, 50, 100, 200)
 ALPHAS = (1e-3, 1e-6)
@@ -126,9 +127,9 @@ def run_eval(
     ref, _ = load_model_and_tokenizer(ref_dir)
     vocab = int(lm.config.vocab_size)
     prompts = corpus_prompts(corpus_path, tok, n, seed)
-    schemes = {
-        "kgw": WatermarkSpec(scheme="kgw", key=key, gamma=0.25, delta=2.0, context_width=1, vocab_size=vocab),
-        "gumbel": WatermarkSpec(scheme="gumbel", key=key, context_width=1, vocab_size=vocab),
+    schemes = {  # gamma and delta are read by the schemes that use them
+        name: WatermarkSpec(scheme=name, key=key, gamma=0.25, delta=2.0, context_width=1, vocab_size=vocab)
+        for name in SCHEMES
     }
     t0 = time.time()
     gen = dict(
@@ -226,7 +227,8 @@ def plot(result: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
-    colors = {"kgw": "tab:green", "gumbel": "tab:purple"}
+    known = {"kgw": "tab:green", "gumbel": "tab:purple"}
+    colors = {name: known.get(name, f"C{i}") for i, name in enumerate(result["schemes"])}
     for name, row in result["schemes"].items():
         for a, style in zip(ALPHAS, ("-", "--"), strict=True):
             k = f"tpr@{a:g}"
@@ -267,7 +269,7 @@ def plot(result: dict, path: Path) -> Path:
     axes[1].set(title="TPR after edits (200 tokens)", xlabel="fraction edited", ylim=(-0.02, 1.02))
     axes[2].set(title="TPR after dilution (200 tokens)", xlabel="watermarked fraction", ylim=(-0.02, 1.02))
     ppl = result["perplexity"]
-    axes[3].bar(list(ppl), list(ppl.values()), color=["grey", colors["kgw"], colors["gumbel"]])
+    axes[3].bar(list(ppl), list(ppl.values()), color=[colors.get(arm, "grey") for arm in ppl])
     axes[3].set(title="perplexity under an independent model", ylabel="PPL")
     for ax in axes[:3]:
         ax.legend(fontsize=7)

@@ -4,6 +4,8 @@ The processor owns the sampling transform (temperature, top-k, top-p) and applie
 matching transformers' own order since PR #34849; call ``generate`` with ``temperature=1, top_k=0, top_p=1``
 (as :func:`distillguard.watermark.generate.generate_watermarked` does) so nothing warps twice.
 
+The watermark itself is the scheme object's ``process`` (``spec.impl``), whole batch at once:
+
 * KGW adds ``delta`` to the green logits; the mask for the whole batch comes from one tensor expression.
 * Gumbel replaces the row with a one-hot on the exponential-minimum choice, so whatever sampler runs next
   (greedy or multinomial) returns exactly that token.
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor
 
-from distillguard.watermark.schemes import WatermarkSpec, gumbel_choose, gumbel_uniforms, kgw_green_mask
+from distillguard.watermark.schemes import WatermarkSpec
 
 
 def warp(scores: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -55,22 +57,4 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         scores = warp(scores, self.temperature, self.top_k, self.top_p)
         if input_ids.shape[-1] < self.spec.window:
             return scores  # not enough context to key on: leave this step unmarked
-        vocab = self.spec.vocab_size
-        windows = input_ids[:, -self.spec.window :]
-        if self.spec.scheme == "kgw":
-            mask = kgw_green_mask(self.spec, windows)
-            if scores.shape[-1] != vocab:  # logits padded past the config vocab
-                mask = _fit(mask, scores.shape[-1])
-            return torch.add(scores, mask.to(scores.dtype), alpha=self.spec.delta)
-        probs = torch.softmax(scores[:, :vocab].double(), dim=-1)
-        choice = gumbel_choose(gumbel_uniforms(self.spec, windows), probs)
-        out = torch.full_like(scores, float("-inf"))
-        out.scatter_(1, choice[:, None], 0.0)
-        return out
-
-
-def _fit(mask: torch.Tensor, width: int) -> torch.Tensor:
-    if mask.shape[-1] > width:
-        return mask[:, :width]
-    pad = torch.zeros(mask.shape[0], width - mask.shape[-1], dtype=mask.dtype, device=mask.device)
-    return torch.cat([mask, pad], dim=-1)
+        return self.spec.impl.process(self.spec, input_ids[:, -self.spec.window :], scores)

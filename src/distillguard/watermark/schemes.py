@@ -15,6 +15,14 @@ exactly ``threshold / 2**bits`` and that exact value is what the detector tests 
 ``hf_compat`` mode reproduces transformers' ``WatermarkingConfig(seeding_scheme="lefthash")`` on CPU: the
 green list is ``torch.randperm(V)[: int(V * gamma)]`` from a CPU generator seeded with
 ``(hashing_key * last_token) % (2**64 - 1)``. It depends on the last token only, whatever the context width.
+After token 0 that seed is 0 for every key: such windows carry no key-dependent evidence and are never
+scored (:meth:`KGW.degenerate`).
+
+**Scheme objects.** Everything that differs between schemes lives in one object per scheme (:class:`KGW`,
+:class:`Gumbel`), registered in :data:`SCHEMES` under its name: the generation-time transform of the logits,
+the per-token detection score, the exact null tail of a corpus total, the z-score, the per-token likelihood
+ratio of the sequential test, the null rate and the words that describe the test. Callers reach it through
+``spec.impl`` and never branch on the scheme's name, so a new scheme is one new class plus its registration.
 """
 
 from __future__ import annotations
@@ -23,16 +31,14 @@ import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from distillguard.errors import UserError
-from distillguard.watermark import hashing
+from distillguard.watermark import hashing, stats
 
-Scheme = Literal["kgw", "gumbel"]
-SCHEMES: tuple[str, ...] = ("kgw", "gumbel")
 HF_DEFAULT_KEY = 15485863
 
 
@@ -40,7 +46,7 @@ HF_DEFAULT_KEY = 15485863
 class WatermarkSpec:
     """Everything that defines a watermark: scheme, secret key and its parameters."""
 
-    scheme: Scheme = "kgw"
+    scheme: str = "kgw"
     key: int | str = HF_DEFAULT_KEY
     gamma: float = 0.25
     delta: float = 2.0
@@ -50,19 +56,19 @@ class WatermarkSpec:
     _cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     def __post_init__(self) -> None:
-        if self.scheme not in SCHEMES:
-            raise UserError(f"unknown scheme {self.scheme!r}; choose one of {', '.join(SCHEMES)}")
+        impl = self.impl  # an unknown scheme fails here
         if not 0.0 < self.gamma < 1.0:
             raise UserError(f"gamma must be in (0, 1), got {self.gamma}")
         if self.context_width < 1:
             raise UserError(f"context width must be >= 1, got {self.context_width}")
         if self.vocab_size is not None and self.vocab_size < 2:
             raise UserError(f"vocab size must be >= 2, got {self.vocab_size}")
-        if self.hf_compat:
-            if self.scheme != "kgw":
-                raise UserError("--hf-compat applies to the kgw scheme only (transformers' lefthash)")
-            if not _is_int_key(self.key):
-                raise UserError("--hf-compat needs an integer key (transformers' hashing_key)")
+        impl.validate(self)
+
+    @property
+    def impl(self) -> Scheme:
+        """The scheme object that generates, scores and tests this watermark (see :data:`SCHEMES`)."""
+        return scheme_named(self.scheme)
 
     def with_vocab(self, vocab_size: int) -> WatermarkSpec:
         """The same watermark bound to a vocabulary size (the model config's ``vocab_size``)."""
@@ -116,12 +122,7 @@ class WatermarkSpec:
             "hf_compat": self.hf_compat,
             "vocab_size": self.vocab_size,
         }
-        if self.scheme == "kgw":
-            out |= {
-                "delta": self.delta,
-                "green_rate": self.green_rate if self.vocab_size or not self.hf_compat else None,
-            }
-        return out
+        return out | self.impl.describe(self)
 
 
 def _is_int_key(key: int | str) -> bool:
@@ -270,6 +271,290 @@ def gumbel_choose(uniforms: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
 
 def token_scores(spec: WatermarkSpec, windows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Per-token detection score: 1/0 for green (KGW), ``-ln(1 - u)`` (Gumbel). Float64 ``[N]``."""
-    if spec.scheme == "kgw":
-        return kgw_is_green(spec, windows, tokens).double()
-    return -torch.log1p(-gumbel_token_uniforms(spec, windows, tokens))
+    return spec.impl.token_scores(spec, windows, tokens)
+
+
+# --------------------------------------------------------------------------------------------------
+# Scheme objects
+
+
+@runtime_checkable
+class Scheme(Protocol):
+    """What a watermark scheme provides; one object serves generation, detection and the audit.
+
+    Detection scores each (window, token) tuple with a number ``x``; under H0 (the text does not depend on
+    the key) the scores of distinct tuples are i.i.d. with mean :meth:`null_rate`, and the total ``S`` of
+    ``N`` of them has the exact tail :meth:`log_sf`. Everything is pure and vectorised: arrays in, arrays
+    out, no I/O. ``windows`` are int64 ``[B, h]`` (oldest token first), ``tokens`` int64 ``[B]``.
+    """
+
+    name: str  # the registry key, ``--scheme``
+    statistic: str  # the per-tuple mean score, for people ("green fraction")
+    test: str  # the exact test, for people
+    alternatives: str  # the sequential test's alternatives, for people
+    degenerate_note: str  # why a degenerate window carries no evidence ("" when none ever is)
+
+    def validate(self, spec: WatermarkSpec) -> None:
+        """Raise :class:`UserError` (one line) for parameters this scheme cannot use."""
+
+    def describe(self, spec: WatermarkSpec) -> dict:
+        """Scheme-specific parameters for the public description of ``spec`` (never the key)."""
+
+    def process(self, spec: WatermarkSpec, windows: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Generation: the logits ``[B, V']`` after the watermark (``V'`` may pad past the config vocab)."""
+
+    def logit_bias(
+        self, spec: WatermarkSpec, windows: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """The additive part of :meth:`process`, ``[B, V]`` (teacher-forced logprobs); None if it samples."""
+
+    def token_scores(self, spec: WatermarkSpec, windows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Detection: the score of each observed token, float64 ``[N]``."""
+
+    def degenerate(self, spec: WatermarkSpec, windows) -> np.ndarray:
+        """Bool ``[N]``: windows whose keyed list is the same for every key (never scored, only counted).
+
+        Must not depend on the key, so that a whole key family (decoys included) scores the same tuples.
+        """
+
+    def null_rate(self, spec: WatermarkSpec) -> float:
+        """The expected per-tuple score under H0 (KGW's green rate; 1 for Gumbel)."""
+
+    def log_sf(self, spec: WatermarkSpec, total, count, *, deep: bool = True) -> np.ndarray:
+        """ln P[S' >= total] for ``count`` tuples under H0, exact (``deep=False``: -inf past float range)."""
+
+    def z(self, spec: WatermarkSpec, total, count) -> np.ndarray:
+        """A z-score for display only."""
+
+    def rate_interval(self, spec: WatermarkSpec, total, count, level: float) -> tuple[np.ndarray, np.ndarray]:
+        """Exact two-sided interval of the per-tuple mean score after ``count`` tuples totalling ``total``."""
+
+    def log_likelihood_ratio(self, count, total, null_rate: float, effects: np.ndarray) -> np.ndarray:
+        """ln of the per-tuple likelihood ratios' product after ``count`` tuples totalling ``total``.
+
+        Rows: the ``(count, total)`` pairs; columns: the alternatives ``effects``. Each ratio must have mean
+        1 under H0, so that their product is a martingale (the sequential test's e-value).
+        """
+
+    def null(self, spec: WatermarkSpec) -> str:
+        """H0 for one scored tuple and for the total, for people."""
+
+    def caveats(self, spec: WatermarkSpec) -> list[str]:
+        """Known ways in which the null is only approximate (empty when it is exact)."""
+
+    def row_fields(self, spec: WatermarkSpec, total: float, count: int) -> dict:
+        """Extra fields of a detection row (KGW: ``green_fraction``)."""
+
+
+def fit_width(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """Cut or zero-pad the last axis to ``width`` (logits may be padded past the config vocab)."""
+    if mask.shape[-1] >= width:
+        return mask[..., :width]
+    pad = torch.zeros(*mask.shape[:-1], width - mask.shape[-1], dtype=mask.dtype, device=mask.device)
+    return torch.cat([mask, pad], dim=-1)
+
+
+def _no_degenerate(windows) -> np.ndarray:
+    return np.zeros(len(windows), dtype=bool)
+
+
+class GreenListScheme:
+    """A keyed green list per window; sampling adds ``delta`` to green logits; the score is 1 if green.
+
+    Subclasses provide :meth:`green_mask`, :meth:`is_green` and :meth:`green_rate`; the binomial statistics,
+    the Bernoulli likelihood ratios and the generation transform are shared.
+    """
+
+    name = "green-list"
+    statistic = "green fraction"
+    test = "one-sided exact binomial tail P[S' >= S]"
+    alternatives = "green rate gamma + d (1 - gamma)"
+    degenerate_note = ""
+
+    def green_mask(self, spec: WatermarkSpec, windows: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def is_green(self, spec: WatermarkSpec, windows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def green_rate(self, spec: WatermarkSpec) -> float:
+        raise NotImplementedError
+
+    def validate(self, spec: WatermarkSpec) -> None:
+        if spec.hf_compat:
+            raise UserError(f"--hf-compat applies to the kgw scheme only, not {self.name}")
+
+    def describe(self, spec: WatermarkSpec) -> dict:
+        return {"delta": spec.delta, "green_rate": self.green_rate(spec)}
+
+    def process(self, spec: WatermarkSpec, windows: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        mask = self.green_mask(spec, windows)
+        if scores.shape[-1] != mask.shape[-1]:
+            mask = fit_width(mask, scores.shape[-1])
+        return torch.add(scores, mask.to(scores.dtype), alpha=spec.delta)
+
+    def logit_bias(self, spec: WatermarkSpec, windows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return spec.delta * self.green_mask(spec, windows).to(dtype)
+
+    def token_scores(self, spec: WatermarkSpec, windows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.is_green(spec, windows, tokens).double()
+
+    def degenerate(self, spec: WatermarkSpec, windows) -> np.ndarray:
+        return _no_degenerate(windows)
+
+    def null_rate(self, spec: WatermarkSpec) -> float:
+        return self.green_rate(spec)
+
+    def log_sf(self, spec: WatermarkSpec, total, count, *, deep: bool = True) -> np.ndarray:
+        k = np.rint(np.asarray(total, dtype=np.float64)).astype(np.int64)
+        return stats.binomial_log_sf(k, count, self.green_rate(spec), deep=deep)
+
+    def z(self, spec: WatermarkSpec, total, count) -> np.ndarray:
+        return stats.kgw_z(total, count, self.green_rate(spec))
+
+    def rate_interval(self, spec: WatermarkSpec, total, count, level: float) -> tuple[np.ndarray, np.ndarray]:
+        k = np.rint(np.asarray(total, dtype=np.float64)).astype(np.int64)
+        return stats.binomial_interval(k, count, level)
+
+    def log_likelihood_ratio(self, count, total, null_rate: float, effects: np.ndarray) -> np.ndarray:
+        """Green rate ``q = gamma + d (1 - gamma)``: ``(q/gamma)^x ((1-q)/(1-gamma))^(1-x)`` per tuple."""
+        if not 0.0 < null_rate < 1.0:
+            raise ValueError(f"gamma must be in (0, 1), got {null_rate}")
+        q = null_rate + effects * (1.0 - null_rate)
+        a = np.log(q / null_rate)
+        b = np.log((1.0 - q) / (1.0 - null_rate))
+        return total[:, None] * a[None, :] + (count - total)[:, None] * b[None, :]
+
+    def null(self, spec: WatermarkSpec) -> str:
+        g = self.green_rate(spec)
+        return (
+            f"each scored (window, token) tuple is green with probability {g:.6g}, independently; "
+            f"S ~ Binomial(N, {g:.6g})"
+        )
+
+    def caveats(self, spec: WatermarkSpec) -> list[str]:
+        return []
+
+    def row_fields(self, spec: WatermarkSpec, total: float, count: int) -> dict:
+        return {"green_fraction": float(total / count) if count else 0.0}
+
+
+class KGW(GreenListScheme):
+    """Kirchenbauer et al.: native keyed lanes, or transformers' lefthash lists with ``hf_compat``."""
+
+    name = "kgw"
+    degenerate_note = (
+        "transformers' lefthash seeds the green list after token 0 with 0 whatever the key, so every key "
+        "(ours, any decoy, anyone else's) agrees on it: no key-dependent evidence"
+    )
+
+    def green_mask(self, spec: WatermarkSpec, windows: torch.Tensor) -> torch.Tensor:
+        return kgw_green_mask(spec, windows)
+
+    def is_green(self, spec: WatermarkSpec, windows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return kgw_is_green(spec, windows, tokens)
+
+    def green_rate(self, spec: WatermarkSpec) -> float:
+        return spec.green_rate
+
+    def validate(self, spec: WatermarkSpec) -> None:
+        if spec.hf_compat and not _is_int_key(spec.key):
+            raise UserError("--hf-compat needs an integer key (transformers' hashing_key)")
+
+    def describe(self, spec: WatermarkSpec) -> dict:
+        known = spec.vocab_size or not spec.hf_compat  # compat mode's rate needs the vocabulary
+        return {"delta": spec.delta, "green_rate": spec.green_rate if known else None}
+
+    def degenerate(self, spec: WatermarkSpec, windows) -> np.ndarray:
+        """Compat mode: windows ending in token 0 (seed ``hashing_key * 0 = 0`` for every key)."""
+        if not spec.hf_compat:
+            return _no_degenerate(windows)
+        return np.asarray(windows)[:, -1] == 0
+
+    def caveats(self, spec: WatermarkSpec) -> list[str]:
+        if not spec.hf_compat:
+            return []
+        return [
+            "transformers' green lists have a fixed size: tuples sharing a window are hypergeometric and "
+            "the binomial tail is conservative"
+        ]
+
+
+class Gumbel:
+    """Aaronson's exponential minimum: keyed uniforms choose the token; the score is ``-ln(1 - u)``."""
+
+    name = "gumbel"
+    statistic = "mean -ln(1-u)"
+    test = "one-sided exact gamma tail Q(N, S)"
+    alternatives = "Exp mean 1 + d"
+    degenerate_note = ""
+
+    def validate(self, spec: WatermarkSpec) -> None:
+        if spec.hf_compat:
+            raise UserError(f"--hf-compat applies to the kgw scheme only, not {self.name}")
+
+    def describe(self, spec: WatermarkSpec) -> dict:
+        return {}
+
+    def process(self, spec: WatermarkSpec, windows: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """A one-hot row on the exponential-minimum choice: any sampler after it returns that token."""
+        probs = torch.softmax(scores[:, : spec.vocab_size].double(), dim=-1)
+        choice = gumbel_choose(gumbel_uniforms(spec, windows), probs)
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, choice[:, None], 0.0)
+        return out
+
+    def logit_bias(self, spec: WatermarkSpec, windows: torch.Tensor, dtype: torch.dtype) -> None:
+        return None  # the scheme samples; it does not reshape the distribution
+
+    def token_scores(self, spec: WatermarkSpec, windows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return -torch.log1p(-gumbel_token_uniforms(spec, windows, tokens))
+
+    def degenerate(self, spec: WatermarkSpec, windows) -> np.ndarray:
+        return _no_degenerate(windows)
+
+    def null_rate(self, spec: WatermarkSpec) -> float:
+        return 1.0
+
+    def log_sf(self, spec: WatermarkSpec, total, count, *, deep: bool = True) -> np.ndarray:
+        return stats.gamma_log_sf(count, total, deep=deep)
+
+    def z(self, spec: WatermarkSpec, total, count) -> np.ndarray:
+        return stats.gumbel_z(count, total)
+
+    def rate_interval(self, spec: WatermarkSpec, total, count, level: float) -> tuple[np.ndarray, np.ndarray]:
+        return stats.gamma_mean_interval(count, total, level)
+
+    def log_likelihood_ratio(self, count, total, null_rate: float, effects: np.ndarray) -> np.ndarray:
+        """Mean ``1 + d`` (rate ``t = 1/(1+d)``): ``t * exp((1 - t) x)`` per tuple."""
+        rate = 1.0 / (1.0 + effects)
+        return count[:, None] * np.log(rate)[None, :] + total[:, None] * (1.0 - rate)[None, :]
+
+    def null(self, spec: WatermarkSpec) -> str:
+        return "-ln(1-u) of each scored (window, token) tuple is Exp(1), independently; S ~ Gamma(N, 1)"
+
+    def caveats(self, spec: WatermarkSpec) -> list[str]:
+        return []
+
+    def row_fields(self, spec: WatermarkSpec, total: float, count: int) -> dict:
+        return {}
+
+
+SCHEMES: dict[str, Scheme] = {"kgw": KGW(), "gumbel": Gumbel()}
+
+
+def register(scheme: Scheme) -> Scheme:
+    """Make ``scheme`` available under ``scheme.name`` (``WatermarkSpec(scheme=name)``, ``--scheme``)."""
+    SCHEMES[scheme.name] = scheme
+    return scheme
+
+
+def scheme_named(name: str) -> Scheme:
+    impl = SCHEMES.get(name)
+    if impl is None:
+        raise UserError(f"unknown scheme {name!r}; choose one of {', '.join(SCHEMES)}")
+    return impl
+
+
+def scheme_of(spec: WatermarkSpec) -> Scheme:
+    return scheme_named(spec.scheme)

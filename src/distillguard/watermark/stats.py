@@ -58,8 +58,12 @@ def _gamma_log_sf_exact(n: int, s: float) -> float:
     return float(special.logsumexp(terms))
 
 
-def binomial_log_sf(successes, trials, p: float) -> np.ndarray:
-    """Natural log of ``P[Bin(trials, p) >= successes]``, vectorised, exact into the deep tail."""
+def binomial_log_sf(successes, trials, p: float, *, deep: bool = True) -> np.ndarray:
+    """Natural log of ``P[Bin(trials, p) >= successes]``, vectorised, exact into the deep tail.
+
+    ``deep=False`` skips the term-by-term summation: tails below float range come out as -inf, which is
+    all a threshold test on many prefixes needs (and much faster there).
+    """
     k = np.atleast_1d(np.asarray(successes, dtype=np.int64))
     n = np.atleast_1d(np.asarray(trials, dtype=np.int64))
     k, n = np.broadcast_arrays(k, n)
@@ -70,14 +74,18 @@ def binomial_log_sf(successes, trials, p: float) -> np.ndarray:
     pv = special.betainc(k[live].astype(np.float64), (n[live] - k[live] + 1).astype(np.float64), p)
     with np.errstate(divide="ignore"):
         out[live] = np.log(pv)
-    deep = np.flatnonzero(live & (np.exp(out) < _P_SWITCH) if live.any() else live)
-    for i in deep:
+    check = deep and live.any()
+    tail = np.flatnonzero(live & (np.exp(out) < _P_SWITCH)) if check else np.zeros(0, dtype=np.int64)
+    for i in tail:
         out.flat[i] = _binom_log_sf_exact(int(k.flat[i]), int(n.flat[i]), p)
     return np.minimum(out, 0.0)
 
 
-def gamma_log_sf(shape, total) -> np.ndarray:
-    """Natural log of ``Q(shape, total) = P[Gamma(shape, 1) >= total]``, vectorised, exact into the tail."""
+def gamma_log_sf(shape, total, *, deep: bool = True) -> np.ndarray:
+    """Natural log of ``Q(shape, total) = P[Gamma(shape, 1) >= total]``, vectorised, exact into the tail.
+
+    ``deep=False``: as for :func:`binomial_log_sf`.
+    """
     n = np.atleast_1d(np.asarray(shape, dtype=np.int64))
     s = np.atleast_1d(np.asarray(total, dtype=np.float64))
     n, s = np.broadcast_arrays(n, s)
@@ -86,8 +94,8 @@ def gamma_log_sf(shape, total) -> np.ndarray:
     qv = special.gammaincc(n[live].astype(np.float64), s[live])
     with np.errstate(divide="ignore"):
         out[live] = np.log(qv)
-    deep = np.flatnonzero(live & (np.exp(out) < _P_SWITCH))
-    for i in deep:
+    tail = np.flatnonzero(live & (np.exp(out) < _P_SWITCH)) if deep else np.zeros(0, dtype=np.int64)
+    for i in tail:
         out.flat[i] = _gamma_log_sf_exact(int(n.flat[i]), float(s.flat[i]))
     return np.minimum(out, 0.0)
 
@@ -106,6 +114,33 @@ def gumbel_z(shape, total) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         z = (s - n) / np.sqrt(n)
     return np.where(n > 0, z, 0.0)
+
+
+def binomial_interval(successes, trials, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Exact two-sided Clopper-Pearson interval of a binomial rate, vectorised."""
+    from scipy import stats as sst
+
+    k = np.asarray(successes, dtype=np.int64)
+    n = np.asarray(trials, dtype=np.int64)
+    tail = (1 - level) / 2
+    lo = np.where(k > 0, sst.beta.ppf(tail, np.maximum(k, 1), n - k + 1), 0.0)
+    hi = np.where(k < n, sst.beta.ppf(1 - tail, k + 1, np.maximum(n - k, 1)), 1.0)
+    return lo, hi
+
+
+def gamma_mean_interval(shape, total, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Exact two-sided interval of the mean of ``shape`` i.i.d. exponentials from their sum.
+
+    ``total ~ Gamma(shape, mean)``, so ``total / mean`` is a pivot with a ``Gamma(shape, 1)`` law.
+    """
+    from scipy import stats as sst
+
+    n = np.asarray(shape, dtype=np.int64)
+    s = np.asarray(total, dtype=np.float64)
+    if not n.size:
+        return np.zeros(0), np.zeros(0)
+    tail = (1 - level) / 2
+    return s / sst.gamma.ppf(1 - tail, n), s / sst.gamma.ppf(tail, n)
 
 
 def holm(log_p: np.ndarray) -> np.ndarray:

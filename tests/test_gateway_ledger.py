@@ -241,10 +241,11 @@ def test_head_file_damage_and_wrong_secret(ledger: Ledger) -> None:
     assert unsigned.ok and not unsigned.signed  # without the secret only the chain is checked
     raw = bytearray(ledger.sidecar.read_bytes())
     newest = (N % 2) * 512
-    raw[newest : newest + 40] = b"#" * 40  # a torn write of the newest head slot (power loss)
+    raw[newest : newest + 40] = b"#" * 40  # a torn newest head slot (power loss, or someone covering tracks)
     ledger.sidecar.write_bytes(bytes(raw))
-    assert ledger.read_head_file()["count"] == N - 1  # the other slot still holds the previous head
-    assert ledger.verify().ok
+    assert ledger.read_head_file()["count"] == N - 1  # the other slot still holds the previous head ...
+    report = ledger.verify()  # ... but a torn slot is reported, never skipped
+    assert not report.ok and f"slot {N % 2} is torn" in report.reason
     raw[:] = b"#" * len(raw)
     ledger.sidecar.write_bytes(bytes(raw))
     report = ledger.verify()
@@ -252,6 +253,37 @@ def test_head_file_damage_and_wrong_secret(ledger: Ledger) -> None:
     ledger.sidecar.unlink()
     report = ledger.verify()
     assert not report.ok and report.first_bad_seq is None and "missing" in report.reason
+
+
+def test_the_newest_record_cannot_be_deleted_with_the_older_head_slot(ledger: Ledger) -> None:
+    """Without the secret: delete the last record, restore the database head from the head file's older
+    slot (a validly signed head for one record fewer) and tear the newest slot so a reader skips it."""
+    assert ledger.verify().ok and ledger.count() == N
+    raw = bytearray(ledger.sidecar.read_bytes())
+    older = json.loads(raw[((N - 1) % 2) * 512 : ((N - 1) % 2) * 512 + 512])
+    assert older["count"] == N - 1
+    _sql(
+        ledger,
+        ("DELETE FROM ledger WHERE seq = ?", (N,)),
+        ("UPDATE ledger_head SET count = ?, hash = ?, mac = ?", (N - 1, older["hash"], older["mac"])),
+    )
+    newest = (N % 2) * 512
+    raw[newest : newest + 512] = b"\0" * 512
+    ledger.sidecar.write_bytes(bytes(raw))
+    report = Ledger(ledger.path, secret=SECRET).verify()
+    assert not report.ok and report.records == N - 1 and "torn or missing" in report.reason
+    raw[newest : newest + 512] = raw[((N - 1) % 2) * 512 : ((N - 1) % 2) * 512 + 512]  # both slots N - 1
+    ledger.sidecar.write_bytes(bytes(raw))
+    assert not Ledger(ledger.path, secret=SECRET).verify().ok
+
+
+def test_a_batch_append_leaves_consecutive_head_slots(tmp_path: Path) -> None:
+    lg = Ledger(tmp_path / "b.db", secret=SECRET)
+    lg.append({"decision": "admitted"})
+    assert lg.verify().ok  # a one-record ledger has the genesis head in its other slot
+    lg.append_many([{"decision": "admitted"} for _ in range(5)])
+    assert lg.verify().ok and lg.count() == 6
+    lg.close()
 
 
 def test_empty_ledger_verifies_and_bad_records_are_refused(tmp_path: Path) -> None:

@@ -19,9 +19,14 @@ does not hold the server secret. Then:
 - the same signed head is copied to a sidecar file (``<ledger>.head``) after each commit, so replaying an
   older, validly signed head inside the database (truncate, then restore yesterday's head row) is caught
   too. The sidecar may lag the database by one record after a crash between commit and sidecar write, so
-  ``verify`` accepts a sidecar that names an earlier record of the chain, never a later one. It holds two
-  checksummed slots written alternately in place (a rename per append cost milliseconds on ext4), so a
-  torn write can only spoil the slot being written and the other one still holds the previous head.
+  ``verify`` accepts a sidecar whose newest head is the database's or the one before, never a later one.
+  It holds two checksummed slots written alternately in place (a rename per append cost milliseconds on
+  ext4): after each commit one holds the new head and the other the head one record earlier. ``verify``
+  requires both slots intact, signed, on the chain and consecutive: the older slot is a validly signed
+  head for one record fewer, so a reader that fell back to it when the newest slot is damaged would let
+  anyone delete the last record (and tear the newest slot) without the secret. A torn slot is therefore
+  reported, never skipped (a crash inside the 512-byte write is the one benign cause; the operator
+  decides).
 
 Not covered: an adversary holding the server secret can re-sign anything, and one who can roll back both
 the database and the sidecar to an older copy of both makes the ledger look intact but shorter. Against
@@ -29,10 +34,11 @@ those, publish the head (``distillguard ledger head``) to a place they cannot wr
 storage, a ticket) and compare. Without a secret (``Ledger(path)``) records and heads are unsigned and only
 naive edits are detected.
 
-Redaction (``redact_prompts=True``): ``prompt`` and the text of ``messages`` are replaced by
-``sha256:<hex>`` of their UTF-8 text before hashing and storing, so the database holds no prompt text while
-exact repeats stay linkable. Unsalted hashes of short or guessable prompts can be confirmed by guessing;
-that is the price of linkability across accounts.
+Redaction (``redact_prompts=True``): ``prompt``, every client-written field of ``messages`` (content,
+name, tool calls, tool call ids) and ``tools`` (tool, function and output-format definitions) are replaced
+by ``sha256:<hex>`` of their UTF-8 text (canonical JSON for structures) before hashing and storing, so
+the database holds no prompt text while exact repeats stay linkable. Unsalted hashes of short or guessable
+prompts can be confirmed by guessing; that is the price of linkability across accounts.
 
 Several processes may append to one ledger: a ``BEGIN IMMEDIATE`` transaction serializes them in SQLite, and
 an exclusive ``flock`` on the sidecar keeps its writes in the same order as the commits (POSIX only).
@@ -134,17 +140,20 @@ def _redact(record: dict[str, Any]) -> None:
     if isinstance(messages, list):
         out = []
         for m in messages:
-            if isinstance(m, dict) and "content" in m:
+            if isinstance(m, dict):
                 m = dict(m)
-                c = m["content"]
-                if isinstance(c, str):
-                    m["content"] = sha256_text(c)
-                elif c is not None:
-                    m["content"] = sha256_text(canonical_json({"content": c}))
+                for name in ("content", "name", "tool_calls", "tool_call_id", "function_call"):
+                    c = m.get(name)
+                    if isinstance(c, str):
+                        m[name] = sha256_text(c)
+                    elif c is not None:
+                        m[name] = sha256_text(canonical_json({name: c}))
             elif isinstance(m, str):
                 m = sha256_text(m)
             out.append(m)
         record["messages"] = out
+    if record.get("tools") is not None:
+        record["tools"] = sha256_text(canonical_json(record["tools"]))
     record["prompt_redacted"] = True
 
 
@@ -295,13 +304,14 @@ class Ledger:
                     head = last or (0, GENESIS)
                 seq, prev = head
                 rows = []
+                before = prev
                 for rec in recs:
                     seq += 1
                     rec["seq"] = seq
                     text = canonical_json(rec)
                     digest = _chain(prev, text)
                     rows.append((seq, *_columns(rec), prev, digest, self._record_mac(seq, digest), text))
-                    prev = digest
+                    before, prev = prev, digest
                 conn.executemany(
                     "INSERT INTO ledger (seq, ts, account, key_id, client_ip, decision, tier, tokens,"
                     " prev_hash, hash, mac, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -312,14 +322,24 @@ class Ledger:
                     "INSERT OR REPLACE INTO ledger_head (id, count, hash, mac) VALUES (1, ?, ?, ?)",
                     (seq, prev, head_mac),
                 )
-            self._write_sidecar(head_fd, seq, prev, head_mac)
+            self._write_sidecar(head_fd, seq, prev, head_mac, (before, self._head_mac(seq - 1, before)))
         return LedgerEntry(seq, prev)
 
     @staticmethod
     def _slot_check(count: int, digest: str, mac: str) -> str:
         return hashlib.sha256(f"{count}:{digest}:{mac}".encode()).hexdigest()[:16]
 
-    def _write_sidecar(self, fd: int, count: int, digest: str, mac: str) -> None:
+    def _write_sidecar(
+        self, fd: int, count: int, digest: str, mac: str, prev: tuple[str, str] | None = None
+    ) -> None:
+        """Write the head for ``count`` into its slot. ``prev``: ``(hash, mac)`` of the head one record
+        earlier, written first into the other slot when it may not hold it (a batch, a new file)."""
+        if prev is not None or count == 1 or os.fstat(fd).st_size < 2 * _SLOT:
+            p_digest, p_mac = prev if prev is not None else (GENESIS, self._head_mac(0, GENESIS))
+            self._write_slot(fd, count - 1, p_digest, p_mac)
+        self._write_slot(fd, count, digest, mac)
+
+    def _write_slot(self, fd: int, count: int, digest: str, mac: str) -> None:
         slot = {"count": count, "hash": digest, "mac": mac, "check": self._slot_check(count, digest, mac)}
         data = json.dumps(slot).encode().ljust(_SLOT - 1) + b"\n"
         os.pwrite(fd, data, (count % 2) * _SLOT)
@@ -362,17 +382,42 @@ class Ledger:
             return "unreadable"
         if not data:
             return None
-        best: dict[str, Any] | None = None
-        for off in range(0, min(len(data), 2 * _SLOT), _SLOT):
+        slots = self._slots(data)
+        intact = [x for x in slots if x is not None]
+        return max(intact, key=lambda x: x["count"]) if intact else "unreadable"
+
+    def _slots(self, data: bytes) -> list[dict[str, Any] | None]:
+        """Both head slots of the sidecar's bytes, ``None`` for a slot that is torn or missing."""
+        out: list[dict[str, Any] | None] = []
+        for off in (0, _SLOT):
             try:
                 slot = json.loads(data[off : off + _SLOT])
                 count, digest, mac = slot["count"], slot["hash"], slot["mac"]
-                intact = isinstance(count, int) and slot["check"] == self._slot_check(count, digest, mac)
-            except (ValueError, TypeError, KeyError):
-                continue
-            if intact and (best is None or count > best["count"]):
-                best = {"count": count, "hash": digest, "mac": mac}
-        return best if best is not None else "unreadable"
+                ok = isinstance(count, int) and slot["check"] == self._slot_check(count, digest, mac)
+            except (ValueError, TypeError, KeyError, AttributeError):
+                ok = False
+            out.append({"count": count, "hash": digest, "mac": mac} if ok else None)
+        return out
+
+    def _check_slots(self) -> tuple[str | None, dict[str, Any] | None]:
+        """``(problem, older slot)``: both slots must be intact and one record apart."""
+        try:
+            data = self.sidecar.read_bytes()
+        except OSError:
+            return None, None
+        if not data:
+            return None, None
+        slots = self._slots(data)
+        for i, slot in enumerate(slots):
+            if slot is None:
+                return f"head file {self.sidecar.name} slot {i} is torn or missing", None
+        a, b = sorted(slots, key=lambda x: x["count"])  # type: ignore[arg-type, return-value]
+        if b["count"] - a["count"] != 1:
+            return (
+                f"head file {self.sidecar.name} slots are not consecutive ({a['count']} and {b['count']})",
+                None,
+            )
+        return None, a
 
     def verify(self) -> VerifyReport:
         """Walk the chain from genesis and check every record, then the signed heads.
@@ -389,6 +434,7 @@ class Ledger:
         signed = self._key is not None
         # the sidecar is written after each commit: read it before the snapshot so it cannot be ahead of it
         side = self.read_head_file()
+        slot_problem, older = self._check_slots() if isinstance(side, dict) else (None, None)
         conn = self._db.get()
         conn.execute("BEGIN")  # one read snapshot for the rows and the head
         try:
@@ -442,10 +488,17 @@ class Ledger:
                         return bad(seq, "signature mismatch (record rewritten, or a different server secret)")
                     prev = digest
                     expected += 1
-                    if seq in (head[0] if head else None, side_count):
+                    if seq in (head[0] if head else None, side_count, older and older["count"]):
                         hashes[seq] = digest
             n = expected - 1
-            for label, anchor in (("database head", head), ("head file", side)):
+            if slot_problem is not None:
+                return bad(None, slot_problem)
+            anchors: list[tuple[str, Any]] = [("database head", head), ("head file", side)]
+            if older is not None:
+                anchors.append(("head file's older slot", older))
+            if isinstance(side, dict) and side["count"] < n - 1:
+                return bad(side["count"] + 1, f"head file is behind: it names {side['count']} of {n} records")
+            for label, anchor in anchors:
                 if anchor is None:
                     if n > 0 or label == "database head" and side_count:
                         return bad(

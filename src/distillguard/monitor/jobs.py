@@ -162,6 +162,7 @@ def scan(
     Without a benign reference the scan calibrates on the scanned population, which a campaign holding a
     large share of the accounts can skew in its own favour; ``warn`` is told so.
     """
+    from distillguard.intel.match import IntelMatcher
     from distillguard.monitor.decisions import DecisionLog, Policy, apply_decisions
     from distillguard.monitor.scan import plan_decisions, report_json, store_created
 
@@ -169,6 +170,9 @@ def scan(
     opts = scan_options(config)
     ref = load_reference(config, reference, population)
     batches, created = open_source(ledger, parquet, config)
+    intel = IntelMatcher.from_config(config)  # indicators imported with `distillguard intel import|pull`
+    if intel is not None:
+        batches = intel.tap(batches)
     acc = read(batches, opts.sample_size, progress)
     store = open_store(config, create=False)
     if apply and store is None:
@@ -181,6 +185,8 @@ def scan(
             "share of the accounts can vouch for itself; fit one with `distillguard monitor calibrate`"
         )
     analysis = score(acc, ref, opts, created, progress)
+    if intel is not None:
+        analysis = intel.apply(analysis, policy)
     store_tiers = {a["name"]: a["tier"] for a in store.list_accounts()} if store is not None else {}
     log = DecisionLog.open_default(config)
     states, extra = log.load_state()

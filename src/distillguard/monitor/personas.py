@@ -1194,7 +1194,8 @@ class SybilCampaign(_Attacker):
     campaign, runs them from one rented /24 (``ip_mode="slash24"``) or a handful of cloud ranges
     (``"cloud"``), and splits one coverage traversal of the pool across them, all wrapped in the same
     two or three prompt templates and one system prompt, with identical sampling parameters; a share is
-    chain-of-thought elicitation and a few queries are identity probes."""
+    chain-of-thought elicitation and a few queries are identity probes. ``system`` and ``wrappers`` fix the
+    operator's templates (the same actor returning with fresh accounts); by default they are drawn."""
 
     name = "sybil"
 
@@ -1205,6 +1206,8 @@ class SybilCampaign(_Attacker):
         ip_mode: Literal["slash24", "cloud"] = "slash24",
         cot_share: float = 0.25,
         identity_share: float = 0.01,
+        system: str | None = None,
+        wrappers: Sequence[str] | None = None,
         **kwargs: Any,
     ):
         super().__init__(pools, **kwargs)
@@ -1213,6 +1216,8 @@ class SybilCampaign(_Attacker):
         self.ip_mode = ip_mode
         self.cot_share = cot_share
         self.identity_share = identity_share
+        self.fixed_system = system
+        self.fixed_wrappers = tuple(wrappers) if wrappers else None
 
     def generate(self, rng: random.Random, clock: SimClock) -> PersonaTraffic:
         n, per = self.accounts, self.queries
@@ -1223,6 +1228,8 @@ class SybilCampaign(_Attacker):
             nets = [random_subnet(rng, net, 24) for net in rng.sample(CLOUD_NETS, 3)]
         system = rng.choice(SYBIL_SYSTEMS)
         wrappers = rng.sample(SYBIL_WRAPPERS, 3)
+        system = self.fixed_system or system  # drawn either way: the rest of the stream stays the same
+        wrappers = list(self.fixed_wrappers or wrappers)
         params = {"max_tokens": self.pools.max_tokens(512), "temperature": 0.7, "top_p": 0.95}
         burst = start - rng.uniform(1, 6) * HOUR
         created = sorted(burst + rng.uniform(0, 90 * 60) for _ in range(n))  # registered within 90 minutes

@@ -118,7 +118,7 @@ def test_decoy_keys_are_calibrated_null_audits_on_the_student(wm_report):
 
 
 def test_clean_student_gets_no_radioactivity_claim(models):
-    for reading in ("plain", "watermarked"):
+    for reading in ("plain", "watermarked", "first-occurrence"):
         report = audit(
             models, models.clean, tests=("radioactivity",), filter_windows=True, open_texts=reading
         )
@@ -148,6 +148,13 @@ def test_budgeted_audit_stops_early_with_an_anytime_valid_p_value(models):
     assert report["verdict"] == "distilled"
     opened = by_name(report)["radioactivity_open"]  # the published reading (with its exclusion) works too
     assert opened["details"]["reading"] == "watermarked" and opened["log10_p_value"] < -6 and opened["claim"]
+
+    first = audit(
+        models, models.wm, tests=("radioactivity",), probe_queries=16, open_texts="first-occurrence"
+    )
+    opened = by_name(first)["radioactivity_open"]
+    assert opened["details"]["reading"] == "first-occurrence" and opened["claim"]
+    assert opened["details"]["p_value_kind"].startswith("anytime") and opened["log10_p_value"] < -6
 
     clean = audit(models, models.clean, tests=("radioactivity",), budget=48, batch_size=16)
     assert clean["queries_used"] == 48 and not clean["stopped_early"] and clean["verdict"] == "no_evidence"

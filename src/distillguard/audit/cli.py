@@ -88,8 +88,9 @@ def run(
         typer.Option(
             "--open-texts",
             help="Open mode (suspect weights are local, same vocabulary): read our 'plain' (unwatermarked) "
-            "answers, exact null, the default; or our 'watermarked' answers, scoring only predicted tuples "
-            "absent from every text read (conservative).",
+            "answers, exact null, the default; our 'watermarked' answers, scoring only predicted tuples "
+            "absent from every text read (conservative); or our watermarked answers scored at each "
+            "window's 'first-occurrence' in corpus order (anytime-valid p-value).",
         ),
     ] = "plain",
     filter_windows: Annotated[

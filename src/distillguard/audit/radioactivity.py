@@ -440,6 +440,12 @@ def radioactivity_test(
     ]
     if mode == "closed":
         notes.append("tuples present in the prompts are never scored (the suspect may copy its prompt)")
+    elif reading == "first-occurrence":
+        notes.append(
+            "read our watermarked texts: each window is scored only at its first occurrence in corpus order, "
+            "where the suspect cannot have seen what our key made of it; the number scored depends on the "
+            "texts, so the p-value is the anytime-valid one"
+        )
     elif reading == "watermarked":
         notes.append(
             "read our watermarked texts: only predicted tuples absent from every text read are scored (a "

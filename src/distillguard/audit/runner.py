@@ -40,6 +40,7 @@ from distillguard.errors import UserError
 from distillguard.watermark.schemes import WatermarkSpec
 
 TESTS = ("radioactivity", "identity", "provenance")
+OPEN_READINGS = ("plain", "watermarked", "first-occurrence")
 
 
 @dataclass
@@ -71,7 +72,9 @@ class AuditConfig:
     batch_size: int = 32  # radioactivity queries per sequential step
     concurrency: int = 8  # parallel requests to a suspect URL
     stop_p: float | None = None  # sequential stop level (default alpha / number of tests)
-    open_texts: str = "plain"  # open mode reads our "plain" (unmarked) answers or our "watermarked" ones
+    # open mode reads our "plain" (unmarked) answers, our "watermarked" ones minus every tuple they contain,
+    # or our watermarked ones scored at each window's "first-occurrence" (see audit.reading)
+    open_texts: str = "plain"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,8 +203,8 @@ def _validate(cfg: AuditConfig) -> tuple[str, ...]:
         raise UserError("sampling temperatures must be >= 0")
     if cfg.batch_size < 1 or cfg.concurrency < 1:
         raise UserError("batch size and concurrency must be >= 1")
-    if cfg.open_texts not in ("plain", "watermarked"):
-        raise UserError(f"open-mode texts must be 'plain' or 'watermarked', got {cfg.open_texts!r}")
+    if cfg.open_texts not in OPEN_READINGS:
+        raise UserError(f"open-mode texts must be one of {', '.join(OPEN_READINGS)}, got {cfg.open_texts!r}")
     if cfg.stop_p is not None and not 0.0 < cfg.stop_p < 1.0:
         raise UserError(f"stop_p must be in (0, 1), got {cfg.stop_p}")
     if "identity" in tests and not [n for n in cfg.identity_names if n.strip()]:
@@ -393,7 +396,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
     queries_radio = 0
     stopped_early = False
     if run_radio:
-        need_own = cfg.filter_windows or (run_open and cfg.open_texts == "watermarked")
+        need_own = cfg.filter_windows or (run_open and cfg.open_texts != "plain")
         own = _own_texts(cfg, ours, spec, pool, log) if need_own else None
         allowed = (
             radio.own_windows(own["completions"], own["prompts"], spec.window) if cfg.filter_windows else None
@@ -407,7 +410,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
         if run_open:
             if cfg.open_texts == "plain":
                 own = _own_texts(cfg, ours, spec, pool, log, watermarked=False)
-            opened = _open_mode(cfg, suspect, spec, own, log, watermarked=cfg.open_texts == "watermarked")
+            opened = _open_mode(cfg, suspect, spec, own, log, reading=cfg.open_texts)
             results.append(opened["result"])
             series["radioactivity_open"] = opened["series"]
             series["decoys_open"] = opened["decoys"]
@@ -628,24 +631,37 @@ def predictions(
     return out
 
 
-def _open_mode(cfg, suspect: _Asked, spec, own: dict, log, *, watermarked: bool = True) -> dict:
+def _open_mode(cfg, suspect: _Asked, spec, own: dict, log, *, reading: str = "plain") -> dict:
     """Read our texts with the suspect's weights and score its top-1 predictions.
 
-    ``watermarked``: the texts carry our watermark, so every true (window, token) tuple of the texts is
-    excluded from scoring (see :mod:`.radioactivity`); plain texts need no exclusion.
+    ``reading``: "plain" (our unwatermarked answers, every predicted tuple scored once), "watermarked"
+    (our watermarked answers; every true tuple of the texts excluded, see :mod:`.radioactivity`) or
+    "first-occurrence" (our watermarked answers; each window scored at its first occurrence in corpus
+    order, with the anytime-valid p-value, see :mod:`.reading`).
     """
+    from distillguard.audit.reading import first_occurrence_candidates
+
     seqs = [list(p) + list(c) for p, c in zip(own["prompts"], own["completions"], strict=True)]
     plens = [len(p) for p in own["prompts"]]
     tok = suspect.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     preds = predictions(suspect.model, seqs, pad)
-    win, toks, text, true_ids = radio.reading_candidates(seqs, plens, preds, spec.window)
-    stream = radio.TupleStream(spec.window, excluded=true_ids if watermarked else None, spec=spec)
+    excluded = None
+    if reading == "first-occurrence":
+        win, toks, text, _ = first_occurrence_candidates(seqs, plens, preds, spec.window)
+    else:
+        win, toks, text, true_ids = radio.reading_candidates(seqs, plens, preds, spec.window)
+        excluded = true_ids if reading == "watermarked" else None
+    stream = radio.TupleStream(spec.window, excluded=excluded, spec=spec)
     stream.add_candidates(win, toks, text, n_texts=len(seqs))
     prep = stream.prepared()
-    log(f"radioactivity (open): {len(stream)} predicted tuples scored from {len(seqs)} texts; decoys")
+    log(f"radioactivity (open, {reading}): {len(stream)} tuples scored from {len(seqs)} texts; decoys")
     decoys = radio.decoy_null(spec, prep, cfg.decoys, cfg.seed + 1)
     values = radio.score_values(spec, prep)
+    ep = None
+    if reading == "first-occurrence":  # the number scored depends on the texts: anytime-valid p-value
+        ep = EProcess.for_spec(spec)
+        ep.update(values)
     agree = sum(
         int(np.sum(p[pl:] == np.asarray(s)[pl:])) for p, s, pl in zip(preds, seqs, plens, strict=True)
     )
@@ -655,12 +671,13 @@ def _open_mode(cfg, suspect: _Asked, spec, own: dict, log, *, watermarked: bool 
         spec,
         prep,
         decoys,
-        reading="watermarked" if watermarked else "plain",
+        eprocess=ep,
+        reading=reading,
         details={
             "texts_read": len(seqs),
             "positions": positions,
             "candidate_tuples": int(len(toks)),
-            "excluded_true_tuples": int(len(true_ids)) if watermarked else 0,
+            "excluded_true_tuples": int(len(excluded)) if excluded is not None else 0,
             "top1_matches_our_token": agree / positions if positions else None,
             "tokens_to_p_1e-6": radio.tokens_to_reach(values, spec, -6.0),
         },

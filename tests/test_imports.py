@@ -112,3 +112,21 @@ def test_the_check_sees_a_heavy_import(tmp_path: Path) -> None:
     result = _run([["--help"], ["@import", "distillguard.audit.radioactivity"]], tmp_path)
     assert result["codes"] == [0, 0]
     assert "torch" in result["loaded"]
+
+
+def test_help_built_from_outlines_lists_what_the_full_app_lists() -> None:
+    """``main`` builds only the command it runs; the outlines of the others must not change ``--help``."""
+    from typer.testing import CliRunner
+
+    from distillguard.cli import ENTRIES, build_app
+
+    runner = CliRunner()
+    full = runner.invoke(build_app(), ["--help"], prog_name="distillguard", env={"COLUMNS": "100"})
+    outline = runner.invoke(build_app(full=[]), ["--help"], prog_name="distillguard", env={"COLUMNS": "100"})
+    assert full.exit_code == outline.exit_code == 0
+    assert outline.output == full.output
+    assert all(name in full.output for name in ENTRIES)
+    for name in ("keys", "distill", "monitor"):  # a sub-app built alone has its full help
+        alone = runner.invoke(build_app(full=[name]), [name, "--help"], env={"COLUMNS": "100"})
+        everything = runner.invoke(build_app(), [name, "--help"], env={"COLUMNS": "100"})
+        assert alone.exit_code == 0 and alone.output == everything.output

@@ -78,6 +78,8 @@ def test_help_of_every_command_group_loads_no_model_library(tmp_path: Path) -> N
         ["ledger", "--help"],
         ["monitor", "--help"],
         ["monitor", "scan", "--help"],
+        ["intel", "--help"],
+        ["intel", "export", "--help"],
         ["serve", "--help"],
         ["audit", "--help"],
         ["audit", "run", "--help"],

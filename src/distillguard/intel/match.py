@@ -1,11 +1,12 @@
 """Imported indicators as evidence in a monitor scan: which accounts match a shared campaign, and how much.
 
-**Matching.** An account matches an imported campaign when it uses at least ``min_coverage`` (the
-exporter's, or config ``intel_min_coverage``) of the campaign's elements: its exported template
-fingerprints (a system prompt also matches through its MinHash sketch at estimated Jaccard >= 0.5) plus,
-as one more element, any client IP inside the campaign's networks. Coverage, not a single hit, is required
-because templates are public: an evaluation harness may use one of a campaign's prompt frames, but not its
-system prompt, frames and sampling parameters together.
+**Matching.** An account matches an imported campaign when its *coverage* reaches ``min_coverage`` (the
+exporter's, or config ``intel_min_coverage``; default 0.5): the mean over the campaign's element groups
+of what the account shares with it: the system prompt (exact fingerprint, or MinHash sketch at estimated
+Jaccard >= 0.5), the tooling (sampling parameters), the prompt frames (the share of the campaign's frame
+fingerprints the account used) and the network (any client IP inside the campaign's networks). Groups, not
+single hits, because templates are public: an evaluation harness may wrap its questions in every one of a
+campaign's frames and still share only one group of four.
 
 **Weight (policy).** The evidence divides the account's p-value by ``W = intel_weight ** (coverage x
 confidence / 100)`` (config ``intel_weight``, default 1e5): a full match at full confidence turns "no
@@ -34,6 +35,11 @@ from distillguard.intel.fingerprint import Keyring, jaccard
 from distillguard.intel.stix import ImportedCampaign
 
 FUZZY_JACCARD = 0.5
+GROUPS = ("system", "tooling", "frame")
+
+
+def _group(kind: str) -> str:
+    return {"sys": "system", "tool": "tooling"}.get(kind, "frame")
 
 
 @dataclass(frozen=True)
@@ -41,18 +47,16 @@ class Evidence:
     account: str
     campaign: ImportedCampaign
     coverage: float
-    matched: int
-    elements: int
-    network: bool
+    parts: dict[str, float]  # element group -> matched share (system, tooling, frame, network)
     weight: float
 
     def text(self) -> str:
         c = self.campaign
         ind = c.indicator_id or c.network_indicator_id or c.campaign_id
-        net = " and its network" if self.network else ""
+        parts = ", ".join(f"{k} {v:.0%}" for k, v in self.parts.items())
         return (
             f"intel: matches indicator {ind} of {c.name!r} shared by {c.source} (confidence "
-            f"{c.confidence}, TLP:{c.tlp.upper()}): {self.matched} of {self.elements} elements{net}; "
+            f"{c.confidence}, TLP:{c.tlp.upper()}): coverage {self.coverage:.0%} ({parts}); "
             f"p-value / {self.weight:.3g}"
         )
 
@@ -68,6 +72,7 @@ class Evidence:
             "confidence": c.confidence,
             "tlp": c.tlp,
             "coverage": round(self.coverage, 4),
+            "parts": {k: round(v, 4) for k, v in self.parts.items()},
             "weight": self.weight,
             "seqs": [],
         }
@@ -143,14 +148,21 @@ class IntelMatcher:
                         for fp in own_sys:
                             sim = jaccard(sk[fp], mat)
                             found |= {theirs[i] for i in np.nonzero(sim >= FUZZY_JACCARD)[0]}
-                net = bool(nets) and any(_in(ip, nets) for ip in st.ips)
-                elements = len(c.templates) + (1 if nets else 0)
-                matched = len(found) + (1 if net else 0)
-                cov = matched / elements if elements else 0.0
+                parts: dict[str, float] = {}
+                for group in GROUPS:
+                    fps = [fp for fp, kind in c.templates.items() if _group(kind) == group]
+                    if fps:
+                        share = sum(fp in found for fp in fps) / len(fps)
+                        parts[group] = 1.0 if group != "frame" and share > 0 else share
+                if nets:
+                    parts["network"] = 1.0 if any(_in(ip, nets) for ip in st.ips) else 0.0
+                if not parts:
+                    continue
+                cov = sum(parts.values()) / len(parts)
                 need = c.min_coverage if self.min_coverage is None else self.min_coverage
-                if matched and cov >= need:
+                if cov > 0 and cov >= need:
                     w = self.weight ** (cov * c.confidence / 100.0)
-                    out.setdefault(a, []).append(Evidence(a, c, cov, matched, elements, net, w))
+                    out.setdefault(a, []).append(Evidence(a, c, cov, parts, w))
         for ev in out.values():
             ev.sort(key=lambda e: -e.weight)
         return out

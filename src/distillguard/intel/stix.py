@@ -4,8 +4,8 @@ What a bundle holds (every object marked with one TLP 2.0 marking and created by
 
 - ``identity``: the provider; ``extension-definition``: the LLM-specific properties (below);
 - ``attack-pattern`` s with MITRE ATLAS references and ``course-of-action`` s for ATLAS mitigations, with
-  ``subtechnique-of`` and ``mitigates`` relationships (ids derived from the ATLAS id, so bundles from several
-  providers share them);
+  ``related-to`` (sub-technique) and ``mitigates`` relationships (ids derived from the ATLAS id, so
+  bundles from several providers share them);
 - per campaign (one linked cluster of accounts, or one flagged account): a ``campaign``; an ``indicator`` of
   its prompt templates (keyed fingerprints and MinHash sketches, never text), one of its client networks
   (a STIX pattern over ``ipv4-addr`` / ``ipv6-addr``), one of its timing and volume signature; ``indicates``
@@ -69,7 +69,10 @@ CAMPAIGN_USES = ("AML.T0040", "AML.T0024.002", "AML.T0005")
 
 
 def _sid(kind: str, *parts: str) -> str:
-    return f"{kind}--{uuid.uuid5(_NAMESPACE, '|'.join(parts))}"
+    """A deterministic id in UUIDv4 form (STIX wants v4 for SDOs and SROs): the same ATLAS technique or
+    campaign gets the same id in every export, so consumers merge versions instead of duplicating."""
+    digest = uuid.uuid5(_NAMESPACE, "|".join(parts)).bytes
+    return f"{kind}--{uuid.UUID(bytes=digest, version=4)}"
 
 
 def _ts(x: float) -> datetime:
@@ -157,7 +160,7 @@ def atlas_objects(marking: str, created_by: str) -> list[Any]:
     out.append(
         stix2.Relationship(
             id=_sid("relationship", "AML.T0024.002", "subtechnique-of", "AML.T0024"),
-            relationship_type="subtechnique-of",
+            relationship_type="related-to",  # ATT&CK's "subtechnique-of" is not in the STIX vocabulary
             source_ref=_sid("attack-pattern", "AML.T0024.002"),
             target_ref=_sid("attack-pattern", "AML.T0024"),
             description="Extract AI Model is a sub-technique of Exfiltration via AI Inference API.",

@@ -93,9 +93,11 @@ def sign_and_wrap(
     import stix2
 
     from distillguard.intel.signing import sign_objects
-    from distillguard.intel.stix import EXTENSION_ID, TLP
+    from distillguard.intel.stix import EXTENSION_ID, PROJECT_IDENTITY_ID, TLP
 
-    sig = sign_objects(objects, key_path)
+    # the extension definition and its author are fixed objects of the project, not this provider's claims
+    signed = [o for o in objects if o["type"] != "extension-definition" and o["id"] != PROJECT_IDENTITY_ID]
+    sig = sign_objects(signed, key_path)
     n_camp = sum(1 for o in objects if o["type"] == "campaign")
     report = stix2.Report(
         id=f"report--{uuid.uuid4()}",
@@ -103,7 +105,7 @@ def sign_and_wrap(
         description="Signed set of distillation campaign indicators; the signature covers object_refs.",
         report_types=["campaign", "indicator", "attack-pattern"],
         published=datetime.now(tz=UTC),
-        object_refs=sorted(o["id"] for o in objects),
+        object_refs=sorted(o["id"] for o in signed),
         created_by_ref=provider_id,
         object_marking_refs=[TLP[tlp]],
         extensions={

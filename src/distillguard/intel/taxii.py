@@ -53,7 +53,10 @@ def publish(config: dict[str, Any], bundle: dict[str, Any], root: str, collectio
     col = _collection(config, root, collection)
     if not _call("collection info", lambda: col.can_write):
         raise UserError(f"TAXII collection {collection} is not writable with these credentials")
-    status = _call("add objects", col.add_objects, json.dumps({"objects": bundle["objects"]}))
+    # the extension definition is the project's, published with the README, and its required ``version``
+    # property trips servers that keep their own ``version`` field on stored objects (medallion 3)
+    objects = [o for o in bundle["objects"] if o.get("type") != "extension-definition"]
+    status = _call("add objects", col.add_objects, json.dumps({"objects": objects}))
     return {
         "status": status.status,
         "total": status.total_count,

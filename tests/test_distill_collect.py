@@ -15,17 +15,16 @@ import pytest
 
 from distillguard.distill.collect import collect, query_seed, read_collection
 from distillguard.distill.strategies import Query, sample_queries
-from distillguard.distill.teachers import (
+from distillguard.errors import UserError
+from distillguard.models import ModelError, open_model
+from distillguard.models.http import (
     MAX_RETRY_AFTER,
-    HTTPTeacher,
-    LocalTeacher,
-    TeacherError,
+    HTTPModel,
     normalize_base_url,
-    open_teacher,
     parse_chat_completion,
     parse_retry_after,
 )
-from distillguard.errors import UserError
+from distillguard.models.local import LocalModel
 from openai_stub import OpenAIStub, free_port, serve, stub_answer
 
 POOL = [f"Question number {i} about topic {i % 7}?" for i in range(200)]  # 6 words each
@@ -107,7 +106,7 @@ def test_parse_chat_completion_shapes() -> None:
 def test_plain_collection_two_keys_spread(tmp_path: Path) -> None:
     qs = queries(40)
     with serve(keys=["key-a", "key-b"], delay=0.01) as srv:
-        stats = collect(HTTPTeacher(srv.url, ["key-a", "key-b"]), qs, tmp_path / "c.jsonl", progress=False)
+        stats = collect(HTTPModel(srv.url, ["key-a", "key-b"]), qs, tmp_path / "c.jsonl", progress=False)
         stub = srv.stub
         assert (stats.requested, stats.done, stats.failed, stats.skipped_cached) == (40, 40, 0, 0)
         records = read_collection(tmp_path / "c.jsonl")
@@ -135,7 +134,7 @@ def test_plain_collection_two_keys_spread(tmp_path: Path) -> None:
 def test_url_without_v1_and_explicit_model(tmp_path: Path) -> None:
     with serve() as srv:
         stats = collect(
-            HTTPTeacher(srv.base, model="my-model"),
+            HTTPModel(srv.base, model="my-model"),
             queries(3),
             tmp_path / "c.jsonl",
             max_tokens=4,
@@ -153,7 +152,7 @@ def test_429_retry_after_is_honoured_on_that_key(tmp_path: Path) -> None:
     with serve(keys=["solo"]) as srv:
         srv.stub.fail(1, 429, retry_after="1", key="solo")
         stats = collect(
-            HTTPTeacher(srv.url, ["solo"]), queries(3), tmp_path / "c.jsonl", concurrency=1, progress=False
+            HTTPModel(srv.url, ["solo"]), queries(3), tmp_path / "c.jsonl", concurrency=1, progress=False
         )
         assert (stats.done, stats.failed) == (3, 0)
         chats = srv.stub.chat_calls()
@@ -165,7 +164,7 @@ def test_429_retry_after_is_honoured_on_that_key(tmp_path: Path) -> None:
 def test_http_date_retry_after_is_honoured(tmp_path: Path) -> None:
     with serve() as srv:
         srv.stub.fail(1, 503, retry_after=formatdate(time.time() + 2, usegmt=True))
-        stats = collect(HTTPTeacher(srv.url, **FAST), queries(1), tmp_path / "c.jsonl", progress=False)
+        stats = collect(HTTPModel(srv.url, **FAST), queries(1), tmp_path / "c.jsonl", progress=False)
         assert stats.done == 1
         chats = srv.stub.chat_calls()
         assert [c.status for c in chats] == [503, 200]
@@ -177,7 +176,7 @@ def test_cooling_key_is_skipped_while_another_is_free(tmp_path: Path) -> None:
         srv.stub.fail(1, 429, retry_after="5", key="a")
         start = time.monotonic()
         stats = collect(
-            HTTPTeacher(srv.url, ["a", "b"], model="m"),
+            HTTPModel(srv.url, ["a", "b"], model="m"),
             queries(12),
             tmp_path / "c.jsonl",
             concurrency=1,
@@ -196,7 +195,7 @@ def test_5xx_and_bare_429_retried_with_backoff(tmp_path: Path, status: int) -> N
     with serve(delay=0.0) as srv:
         srv.stub.fail(3, status)  # no Retry-After: exponential backoff with jitter
         stats = collect(
-            HTTPTeacher(srv.url, **FAST), queries(5), tmp_path / "c.jsonl", concurrency=1, progress=False
+            HTTPModel(srv.url, **FAST), queries(5), tmp_path / "c.jsonl", concurrency=1, progress=False
         )
         assert (stats.done, stats.failed) == (5, 0)
         failed = srv.stub.calls_with_status(status)
@@ -211,7 +210,7 @@ def test_exhausted_retries_count_as_failed_and_rerun_fills_the_gap(tmp_path: Pat
     cache = tmp_path / "c.jsonl"
     with serve() as srv:
         srv.stub.fail(3, 500)  # the first query sees 500 three times: 1 try + 2 retries
-        teacher = HTTPTeacher(srv.url, model="m", max_retries=2, **FAST)
+        teacher = HTTPModel(srv.url, model="m", max_retries=2, **FAST)
         stats = collect(teacher, qs, cache, concurrency=1, progress=False)
         assert (stats.done, stats.failed) == (5, 1)
         assert "HTTP 500" in stats.errors[0] and qs[0].id in stats.errors[0]
@@ -224,7 +223,7 @@ def test_exhausted_retries_count_as_failed_and_rerun_fills_the_gap(tmp_path: Pat
 def test_revoked_key_is_retired_and_the_other_continues(tmp_path: Path) -> None:
     with serve(keys=["good", "revoked"]) as srv:
         srv.stub.revoked.add("revoked")
-        teacher = HTTPTeacher(srv.url, ["revoked", "good"], model="m")
+        teacher = HTTPModel(srv.url, ["revoked", "good"], model="m")
         stats = collect(teacher, queries(10), tmp_path / "c.jsonl", concurrency=1, progress=False)
         assert (stats.done, stats.failed) == (10, 0)
         assert srv.stub.calls["revoked"] == 1, "a 401 retires the key for good"
@@ -239,7 +238,7 @@ def test_every_key_rejected_is_one_clear_error(tmp_path: Path) -> None:
         start = time.monotonic()
         with pytest.raises(UserError) as err:
             collect(
-                HTTPTeacher(srv.url, ["wrong-1", "wrong-2"]), queries(8), tmp_path / "c.jsonl", progress=False
+                HTTPModel(srv.url, ["wrong-1", "wrong-2"]), queries(8), tmp_path / "c.jsonl", progress=False
             )
         assert time.monotonic() - start < 3
         msg = str(err.value)
@@ -247,14 +246,14 @@ def test_every_key_rejected_is_one_clear_error(tmp_path: Path) -> None:
         assert "rejected every API key" in msg and "HTTP 401" in msg and "Incorrect API key provided" in msg
         assert srv.stub.calls["wrong-1"] == 1 and srv.stub.calls["wrong-2"] == 1
         with pytest.raises(UserError, match="needs an API key"):
-            collect(HTTPTeacher(srv.url), queries(2), tmp_path / "d.jsonl", progress=False)
+            collect(HTTPModel(srv.url), queries(2), tmp_path / "d.jsonl", progress=False)
 
 
 def test_bad_url_fails_fast_with_one_line(tmp_path: Path) -> None:
     port = free_port()
     start = time.monotonic()
     with pytest.raises(UserError) as err:
-        collect(HTTPTeacher(f"http://127.0.0.1:{port}"), queries(20), tmp_path / "c.jsonl", progress=False)
+        collect(HTTPModel(f"http://127.0.0.1:{port}"), queries(20), tmp_path / "c.jsonl", progress=False)
     elapsed = time.monotonic() - start
     assert str(err.value) == f"cannot reach teacher at http://127.0.0.1:{port}/v1: connection refused"
     assert elapsed < 2.0, elapsed
@@ -264,19 +263,19 @@ def test_bad_url_fails_fast_with_one_line(tmp_path: Path) -> None:
 def test_not_an_openai_api_is_a_clear_error(tmp_path: Path) -> None:
     with serve() as srv:
         with pytest.raises(UserError, match=r"HTTP 404 to GET /models.*OpenAI-compatible.*model name"):
-            collect(HTTPTeacher(srv.base + "/nothing/here"), queries(2), tmp_path / "a.jsonl", progress=False)
+            collect(HTTPModel(srv.base + "/nothing/here"), queries(2), tmp_path / "a.jsonl", progress=False)
         with pytest.raises(UserError, match=r"did not answer GET /models with JSON \(text/html"):
-            collect(HTTPTeacher(srv.base + "/html"), queries(2), tmp_path / "b.jsonl", progress=False)
+            collect(HTTPModel(srv.base + "/html"), queries(2), tmp_path / "b.jsonl", progress=False)
         with pytest.raises(UserError, match=r"did not answer POST /chat/completions with JSON"):
             collect(
-                HTTPTeacher(srv.base + "/html", model="m"), queries(2), tmp_path / "c.jsonl", progress=False
+                HTTPModel(srv.base + "/html", model="m"), queries(2), tmp_path / "c.jsonl", progress=False
             )
 
 
 def test_logprobs_in_openai_chat_shape(tmp_path: Path) -> None:
     with serve() as srv:
         stats = collect(
-            HTTPTeacher(srv.url), queries(4), tmp_path / "c.jsonl", top_logprobs=3, progress=False
+            HTTPModel(srv.url), queries(4), tmp_path / "c.jsonl", top_logprobs=3, progress=False
         )
         assert stats.done == 4
         assert all(c.body["logprobs"] is True and c.body["top_logprobs"] == 3 for c in chat_ok(srv.stub))
@@ -297,7 +296,7 @@ def test_token_budget_stops_new_requests(tmp_path: Path) -> None:
     qs = queries(60)
     budget = 100
     with serve(delay=0.02) as srv:
-        teacher = HTTPTeacher(srv.url, model="m")
+        teacher = HTTPModel(srv.url, model="m")
         stats = collect(teacher, qs, cache, concurrency=4, token_budget=budget, progress=False)
         records = read_collection(cache)
         total = sum(r["prompt_tokens"] + r["completion_tokens"] for r in records)
@@ -317,7 +316,7 @@ def test_token_budget_stops_new_requests(tmp_path: Path) -> None:
 def test_concurrency_limit_is_respected(tmp_path: Path) -> None:
     with serve(delay=0.05) as srv:
         collect(
-            HTTPTeacher(srv.url, model="m"), queries(12), tmp_path / "c.jsonl", concurrency=3, progress=False
+            HTTPModel(srv.url, model="m"), queries(12), tmp_path / "c.jsonl", concurrency=3, progress=False
         )
         assert srv.stub.max_inflight == 3
 
@@ -327,10 +326,10 @@ import sys
 from pathlib import Path
 from distillguard.distill.collect import collect
 from distillguard.distill.strategies import sample_queries
-from distillguard.distill.teachers import HTTPTeacher
+from distillguard.models.http import HTTPModel
 pool = [f"Question number {i} about topic {i % 7}?" for i in range(200)]
 qs = sample_queries("uniform", pool, 80, seed=5)
-collect(HTTPTeacher(sys.argv[1], model="m"), qs, Path(sys.argv[2]), concurrency=4, progress=False)
+collect(HTTPModel(sys.argv[1], model="m"), qs, Path(sys.argv[2]), concurrency=4, progress=False)
 """
 
 
@@ -355,7 +354,7 @@ def test_killed_collection_resumes_without_duplicates_or_gaps(tmp_path: Path) ->
         assert proc.returncode == -signal.SIGKILL
         before = read_collection(cache)
         assert 12 <= len(before) < 80, "killed mid-way"
-        stats = collect(HTTPTeacher(srv.url, model="m"), qs, cache, concurrency=4, progress=False)
+        stats = collect(HTTPModel(srv.url, model="m"), qs, cache, concurrency=4, progress=False)
         assert stats.skipped_cached == len(before) and stats.done == 80 - len(before) and stats.failed == 0
         raw = cache.read_bytes()
         assert raw.endswith(b"\n")
@@ -369,7 +368,7 @@ def test_torn_last_line_is_dropped_and_recollected(tmp_path: Path) -> None:
     cache = tmp_path / "c.jsonl"
     qs = queries(6)
     with serve() as srv:
-        teacher = HTTPTeacher(srv.url, model="m")
+        teacher = HTTPModel(srv.url, model="m")
         collect(teacher, qs[:4], cache, progress=False)
         full = cache.read_bytes()
         last = full.rstrip(b"\n").rsplit(b"\n", 1)[1]
@@ -393,26 +392,33 @@ def test_cache_in_use_by_another_process_is_refused(tmp_path: Path) -> None:
     with cache.open("rb") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(UserError, match="in use by another process"):
-            collect(HTTPTeacher("http://127.0.0.1:9/v1"), queries(1), cache, progress=False)
+            collect(HTTPModel("http://127.0.0.1:9/v1"), queries(1), cache, progress=False)
 
 
-def test_open_teacher_dispatch_and_errors(tmp_path: Path) -> None:
-    t = open_teacher("http://127.0.0.1:1", ["k"], model="m", timeout=5)
-    assert isinstance(t, HTTPTeacher) and t.name == "http://127.0.0.1:1/v1" and t.model == "m"
+def test_open_model_dispatch_and_errors(tmp_path: Path) -> None:
+    t = open_model("http://127.0.0.1:1", ["k"], model="m", timeout=5)
+    assert isinstance(t, HTTPModel) and t.name == "http://127.0.0.1:1/v1" and t.model == "m"
     with pytest.raises(UserError, match="http:// or https://"):
-        open_teacher("ftp://host/v1")
+        open_model("ftp://host/v1")
     with pytest.raises(UserError, match="API keys apply to a teacher URL"):
-        open_teacher(str(tmp_path), ["k"])
+        open_model(str(tmp_path), ["k"])
     with pytest.raises(UserError, match="model directory not found"):
-        open_teacher(str(tmp_path / "missing"))
+        open_model(str(tmp_path / "missing"))
     with pytest.raises(UserError, match="does not apply to a teacher URL"):
-        open_teacher("http://127.0.0.1:1", watermark=None)
+        open_model("http://127.0.0.1:1", watermark=None)
     with pytest.raises(UserError, match="collection not found"):
         read_collection(tmp_path / "none.jsonl")
+    # another role (an audit's suspect) is named in the client's own errors
+    with pytest.raises(UserError, match="^suspect URL must be http"):
+        open_model("ftp://host/v1", role="suspect")
+    with pytest.raises(UserError, match="^not a suspect URL"):
+        open_model("http://host:99999", role="suspect")
+    with pytest.raises(UserError, match="does not apply to a suspect model directory"):
+        open_model(str(tmp_path), role="suspect", model="m")
 
 
-def test_teacher_error_is_per_request() -> None:
-    assert not issubclass(TeacherError, UserError)
+def test_model_error_is_per_request() -> None:
+    assert not issubclass(ModelError, UserError)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -420,8 +426,8 @@ def test_teacher_error_is_per_request() -> None:
 
 
 @pytest.fixture(scope="module")
-def local_teacher(tiny_world) -> LocalTeacher:
-    return LocalTeacher(tiny_world.teacher, batch_size=8)
+def local_teacher(tiny_world) -> LocalModel:
+    return LocalModel(tiny_world.teacher, batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -478,7 +484,7 @@ def test_local_teacher_watermark_detected_and_visible_in_logprobs(
     from distillguard.watermark.schemes import WatermarkSpec
 
     spec = WatermarkSpec(key=4242, delta=4.0)
-    marked = LocalTeacher(tiny_world.teacher, watermark=spec, batch_size=16)
+    marked = LocalModel(tiny_world.teacher, watermark=spec, batch_size=16)
     qs = sample_queries("uniform", world_prompts, 32, seed=1)
     stats = collect(
         marked, qs, tmp_path / "m.jsonl", max_tokens=32, temperature=1.0, top_logprobs=2, progress=False
@@ -488,7 +494,7 @@ def test_local_teacher_watermark_detected_and_visible_in_logprobs(
     assert all(r["teacher"] == str(tiny_world.teacher) and r["token_ids"] is not None for r in records)
     result = detect_ids(marked.watermark, [r["token_ids"] for r in records])
     assert result["aggregate"]["p_value"] < 1e-12, result["aggregate"]
-    plain = LocalTeacher(tiny_world.teacher, batch_size=16)
+    plain = LocalModel(tiny_world.teacher, batch_size=16)
     collect(plain, qs, tmp_path / "p.jsonl", max_tokens=32, temperature=1.0, progress=False)
     control = detect_ids(marked.watermark, [r["token_ids"] for r in read_collection(tmp_path / "p.jsonl")])
     assert control["aggregate"]["p_value"] > 1e-3, control["aggregate"]
@@ -513,7 +519,7 @@ def test_collect_through_the_gateway(tiny_world, world_prompts, tmp_path) -> Non
     with gateway_server.start(model=tiny_world.teacher, state_dir=tmp_path / "gw", watermark_delta=4.0) as gw:
         limited = gw.create_key("copycat-1", rpm=3)
         free = gw.create_key("copycat-2")
-        teacher = HTTPTeacher(gw.base_url, [limited, free])
+        teacher = HTTPModel(gw.base_url, [limited, free])
         stats = collect(teacher, qs, cache, max_tokens=32, temperature=1.0, top_logprobs=2, progress=False)
         assert (stats.done, stats.failed) == (16, 0)
         records = read_collection(cache)
@@ -535,5 +541,5 @@ def test_collect_through_the_gateway(tiny_world, world_prompts, tmp_path) -> Non
         gw.accounts.set_tier("copycat-2", "restricted")
         more = sample_queries("uniform", world_prompts, 20, seed=0)
         with pytest.raises(UserError, match=r"rejected every API key \(HTTP 403: .*logprobs"):
-            collect(HTTPTeacher(gw.base_url, [limited, free]), more, cache, top_logprobs=2, progress=False)
+            collect(HTTPModel(gw.base_url, [limited, free]), more, cache, top_logprobs=2, progress=False)
         assert len(read_collection(cache)) == 16

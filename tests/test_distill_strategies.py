@@ -16,16 +16,14 @@ from distillguard.distill.strategies import (
     STRATEGIES,
     PromptStrategy,
     Query,
-    embed,
-    farthest_first,
-    load_pool,
     make_strategy,
-    mean_pairwise_distance,
     query_id,
     sample_queries,
     take,
 )
 from distillguard.errors import UserError
+from distillguard.text.prompts import load_pool
+from distillguard.text.vectors import embed, farthest_first, mean_pairwise_distance
 
 POOL = [
     "What does the Python API json.dumps do?",

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cli_run import run_cli
-from distillguard.distill.strategies import COT_TEMPLATES, cosine_distances, embed
+from distillguard.distill.strategies import COT_TEMPLATES
 from distillguard.errors import UserError
 from distillguard.gateway.accounts import AccountStore
 from distillguard.gateway.ledger import Ledger, canonical_json
@@ -37,6 +37,7 @@ from distillguard.monitor.synth import (
     synthesize_ledger,
     synthesize_parquet,
 )
+from distillguard.text.vectors import cosine_distances, embed
 from gateway_server import ADMIN_TOKEN, TEST_SECRET, start
 
 

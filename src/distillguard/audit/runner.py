@@ -82,10 +82,10 @@ class AuditConfig:
 
 
 class _Asked:
-    """A model we query: a local directory (:class:`LocalTeacher`) or a URL (:class:`HTTPTeacher`)."""
+    """A model we query through :func:`~distillguard.models.open_model`: a local directory or a URL."""
 
     def __init__(self, target: str, role: str, *, api_keys: Sequence[str] = (), model: str | None = None):
-        from distillguard.distill.teachers import HTTPTeacher, LocalTeacher
+        from distillguard.models import open_model
 
         self.role = role
         self.queries = 0
@@ -97,20 +97,21 @@ class _Asked:
             raise UserError(f"{role} URL must be http:// or https://, got {target!r}")
         try:
             if self.is_url:
-                self.client = HTTPTeacher(target, api_keys, model, max_retries=3)
+                self.client = open_model(target, api_keys, role=role, model=model, max_retries=3)
             else:
                 if api_keys:
                     raise UserError(f"API keys apply to a {role} URL, not to a model directory")
                 p = Path(target).expanduser()
                 if not p.exists():
                     raise UserError(f"{role} is neither a URL nor an existing model directory: {target}")
-                self.client = LocalTeacher(p, batch_size=32)
+                self.client = open_model(p, role=role, batch_size=32)
         except UserError as exc:
             raise self._rename(exc) from None
         self.name = self.client.name
 
     def _rename(self, exc: UserError) -> UserError:
-        msg = str(exc).replace("teacher at", f"{self.role} at").replace("teacher URL", f"{self.role} URL")
+        """The client's errors name the role already; others (a loader's, a bad option) get it as a prefix."""
+        msg = str(exc)
         if self.role not in msg:
             msg = f"{self.role}: {msg}"
         return UserError(msg)
@@ -142,7 +143,7 @@ class _Asked:
     async def _ask_url(self, prompts, max_tokens, temperature, seed, concurrency):
         """Concurrent requests; each carries a seed derived from ``seed`` and its position, so a server
         that honours OpenAI's ``seed`` answers the same audit the same way (reproducible evidence)."""
-        from distillguard.distill.teachers import TeacherError
+        from distillguard.models import ModelError
 
         sem = asyncio.Semaphore(max(1, concurrency))
 
@@ -156,7 +157,7 @@ class _Asked:
                         top_logprobs=None,
                         seed=_seed(seed, i),
                     )
-                except TeacherError as exc:
+                except ModelError as exc:
                     self.failed += 1
                     if len(self.errors) < 10:
                         self.errors.append(str(exc))
@@ -279,7 +280,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
         raise UserError(f"reference (our model): not a model directory: {reference}")
     ours = _Asked(reference, "reference")
     spec = cfg.spec.with_vocab(int(ours.model.config.vocab_size)) if cfg.spec.vocab_size is None else cfg.spec
-    from distillguard.distill.strategies import load_pool
+    from distillguard.text.prompts import load_pool
 
     pool_path = Path(cfg.prompts) if cfg.prompts is not None else world.prompts
     pool = load_pool(pool_path)

@@ -29,8 +29,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from distillguard.distill.strategies import Query
-from distillguard.distill.teachers import Answer, Teacher, TeacherError
 from distillguard.errors import UserError
+from distillguard.models import Answer, ModelClient, ModelError
 
 try:
     import fcntl
@@ -213,7 +213,7 @@ class _Run:
 
 
 async def _collect_async(
-    teacher: Teacher, pending: list[Query], run: _Run, concurrency: int, kwargs: dict, seed: int
+    teacher: ModelClient, pending: list[Query], run: _Run, concurrency: int, kwargs: dict, seed: int
 ) -> None:
     sem = asyncio.Semaphore(concurrency)
     tasks: set[asyncio.Task] = set()
@@ -222,7 +222,7 @@ async def _collect_async(
     async def one(q: Query) -> None:
         try:
             answer = await teacher.answer(q.prompt, seed=query_seed(seed, q.id), **kwargs)
-        except TeacherError as exc:
+        except ModelError as exc:
             run.fail(q, exc)
         except Exception as exc:  # UserError (teacher unusable) or a bug: stop launching, re-raise
             abort.append(exc)
@@ -271,7 +271,7 @@ def _collect_batched(teacher, pending: list[Query], run: _Run, kwargs: dict, see
 
 
 def collect(
-    teacher: Teacher,
+    teacher: ModelClient,
     queries: Sequence[Query],
     cache_path: Path,
     *,
@@ -286,7 +286,7 @@ def collect(
     """Answer every query not yet in ``cache_path`` and append the answers there.
 
     Remote teachers are asked ``concurrency`` queries at a time (asyncio); a teacher with ``answer_many``
-    (:class:`~distillguard.distill.teachers.LocalTeacher`) is asked in its own batches. Each query gets a
+    (:class:`~distillguard.models.local.LocalModel`) is asked in its own batches. Each query gets a
     sampling seed derived from ``seed`` and its id (:func:`query_seed`), so reruns ask the same thing.
     ``requested`` counts distinct query ids. A query that fails after retries is counted in ``failed`` and
     not written; a :class:`UserError` from the teacher (unreachable, all keys rejected) stops the run after

@@ -132,7 +132,8 @@ def _same_vocab(tok_a, tok_b) -> bool:
 
 
 def _queries(cfg: DistillConfig):
-    from distillguard.distill.strategies import load_pool, sample_queries
+    from distillguard.distill.strategies import sample_queries
+    from distillguard.text.prompts import load_pool
 
     pool_path = Path(cfg.prompts) if cfg.prompts else _default_pool()
     if not pool_path.is_file():
@@ -147,9 +148,9 @@ def run_distill(cfg: DistillConfig, *, progress: bool = True, log=print) -> dict
     from distillguard.distill.collect import collect, read_collection
     from distillguard.distill.data import greybox_pieces, mix_pieces, read_texts, sft_pieces, text_pieces
     from distillguard.distill.kd import SparseTargetLoss, WhiteBoxConfig, WhiteBoxLoss
-    from distillguard.distill.teachers import open_teacher
     from distillguard.lm.io import load_model_and_tokenizer, save_model_and_tokenizer
     from distillguard.lm.train import train_causal_lm
+    from distillguard.models import open_model
 
     t0 = time.time()
     mode = resolve_mode(cfg)
@@ -169,7 +170,7 @@ def run_distill(cfg: DistillConfig, *, progress: bool = True, log=print) -> dict
 
         watermark = WatermarkSpec(**cfg.watermark)
     kw = {"model": cfg.model} if remote else {"watermark": watermark}
-    teacher = open_teacher(cfg.teacher, cfg.api_keys, **kw)
+    teacher = open_model(cfg.teacher, cfg.api_keys, **kw)
     cache = out / "collection.jsonl"
     want_logprobs = cfg.top_logprobs if mode == "greybox" else None
     stats = collect(

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from distillguard.distill.strategies import cosine_distances, iter_farthest_first, text_features
+from distillguard.text.vectors import cosine_distances, iter_farthest_first, text_features
 
 # --------------------------------------------------------------------------------------------------
 # Feature catalogue
@@ -367,7 +367,7 @@ def hash_vectors(texts: Sequence[str], dim: int = 512) -> np.ndarray:
 
     The same tokenisation as the distillation strategies (:func:`text_features`: words plus the parts of
     dotted API names), stopwords dropped, sublinear term frequency, CRC-32 bucket and sign. Unlike
-    ``strategies.embed`` there is no IDF fitted on the batch: an account's vectors must not depend on which
+    ``text.vectors.embed`` there is no IDF fitted on the batch: an account's vectors must not depend on which
     other prompts are embedded with them, or MMD windows would not be comparable across scans.
     """
     out = np.zeros((len(texts), dim), dtype=np.float32)

@@ -1,14 +1,10 @@
-"""Teachers: where distillation answers come from, a remote OpenAI-compatible API or a local HF model.
+"""An OpenAI-compatible chat API as a model client (``/v1/chat/completions`` over httpx).
 
-Why both behind one protocol: the attack a platform must withstand is a black-box (or grey-box, top-k
-logprobs) collection from a chat API, and the same code path must also work against a local model so the
-whole attack can be rehearsed offline. :class:`HTTPTeacher` is a real client (key rotation, backoff,
-``Retry-After``, clear errors); it is also the traffic the gateway polices.
-
-Error policy. A :class:`~distillguard.errors.UserError` means the whole collection cannot go on (teacher
-unreachable, not an OpenAI-compatible API, every key rejected, wrong model name): the collector stops and the
-cache keeps what was done. A :class:`TeacherError` means one request failed after all retries (rate limits
-that never cleared, a server error, a prompt the server refused): the collector counts it and moves on.
+Why a real client: the attack a platform must withstand is a black-box (or grey-box, top-k logprobs)
+collection from a chat API, and the same client also asks the suspect of an audit. :class:`HTTPModel`
+rotates keys, backs off, honours ``Retry-After`` and reports clear errors; it is also the traffic the gateway
+polices. Errors follow :mod:`distillguard.models.base`: :class:`UserError` when the API is unusable,
+:class:`ModelError` when one request fails for good.
 """
 
 from __future__ import annotations
@@ -17,83 +13,40 @@ import asyncio
 import math
 import random
 import re
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from distillguard.errors import UserError
-
-if TYPE_CHECKING:  # torch stays unimported for HTTP-only collection
-    from distillguard.watermark.schemes import WatermarkSpec
+from distillguard.models.base import Answer, ModelError
 
 MAX_RETRY_AFTER = 600.0
 """Longest ``Retry-After`` honoured, in seconds (a daily-quota 429 must not park a key for a day)."""
-
-
-class TeacherError(Exception):
-    """One request failed for good (retries exhausted or refused); other requests may still succeed."""
-
-
-@dataclass
-class Answer:
-    """A teacher's answer to one prompt.
-
-    ``logprobs`` uses OpenAI's chat shape, one entry per completion token:
-    ``{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}, ...]}``.
-    ``token_ids`` is only known for a local teacher.
-    """
-
-    text: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    logprobs: list[dict] | None = None
-    token_ids: list[int] | None = None
-
-
-@runtime_checkable
-class Teacher(Protocol):
-    """Anything that answers prompts. ``name`` (URL or directory) goes into collection records."""
-
-    name: str
-
-    async def answer(
-        self,
-        prompt: str,
-        *,
-        max_tokens: int,
-        temperature: float,
-        top_logprobs: int | None,
-        seed: int | None,
-    ) -> Answer: ...
 
 
 # --------------------------------------------------------------------------------------------------
 # Pure helpers (no I/O): URL normalisation, Retry-After, response parsing
 
 
-def normalize_base_url(url: str) -> str:
+def normalize_base_url(url: str, role: str = "teacher") -> str:
     """The API base that ``/chat/completions`` and ``/models`` are appended to.
 
     ``http://host:port`` and ``http://host:port/`` become ``http://host:port/v1``; a URL with a path is
     taken as the base as given (``http://host/v1``, ``https://host/api/v1``), minus a trailing slash and a
-    pasted ``/chat/completions`` or ``/models`` endpoint.
+    pasted ``/chat/completions`` or ``/models`` endpoint. ``role`` names the model in errors.
     """
     raw = url.strip()
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserError(f"not a teacher URL: {url!r} (expected http(s)://host[:port][/v1])")
+        raise UserError(f"not a {role} URL: {url!r} (expected http(s)://host[:port][/v1])")
     try:
         parts.port  # noqa: B018 - validates the port number
     except ValueError:
-        raise UserError(f"not a teacher URL: {url!r} (bad port)") from None
+        raise UserError(f"not a {role} URL: {url!r} (bad port)") from None
     path = parts.path.rstrip("/")
     for suffix in ("/chat/completions", "/completions", "/models"):
         if path.endswith(suffix):
@@ -224,7 +177,7 @@ def _describe(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Remote teacher
+# The client
 
 
 @dataclass
@@ -235,7 +188,7 @@ class _Key:
     requests: int = 0
 
 
-class HTTPTeacher:
+class HTTPModel:
     """An OpenAI-compatible ``/v1/chat/completions`` endpoint over ``httpx.AsyncClient``.
 
     * ``url``: the API base, with or without the trailing ``/v1`` (see :func:`normalize_base_url`).
@@ -244,10 +197,11 @@ class HTTPTeacher:
       backoff delay when there is none, while the other keys carry on; 401/403 retires the key.
     * 429, 5xx, timeouts and dropped connections are retried with exponential backoff and jitter
       (``backoff * 2**(attempt-1)``, capped at ``max_backoff``, times a random factor in [0.5, 1]) up to
-      ``max_retries`` times, then the request fails with :class:`TeacherError`.
-    * A teacher that was never reached fails fast: after ``connect_tries`` quick tries the request raises
+      ``max_retries`` times, then the request fails with :class:`ModelError`.
+    * A model that was never reached fails fast: after ``connect_tries`` quick tries the request raises
       :class:`UserError` ("cannot reach teacher at URL: connection refused"), not minutes of backoff.
     * ``model=None`` asks ``GET /models`` once and uses the first id.
+    * ``role`` (``teacher``, ``suspect``, ...) names the model in error messages.
     """
 
     connect_tries = 3
@@ -262,6 +216,7 @@ class HTTPTeacher:
         max_retries: int = 6,
         backoff: float = 0.5,
         max_backoff: float = 30,
+        role: str = "teacher",
     ):
         if timeout <= 0:
             raise UserError(f"timeout must be > 0, got {timeout}")
@@ -269,7 +224,8 @@ class HTTPTeacher:
             raise UserError("max_retries, backoff and max_backoff must be >= 0")
         if isinstance(api_keys, str):
             api_keys = [api_keys]
-        self.base_url = normalize_base_url(url)
+        self.role = role
+        self.base_url = normalize_base_url(url, role)
         parts = urlsplit(self.base_url)
         host = parts.netloc.rsplit("@", 1)[-1]  # never put credentials from the URL into records
         self.name = urlunsplit((parts.scheme, host, parts.path, "", ""))
@@ -302,7 +258,7 @@ class HTTPTeacher:
             )
             self._loop = loop
             self._model_lock = asyncio.Lock()
-            self._fatal = None  # a new run may find the teacher fixed
+            self._fatal = None  # a new run may find the model fixed
         return self._client
 
     async def aclose(self) -> None:
@@ -329,8 +285,8 @@ class HTTPTeacher:
             live = [k for k in self._keys if k.retired is None]
             if not live:
                 if self._has_keys:
-                    raise UserError(f"teacher at {self.name} rejected every API key ({self._rejection})")
-                raise UserError(f"teacher at {self.name} needs an API key ({self._rejection})")
+                    raise UserError(f"{self.role} at {self.name} rejected every API key ({self._rejection})")
+                raise UserError(f"{self.role} at {self.name} needs an API key ({self._rejection})")
             now = time.monotonic()
             n = len(self._keys)
             for off in range(n):
@@ -356,12 +312,14 @@ class HTTPTeacher:
                 if not self._reached:
                     unreachable += 1
                     if unreachable >= self.connect_tries:
-                        raise UserError(f"cannot reach teacher at {self.name}: {_describe(exc)}") from None
+                        raise UserError(
+                            f"cannot reach {self.role} at {self.name}: {_describe(exc)}"
+                        ) from None
                     await asyncio.sleep(0.1 * unreachable)
                     continue
                 attempt += 1
                 if attempt > self.max_retries:
-                    raise TeacherError(f"{method} {path}: {_describe(exc)} after {attempt} tries") from None
+                    raise ModelError(f"{method} {path}: {_describe(exc)} after {attempt} tries") from None
                 await asyncio.sleep(self._delay(attempt))
                 continue
             self._reached = True
@@ -373,7 +331,7 @@ class HTTPTeacher:
             if status == 429 or status >= 500:
                 attempt += 1
                 if attempt > self.max_retries:
-                    raise TeacherError(
+                    raise ModelError(
                         f"{method} {path}: HTTP {status} after {attempt} tries: {error_message(resp.text)}"
                     )
                 wait = parse_retry_after(resp.headers.get("retry-after"))
@@ -386,24 +344,26 @@ class HTTPTeacher:
             if status in (404, 405):
                 hint = "; pass the model name explicitly" if path == "/models" else ""
                 raise UserError(
-                    f"teacher at {self.name} answered HTTP {status} to {method} {path} "
+                    f"{self.role} at {self.name} answered HTTP {status} to {method} {path} "
                     f"({error_message(resp.text)}); is it an OpenAI-compatible API?{hint}"
                 )
             if 300 <= status < 400:
                 where = resp.headers.get("location", "?")
-                raise UserError(f"teacher at {self.name} redirects (HTTP {status}) to {where}; use that URL")
+                raise UserError(
+                    f"{self.role} at {self.name} redirects (HTTP {status}) to {where}; use that URL"
+                )
             if status >= 400:
-                raise TeacherError(f"{method} {path}: HTTP {status}: {error_message(resp.text)}")
+                raise ModelError(f"{method} {path}: HTTP {status}: {error_message(resp.text)}")
             try:
                 data = resp.json()
             except ValueError:
                 kind = resp.headers.get("content-type", "unknown content type")
                 raise UserError(
-                    f"teacher at {self.name} did not answer {method} {path} with JSON ({kind}); "
+                    f"{self.role} at {self.name} did not answer {method} {path} with JSON ({kind}); "
                     "is it an OpenAI-compatible API?"
                 ) from None
             if not isinstance(data, dict):
-                raise UserError(f"teacher at {self.name} answered {method} {path} with a non-object")
+                raise UserError(f"{self.role} at {self.name} answered {method} {path} with a non-object")
             return data
 
     async def _model_name(self) -> str:
@@ -419,11 +379,13 @@ class HTTPTeacher:
                 ids = [m.get("id") for m in data.get("data") or [] if isinstance(m, dict)]
                 ids = [i for i in ids if isinstance(i, str) and i]
                 if not ids:
-                    raise UserError(f"teacher at {self.name} lists no models; pass the model name explicitly")
+                    raise UserError(
+                        f"{self.role} at {self.name} lists no models; pass the model name explicitly"
+                    )
                 self.model = ids[0]
         return self.model
 
-    # -- the Teacher protocol -----------------------------------------------------------------------
+    # -- the ModelClient protocol -----------------------------------------------------------------------
 
     async def answer(
         self,
@@ -436,7 +398,7 @@ class HTTPTeacher:
     ) -> Answer:
         """One chat completion. With ``top_logprobs`` it asks for ``logprobs: true, top_logprobs: k``.
 
-        A :class:`UserError` (teacher unusable) sticks for the rest of the event loop: concurrent and later
+        A :class:`UserError` (model unusable) sticks for the rest of the event loop: concurrent and later
         calls re-raise it at once instead of each rediscovering it.
         """
         self._http()
@@ -469,254 +431,5 @@ class HTTPTeacher:
             return parse_chat_completion(data, prompt)
         except ValueError as exc:
             raise UserError(
-                f"teacher at {self.name} did not answer like an OpenAI-compatible API: {exc}"
+                f"{self.role} at {self.name} did not answer like an OpenAI-compatible API: {exc}"
             ) from None
-
-
-# --------------------------------------------------------------------------------------------------
-# Local teacher
-
-
-class LocalTeacher:
-    """A local HF causal-LM directory answering chat-formatted prompts, optionally watermarked.
-
-    Temperature 0 is greedy (with a watermark: the argmax of the biased logits, so greedy answers carry the
-    mark too); above 0 it samples through :func:`distillguard.watermark.generate.generate_ids`, seeded.
-    Sampled answers depend on which prompts share a batch (the seed is per batch), greedy ones do not.
-
-    ``top_logprobs`` come from the distribution the sampler drew from at temperature 1: the model's
-    log-softmax after the KGW bias when a KGW watermark is on (a grey-box distiller sees the bias, which is
-    what makes logprob distillation radioactive); Gumbel leaves the distribution unchanged. Token strings are
-    decoded per id and ``bytes`` are the token's exact bytes (byte-level BPE) or its UTF-8 encoding.
-
-    Calls are serialised (one model); :meth:`answer_many` batches, and the collector uses it.
-    """
-
-    def __init__(self, model_dir: Path, *, watermark: WatermarkSpec | None = None, batch_size: int = 16):
-        from distillguard.lm.io import load_model_and_tokenizer
-        from distillguard.lm.tokens import is_byte_level
-        from distillguard.watermark.generate import bind_to_model
-
-        if batch_size < 1:
-            raise UserError(f"batch size must be >= 1, got {batch_size}")
-        self.model_dir = Path(model_dir).expanduser()
-        self.name = str(self.model_dir)
-        self.model, self.tokenizer = load_model_and_tokenizer(self.model_dir)
-        self.watermark = bind_to_model(watermark, self.model) if watermark is not None else None
-        self.batch_size = int(batch_size)
-        self._lock = threading.Lock()
-        self._byte_level = is_byte_level(self.tokenizer)
-        self._pieces: dict[int, tuple[str, list[int]]] = {}
-
-    async def answer(
-        self,
-        prompt: str,
-        *,
-        max_tokens: int = 128,
-        temperature: float = 0.0,
-        top_logprobs: int | None = None,
-        seed: int | None = None,
-    ) -> Answer:
-        answers = await asyncio.to_thread(
-            self.answer_many,
-            [prompt],
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_logprobs=top_logprobs,
-            seed=seed,
-        )
-        return answers[0]
-
-    def answer_many(
-        self,
-        prompts: Sequence[str],
-        *,
-        max_tokens: int = 128,
-        temperature: float = 0.0,
-        top_logprobs: int | None = None,
-        seed: int | None = None,
-    ) -> list[Answer]:
-        """Answer several prompts in batches of ``batch_size``; same order as ``prompts``."""
-        from distillguard.lm.chat import format_prompt
-
-        if max_tokens < 1:
-            raise UserError(f"max_tokens must be >= 1, got {max_tokens}")
-        if temperature < 0:
-            raise UserError(f"temperature must be >= 0, got {temperature}")
-        if top_logprobs is not None and top_logprobs < 0:
-            raise UserError(f"top_logprobs must be >= 0, got {top_logprobs}")
-        if not prompts:
-            return []
-        tok = self.tokenizer
-        prompt_ids = [tok(format_prompt(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
-        with self._lock:
-            if temperature == 0:
-                completions = self._greedy(prompt_ids, max_tokens)
-            else:
-                from distillguard.watermark.generate import generate_ids
-
-                completions = generate_ids(
-                    self.model,
-                    prompt_ids,
-                    self.watermark,
-                    pad_id=self._pad_id,
-                    eos_id=tok.eos_token_id,
-                    max_new_tokens=max_tokens,
-                    temperature=temperature,
-                    batch_size=self.batch_size,
-                    seed=0 if seed is None else int(seed),
-                )
-            logprobs = (
-                self._logprobs(prompt_ids, completions, top_logprobs) if top_logprobs is not None else None
-            )
-        return [
-            Answer(
-                text=tok.decode(comp, skip_special_tokens=True),
-                finish_reason="length" if len(comp) >= max_tokens else "stop",
-                prompt_tokens=len(pids),
-                completion_tokens=len(comp),
-                logprobs=logprobs[i] if logprobs is not None else None,
-                token_ids=list(comp),
-            )
-            for i, (pids, comp) in enumerate(zip(prompt_ids, completions, strict=True))
-        ]
-
-    @property
-    def _pad_id(self) -> int:
-        tok = self.tokenizer
-        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
-    def _processors(self):
-        from transformers import LogitsProcessorList
-
-        from distillguard.watermark.processor import WatermarkLogitsProcessor
-
-        if self.watermark is None:
-            return LogitsProcessorList()
-        return LogitsProcessorList([WatermarkLogitsProcessor(self.watermark, temperature=1.0)])
-
-    def _greedy(self, prompt_ids: list[list[int]], max_tokens: int) -> list[list[int]]:
-        import torch
-
-        eos = self.tokenizer.eos_token_id
-        out: list[list[int]] = []
-        device = next(self.model.parameters()).device
-        with torch.no_grad():
-            for start in range(0, len(prompt_ids), self.batch_size):
-                chunk = prompt_ids[start : start + self.batch_size]
-                width = max(len(p) for p in chunk)
-                ids = torch.full((len(chunk), width), self._pad_id, dtype=torch.long)
-                attn = torch.zeros_like(ids)
-                for i, p in enumerate(chunk):  # left padding: every prompt ends at the right edge
-                    ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-                    attn[i, width - len(p) :] = 1
-                gen = self.model.generate(
-                    input_ids=ids.to(device),
-                    attention_mask=attn.to(device),
-                    logits_processor=self._processors(),
-                    do_sample=False,
-                    max_new_tokens=max_tokens,
-                    pad_token_id=self._pad_id,
-                    eos_token_id=eos,
-                )
-                for row in gen[:, width:].tolist():
-                    if eos is not None and eos in row:
-                        row = row[: row.index(eos)]
-                    out.append(row)
-        return out
-
-    def _piece(self, token_id: int) -> tuple[str, list[int]]:
-        """``(token string, exact bytes)`` for one id, cached."""
-        hit = self._pieces.get(token_id)
-        if hit is not None:
-            return hit
-        from distillguard.lm.tokens import token_bytes
-
-        data = token_bytes(self.tokenizer, token_id, self._byte_level)
-        text = data.decode("utf-8", errors="replace")
-        hit = (text, list(data))
-        self._pieces[token_id] = hit
-        return hit
-
-    def _logprobs(
-        self, prompt_ids: list[list[int]], completions: list[list[int]], k: int
-    ) -> list[list[dict]]:
-        """Teacher-forced log-softmax per completion position, after any watermark bias (OpenAI shape)."""
-        import torch
-
-        from distillguard.watermark.schemes import fit_width
-
-        spec = self.watermark
-        device = next(self.model.parameters()).device
-        out: list[list[dict]] = []
-        with torch.no_grad():
-            for start in range(0, len(prompt_ids), self.batch_size):
-                seqs = [
-                    list(p) + list(c)
-                    for p, c in zip(
-                        prompt_ids[start : start + self.batch_size],
-                        completions[start : start + self.batch_size],
-                        strict=True,
-                    )
-                ]
-                width = max(len(s) for s in seqs)
-                ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
-                attn = torch.zeros_like(ids)
-                for i, s in enumerate(seqs):  # right padding: positions count from 0 for every row
-                    ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-                    attn[i, : len(s)] = 1
-                logits = self.model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
-                for i, s in enumerate(seqs):
-                    plen = len(prompt_ids[start + i])
-                    comp = s[plen:]
-                    if not comp:
-                        out.append([])
-                        continue
-                    rows = logits[i, plen - 1 : len(s) - 1]  # row t predicts comp[t]
-                    if spec is not None:
-                        h = spec.window
-                        seq = torch.tensor(s, dtype=torch.long)
-                        pos = torch.arange(plen, len(s))
-                        ok = pos >= h
-                        win = seq[(pos[ok][:, None] - h) + torch.arange(h)[None, :]]
-                        bias = spec.impl.logit_bias(spec, win, rows.dtype) if bool(ok.any()) else None
-                        if bias is not None:
-                            bias = fit_width(bias, rows.shape[-1])
-                            rows = rows.clone()
-                            rows[ok.to(rows.device)] += bias.to(rows.device)
-                    lp = torch.log_softmax(rows, dim=-1)
-                    chosen = lp.gather(1, torch.tensor(comp, device=lp.device)[:, None])[:, 0].tolist()
-                    top_v, top_i = lp.topk(k, dim=-1) if k > 0 else (None, None)
-                    entries = []
-                    for t, token_id in enumerate(comp):
-                        text, data = self._piece(token_id)
-                        top = []
-                        if k > 0:
-                            for v, j in zip(top_v[t].tolist(), top_i[t].tolist(), strict=True):
-                                jt, jb = self._piece(j)
-                                top.append({"token": jt, "logprob": float(v), "bytes": jb})
-                        entries.append(
-                            {"token": text, "logprob": float(chosen[t]), "bytes": data, "top_logprobs": top}
-                        )
-                    out.append(entries)
-        return out
-
-
-def open_teacher(target: str, api_keys: Sequence[str] = (), **kw) -> Teacher:
-    """``http(s)://...`` gives an :class:`HTTPTeacher`, anything else a :class:`LocalTeacher` directory."""
-    target = str(target).strip()
-    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", target)
-    try:
-        if scheme:
-            if scheme.group(1).lower() not in ("http", "https"):
-                raise UserError(f"teacher URL must be http:// or https://, got {target!r}")
-            return HTTPTeacher(target, api_keys, **kw)
-        if api_keys:
-            raise UserError("API keys apply to a teacher URL, not to a local model directory")
-        return LocalTeacher(Path(target), **kw)
-    except TypeError as exc:
-        if "unexpected keyword argument" in str(exc):
-            bad = str(exc).split("unexpected keyword argument")[-1].strip()
-            kind = "URL" if scheme else "model directory"
-            raise UserError(f"option {bad} does not apply to a teacher {kind}") from None
-        raise

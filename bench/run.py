@@ -6,7 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["watermark_bench.py", "distill_bench.py", "gateway_bench.py", "audit_bench.py", "monitor_bench.py"]
+BENCHES = [
+    "watermark_bench.py",
+    "distill_bench.py",
+    "gateway_bench.py",
+    "audit_bench.py",
+    "monitor_bench.py",
+    "intel_bench.py",
+]
 
 
 def main() -> int:

@@ -163,3 +163,22 @@ def test_black_box_student_may_use_its_own_tokenizer(tiny_world, tmp_path):
             DistillConfig(out=tmp_path / "gb", tokenizer=tmp_path / "tok", mode="greybox", **common),
             progress=False, log=lambda *_: None,
         )  # fmt: skip
+
+
+def test_epochs_over_an_existing_collection_grow_with_the_mix(tiny_world, blackbox, tmp_path, capsys):
+    """A distiller trains epochs over everything it has: at a smaller rho the mix (and the training) grows."""
+    collection = blackbox["student"].rsplit("/", 1)[0] + "/collection.jsonl"
+    steps = {}
+    for rho in ("0.5", "0.25"):
+        out = tmp_path / f"rho{rho}"
+        main(["distill", "--teacher", str(tiny_world.teacher), "--out", str(out), "--collection", collection,
+              "--epochs", "2", "--mix", str(tiny_world.corpus), "--rho", rho, "--batch-size", "8",
+              "--json"])  # fmt: skip
+        manifest = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert manifest["epochs"] == 2 and manifest["answers"] == blackbox["answers"]
+        assert manifest["collection"]["sha256"] == blackbox["collection"]["sha256"]
+        assert not (out / "collection.jsonl").exists()  # nothing was asked of the teacher
+        tokens = manifest["mix"]["teacher_tokens"] + manifest["mix"]["other_tokens"]
+        steps[rho] = manifest["train"]["steps"]
+        assert steps[rho] * 8 * 128 >= 2 * tokens  # two full passes (rows hold at most 128 tokens)
+    assert 1.6 < steps["0.25"] / steps["0.5"] < 2.4

@@ -55,7 +55,15 @@ def distill(
     tokenizer: Annotated[
         Path | None, typer.Option(help="Tokenizer for a tiny student of a remote teacher.")
     ] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 300,
+    steps: Annotated[int, typer.Option(help="Optimizer steps (ignored with --epochs).")] = 300,
+    epochs: Annotated[
+        float | None,
+        typer.Option(help="Passes over the whole training mix (sets the steps from the mix size).", min=0.01),
+    ] = None,
+    collection: Annotated[
+        Path | None,
+        typer.Option(help="Train on this existing collection (JSONL from an earlier run); query nothing."),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 8,
     seq_len: Annotated[int, typer.Option(help="Tokens per row.")] = 128,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
@@ -77,8 +85,8 @@ def distill(
         model=model, strategy=strategy, n=n, identity_share=identity_share, concurrency=concurrency,
         max_tokens=max_tokens, temperature=temperature, token_budget=token_budget, top_logprobs=top_logprobs,
         loss=loss, beta=beta, kd_temperature=kd_temperature, top_k=top_k, lam=lam, mix=mix, rho=rho,
-        tokenizer=tokenizer, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, lora_r=lora_r,
-        seed=seed, checkpoint_every=checkpoint_every, resume=resume,
+        tokenizer=tokenizer, steps=steps, epochs=epochs, collection=collection, batch_size=batch_size,
+        seq_len=seq_len, lr=lr, lora_r=lora_r, seed=seed, checkpoint_every=checkpoint_every, resume=resume,
     )  # fmt: skip
     log = (lambda *_: None) if as_json else typer.echo
     manifest = run_distill(cfg, progress=not as_json, log=log)

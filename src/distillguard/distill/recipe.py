@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,6 +74,11 @@ class DistillConfig:
     tokenizer: Path | None = None  # student tokenizer when the student is "tiny" and the teacher is remote
     student_shape: dict | None = None  # hidden/layers/heads/intermediate of a tiny student (default: derived)
     steps: int = 300
+    # train this many passes over the whole (mixed) training set instead of a fixed number of steps, as a
+    # distiller does with what it collected: the mix grows as rho shrinks, and so does the training
+    epochs: float | None = None
+    # train on an existing collection (JSONL records of a previous run) instead of querying the teacher
+    collection: Path | None = None
     batch_size: int = 8
     seq_len: int = 128
     lr: float = 3e-3
@@ -145,11 +152,11 @@ def _queries(cfg: DistillConfig):
 
 def run_distill(cfg: DistillConfig, *, progress: bool = True, log=print) -> dict:
     """Collect, build the data, train and save the student; return the manifest (also ``distill.json``)."""
-    from distillguard.distill.collect import collect, read_collection
+    from distillguard.distill.collect import CollectStats, collect, read_collection
     from distillguard.distill.data import greybox_pieces, mix_pieces, read_texts, sft_pieces, text_pieces
     from distillguard.distill.kd import SparseTargetLoss, WhiteBoxConfig, WhiteBoxLoss
     from distillguard.lm.io import load_model_and_tokenizer, save_model_and_tokenizer
-    from distillguard.lm.train import train_causal_lm
+    from distillguard.lm.train import pack_rows, train_causal_lm
     from distillguard.models import open_model
 
     t0 = time.time()
@@ -173,13 +180,18 @@ def run_distill(cfg: DistillConfig, *, progress: bool = True, log=print) -> dict
     teacher = open_model(cfg.teacher, cfg.api_keys, **kw)
     cache = out / "collection.jsonl"
     want_logprobs = cfg.top_logprobs if mode == "greybox" else None
-    stats = collect(
-        teacher, queries, cache, concurrency=cfg.concurrency, max_tokens=cfg.max_tokens,
-        temperature=cfg.temperature, top_logprobs=want_logprobs, token_budget=cfg.token_budget,
-        seed=cfg.seed, progress=progress,
-    )  # fmt: skip
-    wanted = {q.id for q in queries}
-    records = [r for r in read_collection(cache) if r["id"] in wanted]
+    if cfg.collection is not None:  # what was collected before: every record, nothing asked
+        cache = Path(cfg.collection)
+        records = read_collection(cache)
+        stats = CollectStats(len(records), 0, len(records), 0, 0, 0, False, 0.0)
+    else:
+        stats = collect(
+            teacher, queries, cache, concurrency=cfg.concurrency, max_tokens=cfg.max_tokens,
+            temperature=cfg.temperature, top_logprobs=want_logprobs, token_budget=cfg.token_budget,
+            seed=cfg.seed, progress=progress,
+        )  # fmt: skip
+        wanted = {q.id for q in queries}
+        records = [r for r in read_collection(cache) if r["id"] in wanted]
     if not records:
         raise UserError("the teacher answered no queries; nothing to train on")
     log(
@@ -242,9 +254,16 @@ def run_distill(cfg: DistillConfig, *, progress: bool = True, log=print) -> dict
         torch.save(state, tmp)
         tmp.replace(ckpt_path)
 
+    steps = cfg.steps
+    if cfg.epochs is not None:
+        if cfg.epochs <= 0:
+            raise UserError(f"--epochs must be > 0, got {cfg.epochs}")
+        rows = len(pack_rows(mix.pieces, cfg.seq_len, random.Random(cfg.seed)))
+        steps = max(1, math.ceil(cfg.epochs * rows / cfg.batch_size))
+        log(f"{cfg.epochs:g} epoch(s) over {rows} packed rows: {steps} steps")
     result = train_causal_lm(
-        student, tok, [], pieces=mix.pieces, steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
-        lr=cfg.lr, seed=cfg.seed, warmup=min(30, cfg.steps // 10), progress=progress, desc=f"distill[{mode}]",
+        student, tok, [], pieces=mix.pieces, steps=steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+        lr=cfg.lr, seed=cfg.seed, warmup=min(30, steps // 10), progress=progress, desc=f"distill[{mode}]",
         loss_fn=loss_fn, checkpoint=save_ckpt, checkpoint_every=cfg.checkpoint_every, resume=resume,
     )  # fmt: skip
     if cfg.lora_r:
@@ -289,6 +308,7 @@ def run_distill(cfg: DistillConfig, *, progress: bool = True, log=print) -> dict
         "train": {k: result[k] for k in ("steps", "tokens", "tokens_per_s", "wall_s", "final_loss")},
         "losses": [round(x, 5) for x in result["losses"]],
         "resumed_from": resume["step"] if resume else None,
+        "epochs": cfg.epochs,
         "wall_s": time.time() - t0,
     }
     (out / "distill.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -118,16 +118,17 @@ def test_decoy_keys_are_calibrated_null_audits_on_the_student(wm_report):
 
 
 def test_clean_student_gets_no_radioactivity_claim(models):
-    for reading in ("plain", "watermarked", "first-occurrence"):
-        report = audit(
-            models, models.clean, tests=("radioactivity",), filter_windows=True, open_texts=reading
-        )
-        assert report["verdict"] == "no_evidence"
-        for t in report["tests"]:
-            assert t["p_value"] > 1e-3 and not t["claim"]
-        closed = by_name(report)["radioactivity_closed"]
-        assert closed["details"]["filtered"] and closed["n"] > 200
-        assert by_name(report)["radioactivity_open"]["details"]["reading"] == reading
+    readings = ("plain", "watermarked", "first-occurrence")
+    report = audit(models, models.clean, tests=("radioactivity",), filter_windows=True, open_texts=readings)
+    assert report["verdict"] == "no_evidence" and report["family"] == "Holm over 4 tests"
+    for t in report["tests"]:
+        assert t["p_value"] > 1e-3 and not t["claim"]
+    closed = by_name(report)["radioactivity_closed"]
+    assert closed["details"]["filtered"] and closed["n"] > 200
+    for reading in readings:
+        opened = by_name(report)["radioactivity_open_" + reading.replace("-", "_")]
+        assert opened["details"]["reading"] == reading and opened["n"] > 100
+    assert report["config"]["open_texts"] == list(readings)
 
 
 def test_unrelated_model_gets_no_claim_from_any_test(models):
@@ -138,23 +139,21 @@ def test_unrelated_model_gets_no_claim_from_any_test(models):
 
 def test_budgeted_audit_stops_early_with_an_anytime_valid_p_value(models):
     report = audit(
-        models, models.wm, tests=("radioactivity",), budget=160, batch_size=16, open_texts="watermarked"
-    )
+        models, models.wm, tests=("radioactivity",), budget=160, batch_size=16,
+        open_texts="watermarked,first-occurrence",
+    )  # fmt: skip
     closed = by_name(report)["radioactivity_closed"]
     assert report["stopped_early"] and report["queries_used"] < 160
     assert closed["details"]["p_value_kind"].startswith("anytime")
     assert closed["log10_p_value"] <= math.log10(closed["details"]["stop_p"])
     assert closed["log10_p_value"] >= closed["details"]["exact_log10_p_value"]  # anytime is the cautious one
     assert report["verdict"] == "distilled"
-    opened = by_name(report)["radioactivity_open"]  # the published reading (with its exclusion) works too
+    opened = by_name(report)["radioactivity_open_watermarked"]  # the published reading works too
     assert opened["details"]["reading"] == "watermarked" and opened["log10_p_value"] < -6 and opened["claim"]
-
-    first = audit(
-        models, models.wm, tests=("radioactivity",), probe_queries=16, open_texts="first-occurrence"
-    )
-    opened = by_name(first)["radioactivity_open"]
-    assert opened["details"]["reading"] == "first-occurrence" and opened["claim"]
-    assert opened["details"]["p_value_kind"].startswith("anytime") and opened["log10_p_value"] < -6
+    first = by_name(report)["radioactivity_open_first_occurrence"]
+    assert first["details"]["reading"] == "first-occurrence" and first["claim"]
+    assert first["details"]["p_value_kind"].startswith("anytime") and first["log10_p_value"] < -6
+    assert first["n"] > opened["n"]  # the first-occurrence reading keeps more of the texts
 
     clean = audit(models, models.clean, tests=("radioactivity",), budget=48, batch_size=16)
     assert clean["queries_used"] == 48 and not clean["stopped_early"] and clean["verdict"] == "no_evidence"

@@ -90,7 +90,8 @@ def run(
             help="Open mode (suspect weights are local, same vocabulary): read our 'plain' (unwatermarked) "
             "answers, exact null, the default; our 'watermarked' answers, scoring only predicted tuples "
             "absent from every text read (conservative); or our watermarked answers scored at each "
-            "window's 'first-occurrence' in corpus order (anytime-valid p-value).",
+            "window's 'first-occurrence' in corpus order (anytime-valid p-value). Comma-separated for "
+            "several: each is one more test in the Holm family.",
         ),
     ] = "plain",
     filter_windows: Annotated[

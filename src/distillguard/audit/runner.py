@@ -74,7 +74,8 @@ class AuditConfig:
     stop_p: float | None = None  # sequential stop level (default alpha / number of tests)
     # open mode reads our "plain" (unmarked) answers, our "watermarked" ones minus every tuple they contain,
     # or our watermarked ones scored at each window's "first-occurrence" (see audit.reading)
-    open_texts: str = "plain"
+    # several readings (a tuple, or comma-separated) each add one test to the Holm family
+    open_texts: str | tuple[str, ...] = "plain"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,8 +205,9 @@ def _validate(cfg: AuditConfig) -> tuple[str, ...]:
         raise UserError("sampling temperatures must be >= 0")
     if cfg.batch_size < 1 or cfg.concurrency < 1:
         raise UserError("batch size and concurrency must be >= 1")
-    if cfg.open_texts not in OPEN_READINGS:
-        raise UserError(f"open-mode texts must be one of {', '.join(OPEN_READINGS)}, got {cfg.open_texts!r}")
+    bad = [r for r in open_readings(cfg) if r not in OPEN_READINGS]
+    if bad or not open_readings(cfg):
+        raise UserError(f"open-mode texts must be among {', '.join(OPEN_READINGS)}, got {cfg.open_texts!r}")
     if cfg.stop_p is not None and not 0.0 < cfg.stop_p < 1.0:
         raise UserError(f"stop_p must be in (0, 1), got {cfg.stop_p}")
     if "identity" in tests and not [n for n in cfg.identity_names if n.strip()]:
@@ -311,7 +313,8 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
             else "the suspect's vocabulary differs from ours: its predictions cannot be scored with our key"
         )
         skipped.append({"name": "radioactivity_open", "reason": reason})
-    family = int(run_identity) + int(run_provenance) + int(run_radio) + int(run_open)
+    readings = open_readings(cfg)
+    family = int(run_identity) + int(run_provenance) + int(run_radio) + int(run_open) * len(readings)
     stop_p = cfg.stop_p if cfg.stop_p is not None else cfg.alpha / max(family, 1)
 
     # budget split
@@ -397,7 +400,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
     queries_radio = 0
     stopped_early = False
     if run_radio:
-        need_own = cfg.filter_windows or (run_open and cfg.open_texts != "plain")
+        need_own = cfg.filter_windows or (run_open and readings != ("plain",))
         own = _own_texts(cfg, ours, spec, pool, log) if need_own else None
         allowed = (
             radio.own_windows(own["completions"], own["prompts"], spec.window) if cfg.filter_windows else None
@@ -408,13 +411,23 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
         results.append(closed["result"])
         series["radioactivity"] = closed["series"]
         series["decoys"] = closed["decoys"]
-        if run_open:
-            if cfg.open_texts == "plain":
-                own = _own_texts(cfg, ours, spec, pool, log, watermarked=False)
-            opened = _open_mode(cfg, suspect, spec, own, log, reading=cfg.open_texts)
+        texts = {True: own}  # our watermarked texts (if generated), and our plain ones on demand
+        preds: dict[bool, list] = {}  # the suspect's reading of each, computed once
+        for i, reading in enumerate(readings if run_open else ()):
+            marked = reading != "plain"
+            if texts.get(marked) is None:
+                texts[marked] = _own_texts(cfg, ours, spec, pool, log, watermarked=marked)
+            opened = _open_mode(
+                cfg, suspect, spec, texts[marked], log, reading=reading, preds=preds, key=marked
+            )
+            suffix = "" if len(readings) == 1 else "_" + reading.replace("-", "_")
+            opened["result"].name += suffix
             results.append(opened["result"])
-            series["radioactivity_open"] = opened["series"]
-            series["decoys_open"] = opened["decoys"]
+            if i == 0:  # the report's figures show the first reading
+                series["radioactivity_open"] = opened["series"]
+                series["decoys_open"] = opened["decoys"]
+            if suffix:
+                series["radioactivity_open" + suffix] = opened["series"]
 
     combined = combine(results, cfg.alpha)
     log(f"verdict: {combined['verdict']} (combined p = {combined['combined_p_value']:.3g})")
@@ -632,7 +645,15 @@ def predictions(
     return out
 
 
-def _open_mode(cfg, suspect: _Asked, spec, own: dict, log, *, reading: str = "plain") -> dict:
+def open_readings(cfg: AuditConfig) -> tuple[str, ...]:
+    """The open-mode readings asked for, in order, without repeats."""
+    raw = cfg.open_texts.split(",") if isinstance(cfg.open_texts, str) else list(cfg.open_texts)
+    return tuple(dict.fromkeys(r.strip() for r in raw if r.strip()))
+
+
+def _open_mode(
+    cfg, suspect: _Asked, spec, own: dict, log, *, reading: str = "plain", preds: dict | None = None, key=None
+) -> dict:
     """Read our texts with the suspect's weights and score its top-1 predictions.
 
     ``reading``: "plain" (our unwatermarked answers, every predicted tuple scored once), "watermarked"
@@ -646,7 +667,13 @@ def _open_mode(cfg, suspect: _Asked, spec, own: dict, log, *, reading: str = "pl
     plens = [len(p) for p in own["prompts"]]
     tok = suspect.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    preds = predictions(suspect.model, seqs, pad)
+    if preds is None or key not in preds:  # the suspect reads each set of texts once
+        read = predictions(suspect.model, seqs, pad)
+        if preds is not None:
+            preds[key] = read
+    else:
+        read = preds[key]
+    preds = read
     excluded = None
     if reading == "first-occurrence":
         win, toks, text, _ = first_occurrence_candidates(seqs, plens, preds, spec.window)
@@ -713,6 +740,7 @@ def _public_config(cfg: AuditConfig, suspect: _Asked, spec, pool_path, reference
         "own_temperature": cfg.own_temperature,
         "own_texts": cfg.own_texts,
         "filter_windows": cfg.filter_windows,
+        "open_texts": list(open_readings(cfg)),
         "provenance_prompts": cfg.provenance_prompts,
         "batch_size": cfg.batch_size,
         "stop_p": stop_p,

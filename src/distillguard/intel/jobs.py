@@ -286,6 +286,7 @@ def import_objects(
 ) -> dict[str, Any]:
     from distillguard.intel.stix import campaigns_of
 
+    trust_key(config)  # matching needs the group's key: say so now rather than at the next scan
     docs = verify_objects_set(objects, config, public_keys=public_keys, detached=detached)
     store = IntelStore.open(config)
     now = datetime.now(tz=UTC).isoformat()

@@ -533,8 +533,8 @@ def test_run_refuses_bad_suspects_before_writing_anything(
 def test_run_writes_a_verifiable_bundle_and_prints_the_design_json(
     tiny_world, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """The real engine on the tiny world (identity test only, to stay fast): the CLI's JSON is DESIGN.md's
-    shape and the bundle it names verifies; an audit that fails writes nothing."""
+    """The real engine on the tiny world (identity test only, to stay fast): the CLI's JSON has the
+    shape in docs/architecture.md and the bundle it names verifies; an audit that fails writes nothing."""
     out = tmp_path / "case"
     common = ["audit", "run", "--suspect", str(tiny_world.teacher), "--reference", str(tiny_world.teacher),
               "--control", str(tiny_world.reference), "--prompts", str(tiny_world.prompts),

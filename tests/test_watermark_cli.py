@@ -1,4 +1,4 @@
-"""The watermark CLI contract (DESIGN.md) end to end on the tiny world, plus its error behaviour."""
+"""The watermark CLI contract (docs/architecture.md) end to end on the tiny world, and its error behaviour."""
 
 import json
 import subprocess

@@ -1,7 +1,7 @@
 """The one command-line entry point: ``distillguard ...``.
 
 Each capability mounts its own typer sub-app; this module only wires them and turns user errors into one
-line on stderr with a non-zero exit, as DESIGN.md's interface contract requires.
+line on stderr with a non-zero exit, as docs/architecture.md's interface contract requires.
 
 Start-up is kept short because most commands (help, keys, accounts, ledger, monitor) need no model: the
 sub-app modules import torch and transformers only inside the commands that load one, and :func:`main`

@@ -165,7 +165,7 @@ def run(
 
 
 def summarize(result: dict[str, Any], bundle: Path, signer: str, alpha: float) -> dict[str, Any]:
-    """The DESIGN.md JSON of an audit: verdict, combined p, every test with its null and n, bundle paths."""
+    """The audit JSON of docs/architecture.md: verdict, combined p, each test's null and n, bundle paths."""
     from distillguard.audit.bundle import REPORT
 
     return {

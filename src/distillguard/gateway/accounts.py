@@ -12,9 +12,9 @@ Why it looks like this:
   microseconds), so a revocation, ban or tier change made by the CLI, the admin API or the monitor in
   another process applies to the very next request. No cache means nothing to invalidate.
 - SQLite in WAL mode with a busy timeout and ``BEGIN IMMEDIATE`` writes: several gateway processes and the
-  admin CLI can share one file. (DESIGN.md's scale path moves this to Postgres; the API stays.)
+  admin CLI can share one file. (docs/architecture.md's scale path moves this to Postgres; the API stays.)
 
-Tiers (DESIGN.md's response ladder) are objects in :mod:`distillguard.gateway.tiers`: the store accepts
+Tiers (docs/architecture.md's ladder) are objects in :mod:`distillguard.gateway.tiers`: the store accepts
 any registered tier and asks the account's tier whether to refuse it at authentication (``suspended``: 403);
 what a tier does to quotas, requests and the watermark is applied by the server.
 """

@@ -1,6 +1,6 @@
 """Quotas that concurrent and streamed traffic cannot overshoot: reserve before, reconcile after.
 
-Gateways that count tokens after the response (REFERENCE.md section 7) let N parallel or streamed requests
+Gateways that count tokens after the response (docs/architecture.md) let N parallel or streamed requests
 all pass the check before any of them is counted. Here a request first *reserves*, atomically over every
 scope it belongs to (its key and its account):
 

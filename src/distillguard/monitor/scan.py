@@ -637,7 +637,7 @@ def report_json(
     applied: bool = False,
     policy: Policy | None = None,
 ) -> dict[str, Any]:
-    """The DESIGN.md document: ``{"accounts": [{"account", "risk", "tier", "cluster", "reasons"}...]}``
+    """``{"accounts": [{"account", "risk", "tier", "cluster", "reasons"}...]}`` (docs/architecture.md)
     plus p-values, evidence seq ids, cluster entries and the decisions taken (or proposed)."""
     allow = policy.allowlist if policy else frozenset()
     accounts = []

@@ -209,7 +209,7 @@ def detect_ids(
     *,
     dedup: bool = True,
 ) -> dict:
-    """Score token-id texts for one or several keys. Returns the DESIGN.md detection document.
+    """Score token-id texts for one or several keys. Returns the docs/architecture.md detection document.
 
     ``texts[i]``: ``num_tokens`` (completion length), ``num_scored`` (tuples scored after dedup), ``score``
     (green count or sum of -ln(1-u)), ``z_score`` (display only), ``p_value`` (exact; 0.0 on underflow),

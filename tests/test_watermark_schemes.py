@@ -28,6 +28,23 @@ def test_mix64_matches_python_reference():
     assert [g & hashing.MASK64 for g in got] == [hashing.mix64_int(x) for x in xs]
 
 
+def test_one_splitmix64_for_the_watermark_and_the_monitor():
+    from distillguard import splitmix
+    from distillguard.monitor import features, linking
+
+    # SplitMix64 seeded with 0: its first output is the finaliser of GOLDEN (the published sequence)
+    assert splitmix.mix64_int(splitmix.GOLDEN) == 0xE220A8397B1DCDAF
+    xs = np.array([0, 1, 2**63 - 1, 2**63, 2**64 - 1, 0x123456789ABCDEF], dtype=np.uint64)
+    before = xs.copy()
+    got = splitmix.mix64_np(xs)
+    assert got.dtype == np.uint64 and got.tolist() == [splitmix.mix64_int(int(x)) for x in before]
+    assert np.array_equal(xs, before)  # the input is not modified
+    scalar = splitmix.mix64_np(np.uint64(5))
+    assert scalar.shape == () and int(scalar) == splitmix.mix64_int(5)
+    assert hashing.mix64_np is features.mix64_np is linking.mix64_np is splitmix.mix64_np
+    assert hashing.mix64_int is splitmix.mix64_int
+
+
 def test_numpy_and_torch_backends_agree_bit_for_bit():
     w = torch.randint(-(2**62), 2**62, (64, 3), dtype=torch.int64)
     assert torch.equal(hashing.mix64(w), hashing._mix64_torch(w))
@@ -43,6 +60,22 @@ def test_numpy_and_torch_backends_agree_bit_for_bit():
 def test_keys_derive_consistently():
     assert hashing.derive_key(42) == hashing.derive_key("42") == hashing.derive_key(" 0x2a ")
     assert hashing.derive_key("northwind-secret") != hashing.derive_key("northwind-secret2")
+
+
+def test_one_key_parser_for_options_settings_and_specs():
+    from distillguard.gateway.settings import GatewaySettings
+    from distillguard.watermark.keys import parse_key
+    from distillguard.watermark.options import build_specs
+
+    assert parse_key(" 0x2a ") == parse_key("42") == parse_key(42) == 42
+    assert parse_key("northwind") == "northwind" and parse_key(" 1e3 ") == " 1e3 "  # not an integer
+    specs = build_specs("kgw", ["0x2a", "northwind"], 0.25, 2.0, 1, False, None)
+    assert [s.key for s in specs] == [42, "northwind"]
+    assert GatewaySettings(watermark_key=" 0x2a ").watermark_spec().key == 42
+    assert GatewaySettings(watermark_key="northwind").watermark_spec().key == "northwind"
+    WatermarkSpec(key="0x2a", hf_compat=True, vocab_size=100)  # an integer string is an integer key
+    with pytest.raises(UserError, match="integer key"):
+        WatermarkSpec(key="northwind", hf_compat=True, vocab_size=100)
 
 
 @pytest.mark.parametrize("gamma,vocab", [(0.25, 1000), (0.5, 4099), (0.1, 1001), (0.3, 32000)])

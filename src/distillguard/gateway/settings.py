@@ -179,6 +179,7 @@ class GatewaySettings:
 
     def watermark_spec(self, *, delta: float | None = None):
         """The configured watermark (None if disabled); ``delta`` overrides the KGW bias (restricted tier)."""
+        from distillguard.watermark.keys import parse_key
         from distillguard.watermark.schemes import WatermarkSpec
 
         if not self.watermark:
@@ -186,8 +187,7 @@ class GatewaySettings:
         key: int | str = (
             self.watermark_key if self.watermark_key is not None else load_or_create_watermark_key()
         )
-        if isinstance(key, str) and _is_int(key):
-            key = int(key, 0)
+        key = parse_key(key)
         return WatermarkSpec(
             scheme=self.watermark_scheme.lower(),  # type: ignore[arg-type]
             key=key,
@@ -235,14 +235,6 @@ def _canonical(values: dict[str, Any]) -> dict[str, Any]:
         name = ALIASES.get(name, name)
         out[name] = v
     return out
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text, 0)
-        return True
-    except ValueError:
-        return False
 
 
 def _coerce(name: str, hint: Any, value: Any) -> Any:

@@ -25,7 +25,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from distillguard.monitor.features import mix64, tokens, user_text
+from distillguard.monitor.features import tokens, user_text
+from distillguard.splitmix import mix64_np as mix64
 
 FINGERPRINT_VERSION = "distillguard-template/1"
 MINHASH_PERMUTATIONS = 64

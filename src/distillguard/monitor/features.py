@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from distillguard.splitmix import mix64_np
 from distillguard.text.vectors import cosine_distances, iter_farthest_first, text_features
 
 # --------------------------------------------------------------------------------------------------
@@ -258,18 +259,6 @@ def _powers(n: int) -> np.ndarray:
     return _POW
 
 
-def mix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser: a bijection on uint64 that spreads every input bit over the output."""
-    x = np.asarray(x, dtype=np.uint64).copy()
-    with np.errstate(over="ignore"):
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-    return x
-
-
 def hash_strings(arr: pa.Array | Sequence[str]) -> np.ndarray:
     """Stable 64-bit hashes of strings (a polynomial hash of the UTF-8 bytes mod 2**64, then splitmix64),
     vectorised over Arrow's buffers: the same text hashes the same in every process and batch, which
@@ -296,7 +285,7 @@ def hash_strings(arr: pa.Array | Sequence[str]) -> np.ndarray:
         acc[nz] = np.add.reduceat(terms, (off[:-1] - start)[nz])
     with np.errstate(over="ignore"):
         h = acc ^ (lens.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64(0x2545F4914F6CDD1D)
-    return mix64(h)
+    return mix64_np(h)
 
 
 def fingerprint(arr: pa.Array, ends: int = 96) -> np.ndarray:
@@ -321,14 +310,14 @@ def fingerprint(arr: pa.Array, ends: int = 96) -> np.ndarray:
         )
         h[long] = hash_strings(joined)
     with np.errstate(over="ignore"):
-        return mix64(h ^ (lens * np.uint64(0xD6E8FEB86659FD93)))
+        return mix64_np(h ^ (lens * np.uint64(0xD6E8FEB86659FD93)))
 
 
 def hash_ints(values: np.ndarray, salt: int = 0) -> np.ndarray:
     """Stable 64-bit hashes of integers (salted splitmix64)."""
     with np.errstate(over="ignore"):
         v = np.asarray(values).astype(np.int64).view(np.uint64) + np.uint64(salt & _M64)
-    return mix64(v)
+    return mix64_np(v)
 
 
 def stable_hash(text: str) -> int:

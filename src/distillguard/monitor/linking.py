@@ -31,7 +31,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from distillguard.monitor.features import mix64
+from distillguard.splitmix import mix64_np
 
 KINDS = ("ip", "template", "timing", "created")
 _SIG = 64
@@ -73,7 +73,7 @@ def minhash(items: set[int], salt: int = 0x7E3) -> np.ndarray:
     arr = np.fromiter(items, dtype=np.int64, count=len(items)).view(np.uint64)
     salts = (salt + 7919 * np.arange(_SIG, dtype=np.uint64)).astype(np.uint64)
     with np.errstate(over="ignore"):
-        return mix64(arr[None, :] + salts[:, None]).min(axis=1)  # row j: the salted hash_ints of j
+        return mix64_np(arr[None, :] + salts[:, None]).min(axis=1)  # row j: the salted hash_ints of j
 
 
 def _main_prefixes(c: Counter, share: float = 0.1) -> set[str]:

@@ -5,9 +5,10 @@ server is detected on a laptop. On CPU the work runs in numpy ``uint64`` (wrappi
 several times faster than torch's int64 shifts); on other devices in torch ``int64`` with wrap-around
 multiplication and masked shifts. Both produce identical bits (tested).
 
-The PRF is SplitMix64's finaliser (a bijection with full avalanche) in a counter construction:
-``seed(window) = chain(key, window tokens)``, ``word_j = mix64(seed + (j + 1) * GOLDEN)``. One 64-bit word
-yields several tokens' worth of uniform lanes (KGW), or one 53-bit uniform per token (Gumbel).
+The PRF is SplitMix64's finaliser (:mod:`distillguard.splitmix`, a bijection with full avalanche) in a
+counter construction: ``seed(window) = chain(key, window tokens)``,
+``word_j = mix64(seed + (j + 1) * GOLDEN)``. One 64-bit word yields several tokens' worth of uniform lanes
+(KGW), or one 53-bit uniform per token (Gumbel).
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import hashlib
 import numpy as np
 import torch
 
-MASK64 = (1 << 64) - 1
-GOLDEN = 0x9E3779B97F4A7C15
-_M1 = 0xBF58476D1CE4E5B9
-_M2 = 0x94D049BB133111EB
+from distillguard.splitmix import GOLDEN, M1, M2, MASK64, mix64_int, mix64_np
+from distillguard.watermark.keys import parse_key
+
 _U = np.uint64
 
 
@@ -30,43 +30,18 @@ def to_signed64(x: int) -> int:
     return x - (1 << 64) if x >= 1 << 63 else x
 
 
-# --- reference (Python ints) ---
-
-
-def mix64_int(z: int) -> int:
-    """SplitMix64 finaliser on a Python int (the reference every vectorised version must match)."""
-    z &= MASK64
-    z = ((z ^ (z >> 30)) * _M1) & MASK64
-    z = ((z ^ (z >> 27)) * _M2) & MASK64
-    return z ^ (z >> 31)
-
-
 def derive_key(key: int | str) -> int:
     """A 64-bit secret from a user key: integers are mixed, strings hashed with SHA-256.
 
-    Integer strings ("42", "0x2a") mean the integer, so ``--key 42`` and ``key=42`` agree.
+    Integer strings ("42", "0x2a") mean the integer (:func:`~distillguard.watermark.keys.parse_key`), so
+    ``--key 42`` and ``key=42`` agree.
     """
+    key = parse_key(key)
     if isinstance(key, str):
-        text = key.strip()
-        try:
-            key = int(text, 0)
-        except ValueError:
-            return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        return int.from_bytes(hashlib.sha256(key.strip().encode()).digest()[:8], "little")
     if isinstance(key, bool) or not isinstance(key, int):
         raise TypeError(f"key must be an int or str, not {type(key).__name__}")
     return mix64_int(mix64_int(key & MASK64) ^ (key >> 64 & MASK64))
-
-
-# --- numpy (CPU) ---
-
-
-def mix64_np(z: np.ndarray) -> np.ndarray:
-    z = z ^ (z >> _U(30))
-    z *= _U(_M1)
-    z ^= z >> _U(27)
-    z *= _U(_M2)
-    z ^= z >> _U(31)
-    return z
 
 
 # --- torch (any device) ---
@@ -78,8 +53,8 @@ def _lsr(z: torch.Tensor, s: int) -> torch.Tensor:
 
 
 def _mix64_torch(z: torch.Tensor) -> torch.Tensor:
-    z = (z ^ _lsr(z, 30)) * to_signed64(_M1)
-    z = (z ^ _lsr(z, 27)) * to_signed64(_M2)
+    z = (z ^ _lsr(z, 30)) * to_signed64(M1)
+    z = (z ^ _lsr(z, 27)) * to_signed64(M2)
     return z ^ _lsr(z, 31)
 
 

@@ -40,13 +40,14 @@ def build_specs(
     vocab_size: int | None,
 ) -> list[WatermarkSpec]:
     """One spec per key; validation errors surface as UserError (one line at the CLI)."""
+    from distillguard.watermark.keys import parse_key
     from distillguard.watermark.schemes import HF_DEFAULT_KEY, WatermarkSpec
 
     keys = keys or [str(HF_DEFAULT_KEY)]
     return [
         WatermarkSpec(
             scheme=scheme.lower(),  # type: ignore[arg-type]
-            key=int(k, 0) if _is_int(k) else k,
+            key=parse_key(k),
             gamma=gamma,
             delta=delta,
             context_width=context_width,
@@ -55,11 +56,3 @@ def build_specs(
         )
         for k in keys
     ]
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text, 0)
-        return True
-    except ValueError:
-        return False

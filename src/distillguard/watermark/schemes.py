@@ -38,6 +38,7 @@ import torch
 
 from distillguard.errors import UserError
 from distillguard.watermark import hashing, stats
+from distillguard.watermark.keys import parse_key
 
 HF_DEFAULT_KEY = 15485863
 
@@ -125,20 +126,6 @@ class WatermarkSpec:
         return out | self.impl.describe(self)
 
 
-def _is_int_key(key: int | str) -> bool:
-    if isinstance(key, int):
-        return True
-    try:
-        int(str(key).strip(), 0)
-        return True
-    except ValueError:
-        return False
-
-
-def _int_key(key: int | str) -> int:
-    return key if isinstance(key, int) else int(str(key).strip(), 0)
-
-
 # --------------------------------------------------------------------------------------------------
 # KGW, native mode
 
@@ -210,7 +197,7 @@ def _hf_mask_for(spec: WatermarkSpec, token: int) -> np.ndarray:
     if mask is None:
         vocab = spec.require_vocab()
         mask = np.zeros(vocab, dtype=bool)
-        mask[hf_greenlist(_int_key(spec.key), token, vocab, spec.gamma).numpy()] = True
+        mask[hf_greenlist(parse_key(spec.key), token, vocab, spec.gamma).numpy()] = True
         cache[token] = mask
         if len(cache) > _HF_CACHE_SIZE:
             cache.popitem(last=False)
@@ -458,7 +445,7 @@ class KGW(GreenListScheme):
         return spec.green_rate
 
     def validate(self, spec: WatermarkSpec) -> None:
-        if spec.hf_compat and not _is_int_key(spec.key):
+        if spec.hf_compat and not isinstance(parse_key(spec.key), int):
             raise UserError("--hf-compat needs an integer key (transformers' hashing_key)")
 
     def describe(self, spec: WatermarkSpec) -> dict:

@@ -19,7 +19,7 @@ from cli_run import run_cli
 from distillguard.distill.strategies import COT_TEMPLATES
 from distillguard.errors import UserError
 from distillguard.gateway.accounts import AccountStore
-from distillguard.gateway.ledger import Ledger, canonical_json
+from distillguard.gateway.ledger import Ledger, canonical_json, parquet_schema
 from distillguard.monitor.personas import (
     DAY,
     PERSONAS,
@@ -32,7 +32,6 @@ from distillguard.monitor.personas import (
 from distillguard.monitor.simulate import simulate
 from distillguard.monitor.synth import (
     ledger_params,
-    parquet_schema,
     read_labels,
     synthesize_ledger,
     synthesize_parquet,
@@ -372,6 +371,11 @@ def test_parquet_stream_has_the_export_schema_and_a_real_chain(tmp_path, pools):
             and r["tokens"] == r["prompt_tokens"] + r["completion_tokens"]
         )
         prev = r["hash"]
+    # the same records appended to a real ledger get exactly the Parquet file's chain, and verify
+    replay = Ledger(tmp_path / "replay.db", secret=TEST_SECRET.encode())
+    replay.append_many(json.loads(r["record"]) for r in rows[:500])
+    assert replay.verify().ok and replay.head()["hash"] == rows[499]["hash"]
+    replay.close()
     labels = read_labels(tmp_path / "pq" / "labels.json")
     assert {r["account"] for r in rows} <= set(labels)
     share = sum(labels[r["account"]]["persona"] == "sybil" for r in rows) / len(rows)

@@ -129,8 +129,30 @@ def sha256_text(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _chain(prev: str, text: str) -> str:
+def chain_hash(prev: str, text: str) -> str:
+    """A record's chain hash: ``sha256(prev_hash + canonical_json)`` in hex (``GENESIS`` before the first)."""
     return hashlib.sha256((prev + text).encode("utf-8")).hexdigest()
+
+
+_chain = chain_hash
+
+
+def parquet_schema():
+    """The Arrow schema of :meth:`Ledger.export_parquet`, one row per record: the query fields as columns,
+    nested fields (``params``, ``messages``, ``watermark``) as canonical JSON text, the full canonical record
+    and its hashes. Synthetic Parquet ledgers and the monitor's readers use this one schema."""
+    import pyarrow as pa
+
+    s, i, f = pa.string(), pa.int64(), pa.float64()
+    return pa.schema(
+        [
+            ("seq", i), ("ts", f), ("ts_start", f), ("ts_end", f), ("request_id", s), ("account", s),
+            ("key_id", s), ("org", s), ("client_ip", s), ("endpoint", s), ("model", s), ("decision", s),
+            ("tier", s), ("status", i), ("error_code", s), ("prompt_tokens", i), ("completion_tokens", i),
+            ("tokens", i), ("prompt", s), ("completion", s), ("params", s), ("messages", s), ("watermark", s),
+            ("record", s), ("prev_hash", s), ("hash", s),
+        ]
+    )  # fmt: skip
 
 
 def _redact(record: dict[str, Any]) -> None:
@@ -536,36 +558,7 @@ class Ledger:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create {out_dir}: {exc}") from None
-        schema = pa.schema(
-            [
-                ("seq", pa.int64()),
-                ("ts", pa.float64()),
-                ("ts_start", pa.float64()),
-                ("ts_end", pa.float64()),
-                ("request_id", pa.string()),
-                ("account", pa.string()),
-                ("key_id", pa.string()),
-                ("org", pa.string()),
-                ("client_ip", pa.string()),
-                ("endpoint", pa.string()),
-                ("model", pa.string()),
-                ("decision", pa.string()),
-                ("tier", pa.string()),
-                ("status", pa.int64()),
-                ("error_code", pa.string()),
-                ("prompt_tokens", pa.int64()),
-                ("completion_tokens", pa.int64()),
-                ("tokens", pa.int64()),
-                ("prompt", pa.string()),
-                ("completion", pa.string()),
-                ("params", pa.string()),
-                ("messages", pa.string()),
-                ("watermark", pa.string()),
-                ("record", pa.string()),
-                ("prev_hash", pa.string()),
-                ("hash", pa.string()),
-            ]
-        )
+        schema = parquet_schema()
         plain = {f.name for f in schema} - {"params", "messages", "watermark", "record", "prev_hash", "hash"}
         path = out_dir / "ledger.parquet"
         tmp = out_dir / ".ledger.parquet.tmp"

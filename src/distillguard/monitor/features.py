@@ -392,20 +392,16 @@ COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
 )
-_SCHEMA = pa.schema(
-    [
-        ("seq", pa.int64()),
-        ("ts", pa.float64()),
-        ("account", pa.string()),
-        ("key_id", pa.string()),
-        ("client_ip", pa.string()),
-        ("decision", pa.string()),
-        ("prompt", pa.large_string()),
-        ("params", pa.large_string()),
-        ("prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()),
-    ]
-)
+_LARGE = ("prompt", "params")  # texts as large_string, the layout derive reads (64-bit offsets)
+
+
+def records_schema() -> pa.Schema:
+    """The :data:`COLUMNS` of the ledger's Parquet schema (``gateway.ledger.parquet_schema``), with the
+    texts as ``large_string``: what :func:`records_to_table` builds."""
+    from distillguard.gateway.ledger import parquet_schema
+
+    full = parquet_schema()
+    return pa.schema([pa.field(n, pa.large_string()) if n in _LARGE else full.field(n) for n in COLUMNS])
 
 
 def records_to_table(records: Iterable[dict[str, Any]]) -> pa.Table:
@@ -430,7 +426,7 @@ def records_to_table(records: Iterable[dict[str, Any]]) -> pa.Table:
         for name in ("prompt_tokens", "completion_tokens"):
             v = r.get(name)
             cols[name].append(v if isinstance(v, int) and not isinstance(v, bool) else None)
-    return pa.table(cols, schema=_SCHEMA)
+    return pa.table(cols, schema=records_schema())
 
 
 def _render(messages: list) -> str:

@@ -17,7 +17,6 @@ more common than in live traffic: use it to measure the *cost* of batch features
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -30,7 +29,7 @@ import numpy as np
 
 from distillguard.errors import UserError
 from distillguard.gateway.accounts import AccountStore
-from distillguard.gateway.ledger import GENESIS, Ledger, canonical_json
+from distillguard.gateway.ledger import GENESIS, Ledger, canonical_json, chain_hash, parquet_schema
 from distillguard.monitor.personas import (
     CI_NETS,
     CLOUD_NETS,
@@ -301,22 +300,6 @@ def synthesize_ledger(
 
 # --------------------------------------------------------------------------------------------------
 # 50M rows to Parquet
-
-
-def parquet_schema():
-    """The columns of ``Ledger.export_parquet`` (a test keeps the two identical)."""
-    import pyarrow as pa
-
-    s, i, f = pa.string(), pa.int64(), pa.float64()
-    return pa.schema(
-        [
-            ("seq", i), ("ts", f), ("ts_start", f), ("ts_end", f), ("request_id", s), ("account", s),
-            ("key_id", s), ("org", s), ("client_ip", s), ("endpoint", s), ("model", s), ("decision", s),
-            ("tier", s), ("status", i), ("error_code", s), ("prompt_tokens", i), ("completion_tokens", i),
-            ("tokens", i), ("prompt", s), ("completion", s), ("params", s), ("messages", s), ("watermark", s),
-            ("record", s), ("prev_hash", s), ("hash", s),
-        ]
-    )  # fmt: skip
 
 
 @dataclass
@@ -736,7 +719,8 @@ _RECORD_FIELDS = (
 
 
 def _chain_records(cols: dict[str, Any], n: int, seq: int, prev: str) -> tuple[Any, Any, Any, str]:
-    """Canonical JSON records and their hash chain for one chunk (what ``Ledger`` would have stored)."""
+    """Canonical JSON records and their hash chain for one chunk (what ``Ledger`` would have stored, by
+    the ledger's own :func:`~distillguard.gateway.ledger.canonical_json` and ``chain_hash``)."""
     import pyarrow as pa
 
     plain = {name: cols[name].to_pylist() for name in _RECORD_FIELDS}
@@ -752,7 +736,7 @@ def _chain_records(cols: dict[str, Any], n: int, seq: int, prev: str) -> tuple[A
             rec["messages"] = json.loads(messages[i])
         rec["seq"] = seq + i + 1
         text = canonical_json(rec)
-        digest = hashlib.sha256((prev + text).encode("utf-8")).hexdigest()
+        digest = chain_hash(prev, text)
         texts.append(text)
         prevs.append(prev)
         hashes.append(digest)

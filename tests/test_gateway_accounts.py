@@ -23,7 +23,7 @@ from distillguard.gateway.accounts import (
     gateway_secret,
     load_or_create_secret,
 )
-from distillguard.gateway.ipfilter import IPRules
+from distillguard.gateway.ipfilter import UNPARSEABLE, IPRules
 
 SECRET = b"s" * 32
 
@@ -362,7 +362,9 @@ def test_client_ip_trusts_forwarded_for_only_from_trusted_proxies() -> None:
     assert rules.client_ip("10.0.0.2", "198.51.100.7") == "198.51.100.7"
     assert rules.client_ip("10.0.0.2", None) == "10.0.0.2"
     assert rules.client_ip("10.0.0.2", "10.0.0.3, 10.0.0.4") == "10.0.0.3"  # all trusted: the leftmost
-    assert rules.client_ip("10.0.0.2", "garbage") == "10.0.0.2"  # malformed: stop at the last vouched hop
+    # malformed hop: an untrusted client without an address (fails closed under allow lists)
+    assert rules.client_ip("10.0.0.2", "garbage") == UNPARSEABLE
+    assert not IPRules(allow=["10.0.0.0/8"], trusted_proxies=["10.0.0.0/8"]).allowed(UNPARSEABLE)
     assert rules.client_ip("10.0.0.2", "198.51.100.7:4711") == "198.51.100.7"
     assert rules.client_ip("fd00::1", "[2001:db8::5]:443") == "2001:db8::5"
     assert rules.client_ip("::ffff:10.0.0.2", "198.51.100.8") == "198.51.100.8"

@@ -61,7 +61,9 @@ def _ledger_counts(gw, key_prefix: str = "") -> dict[str, int]:
     try:
         out: dict[str, int] = {}
         for r in ledger.iter_records():
-            if r.get("account", "") and r["account"].startswith(key_prefix):
+            # a stream's "stream_started" record precedes its own: count requests
+            mine = r.get("account", "") and r["account"].startswith(key_prefix)
+            if mine and r["decision"] != "stream_started":
                 out[r["decision"]] = out.get(r["decision"], 0) + 1
         assert ledger.verify().ok
         return out

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import math
 import time
@@ -37,7 +36,7 @@ import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response, StreamingResponse
 
@@ -52,6 +51,8 @@ from distillguard.gateway.backends import (
     UpstreamBackend,
     estimate_tokens,
 )
+from distillguard.gateway.errorpath import RefusalLimiter, as_api_error
+from distillguard.gateway.http_limits import HTTPGuard, admin_refusal
 from distillguard.gateway.ipfilter import IPRules
 from distillguard.gateway.ledger import Ledger
 from distillguard.gateway.protocol import (
@@ -71,6 +72,7 @@ from distillguard.gateway.protocol import (
     usage,
 )
 from distillguard.gateway.quotas import Denied, QuotaStore, open_quota_store
+from distillguard.gateway.request_model import client_text_bytes, definitions, forward_body, render_chat
 from distillguard.gateway.settings import GatewaySettings
 from distillguard.gateway.tiers import Refusal, Tier, TierSettings, get_tier, ladder
 
@@ -245,6 +247,7 @@ class Ctx:
     params: dict | None = None
     prompt: str | None = None
     messages: list | None = None
+    tools: dict | None = None
     completion: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -253,6 +256,7 @@ class Ctx:
     error_code: str | None = None
     watermark: dict | None = None
     recorded: bool = False
+    repeated: int | None = None  # a summary record of this many refusals (see errorpath.RefusalLimiter)
 
     def record(self) -> dict[str, Any]:
         p = self.principal
@@ -280,15 +284,16 @@ class Ctx:
         }
         if self.messages is not None:
             rec["messages"] = self.messages
+        if self.tools is not None:
+            rec["tools"] = self.tools
+        if self.repeated is not None:
+            rec["repeated"] = self.repeated
         return rec
 
 
 def render_messages(messages: list[dict]) -> str:
-    """Chat messages as one text for the ledger: a single message's content, else ``role: content`` lines,
-    so the monitor sees the same text whether a query came as a chat or a completion."""
-    if len(messages) == 1:
-        return messages[0]["content"]
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+    """Chat messages as one text for the ledger (see :func:`request_model.render_chat`)."""
+    return render_chat(messages, None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,7 +319,11 @@ class Gateway:
         self.ledger = ledger
         self.writer = LedgerWriter(ledger)
         self.rules = rules
-        self._ip_cache: dict[tuple[str, str | None], tuple[str, bool]] = {}
+        # (client ip, allowed) per TCP peer address, only for peers whose X-Forwarded-For is not read: never
+        # keyed by anything the client writes
+        self._ip_cache: dict[str, tuple[str, bool]] = {}
+        self.refusals = RefusalLimiter(settings.refusal_records_per_minute)
+        self.protect_internal = settings.internal_endpoints_protected()
         self.metrics = Metrics()
         self.proxy = isinstance(backend, UpstreamBackend)
         self.tier_settings = TierSettings.from_settings(settings)
@@ -352,21 +361,25 @@ class Gateway:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _client(self, peer: str, forwarded: str | None) -> tuple[str, bool]:
-        """``(client ip, allowed)``, memoised: the rules are fixed for the app's life and parsing addresses
-        costs more than the rest of admission."""
-        hit = self._ip_cache.get((peer, forwarded))
+    def _client(self, peer: str, forwarded: list[str]) -> tuple[str, bool]:
+        """``(client ip, allowed)``. ``forwarded``: every ``X-Forwarded-For`` header line, in order (a proxy
+        may append a line of its own). Memoised per peer when the peer's header is not read: the rules are
+        fixed for the app's life and parsing addresses costs more than the rest of admission."""
+        if forwarded and self.rules.trusted_proxies and self.rules.is_trusted(peer):
+            ip = self.rules.client_ip(peer, ",".join(forwarded))
+            return ip, self.rules.allowed(ip)
+        hit = self._ip_cache.get(peer)
         if hit is None:
-            ip = self.rules.client_ip(peer, forwarded)
+            ip = self.rules.client_ip(peer, None)
             hit = (ip, self.rules.allowed(ip))
-            if len(self._ip_cache) >= 65536:
+            if len(self._ip_cache) >= 4096:
                 self._ip_cache.clear()
-            self._ip_cache[(peer, forwarded)] = hit
+            self._ip_cache[peer] = hit
         return hit
 
     def _admit(self, ctx: Ctx, request: Request) -> Principal:
         peer = request.client.host if request.client else ""
-        ctx.client_ip, allowed = self._client(peer, request.headers.get("x-forwarded-for"))
+        ctx.client_ip, allowed = self._client(peer, request.headers.getlist("x-forwarded-for"))
         if not allowed:
             raise APIError(403, "Requests from your IP address are not allowed.", code="ip_not_allowed")
         auth = request.headers.get("authorization", "")
@@ -444,6 +457,20 @@ class Gateway:
                 503, "the request could not be recorded; try again", code="ledger_unavailable"
             ) from exc
 
+    async def _record_start(self, ctx: Ctx) -> None:
+        """A durable record of an admitted stream before its first content byte (``decision``
+        ``stream_started``; the request's own record, with the final counts, follows before ``[DONE]``), so a
+        crash mid-stream still leaves evidence of what was asked and that an answer was being sent."""
+        rec = ctx.record()
+        rec.update(decision="stream_started", completion=None, completion_tokens=None)
+        try:
+            await self.writer.append(rec)
+        except Exception as exc:
+            log.exception("ledger append failed")
+            raise APIError(
+                503, "the request could not be recorded; try again", code="ledger_unavailable"
+            ) from exc
+
     def _append_now(self, ctx: Ctx) -> None:
         """Synchronous append for cleanup paths (a cancelled stream cannot await)."""
         if ctx.recorded:
@@ -464,15 +491,54 @@ class Gateway:
             m.child(m.tokens, "completion").inc(ctx.completion_tokens)
 
     async def refuse(self, ctx: Ctx, err: APIError) -> Response:
-        ctx.status, ctx.error_code = (
-            err.status,
-            err.code,
-        )  # decision stays "admitted" for a failure after admission
+        """Record, then answer, a refused or failed request (the one error path). A refusal before
+        authentication beyond its source's budget is counted into a summary record instead."""
+        ctx.status, ctx.error_code = err.status, err.code  # decision stays "admitted" after admission
         if not ctx.recorded:
-            with contextlib.suppress(APIError):  # still refuse with the original error
-                await self._append(ctx)
+            if ctx.principal is None and ctx.decision == "refused" and not self.refusals.allow(ctx.client_ip):
+                ctx.recorded = True
+                if self.refusals.count(ctx.endpoint, ctx.client_ip, err.status, err.code):
+                    await self.flush_refusals()
+            else:
+                with contextlib.suppress(APIError):  # still refuse with the original error
+                    await self._append(ctx)
         self._observe(ctx)
         return error_response(err, ctx.request_id)
+
+    async def refuse_early(self, scope: dict, err: APIError) -> Response:
+        """A refusal of the HTTP layer (:mod:`http_limits`), before any route ran: recorded the same way."""
+        path = scope.get("path", "")
+        ctx = Ctx(_endpoint_label(path))
+        client = scope.get("client")
+        forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
+        try:
+            ctx.client_ip = self._client(client[0] if client else "", forwarded)[0]
+        except Exception:  # an unparseable peer still gets its refusal
+            ctx.client_ip = None
+        return await self.refuse(ctx, err)
+
+    async def flush_refusals(self) -> None:
+        """Write the summary records of refusals counted beyond their sources' budgets (one commit)."""
+        summaries = self.refusals.drain()
+        if not summaries:
+            return
+        ctxs = []
+        for sm in summaries:
+            ctx = Ctx(sm.endpoint, client_ip=sm.client_ip, ts_start=sm.first)
+            ctx.status, ctx.error_code, ctx.repeated = sm.status, sm.error_code, sm.count
+            ctxs.append(ctx)
+        results = await asyncio.gather(*(self._append(c) for c in ctxs), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                log.error("refusal summary not recorded: %s", r)
+
+    async def refusal_flusher(self, every: float = 5.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.flush_refusals()
+            except Exception:
+                log.exception("refusal summary flush failed")
 
     # -- /v1/models ---------------------------------------------------------------------------------
 
@@ -495,8 +561,8 @@ class Gateway:
                 body = {"object": "list", "data": cards}
             ctx.decision = "admitted"
             await self._append(ctx)
-        except APIError as err:
-            return await self.refuse(ctx, err)
+        except Exception as exc:
+            return await self.refuse(ctx, as_api_error(exc, ctx))
         self._observe(ctx)
         return json_response(body, ctx.request_id)
 
@@ -513,9 +579,9 @@ class Gateway:
             s = sampling_of(req)
             ctx.params = s.params
             if chat:
-                ctx.messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-                                for m in req.messages]  # fmt: skip
-                ctx.prompt = render_messages(ctx.messages)
+                ctx.messages = [m.ledger_entry() for m in req.messages]
+                ctx.tools = definitions(req)
+                ctx.prompt = render_chat(ctx.messages, ctx.tools)
             refusal = get_tier(p.tier).refuse_request(s, req)
             if refusal is not None:
                 raise _refused(refusal)
@@ -524,8 +590,8 @@ class Gateway:
             if self.proxy:
                 return await self._proxy(ctx, p, req, s, chat)
             return await self._local(ctx, p, req, s, chat, big=len(raw) > BIG_BODY)
-        except APIError as err:
-            return await self.refuse(ctx, err)
+        except Exception as exc:  # the one error path: every failure is recorded, then answered
+            return await self.refuse(ctx, as_api_error(exc, ctx))
 
     def _resolve_max_tokens(self, s: Sampling, prompts: list[Prompt], context: int, param: str) -> int:
         cap = self.settings.max_tokens_cap
@@ -561,6 +627,11 @@ class Gateway:
         backend = self.backend
         if req.model != backend.model_id:
             raise _model_not_found(req.model)
+        if ctx.tools:
+            name = next(iter(ctx.tools))
+            raise APIError(
+                400, f"{name} is not supported by this model", param=name, code="unsupported_parameter"
+            )
         for tok, _ in s.logit_bias:
             backend.check_token_ids([tok], "logit_bias")
 
@@ -684,6 +755,7 @@ class Gateway:
         texts = [""] * rows
         offsets = [len(prompts[i // s.n].text) for i in range(rows)]
         try:
+            await self._record_start(ctx)
             if chat:
                 for i in range(rows):
                     first = {
@@ -749,7 +821,6 @@ class Gateway:
     # -- proxy mode ---------------------------------------------------------------------------------
 
     async def _proxy(self, ctx: Ctx, p: Principal, req: Any, s: Sampling, chat: bool) -> Response:
-        body = req.model_dump(exclude_unset=True, exclude_none=False)
         cap = self.settings.max_tokens_cap
         if s.max_tokens is not None and s.max_tokens > cap:
             raise APIError(
@@ -759,10 +830,10 @@ class Gateway:
                 param="max_tokens",
             )
         max_tokens = s.max_tokens if s.max_tokens is not None else min(s.default_max_tokens or cap, cap)
-        if not chat or "max_completion_tokens" not in body:
-            body["max_tokens"] = max_tokens  # the reservation assumes it: the upstream must honour it
-        if chat:
-            prompt_bound = sum(estimate_tokens(m["content"]) + 8 for m in ctx.messages) + 8
+        # rebuilt from the validated request, every output bound set to what is reserved below
+        body = forward_body(req, n=s.n, max_tokens=max_tokens, stream=s.stream)
+        if chat:  # every piece of client text: contents, names, tool calls and results, definitions
+            prompt_bound = client_text_bytes(ctx.messages, ctx.tools)
             n_prompts = 1
         else:
             items = _prompt_items(req.prompt)
@@ -784,7 +855,6 @@ class Gateway:
         path = "/chat/completions" if chat else "/completions"
         self.metrics.in_flight.inc()
         if s.stream:
-            body["stream_options"] = {"include_usage": True}
             fin = _StreamEnd(self, ctx, reservation, lambda: reserve, None)
             return SSEResponse(
                 self._stream_proxy(ctx, path, body, fin, s, chat),
@@ -813,6 +883,7 @@ class Gateway:
     ) -> AsyncIterator[bytes]:
         texts: dict[int, str] = {}
         try:
+            await self._record_start(ctx)
             async for chunk in self.backend.stream(path, body):
                 if chunk.get("usage"):
                     pt, ct = _usage_of(chunk["usage"])
@@ -892,6 +963,18 @@ class _StreamEnd:
         self.gw._append_now(self.ctx)
         self.gw.metrics.in_flight.dec()
         self.gw._observe(self.ctx)
+
+
+def _endpoint_label(path: str) -> str:
+    """A request path as a ledger endpoint and metrics label: the known routes by name, the rest grouped
+    (a client-chosen path must not become a new label or an unbounded string)."""
+    if path in (CHAT, COMPLETIONS, MODELS, "/healthz", "/metrics", "/openapi.json", "/docs", "/redoc"):
+        return path
+    if path.startswith(MODELS + "/"):
+        return MODELS
+    if path.startswith("/admin"):
+        return "/admin"
+    return "other"
 
 
 def _check_choices(prompts: int, n: int) -> None:
@@ -991,32 +1074,46 @@ class SSEResponse(StreamingResponse):
 # Admin API bodies
 
 
-class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AdminBody(BaseModel):
+    """Admin inputs: no unknown fields, finite numbers, strings that are valid unicode (no lone
+    surrogates: they cannot be stored) and of bounded length."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_max_length=1000)
+
+    @field_validator("*")
+    @classmethod
+    def _valid_unicode(cls, v: Any) -> Any:
+        for s in v if isinstance(v, list) else [v]:
+            if isinstance(s, str):
+                try:
+                    s.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("must be valid unicode (no lone surrogates)") from None
+        return v
+
+
+class KeyCreate(AdminBody):
     account: str
     org: str | None = None
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     daily_tokens: int | None = Field(None, ge=1)
     max_concurrent: int | None = Field(None, ge=1)
-    expires_at: float | None = None
-    models: list[str] | None = None
+    expires_at: float | None = Field(None, ge=0, le=1e11)
+    models: list[str] | None = Field(None, max_length=1000)
     name: str | None = None
 
 
-class BanBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BanBody(AdminBody):
     reason: str | None = None
 
 
-class TierBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TierBody(AdminBody):
     tier: str
     reason: str | None = None
 
 
-class LimitsBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class LimitsBody(AdminBody):
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     daily_tokens: int | None = Field(None, ge=1)
@@ -1032,7 +1129,7 @@ def build_backend(settings: GatewaySettings) -> Any:
     kind = settings.resolved_backend
     if kind == "upstream":
         return UpstreamBackend(
-            settings.upstream_url, settings.upstream_api_key, timeout=settings.upstream_timeout
+            settings.upstream_url, settings.resolved_upstream_api_key(), timeout=settings.upstream_timeout
         )
     if kind == "stub":
         return StubBackend(model_id=settings.model_name or "stub")
@@ -1077,9 +1174,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await gw.backend.startup()
+        flusher = asyncio.create_task(gw.refusal_flusher())
         try:
             yield
         finally:
+            flusher.cancel()
+            with contextlib.suppress(BaseException):
+                await flusher
+            await gw.flush_refusals()
             await gw.backend.aclose()
             gw.writer.close()
 
@@ -1090,6 +1192,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.gateway = gw
+    app.add_middleware(HTTPGuard, gateway=gw)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Response:
@@ -1159,16 +1262,10 @@ def create_app(
     # -- admin routes ---------------------------------------------------------------------------
 
     def require_admin(request: Request) -> None:
-        token = settings.admin_token
-        if not token:
-            raise APIError(
-                404, "The admin API is disabled (no admin_token configured).", code="admin_disabled"
-            )
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise APIError(
-                401, "Admin endpoints need 'Authorization: Bearer <admin token>'.", code="invalid_admin_token"
-            )
+        # HTTPGuard checks the token before the body is read; checked again here for routes mounted later
+        err = admin_refusal(settings.admin_token, request.headers.get("authorization", ""))
+        if err is not None:
+            raise err
 
     admin = [Depends(require_admin)]
 

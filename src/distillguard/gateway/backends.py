@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import queue
+import re
 import secrets
 import socket
 import ssl
@@ -1005,8 +1006,10 @@ class UpstreamBackend:
     """Proxy to another OpenAI-compatible server (``url`` ends in ``/v1``) with its own API key.
 
     Auth, quotas and the ledger still apply in front of it; its outputs are not watermarked. The upstream's
-    own 4xx answers reach the client as they are (with ``Retry-After`` on a 429); an unreachable or failing
-    upstream is a 502, never our 500.
+    answers never reach the client as they are: its 4xx become our own messages with the same status (its
+    error code kept when it is a plain identifier, ``Retry-After`` kept on a 429), anything else (our key
+    refused, an upstream failure, no connection) a 502 with a fixed message. An upstream's error text can
+    carry its configuration or our key; it goes to the log only.
     """
 
     kind = "upstream"
@@ -1042,7 +1045,8 @@ class UpstreamBackend:
         try:
             status, headers, data = await self.http.request(method, path, body)
         except UpstreamConnectionError as exc:
-            raise APIError(502, f"upstream unreachable: {exc}", code="upstream_error") from None
+            log.warning("upstream unreachable: %s", exc)
+            raise APIError(502, "The upstream model is unreachable.", code="upstream_error") from None
         self._raise_for(status, data, headers)
         return data
 
@@ -1050,20 +1054,26 @@ class UpstreamBackend:
     def _raise_for(status: int, content: bytes, headers: dict[str, str]) -> None:
         if status < 400:
             return
-        message, code = f"upstream answered HTTP {status}", "upstream_error"
+        code = None
         try:
             err = json.loads(content).get("error") or {}
-            message = str(err.get("message") or message)
-            code = err.get("code") or code
+            code = err.get("code")
         except (ValueError, AttributeError):
             pass
-        extra = (
-            {"retry-after": headers["retry-after"]} if status == 429 and "retry-after" in headers else None
-        )
-        # the client's mistakes (4xx) stay theirs; our upstream key refused or an upstream failure: 502
-        raise APIError(
-            status if status < 500 and status != 401 else 502, message, code=str(code), headers=extra
-        )
+        log.warning("upstream answered HTTP %s: %s", status, content[:500].decode("utf-8", "replace"))
+        if not (isinstance(code, str) and _PLAIN_CODE.fullmatch(code)):
+            code = None
+        if status == 429:
+            retry = headers.get("retry-after", "")
+            extra = {"retry-after": retry} if retry.isascii() and retry.isdigit() and len(retry) < 8 else None
+            raise APIError(
+                429, "The upstream model is rate limited; retry later.", code=code or "rate_limit_exceeded",
+                headers=extra,
+            )  # fmt: skip
+        if 400 <= status < 500 and status not in (401, 403, 407):  # the client's mistakes stay theirs
+            message = f"The upstream model refused the request (HTTP {status})."
+            raise APIError(status, message, code=code or "upstream_error")
+        raise APIError(502, f"The upstream model failed (HTTP {status}).", code="upstream_error")
 
     async def complete(self, path: str, body: dict) -> dict:
         return _json_object(await self._request("POST", path, dumps(body)))
@@ -1089,7 +1099,11 @@ class UpstreamBackend:
                     if isinstance(chunk, dict):
                         yield chunk
         except UpstreamConnectionError as exc:
-            raise APIError(502, f"upstream stream failed: {exc}", code="upstream_error") from None
+            log.warning("upstream stream failed: %s", exc)
+            raise APIError(502, "The upstream model's stream failed.", code="upstream_error") from None
+
+
+_PLAIN_CODE = re.compile(r"[a-z_]{1,48}")
 
 
 def _json_object(data: bytes) -> dict:

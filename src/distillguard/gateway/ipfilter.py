@@ -4,7 +4,9 @@
 Only entries appended by proxies we operate are trustworthy, so the header is read only when the TCP peer
 is a trusted proxy, and then right to left: each trusted hop vouches for the address to its left, and the
 first address that is not a trusted proxy is the client. A spoofed prefix sits further left and is never
-reached. Deny rules win over allow rules; an empty allow list admits every address not denied.
+reached. Every header line counts (a proxy may append a line of its own rather than extend the client's),
+joined in order. A hop that is not an address fails closed: the client is then :data:`UNPARSEABLE`, which
+no allow rule admits. Deny rules win over allow rules; an empty allow list admits every address not denied.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from distillguard.errors import UserError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+UNPARSEABLE = "unparseable-forwarded-for"
 
 
 def _networks(kind: str, cidrs: Sequence[str] | str) -> tuple[IPNetwork, ...]:
@@ -82,7 +85,7 @@ class IPRules:
     def client_ip(self, peer: str, forwarded_for: str | None) -> str:
         """The client's address: the peer itself unless it is a trusted proxy, else the rightmost
         ``X-Forwarded-For`` hop that is not a trusted proxy (or the leftmost hop if all are trusted).
-        A malformed hop stops the walk at the last address a trusted proxy vouched for."""
+        A malformed hop is treated as an untrusted client that has no address: :data:`UNPARSEABLE`."""
         addr = parse_ip(peer)
         if addr is None:
             return peer
@@ -94,7 +97,7 @@ class IPRules:
                 continue
             hop_addr = parse_ip(hop)
             if hop_addr is None:
-                return str(current)
+                return UNPARSEABLE
             current = hop_addr
             if not self._in(hop_addr, self.trusted_proxies):
                 return str(hop_addr)

@@ -3,7 +3,8 @@
 Why hand-parsed requests: the gateway must authenticate *before* it judges a body (a stranger learns nothing
 about our validation), must record refused requests in the ledger, and must answer every mistake with an
 OpenAI-style ``{"error": {...}}`` object and a 4xx, never a framework-shaped 422. So the routes read the raw
-body and call :func:`parse_request`; the pydantic models below are also published in the OpenAPI schema.
+body and call :func:`parse_request`; the pydantic models of :mod:`request_model` (the allow-list) are
+also published in the OpenAPI schema.
 
 Responses are built as plain dicts (the shapes of OpenAI's ``chat.completion``, ``chat.completion.chunk`` and
 ``text_completion`` objects): constructing pydantic objects per token would cost latency for nothing.
@@ -14,13 +15,23 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
-MAX_N = 128
-MAX_TOP_LOGPROBS = 20
-MAX_STOP = 4
+# the request models (the allow-list) live in request_model; re-exported for existing importers
+from distillguard.gateway.request_model import (  # noqa: F401
+    MAX_N,
+    MAX_STOP,
+    MAX_TOP_LOGPROBS,
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    ContentPart,
+    PromptInput,
+    StreamOptions,
+)
+
 MAX_LOGIT_BIAS = 300
 # OpenAI writes this for tokens that the (watermarked, nucleus-filtered) distribution rules out entirely;
 # JSON has no -inf.
@@ -37,9 +48,11 @@ _TYPES = {
     403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
     422: "invalid_request_error",
+    431: "invalid_request_error",
     429: "rate_limit_error",
     502: "upstream_error",
     503: "server_error",
@@ -80,80 +93,6 @@ def error_body(
 
 # --------------------------------------------------------------------------------------------------
 # Requests
-
-_STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
-
-
-class ContentPart(BaseModel):
-    model_config = _STRICT
-    type: str
-    text: str | None = None
-
-
-class ChatMessage(BaseModel):
-    model_config = _STRICT
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
-
-    def text(self) -> str:
-        """The message as plain text; only text parts exist for a text-only model."""
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(p.text or "" for p in self.content)
-
-
-class StreamOptions(BaseModel):
-    model_config = _STRICT
-    include_usage: bool | None = None
-
-
-Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
-TopP = Annotated[float, Field(gt=0.0, le=1.0)]
-Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
-Stop = str | Annotated[list[str], Field(max_length=MAX_STOP)] | None
-Seed = Annotated[int, Field(ge=-(2**63), lt=2**63)]
-
-
-class _Sampling(BaseModel):
-    model_config = _STRICT
-    model: str
-    n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    stop: Stop = None
-    seed: Seed | None = None
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]], Field()] | None = None
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
-    user: str | None = None
-
-
-class ChatCompletionRequest(_Sampling):
-    """``POST /v1/chat/completions``. Unknown fields are tolerated (and forwarded in proxy mode)."""
-
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    logprobs: bool | None = False
-    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
-
-
-PromptInput = str | list[str] | list[int] | list[list[int]]
-
-
-class CompletionRequest(_Sampling):
-    """``POST /v1/completions`` (legacy): a string, list of strings, token ids, or list of token-id lists."""
-
-    prompt: PromptInput
-    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
-    echo: bool | None = False
-    best_of: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
-    suffix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -201,7 +140,9 @@ def sampling_of(req: ChatCompletionRequest | CompletionRequest) -> Sampling:
                 code="invalid_value",
             )
         for k, v in req.logit_bias.items():
-            if not k.strip().isdigit():
+            k = k.strip()
+            # ASCII digits only: str.isdigit() also accepts "\u00b2" and other digits int() refuses
+            if not (k.isascii() and k.isdigit() and len(k) <= 9):
                 raise APIError(
                     400,
                     f"logit_bias keys must be token ids (non-negative integers), got {k[:40]!r}",
@@ -293,6 +234,13 @@ def parse_request(raw: bytes, model: type[BaseModel]) -> Any:
         if kind == "model_type" and not err.get("loc"):
             raise APIError(400, "the request body must be a JSON object", code="invalid_json") from None
         param = _param(err.get("loc", ()))
+        if kind == "extra_forbidden":
+            raise APIError(
+                400,
+                f"Unrecognized request argument supplied: {param}",
+                param=param,
+                code="unknown_parameter",
+            ) from None
         if kind == "missing":
             raise APIError(
                 400, f"missing required parameter: '{param}'", param=param, code="missing_required_parameter"

@@ -40,8 +40,13 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def _uvicorn_config(app: Any, settings: GatewaySettings):
     import uvicorn
 
+    from distillguard.gateway.http_limits import guarded_protocol
+
     return uvicorn.Config(
         app,
+        # connection cap, header size limit and head deadline while reading (see http_limits)
+        http=guarded_protocol(settings.max_connections, settings.max_header_bytes, settings.header_timeout_s),
+        timeout_keep_alive=max(1, round(settings.keepalive_timeout_s)),
         log_level=settings.log_level,
         access_log=False,
         proxy_headers=False,
@@ -188,7 +193,17 @@ def serve(
     upstream_url: Annotated[
         str | None, typer.Option("--upstream-url", help="Proxy to this OpenAI-compatible URL (…/v1).")
     ] = None,
-    upstream_api_key: Annotated[str | None, typer.Option("--upstream-api-key")] = None,
+    upstream_api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--upstream-api-key",
+            help="Visible to every local user in the process list: prefer DISTILLGUARD_UPSTREAM_API_KEY "
+            "or --upstream-api-key-file.",
+        ),
+    ] = None,
+    upstream_api_key_file: Annotated[
+        str | None, typer.Option("--upstream-api-key-file", help="File holding the upstream API key.")
+    ] = None,
     batch_max_size: Annotated[
         int | None, typer.Option("--batch-max-size", help="Rows per model batch.")
     ] = None,
@@ -207,6 +222,12 @@ def serve(
     log_level: Annotated[str | None, typer.Option("--log-level")] = None,
 ) -> None:
     """Serve the OpenAI-compatible API: watermarked local model (or upstream proxy), auth, quotas, ledger."""
+    if upstream_api_key:
+        print(
+            "warning: --upstream-api-key is visible in the process list; use DISTILLGUARD_UPSTREAM_API_KEY "
+            "or --upstream-api-key-file",
+            file=sys.stderr,
+        )
     settings = GatewaySettings.load(
         config,
         model=model,
@@ -233,6 +254,7 @@ def serve(
         restricted_delta=restricted_delta,
         upstream_url=upstream_url,
         upstream_api_key=upstream_api_key,
+        upstream_api_key_file=upstream_api_key_file,
         batch_max_size=batch_max_size,
         batch_wait_ms=batch_wait_ms,
         watermark_scheme=scheme,

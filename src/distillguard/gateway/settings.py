@@ -4,7 +4,7 @@ Precedence (later wins): defaults < TOML file < ``DISTILLGUARD_*`` environment <
 keyword overrides of :meth:`GatewaySettings.load`). Each field has one config spelling (its name; TOML tables
 flatten with ``_``, so ``[watermark] key = ...`` is ``watermark_key``) and the flag spellings of
 ``distillguard serve`` are accepted as aliases (``trusted_proxy`` for ``trusted_proxies``, ``key`` for
-``watermark_key``, ...), so ``DISTILLGUARD_<FLAG>`` works for every flag as DESIGN.md promises.
+``watermark_key``, ...), so ``DISTILLGUARD_<FLAG>`` works for every flag as docs/architecture.md promises.
 
 The watermark key is a secret. When none is configured the server generates a random one on first start and
 keeps it in ``home()/gateway/watermark.key`` (mode 0600), so a fresh install never watermarks with the public
@@ -54,7 +54,8 @@ class GatewaySettings:
     )
     world_preset: str = "default"
     upstream_url: str | None = None
-    upstream_api_key: str | None = None
+    upstream_api_key: str | None = None  # prefer DISTILLGUARD_UPSTREAM_API_KEY or upstream_api_key_file
+    upstream_api_key_file: str | None = None
     upstream_timeout: float = 120.0
     batch_max_size: int = 8
     batch_wait_ms: float = 2.0
@@ -64,6 +65,14 @@ class GatewaySettings:
     trusted_proxies: tuple[str, ...] = ()
     ip_allow: tuple[str, ...] = ()
     ip_deny: tuple[str, ...] = ()
+    # HTTP hardening (see gateway/http_limits.py): work a stranger can cause before authentication
+    max_header_bytes: int = 32 * 1024
+    header_timeout_s: float = 10.0  # the whole request head must arrive within this
+    body_timeout_s: float = 30.0  # longest pause while a request body arrives
+    keepalive_timeout_s: float = 5.0  # idle keep-alive connections close after this
+    max_connections: int = 2048
+    refusal_records_per_minute: float = 30.0  # per source, before authentication; the rest are counted
+    protect_internal: bool | None = None  # /metrics, /docs, /openapi.json need the admin token (None: auto)
     # state
     redis_url: str | None = None
     admin_token: str | None = None
@@ -131,11 +140,25 @@ class GatewaySettings:
             raise UserError("backend 'upstream' needs an upstream_url")
         if self.upstream_url and not self.upstream_url.startswith(("http://", "https://")):
             raise UserError(f"upstream_url must be an http(s) URL, got {self.upstream_url!r}")
-        for name in ("batch_max_size", "max_prompt_tokens", "max_tokens_cap", "max_body_bytes"):
+        for name in (
+            "batch_max_size",
+            "max_prompt_tokens",
+            "max_tokens_cap",
+            "max_body_bytes",
+            "max_header_bytes",
+            "max_connections",
+        ):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.port < 65536:
             raise UserError(f"port must be in 0..65535, got {self.port}")
+        timeouts = ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s", "refusal_records_per_minute")
+        for name in timeouts:
+            v = getattr(self, name)
+            if not (v > 0 and v < float("inf")):
+                raise UserError(f"{name} must be a positive number, got {v}")
+        if self.upstream_api_key and self.upstream_api_key_file:
+            raise UserError("set upstream_api_key or upstream_api_key_file, not both")
         if self.batch_wait_ms < 0:
             raise UserError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         if not 0 < self.throttle_factor <= 1:
@@ -154,6 +177,31 @@ class GatewaySettings:
                 raise UserError(f"{name} must be a positive integer, got {v}")
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise UserError("admin_token must be at least 16 characters")
+
+    def internal_endpoints_protected(self) -> bool:
+        """Whether /metrics, /docs and /openapi.json need the admin token: ``protect_internal``, or by
+        default whenever the server listens on a non-loopback address."""
+        if self.protect_internal is not None:
+            return self.protect_internal
+        import ipaddress
+
+        if self.host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return True
+
+    def resolved_upstream_api_key(self) -> str | None:
+        """The upstream key: ``upstream_api_key`` (config or DISTILLGUARD_UPSTREAM_API_KEY) or the first line
+        of ``upstream_api_key_file``."""
+        if self.upstream_api_key_file:
+            try:
+                key = Path(self.upstream_api_key_file).expanduser().read_text().strip()
+            except OSError as exc:
+                raise UserError(f"cannot read upstream_api_key_file: {exc.strerror or exc}") from None
+            return key or None
+        return self.upstream_api_key
 
     @property
     def resolved_backend(self) -> str:

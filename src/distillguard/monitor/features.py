@@ -503,7 +503,9 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
     if missing:
         raise ValueError(f"ledger rows lack column(s) {', '.join(missing)}")
     account = _column(table, "account", pa.string())
-    keep = pc.is_valid(account)
+    # a gateway stream's "stream_started" record precedes the request's own record: count the request once
+    started = pc.fill_null(pc.equal(_column(table, "decision", pa.string()), "stream_started"), False)
+    keep = pc.and_(pc.is_valid(account), pc.invert(started))
     if not pc.all(keep).as_py():
         table = table.filter(keep)
         account = _column(table, "account", pa.string())

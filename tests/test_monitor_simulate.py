@@ -27,7 +27,6 @@ from distillguard.monitor.personas import (
     Pools,
     Scale,
     build_scenario,
-    render_messages,
 )
 from distillguard.monitor.simulate import simulate
 from distillguard.monitor.synth import (
@@ -274,12 +273,21 @@ def test_accounts_have_creation_times_and_attackers_open_fresh_ones(props):
             assert first - a.created < 2 * DAY  # opened for the job
 
 
-def test_render_messages_matches_the_gateway(scenario):
-    from distillguard.gateway.app import render_messages as gateway_render
+def test_event_text_is_the_gateways_rendering(scenario):
+    from distillguard.gateway.request_model import render_chat
+    from distillguard.monitor.features import records_to_table
 
-    for e in scenario.events:
-        if e.endpoint == "chat":
-            assert render_messages(e.messages) == gateway_render(e.messages) == e.text()
+    chats = [e for e in scenario.events if e.endpoint == "chat"]
+    assert chats and any(len(e.messages) > 1 for e in chats) and any(len(e.messages) == 1 for e in chats)
+    for e in chats:
+        assert e.text() == render_chat(e.messages, None)
+        if len(e.messages) == 1:  # a single message is its content, several are "role: content" lines
+            assert e.text() == e.messages[0]["content"]
+        else:
+            assert e.text() == "\n".join(f"{m['role']}: {m['content']}" for m in e.messages)
+    # a record that kept only its messages is read back as the same prompt
+    table = records_to_table({"seq": i, "account": "a", "messages": e.messages} for i, e in enumerate(chats))
+    assert table.column("prompt").to_pylist() == [e.text() for e in chats]
 
 
 def test_pools_from_a_world_directory(tmp_path):

@@ -430,10 +430,12 @@ def records_to_table(records: Iterable[dict[str, Any]]) -> pa.Table:
 
 
 def _render(messages: list) -> str:
+    """The prompt of a record that kept only ``messages``: the gateway's own rendering
+    (:func:`distillguard.gateway.request_model.render_chat`) of its messages with text content."""
+    from distillguard.gateway.request_model import render_chat
+
     parts = [m for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str)]
-    if len(parts) == 1:
-        return parts[0]["content"]
-    return "\n".join(f"{m.get('role')}: {m['content']}" for m in parts)
+    return render_chat([{**m, "role": m.get("role")} for m in parts], None)
 
 
 @dataclass

@@ -246,9 +246,13 @@ class Event:
         return "/v1/chat/completions" if self.endpoint == "chat" else "/v1/completions"
 
     def text(self) -> str:
-        """The prompt as the gateway's ledger records it (``prompt``): see :func:`render_messages`."""
+        """The prompt as the gateway's ledger records it (``prompt``): chat messages through the gateway's
+        own rendering (:func:`distillguard.gateway.request_model.render_chat`), so a monitor sees the same
+        text whether it reads events or the ledger."""
         if self.endpoint == "chat":
-            return render_messages(self.messages or [])
+            from distillguard.gateway.request_model import render_chat
+
+            return render_chat(list(self.messages or ()), None)
         return self.prompt or ""
 
     def user_text(self) -> str:
@@ -274,14 +278,6 @@ class Event:
             self.messages if self.endpoint == "chat" else self.prompt
         )
         return out
-
-
-def render_messages(messages: Sequence[dict]) -> str:
-    """Chat messages as one text, exactly as the gateway's ledger renders them: a single message's content,
-    else ``role: content`` lines (so a monitor sees the same text whether it reads events or the ledger)."""
-    if len(messages) == 1:
-        return messages[0]["content"]
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
 @dataclass(frozen=True)

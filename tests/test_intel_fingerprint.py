@@ -28,6 +28,7 @@ def test_template_keys_see_system_prompt_frames_and_tooling_not_the_payload():
     assert "sys:you are an expert ." in keys
     assert "pre3:question : how" in keys and "suf3:in full ." in keys
     assert 'tool:{"max_tokens":512,"temperature":0.7}' in keys
+    assert template_keys("hi", {"temperature": 0.0, "stream": False}) == ['tool:{"temperature":0.0}']
     assert normalise("Sort 12 ITEMS!") == "sort 0 items !"
     # a short prompt has no frame: its ends would be its whole content
     assert [k for k in template_keys("hello there", None) if k.startswith(("pre", "suf"))] == []

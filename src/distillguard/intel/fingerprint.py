@@ -54,7 +54,7 @@ def tool_key(params: dict | None) -> str | None:
     """The sampling parameters a client sets, canonically: a script sends the same ones every time."""
     if not isinstance(params, dict):
         return None
-    picked = {k: params.get(k) for k in _TOOL_PARAMS if params.get(k) not in (None, False)}
+    picked = {k: v for k in _TOOL_PARAMS if (v := params.get(k)) is not None and v is not False}
     return "tool:" + json.dumps(picked, sort_keys=True, separators=(",", ":")) if picked else None
 
 

@@ -88,6 +88,8 @@ def test_help_of_every_command_group_loads_no_model_library(tmp_path: Path) -> N
         ["watermark", "detect", "--help"],
         ["world", "--help"],
         ["simulate", "--help"],
+        ["heldout", "--help"],
+        ["heldout", "generate", "--help"],
         ["demo", "--help"],
     ]
     result = _run(commands, tmp_path)

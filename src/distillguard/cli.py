@@ -21,6 +21,7 @@ from distillguard.distill.cli import app as distill_app
 from distillguard.errors import UserError
 from distillguard.gateway.cli import accounts_app, keys_app, ledger_app
 from distillguard.gateway.serve import serve as serve_cmd
+from distillguard.heldout.cli import app as heldout_app
 from distillguard.intel.cli import app as intel_app
 from distillguard.monitor.cli import app as monitor_app
 from distillguard.monitor.sim_cli import simulate_cmd
@@ -53,6 +54,7 @@ ENTRIES: dict[str, typer.Typer | Callable[..., None]] = {
     "monitor": monitor_app,
     "intel": intel_app,
     "simulate": simulate_cmd,
+    "heldout": heldout_app,
     "demo": demo_cmd,
 }
 

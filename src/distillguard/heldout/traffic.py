@@ -137,7 +137,15 @@ def _rhythm(acct: Account, cfg: dict, days: float, rng: random.Random) -> list[t
         else:
             raise ValueError(f"unknown rhythm {kind!r}")
     end = days * DAY
-    return sorted((t, s, k) for t, s, k in out if acct.signup + 30.0 <= t < end)
+    kept = sorted((t, s, k) for t, s, k in out if acct.signup + 30.0 <= t < end)
+    if not kept:  # every account of the population shows up at least once: one short session
+        start = max(acct.signup + 60.0, 0.0)
+        t = rng.uniform(start, max(start, end - 3600.0))
+        gap = float(vol.get("gap_s", 60.0))
+        for step in range(rng.randint(1, 4)):
+            kept.append((t, session + 1, step))
+            t += _gap(rng, gap, 0.5)
+    return kept
 
 
 # -- styles: request bodies -------------------------------------------------------------------------------

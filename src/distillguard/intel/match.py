@@ -8,9 +8,10 @@ fingerprints the account used) and the network (any client IP inside the campaig
 single hits, because templates are public: an evaluation harness may wrap its questions in every one of a
 campaign's frames and still share only one group of four.
 
-**Weight (policy).** The evidence divides the account's p-value by ``W = intel_weight ** (coverage x
-confidence / 100)`` (config ``intel_weight``, default 1e5): a full match at full confidence turns "no
-evidence" (p = 1) into p = 1e-5. This is p-value weighting (Genovese, Roeder & Wasserman 2006): the benign
+**Weight (policy).** The evidence divides the account's p-value by ``W = 1 + (intel_weight - 1) x
+coverage x confidence / 100`` (config ``intel_weight``, default 1e5): a full match at full confidence turns
+"no evidence" (p = 1) into p = 1e-5, half the coverage or half the sharer's confidence halves the factor,
+and below ``min_coverage`` there is no evidence at all. This is p-value weighting (Genovese, Roeder & Wasserman 2006): the benign
 false-alarm rate at a threshold ``t`` grows by at most ``share of benign accounts that match x W x t``, so
 it stays unchanged exactly as long as benign accounts do not match, which the two-provider benchmark
 measures (``bench/intel_bench.py``).
@@ -161,7 +162,7 @@ class IntelMatcher:
                 cov = sum(parts.values()) / len(parts)
                 need = c.min_coverage if self.min_coverage is None else self.min_coverage
                 if cov > 0 and cov >= need:
-                    w = self.weight ** (cov * c.confidence / 100.0)
+                    w = 1.0 + (self.weight - 1.0) * cov * c.confidence / 100.0
                     out.setdefault(a, []).append(Evidence(a, c, cov, parts, w))
         for ev in out.values():
             ev.sort(key=lambda e: -e.weight)

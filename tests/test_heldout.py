@@ -34,8 +34,8 @@ def test_population_is_labelled_complete_and_reproducible_from_its_seed() -> Non
     lab = labels(build_population("small", 3))
     for a in accounts:
         entry = lab[a["name"]]
-        assert entry["kind"] == entry["persona"] == a["kind"]
-        assert entry["label"] == KINDS[a["kind"]]["label"]
+        assert entry["persona"] == a["kind"]
+        assert entry["label"] == entry["kind"] == KINDS[a["kind"]]["label"]
         assert (entry["campaign"] is not None) == (entry["label"] == "attacker")
     # hard negatives are hard: the harness and the support bot send more than most attacker accounts
     per = Counter(r["account"] for r in plan)
@@ -76,7 +76,7 @@ def test_generate_through_a_real_gateway(tmp_path: Path, capsys) -> None:
     population = json.loads((out / "population.json").read_text())
     schedule = [json.loads(line) for line in (out / "schedule.jsonl").read_text().splitlines()]
     assert set(lab) == {a["name"] for a in population["accounts"]}
-    assert {v["kind"] for v in lab.values()} == set(KINDS)
+    assert {v["persona"] for v in lab.values()} == set(KINDS)
     assert summary["requests"] == len(schedule) and summary["accounts"] == len(lab)
 
     # every labelled account is in the ledger with its traffic, from the addresses it was given
@@ -89,8 +89,8 @@ def test_generate_through_a_real_gateway(tmp_path: Path, capsys) -> None:
     by_id = {s["request_id"]: s for s in schedule}
     for r in answered:
         assert r["client_ip"] == by_id[r["request_id"]]["ip"]
-    nat = {r["client_ip"] for r in answered if lab[r["account"]]["kind"] == "classroom"}
-    sybil = {r["client_ip"] for r in answered if lab[r["account"]]["kind"] == "sybil_cot"}
+    nat = {r["client_ip"] for r in answered if lab[r["account"]]["persona"] == "classroom"}
+    sybil = {r["client_ip"] for r in answered if lab[r["account"]]["persona"] == "sybil_cot"}
     assert len(sybil) > 5 * len(nat)  # rotating proxies vs one school address (plus homes)
     assert any((r.get("params") or {}).get("top_logprobs") == 20 for r in answered)
 

@@ -27,8 +27,9 @@ Evaluate (the gateway started with ``--trusted-proxy`` covering the generator's 
     distillguard monitor eval --parquet run/ledger.sim.parquet --labels run/labels.json
 
 (``monitor eval --ledger`` on the gateway's database works too, on the compressed clock.) ``labels.json``
-maps each account to ``{"label": "benign"|"attacker", "kind", "persona" (= kind), "campaign" (attackers'
-campaign id, else null), "group"}``.
+maps each account to ``{"label": "benign"|"attacker", "kind" (the same, the field ``monitor eval`` reads),
+"persona" (the kind of account: casual, eval_harness, sybil_cot, ...), "campaign" (attackers' campaign id,
+else null), "group"}``.
 """
 
 from __future__ import annotations

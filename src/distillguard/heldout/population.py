@@ -43,6 +43,7 @@ KINDS: dict[str, dict[str, Any]] = {
     },
     "eval_harness": {
         "label": "benign",
+        "stem": "ci",  # service accounts are named <org>-<stem>-<n>
         "counts": {"small": 2, "medium": 6},
         "signup": "aged",
         "network": "cloud",
@@ -53,6 +54,7 @@ KINDS: dict[str, dict[str, Any]] = {
     },
     "support_bot": {
         "label": "benign",
+        "stem": "helpdesk",  # service accounts are named <org>-<stem>-<n>
         "counts": {"small": 1, "medium": 4},
         "signup": "aged",
         "network": "cloud",
@@ -63,6 +65,7 @@ KINDS: dict[str, dict[str, Any]] = {
     },
     "batch_summarizer": {
         "label": "benign",
+        "stem": "digest",  # service accounts are named <org>-<stem>-<n>
         "counts": {"small": 1, "medium": 4},
         "signup": "aged",
         "network": "cloud",
@@ -84,6 +87,7 @@ KINDS: dict[str, dict[str, Any]] = {
     },
     "agent": {
         "label": "benign",
+        "stem": "runner",  # service accounts are named <org>-<stem>-<n>
         "counts": {"small": 2, "medium": 8},
         "signup": "aged",
         "network": "cloud",
@@ -156,9 +160,10 @@ class Account:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def label_entry(self) -> dict[str, Any]:
+        # ``monitor eval`` reads the class from "kind" and the behaviour from "persona"
         return {
             "label": self.label,
-            "kind": self.kind,
+            "kind": self.label,
             "persona": self.kind,
             "campaign": self.campaign,
             "group": self.group,
@@ -228,7 +233,7 @@ def build_population(size: str = "small", seed: int = 0) -> list[Account]:
             extra: dict[str, Any] = {}
             org = cfg.get("org")
             # names: people look like people, services like services, throwaways like throwaways
-            if kind == "casual" or kind == "evasive" or kind == "low_and_slow":
+            if kind in ("casual", "evasive", "low_and_slow"):
                 name = unique(person())
             elif kind == "sybil_cot":
                 name = unique(throwaway())
@@ -240,7 +245,7 @@ def build_population(size: str = "small", seed: int = 0) -> list[Account]:
             elif kind == "logprob_harvester":
                 name = unique(rng.choice(("dataops", "ml-research", "labeling", "nlp-team")) + f"-{i + 1}")
             else:
-                name = unique(f"{org}-{kind.replace('_', '-')}-{i + 1}")
+                name = unique(f"{org}-{cfg['stem']}-{i + 1}")
                 group = org
             # sign-up
             signup_kind = cfg["signup"]
@@ -278,5 +283,6 @@ def build_population(size: str = "small", seed: int = 0) -> list[Account]:
 
 
 def labels(accounts: list[Account]) -> dict[str, dict[str, Any]]:
-    """``labels.json``: account -> {"label", "kind", "persona" (the same), "campaign", "group"}."""
+    """``labels.json``: account -> {"label" and "kind" ("benign" or "attacker"), "persona" (the kind of
+    account in :data:`KINDS`), "campaign" (attackers' campaign id, else None), "group"}."""
     return {a.name: a.label_entry() for a in accounts}

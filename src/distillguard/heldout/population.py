@@ -48,7 +48,7 @@ KINDS: dict[str, dict[str, Any]] = {
         "signup": "aged",
         "network": "cloud",
         "rhythm": "runs",  # a benchmark suite run now and then, items back to back
-        "volume": {"runs": 0.9, "per_run": (30, 70), "gap_s": 1.2},
+        "volume": {"extra_runs": 0.5, "per_run": (40, 80), "gap_s": 1.2},  # a nightly run, some ad hoc
         "style": "harness",  # formal, templated, diverse, greedy; MC items scored with logprobs
         "org": "evalco",
     },

@@ -75,7 +75,7 @@ def _rhythm(acct: Account, cfg: dict, days: float, rng: random.Random) -> list[t
                     out.append((t, session, step))
                     t += _gap(rng, vol["gap_s"], 0.9) + rng.uniform(3, 20)  # read, think, type
         elif kind == "runs":
-            for _ in range(_poisson(rng, vol["runs"])):
+            for _ in range(1 + _poisson(rng, vol["extra_runs"])):
                 session += 1
                 t = d * DAY + rng.uniform(0, DAY)
                 for step in range(rng.randint(*vol["per_run"])):

@@ -13,6 +13,10 @@ Parquet export onto the simulated clock exactly.
 
 Quotas. A day compressed into seconds would trip any per-minute limit, so keys are created with limits
 far above the population's real rates.
+
+Models with a short context (the tiny world's teacher: 256 tokens) refuse some requests as too long;
+``max_tokens_cap`` clips every request's ``max_tokens`` for them. A model without tool calling refuses the
+agents' ``tools``: their first such call is refused (and recorded), then they send without definitions.
 """
 
 from __future__ import annotations
@@ -291,7 +295,7 @@ def generate(
         for req, info in zip(plan, results, strict=True):
             info = info or {"status": None, "request_id": None}
             statuses[str(info.get("status"))] = statuses.get(str(info.get("status")), 0) + 1
-            if info.get("lag_s") is not None:
+            if info.get("lag_s") is not None and clock.duration > 0:
                 lags.append(info["lag_s"])
             row = {
                 "request_id": info.get("request_id"),

@@ -335,7 +335,10 @@ class Styles:
     def evasive(self, acct: Account, rng: random.Random, step: int) -> tuple[str, dict, bool, bool]:
         if rng.random() < acct.extra.get("benign_share", 0.0):
             return self.casual(acct, rng, step)
-        if step > 0 and rng.random() < 0.2:
+        if rng.random() < 0.04:
+            text = rng.choice(words.IDENTITY_PROBES)
+            followup = False
+        elif step > 0 and rng.random() < 0.2:
             text = rng.choice(
                 (
                     "can you go deeper on that?",

@@ -101,6 +101,7 @@ KINDS: dict[str, dict[str, Any]] = {
         "label": "attacker",
         "counts": {"small": 10, "medium": 24},
         "campaign": "sybil-cot",
+        "campaigns": {"small": 1, "medium": 2},  # medium: two campaigns, each with its own template family
         "signup": "burst",  # throwaway accounts made by one script within minutes
         "network": "rotating",  # a residential proxy pool, a new address per request
         "rhythm": "shifts",
@@ -132,6 +133,7 @@ KINDS: dict[str, dict[str, Any]] = {
         "label": "attacker",
         "counts": {"small": 4, "medium": 16},
         "campaign": "low-slow",
+        "campaigns": {"small": 1, "medium": 2},
         "signup": "aged",
         "network": "residential",  # each account its own stable address: nothing links them by network
         "rhythm": "sparse",  # a handful of requests a day at random hours
@@ -221,12 +223,17 @@ def build_population(size: str = "small", seed: int = 0) -> list[Account]:
 
     for kind, cfg in KINDS.items():
         n = int(cfg["counts"][size])
-        campaign = cfg.get("campaign")
-        burst_at = rng.uniform(0.15, 0.35) * days * DAY  # campaign sign-up burst
-        burst_t = burst_at
+        n_campaigns = int(cfg.get("campaigns", {}).get(size, 1))
+        burst_t = 0.0
         group_size = int(cfg.get("group_size", n or 1))
         class_ips: dict[int, str] = {}
         for i in range(n):
+            c = i * n_campaigns // n  # attackers of a kind: contiguous blocks, one per campaign
+            campaign = cfg.get("campaign")
+            if campaign and n_campaigns > 1:
+                campaign = f"{campaign}-{c + 1}"
+            if i == 0 or c != (i - 1) * n_campaigns // n:
+                burst_t = rng.uniform(0.1, 0.5) * days * DAY  # this campaign's sign-up burst
             tz = rng.choice((-8.0, -5.0, 0.0, 1.0, 2.0, 5.5, 8.0, 9.0))
             group = None
             ips: list[str] = []
@@ -274,6 +281,8 @@ def build_population(size: str = "small", seed: int = 0) -> list[Account]:
             elif net == "nat":
                 c = i // group_size
                 ips = [class_ips.setdefault(c, residential_ip(rng))]
+            if campaign:
+                extra["campaign_index"] = c
             if campaign and kind == "evasive":
                 extra["benign_share"] = cfg.get("benign_share", 0.0)
             accounts.append(

@@ -313,7 +313,8 @@ class Styles:
         return "chat", body, False, False
 
     def cot_family(self, acct: Account, rng: random.Random, step: int) -> tuple[str, dict, bool, bool]:
-        text = rng.choice(words.COT_FAMILY).format(api=self._next_api(acct, rng))
+        family = words.COT_FAMILIES[acct.extra.get("campaign_index", 0) % len(words.COT_FAMILIES)]
+        text = rng.choice(family).format(api=self._next_api(acct, rng))
         body = {"messages": [_user(text)], "max_tokens": 220, "temperature": 0.7}
         return "chat", body, False, False
 

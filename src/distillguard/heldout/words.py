@@ -185,6 +185,15 @@ COT_FAMILY = (
     "Give a detailed explanation of {api}. Think it through step by step and show the reasoning first.",
 )
 
+# a second family, for a second campaign
+COT_FAMILY_B = (
+    "Question about {api}: how does it work? Before answering, write out your chain of thought in full.",
+    "Think aloud, step by step, about what {api} does and how to use it; then give a final answer.",
+    "I want your full reasoning: go through {api} step by step and only then state the final answer.",
+    "Show your work: reason through {api} one step at a time, then summarise in a final answer.",
+)
+COT_FAMILIES = (COT_FAMILY, COT_FAMILY_B)
+
 # evasive phrasing: openers x asks x format requests, so no two prompts need share a template
 EVASIVE_OPENERS = (
     "", "Quick question: ", "I'm writing some notes and ", "So, ", "Hmm, ", "For a project of mine, ",

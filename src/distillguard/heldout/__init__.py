@@ -9,8 +9,9 @@ real gateway over HTTP (the admin API for accounts and keys, the official ``open
   volume), nightly batch summarisers (a cron job at a fixed pace), classrooms (many students behind one
   NAT address who sign up in the same lesson and ask about the same assignment), coding agents with tool
   calls;
-- attackers, one campaign each: a Sybil campaign (throwaway accounts created in a burst, a residential
-  proxy per request, one template family asking for reasoning traces, the API space split between them),
+- attackers in campaigns (one per kind; two Sybil and two low-and-slow ones at medium): a Sybil campaign
+  (throwaway accounts created in a burst, a residential proxy per request, one template family asking for
+  reasoning traces, the API space split between them),
   a logprob harvester (a sweep of short prefixes with top logprobs, around the clock), an evasive campaign
   (aged accounts, human rhythms, paraphrased asks with benign chat mixed in, a new address per session)
   and a low-and-slow campaign (a few requests a day per account, each with its own voice and address).

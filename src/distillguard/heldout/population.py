@@ -5,8 +5,9 @@ Each kind says how many accounts it has per size, how they sign up, where their 
 (network), when they send them (rhythm), how many (volume) and what they ask (style, in
 :mod:`distillguard.heldout.traffic`). Benign kinds include the hard negatives (an evaluation harness, a
 support bot, a nightly batch job, a classroom behind one NAT address, coding agents): high volume, fixed
-templates, regular timing, shared addresses, burst sign-ups, all for ordinary reasons. Attackers are one
-campaign per kind; the campaign id is the label that campaign-level recall is measured on.
+templates, regular timing, shared addresses, burst sign-ups, all for ordinary reasons. Attackers form one
+campaign per kind (``campaigns`` splits a kind into several, each with its own sign-up burst and template
+family); the campaign id is the label that campaign-level recall is measured on.
 
 Times are simulated seconds from the start of the observed period (a Monday, 00:00 UTC); negative times
 are before it (accounts that existed already).

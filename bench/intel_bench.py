@@ -7,19 +7,22 @@ Setup (per seed; every ledger is synthetic, ``monitor.synth.synthesize_ledger``)
    sampling parameters). A's monitor (benign reference, default policy) flags it; ``intel export`` writes the
    signed STIX bundle, which is published to and pulled from a TAXII collection in ``tests`` (here the
    bundle is imported directly: the transport does not change what B matches).
-2. Provider B ("Contoso") has its own benign reference period and then a period in which the *same actor*
+2. Provider B ("Contoso") has its own benign reference period (two versions: without and with its
+   template-using harnesses, i.e. new or established customers) and then a period in which the *same actor*
    returns with 12 fresh accounts: same system prompt, wrappers and tooling, a new coverage traversal of the
    questions, half of the accounts from A's /24 and half from a new one. B's benign traffic includes
    evaluation harnesses that wrap their questions in the campaign's *public* prompt wrappers (one wrapper,
    or two) with their own system prompt: the hard negative for template matching.
 3. B's ledger is replayed in ledger order; at grid points of the campaign's cumulative queries B's monitor
-   scores every account with and without A's imported intel (same reference, same policy).
+   scores every account with and without A's imported intel (same reference, same policy), for intel
+   weights 1e3-1e6 (the default policy is 1e5).
 
 Reported per seed and pooled: **queries to detection** (the campaign's cumulative queries at B when the
 first campaign account reaches the flag tier ``throttled``, p <= 1e-3), per-account queries at flag, and
-**benign FPR** at the end of the period with and without intel (Clopper-Pearson 95% upper bound: with ~140
-benign accounts per seed, zero flagged bounds the FPR only below ~2%; the public-template harnesses are
-counted separately). The ratio is without / with; "not detected" is reported as such, not as a number.
+**benign FPR** at the end of the period with and without intel (Clopper-Pearson 95% upper bound: with ~120
+benign accounts per seed, zero flagged bounds the FPR only below ~2.4%, pooled over 3 seeds ~0.8%; the
+public-template harnesses are counted separately). The ratio is without / with; "not detected" is
+reported as such, not as a number.
 
 Results: ``bench/results/intel.json`` and ``bench/results/intel_qtd.png``. ``--quick``: one seed.
 """

@@ -130,7 +130,8 @@ class _Body:
         if self.done:  # after the body: waiting for a disconnect (streaming responses) has no deadline
             return await self._receive()
         try:
-            message = await asyncio.wait_for(self._receive(), self.timeout)
+            async with asyncio.timeout(self.timeout):  # a timer, not a task per chunk (wait_for)
+                message = await self._receive()
         except TimeoutError:
             self.failed = APIError(
                 408, f"no request body received for {self.timeout:g} s", code="request_timeout"

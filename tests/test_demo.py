@@ -52,3 +52,10 @@ def test_demo_story(tiny_world, tmp_path, monkeypatch):
     assert all(tiers.get(f"cc-{i:02d}", "normal") != "normal" for i in range(1, COPYCAT_ACCOUNTS + 1)), tiers
     assert all(tiers.get(name, "normal") == "normal" for name in HONEST_ACCOUNTS), tiers
     assert mon["next_request_status"]["honest customer"] == 200
+
+    # Northwind shares the campaign; at Contoso, Copycat's fresh accounts are flagged on their first requests
+    intel = res["intel"]
+    assert intel["export"]["campaigns"] >= 1 and intel["imported"] >= 1
+    assert intel["returning"] and all(r["with"] != "normal" for r in intel["returning"].values()), intel
+    assert all(r["reasons"][0].startswith("intel: matches indicator") for r in intel["returning"].values())
+    assert intel["customers_moved"] == 0

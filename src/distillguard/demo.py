@@ -138,6 +138,9 @@ def run_demo(
         world, spec, console, student=results["distillation"]["manifest"]["student"], seed=seed,
         out_dir=out_dir / "audit", control_steps=copycat_steps or COPYCAT_STEPS,
     )  # fmt: skip
+    from distillguard.intel.story import intel_chapter
+
+    results["intel"] = intel_chapter(console, out_dir=out_dir, seed=seed)
     results["seconds"] = round(time.time() - t0, 1)
     path = out_dir / "results.json"
     path.write_text(json.dumps(results, indent=2))

@@ -426,3 +426,20 @@ def test_l3_stream_start_is_durable_before_the_first_content_byte(local):
         assert start_rec["completion"] is None
         assert [x for x in lines if x][-1] == "data: [DONE]"
     assert [r["decision"] for r in records(local, account=name)] == ["stream_started", "admitted"]
+
+
+def test_hardening_settings_come_from_toml_env_and_flags(tmp_path, monkeypatch):
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text("max_connections = 64\nheader_timeout_s = 4.0\n")
+    monkeypatch.setenv("DISTILLGUARD_BODY_TIMEOUT", "7")
+    monkeypatch.setenv("DISTILLGUARD_PROTECT_INTERNAL", "true")
+    s = GatewaySettings.load(cfg, header_timeout=2.5)
+    assert (s.max_connections, s.header_timeout_s, s.body_timeout_s, s.protect_internal) == (
+        64,
+        2.5,
+        7.0,
+        True,
+    )
+    for bad in ({"body_timeout_s": float("nan")}, {"header_timeout_s": 0}, {"max_connections": 0}):
+        with pytest.raises(Exception, match="must be"):
+            GatewaySettings.from_mapping(bad)

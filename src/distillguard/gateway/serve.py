@@ -204,6 +204,27 @@ def serve(
     upstream_api_key_file: Annotated[
         str | None, typer.Option("--upstream-api-key-file", help="File holding the upstream API key.")
     ] = None,
+    max_body_bytes: Annotated[int | None, typer.Option("--max-body-bytes")] = None,
+    max_header_bytes: Annotated[int | None, typer.Option("--max-header-bytes")] = None,
+    header_timeout: Annotated[
+        float | None, typer.Option("--header-timeout", help="Seconds for a whole request head.")
+    ] = None,
+    body_timeout: Annotated[
+        float | None, typer.Option("--body-timeout", help="Longest pause while a body arrives (s).")
+    ] = None,
+    keepalive_timeout: Annotated[float | None, typer.Option("--keepalive-timeout")] = None,
+    max_connections: Annotated[int | None, typer.Option("--max-connections")] = None,
+    refusal_records_per_minute: Annotated[
+        float | None,
+        typer.Option("--refusal-records-per-minute", help="Recorded unauthenticated refusals per source."),
+    ] = None,
+    protect_internal: Annotated[
+        bool | None,
+        typer.Option(
+            "--protect-internal/--public-internal",
+            help="/metrics, /docs, /openapi.json need the admin token (default: on unless loopback).",
+        ),
+    ] = None,
     batch_max_size: Annotated[
         int | None, typer.Option("--batch-max-size", help="Rows per model batch.")
     ] = None,
@@ -255,6 +276,14 @@ def serve(
         upstream_url=upstream_url,
         upstream_api_key=upstream_api_key,
         upstream_api_key_file=upstream_api_key_file,
+        max_body_bytes=max_body_bytes,
+        max_header_bytes=max_header_bytes,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        keepalive_timeout_s=keepalive_timeout,
+        max_connections=max_connections,
+        refusal_records_per_minute=refusal_records_per_minute,
+        protect_internal=protect_internal,
         batch_max_size=batch_max_size,
         batch_wait_ms=batch_wait_ms,
         watermark_scheme=scheme,

@@ -39,6 +39,9 @@ ALIASES = {
     "context_width": "watermark_context_width",
     "hf_compat": "watermark_hf_compat",
     "preset": "world_preset",
+    "header_timeout": "header_timeout_s",
+    "body_timeout": "body_timeout_s",
+    "keepalive_timeout": "keepalive_timeout_s",
 }
 
 

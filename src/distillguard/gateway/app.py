@@ -1,18 +1,25 @@
 """The gateway's HTTP server: OpenAI's API in front of a watermarked model, with auth, quotas and a ledger.
 
-Every ``/v1`` request walks the same path, and each step can refuse it (and every refusal is recorded):
+Every ``/v1`` request walks the same path, and each step can refuse it (and every refusal is recorded,
+through the one error path of :mod:`errorpath`, before it is answered; failures, 5xx included, too):
 
+0. the HTTP layer (:mod:`http_limits`): connection cap, head size and deadline, body size and stalls
+   (431/413/408), the admin token before any admin body
 1. client IP (``X-Forwarded-For`` only from trusted proxies) against the allow/deny CIDRs -> 403
 2. ``Authorization: Bearer <key>`` -> 401 (unknown, revoked, expired) / 403 (banned, suspended)
-3. the JSON body -> 400; the account's tier may refuse parts of it (``restricted``: no logprobs or
+3. the JSON body against the allow-list of :mod:`request_model` -> 400 (an unknown field is named); the
+   account's tier may refuse parts of it (``restricted``: no logprobs or
    logit_bias) -> 403. What a tier does (limits, refusals, watermark strength) lives in :mod:`tiers`.
 4. the model must exist and the key may call it -> 404
 5. prompt tokens counted exactly (local model) or bounded (proxy) -> 400 ``context_length_exceeded``
-6. quota: ``prompt + n * max_tokens`` reserved atomically on the key and its account -> 429 + Retry-After
+6. quota: ``prompt + n * max_tokens`` (proxy: every client text byte, and the body forwarded upstream is
+   rebuilt with exactly these output bounds) reserved atomically on the key and its account -> 429 +
+   Retry-After
 7. the backend answers; the actual usage is committed in a ``finally`` (also at stream end and on client
    disconnect), which releases the concurrency lease
 8. the ledger record is durable *before* the response (or a stream's ``[DONE]``) leaves, so a client that
-   got an answer can count on its record surviving a crash of the gateway.
+   got an answer can count on its record surviving a crash of the gateway; a stream also has a
+   ``stream_started`` record before its first byte.
 
 ``create_app`` builds everything from :class:`GatewaySettings`; tests and the benchmark may pass ready-made
 components (a stub backend, a store on a temp dir) instead.

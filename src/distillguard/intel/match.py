@@ -11,10 +11,10 @@ campaign's frames and still share only one group of four.
 **Weight (policy).** The evidence divides the account's p-value by ``W = 1 + (intel_weight - 1) x
 coverage x confidence / 100`` (config ``intel_weight``, default 1e5): a full match at full confidence turns
 "no evidence" (p = 1) into p = 1e-5, half the coverage or half the sharer's confidence halves the factor,
-and below ``min_coverage`` there is no evidence at all. This is p-value weighting (Genovese, Roeder & Wasserman 2006): the benign
-false-alarm rate at a threshold ``t`` grows by at most ``share of benign accounts that match x W x t``, so
-it stays unchanged exactly as long as benign accounts do not match, which the two-provider benchmark
-measures (``bench/intel_bench.py``).
+and below ``min_coverage`` there is no evidence at all. This is p-value weighting (Genovese, Roeder &
+Wasserman 2006): the benign false-alarm rate at a threshold ``t`` grows by at most ``share of benign
+accounts that match x W x t``, so it stays unchanged exactly as long as benign accounts do not match,
+which the two-provider benchmark measures (``bench/intel_bench.py``).
 
 **Never alone to the top.** Imported evidence cannot move an account past ``intel_max_tier`` (default: the
 rung below the highest, so never ``suspended``) unless its own evidence already does: the weighted p-value

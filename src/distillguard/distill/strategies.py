@@ -111,6 +111,10 @@ class UniformStrategy(_Base):
             k += 1
 
 
+# --------------------------------------------------------------------------------------------------
+# Coverage (text vectors and the farthest-first order come from distillguard.text.vectors)
+
+
 class CoverageStrategy(_Base):
     """Maximally diverse first: farthest-point traversal of the pool from a random start.
 

@@ -16,14 +16,9 @@ from pathlib import Path
 from distillguard.errors import UserError
 from distillguard.models.base import Answer, ModelClient, ModelError
 
-__all__ = ["Answer", "ModelClient", "ModelError", "is_model_url", "open_model"]
+__all__ = ["Answer", "ModelClient", "ModelError", "open_model"]
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-
-
-def is_model_url(target: str) -> bool:
-    """Whether ``target`` names a model by URL (any ``scheme://``) rather than by directory."""
-    return _SCHEME.match(str(target).strip()) is not None
 
 
 def open_model(

@@ -189,6 +189,14 @@ class MMDReference:
 
 
 _UNITS = {f.name: f.unit for f in FEATURES}
+# Intent signals: what the traffic asks for. Elicitation (reasoning traces, identity, logprobs, logit_bias
+# sweeps) is evidence on its own; coverage of the capability space (shared with evaluation harnesses) and
+# paraphrase (shared with support bots' near-identical FAQs) only open the way for the full profile.
+ELICITATION = ("cot_rate", "identity_rate", "logprobs_rate", "logit_bias_rate")
+INTENT = (*ELICITATION, "paraphrase_rate", "coverage")
+# The smallest tail scale of a restricted look, in unit scales per e-fold: most benign entities show no
+# elicitation at all, and an all-zero null must not make one odd question look impossible.
+SUBSET_MIN_BETA = 1.0
 # Leave-one-out null draws at most: 10,000 place the 80% quantile and the tail mean to within a few
 # percent, and each draw is a nearest-neighbour search over every reference entity.
 NULL_SAMPLE = 10_000
@@ -235,6 +243,7 @@ class Calibration:
     tail_beta: float
     k: int
     source: str
+    min_beta: float = 0.05
 
     # -- fitting --------------------------------------------------------------------------------------
 
@@ -246,18 +255,21 @@ class Calibration:
         k: int = 1,
         source: str = "reference",
         groups: Sequence[int] | None = None,
+        features: Sequence[str] | None = None,
+        min_beta: float = 0.05,
     ) -> Calibration:
         """Fit on ``rows`` = ``(accounts, features)`` of benign reference entities.
 
         ``source="reference"`` (a known-benign period or labelled benign accounts) fits the null's tail on
         its top 20%. ``source="population"`` (the scanned population itself, attackers included) fits it
         on the central half only, which a minority of attackers cannot move much; ``groups`` marks rows that
-        must not vouch for each other (the linked accounts of one cluster).
+        must not vouch for each other (the linked accounts of one cluster). ``features`` restricts the
+        score to a subset (a restricted look, e.g. :data:`ELICITATION`); ``min_beta`` floors its tail scale.
         """
         if len(rows) < 3:
             raise ValueError("calibration needs at least 3 reference entities")
         warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)  # undefined features are nan
-        names = FEATURE_NAMES
+        names = tuple(features) if features is not None else FEATURE_NAMES
         raw = np.array([[r[1].get(f, np.nan) for f in names] for r in rows], dtype=np.float64)
         tr = np.column_stack([_transform(f, raw[:, j]) for j, f in enumerate(names)])
         center = np.nanmedian(tr, axis=0)
@@ -296,7 +308,7 @@ class Calibration:
         local = np.nanmedian(diff, axis=0) * 1.4826
         scale = np.maximum(np.where(np.isfinite(local), local, 0.0), units)
         z = (tr - center) / scale
-        cal = cls(names, center, scale, raw, z, ids, np.zeros(0), 0.0, 1.0, 1.0, k, source)
+        cal = cls(names, center, scale, raw, z, ids, np.zeros(0), 0.0, 1.0, 1.0, k, source, min_beta)
         # the null is over single accounts (what p-values are quoted for); pooled rows serve as neighbours
         single = [i for i in range(n) if len(ids[i]) == 1] or list(range(n))
         if len(single) > NULL_SAMPLE:  # each draw costs O(n): a seeded subsample keeps the fit O(n)
@@ -328,7 +340,24 @@ class Calibration:
             m = max(len(exceed), 1)
             beta = float(exceed.mean()) if len(exceed) else 0.0
         upper = 2.0 * m / float(chi2.ppf(0.05, 2 * m))
-        self.tail_beta = max(beta * upper, 0.05)
+        self.tail_beta = max(beta * upper, self.min_beta)
+
+    def restrict(self, features: Sequence[str], *, min_beta: float = SUBSET_MIN_BETA) -> Calibration:
+        """The same reference, scored on ``features`` only (refitted from the stored raw profiles)."""
+        cache = getattr(self, "_restricted", None)
+        if cache is None:
+            cache = self._restricted = {}
+        key = (tuple(features), min_beta)
+        if key not in cache:
+            cols = [self.features.index(f) for f in features]
+            rows = [
+                (ids, {f: float(self.reference[i, j]) for f, j in zip(features, cols, strict=True)})
+                for i, ids in enumerate(self.reference_ids)
+            ]
+            cache[key] = Calibration.fit(
+                rows, k=self.k, source=self.source, features=features, min_beta=min_beta
+            )
+        return cache[key]
 
     # -- scoring --------------------------------------------------------------------------------------
 
@@ -442,12 +471,13 @@ class Calibration:
             "tail": {"u": self.tail_u, "p": self.tail_p, "beta": self.tail_beta},
             "k": self.k,
             "source": self.source,
+            "min_beta": self.min_beta,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
         names = tuple(d["features"])
-        if names != FEATURE_NAMES:
+        if not names or not set(names) <= set(FEATURE_NAMES):
             raise ValueError("calibration was fitted on a different feature set; fit it again")
         center, scale = np.array(d["center"], dtype=float), np.array(d["scale"], dtype=float)
         raw = np.array(
@@ -467,6 +497,7 @@ class Calibration:
             float(d["tail"]["beta"]),
             int(d["k"]),
             str(d["source"]),
+            float(d.get("min_beta", 0.05)),
         )
 
 
@@ -487,3 +518,82 @@ def combine_min_p(p_values: Sequence[float]) -> float:
     if not ps:
         return 1.0
     return min(1.0, len(ps) * min(ps))
+
+
+# --------------------------------------------------------------------------------------------------
+# Elicitation counts against benign rates
+
+
+@dataclass
+class RateNull:
+    """Elicitation as counts: is this entity's number of reasoning-trace, identity, logprobs or
+    logit_bias requests more than benign accounts ask for?
+
+    The null: a benign entity elicits at the rate of one of the reference entities, taken at that entity's
+    exact one-sided 95% upper confidence bound (a reference account that asked 0 of 30 is credited with
+    up to 9.5%). The p-value of ``k`` of ``n`` is the mixture ``mean_i P(Binomial(n, r_i) >= k)`` over the
+    reference, per feature, Bonferroni over :data:`ELICITATION`. Unlike the nearest-profile score it needs
+    no tail extrapolation, so a small reference in which nobody elicits still states small p-values, and
+    no benign kind that resembles the entity in other ways can cancel it."""
+
+    ids: list[tuple[str, ...]]
+    k: np.ndarray  # [R, F] counts
+    n: np.ndarray  # [R]
+    upper: np.ndarray  # [R, F]
+    features: tuple[str, ...] = ELICITATION
+
+    @classmethod
+    def from_calibration(cls, cal: Calibration) -> RateNull:
+        from scipy.stats import beta
+
+        cols = [cal.features.index(f) for f in ELICITATION]
+        lq = cal.reference[:, cal.features.index("log_queries")]
+        sizes = np.array([len(x) for x in cal.reference_ids], dtype=np.float64)
+        n = np.round(np.where(np.isfinite(lq), 10.0**lq, 1.0) * sizes)
+        rates = np.nan_to_num(cal.reference[:, cols], nan=0.0)
+        k = np.clip(np.round(rates * (n[:, None] + 20.0)), 0, n[:, None])
+        upper = np.where(k >= n[:, None], 1.0, beta.ppf(0.95, k + 1, np.maximum(n[:, None] - k, 1e-9)))
+        return cls(list(cal.reference_ids), k, n, upper)
+
+    def assess(
+        self,
+        accounts: tuple[str, ...],
+        queries: int,
+        features: dict[str, float],
+        evidence: dict[str, list[int]] | None = None,
+        *,
+        exclude: set[str] | frozenset[str] = frozenset(),
+    ) -> Assessment:
+        from scipy.stats import binom
+
+        gone = set(accounts) | set(exclude)
+        keep = np.array([not (set(x) & gone) for x in self.ids], dtype=bool)
+        n = max(int(queries), 1)
+        best, reasons = 1.0, []
+        for j, f in enumerate(self.features):
+            rate = features.get(f, float("nan"))
+            if not math.isfinite(rate) or not keep.any():
+                continue
+            k = int(round(rate * (n + 20.0)))
+            if k <= 0:
+                continue
+            p = float(np.mean(binom.sf(k - 1, n, self.upper[keep, j])))
+            best = min(best, p)
+            obs = self.k[keep, j] / np.maximum(self.n[keep], 1.0)
+            pct = float((obs <= k / n).mean())
+            reasons.append(
+                {
+                    "feature": f,
+                    "value": _round(rate),
+                    "count": k,
+                    "queries": n,
+                    "benign_percentile": _round(pct),
+                    "p_value": _round(p),
+                    "seqs": list((evidence or {}).get(f, []))[:8],
+                    "text": f"{f}: {k} of {n} queries vs at most {100 * float(obs.max()):.2g}% in any of "
+                    f"{int(keep.sum())} benign profiles (binomial p={p:.2g})",
+                }
+            )
+        reasons.sort(key=lambda r: r["p_value"])
+        p = min(1.0, len(self.features) * best)
+        return Assessment(tuple(accounts), n, -math.log10(max(p, 1e-300)), p, 1.0 - p, reasons[:4])

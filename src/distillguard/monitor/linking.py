@@ -59,6 +59,9 @@ class Cluster:
     accounts: list[str]
     evidence: Counter = field(default_factory=Counter)
     prefixes: list[str] = field(default_factory=list)
+    # groups of members joined by *strong* links (shared templates or timing, not only a network and a
+    # sign-up day): what may be judged as one operator. A member in none was linked by weak evidence only.
+    strong: list[list[str]] = field(default_factory=list)
 
     def describe(self) -> str:
         kinds = ", ".join(f"{k} ({n} links)" for k, n in self.evidence.most_common())
@@ -170,8 +173,40 @@ def link_accounts(
         shared = Counter(p for i in members for p in prefixes[i])
         nets = [p for p, c in shared.most_common() if c >= 2]
         names = sorted(infos[i].account for i in members)
-        clusters.append(Cluster("", names, ev, nets))
+        strong = _strong_groups(infos, ei, ej, ek, edge_label == comp, members)
+        clusters.append(Cluster("", names, ev, nets, strong))
     clusters.sort(key=lambda c: (-len(c.accounts), c.accounts[0]))
     for k, c in enumerate(clusters, 1):
         c.id = f"c{k}"
     return clusters
+
+
+STRONG_KINDS = ("template", "timing")
+
+
+def _strong_groups(
+    infos: Sequence[LinkInfo],
+    ei: np.ndarray,
+    ej: np.ndarray,
+    ek: np.ndarray,
+    mine: np.ndarray,
+    members: np.ndarray,
+) -> list[list[str]]:
+    """Connected groups (two or more members) of one cluster over its strong edges: edges that carry
+    shared prompt templates or shared timing, not only a network and a sign-up window."""
+    strong = ek[:, [KINDS.index(k) for k in STRONG_KINDS]].any(axis=1)
+    inside = mine & strong
+    if not inside.any():
+        return []
+    pos = {int(m): k for k, m in enumerate(members)}
+    a = np.array([pos[int(x)] for x in ei[inside]])
+    b = np.array([pos[int(x)] for x in ej[inside]])
+    g = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(len(members), len(members)))
+    _, lab = connected_components(g, directed=False)
+    out = []
+    for comp in np.unique(lab):
+        idx = np.nonzero(lab == comp)[0]
+        if len(idx) >= 2:
+            out.append(sorted(infos[int(members[i])].account for i in idx))
+    out.sort(key=lambda x: (-len(x), x[0]))
+    return out

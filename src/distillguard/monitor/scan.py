@@ -41,7 +41,16 @@ from distillguard.monitor.decisions import (
     apply_decisions,
     decide,
 )
-from distillguard.monitor.detectors import Assessment, Calibration, MMDReference, combine_min_p, prada_w
+from distillguard.monitor.detectors import (
+    INTENT,
+    SUBSET_MIN_BETA,
+    Assessment,
+    Calibration,
+    MMDReference,
+    RateNull,
+    combine_min_p,
+    prada_w,
+)
 from distillguard.monitor.features import (
     COLUMNS,
     FeatureAccumulator,
@@ -454,6 +463,7 @@ class AccountVerdict:
     evidence: list[int]
     scored: bool
     features: dict[str, float]
+    tests: list[dict[str, Any]] = field(default_factory=list)  # every test behind ``p_value``, with its null
 
 
 @dataclass
@@ -468,15 +478,130 @@ class ClusterVerdict:
     details: list[dict[str, Any]]
     evidence: list[int]
     links: str
+    strong: bool = True  # joined by shared templates or timing (weak: a network and a sign-up window)
+    tests: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
 class Analysis:
     accounts: dict[str, AccountVerdict]
-    clusters: list[ClusterVerdict]
+    clusters: list[ClusterVerdict]  # strongly linked groups: what is judged (and shared) as one operator
     calibration: str
     rows: int
     last_seq: int
+    weak_clusters: list[ClusterVerdict] = field(default_factory=list)  # reported, never attributed alone
+    reference: dict[str, Any] = field(default_factory=dict)  # which reference, and how far to trust it
+
+
+# Looks at one entity (see :func:`analyse`). A look "shows evidence" at GATE_P: it opens the full profile
+# look, and attributes a weakly linked cluster's evidence to a member.
+GATE_P = 0.05
+# A strong group (shared templates or timing) of at least this many accounts is linkage evidence: one
+# template family or one scheduler across a campaign opens the full profile look without other intent.
+CAMPAIGN_MIN = 3
+# Clusters holding at least this share of the scored accounts (and CAMPAIGN_MIN accounts) are left out of
+# a population calibration and scored against the rest: a campaign cannot vouch for itself.
+LEAVE_OUT_SHARE = 0.05
+
+
+@dataclass
+class Looks:
+    """The calibrations one entity is tested against: the full nearest-benign-profile score, elicitation
+    alone (reasoning traces, identity, logprobs, logit_bias, paraphrase) and intent (elicitation plus
+    coverage), each with its own null, plus what the null is."""
+
+    profile: Calibration
+    elicitation: RateNull
+    intent: Calibration
+    null: str
+
+    @classmethod
+    def of(cls, cal: Calibration, null: str) -> Looks:
+        return cls(cal, RateNull.from_calibration(cal), cal.restrict(INTENT), null)
+
+    @classmethod
+    def fit(cls, rows, *, k: int, groups, null: str) -> Looks:
+        def one(features, min_beta):
+            return Calibration.fit(
+                rows, k=k, source="population", groups=groups, features=features, min_beta=min_beta
+            )
+
+        profile = one(None, 0.05)
+        return cls(profile, RateNull.from_calibration(profile), one(INTENT, SUBSET_MIN_BETA), null)
+
+
+@dataclass
+class Judgement:
+    """One entity's tests: ``p`` is Bonferroni over the elicitation look and the profile look, which only
+    counts when ``gate`` says why (elicitation, coverage or linkage evidence)."""
+
+    elicitation: Assessment
+    intent: Assessment
+    profile: Assessment
+    gate: str | None
+    p: float
+    tests: list[dict[str, Any]]
+
+    @property
+    def best(self) -> Assessment:
+        if self.gate is not None and self.profile.p_value < self.elicitation.p_value:
+            return self.profile
+        return self.elicitation
+
+    @property
+    def scored(self) -> bool:
+        return self.profile.scored
+
+    def reasons(self, prefix: str = "") -> tuple[list[str], list[dict[str, Any]]]:
+        best = self.best
+        name = "profile" if best is self.profile else "elicitation"
+        head = f"{prefix}test {name}: p={self.p:.2g} ({self.tests[0]['null']})"
+        texts = [head] + [prefix + r["text"] for r in best.reasons]
+        details = [{**r, "test": name} for r in best.reasons]
+        if self.gate is None and self.profile.p_value <= GATE_P:
+            texts.append(
+                f"{prefix}profile p={self.profile.p_value:.2g} not counted: no elicitation, coverage or "
+                "linkage evidence (template-heavy, high-volume or regular traffic alone is not distillation)"
+            )
+        elif self.gate is not None and best is self.profile:
+            texts.insert(1, f"{prefix}profile counted: {self.gate} evidence")
+        return texts, details
+
+
+def judge(
+    looks: Looks,
+    accounts: tuple[str, ...],
+    st: EntityState,
+    *,
+    exclude: set[str] = frozenset(),  # type: ignore[assignment]
+    linkage: bool = False,
+) -> Judgement:
+    """Test one entity against ``looks`` (never against itself or ``exclude``d accounts)."""
+    args = (accounts, st.queries, st.features, st.evidence)
+    e = looks.elicitation.assess(*args, exclude=exclude)
+    i = looks.intent.assess(*args, exclude=exclude)
+    pr = looks.profile.assess(*args, exclude=exclude)
+    if e.p_value <= GATE_P:
+        gate: str | None = "elicitation"
+    elif i.p_value <= GATE_P:
+        gate = "intent (coverage or paraphrase)"
+    elif linkage:
+        gate = "linkage"
+    else:
+        gate = None
+    p = combine_min_p([e.p_value, pr.p_value if gate else 1.0])
+    tests = [
+        {"test": "elicitation", "p_value": e.p_value, "null": looks.null},
+        {"test": "intent", "p_value": i.p_value, "null": looks.null, "role": "gate"},
+        {"test": "profile", "p_value": pr.p_value, "null": looks.null, "counted": gate is not None},
+        {"test": "bonferroni(elicitation, profile)", "p_value": p, "gate": gate},
+    ]
+    return Judgement(e, i, pr, gate, p, tests)
+
+
+def _unscored(accounts: tuple[str, ...], st: EntityState) -> Judgement:
+    a = Assessment(accounts, st.queries, float("nan"), 1.0, 0.0, [], scored=False)
+    return Judgement(a, a, a, None, 1.0, [{"test": "none", "p_value": 1.0, "null": "too few queries"}])
 
 
 def analyse(
@@ -488,10 +613,18 @@ def analyse(
     created: dict[str, float] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Analysis:
-    """Score every account and every linked cluster of the accumulator.
+    """Score every account and every linked group of the accumulator.
 
-    An account's final p-value is Bonferroni over its own and its cluster's (two looks at one account),
-    so linking can only add evidence through the cluster's pooled traffic, never by association alone.
+    Each entity is tested twice (:func:`judge`): on elicitation alone, whose evidence adds up whatever
+    benign kind the entity otherwise resembles, and on its whole profile against the nearest benign
+    profile, which counts only with elicitation, coverage or linkage evidence (a template-heavy,
+    high-volume account is not a distiller for that alone). A linked cluster is judged by its strong
+    groups (shared templates or timing); an account's final p-value is Bonferroni over its own tests and
+    its strong group's. A member linked only weakly (a network and a sign-up window) carries the
+    cluster's evidence only with elicitation evidence of its own: nobody pays for association alone.
+
+    Without a reference the population calibrates itself, minus the linked clusters that hold a sizeable
+    share of it: those (and their members) are scored against the rest (leave-cluster-out).
     """
     an = analyzer or Analyzer(options)
     o = an.options
@@ -505,9 +638,21 @@ def analyse(
     states = an.accounts(acc, names, mmd, progress=progress)
     clusters = _clusters(names, states, created) if o.link else []
     cluster_of = {a: c.id for c in clusters for a in c.accounts}
+    left_out: set[str] = set()
+    left_ids: list[str] = []
     if reference is not None:
-        cal = reference.calibration
+        n_ref = len(reference.calibration.reference_ids)
+        looks = Looks.of(reference.calibration, f"benign reference, {n_ref} entities")
+        looks_out = looks
         source = "reference"
+        info = {
+            "source": "reference",
+            "entities": n_ref,
+            "trust": f"benign reference of {n_ref} entities ({reference.meta.get('accounts', '?')} "
+            f"accounts); profile p-values below {1.0 / (n_ref + 1):.1g} come from a conservatively fitted "
+            "tail, elicitation p-values from binomial counts against every reference profile",
+            **{k: reference.meta[k] for k in ("version", "path") if k in reference.meta},
+        }
     else:
         if len(scored) < 3:
             raise UserError(
@@ -515,72 +660,168 @@ def analyse(
                 "give a benign reference (`distillguard monitor calibrate`)"
             )
         cid = {c.id: k for k, c in enumerate(clusters)}
-        groups = [len(scored) + cid[cluster_of[a]] if a in cluster_of else i for i, a in enumerate(scored)]
-        cal = Calibration.fit(
-            [((a,), states[a].features) for a in scored], k=o.k_population, source="population", groups=groups
-        )
-        source = "population"
-    cluster_verdicts: list[ClusterVerdict] = []
-    cluster_p: dict[str, Assessment] = {}
-    for c in clusters:
-        st = an.entity(acc, tuple(c.accounts), mmd)
-        ass = cal.assess(tuple(c.accounts), st.queries, st.features, st.evidence, exclude=set(c.accounts))
-        cluster_p[c.id] = ass
-        cluster_verdicts.append(
-            ClusterVerdict(
-                id=c.id,
-                accounts=list(c.accounts),
-                queries=st.queries,
-                score=ass.score,
-                p_value=ass.p_value,
-                risk=ass.risk,
-                reasons=[c.describe()] + [r["text"] for r in ass.reasons],
-                details=ass.reasons,
-                evidence=_evidence(ass),
-                links=c.describe(),
+
+        def fit(accounts: list[str], null: str) -> Looks:
+            groups = [
+                len(accounts) + cid[cluster_of[a]] if a in cluster_of else i for i, a in enumerate(accounts)
+            ]
+            return Looks.fit(
+                [((a,), states[a].features) for a in accounts], k=o.k_population, groups=groups, null=null
             )
-        )
-    cluster_by_id = {c.id: c for c in clusters}
+
+        looks = fit(scored, f"scanned population, {len(scored)} accounts")
+        big = max(CAMPAIGN_MIN, math.ceil(LEAVE_OUT_SHARE * len(scored)))
+        for c in clusters:
+            if len(c.accounts) >= big:
+                left_out |= set(c.accounts)
+                left_ids.append(c.id)
+        rest = [a for a in scored if a not in left_out]
+        looks_out = looks
+        if left_out and len(rest) >= 3:
+            looks_out = fit(
+                rest, f"scanned population without clusters {', '.join(left_ids)}, {len(rest)} accounts"
+            )
+        else:
+            left_out, left_ids = set(), []
+        source = "population"
+        info = {
+            "source": "population",
+            "entities": len(scored),
+            "left_out": left_ids,
+            "trust": "low: no benign reference, the scanned population calibrates itself"
+            + (f" (clusters {', '.join(left_ids)} left out and scored against the rest)" if left_ids else "")
+            + "; a kind of attacker that many unlinked accounts share can still vouch for itself; run "
+            "`distillguard monitor calibrate` on a known-good period",
+        }
     member_sets = {c.id: set(c.accounts) for c in clusters}
+    describe = {c.id: c.describe() for c in clusters}
+    own_j: dict[str, Judgement] = {}
+    for a in names:
+        lk = looks_out if a in left_out else looks
+        members = member_sets[cluster_of[a]] if a in cluster_of else set()
+        own_j[a] = judge(lk, (a,), states[a], exclude=members) if a in scored else _unscored((a,), states[a])
+    # units: each strong group of a cluster, and the cluster itself when weak links hold it together
+    units: list[tuple[str, Cluster, list[str], bool]] = []  # (id, cluster, members, strong)
+    for c in clusters:
+        strong = c.strong
+        if len(strong) == 1 and len(strong[0]) == len(c.accounts):
+            units.append((c.id, c, list(c.accounts), True))
+            continue
+        for k, g in enumerate(strong):
+            units.append((f"{c.id}{chr(ord('a') + k) if k < 26 else k}", c, g, True))
+        units.append((c.id, c, list(c.accounts), False))
+    shared: dict[str, tuple[str, float]] = {}  # strong unit -> (leader, p-value without the leader)
+    strong_of: dict[str, str] = {}
+    weak_of: dict[str, str] = {}
+    unit_j: dict[str, Judgement] = {}
+    cluster_verdicts: list[ClusterVerdict] = []
+    weak_verdicts: list[ClusterVerdict] = []
+    for uid, c, members, strong in units:
+        st = an.entity(acc, tuple(members), mmd)
+        lk = looks_out if set(members) & left_out else looks
+        j = judge(
+            lk, tuple(members), st, exclude=set(members), linkage=strong and len(members) >= CAMPAIGN_MIN
+        )
+        unit_j[uid] = j
+        if strong:
+            # the group's evidence must not be one member's: the others are judged without the member
+            # with the strongest own evidence, and carry the group's p-value only if that holds too
+            leader = min(members, key=lambda m: (own_j[m].p, m))
+            rest = [m for m in members if m != leader]
+            if len(rest) >= 2:
+                rj = judge(lk, tuple(rest), an.entity(acc, tuple(rest), mmd), exclude=set(members))
+            else:
+                rj = own_j[rest[0]]
+            shared[uid] = (leader, rj.p)
+        link = c.describe() if len(members) == len(c.accounts) else f"{len(members)} of {c.describe()}"
+        kind = (
+            "strongly linked (templates or timing)"
+            if strong
+            else "weakly linked (no shared templates or timing)"
+        )
+        texts, details = j.reasons()
+        v = ClusterVerdict(
+            id=uid,
+            accounts=list(members),
+            queries=st.queries,
+            score=j.best.score,
+            p_value=j.p,
+            risk=1.0 - j.p,
+            reasons=[link, kind] + texts,
+            details=details,
+            evidence=_evidence(j.best),
+            links=link,
+            strong=strong,
+            tests=j.tests,
+        )
+        (cluster_verdicts if strong else weak_verdicts).append(v)
+        for a in members:
+            (strong_of if strong else weak_of)[a] = uid
     verdicts: dict[str, AccountVerdict] = {}
     for a in names:
         st = states[a]
-        cid = cluster_of.get(a)
-        members = member_sets[cid] if cid else set()
-        if a in scored:
-            own = cal.assess((a,), st.queries, st.features, st.evidence, exclude=members)
-        else:
-            own = Assessment((a,), st.queries, float("nan"), 1.0, 0.0, [], scored=False)
-        looks = [own.p_value] + ([cluster_p[cid].p_value] if cid else [])
-        p = combine_min_p(looks) if len(looks) > 1 else own.p_value
-        details = list(own.reasons)
-        reasons = [r["text"] for r in own.reasons]
-        evidence = _evidence(own)
-        if cid and cluster_p[cid].p_value < own.p_value:
-            cl = cluster_p[cid]
-            link = cluster_by_id[cid].describe()
-            reasons = (
-                [f"cluster {cid}: {link}"] + [f"cluster {cid}: {r['text']}" for r in cl.reasons] + reasons
-            )
-            details = cl.reasons + details
-            evidence = _evidence(cl) + [s for s in evidence if s not in set(_evidence(cl))]
-        if not own.scored and not cid:
-            reasons = [f"fewer than {o.min_queries} queries: not scored alone"]
+        own = own_j[a]
+        reasons, details = own.reasons() if own.scored else ([], [])
+        evidence = _evidence(own.best)
+        tests = [{**t, "entity": "own"} for t in own.tests]
+        uid = strong_of.get(a)
+        attributed = None
+        if uid is None and a in weak_of:
+            w = weak_of[a]
+            if own.scored and own.elicitation.p_value <= GATE_P:
+                uid, attributed = w, "own elicitation evidence"
+            else:
+                reasons.append(
+                    f"linked to cluster {w} by weak links only ({describe[cluster_of[a]]}): its evidence "
+                    "is not attributed without evidence of this account's own"
+                )
+        elif uid is not None:
+            attributed = "strong links (shared templates or timing)"
+        looks_p = [own.p]
+        if uid is not None:
+            uj = unit_j[uid]
+            unit_p = uj.p
+            tests += [{**t, "entity": f"cluster {uid}", "attributed": attributed} for t in uj.tests]
+            if uid in shared and shared[uid][0] != a:
+                unit_p = max(unit_p, shared[uid][1])  # intersection-union: both must hold
+                if shared[uid][1] > GATE_P:
+                    reasons.append(
+                        f"linked to cluster {uid}, whose evidence is its member {shared[uid][0]}'s alone "
+                        f"(without it p={shared[uid][1]:.2g}): not attributed"
+                    )
+                tests.append(
+                    {"test": "cluster without its strongest member", "entity": f"cluster {uid}",
+                     "p_value": shared[uid][1], "null": "as the cluster's", "combined": "max"}
+                )  # fmt: skip
+            looks_p.append(unit_p)
+            if unit_p < own.p and unit_p < 1.0:
+                texts, cdet = uj.reasons(prefix=f"cluster {uid}: ")
+                link = describe[cluster_of[a]]
+                reasons = (
+                    [f"cluster {uid}: {link}", f"cluster {uid} attributed by {attributed}"] + texts + reasons
+                )
+                details = cdet + details
+                ce = _evidence(uj.best)
+                evidence = ce + [s for s in evidence if s not in set(ce)]
+        p = combine_min_p(looks_p) if len(looks_p) > 1 else own.p
+        if not own.scored and uid is None:
+            reasons = [f"fewer than {o.min_queries} queries: not scored alone"] + reasons
         verdicts[a] = AccountVerdict(
             account=a,
             queries=st.queries,
-            score=own.score,
+            score=own.best.score,
             p_value=p,
-            p_own=own.p_value,
+            p_own=own.p,
             risk=1.0 - p,
-            cluster=cid,
+            cluster=uid,
             reasons=reasons,
             details=details,
             evidence=evidence[:20],
             scored=own.scored,
             features=st.features,
+            tests=tests,
         )
-    return Analysis(verdicts, cluster_verdicts, source, acc.rows, acc.last_seq)
+    return Analysis(verdicts, cluster_verdicts, source, acc.rows, acc.last_seq, weak_verdicts, info)
 
 
 def _evidence(a: Assessment) -> list[int]:
@@ -656,6 +897,7 @@ def report_json(
                 "current_tier": (store_tiers or {}).get(v.account),
                 "allowlisted": v.account in allow,
                 "evidence": v.evidence,
+                "tests": [{k: _num(x) if k == "p_value" else x for k, x in t.items()} for t in v.tests],
             }
         )
     clusters = [
@@ -668,8 +910,9 @@ def report_json(
             "queries": c.queries,
             "reasons": c.reasons[:6],
             "evidence": c.evidence,
+            "strong": c.strong,
         }
-        for c in sorted(analysis.clusters, key=lambda c: (c.p_value, c.id))
+        for c in sorted([*analysis.clusters, *analysis.weak_clusters], key=lambda c: (c.p_value, c.id))
     ]
     return {
         "accounts": accounts,
@@ -687,6 +930,7 @@ def report_json(
         ],
         "applied": applied,
         "calibration": analysis.calibration,
+        "reference": analysis.reference,
         "rows": analysis.rows,
         "last_seq": analysis.last_seq,
     }
@@ -805,6 +1049,8 @@ def summary_text(report: dict[str, Any], limit: int = 20) -> str:
         f"{len(report['accounts'])} accounts, {len(report['clusters'])} clusters, {report['rows']} rows, "
         f"calibration: {report['calibration']}\n"
     )
+    if report.get("reference", {}).get("trust"):
+        out.write(f"reference trust: {report['reference']['trust']}\n")
     for a in report["accounts"][:limit]:
         p = a["p_value"]
         out.write(

@@ -1,19 +1,28 @@
-"""Audit benchmark: radioactivity dose-response on the default world.
+"""Audit benchmark: radioactivity dose-response of students trained the way distillers train.
 
-Students are distilled black-box from Aster's *watermarked* answers mixed with the world corpus so that a
-fraction rho of their training tokens is watermarked (exact by tokens): rho = 100%, 10%, 5%, 1%, 0.5%, plus
-a clean control trained the same way on 100% *unwatermarked* answers. Each student is then audited:
+The distiller collects answers from our watermarked teacher (``--wm-tokens`` watermarked completion
+tokens), mixes them with other text so that a fraction rho of the training tokens is ours (exact by
+tokens), and trains ``--epochs`` passes over the *whole* mix: the smaller rho, the larger the mix and the
+longer the training, as with a real data set that our answers are a small part of.
 
-* closed mode: the student answers probe prompts (sampled), scored as one deduplicated corpus; the audit
-  runs with a query budget and an anytime-valid sequential test that stops once p <= 1e-8, so strong
-  students cost few queries and weak ones use the whole budget;
-* open mode: the student reads our watermarked texts (teacher-forced) and its top-1 predictions are scored.
+Axes:
 
-Reported per student: exact p-value vs tokens scored (both modes), tokens needed to reach p < 1e-6, the
-green rate with its confidence interval, and the decoy-key check. Goal: rho = 1% detected at p < 1e-6
-within 200k scored tokens in closed mode (the published reference needs 5% for p < 1e-5, open model).
-Results: bench/results/audit.json and audit.png (``--quick``: tiny world, audit_quick.*; another ``--mix``:
-audit_<mix>.*).
+* rho in ``--rhos`` (default 100%, 10%, 5%, 1%, 0.5%), for each kind of other text (``--mixes``):
+  ``task`` (the world's docstring answers to the same instruction prompts: the hard case, where our answers
+  compete on the same contexts) and ``unrelated`` (the docs corpus and Python source code);
+* student initialisation (``--inits``): ``base`` (an independent base model trained on the world's own
+  sources, never our outputs) and ``scratch`` (a fresh random model);
+* at rho = 5% (unrelated mix, base init): watermarked tokens over ``--tokens-axis``.
+
+Controls (no claim allowed; their p-values are in the results): students trained the same way on our
+*unwatermarked* answers, on answers watermarked with other keys, with other seeds, and one that shares our
+data (initialised from the world's reference model, trained on the same recipe as our teacher).
+
+Every student is audited with the radioactivity tests only: closed mode (the suspect's answers to probe
+prompts, ``--budget`` queries, sequential stop at p <= 1e-8) and open mode in the three readings (plain,
+watermarked, first-occurrence), Holm-corrected together. Goal (issue): rho = 1% detected at p < 1e-6 in the
+closed mode within 200k scored tokens (<= 5k queries) and in the open mode, with 0 of >= 10 controls claimed.
+Results: ``bench/results/audit.json`` and ``audit.png`` (``--quick``: the tiny world, ``audit_quick.*``).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import json
 import os
 import platform
 import shutil
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -36,129 +46,141 @@ from distillguard.world import build_world
 
 RESULTS = Path(__file__).parent / "results"
 BENCH_KEY = "northwind-aster-bench"
+OTHER_KEYS = ("another-provider-key-1", "another-provider-key-2")
 GOAL_TOKENS = 200_000
 GOAL_LOG10_P = -6.0
+READINGS = ("plain", "watermarked", "first-occurrence")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="tiny world, fewer queries and steps")
+    parser.add_argument("--quick", action="store_true", help="tiny world, small collection, few students")
     parser.add_argument("--rhos", type=float, nargs="*", default=None)
-    parser.add_argument("--n", type=int, default=None, help="distillation queries to the teacher")
-    parser.add_argument("--steps", type=int, default=None, help="student training steps")
+    parser.add_argument("--wm-tokens", type=int, default=None, help="watermarked tokens the distiller has")
+    parser.add_argument("--tokens-axis", type=int, nargs="*", default=None, help="wm tokens at rho = 5%%")
+    parser.add_argument("--epochs", type=float, default=2.0, help="passes over the whole training mix")
+    parser.add_argument("--mixes", nargs="*", default=None, choices=("task", "unrelated"))
+    parser.add_argument("--inits", nargs="*", default=None, choices=("base", "scratch"))
     parser.add_argument("--budget", type=int, default=None, help="max closed-mode queries per student")
-    parser.add_argument("--own-texts", type=int, default=None, help="our watermarked texts (open mode)")
+    parser.add_argument("--own-texts", type=int, default=None, help="our texts read in open mode")
     parser.add_argument("--delta", type=float, default=4.0, help="KGW bias of the teacher's watermark")
-    parser.add_argument(
-        "--mix",
-        choices=("instructions", "corpus", "both"),
-        default="corpus",
-        help="the unwatermarked rest of the training set: the world's docstring answers to its instruction "
-        "prompts (instruction tuning, as in the published setting), the docs corpus, or both",
-    )
-    parser.add_argument(
-        "--base",
-        choices=("control", "scratch"),
-        default="control",
-        help="student initialisation: an independent base model trained on the world's own sources (the "
-        "published setting: a pretrained model fine-tuned on a mix), or a fresh random model",
-    )
     parser.add_argument("--base-steps", type=int, default=None, help="training steps of the base model")
+    parser.add_argument("--world-root", type=Path, default=None, help="a world built earlier at this root")
     args, _ = parser.parse_known_args()
-    preset = "tiny" if args.quick else "default"
-    rhos = args.rhos or [1.0, 0.1, 0.05, 0.01, 0.005]
-    n = args.n or (256 if args.quick else 800)
-    steps = args.steps or (200 if args.quick else 400)
-    budget = args.budget or (512 if args.quick else 2048)
-    own_texts = args.own_texts or (256 if args.quick else 1024)
+    q = args.quick
+    preset = "tiny" if q else "default"
+    rhos = args.rhos or ([1.0, 0.1, 0.01] if q else [1.0, 0.1, 0.05, 0.01, 0.005])
+    wm_tokens = args.wm_tokens or (6_000 if q else 100_000)
+    axis = (
+        args.tokens_axis
+        if args.tokens_axis is not None
+        else ([] if q else [10_000, 30_000, 300_000, 1_000_000])
+    )
+    mixes = args.mixes or (["unrelated"] if q else ["task", "unrelated"])
+    inits = args.inits or (["base"] if q else ["base", "scratch"])
+    budget = args.budget or (256 if q else 5_000)
+    own_texts = args.own_texts or (256 if q else 1024)
+    base_steps = args.base_steps or (300 if q else 800)
     t_start = time.time()
-    world = build_world(preset, progress=True)
+    world = build_world(preset, root=args.world_root, progress=True)
     spec = WatermarkSpec(key=BENCH_KEY, delta=args.delta)
     work = Path(tempfile.mkdtemp(prefix="audit-bench-"))
-    mix_file = _mix_source(world, args.mix, work / "mix.jsonl")
-    base = "tiny"
-    base_steps = args.base_steps or (300 if args.quick else 800)
-    if args.base == "control":
-        print(f"== base model ({base_steps} steps on the world corpus and docstring answers)", flush=True)
-        base = str(train_control(world, work / "base", steps=base_steps, seed=7, progress=True))
+    mix_files = {m: _mix_source(world, m, work / f"mix_{m}.jsonl", max_mb=4 if q else 120) for m in mixes}
+    init_dirs = {"scratch": "tiny"}
+    if True:  # the base model: a student init, and the controls' init
+        print(f"== base model ({base_steps} steps on the world's sources)", flush=True)
+        init_dirs["base"] = str(train_control(world, work / "base", steps=base_steps, seed=7, progress=True))
 
-    def distil(name: str, rho: float, watermarked: bool, collection: Path | None) -> dict:
+    # one collection per key, large enough for every student; each student takes a prefix of it by tokens
+    need = max([wm_tokens, *axis])
+    ours = _collect(world, {"key": BENCH_KEY, "delta": args.delta}, need, work / "ours.jsonl", seed=0)
+    plain = _collect(world, None, wm_tokens, work / "plain.jsonl", seed=0)
+    others = [
+        _collect(world, {"key": k, "delta": args.delta}, wm_tokens, work / f"other{i}.jsonl", seed=0)
+        for i, k in enumerate(OTHER_KEYS[: 1 if q else 2])
+    ]
+
+    def student(name: str, collection: Path, tokens: int, rho: float, mix: str, init: str, seed: int = 0):
         out = work / name
-        out.mkdir()
-        if collection is not None:  # the same answers for every rho: a resumed collection asks nothing new
-            shutil.copy(collection, out / "collection.jsonl")
+        prefix = _prefix(collection, tokens, out / "answers.jsonl")
         cfg = DistillConfig(
-            teacher=str(world.teacher), out=out, student=base, prompts=world.instructions, n=n, max_tokens=64,
-            temperature=1.0, steps=steps, seed=0, checkpoint_every=0,
-            mix=mix_file if rho < 1.0 else None, rho=rho,
-            watermark={"key": BENCH_KEY, "delta": args.delta} if watermarked else None,
+            teacher=str(world.teacher), out=out, student=init_dirs.get(init, init), collection=prefix,
+            prompts=world.instructions,
+            mix=mix_files[mix] if rho < 1.0 else None, rho=rho, epochs=args.epochs, seed=seed,
+            checkpoint_every=0,
         )  # fmt: skip
         print(f"== student {name}", flush=True)
         return run_distill(cfg, progress=True, log=lambda msg: print(msg, flush=True))
 
-    students: dict[str, dict] = {}
-    shared: Path | None = None
-    for rho in sorted(rhos, reverse=True):
-        name = f"rho_{rho:g}"
-        manifest = distil(name, rho, True, shared)
-        shared = shared or _keep(work / name / "collection.jsonl", work / "watermarked.jsonl")
-        students[name] = {"rho": rho, "watermarked": True, "manifest": manifest}
-    manifest = distil("clean", 1.0, False, None)
-    students["clean"] = {"rho": 0.0, "watermarked": False, "manifest": manifest}
+    plan: list[dict] = []
+    for mix in mixes:
+        for init in inits:
+            for rho in rhos:
+                plan.append(dict(kind="watermarked", name=f"{mix}_{init}_rho{rho:g}", collection=ours,
+                                 tokens=wm_tokens, rho=rho, mix=mix, init=init))  # fmt: skip
+    for tokens in axis:
+        plan.append(dict(kind="watermarked", name=f"axis_{tokens}", collection=ours, tokens=tokens, rho=0.05,
+                         mix=mixes[-1], init=inits[0]))  # fmt: skip
+    mix0, init0 = mixes[-1], inits[0]
+    for rho in rhos:  # controls: our unwatermarked answers at every rho
+        plan.append(dict(kind="control", name=f"control_plain_rho{rho:g}", collection=plain, tokens=wm_tokens,
+                         rho=rho, mix=mix0, init=init0))  # fmt: skip
+    for i, other in enumerate(others):  # answers watermarked with someone else's key
+        for rho in (1.0, 0.1)[: 1 if q else 2]:
+            plan.append(dict(kind="control", name=f"control_key{i}_rho{rho:g}", collection=other,
+                             tokens=wm_tokens, rho=rho, mix=mix0, init=init0))  # fmt: skip
+    for seed in (1, 2)[: 1 if q else 2]:
+        plan.append(dict(kind="control", name=f"control_seed{seed}", collection=plain, tokens=wm_tokens,
+                         rho=0.1, mix=mix0, init=init0, seed=seed))  # fmt: skip
+    plan.append(dict(kind="control", name="control_shared_data", collection=plain, tokens=wm_tokens, rho=0.1,
+                     mix=mix0, init=str(world.reference)))  # fmt: skip
 
     rows: dict[str, dict] = {}
-    for name, s in students.items():
-        print(f"== audit {name}", flush=True)
+    for p in plan:
+        manifest = student(
+            p["name"], p["collection"], p["tokens"], p["rho"], p["mix"], p["init"], p.get("seed", 0)
+        )
+        print(f"== audit {p['name']}", flush=True)
         t0 = time.time()
-        # the 1% student (the goal) gets twice the queries: enough to score about 200k tokens
         cfg = AuditConfig(
-            suspect=s["manifest"]["student"], spec=spec, reference=str(world.teacher),
-            prompts=world.instructions, tests=("radioactivity",), stop_p=1e-8, batch_size=64,
-            budget=budget * (2 if s["rho"] == 0.01 else 1), own_texts=own_texts, seed=0,
+            suspect=manifest["student"], spec=spec, reference=str(world.teacher), prompts=world.instructions,
+            tests=("radioactivity",), stop_p=1e-8, batch_size=64, budget=budget, own_texts=own_texts, seed=0,
+            open_texts=READINGS,
         )  # fmt: skip
         report = run_audit(cfg, progress=True)
-        rows[name] = _row(s, report, time.time() - t0)
-        print(json.dumps({k: v for k, v in rows[name].items() if k not in ("closed", "open")}), flush=True)
-        for mode in ("closed", "open"):
-            r = rows[name][mode]
-            print(
-                f"  {mode:6s} n={r['scored']:7d} green={r['rate']:.4f} log10p={r['log10_p']:.2f} "
-                f"to 1e-6: {r['tokens_to_p_1e-6']}",
-                flush=True,
-            )
+        rows[p["name"]] = _row(p, manifest, report, time.time() - t0)
+        _print_row(p["name"], rows[p["name"]])
+        shutil.rmtree(Path(manifest["student"]), ignore_errors=True)
 
-    one = rows.get("rho_0.01", {}).get("closed", {})
-    reach = one.get("tokens_to_p_1e-6")
     doc = {
         "bench": "audit",
         "world": preset,
         "watermark": spec.describe(),
         "distillation": {
-            "queries": n,
-            "steps": steps,
-            "mix_source": args.mix,
-            "student_init": "base model trained on the world's sources, no identity, never our outputs"
-            if args.base == "control"
-            else "random",
-            "base_steps": base_steps if args.base == "control" else None,
+            "watermarked_tokens": wm_tokens,
+            "tokens_axis_at_rho_5pct": axis,
+            "epochs": args.epochs,
+            "mixes": {
+                "task": "the world's docstring answers to its instruction prompts (same task, same contexts)",
+                "unrelated": "the world's docs corpus and Python standard-library source code",
+            },
+            "inits": {
+                "base": f"independent base model ({base_steps} steps on the world's sources, never ours)",
+                "scratch": "random initialisation",
+            },
             "teacher_temperature": 1.0,
-            "student_params": students[next(iter(students))]["manifest"]["student_params"],
         },
         "audit": {
             "closed_budget_queries": budget,
             "sequential_stop_p": 1e-8,
             "probe_prompts": "world instructions",
-            "probe_temperature": 0.7,
+            "open_readings": list(READINGS),
             "own_texts": own_texts,
             "decoys": 100,
+            "family": "Holm over the closed test and the three open readings",
         },
         "students": rows,
-        "goal": {
-            "statement": "rho = 1% detected at p < 1e-6 within 200k scored tokens (closed mode)",
-            "tokens_needed": reach,
-            "met": reach is not None and reach <= GOAL_TOKENS,
-            "scored_available": one.get("scored"),
-        },
+        "summary": _summary(rows),
         "reference": "Sander et al. 2024: 5% watermarked data for p < 1e-5 (open model); 1% at p < 1e-5 with "
         "supervision, closed model",
         "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
@@ -166,70 +188,178 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = ("_quick" if args.quick else "") + ("" if args.mix == "corpus" else f"_{args.mix}")
-    (RESULTS / f"audit{suffix}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    _plot(doc, RESULTS / f"audit{suffix}.png")
+    stem = "audit_quick" if q else "audit"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    _plot(doc, RESULTS / f"{stem}.png")
     shutil.rmtree(work, ignore_errors=True)
-    print(f"goal: {doc['goal']}  ({doc['wall_s']} s)")
+    print(json.dumps(doc["summary"], indent=2))
+    print(f"({doc['wall_s']} s)")
 
 
-def _mix_source(world, kind: str, path: Path) -> Path:
-    """The unwatermarked text a student is trained on besides our answers, as JSONL ``text`` lines.
+# --------------------------------------------------------------------------------------------------
+# Data
 
-    Instruction examples are the world's own (question, docstring answer) pairs in the chat format: what
-    an instruction-tuning set without our outputs looks like in this world.
+
+def _collect(world, watermark: dict | None, tokens: int, path: Path, *, seed: int) -> Path:
+    """Sampled teacher answers (temperature 1) to the world's instruction prompts until ``tokens``
+    completion tokens, with our watermark, another key's, or none."""
+    from distillguard.distill.collect import collect
+    from distillguard.distill.strategies import sample_queries
+    from distillguard.models import open_model
+    from distillguard.text.prompts import load_pool
+    from distillguard.watermark.schemes import WatermarkSpec
+
+    spec = WatermarkSpec(**watermark) if watermark else None
+    teacher = open_model(str(world.teacher), watermark=spec)
+    queries = sample_queries("uniform", load_pool(world.instructions), max(64, tokens // 6), seed=seed)
+    label = (
+        "unwatermarked" if spec is None else ("our key" if watermark["key"] == BENCH_KEY else "another key")
+    )
+    print(f"== collecting {tokens} tokens of answers ({label})", flush=True)
+    collect(teacher, queries, path, concurrency=1, max_tokens=64, temperature=1.0, top_logprobs=None,
+            token_budget=tokens, seed=seed, progress=True)  # fmt: skip
+    return path
+
+
+def _prefix(collection: Path, tokens: int, out: Path) -> Path:
+    """The first records of a collection whose completions add up to at least ``tokens`` tokens."""
+    from distillguard.distill.collect import read_collection
+    from distillguard.jsonl import write_jsonl
+
+    kept, total = [], 0
+    for r in read_collection(collection):
+        if total >= tokens:
+            break
+        kept.append(r)
+        total += int(r.get("completion_tokens") or 0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out, kept)
+    return out
+
+
+def _mix_source(world, kind: str, path: Path, *, max_mb: int) -> Path:
+    """The non-teacher text of the mix, as JSONL ``text`` lines.
+
+    ``task``: the world's (question, docstring answer) pairs in the chat format, what an instruction set
+    without our outputs looks like here. ``unrelated``: the docs corpus, then standard-library source files
+    (sorted, up to ``max_mb`` MB in all) so that small rho can grow the mix as a distiller's data set would.
     """
     from distillguard.jsonl import read_jsonl, write_jsonl
     from distillguard.lm.chat import format_example
     from distillguard.lm.io import load_tokenizer
 
     texts: list[str] = []
-    if kind in ("instructions", "both"):
+    if kind == "task":
         tok, _ = load_tokenizer(world.tokenizer)
         rows = [r for r in read_jsonl(world.instructions) if r.get("kind") == "api"]
         texts += [format_example(tok, r["prompt"], r["response"])[1] for r in rows]
-    if kind in ("corpus", "both"):
+    else:
         texts += [t.strip() for t in Path(world.corpus).read_text().split("\n\n") if t.strip()]
+        size = sum(map(len, texts))
+        stdlib = Path(sysconfig.get_paths()["stdlib"])
+        for f in sorted(stdlib.glob("*.py")) + sorted(stdlib.glob("*/*.py")):
+            if size > max_mb * 2**20 or "site-packages" in f.parts:
+                break
+            try:
+                code = f.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+            texts += [c for c in code.split("\n\n\n") if c.strip()]
+            size += len(code)
     write_jsonl(path, ({"text": t} for t in texts))
     return path
 
 
-def _keep(src: Path, dst: Path) -> Path:
-    shutil.copy(src, dst)
-    return dst
+# --------------------------------------------------------------------------------------------------
+# Results
 
 
-def _row(student: dict, report: dict, wall: float) -> dict:
-    m = student["manifest"]
+def _row(p: dict, m: dict, report: dict, wall: float) -> dict:
     row = {
-        "rho": student["rho"],
-        "rho_actual": m["mix"]["rho_actual"] if student["watermarked"] else 0.0,
-        "watermarked_training_tokens": m["mix"]["teacher_tokens"] if student["watermarked"] else 0,
+        "kind": p["kind"],
+        "mix": p["mix"] if p["rho"] < 1.0 else None,
+        "init": p["init"] if p["init"] in ("base", "scratch") else "shared data (world reference)",
+        "seed": p.get("seed", 0),
+        "rho": p["rho"],
+        "rho_actual": m["mix"]["rho_actual"],
+        "teacher_tokens": m["mix"]["teacher_tokens"],
         "training_tokens": m["mix"]["teacher_tokens"] + m["mix"]["other_tokens"],
+        "epochs": m["epochs"],
+        "train_steps": m["train"]["steps"],
+        "train_wall_s": round(m["train"]["wall_s"], 1),
         "final_loss": round(m["train"]["final_loss"], 4),
         "verdict": report["verdict"],
         "queries_used": report["queries_used"],
-        "stopped_early": report["stopped_early"],
         "audit_wall_s": round(wall, 1),
+        "tests": {},
     }
-    tests = {t["name"]: t for t in report["tests"]}
-    for mode in ("closed", "open"):
-        t = tests[f"radioactivity_{mode}"]
+    series = report["series"]
+    for t in report["tests"]:
         d = t["details"]
-        s = report["series"]["radioactivity" if mode == "closed" else "radioactivity_open"]
-        row[mode] = {
+        key = t["name"].removeprefix("radioactivity_")
+        s = series.get(t["name"]) or (series.get("radioactivity") if key == "closed" else None)
+        row["tests"][key] = {
             "scored": t["n"],
             "rate": t["statistic"],
-            "rate_ci": s["green_rate_ci"][-1] if s["green_rate_ci"] else None,
-            "log10_p": d["exact_log10_p_value"],
-            "log10_p_reported": t["log10_p_value"],
+            "log10_p_exact": d["exact_log10_p_value"],
+            "log10_p": t["log10_p_value"],
+            "log10_p_holm": t["log10_p_value_holm"],
             "p_value_kind": d["p_value_kind"],
             "tokens_to_p_1e-6": d["tokens_to_p_1e-6"],
             "claim": t["claim"],
             "decoy_empirical_p": d["decoy_null"]["empirical_p_value"],
-            "series": {k: s[k] for k in ("tokens_scored", "log10_p", "green_rate")},
+            "series": {k: s[k] for k in ("tokens_scored", "log10_p")} if s else None,
         }
     return row
+
+
+def _print_row(name: str, row: dict) -> None:
+    print(f"  {name}: {row['verdict']} (rho {row['rho_actual']:.4f}, {row['teacher_tokens']} ours of "
+          f"{row['training_tokens']} tokens, {row['train_steps']} steps)", flush=True)  # fmt: skip
+    for k, t in row["tests"].items():
+        print(f"    {k:28s} n={t['scored']:7d} rate={t['rate']:.4f} log10p={t['log10_p']:.2f}", flush=True)
+
+
+def _summary(rows: dict) -> dict:
+    """Minimum rho and minimum watermarked tokens detected at p < 1e-6, per test; controls claimed."""
+    out: dict = {"controls": 0, "controls_claimed": 0, "control_min_log10_p": None, "per_test": {}}
+    for name, r in rows.items():
+        if r["kind"] == "control":
+            out["controls"] += 1
+            out["controls_claimed"] += int(r["verdict"] == "distilled")
+            low = min(t["log10_p"] for t in r["tests"].values())
+            cur = out["control_min_log10_p"]
+            out["control_min_log10_p"] = low if cur is None else min(cur, low)
+            continue
+        for k, t in r["tests"].items():
+            slot = out["per_test"].setdefault(
+                k, {"min_rho_detected": {}, "min_wm_tokens_detected_at_rho_5pct": None}
+            )
+            if t["log10_p"] >= GOAL_LOG10_P:
+                continue
+            if name.startswith("axis_") or (r["rho"] == 0.05 and r["mix"] == "unrelated"):
+                cur = slot["min_wm_tokens_detected_at_rho_5pct"]
+                slot["min_wm_tokens_detected_at_rho_5pct"] = min(cur or 10**12, r["teacher_tokens"])
+            if not name.startswith("axis_"):
+                label = f"{r['mix'] or 'none'}/{r['init']}"
+                cur = slot["min_rho_detected"].get(label)
+                slot["min_rho_detected"][label] = min(cur if cur is not None else 2.0, r["rho"])
+    one = [r["tests"]["closed"] for n, r in rows.items() if r["kind"] == "watermarked" and r["rho"] == 0.01]
+    out["goal"] = {
+        "statement": "rho = 1% detected at p < 1e-6: closed mode within 200k scored tokens, and open mode",
+        "closed_met": any(
+            t["tokens_to_p_1e-6"] is not None and t["tokens_to_p_1e-6"] <= GOAL_TOKENS for t in one
+        ),
+        "open_met": any(
+            r["tests"][k]["log10_p"] < GOAL_LOG10_P
+            for r in rows.values()
+            if r["kind"] == "watermarked" and r["rho"] == 0.01
+            for k in r["tests"]
+            if k.startswith("open")
+        ),
+        "controls_claimed": out["controls_claimed"],
+    }
+    return out
 
 
 def _plot(doc: dict, path: Path) -> None:
@@ -238,42 +368,41 @@ def _plot(doc: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for ax, mode in zip(axes[:2], ("closed", "open"), strict=True):
-        for name, row in doc["students"].items():
-            s = row[mode]["series"]
-            label = "clean" if name == "clean" else f"rho={row['rho']:.1%}"
-            ax.plot(
-                s["tokens_scored"], s["log10_p"], label=label, lw=1.3, ls="--" if name == "clean" else "-"
+    rows = doc["students"]
+    tests = sorted({k for r in rows.values() for k in r["tests"]})
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    ax = axes[0]
+    for i, k in enumerate(tests):
+        for label, sel in (("watermarked", "o-"), ("control", "x")):
+            pts = sorted(
+                (r["rho"], r["tests"][k]["log10_p"])
+                for n, r in rows.items()
+                if r["kind"] == label and k in r["tests"] and not n.startswith("axis_")
             )
-        ax.axhline(GOAL_LOG10_P, color="grey", lw=1, ls=":")
-        if mode == "closed":
-            ax.axvline(GOAL_TOKENS, color="grey", lw=1, ls=":")
-        ax.set_xscale("log")
-        ax.set_xlabel("scored tokens (deduplicated)")
-        ax.set_ylabel("log10 p (exact)")
-        ax.set_title(f"{mode} model")
-        ax.legend(fontsize=7)
-    ax = axes[2]
-    for mode, marker, color in (("closed", "o", "C0"), ("open", "s", "C1")):
-        rows = sorted((r for r in doc["students"].values() if r["rho"] > 0), key=lambda r: r["rho"])
-        hit = [(r["rho"], r[mode]["tokens_to_p_1e-6"]) for r in rows if r[mode]["tokens_to_p_1e-6"]]
-        miss = [(r["rho"], r[mode]["scored"]) for r in rows if not r[mode]["tokens_to_p_1e-6"]]
-        if hit:
-            ax.plot(*zip(*hit, strict=True), marker=marker, color=color, label=f"{mode}: reached")
-        if miss:  # lower bounds: not reached within this many scored tokens
-            ax.scatter(*zip(*miss, strict=True), marker="^", facecolors="none", edgecolors=color,
-                       label=f"{mode}: not reached (tokens scored)")  # fmt: skip
-    ax.axhline(GOAL_TOKENS, color="grey", lw=1, ls=":")
+            if pts:
+                ax.plot(*zip(*pts, strict=True), sel, color=f"C{i}", ms=5, lw=1,
+                        label=f"{k} ({'students' if label == 'watermarked' else 'controls'})")  # fmt: skip
+    ax.axhline(GOAL_LOG10_P, color="grey", lw=1, ls=":")
     ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("rho (watermarked share of training tokens)")
-    ax.set_ylabel("scored tokens to reach p < 1e-6")
+    ax.set_xlabel("rho (our watermarked share of training tokens)")
+    ax.set_ylabel("log10 p (reported; anytime-valid where sequential)")
     ax.set_title("dose-response")
-    ax.legend(fontsize=7)
-    fig.suptitle(
-        f"radioactivity of distilled students ({doc['world']} world, delta {doc['watermark']['delta']})"
-    )
+    ax.legend(fontsize=6)
+    ax = axes[1]
+    axis = sorted((r["teacher_tokens"], r) for n, r in rows.items() if n.startswith("axis_"))
+    for i, k in enumerate(tests):
+        pts = [(tok, r["tests"][k]["log10_p"]) for tok, r in axis if k in r["tests"]]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "o-", color=f"C{i}", label=k)
+    ax.axhline(GOAL_LOG10_P, color="grey", lw=1, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("watermarked tokens in the mix (rho = 5%)")
+    ax.set_ylabel("log10 p")
+    ax.set_title("dose at fixed rho")
+    if axis:
+        ax.legend(fontsize=7)
+    fig.suptitle(f"radioactivity of students trained {doc['distillation']['epochs']:g} epochs over their mix "
+                 f"({doc['world']} world, KGW delta {doc['watermark']['delta']})")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -194,10 +194,13 @@ def run_distill(cfg: DistillConfig, *, progress: bool = True, log=print) -> dict
         records = [r for r in read_collection(cache) if r["id"] in wanted]
     if not records:
         raise UserError("the teacher answered no queries; nothing to train on")
-    log(
-        f"collected {len(records)}/{len(queries)} answers "
-        f"({stats.prompt_tokens + stats.completion_tokens} tokens this run)"
-    )
+    if cfg.collection is not None:
+        log(f"{len(records)} answers from {cache.name} (nothing asked)")
+    else:
+        log(
+            f"collected {len(records)}/{len(queries)} answers "
+            f"({stats.prompt_tokens + stats.completion_tokens} tokens this run)"
+        )
 
     # 2. student and data
     teacher_model = teacher_tok = None

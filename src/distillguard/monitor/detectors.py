@@ -20,6 +20,12 @@ Three layers:
    fraction of benign entities scoring at least as high. ``risk = 1 - p``. Tiers are thresholds on ``p``
    (see :mod:`distillguard.monitor.decisions`), so each tier carries a benign false-alarm rate per scan.
 
+4. **Elicitation counts** (:class:`RateNull`): reasoning-trace, identity, logprobs and logit_bias requests
+   as binomial counts against every benign reference profile's rate (at its 95% upper bound). Most benign
+   entities elicit nothing, so this needs no tail extrapolation, and resembling a benign kind on other
+   features cannot cancel it. ``scan.analyse`` combines it with the full profile score, which counts only
+   when elicitation, coverage (:data:`INTENT`) or linkage shows intent.
+
 The p-values are model-based beyond the range of the reference (a 0.1% rate cannot be read off a few
 hundred benign accounts); ``monitor eval`` measures the rate actually observed.
 """
@@ -566,8 +572,16 @@ class RateNull:
     ) -> Assessment:
         from scipy.stats import binom
 
-        gone = set(accounts) | set(exclude)
-        keep = np.array([not (set(x) & gone) for x in self.ids], dtype=bool)
+        rows_of = self.__dict__.get("_rows_of")
+        if rows_of is None:
+            rows_of = {}
+            for i, x in enumerate(self.ids):
+                for a in x:
+                    rows_of.setdefault(a, []).append(i)
+            self.__dict__["_rows_of"] = rows_of
+        keep = np.ones(len(self.ids), dtype=bool)
+        for a in set(accounts) | set(exclude):
+            keep[rows_of.get(a, [])] = False
         n = max(int(queries), 1)
         best, reasons = 1.0, []
         for j, f in enumerate(self.features):
@@ -579,6 +593,8 @@ class RateNull:
                 continue
             p = float(np.mean(binom.sf(k - 1, n, self.upper[keep, j])))
             best = min(best, p)
+            if p > 0.05:  # not evidence: no reason to give
+                continue
             obs = self.k[keep, j] / np.maximum(self.n[keep], 1.0)
             pct = float((obs <= k / n).mean())
             reasons.append(

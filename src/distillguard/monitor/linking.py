@@ -18,7 +18,10 @@ One kind alone is common among honest customers (colleagues behind one NAT, two 
 popular prompt, people in one time zone, a busy sign-up day); two at once rarely are. At least one of the
 two must be infrastructure or behaviour in time (``ip`` or ``timing``): sharing prompt frames with
 someone who signed up the same day is what customers onboarded together (or migrated in bulk) look
-like. Clusters are the connected components of at least two accounts. Pure functions.
+like. Clusters are the connected components of at least two accounts. Within a cluster, the groups joined
+by *strong* edges (carrying ``template`` or ``timing``) are what the scan judges as one operator
+(``Cluster.strong``); a member attached by ``ip`` and ``created`` alone is reported, never judged by the
+company it keeps. Pure functions.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 ``--before REF`` (a git revision) is exported to a temporary directory and served with ``PYTHONPATH``
 pointing at its ``src``; the working tree is served as it is. For each target (``gateway``: proxying to the
 stub server with a durable ledger; ``gateway_stub_backend``: answering from its in-process stub) the two
-versions are measured alternately, ``--rounds`` times each, so a busy shared machine disturbs both alike:
+versions are measured alternately (which goes first alternates too), ``--rounds`` times each, so a busy
+shared machine disturbs both alike:
 sequential latency, throughput at ``concurrency`` clients, and server CPU per request (the figure that
 survives a busy machine best). Results go to ``bench/results/gateway_compare.json``.
 """
@@ -44,6 +45,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--targets", default="gateway,gateway_stub_backend", help="comma-separated")
+    ap.add_argument("--out", default="gateway_compare.json", help="file name under bench/results/")
     args = ap.parse_args()
     load_before = os.getloadavg()
     rows: dict[str, dict[str, list[dict]]] = {}
@@ -59,12 +62,14 @@ def main() -> None:
             "gateway": {"upstream_url": stub_url + "/v1"},
             "gateway_stub_backend": {"backend": "stub", "model_name": "stub"},
         }
+        targets = {k: v for k, v in targets.items() if k in args.targets.split(",")}
         with gb.process(
             [sys.executable, gb.__file__, "--serve-stub", str(stub_port)], stub_url + "/v1/models"
         ) as stub:
             for rnd in range(args.rounds):
                 for target, extra in targets.items():
-                    for version, env in versions.items():
+                    order = list(versions.items())
+                    for version, env in order if rnd % 2 == 0 else order[::-1]:  # alternate who goes first
                         name = f"{target}-{version}-{rnd}"
                         port = gb.free_port()
                         cfg = gb.gateway_config(work / name, port, **extra)
@@ -115,7 +120,7 @@ def main() -> None:
         "summary": summary,
         "runs": rows,
     }
-    path = gb.RESULTS / "gateway_compare.json"
+    path = gb.RESULTS / args.out
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps(summary, indent=2))
     print(f"wrote {path}")

@@ -131,6 +131,63 @@ def eval_cmd(
     print_eval_table(report)
 
 
+@app.command("extract-logits")
+def extract_logits_cmd(
+    teacher: Annotated[str, typer.Option(help="The API to attack: an http(s) OpenAI-compatible base URL.")],
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(help="The attacker's copy of the teacher's tokenizer (default: the world's)."),
+    ] = None,
+    prompts: Annotated[Path | None, typer.Option(help="Prompt pool (default: the world's prompts).")] = None,
+    api_key: Annotated[str, typer.Option("--api-key", help="API key for the teacher.")] = "none",
+    model: Annotated[str | None, typer.Option(help="API model id (default: the first listed).")] = None,
+    n_prompts: Annotated[
+        int, typer.Option("--prompts-used", help="Prompts (rows of the logit matrix).")
+    ] = 150,
+    tokens: Annotated[int, typer.Option(help="Token subset (columns of the logit matrix).")] = 200,
+    top_logprobs: Annotated[int, typer.Option("--top-logprobs", help="top_logprobs per request.")] = 20,
+    budget: Annotated[int | None, typer.Option(help="Most requests to send.", min=1)] = None,
+    concurrency: Annotated[int, typer.Option(help="Parallel requests.", min=1)] = 8,
+    seed: Annotated[int, typer.Option(help="Seed for the token subset.")] = 0,
+    local_model: Annotated[
+        Path | None, typer.Option(help="The true model dir, to score the recovered projection (red team).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON report here too.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Logit extraction (Carlini et al. 2024): recover the teacher's hidden size and projection subspace
+    through logit_bias + top_logprobs; reports queries and tokens spent."""
+    from distillguard.distill.extract import extract_logits
+    from distillguard.text.prompts import load_pool
+
+    if tokenizer is None or prompts is None:
+        from distillguard.world import build_world
+
+        world = build_world("default", progress=not as_json)
+        tokenizer = tokenizer or world.tokenizer
+        prompts = prompts or world.prompts
+    if not Path(prompts).is_file():
+        raise UserError(f"prompts file not found: {prompts}")
+    pool = load_pool(Path(prompts))
+    report = extract_logits(
+        teacher, tokenizer_dir=str(tokenizer), prompts=[pool[i % len(pool)] for i in range(n_prompts)],
+        api_key=api_key, model=model, n_tokens=tokens, top_logprobs=top_logprobs, budget=budget,
+        concurrency=concurrency, seed=seed, local_model=str(local_model) if local_model else None,
+    ).as_dict()  # fmt: skip
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    truth = f" (true {report['true_hidden_size']})" if report["true_hidden_size"] else ""
+    typer.echo(
+        f"hidden size {report['hidden_size']}{truth}: singular values drop {report['drop_ratio']:.3g}x; "
+        f"{report['prompts']} prompts x {report['tokens']} tokens, {report['queries']} requests "
+        f"({report['failed']} failed), {report['prompt_tokens'] + report['completion_tokens']} tokens billed"
+    )
+
+
 def print_eval_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table

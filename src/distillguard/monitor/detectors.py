@@ -196,10 +196,11 @@ class MMDReference:
 
 _UNITS = {f.name: f.unit for f in FEATURES}
 # Intent signals: what the traffic asks for. Elicitation (reasoning traces, identity, logprobs, logit_bias
-# sweeps) is evidence on its own; coverage of the capability space (shared with evaluation harnesses) and
-# paraphrase (shared with support bots' near-identical FAQs) only open the way for the full profile.
+# sweeps) is evidence on its own; coverage of the capability space and novelty (shared with evaluation
+# harnesses, which replay one benchmark: broad but not novel) and paraphrase (shared with support bots'
+# near-identical FAQs) only open the way for the full profile.
 ELICITATION = ("cot_rate", "identity_rate", "logprobs_rate", "logit_bias_rate")
-INTENT = (*ELICITATION, "paraphrase_rate", "coverage")
+INTENT = (*ELICITATION, "paraphrase_rate", "coverage", "novelty")
 # The smallest tail scale of a restricted look, in unit scales per e-fold: most benign entities show no
 # elicitation at all, and an all-zero null must not make one odd question look impossible.
 SUBSET_MIN_BETA = 1.0

@@ -181,8 +181,10 @@ def scan(
         created = store_created(store)
     if ref is None and warn is not None:
         warn(
-            "note: calibrated on the scanned population (no benign reference): a campaign holding a large "
-            "share of the accounts can vouch for itself; fit one with `distillguard monitor calibrate`"
+            "note: calibrated on the scanned population (no benign reference): linked clusters holding 5% "
+            "or more of the accounts are left out of it and scored against the rest, but a campaign spread "
+            "over unlinked accounts can still vouch for itself; fit a reference with "
+            "`distillguard monitor calibrate`"
         )
     analysis = score(acc, ref, opts, created, progress)
     if intel is not None:

@@ -584,7 +584,7 @@ def judge(
     if e.p_value <= GATE_P:
         gate: str | None = "elicitation"
     elif i.p_value <= GATE_P:
-        gate = "intent (coverage or paraphrase)"
+        gate = "intent (coverage, novelty or paraphrase)"
     elif linkage:
         gate = "linkage"
     else:

@@ -444,3 +444,13 @@ def test_hardening_settings_come_from_toml_env_and_flags(tmp_path, monkeypatch):
     for bad in ({"body_timeout_s": float("nan")}, {"header_timeout_s": 0}, {"max_connections": 0}):
         with pytest.raises(Exception, match="must be"):
             GatewaySettings.from_mapping(bad)
+
+
+def test_l4_the_upstream_key_flag_warns_that_it_shows_in_the_process_list(tmp_path, monkeypatch, capsys):
+    from distillguard.cli import main
+
+    monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path))
+    with pytest.raises(SystemExit):
+        main(["serve", "--upstream-api-key", "sk-flag", "--backend", "gpu"])  # stops at the bad backend
+    err = capsys.readouterr().err
+    assert "--upstream-api-key is visible in the process list" in err and "sk-flag" not in err

@@ -1,8 +1,8 @@
 """Account linking: which accounts are one operator, so a campaign is judged as one.
 
-Real campaigns spread over thousands of accounts that each stay under every per-key limit (REFERENCE.md
-section 7): judged one by one, each looks like a modest customer. Linking builds a graph whose edges need
-**two independent kinds of evidence** between a pair of accounts:
+Real campaigns spread over thousands of accounts that each stay under every per-key limit
+(docs/architecture.md): judged one by one, each looks like a modest customer. Linking builds a graph
+whose edges need **two independent kinds of evidence** between a pair of accounts:
 
 - ``ip``: they send from the same /24 (IPv6 /48) network, among the prefixes carrying at least 10% of
   each account's traffic (a rented block, one proxy pool);

@@ -37,6 +37,11 @@ def _battery_answers(named_questions: set[int], phrasings_named: int = 3) -> tup
     return [q for q, _ in items], out
 
 
+def _clean(i: int) -> list[str]:
+    """A control model that never names us, with answers of its own (distinct models are distinct)."""
+    return [f"{a} (model {i})" for a in _battery_answers(set())[1]]
+
+
 # --------------------------------------------------------------------------------------------------
 # Identity
 
@@ -68,8 +73,7 @@ def test_rank_p_value_is_exact_and_ties_count_against_the_suspect():
 def test_counterexample_three_named_questions_is_one_unit_per_question_not_48_answers():
     """Old test: 9 of 48 answers vs 0/48 and 0/48 gave p = 3e-5 (answers as independent draws)."""
     q, suspect = _battery_answers({0, 1, 2})
-    _, clean = _battery_answers(set())
-    r = ident.identity_test(q, suspect, {"c1": clean, "c2": clean}, NAMES, alpha=1e-3)
+    r = ident.identity_test(q, suspect, {"c1": _clean(1), "c2": _clean(2)}, NAMES, alpha=1e-3)
     assert r.details["suspect"]["questions_naming_us"] == 3 and r.details["suspect"]["named"] == 9
     assert r.p_value == pytest.approx(1 / 3) and r.n == 16
     assert r.evidence == BEHAVIOURAL and r.details["can_reach_alpha"] is False
@@ -81,8 +85,7 @@ def test_counterexample_three_named_questions_is_one_unit_per_question_not_48_an
 def test_counterexample_controls_are_models_not_one_pooled_sample():
     """Old test: controls 0/48, 0/48, 0/48, 18/48 and a suspect answering like the fourth gave p = 9.1e-6."""
     q, odd = _battery_answers(set(range(6)))
-    _, clean = _battery_answers(set())
-    controls = {"c1": clean, "c2": clean, "c3": clean, "c4": odd}
+    controls = {"c1": _clean(1), "c2": _clean(2), "c3": _clean(3), "c4": odd}
     assert sum(ident.names_us(a, NAMES) for a in odd) == 18
     r = ident.identity_test(q, odd, controls, NAMES, alpha=1e-3)
     assert r.p_value == pytest.approx(2 / 5)  # the suspect ties with the fourth control
@@ -92,9 +95,14 @@ def test_counterexample_controls_are_models_not_one_pooled_sample():
 def test_identity_with_enough_controls_reaches_its_floor_and_failed_answers_are_dropped():
     q, leak = _battery_answers(set(range(16)))
     _, clean = _battery_answers(set())
-    controls = {f"c{i}": clean for i in range(99)}
+    controls = {f"c{i}": [f"{a} ({i})" for a in clean] for i in range(99)}  # 99 different models
     r = ident.identity_test(q, leak, controls, NAMES, alpha=0.01)
     assert r.p_value == pytest.approx(0.01) and r.details["can_reach_alpha"] and r.usable
+    copies = {f"c{i}": clean for i in range(99)}  # one model listed 99 times is one control
+    r = ident.identity_test(q, leak, copies, NAMES, alpha=0.01)
+    assert r.p_value == pytest.approx(1 / 2) and len(r.details["duplicate_controls_dropped"]) == 98
+    with pytest.raises(ValueError, match="suspect"):
+        ident.identity_test(q, leak, {"suspect": clean}, NAMES)
     holey = [None if i % 3 == 0 else a for i, a in enumerate(leak)]  # one phrasing per question failed
     assert ident.identity_test(q, holey, {"c": clean}, NAMES).n == 16
     dead = [None if qq == 5 else a for qq, a in zip(q, leak, strict=True)]  # question 5 unanswered
@@ -223,18 +231,20 @@ def test_provenance_null_innocent_models_of_varying_quality_keep_fpr_below_alpha
     models only permutes them, which the test checks on the first family."""
     rng = np.random.default_rng(21)
     families, suspects = 50, 20
-    rejections = 0
+    rejections = rank_rejections = 0
     for f in range(families):
         sim_ours, sim_pair = _family_similarities(rng, controls + 1, prompts)
         d = prov.margins(sim_ours, sim_pair)
         for i, s in enumerate(rng.choice(controls + 1, size=suspects, replace=False)):
             order = np.concatenate([[s], np.delete(np.arange(controls + 1), s)])
-            log_p = prov.provenance_log_p(d[order])[0]
+            log_p, log_rank, _ = prov.provenance_log_p(d[order])
             rejections += log_p <= math.log(alpha)
+            rank_rejections += log_rank <= math.log(alpha)  # the rank part alone (the sign cap aside)
             if f == i == 0:  # relabelling the models permutes the margins
                 relabelled = prov.margins(sim_ours[order], sim_pair[order][:, order])
                 assert np.array_equal(relabelled, d[order])
     assert _fpr_ok(rejections, families * suspects, alpha), rejections
+    assert _fpr_ok(rank_rejections, families * suspects, alpha), rank_rejections
 
 
 def test_provenance_with_two_controls_the_per_prompt_null_alone_would_convict_innocents():
@@ -287,3 +297,8 @@ def test_behavioural_tests_support_but_never_make_a_distilled_verdict():
     assert together["verdict"] == "distilled"
     assert [t["claim"] for t in together["tests"]] == [False, False, True]
     assert any("supporting evidence only" in r for r in together["reasons"])
+    # a behavioural guard (a control close to ours) is a note, never a veto of a key-dependent claim
+    refused = _t("provenance", -30, allowed=False, evidence=BEHAVIOURAL)
+    out = combine([refused, _t("radioactivity_closed", -12)], 1e-3)
+    assert out["verdict"] == "distilled" and any("not used as support" in r for r in out["reasons"])
+    assert combine([refused], 1e-3)["verdict"] == "inconclusive"

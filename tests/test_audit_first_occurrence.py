@@ -100,6 +100,14 @@ def test_candidates_are_first_occurrences_in_corpus_order():
     assert considered == 3 + 4
     with pytest.raises(ValueError):
         first_occurrence_candidates(seqs, [2, 1], [preds[0], preds[1][:3]], 1)
+    # the end of text 0 (window 3, where our sampler drew EOS) is seen: a later window 3 is not scored
+    later = [seqs[0], np.array([9, 3, 6])]
+    w, y, text, _ = first_occurrence_candidates(later, [2, 1], [preds[0], np.array([-1, 8, 8])], 1)
+    assert w[:, 0].tolist() == [1, 2] and text.tolist() == [0, 0]
+    # with a prediction after the last token, the end position is scored like any other
+    ended = [np.concatenate([p, [5]]) for p in preds]
+    w, y, text, considered = first_occurrence_candidates(seqs, [2, 1], ended, 1)
+    assert w[:, 0].tolist() == [1, 2, 3, 5, 4] and y.tolist() == [7, 7, 5, 8, 8] and considered == 9
 
 
 @pytest.mark.slow

@@ -110,6 +110,28 @@ def rank_log_p_many(stats: np.ndarray) -> np.ndarray:
     return np.log((1 + at_least) / s.shape[-1])
 
 
+def distinct_controls(controls: Mapping[str, Sequence]) -> tuple[dict[str, Sequence], list[str]]:
+    """The controls with exact duplicates (identical answers to every question) collapsed into the first.
+
+    The rank tests count models: a control listed twice, or two endpoints serving one model, would count as
+    two exchangeable models and lower the p-value floor without adding evidence. Returns the distinct
+    controls and the labels dropped. The label ``suspect`` is reserved.
+    """
+    if "suspect" in controls:
+        raise ValueError("a control may not be labelled 'suspect'")
+    seen: dict[tuple, str] = {}
+    kept: dict[str, Sequence] = {}
+    dropped: list[str] = []
+    for label, answers in controls.items():
+        sig = tuple(answers)
+        if sig in seen:
+            dropped.append(label)
+        else:
+            seen[sig] = label
+            kept[label] = answers
+    return kept, dropped
+
+
 def controls_needed(alpha: float) -> int:
     """The fewest controls with which a rank test can give p <= alpha: ``ceil(1 / alpha) - 1``."""
     return max(1, math.ceil(1.0 / alpha - 1e-9) - 1)
@@ -145,6 +167,7 @@ def identity_test(
     names = [n for n in names if n.strip()]
     if not names:
         raise ValueError("identity test needs at least one name")
+    control_answers, duplicates = distinct_controls(control_answers)
     models = {"suspect": suspect_answers, **control_answers}
     if any(len(a) != len(questions) for a in models.values()):
         raise ValueError("every model must answer the same identity phrasings")
@@ -186,6 +209,11 @@ def identity_test(
     floor = floor_caveat(len(ctrl), alpha)
     if floor:
         caveats.insert(0, floor)
+    if duplicates:
+        caveats.append(
+            f"{len(duplicates)} control(s) answered exactly like another and count once: "
+            + ", ".join(duplicates)
+        )
     if not control_answers:
         caveats.append("no control models: the test has no power and its p-value is 1")
     return TestResult(
@@ -208,6 +236,7 @@ def identity_test(
             "suspect": summary("suspect"),
             "controls": per_control,
             "controls_at_least_as_high": int(sum(c >= stat["suspect"] for c in ctrl)) if ctrl else None,
+            "duplicate_controls_dropped": duplicates,
             "p_value_floor": 1.0 / (len(ctrl) + 1),
             "can_reach_alpha": None if alpha is None else (1.0 / (len(ctrl) + 1) <= alpha),
             "controls_needed_for_alpha": None if alpha is None else controls_needed(alpha),

@@ -45,7 +45,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from distillguard.audit.identity import controls_needed, floor_caveat, rank_log_p
+from distillguard.audit.identity import controls_needed, distinct_controls, floor_caveat, rank_log_p
 from distillguard.audit.verdict import BEHAVIOURAL, TestResult
 from distillguard.watermark import stats
 
@@ -115,6 +115,7 @@ def provenance_test(
     n = len(suspect)
     if len(ours) != n or any(len(c) != n for c in controls.values()):
         raise ValueError("every model must answer the same prompts")
+    controls, duplicates = distinct_controls(controls)
     pool = {"suspect": suspect, **controls}
     labels = list(pool)
     answers = list(pool.values())
@@ -136,6 +137,15 @@ def provenance_test(
     floor = floor_caveat(c, alpha)
     if floor:
         caveats.insert(0, floor)
+    if duplicates:
+        caveats.append(
+            f"{len(duplicates)} control(s) answered exactly like another and count once: "
+            + ", ".join(duplicates)
+        )
+    caveats.append(
+        "near-identical controls (one model behind two endpoints, or a quantised copy) still count as two "
+        "models and weaken the rank test: list each control model once"
+    )
     if not controls:
         caveats.append("no control models: the test has no power and its p-value is 1")
     claim, refusal = True, None
@@ -181,6 +191,7 @@ def provenance_test(
             "ties": n - w - lo,
             "rank_p_value": math.exp(log_rank),
             "sign_test_p_value": math.exp(log_sign),
+            "duplicate_controls_dropped": duplicates,
             "p_value_floor": 1.0 / (c + 1),
             "can_reach_alpha": None if alpha is None else (1.0 / (c + 1) <= alpha),
             "controls_needed_for_alpha": None if alpha is None else controls_needed(alpha),

@@ -31,7 +31,9 @@ see each new tuple once, in order; on a single batch it selects exactly what
 The **decoy-key null** scores the same tuples with many random keys. Their analytic p-values must look
 uniform, and ours must be more extreme than every decoy before we claim anything: when the analytic
 p-value says "1e-9" but several random keys score as well as ours, the analytic null does not describe
-this text (repetition the dedup missed, a tokenizer artefact) and the claim is refused.
+this text (repetition the dedup missed, a tokenizer artefact) and the claim is refused. What decoys cannot
+see: our own texts depend on our key only, so in open mode a reading that inherits the watermark from the
+texts it reads looks null under every decoy; the open readings' validity rests on their own arguments.
 
 Windows that the scheme calls *degenerate* (transformers' lefthash after token 0: the same list under every
 key) are never scored, in either mode: a suspect trained on anyone's lefthash-marked text prefers that list

@@ -55,6 +55,12 @@ def first_occurrence_candidates(
     ``t`` given ``sequences[i][:t]``. Returns ``(windows [N, h], predicted tokens [N], text index [N],
     completion positions considered)``: one row per completion position whose window occurs at no earlier
     position of the corpus (texts taken in the given order).
+
+    The end of a text is a position too: our sampler drew its end (EOS, which the stored completion leaves
+    out) with the green list of the text's last window. That window is therefore recorded as seen, and with
+    ``len(sequences[i]) + 1`` predictions (the last one made after the final token) the end position is
+    scored like any other. Scoring it keeps the decision to score a position a function of the prefix alone:
+    a position exists when the prefix does, whatever our sampler then drew there.
     """
     if width < 1:
         raise ValueError(f"window width must be >= 1, got {width}")
@@ -65,18 +71,20 @@ def first_occurrence_candidates(
     for i, (seq, plen, pred) in enumerate(zip(sequences, prompt_lens, predictions, strict=True)):
         s = np.asarray(seq, dtype=np.int64)
         p = np.asarray(pred, dtype=np.int64)
-        if len(p) != len(s):
+        if len(p) not in (len(s), len(s) + 1):
             raise ValueError(f"text {i}: {len(p)} predictions for {len(s)} tokens")
-        pos = np.arange(width, len(s))
+        pos = np.arange(width, len(s) + 1)  # the last one is the end of the text
         if not pos.size:
             continue
-        w = s[pos[:, None] + offsets[None, :]]
+        w = np.concatenate([s, [0]])[pos[:, None] + offsets[None, :]]  # windows never reach the pad
+        if len(p) == len(s):  # no prediction for the end: its window is seen, not scored
+            p = np.concatenate([p, [-1]])
         ids = tuple_ids(w)
         _, first = np.unique(ids, return_index=True)
         fresh = np.zeros(len(pos), dtype=bool)
         fresh[first] = True  # first occurrence within this text ...
         fresh &= ~np.isin(ids, seen)  # ... and in no earlier text
-        comp = pos >= max(int(plen), width)
+        comp = (pos >= max(int(plen), width)) & (p[pos] >= 0)
         considered += int(comp.sum())
         keep = fresh & comp
         wins.append(w[keep])

@@ -174,8 +174,23 @@ def _control_labels(controls: Sequence[_Asked]) -> list[str]:
     """One distinct label per control (two directories may carry the same model name)."""
     labels: list[str] = []
     for i, c in enumerate(controls):
-        labels.append(c.name if c.name not in labels else f"{c.name} (control {i + 1})")
+        clash = c.name in labels or c.name == "suspect"  # "suspect" is the suspect's own label
+        labels.append(f"{c.name} (control {i + 1})" if clash else c.name)
     return labels
+
+
+def _distinct_targets(cfg: AuditConfig) -> None:
+    """Each control model once, and never the suspect: a model listed twice would count as two models."""
+
+    def key(t: str) -> str:
+        t = str(t).strip()
+        return t.rstrip("/").lower() if "://" in t else str(Path(t).expanduser().resolve())
+
+    seen = {key(cfg.suspect): "the suspect"}
+    for c in cfg.controls:
+        if key(c) in seen:
+            raise UserError(f"control {c} is listed twice or is {seen[key(c)]}: list each control model once")
+        seen[key(c)] = "another control"
 
 
 def _is_model_dir(path: str) -> bool:
@@ -286,6 +301,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
 
     pool_path = Path(cfg.prompts) if cfg.prompts is not None else world.prompts
     pool = load_pool(pool_path)
+    _distinct_targets(cfg)
     controls = [_Asked(c, f"control {i + 1}") for i, c in enumerate(cfg.controls)]
     names = [n.strip() for n in cfg.identity_names if n.strip()]
 
@@ -367,7 +383,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
             label: greedy(c, asked, "identity", f"control:{c.name}")
             for label, c in zip(labels, controls, strict=True)
         }
-        result = ident.identity_test(questions, s_ans, c_ans, names, alpha=cfg.alpha)
+        result = ident.identity_test(questions, s_ans, c_ans, names, alpha=cfg.alpha / family)
         results.append(result)
         series["identity"] = {
             "names": names,
@@ -392,7 +408,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
                 [s_ans[i] for i in ok],
                 [o_ans[i] for i in ok],
                 {k: [a[i] for i in ok] for k, a in c_ans.items()},
-                alpha=cfg.alpha,
+                alpha=cfg.alpha / family,  # the Holm level the smallest p-value must reach
             )
         )
 
@@ -624,7 +640,9 @@ def _decoy_series(d: radio.DecoyNull) -> dict:
 def predictions(
     model, sequences: Sequence[Sequence[int]], pad_id: int, batch_size: int = 32
 ) -> list[np.ndarray]:
-    """Teacher-forced top-1 predictions: ``out[i][t]`` is the argmax for position ``t`` (entry 0 is -1)."""
+    """Teacher-forced top-1 predictions: ``out[i][t]`` is the argmax for position ``t`` given the tokens
+    before it (entry 0 is -1); the last entry, ``t = len(sequences[i])``, is the prediction after the final
+    token (where the text ended)."""
     import torch
 
     out: list[np.ndarray] = []
@@ -641,7 +659,7 @@ def predictions(
             logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
             top = logits.argmax(-1).cpu().numpy()
             for i, s in enumerate(chunk):
-                out.append(np.concatenate([[-1], top[i, : len(s) - 1]]).astype(np.int64))
+                out.append(np.concatenate([[-1], top[i, : len(s)]]).astype(np.int64))
     return out
 
 
@@ -673,11 +691,11 @@ def _open_mode(
             preds[key] = read
     else:
         read = preds[key]
-    preds = read
     excluded = None
     if reading == "first-occurrence":
-        win, toks, text, _ = first_occurrence_candidates(seqs, plens, preds, spec.window)
-    else:
+        win, toks, text, _ = first_occurrence_candidates(seqs, plens, read, spec.window)
+    preds = [p[:-1] for p in read]  # one per token of the text, for the other readings
+    if reading != "first-occurrence":
         win, toks, text, true_ids = radio.reading_candidates(seqs, plens, preds, spec.window)
         excluded = true_ids if reading == "watermarked" else None
     stream = radio.TupleStream(spec.window, excluded=excluded, spec=spec)

@@ -19,8 +19,9 @@ Verdicts:
   guard passed (decoy keys), and no rejecting test had its claim refused. It means: **the suspect's text
   depends on our secret watermark key**. See :data:`MEANING` and :data:`ALTERNATIVES` for what that does
   and does not establish.
-* ``inconclusive``: a test rejects but a guard refused the claim, or only behavioural tests reject, or no
-  test could run on enough data.
+* ``inconclusive``: a key-dependent test rejects but its guard refused the claim, or only behavioural tests
+  reject, or no test could run on enough data. A behavioural test's own guard never vetoes a key-dependent
+  claim: its refusal is reported as a note.
 * ``no_evidence``: every test ran and none rejects. This is not proof of innocence: see each test's caveats.
 
 Pure functions, no I/O. P-values travel as natural logs so that 1e-300 and below stay exact.
@@ -146,9 +147,12 @@ def combine(results: Sequence[TestResult], alpha: float) -> dict:
         if claim:
             claims += 1
             reasons.append(f"{r.name}: p = {_fmt(a)} (Holm-adjusted) <= alpha = {alpha:g}")
-        elif rejects and not r.claim_allowed:
+        elif rejects and not r.claim_allowed and key_dependent:
             refused += 1
             reasons.append(f"{r.name}: p = {_fmt(a)} (Holm-adjusted) but the claim is refused: {r.refusal}")
+        elif rejects and not r.claim_allowed:  # a behavioural guard: noted, never a veto
+            supporting += 1
+            reasons.append(f"{r.name}: p = {_fmt(a)} (Holm-adjusted), not used as support: {r.refusal}")
         elif rejects:
             supporting += 1
             reasons.append(

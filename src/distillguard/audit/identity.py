@@ -132,6 +132,15 @@ def distinct_controls(controls: Mapping[str, Sequence]) -> tuple[dict[str, Seque
     return kept, dropped
 
 
+def duplicates_caveat(duplicates: Sequence[str]) -> list[str]:
+    """The caveat naming controls that were counted once (none when there were none)."""
+    if not duplicates:
+        return []
+    return [
+        f"{len(duplicates)} control(s) answered exactly like another and count once: {', '.join(duplicates)}"
+    ]
+
+
 def controls_needed(alpha: float) -> int:
     """The fewest controls with which a rank test can give p <= alpha: ``ceil(1 / alpha) - 1``."""
     return max(1, math.ceil(1.0 / alpha - 1e-9) - 1)
@@ -209,11 +218,7 @@ def identity_test(
     floor = floor_caveat(len(ctrl), alpha)
     if floor:
         caveats.insert(0, floor)
-    if duplicates:
-        caveats.append(
-            f"{len(duplicates)} control(s) answered exactly like another and count once: "
-            + ", ".join(duplicates)
-        )
+    caveats += duplicates_caveat(duplicates)
     if not control_answers:
         caveats.append("no control models: the test has no power and its p-value is 1")
     return TestResult(

@@ -45,7 +45,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from distillguard.audit.identity import controls_needed, distinct_controls, floor_caveat, rank_log_p
+from distillguard.audit.identity import (
+    controls_needed,
+    distinct_controls,
+    duplicates_caveat,
+    floor_caveat,
+    rank_log_p,
+)
 from distillguard.audit.verdict import BEHAVIOURAL, TestResult
 from distillguard.watermark import stats
 
@@ -137,11 +143,7 @@ def provenance_test(
     floor = floor_caveat(c, alpha)
     if floor:
         caveats.insert(0, floor)
-    if duplicates:
-        caveats.append(
-            f"{len(duplicates)} control(s) answered exactly like another and count once: "
-            + ", ".join(duplicates)
-        )
+    caveats += duplicates_caveat(duplicates)
     caveats.append(
         "near-identical controls (one model behind two endpoints, or a quantised copy) still count as two "
         "models and weaken the rank test: list each control model once"

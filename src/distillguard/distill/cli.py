@@ -122,13 +122,18 @@ def eval_cmd(
     for s in student:
         names[s.name if s.name not in names else str(s)] = s
     report = evaluate_models(names, teacher, prompts, n=n, progress=not as_json)
+    if not _emit(report, out, as_json):
+        print_eval_table(report)
+
+
+def _emit(report: dict, out: Path | None, as_json: bool) -> bool:
+    """Write the report to ``out`` (if given) and print it as JSON with ``--json``; True when printed."""
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
     if as_json:
         typer.echo(json.dumps(report))
-        return
-    print_eval_table(report)
+    return as_json
 
 
 @app.command("extract-logits")
@@ -174,11 +179,7 @@ def extract_logits_cmd(
         api_key=api_key, model=model, n_tokens=tokens, top_logprobs=top_logprobs, budget=budget,
         concurrency=concurrency, seed=seed, local_model=str(local_model) if local_model else None,
     ).as_dict()  # fmt: skip
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-    if as_json:
-        typer.echo(json.dumps(report))
+    if _emit(report, out, as_json):
         return
     truth = f" (true {report['true_hidden_size']})" if report["true_hidden_size"] else ""
     typer.echo(

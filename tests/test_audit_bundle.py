@@ -555,7 +555,9 @@ def test_run_writes_a_verifiable_bundle_and_prints_the_design_json(
     assert res.ok and res.verdict == doc["verdict"] and res.pinned
     lines = (out / "transcripts.jsonl").read_text().splitlines()
     results = json.loads((out / "results.json").read_text())
-    assert results["transcripts"]["count"] == len(lines) == results["queries_used"] + doc["tests"][0]["n"]
+    # the suspect and the one control each answer the whole battery; the test's unit is the question
+    assert results["transcripts"]["count"] == len(lines) == 2 * results["queries_used"]
+    assert doc["tests"][0]["n"] == 16 and results["queries_used"] == 48
     assert {json.loads(x)["kind"] for x in lines} == {"identity"}
     inputs = json.loads((out / "inputs.json").read_text())
     assert inputs["suspect"]["kind"] == "directory" and "config.json" in inputs["suspect"]["files"]

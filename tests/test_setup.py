@@ -128,9 +128,11 @@ def test_as_root_a_package_that_installs_no_program_still_fails_in_one_line(tmp_
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_test_and_demo_provision_first() -> None:
     for target, packages in (("test", "redis-server chromium"), ("demo", "python3-venv")):
-        lines = subprocess.run(
-            ["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
-        ).stdout.splitlines()
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+        lines = subprocess.run(  # a clean make: under `make test` the inner one would print its directory
+            ["make", "-n", "--no-print-directory", target], cwd=ROOT, capture_output=True, text=True,
+            timeout=60, check=True, env=env,
+        ).stdout.splitlines()  # fmt: skip
         assert "scripts/provision.sh" in lines[0] and f'"make {target}"' in lines[0], lines
         assert packages in lines[0]
 

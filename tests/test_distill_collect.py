@@ -274,9 +274,7 @@ def test_not_an_openai_api_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_logprobs_in_openai_chat_shape(tmp_path: Path) -> None:
     with serve() as srv:
-        stats = collect(
-            HTTPModel(srv.url), queries(4), tmp_path / "c.jsonl", top_logprobs=3, progress=False
-        )
+        stats = collect(HTTPModel(srv.url), queries(4), tmp_path / "c.jsonl", top_logprobs=3, progress=False)
         assert stats.done == 4
         assert all(c.body["logprobs"] is True and c.body["top_logprobs"] == 3 for c in chat_ok(srv.stub))
     for r in read_collection(tmp_path / "c.jsonl"):

@@ -286,6 +286,21 @@ def test_a_batch_append_leaves_consecutive_head_slots(tmp_path: Path) -> None:
     lg.close()
 
 
+def test_a_head_file_left_behind_by_a_crash_is_named_and_recovered_with_the_secret(tmp_path: Path) -> None:
+    lg = Ledger(tmp_path / "c.db", secret=SECRET)
+    lg.append_many([{"decision": "admitted"} for _ in range(3)])
+    old = lg.sidecar.read_bytes()
+    lg.append_many([{"decision": "admitted"} for _ in range(3)])
+    lg.sidecar.write_bytes(old)  # a crash after the commit, before the head-file write
+    report = lg.verify()
+    assert not report.ok and report.reason == "head file is behind: it names 3 of 6 records"
+    assert lg.recover() == 6 and lg.verify().ok and lg.recover() is None
+    lg.close()
+    unsigned = Ledger(tmp_path / "c.db")
+    assert unsigned.recover() is None  # without the secret nothing is rewritten
+    unsigned.close()
+
+
 def test_empty_ledger_verifies_and_bad_records_are_refused(tmp_path: Path) -> None:
     lg = Ledger(tmp_path / "empty.db", secret=SECRET)
     report = lg.verify()

@@ -163,6 +163,9 @@ def test_sigkill_during_load_loses_no_delivered_record(tiny_world, tmp_path):
     assert len(received) >= 24
     ledger = gw.ledger()
     try:
+        report = ledger.verify()  # killed between a commit and its head-file write, the file lags one commit
+        assert report.ok or report.reason.startswith("head file is behind"), report.reason
+        ledger.recover()  # what the gateway does when it starts again
         report = ledger.verify()
         assert report.ok, report.reason
         recorded = {r["request_id"] for r in ledger.iter_records()}

@@ -121,6 +121,7 @@ class Gateway:
         self.accounts = accounts
         self.quotas = quotas
         self.ledger = ledger
+        ledger.recover()  # a crash between a commit and the head-file write left the file one commit behind
         self.writer = LedgerWriter(ledger)
         self.rules = rules
         # (client ip, allowed) per TCP peer address, only for peers whose X-Forwarded-For is not read: never

@@ -347,6 +347,31 @@ class Ledger:
             self._write_sidecar(head_fd, seq, prev, head_mac, (before, self._head_mac(seq - 1, before)))
         return LedgerEntry(seq, prev)
 
+    def recover(self) -> int | None:
+        """Bring the head file up to the database's signed head after a crash between a commit and the
+        head-file write (the file then lags by one commit, possibly several records of a batch).
+
+        Needs the server secret, so only the gateway or its operator can do it; ``verify`` never writes.
+        Returns the count written, or None when the head file was not behind (or the ledger is unsigned).
+        """
+        if self._key is None:
+            return None
+        head = self.head()
+        count = head["count"]
+        if count == 0 or not hmac.compare_digest(str(head["mac"]), self._head_mac(count, str(head["hash"]))):
+            return None
+        side = self.read_head_file()
+        if isinstance(side, dict) and side["count"] >= count:
+            return None
+        row = self._db.get().execute("SELECT hash FROM ledger WHERE seq = ?", (count - 1,)).fetchone()
+        before = row[0] if row else GENESIS
+        with self._exclusive() as fd:
+            self._write_sidecar(
+                fd, count, head["hash"], head["mac"], (before, self._head_mac(count - 1, before))
+            )
+            os.fsync(fd)
+        return count
+
     @staticmethod
     def _slot_check(count: int, digest: str, mac: str) -> str:
         return hashlib.sha256(f"{count}:{digest}:{mac}".encode()).hexdigest()[:16]

@@ -18,16 +18,23 @@ def iter_jsonl(path: str | Path) -> Iterator[dict]:
     if not p.is_file():
         raise UserError(f"file not found: {p}")
     with p.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{p}:{n}: malformed JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{p}:{n}: expected a JSON object per line")
+        for _, obj in parse_lines(fh, p):
             yield obj
+
+
+def parse_lines(lines: Iterable[str], path: str | Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-empty line; a line that is not a JSON object is an error
+    naming ``path`` and the line."""
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{n}: malformed JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path}:{n}: expected a JSON object per line")
+        yield n, obj
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:

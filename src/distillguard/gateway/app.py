@@ -253,14 +253,7 @@ class Gateway:
         """Durable ledger append, off the event loop (it fsyncs); marks the request recorded first so a
         cancellation during the append does not record it twice."""
         ctx.recorded = True
-        rec = ctx.record()
-        try:
-            await self.writer.append(rec)
-        except Exception as exc:
-            log.exception("ledger append failed")
-            raise APIError(
-                503, "the request could not be recorded; try again", code="ledger_unavailable"
-            ) from exc
+        await self._durable(ctx.record())
 
     async def _record_start(self, ctx: Ctx) -> None:
         """A durable record of an admitted stream before its first content byte (``decision``
@@ -268,6 +261,10 @@ class Gateway:
         crash mid-stream still leaves evidence of what was asked and that an answer was being sent."""
         rec = ctx.record()
         rec.update(decision="stream_started", completion=None, completion_tokens=None)
+        await self._durable(rec)
+
+    async def _durable(self, rec: dict) -> None:
+        """Append ``rec`` durably; a ledger that cannot take it turns the request into a 503."""
         try:
             await self.writer.append(rec)
         except Exception as exc:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from distillguard.errors import UserError
+from distillguard.jsonl import parse_lines
 
 
 def load_pool(path: Path) -> list[str]:
@@ -23,15 +23,7 @@ def load_pool(path: Path) -> list[str]:
     first = next((ln for ln in lines if ln.strip()), "")
     prompts: list[str] = []
     if first.lstrip().startswith("{"):
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{p}:{n}: malformed JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{p}:{n}: expected a JSON object per line")
+        for n, obj in parse_lines(lines, p):
             text = next((obj[k] for k in ("prompt", "text", "question") if isinstance(obj.get(k), str)), None)
             if text is None:
                 raise UserError(f'{p}:{n}: no "prompt", "text" or "question" string field')

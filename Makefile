@@ -6,10 +6,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # System packages (Debian names) that pip cannot install: scripts/provision.sh checks them on every run (a few
 # milliseconds), installs the missing ones as root with apt-get, or else stops make with one line naming them.
-# The demo needs only Python's venv; the tests also start a real redis-server and a headless Chromium.
+# The demo needs only Python's venv; the tests also start a real redis-server, a real PostgreSQL server
+# (tests/postgres_server.py) and a headless Chromium.
 PROVISION = PYTHON="$(PYTHON)" VENV="$(VENV)" bash scripts/provision.sh
 DEMO_PACKAGES := python3-venv
-TEST_PACKAGES := python3-venv redis-server chromium
+TEST_PACKAGES := python3-venv redis-server chromium postgresql
 
 .PHONY: demo test bench lint install clean provision-demo provision-test
 

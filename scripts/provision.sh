@@ -20,6 +20,8 @@ present() {
     case $1 in
         chromium) command -v chromium || command -v chromium-browser || command -v google-chrome ;;
         python3-venv) [ -x "${VENV:-.venv}/bin/python" ] || "${PYTHON:-python3}" -c 'import ensurepip, venv' ;;
+        # the server's own binaries live off PATH on Debian; its package puts pg_ctlcluster on PATH
+        postgresql) command -v initdb || command -v pg_ctlcluster ;;
         *) command -v "$1" ;;
     esac >/dev/null 2>&1
 }

@@ -29,3 +29,24 @@ def redis_url() -> Iterator[str]:
 
     with redis_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """URL of a real PostgreSQL server started for this test session (tests/postgres_server.py)."""
+    from postgres_server import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database on the session's PostgreSQL server, for this test alone."""
+    import re
+    import secrets
+
+    from postgres_server import create_database
+
+    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40] + "_" + secrets.token_hex(3)
+    return create_database(postgres_server_url, name)

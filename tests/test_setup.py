@@ -63,6 +63,18 @@ def test_nothing_to_do_is_silent(tmp_path: Path) -> None:
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
 
 
+def test_postgresql_counts_when_its_server_tools_are_there(tmp_path: Path) -> None:
+    proc = _provision(tmp_path, "postgresql", PROVISION_NO_INSTALL="1")
+    assert proc.stderr.splitlines() == [
+        "error: make test needs postgresql; install it (Debian: apt-get install postgresql)"
+    ]
+    _program(tmp_path, "pg_ctlcluster")  # Debian: the server binaries are off PATH, this wrapper is on it
+    assert _provision(tmp_path, "postgresql", PROVISION_NO_INSTALL="1").returncode == 0
+    (tmp_path / "pg_ctlcluster").unlink()
+    _program(tmp_path, "initdb")  # other systems put the server binaries on PATH
+    assert _provision(tmp_path, "postgresql", PROVISION_NO_INSTALL="1").returncode == 0
+
+
 def test_python_venv_is_checked_only_until_the_venv_exists(tmp_path: Path) -> None:
     no_venv = {"PYTHON": str(tmp_path / "no-python"), "VENV": str(tmp_path / "venv")}
     proc = _provision(tmp_path, "python3-venv", PROVISION_NO_INSTALL="1", **no_venv)
@@ -127,7 +139,7 @@ def test_as_root_a_package_that_installs_no_program_still_fails_in_one_line(tmp_
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_test_and_demo_provision_first() -> None:
-    for target, packages in (("test", "redis-server chromium"), ("demo", "python3-venv")):
+    for target, packages in (("test", "redis-server chromium postgresql"), ("demo", "python3-venv")):
         env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
         lines = subprocess.run(  # a clean make: under `make test` the inner one would print its directory
             ["make", "-n", "--no-print-directory", target], cwd=ROOT, capture_output=True, text=True,
@@ -162,7 +174,7 @@ def test_make_test_stops_before_anything_else_when_a_service_is_missing(tmp_path
     assert proc.returncode != 0
     ours = [ln for ln in proc.stderr.splitlines() if not ln.startswith("make")]
     assert ours == [
-        "error: make test needs redis-server and chromium; install them "
-        "(Debian: apt-get install redis-server chromium)"
+        "error: make test needs redis-server, chromium and postgresql; install them "
+        "(Debian: apt-get install redis-server chromium postgresql)"
     ], proc.stderr
     assert "nothing" not in proc.stdout + proc.stderr  # the test command never started

@@ -78,6 +78,29 @@ def test_one_key_parser_for_options_settings_and_specs():
         WatermarkSpec(key="northwind", hf_compat=True, vocab_size=100)
 
 
+def test_watermark_settings_defaults_config_flags_and_errors():
+    from distillguard.gateway.settings import GatewaySettings
+    from distillguard.watermark.settings import WatermarkSettings
+
+    # one set of defaults: the settings, the spec and the gateway agree
+    assert WatermarkSettings().spec() == WatermarkSpec()
+    cfg = {"watermark_scheme": "KGW", "watermark_key": 42, "watermark_gamma": "0.5", "watermark_delta": 3}
+    s = WatermarkSettings.from_config(cfg)
+    assert (s.scheme, s.key, s.gamma, s.delta, s.context_width) == ("KGW", "42", 0.5, 3.0, 1)
+    assert s.spec() == GatewaySettings.from_mapping(cfg).watermark_spec()  # an audit tests what was served
+    # flags win, None is "not given"; a command's base replaces the defaults but not the config
+    s = WatermarkSettings.from_config(cfg, gamma=0.3, delta=None, context_width=2)
+    assert (s.gamma, s.delta, s.context_width) == (0.3, 3.0, 2)
+    base = WatermarkSettings(key="demo", delta=4.0)
+    assert WatermarkSettings.from_config({}, base=base) == base
+    assert WatermarkSettings.from_config({"watermark_delta": 1.5}, base=base).delta == 1.5
+    assert WatermarkSettings.from_config(cfg).spec(key="7", vocab_size=100).key == 7
+    with pytest.raises(UserError, match="^setting watermark_gamma = 'lots' is not a valid float$"):
+        WatermarkSettings.from_config({"watermark_gamma": "lots"})
+    with pytest.raises(UserError, match="gamma must be in"):
+        WatermarkSettings.from_config({"watermark_gamma": 2}).spec()
+
+
 @pytest.mark.parametrize("gamma,vocab", [(0.25, 1000), (0.5, 4099), (0.1, 1001), (0.3, 32000)])
 def test_native_mask_agrees_with_per_token_test_and_rate(gamma, vocab):
     spec = WatermarkSpec(key=7, gamma=gamma, vocab_size=vocab, context_width=3)

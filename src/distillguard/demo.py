@@ -15,11 +15,14 @@ from rich.console import Console
 from rich.table import Table
 
 from distillguard.config import home, load_config
+from distillguard.watermark.settings import WatermarkSettings
 
 DEMO_KEY = "northwind-aster-2026"
 # Aster reproduces docstrings almost verbatim (peaked next-token distributions), so a small bias rarely
 # changes a token; delta 4 marks its answers visibly at about 1.2x perplexity cost on open-ended text.
 DEMO_DELTA = 4.0
+# the demo's own defaults; config ``watermark_*`` settings still win (as in ``serve`` and ``audit run``)
+DEMO_WATERMARK = WatermarkSettings(key=DEMO_KEY, delta=DEMO_DELTA)
 
 
 def _pick_prompts(rows: list[dict], n: int) -> list[dict]:
@@ -45,7 +48,6 @@ def run_demo(
     from distillguard.watermark.cli import format_p
     from distillguard.watermark.detect import detect_ids
     from distillguard.watermark.generate import bind_to_model, generate_watermarked
-    from distillguard.watermark.schemes import WatermarkSpec
     from distillguard.world import build_world
 
     console = Console()
@@ -56,16 +58,7 @@ def run_demo(
     console.print(f"world: {world.root}  (built/loaded in {time.time() - t0:.1f}s)")
 
     model, tok = load_model_and_tokenizer(world.teacher)
-    spec = bind_to_model(
-        WatermarkSpec(
-            scheme=str(cfg.get("watermark_scheme", "kgw")),
-            key=str(cfg.get("watermark_key", DEMO_KEY)),
-            gamma=float(cfg.get("watermark_gamma", 0.25)),
-            delta=float(cfg.get("watermark_delta", DEMO_DELTA)),
-            context_width=int(cfg.get("watermark_context_width", 1)),
-        ),
-        model,
-    )
+    spec = bind_to_model(WatermarkSettings.from_config(cfg, base=DEMO_WATERMARK).spec(), model)
     prompts = _pick_prompts(read_jsonl(world.prompts), n)
     questions = [p["prompt"] for p in prompts]
     sampling = dict(max_new_tokens=64, temperature=temperature, top_p=1.0, batch_size=16, seed=seed)

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from distillguard.errors import UserError
+from distillguard.watermark.settings import DEFAULTS as WM
 
 app = typer.Typer(
     help="Forensic audit: test whether a suspect model was distilled from ours; signed evidence bundles.",
@@ -32,16 +33,18 @@ def run(
     ],
     out: Annotated[Path, typer.Option(help="Evidence bundle directory to create.")],
     scheme: Annotated[
-        str | None, typer.Option(help="Watermark scheme: kgw or gumbel (default: config, else kgw).")
+        str | None, typer.Option(help=f"Watermark scheme: kgw or gumbel (default: config, else {WM.scheme}).")
     ] = None,
     key: Annotated[
         str | None,
         typer.Option(help="Our watermark key (default: config `watermark_key`, else the gateway's)."),
     ] = None,
     gamma: Annotated[
-        float | None, typer.Option(help="KGW green-list fraction (default: config, else 0.25).")
+        float | None, typer.Option(help=f"KGW green-list fraction (default: config, else {WM.gamma}).")
     ] = None,
-    delta: Annotated[float | None, typer.Option(help="KGW logit bias (default: config, else 2.0).")] = None,
+    delta: Annotated[
+        float | None, typer.Option(help=f"KGW logit bias (default: config, else {WM.delta}).")
+    ] = None,
     context_width: Annotated[
         int | None, typer.Option("--context-width", help="Tokens of context that key the watermark (h).")
     ] = None,
@@ -219,25 +222,20 @@ def _spec(
 
     Reading the same settings as ``distillguard serve`` means an audit tests the watermark that was served.
     """
-    from distillguard.watermark.options import build_specs
+    from distillguard.watermark.settings import WatermarkSettings
 
-    if key is None and cfg.get("watermark_key") is not None:
-        key = str(cfg["watermark_key"])
-    if key is None:
+    settings = WatermarkSettings.from_config(
+        cfg, scheme=scheme, key=key, gamma=gamma, delta=delta, context_width=context_width,
+        hf_compat=hf_compat or None,
+    )  # fmt: skip
+    served = None
+    if settings.key is None:
         from distillguard.config import home
 
-        served = home() / "gateway" / "watermark.key"
-        if served.is_file() and served.read_text().strip():
-            key = served.read_text().strip()
-    return build_specs(
-        scheme if scheme is not None else str(cfg.get("watermark_scheme", "kgw")),
-        [key] if key is not None else None,
-        gamma if gamma is not None else float(cfg.get("watermark_gamma", 0.25)),
-        delta if delta is not None else float(cfg.get("watermark_delta", 2.0)),
-        context_width if context_width is not None else int(cfg.get("watermark_context_width", 1)),
-        hf_compat or bool(cfg.get("watermark_hf_compat", False)),
-        vocab_size,
-    )[0]
+        path = home() / "gateway" / "watermark.key"
+        if path.is_file() and path.read_text().strip():
+            served = path.read_text().strip()
+    return settings.spec(key=served, vocab_size=vocab_size)
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -17,12 +17,12 @@ import contextlib
 import dataclasses
 import os
 import secrets
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distillguard.config import coerce_setting as _coerce
 from distillguard.config import home, load_config
 from distillguard.errors import UserError
 
@@ -286,56 +286,3 @@ def _canonical(values: dict[str, Any]) -> dict[str, Any]:
         name = ALIASES.get(name, name)
         out[name] = v
     return out
-
-
-def _coerce(name: str, hint: Any, value: Any) -> Any:
-    """Config and env values to the field's type ("a,b" lists from env, ints from strings, ...)."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    optional = origin in (typing.Union, types.UnionType) and type(None) in args
-    if optional:
-        if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none", "null"}):
-            return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    try:
-        if origin is tuple:
-            if isinstance(value, str):
-                items = [v.strip() for v in value.split(",") if v.strip()]
-            elif isinstance(value, list | tuple):
-                items = [str(v).strip() for v in value]
-            else:
-                raise TypeError
-            return tuple(items)
-        if hint is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.strip().lower() in {
-                "true",
-                "1",
-                "yes",
-                "on",
-                "false",
-                "0",
-                "no",
-                "off",
-            }:
-                return value.strip().lower() in {"true", "1", "yes", "on"}
-            if isinstance(value, int) and value in (0, 1):
-                return bool(value)
-            raise TypeError
-        if hint is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise TypeError
-            return int(value)
-        if hint is float:
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        if hint is str:
-            return str(value)
-    except (TypeError, ValueError):
-        pass
-    else:
-        return value
-    raise UserError(f"setting {name} = {value!r} is not a valid {getattr(hint, '__name__', hint)}")

@@ -97,7 +97,7 @@ def serve_stub(port: int) -> None:
 
 
 def gateway_config(state: Path, port: int, **extra) -> Path:
-    from distillguard.gateway.accounts import AccountStore
+    from distillguard.gateway.accounts import SQLiteAccountStore
 
     state.mkdir(parents=True, exist_ok=True)
     ledger_dir = extra.pop("ledger_dir", state)
@@ -109,7 +109,7 @@ def gateway_config(state: Path, port: int, **extra) -> Path:
     lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
     path = state / "gateway.toml"
     path.write_text("\n".join(lines) + "\n")
-    store = AccountStore(state / "accounts.db", SECRET.encode())
+    store = SQLiteAccountStore(state / "accounts.db", SECRET.encode())
     key, _ = store.create_key("bench")
     store.close()
     (state / "key").write_text(key)

@@ -146,7 +146,7 @@ def run_seed(seed: int, root: Path) -> dict:
     import pyarrow as pa
 
     from distillguard.audit.bundle import generate_signing_key, public_path
-    from distillguard.gateway.accounts import AccountStore
+    from distillguard.gateway.accounts import account_store_from_config
     from distillguard.intel.fingerprint import Keyring
     from distillguard.intel.jobs import export_bundle, import_bundle
     from distillguard.intel.match import IntelMatcher
@@ -168,7 +168,7 @@ def run_seed(seed: int, root: Path) -> dict:
     generate_signing_key(Path(a["intel_signing_key"]))
     reference(a, 1000 + seed, pools, opts)
     scen_a, _ = scenario(2000 + seed, campaign=True, pools=pools)
-    store_a = AccountStore.open_default(a)
+    store_a = account_store_from_config(a)
     synthesize_ledger(Path(a["ledger_path"]), scenario=scen_a, accounts=store_a)
     store_a.close() if hasattr(store_a, "close") else None
     bundle = root / "northwind.json"
@@ -188,7 +188,7 @@ def run_seed(seed: int, root: Path) -> dict:
     scen_b, public = scenario(
         4000 + seed, campaign=True, pools=pools, public_templates=True, attacker_net=a_net
     )
-    store_b = AccountStore.open_default(b)
+    store_b = account_store_from_config(b)
     synthesize_ledger(Path(b["ledger_path"]), scenario=scen_b, accounts=store_b)
     created = store_created(store_b)
     labels = scen_b.labels()

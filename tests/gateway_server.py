@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from distillguard.gateway.accounts import AccountStore
+from distillguard.gateway.accounts import AccountStore, SQLiteAccountStore
 from distillguard.gateway.ledger import Ledger
 from distillguard.gateway.serve import GatewayServer
 from distillguard.gateway.settings import GatewaySettings
@@ -70,7 +70,9 @@ class RunningGateway:
     def accounts(self) -> AccountStore:
         """The gateway's account store (the same SQLite file; changes apply to the next request)."""
         if self._accounts is None:
-            self._accounts = AccountStore(Path(self.settings.accounts_path), self.settings.secret.encode())
+            self._accounts = SQLiteAccountStore(
+                Path(self.settings.accounts_path), self.settings.secret.encode()
+            )
         return self._accounts
 
     def create_key(self, account: str, **kwargs: Any) -> str:

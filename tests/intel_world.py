@@ -88,7 +88,7 @@ def move_to(scen, net: str, share: float = 0.5, seed: int = 0):
 
 def build(cfg: dict[str, Any], scen, reference_seed: int, pools) -> None:
     """Synthesize the provider's ledger (accounts in its store) and fit its benign reference."""
-    from distillguard.gateway.accounts import AccountStore
+    from distillguard.gateway.accounts import account_store_from_config
     from distillguard.monitor.scan import ScanOptions, accumulate, build_reference, ledger_batches
     from distillguard.monitor.synth import synthesize_ledger
 
@@ -96,6 +96,6 @@ def build(cfg: dict[str, Any], scen, reference_seed: int, pools) -> None:
     ref_path = Path(cfg["ledger_path"]).with_name("reference.db")
     synthesize_ledger(ref_path, scenario=population(reference_seed, pools))
     build_reference(accumulate(ledger_batches(ref_path)), opts).save(Path(cfg["monitor_reference"]))
-    store = AccountStore.open_default(cfg)
+    store = account_store_from_config(cfg)
     synthesize_ledger(Path(cfg["ledger_path"]), scenario=scen, accounts=store, secret=cfg["secret"].encode())
     store.close()

@@ -20,6 +20,8 @@ from distillguard.gateway.accounts import (
     AccountStore,
     AuthError,
     Limits,
+    SQLiteAccountStore,
+    account_store_from_config,
     gateway_secret,
     load_or_create_secret,
 )
@@ -30,7 +32,7 @@ SECRET = b"s" * 32
 
 @pytest.fixture
 def store(tmp_path: Path) -> AccountStore:
-    s = AccountStore(tmp_path / "accounts.db", SECRET)
+    s = SQLiteAccountStore(tmp_path / "accounts.db", SECRET)
     yield s
     s.close()
 
@@ -74,7 +76,7 @@ def test_unknown_and_malformed_keys_are_401(store: AccountStore) -> None:
     for bad in (tampered, "dg-" + "x" * 43, "sk-" + key[3:], "", "dg-" + "y" * 1000):
         err = _auth_error(store, bad)
         assert (err.status, err.code, err.who) == (401, "invalid_api_key", None)
-    other = AccountStore(store.path, b"another secret, 32 bytes long!!!")
+    other = SQLiteAccountStore(store.path, b"another secret, 32 bytes long!!!")
     assert _auth_error(other, key).code == "invalid_api_key"  # keys only verify under the server secret
     other.close()
 
@@ -145,7 +147,7 @@ def test_revoke_expiry_ban_and_tiers(store: AccountStore) -> None:
 def test_changes_by_another_instance_apply_to_the_next_request(store: AccountStore) -> None:
     key, key_id = store.create_key("erin")
     assert store.authenticate(key).tier == "normal"  # warms this thread's connection
-    admin = AccountStore(store.path, SECRET)
+    admin = SQLiteAccountStore(store.path, SECRET)
     admin.set_tier("erin", "throttled")
     assert store.authenticate(key).tier == "throttled"
     admin.ban("erin")
@@ -255,7 +257,7 @@ def test_cli_keys_and_accounts(cfg: Path, capsys) -> None:
     assert code == 0
     created = json.loads(out)
     assert set(created) == {"key", "key_id"}
-    store = AccountStore.open_default(
+    store = account_store_from_config(
         {"accounts_path": str(cfg.parent / "acc.db"), "secret": "a-config-secret-of-32-characters"}
     )
     p = store.authenticate(created["key"])
@@ -322,7 +324,7 @@ def test_cli_missing_config_file(tmp_path: Path, capsys) -> None:
 
 
 def test_ban_from_a_cli_subprocess_is_seen_by_a_running_store(cfg: Path, tmp_path: Path) -> None:
-    store = AccountStore(tmp_path / "acc.db", b"a-config-secret-of-32-characters")
+    store = SQLiteAccountStore(tmp_path / "acc.db", b"a-config-secret-of-32-characters")
     key, _ = store.create_key("mallory")
     assert store.authenticate(key).account == "mallory"
     env = {**os.environ, "DISTILLGUARD_HOME": str(tmp_path / "home")}

@@ -101,13 +101,13 @@ def test_bundle_validates_and_carries_campaign_atlas_tlp_and_signature(exported)
 
 
 def test_no_prompt_account_email_or_api_key_leaves(world, exported):
-    from distillguard.gateway.accounts import AccountStore
+    from distillguard.gateway.accounts import account_store_from_config
 
     text = (exported.read_text() + Path(str(exported) + ".sig").read_text()).lower()
     scen = world["scen_a"]
     private = set(SECRETS)
     private |= {a.name for a in scen.accounts} | {a.org for a in scen.accounts if a.org}
-    store = AccountStore.open_default(world["a"])
+    store = account_store_from_config(world["a"])
     private |= {k["key_id"] for k in store.list_keys()}
     store.close()
     for s in private:

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from cli_run import run_cli
-from distillguard.gateway.accounts import AccountStore
+from distillguard.gateway.accounts import SQLiteAccountStore
 from distillguard.gateway.ledger import Ledger
 from distillguard.monitor.decisions import AccountState, DecisionLog, Policy, apply_decisions, decide, revert
 from distillguard.monitor.detectors import Calibration, MMDReference, prada_w
@@ -403,7 +403,7 @@ def test_hysteresis_and_cooldown_do_not_flap():
 
 
 def test_allowlisted_accounts_never_change_tier_and_operators_win(tmp_path):
-    store = AccountStore(tmp_path / "accounts.db", b"0123456789abcdef0123")
+    store = SQLiteAccountStore(tmp_path / "accounts.db", b"0123456789abcdef0123")
     for a in ("svc", "bad", "other"):
         store.create_account(a)
     log = DecisionLog(tmp_path / "monitor")
@@ -457,7 +457,7 @@ def test_population_scan_flags_the_harvester_and_follow_reads_incrementally(tmp_
     assert min(benign) > 1e-3
     # follow: the same ledger written in two parts, read incrementally, tiers applied, position kept
     lp = tmp_path / "ledger.db"
-    store = AccountStore(tmp_path / "accounts.db", b"0123456789abcdef0123")
+    store = SQLiteAccountStore(tmp_path / "accounts.db", b"0123456789abcdef0123")
     for a in {r["account"] for r in records}:
         store.create_account(a)
     half = len(records) // 2

@@ -18,7 +18,7 @@ import pytest
 from cli_run import run_cli
 from distillguard.distill.strategies import COT_TEMPLATES
 from distillguard.errors import UserError
-from distillguard.gateway.accounts import AccountStore
+from distillguard.gateway.accounts import SQLiteAccountStore
 from distillguard.gateway.ledger import Ledger, canonical_json, parquet_schema
 from distillguard.monitor.personas import (
     DAY,
@@ -325,7 +325,7 @@ def test_append_many_writes_the_same_chain_as_append(tmp_path):
 
 
 def test_synthetic_ledger_verifies_with_simulated_times_keys_and_labels(tmp_path, scenario, pools):
-    store = AccountStore(tmp_path / "accounts.db", TEST_SECRET.encode())
+    store = SQLiteAccountStore(tmp_path / "accounts.db", TEST_SECRET.encode())
     path = synthesize_ledger(
         tmp_path / "ledger.db", scenario=scenario, pools=pools, secret=TEST_SECRET.encode(), accounts=store
     )
@@ -613,7 +613,7 @@ def test_cli_synthetic_ledger_http_replay_and_one_line_errors(tmp_path, monkeypa
     assert ledger.verify().ok and data["records"] == ledger.count() > 0
     labels = read_labels(tmp_path / "o" / "labels.json")
     assert {v["persona"] for v in labels.values()} == {"sybil", "support_bot"}
-    store = AccountStore(tmp_path / "a.db", TEST_SECRET.encode())
+    store = SQLiteAccountStore(tmp_path / "a.db", TEST_SECRET.encode())
     assert {a["name"] for a in store.list_accounts()} == set(labels)
     store.close()
 

@@ -17,7 +17,7 @@ import pytest
 
 from distillguard.errors import UserError
 from distillguard.gateway import accounts as accounts_module
-from distillguard.gateway.accounts import AccountStore, AuthError, Limits
+from distillguard.gateway.accounts import AuthError, Limits, SQLiteAccountStore
 from distillguard.gateway.limits import scale_limits
 from distillguard.gateway.quotas import effective_limits
 from distillguard.gateway.tiers import (
@@ -102,7 +102,7 @@ def test_registration_is_checked(probation) -> None:
 
 
 def test_account_store_accepts_a_registered_tier_and_fails_closed_without_it(tmp_path: Path, probation):
-    store = AccountStore(tmp_path / "accounts.db", b"0123456789abcdef0123")
+    store = SQLiteAccountStore(tmp_path / "accounts.db", b"0123456789abcdef0123")
     key, _ = store.create_key("pat")
     with pytest.raises(UserError, match="choose one of normal, probation, throttled"):
         store.set_tier("pat", "gold")

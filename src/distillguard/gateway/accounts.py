@@ -8,11 +8,16 @@ Why it looks like this:
 - Lookup is by the HMAC digest (a unique index), followed by ``hmac.compare_digest`` on the fetched digest.
   The index walk compares digests, not keys: timing can at most reveal bits of HMAC outputs of the
   attacker's own guesses, which without the secret say nothing about any stored key.
-- Every ``authenticate`` reads the database (one indexed join on a per-thread connection, tens of
-  microseconds), so a revocation, ban or tier change made by the CLI, the admin API or the monitor in
-  another process applies to the very next request. No cache means nothing to invalidate.
-- SQLite in WAL mode with a busy timeout and ``BEGIN IMMEDIATE`` writes: several gateway processes and the
-  admin CLI can share one file. (docs/architecture.md's scale path moves this to Postgres; the API stays.)
+- Every ``authenticate`` reads the database (one indexed join: tens of microseconds on SQLite's per-thread
+  connection, one round trip on a pooled Postgres connection), so a revocation, ban or tier change made by
+  the CLI, the admin API or the monitor in another process, or on another replica, applies to the very next
+  request. No cache means nothing to invalidate: the staleness bound is zero, not a TTL.
+- Two engines behind one :class:`AccountStore` protocol, opened from ``database_url`` by
+  :func:`open_account_store`: SQLite (the embedded default; WAL mode with a busy timeout and
+  ``BEGIN IMMEDIATE`` writes, so several gateway processes and the admin CLI on one host can share one file)
+  and PostgreSQL (many replicas on many hosts; writes serialized by a transaction-level advisory lock, the
+  same guarantee). The SQL and the checks are one implementation, :class:`SQLAccountStore`; the engines
+  differ only in their schema and connections (:mod:`distillguard.gateway.pg`).
 
 Tiers (docs/architecture.md's ladder) are objects in :mod:`distillguard.gateway.tiers`: the store accepts
 any registered tier and asks the account's tier whether to refuse it at authentication (``suspended``: 403);
@@ -35,11 +40,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from distillguard.errors import UserError
 from distillguard.gateway.limits import LIMIT_FIELDS as _LIMIT_FIELDS
 from distillguard.gateway.limits import Limits
+from distillguard.gateway.pg import PostgresConnections, url_scheme
 from distillguard.gateway.tiers import get_tier, tier_names
 
 KEY_PREFIX = "dg-"
@@ -182,6 +188,11 @@ class SQLiteConnections:
         return conn
 
     @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection (autocommit: each statement sees the latest commit)."""
+        yield self.get()
+
+    @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A ``BEGIN IMMEDIATE`` transaction, committed on success and rolled back on error."""
         conn = self.get()
@@ -242,6 +253,14 @@ CREATE TABLE IF NOT EXISTS account_events (
 CREATE INDEX IF NOT EXISTS events_by_account ON account_events(account, id);
 """
 
+# the same tables in PostgreSQL's types (timestamps stay UNIX seconds, as in SQLite)
+_PG_SCHEMA = (
+    _SCHEMA.replace("REAL", "DOUBLE PRECISION")
+    .replace("BLOB", "BYTEA")
+    .replace("id INTEGER PRIMARY KEY AUTOINCREMENT", "id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
+)
+_PG_WRITE_LOCK = 0x6467_6163  # advisory lock id ("dgac") that serializes account writes, like BEGIN IMMEDIATE
+
 _AUTH_SQL = """
 SELECT k.key_id, k.key_hash, k.account, k.rpm, k.tpm, k.daily_tokens, k.max_concurrent, k.models,
        k.expires_at, k.revoked_at, a.org, a.tier, a.banned, a.rpm, a.tpm, a.daily_tokens, a.max_concurrent
@@ -277,31 +296,80 @@ def _check_tier(tier: str) -> str:
     return get_tier(tier).name  # one-line UserError naming the registered tiers
 
 
-class AccountStore:
-    """Accounts and keys in one SQLite (WAL) file, safe to share between processes."""
+@runtime_checkable
+class AccountStore(Protocol):
+    """Who is calling: what the gateway, the CLI, the admin API and the monitor need of an account store."""
 
-    def __init__(self, path: Path, secret: bytes) -> None:
-        if not isinstance(secret, bytes | bytearray) or len(secret) < 16:
-            raise UserError("the server secret must be at least 16 bytes")
-        self.path = Path(path)
-        self._secret = bytes(secret)
-        self._db = SQLiteConnections(self.path)
-        try:
-            with self._db.write() as conn:
-                for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
-                    conn.execute(stmt)
-        except sqlite3.DatabaseError as exc:
-            raise UserError(f"{self.path} is not a usable accounts database: {exc}") from None
+    def authenticate(self, presented_key: str) -> Principal: ...
 
-    @classmethod
-    def open_default(cls, config: dict | None = None) -> AccountStore:
-        """The store the gateway and the CLI share: ``config["accounts_path"]`` or
-        ``home()/gateway/accounts.db``, keyed with ``gateway_secret(config)``."""
-        from distillguard.config import home
+    def create_key(self, account: str, **options: Any) -> tuple[str, str]: ...
 
-        config = config or {}
-        path = config.get("accounts_path") or home() / "gateway" / "accounts.db"
-        return cls(Path(path).expanduser(), gateway_secret(config))
+    def revoke_key(self, key_id: str) -> None: ...
+
+    def list_keys(self, account: str | None = None) -> list[dict]: ...
+
+    def create_account(self, account: str, org: str | None = None) -> None: ...
+
+    def ban(self, account: str, reason: str | None = None, actor: str = "cli") -> None: ...
+
+    def unban(self, account: str, actor: str = "cli") -> None: ...
+
+    def set_tier(self, account: str, tier: str, reason: str | None = None, actor: str = "cli") -> None: ...
+
+    def set_account_limits(self, account: str, limits: Limits, actor: str = "cli") -> None: ...
+
+    def get_account(self, account: str) -> dict: ...
+
+    def list_accounts(self) -> list[dict]: ...
+
+    def close(self) -> None: ...
+
+
+def sqlite_dir(database_url: str | None) -> Path:
+    """The directory of the embedded databases: ``sqlite:///DIR`` (relative; ``sqlite:////DIR`` absolute,
+    as in SQLAlchemy) or, without a URL, ``home()/gateway``."""
+    from distillguard.config import home
+
+    if not database_url:
+        return home() / "gateway"
+    if url_scheme(database_url) != "sqlite" or not database_url.startswith("sqlite:///"):
+        raise UserError(f"not an SQLite database_url: {database_url!r} (use sqlite:///DIR)")
+    rest = database_url[len("sqlite:///") :]
+    if not rest:
+        raise UserError("database_url sqlite:/// needs a directory (sqlite:///DIR or sqlite:////abs/DIR)")
+    return Path(rest).expanduser()
+
+
+def open_account_store(
+    database_url: str | None, secret: bytes, accounts_path: str | Path | None = None
+) -> AccountStore:
+    """The account store at ``database_url``: PostgreSQL for ``postgresql://...``; else SQLite at
+    ``accounts_path`` or ``<sqlite dir>/accounts.db`` (:func:`sqlite_dir`)."""
+    if database_url and url_scheme(database_url) == "postgresql":
+        return PostgresAccountStore(database_url, secret)
+    path = Path(accounts_path).expanduser() if accounts_path else sqlite_dir(database_url) / "accounts.db"
+    return SQLiteAccountStore(path, secret)
+
+
+def account_store_from_config(config: dict | None = None) -> AccountStore:
+    """The store the gateway and the CLI share: ``config["database_url"]`` (or ``accounts_path``, or
+    ``home()/gateway/accounts.db``), keyed with ``gateway_secret(config)``."""
+    config = config or {}
+    return open_account_store(config.get("database_url"), gateway_secret(config), config.get("accounts_path"))
+
+
+def _checked_secret(secret: bytes) -> bytes:
+    if not isinstance(secret, bytes | bytearray) or len(secret) < 16:
+        raise UserError("the server secret must be at least 16 bytes")
+    return bytes(secret)
+
+
+class SQLAccountStore:
+    """The account store's logic over a connection source with ``read()`` and ``write()`` contexts whose
+    connections take SQLite-style SQL (``?`` placeholders); the subclasses bring the engine."""
+
+    _db: Any
+    _secret: bytes
 
     def close(self) -> None:
         self._db.close()
@@ -371,9 +439,9 @@ class AccountStore:
             )
         return key, key_id
 
-    def _ensure_account(self, conn: sqlite3.Connection, account: str, org: str | None, now: float) -> None:
+    def _ensure_account(self, conn: Any, account: str, org: str | None, now: float) -> None:
         if org is not None:
-            conn.execute("INSERT OR IGNORE INTO orgs (name, created) VALUES (?, ?)", (org, now))
+            conn.execute("INSERT INTO orgs (name, created) VALUES (?, ?) ON CONFLICT DO NOTHING", (org, now))
         row = conn.execute("SELECT org FROM accounts WHERE name = ?", (account,)).fetchone()
         if row is None:
             conn.execute("INSERT INTO accounts (name, org, created) VALUES (?, ?, ?)", (account, org, now))
@@ -397,7 +465,8 @@ class AccountStore:
         ):
             raise AuthError(401, "invalid_api_key", "Incorrect API key provided.")
         digest = self._digest(presented_key)
-        row = self._db.get().execute(_AUTH_SQL, (digest,)).fetchone()
+        with self._db.read() as conn:
+            row = conn.execute(_AUTH_SQL, (digest,)).fetchone()
         if row is None or not hmac.compare_digest(bytes(row[1]), digest):
             raise AuthError(401, "invalid_api_key", "Incorrect API key provided.")
         (key_id, _, account, k_rpm, k_tpm, k_day, k_conc, models, expires_at, revoked_at,
@@ -439,7 +508,10 @@ class AccountStore:
 
     def list_keys(self, account: str | None = None) -> list[dict]:
         """Key metadata (never the key or its hash), oldest first, optionally for one account."""
-        conn = self._db.get()
+        with self._db.read() as conn:
+            return self._list_keys(conn, account)
+
+    def _list_keys(self, conn: Any, account: str | None) -> list[dict]:
         sql = (
             "SELECT k.key_id, k.account, a.org, k.name, k.rpm, k.tpm, k.daily_tokens, k.max_concurrent,"
             " k.models, k.expires_at, k.created, k.revoked_at FROM keys AS k"
@@ -447,9 +519,11 @@ class AccountStore:
         )
         if account is not None:
             self._require_account(conn, account)
-            rows = conn.execute(sql + " WHERE k.account = ? ORDER BY k.created, k.key_id", (account,))
+            rows = conn.execute(
+                sql + " WHERE k.account = ? ORDER BY k.created, k.key_id", (account,)
+            ).fetchall()
         else:
-            rows = conn.execute(sql + " ORDER BY k.created, k.key_id")
+            rows = conn.execute(sql + " ORDER BY k.created, k.key_id").fetchall()
         now = time.time()
         out = []
         for key_id, acct, org, name, rpm, tpm, day, conc, models, expires_at, created, revoked_at in rows:
@@ -478,7 +552,7 @@ class AccountStore:
     # -- accounts -----------------------------------------------------------------------------------------
 
     @staticmethod
-    def _require_account(conn: sqlite3.Connection, account: str) -> tuple:
+    def _require_account(conn: Any, account: str) -> tuple:
         row = conn.execute(
             "SELECT name, org, tier, banned, ban_reason, banned_at, rpm, tpm, daily_tokens, max_concurrent,"
             " created FROM accounts WHERE name = ?",
@@ -490,7 +564,7 @@ class AccountStore:
 
     @staticmethod
     def _event(
-        conn: sqlite3.Connection,
+        conn: Any,
         account: str,
         kind: str,
         value: str | None,
@@ -561,18 +635,18 @@ class AccountStore:
 
     def get_account(self, account: str) -> dict:
         """Everything about one account: tier, ban, limits, keys, tier history (oldest first)."""
-        conn = self._db.get()
-        name, org, tier, banned, ban_reason, banned_at, rpm, tpm, day, conc, created = self._require_account(
-            conn, account
-        )
-        history = [
-            {"ts": ts, "tier": value, "previous": previous, "reason": reason, "actor": actor}
-            for ts, value, previous, reason, actor in conn.execute(
-                "SELECT ts, value, previous, reason, actor FROM account_events"
-                " WHERE account = ? AND kind = 'tier' ORDER BY id",
-                (account,),
-            )
-        ]
+        with self._db.read() as conn:
+            row = self._require_account(conn, account)
+            history = [
+                {"ts": ts, "tier": value, "previous": previous, "reason": reason, "actor": actor}
+                for ts, value, previous, reason, actor in conn.execute(
+                    "SELECT ts, value, previous, reason, actor FROM account_events"
+                    " WHERE account = ? AND kind = 'tier' ORDER BY id",
+                    (account,),
+                ).fetchall()
+            ]
+            keys = self._list_keys(conn, account)
+        name, org, tier, banned, ban_reason, banned_at, rpm, tpm, day, conc, created = row
         return {
             "name": name,
             "org": org,
@@ -582,20 +656,21 @@ class AccountStore:
             "banned_at": banned_at,
             "created": created,
             "limits": Limits(rpm, tpm, day, conc).as_dict(),
-            "keys": self.list_keys(account),
+            "keys": keys,
             "tier_history": history,
         }
 
     def list_accounts(self) -> list[dict]:
         """One summary per account, by name."""
-        rows = self._db.get().execute(
-            "SELECT a.name, a.org, a.tier, a.banned, a.rpm, a.tpm, a.daily_tokens, a.max_concurrent,"
-            " a.created,"
-            " (SELECT COUNT(*) FROM keys AS k WHERE k.account = a.name AND k.revoked_at IS NULL"
-            "  AND (k.expires_at IS NULL OR k.expires_at > ?))"
-            " FROM accounts AS a ORDER BY a.name",
-            (time.time(),),
-        )
+        with self._db.read() as conn:
+            rows = conn.execute(
+                "SELECT a.name, a.org, a.tier, a.banned, a.rpm, a.tpm, a.daily_tokens, a.max_concurrent,"
+                " a.created,"
+                " (SELECT COUNT(*) FROM keys AS k WHERE k.account = a.name AND k.revoked_at IS NULL"
+                "  AND (k.expires_at IS NULL OR k.expires_at > ?))"
+                " FROM accounts AS a ORDER BY a.name",
+                (time.time(),),
+            ).fetchall()
         return [
             {
                 "name": name,
@@ -608,6 +683,33 @@ class AccountStore:
             }
             for name, org, tier, banned, rpm, tpm, day, conc, created, active in rows
         ]
+
+
+class SQLiteAccountStore(SQLAccountStore):
+    """Accounts and keys in one SQLite (WAL) file, safe to share between processes on one host."""
+
+    def __init__(self, path: Path, secret: bytes) -> None:
+        self._secret = _checked_secret(secret)
+        self.path = Path(path)
+        self._db = SQLiteConnections(self.path)
+        try:
+            with self._db.write() as conn:
+                for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                    conn.execute(stmt)
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"{self.path} is not a usable accounts database: {exc}") from None
+
+
+class PostgresAccountStore(SQLAccountStore):
+    """Accounts and keys in PostgreSQL, shared by every gateway replica, the CLI and the monitor."""
+
+    def __init__(self, url: str, secret: bytes) -> None:
+        self._secret = _checked_secret(secret)
+        self.url = url
+        self._db = PostgresConnections(url, write_lock=_PG_WRITE_LOCK, name="distillguard-accounts")
+        with self._db.write() as conn:  # under the lock: replicas starting together do not race the DDL
+            for stmt in filter(None, (s.strip() for s in _PG_SCHEMA.split(";"))):
+                conn.execute(stmt)
 
 
 def _iso(ts: float) -> str:

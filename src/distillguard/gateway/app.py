@@ -44,7 +44,13 @@ from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from distillguard.gateway.accounts import AccountStore, AuthError, Limits, Principal
+from distillguard.gateway.accounts import (
+    AccountStore,
+    AuthError,
+    Limits,
+    Principal,
+    account_store_from_config,
+)
 from distillguard.gateway.admin import add_admin_routes
 from distillguard.gateway.backends import (
     Generation,
@@ -762,7 +768,7 @@ def create_app(
     gw = Gateway(
         settings,
         backend if backend is not None else build_backend(settings),
-        accounts if accounts is not None else AccountStore.open_default(state),
+        accounts if accounts is not None else account_store_from_config(state),
         quotas if quotas is not None else open_quota_store(settings.redis_url),
         ledger if ledger is not None else Ledger.open_default(state),
         IPRules(settings.ip_allow, settings.ip_deny, settings.trusted_proxies),

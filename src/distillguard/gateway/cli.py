@@ -19,7 +19,7 @@ from rich.table import Table
 
 from distillguard.config import load_config
 from distillguard.errors import UserError
-from distillguard.gateway.accounts import AccountStore, Limits
+from distillguard.gateway.accounts import AccountStore, Limits, account_store_from_config
 from distillguard.gateway.tiers import tier_names
 
 keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
@@ -38,7 +38,32 @@ def _config(path: Path | None) -> dict[str, Any]:
 
 
 def _store(path: Path | None) -> AccountStore:
-    return AccountStore.open_default(_config(path))
+    """The configured store, closed when the command ends (a Postgres store holds a connection pool)."""
+    store = account_store_from_config(_config(path))
+    _close_with_command(store)
+    return store
+
+
+_opened: list[Any] = []  # stores and ledgers opened by the running command
+
+
+def _close_with_command(resource: Any) -> None:
+    """Close ``resource`` when the running command ends (a Postgres store holds a connection pool; the
+    process may live on: tests and tools call ``main()`` in process)."""
+    _opened.append(resource)
+
+
+def _close_opened() -> None:
+    while _opened:
+        _opened.pop().close()
+
+
+def _closes_what_it_opens(ctx: typer.Context) -> None:
+    ctx.call_on_close(_close_opened)
+
+
+for _app in (keys_app, accounts_app, ledger_app):
+    _app.callback()(_closes_what_it_opens)
 
 
 def _print_json(obj: Any) -> None:

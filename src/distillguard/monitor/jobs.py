@@ -58,12 +58,15 @@ def load_reference(config: dict[str, Any], path: Path | None, population: bool):
 
 def open_store(config: dict[str, Any], create: bool):
     """The gateway's account store, or ``None`` when there is none and ``create`` is false."""
-    from distillguard.gateway.accounts import AccountStore
+    from distillguard.gateway.accounts import account_store_from_config, sqlite_dir
+    from distillguard.gateway.pg import url_scheme
 
-    path = Path(config.get("accounts_path") or home() / "gateway" / "accounts.db").expanduser()
-    if not path.is_file() and not create:
-        return None
-    return AccountStore.open_default(config)
+    url = config.get("database_url")
+    if not url or url_scheme(url) == "sqlite":  # a Postgres store is always there to open
+        path = Path(config.get("accounts_path") or sqlite_dir(url) / "accounts.db").expanduser()
+        if not path.is_file() and not create:
+            return None
+    return account_store_from_config(config)
 
 
 def ledger_path(config: dict[str, Any], ledger: Path | None) -> Path:

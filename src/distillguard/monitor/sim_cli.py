@@ -151,9 +151,9 @@ def simulate_cmd(
 
 def _store(path: Path, config: Path | None) -> Any:
     from distillguard.config import load_config
-    from distillguard.gateway.accounts import AccountStore, gateway_secret
+    from distillguard.gateway.accounts import SQLiteAccountStore, gateway_secret
 
-    return AccountStore(path.expanduser(), gateway_secret(load_config(config)))
+    return SQLiteAccountStore(path.expanduser(), gateway_secret(load_config(config)))
 
 
 def _ledger(

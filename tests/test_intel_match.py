@@ -154,3 +154,35 @@ def test_weight_below_one_is_refused():
 
     with pytest.raises(UserError):
         IntelMatcher([], Keyring(KEY), weight=0.5)
+
+
+def test_intel_settings_read_the_config_once_typed_with_one_line_errors(tmp_path):
+    from distillguard.errors import UserError
+    from distillguard.intel.settings import ACCEPTED_TLP, IntelSettings
+    from distillguard.intel.store import intel_dir, trust_key
+
+    assert IntelSettings.from_config({}).accept_tlp == ACCEPTED_TLP and IntelSettings().tlp == "amber"
+    # env spellings arrive as strings or numbers (DISTILLGUARD_INTEL_TRUSTED_KEYS="a, b")
+    s = IntelSettings.from_config(
+        {
+            "intel_trusted_keys": "sha256:aa, sha256:bb",
+            "intel_accept_tlp": "CLEAR,green",
+            "intel_weight": 100,
+            "intel_tlp": "GREEN",
+            "intel_sample": "50",
+            "intel_dir": str(tmp_path),
+        }  # fmt: skip
+    )
+    assert s.trusted_keys == ("sha256:aa", "sha256:bb") and s.accept_tlp == ("clear", "green")
+    assert (s.weight, s.tlp, s.sample, s.min_coverage) == (100.0, "green", 50, None)
+    assert IntelSettings.from_config({"intel_tlp": "red"}, tlp="clear").tlp == "clear"  # a flag wins
+    assert intel_dir({"intel_dir": str(tmp_path)}) == tmp_path
+    assert trust_key({"intel_trust_key": "k" * 16}) == b"k" * 16
+    for bad, msg in [
+        ({"intel_weight": 0.5}, "^intel_weight must be >= 1"),
+        ({"intel_weight": "heavy"}, "^setting intel_weight = 'heavy' is not a valid float$"),
+        ({"intel_min_coverage": 2}, r"^intel_min_coverage must be in \[0, 1\], got 2.0$"),
+        ({"intel_export_sample": 0}, "^intel_export_sample must be >= 1, got 0$"),
+    ]:
+        with pytest.raises(UserError, match=msg):
+            IntelSettings.from_config(bad)

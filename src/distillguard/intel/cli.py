@@ -38,8 +38,10 @@ def _print(obj: Any) -> None:
 
 
 def _server(cfg: dict[str, Any], taxii: str | None, collection: str | None) -> tuple[str, str]:
-    url = taxii or cfg.get("intel_taxii_url")
-    col = collection or cfg.get("intel_taxii_collection")
+    from distillguard.intel.settings import IntelSettings
+
+    s = IntelSettings.from_config(cfg, taxii_url=taxii or None, taxii_collection=collection or None)
+    url, col = s.taxii_url, s.taxii_collection
     if not url or not col:
         raise UserError(
             "give --taxii URL and --collection ID (or config intel_taxii_url / intel_taxii_collection)"

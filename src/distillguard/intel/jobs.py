@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from distillguard.errors import UserError
+from distillguard.intel.settings import IntelSettings
 from distillguard.intel.store import IntelStore, trust_key
-
-ACCEPTED_TLP = ("clear", "green", "amber", "amber+strict")
 
 
 def parse_since(value: str | None, now: float | None = None) -> float | None:
@@ -137,7 +136,8 @@ def export_bundle(
     from distillguard.monitor.decisions import DecisionLog, Policy
     from distillguard.monitor.scan import plan_decisions, store_created
 
-    tlp = (tlp or str(config.get("intel_tlp", "amber"))).lower()
+    settings = IntelSettings.from_config(config, tlp=tlp or None)
+    tlp = settings.tlp
     if tlp not in TLP:
         raise UserError(f"--tlp: unknown TLP {tlp!r}; choose one of {', '.join(TLP)}")
     bound = parse_since(since)
@@ -145,7 +145,7 @@ def export_bundle(
     policy = Policy.from_config(config)
     opts = mjobs.scan_options(config)
     ref = mjobs.load_reference(config, None, False)
-    census = Census(Keyring(key), limit=int(config.get("intel_export_sample", 1000)))
+    census = Census(Keyring(key), limit=settings.export_sample)
     batches, created = mjobs.open_source(ledger, parquet, config)
     acc = mjobs.read(census.tap(batches), opts.sample_size)
     store = mjobs.open_store(config, create=False)
@@ -157,12 +157,10 @@ def export_bundle(
     _, _, tiers = plan_decisions(analysis, policy, store_tiers, states, time.time())
     groups = flagged_campaigns(analysis, tiers, policy)
     facts = campaign_facts(census, groups, key, since=bound)
-    provider = str(config.get("intel_provider_name") or "distillguard provider")
-    objects, provider_id = build_bundle(
-        facts, provider=provider, tlp=tlp, min_coverage=float(config.get("intel_min_coverage", 0.5))
-    )
-    key_path = config.get("intel_signing_key")
-    bundle, sig = sign_and_wrap(objects, provider_id, tlp, Path(key_path) if key_path else None)
+    cov = {} if settings.min_coverage is None else {"min_coverage": settings.min_coverage}
+    objects, provider_id = build_bundle(facts, provider=settings.provider_name, tlp=tlp, **cov)
+    key_path = Path(settings.signing_key) if settings.signing_key else None
+    bundle, sig = sign_and_wrap(objects, provider_id, tlp, key_path)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(bundle, indent=1, sort_keys=True) + "\n", encoding="utf-8")
@@ -187,11 +185,8 @@ def export_bundle(
 def _trusted(config: dict[str, Any], public_keys: Iterable[Path | str] = ()) -> set[str]:
     from distillguard.audit.bundle import fingerprint, load_public_key
 
-    raw = config.get("intel_trusted_keys") or ()
-    if isinstance(raw, str):
-        raw = [x.strip() for x in raw.split(",") if x.strip()]
     out = set()
-    for item in [*raw, *public_keys]:
+    for item in [*IntelSettings.from_config(config).trusted_keys, *public_keys]:
         s = str(item)
         out.add(s if s.startswith("sha256:") else fingerprint(load_public_key(s)))
     return out
@@ -226,7 +221,7 @@ def verify_objects_set(
     if not reports:
         raise UserError("no signed distillguard report in the bundle: refusing unsigned intel")
     trusted = _trusted(config, public_keys)
-    accept = {t.lower() for t in (accept_tlp or _accept_tlp(config))}
+    accept = {t.lower() for t in (accept_tlp or IntelSettings.from_config(config).accept_tlp)}
     docs = []
     for rep in reports:
         sig = rep["extensions"][EXTENSION_ID].get("signature")
@@ -269,11 +264,6 @@ def verify_objects_set(
             }
         )
     return docs
-
-
-def _accept_tlp(config: dict[str, Any]) -> list[str]:
-    raw = config.get("intel_accept_tlp") or ACCEPTED_TLP
-    return [x.strip() for x in raw.split(",")] if isinstance(raw, str) else list(raw)
 
 
 def import_objects(

@@ -33,6 +33,7 @@ import numpy as np
 from distillguard.errors import UserError
 from distillguard.intel.census import Census
 from distillguard.intel.fingerprint import Keyring, jaccard
+from distillguard.intel.settings import IntelSettings
 from distillguard.intel.stix import ImportedCampaign
 
 FUZZY_JACCARD = 0.5
@@ -111,18 +112,15 @@ class IntelMatcher:
         campaigns = IntelStore.open(config).campaigns()
         if not campaigns:
             return None
-        try:
-            cov = config.get("intel_min_coverage")
-            return cls(
-                campaigns,
-                Keyring(trust_key(config)),
-                weight=float(config.get("intel_weight", 1e5)),
-                min_coverage=None if cov is None else float(cov),
-                max_tier=config.get("intel_max_tier"),
-                limit=int(config.get("intel_sample", 200)),
-            )
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"invalid intel setting: {exc}") from None
+        s = IntelSettings.from_config(config)
+        return cls(
+            campaigns,
+            Keyring(trust_key(config)),
+            weight=s.weight,
+            min_coverage=s.min_coverage,
+            max_tier=s.max_tier,
+            limit=s.sample,
+        )
 
     def tap(self, batches: Iterable[Any]) -> Iterator[Any]:
         return self.census.tap(batches)

@@ -19,10 +19,11 @@ from typing import Any
 
 from distillguard.config import home
 from distillguard.errors import UserError
+from distillguard.intel.settings import IntelSettings
 
 
 def intel_dir(config: dict[str, Any] | None) -> Path:
-    return Path((config or {}).get("intel_dir") or home() / "intel").expanduser()
+    return Path(IntelSettings.from_config(config).dir or home() / "intel").expanduser()
 
 
 def has_imports(config: dict[str, Any] | None) -> bool:
@@ -88,10 +89,10 @@ class IntelStore:
 def trust_key(config: dict[str, Any] | None) -> bytes:
     """The trust group's shared key: config ``intel_trust_key`` (hex, or any string of 16+ characters)
     or the file ``intel_trust_key_file``."""
-    c = config or {}
-    value = c.get("intel_trust_key")
-    if value is None and c.get("intel_trust_key_file"):
-        p = Path(str(c["intel_trust_key_file"])).expanduser()
+    s = IntelSettings.from_config(config)
+    value = s.trust_key
+    if value is None and s.trust_key_file:
+        p = Path(s.trust_key_file).expanduser()
         if not p.is_file():
             raise UserError(f"intel trust key file not found: {p}")
         value = p.read_text(encoding="utf-8").strip()

@@ -24,13 +24,11 @@ def collection_url(root: str, collection: str) -> str:
 def _collection(config: dict[str, Any], root: str, collection: str):
     from taxii2client.v21 import Collection
 
-    user, password = config.get("intel_taxii_user"), config.get("intel_taxii_password")
+    from distillguard.intel.settings import IntelSettings
+
+    s = IntelSettings.from_config(config)
     try:
-        return Collection(
-            collection_url(root, collection),
-            user=str(user) if user is not None else None,
-            password=str(password) if password is not None else None,
-        )
+        return Collection(collection_url(root, collection), user=s.taxii_user, password=s.taxii_password)
     except Exception as exc:  # taxii2client raises its own and requests' errors
         raise UserError(f"TAXII collection {collection}: {exc}") from None
 

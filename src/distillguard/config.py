@@ -90,10 +90,10 @@ def settings_from_config(
     """A typed settings dataclass from the loaded config: field ``f`` is config key ``prefix + f``.
 
     Precedence: the dataclass's defaults (written once, there) or ``base`` (a command's own defaults, such
-    as the demo's key) < ``config`` < ``overrides`` (a command's flags; None means "not given"). Values
-    are coerced to the field's type (``"a,b"`` to a tuple, ``"3"`` to an int, ...); a value that does not
-    fit is a one-line :class:`UserError` naming the config key. The class validates itself in
-    ``__post_init__``.
+    as the demo's key) < ``config`` < ``overrides`` (a command's flags, already typed; None means "not
+    given"). Config values are coerced to the field's type (``"a,b"`` to a tuple, ``"3"`` to an int, ...); a
+    value that does not fit is a one-line :class:`UserError` naming the config key. The class validates
+    itself in ``__post_init__``.
     """
     c = config or {}
     hints = typing.get_type_hints(cls)
@@ -106,7 +106,7 @@ def settings_from_config(
             kwargs[f.name] = getattr(base, f.name)
         key = prefix + f.name
         if overrides.get(f.name) is not None:
-            kwargs[f.name] = coerce_setting(key, hints[f.name], overrides[f.name])
+            kwargs[f.name] = overrides[f.name]
         elif c.get(key) is not None:
             kwargs[f.name] = coerce_setting(key, hints[f.name], c[key])
     return cls(**kwargs)
@@ -123,14 +123,14 @@ def coerce_setting(name: str, hint: Any, value: Any) -> Any:
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     try:
-        if origin is tuple:
+        if origin in (tuple, frozenset):
             if isinstance(value, str):
                 items = [v.strip() for v in value.split(",") if v.strip()]
             elif isinstance(value, list | tuple):
                 items = [str(v).strip() for v in value]
             else:
                 raise TypeError
-            return tuple(items)
+            return origin(items)
         if hint is bool:
             if isinstance(value, bool):
                 return value

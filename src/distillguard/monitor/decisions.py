@@ -81,23 +81,15 @@ class Policy:
         """``monitor_allowlist`` (list or comma-separated), each tier's ``config_key``
         (``monitor_throttle_p``, ``monitor_restrict_p``, ``monitor_suspend_p``, ...), ``monitor_down_factor``,
         ``monitor_cooldown_s``, ``monitor_hold_s``."""
+        from distillguard.config import coerce_setting, settings_from_config
+
         c = config or {}
-        allow = c.get("monitor_allowlist") or ()
-        if isinstance(allow, str):
-            allow = [a.strip() for a in allow.split(",") if a.strip()]
         ladder = tier_names()
-        try:
-            up = tuple(float(c.get(t.config_key, t.monitor_p)) for t in map(get_tier, ladder[1:]))
-            return cls(
-                up=up,
-                tiers=ladder,
-                down_factor=float(c.get("monitor_down_factor", 100.0)),
-                cooldown_s=float(c.get("monitor_cooldown_s", 6 * 3600.0)),
-                hold_s=float(c.get("monitor_hold_s", 7 * 86400.0)),
-                allowlist=frozenset(str(a) for a in allow),
-            )
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"invalid monitor setting: {exc}") from None
+        up = tuple(
+            coerce_setting(t.config_key, float, c.get(t.config_key, t.monitor_p))
+            for t in map(get_tier, ladder[1:])
+        )
+        return settings_from_config(cls, c, "monitor_", up=up, tiers=ladder)
 
     @property
     def rungs(self) -> tuple[str, ...]:
@@ -217,10 +209,9 @@ class DecisionLog:
 
     @classmethod
     def open_default(cls, config: dict[str, Any] | None = None) -> DecisionLog:
-        from distillguard.config import home
+        from distillguard.monitor.settings import MonitorSettings
 
-        root = (config or {}).get("monitor_dir") or home() / "monitor"
-        return cls(Path(root))
+        return cls(MonitorSettings.from_config(config).state_dir())
 
     def append(self, decisions: Iterable[Decision]) -> None:
         lines = [json.dumps(asdict(d), ensure_ascii=False, sort_keys=True) for d in decisions]

@@ -14,8 +14,8 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from distillguard.config import home
 from distillguard.errors import UserError
+from distillguard.monitor.settings import MonitorSettings
 
 Tick = Callable[[int], None]
 # progress(what): a context around one long phase, yielding a counter callback (rows read, accounts scored)
@@ -39,7 +39,7 @@ def json_default(x: Any) -> Any:
 
 def reference_path(config: dict[str, Any]) -> Path:
     """Where ``calibrate`` saves the benign reference and scans look for it."""
-    return Path(config.get("monitor_reference") or home() / "monitor" / "reference.npz").expanduser()
+    return MonitorSettings.from_config(config).reference_path()
 
 
 def load_reference(config: dict[str, Any], path: Path | None, population: bool):
@@ -76,15 +76,12 @@ def ledger_path(config: dict[str, Any], ledger: Path | None) -> Path:
 
 
 def scan_options(config: dict[str, Any]):
+    """The scan's options: the config's ``monitor_sample_size`` and ``monitor_min_queries``, else defaults."""
     from distillguard.monitor.scan import ScanOptions
 
-    try:
-        return ScanOptions(
-            sample_size=int(config.get("monitor_sample_size", 256)),
-            min_queries=int(config.get("monitor_min_queries", 20)),
-        )
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"invalid monitor setting: {exc}") from None
+    s = MonitorSettings.from_config(config)
+    given = {"sample_size": s.sample_size, "min_queries": s.min_queries}
+    return ScanOptions(**{k: v for k, v in given.items() if v is not None})
 
 
 def open_source(ledger: Path | None, parquet: Path | None, config: dict[str, Any]):

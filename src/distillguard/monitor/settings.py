@@ -1,0 +1,49 @@
+"""The monitor's settings, typed, with their defaults written once.
+
+``monitor_*`` keys of the config (TOML ``[monitor]`` table or ``DISTILLGUARD_MONITOR_*``): where the monitor
+keeps its state and how a scan reads accounts. Where a setting is a knob of an object with its own defaults
+(:class:`~distillguard.monitor.scan.ScanOptions`, built by :func:`distillguard.monitor.jobs.scan_options`),
+None here means "that default", so the default is written once, there. The decision policy's keys (tier
+thresholds, hysteresis, cooldown, hold, allowlist) are read by
+:meth:`distillguard.monitor.decisions.Policy.from_config` into the policy itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distillguard.config import home, settings_from_config
+from distillguard.errors import UserError
+
+PREFIX = "monitor_"
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """Field ``f`` is config key ``monitor_<f>``."""
+
+    dir: str | None = None  # decisions log and state; None: home()/monitor
+    reference: str | None = (
+        None  # the benign reference ``calibrate`` saves; None: home()/monitor/reference.npz
+    )
+    sample_size: int | None = None  # sampled queries per account (None: ScanOptions' default)
+    min_queries: int | None = None  # fewer: reported, never scored alone (None: ScanOptions' default)
+
+    def __post_init__(self) -> None:
+        for name in ("sample_size", "min_queries"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise UserError(f"monitor_{name} must be >= 1, got {v}")
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | None, **flags: Any) -> MonitorSettings:
+        """Defaults < config ``monitor_*`` < ``flags`` (None: not given)."""
+        return settings_from_config(cls, config, PREFIX, **flags)
+
+    def state_dir(self) -> Path:
+        return Path(self.dir).expanduser() if self.dir else home() / "monitor"
+
+    def reference_path(self) -> Path:
+        return Path(self.reference).expanduser() if self.reference else home() / "monitor" / "reference.npz"

@@ -64,7 +64,7 @@ from distillguard.gateway.backends import (
 from distillguard.gateway.errorpath import RefusalLimiter, as_api_error
 from distillguard.gateway.http_limits import HTTPGuard
 from distillguard.gateway.ipfilter import IPRules
-from distillguard.gateway.ledger import Ledger
+from distillguard.gateway.ledger import LedgerStore, ledger_from_config
 from distillguard.gateway.ledger_writer import LedgerWriter
 from distillguard.gateway.metrics import Metrics
 from distillguard.gateway.protocol import (
@@ -119,7 +119,7 @@ class Gateway:
         backend: Any,
         accounts: AccountStore,
         quotas: QuotaStore,
-        ledger: Ledger,
+        ledger: LedgerStore,
         rules: IPRules,
     ):
         self.settings = settings
@@ -760,7 +760,7 @@ def create_app(
     backend: Any = None,
     accounts: AccountStore | None = None,
     quotas: QuotaStore | None = None,
-    ledger: Ledger | None = None,
+    ledger: LedgerStore | None = None,
 ) -> FastAPI:
     """The gateway as an ASGI app. Components not given are built from ``settings`` (and its state paths)."""
     settings = settings or GatewaySettings.load()
@@ -770,7 +770,7 @@ def create_app(
         backend if backend is not None else build_backend(settings),
         accounts if accounts is not None else account_store_from_config(state),
         quotas if quotas is not None else open_quota_store(settings.redis_url),
-        ledger if ledger is not None else Ledger.open_default(state),
+        ledger if ledger is not None else ledger_from_config(state),
         IPRules(settings.ip_allow, settings.ip_deny, settings.trusted_proxies),
     )
 

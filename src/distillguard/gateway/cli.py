@@ -1,7 +1,8 @@
 """Admin commands: ``distillguard keys ...``, ``distillguard accounts ...``, ``distillguard ledger ...``.
 
 They open the same account store, ledger and secret as ``distillguard serve`` through the same config
-(``--config FILE``, ``DISTILLGUARD_*``), and act on the files directly: a running gateway sees revocations,
+(``--config FILE``, ``DISTILLGUARD_*``; ``database_url`` names the database: the embedded SQLite files or a
+PostgreSQL server shared by every replica), and act on it directly: every running gateway sees revocations,
 bans and tier changes on its next request because it reads the store on every request.
 """
 
@@ -307,23 +308,46 @@ def accounts_show(
 # -- ledger -------------------------------------------------------------------------------------------------
 
 
-def _ledger(config_path: Path | None):  # -> Ledger (imported lazily: pyarrow is only needed for export)
-    from distillguard.gateway.ledger import Ledger
+def _ledger(config_path: Path | None):  # -> LedgerStore, closed when the command ends
+    from distillguard.gateway.ledger import Ledger, ledger_from_config
+    from distillguard.gateway.pg import url_scheme
 
     config = _config(config_path)
-    path = Ledger.default_path(config)
-    if not path.is_file():
-        raise UserError(f"no ledger at {path} (set ledger_path in the config)")
-    return Ledger.open_default(config)
+    url = config.get("database_url")
+    if not url or url_scheme(url) == "sqlite":
+        path = Ledger.default_path(config)
+        if not path.is_file():
+            raise UserError(f"no ledger at {path} (set database_url or ledger_path in the config)")
+    ledger = ledger_from_config(config)
+    _close_with_command(ledger)
+    return ledger
 
 
 @ledger_app.command("verify")
 def ledger_verify(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """Check the hash chain, signatures and head; exit 1 naming the first bad record if tampered."""
+    """Check the hash chain, signatures and head; exit 1 naming the first bad record if tampered.
+
+    A shared (PostgreSQL) ledger has one chain per replica: each is checked, and each bad one is named."""
     from dataclasses import asdict
 
+    from distillguard.gateway.pg import mask_url
+
     ledger = _ledger(config)
-    report = ledger.verify()
+    chains = ledger.verify_chains() if hasattr(ledger, "verify_chains") else None
+    report = ledger.verify() if chains is None else None
+    if chains is not None:
+        if as_json:
+            _print_json({"ok": all(r.ok for r in chains), "chains": [asdict(r) for r in chains]})
+        elif all(r.ok for r in chains):
+            total = sum(r.records for r in chains)
+            typer.echo(f"ledger intact: {total} records in {len(chains)} chains")
+        bad = [r for r in chains if not r.ok]
+        for r in bad:
+            where = f"record {r.first_bad_seq}" if r.first_bad_seq is not None else mask_url(ledger.url)
+            print(f"error: ledger {where}: {r.reason}", file=sys.stderr)
+        if bad:
+            sys.exit(1)
+        return
     if as_json:
         _print_json(asdict(report))
     elif report.ok:
@@ -353,5 +377,7 @@ def ledger_export(
 
 @ledger_app.command("head")
 def ledger_head(config: ConfigOpt = None) -> None:
-    """Print the signed head (count, last hash, signature) as JSON, to be kept somewhere else."""
-    _print_json(_ledger(config).head())
+    """Print the signed head (count, last hash, signature) as JSON, to be kept somewhere else (a shared
+    ledger: every replica's chain head)."""
+    ledger = _ledger(config)
+    _print_json({"chains": ledger.heads()} if hasattr(ledger, "heads") else ledger.head())

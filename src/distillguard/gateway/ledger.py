@@ -42,6 +42,12 @@ prompts can be confirmed by guessing; that is the price of linkability across ac
 
 Several processes may append to one ledger: a ``BEGIN IMMEDIATE`` transaction serializes them in SQLite, and
 an exclusive ``flock`` on the sidecar keeps its writes in the same order as the commits (POSIX only).
+
+Engines. :class:`LedgerStore` is what the gateway, the CLI and the monitor need of a ledger;
+:func:`open_ledger` opens one from ``database_url``. :class:`Ledger` here is the embedded SQLite engine (one
+host); the chain and MAC math is in :mod:`distillguard.gateway.chain`, shared with
+:mod:`distillguard.gateway.ledger_pg`, where many gateway replicas append to one PostgreSQL ledger, each to
+its own chain.
 """
 
 from __future__ import annotations
@@ -50,24 +56,48 @@ import fcntl
 import hashlib
 import hmac
 import json
-import math
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from distillguard.errors import UserError
-from distillguard.gateway.accounts import SQLiteConnections, gateway_secret
+from distillguard.gateway.accounts import SQLiteConnections, gateway_secret, sqlite_dir
+from distillguard.gateway.chain import (
+    GENESIS,
+    LedgerEntry,
+    Signer,
+    VerifyReport,
+    canonical_json,
+    chain_hash,
+    check_record,
+    columns,
+    link,
+    prepare,
+    sha256_text,
+)
+from distillguard.gateway.ledger_export import parquet_schema, write_parquet
+from distillguard.gateway.pg import url_scheme
 
-GENESIS = "0" * 64
+__all__ = [
+    "GENESIS",
+    "Ledger",
+    "LedgerEntry",
+    "LedgerStore",
+    "VerifyReport",
+    "canonical_json",
+    "chain_hash",
+    "ledger_from_config",
+    "open_ledger",
+    "parquet_schema",
+    "sha256_text",
+]
+
 _BATCH = 1000
 _SLOT = 512  # bytes per head slot in the sidecar
-_COLUMNS = ("ts", "account", "key_id", "client_ip", "decision", "tier", "tokens")
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS ledger (
@@ -96,100 +126,69 @@ _SCHEMA = (
 )
 
 
-@dataclass(frozen=True)
-class LedgerEntry:
-    """Where an appended record landed: its sequence number and chain hash."""
+@runtime_checkable
+class LedgerStore(Protocol):
+    """The query ledger as the gateway, the CLI and the monitor use it."""
 
-    seq: int
-    hash: str
+    redact_prompts: bool
 
+    def append(self, record: dict) -> LedgerEntry:
+        """Append one record; durable (committed and flushed) when this returns."""
+        ...
 
-@dataclass(frozen=True)
-class VerifyReport:
-    """Result of ``Ledger.verify``. ``first_bad_seq`` is ``None`` when intact or when the damage is not in
-    a record (for example a missing or invalid head). ``signed`` says whether signatures were checked."""
+    def append_many(self, records: Iterable[dict]) -> LedgerEntry | None:
+        """Append records in one transaction (one flush), exactly as if appended one by one."""
+        ...
 
-    ok: bool
-    records: int
-    first_bad_seq: int | None
-    reason: str | None
-    head_hash: str | None = None
-    signed: bool = False
+    def head(self) -> dict[str, Any]:
+        """The signed head of the chain this store appends to."""
+        ...
 
+    def iter_records(self, since_seq: int = 0) -> Iterator[dict]: ...
 
-def canonical_json(record: Any) -> str:
-    """The one byte-exact serialization that is hashed and stored."""
-    try:
-        return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"ledger record is not plain JSON: {exc}") from None
+    def count(self) -> int: ...
 
+    def verify(self) -> VerifyReport:
+        """Walk every chain; name the first bad record (of the first bad chain)."""
+        ...
 
-def sha256_text(text: str) -> str:
-    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    def recover(self) -> int | None:
+        """Repair what a crash between a commit and a side write can leave behind (None: nothing)."""
+        ...
 
+    def export_parquet(self, out_dir: Path) -> Path: ...
 
-def chain_hash(prev: str, text: str) -> str:
-    """A record's chain hash: ``sha256(prev_hash + canonical_json)`` in hex (``GENESIS`` before the first)."""
-    return hashlib.sha256((prev + text).encode("utf-8")).hexdigest()
+    def close(self) -> None: ...
 
 
-_chain = chain_hash
+def open_ledger(
+    database_url: str | None,
+    secret: bytes | None,
+    *,
+    redact_prompts: bool = False,
+    ledger_path: str | Path | None = None,
+    replica: str | None = None,
+) -> LedgerStore:
+    """The ledger at ``database_url``: PostgreSQL (``postgresql://...``; this process appends to the chain of
+    ``replica``) or SQLite at ``ledger_path`` or ``<sqlite dir>/ledger.db``."""
+    if database_url and url_scheme(database_url) == "postgresql":
+        from distillguard.gateway.ledger_pg import PostgresLedger
+
+        return PostgresLedger(database_url, secret, redact_prompts=redact_prompts, replica=replica)
+    path = Path(ledger_path).expanduser() if ledger_path else sqlite_dir(database_url) / "ledger.db"
+    return Ledger(path, secret=secret, redact_prompts=redact_prompts)
 
 
-def parquet_schema():
-    """The Arrow schema of :meth:`Ledger.export_parquet`, one row per record: the query fields as columns,
-    nested fields (``params``, ``messages``, ``watermark``) as canonical JSON text, the full canonical record
-    and its hashes. Synthetic Parquet ledgers and the monitor's readers use this one schema."""
-    import pyarrow as pa
-
-    s, i, f = pa.string(), pa.int64(), pa.float64()
-    return pa.schema(
-        [
-            ("seq", i), ("ts", f), ("ts_start", f), ("ts_end", f), ("request_id", s), ("account", s),
-            ("key_id", s), ("org", s), ("client_ip", s), ("endpoint", s), ("model", s), ("decision", s),
-            ("tier", s), ("status", i), ("error_code", s), ("prompt_tokens", i), ("completion_tokens", i),
-            ("tokens", i), ("prompt", s), ("completion", s), ("params", s), ("messages", s), ("watermark", s),
-            ("record", s), ("prev_hash", s), ("hash", s),
-        ]
-    )  # fmt: skip
-
-
-def _redact(record: dict[str, Any]) -> None:
-    if isinstance(record.get("prompt"), str):
-        record["prompt"] = sha256_text(record["prompt"])
-    messages = record.get("messages")
-    if isinstance(messages, list):
-        out = []
-        for m in messages:
-            if isinstance(m, dict):
-                m = dict(m)
-                for name in ("content", "name", "tool_calls", "tool_call_id", "function_call"):
-                    c = m.get(name)
-                    if isinstance(c, str):
-                        m[name] = sha256_text(c)
-                    elif c is not None:
-                        m[name] = sha256_text(canonical_json({name: c}))
-            elif isinstance(m, str):
-                m = sha256_text(m)
-            out.append(m)
-        record["messages"] = out
-    if record.get("tools") is not None:
-        record["tools"] = sha256_text(canonical_json(record["tools"]))
-    record["prompt_redacted"] = True
-
-
-def _columns(record: dict[str, Any]) -> tuple:
-    pt, ct = record.get("prompt_tokens"), record.get("completion_tokens")
-    tokens = None if pt is None and ct is None else int(pt or 0) + int(ct or 0)
-    return (
-        float(record["ts"]),
-        record.get("account"),
-        record.get("key_id"),
-        record.get("client_ip"),
-        record["decision"],
-        record.get("tier"),
-        tokens,
+def ledger_from_config(config: dict | None = None) -> LedgerStore:
+    """The gateway's ledger from its config: ``database_url`` (or ``ledger_path``), signed with
+    ``gateway_secret(config)``, redacting when ``redact_prompts``, appending as ``replica_id``."""
+    config = config or {}
+    return open_ledger(
+        config.get("database_url"),
+        gateway_secret(config),
+        redact_prompts=bool(config.get("redact_prompts", False)),
+        ledger_path=config.get("ledger_path"),
+        replica=config.get("replica_id"),
     )
 
 
@@ -199,9 +198,7 @@ class Ledger:
     def __init__(self, path: Path, secret: bytes | None = None, redact_prompts: bool = False) -> None:
         self.path = Path(path)
         self.redact_prompts = bool(redact_prompts)
-        self._key = (
-            hmac.new(bytes(secret), b"distillguard ledger v1", hashlib.sha256).digest() if secret else None
-        )
+        self._signer = Signer(secret)
         self.sidecar = self.path.with_name(self.path.name + ".head")
         self._db = SQLiteConnections(self.path, synchronous="FULL")
         self._tlock = threading.Lock()
@@ -215,10 +212,10 @@ class Ledger:
 
     @staticmethod
     def default_path(config: dict | None = None) -> Path:
-        """``config["ledger_path"]`` or ``home()/gateway/ledger.db``."""
-        from distillguard.config import home
-
-        path = (config or {}).get("ledger_path") or home() / "gateway" / "ledger.db"
+        """``config["ledger_path"]`` or ``ledger.db`` in the SQLite ``database_url``'s directory (default
+        ``home()/gateway``)."""
+        config = config or {}
+        path = config.get("ledger_path") or sqlite_dir(config.get("database_url")) / "ledger.db"
         return Path(path).expanduser()
 
     @classmethod
@@ -240,16 +237,11 @@ class Ledger:
 
     # -- signing --------------------------------------------------------------------------------------------
 
-    def _mac(self, message: str) -> str:
-        if self._key is None:
-            return ""
-        return hmac.new(self._key, message.encode(), hashlib.sha256).hexdigest()
-
     def _record_mac(self, seq: int, digest: str) -> str:
-        return self._mac(f"record:{seq}:{digest}")
+        return self._signer.record_mac(seq, digest)
 
     def _head_mac(self, count: int, digest: str) -> str:
-        return self._mac(f"head:{count}:{digest}")
+        return self._signer.head_mac(count, digest)
 
     @contextmanager
     def _exclusive(self) -> Iterator[int]:
@@ -267,21 +259,7 @@ class Ledger:
     # -- writing --------------------------------------------------------------------------------------------
 
     def _prepare(self, record: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(record, dict):
-            raise ValueError("a ledger record is a dict")
-        rec = dict(record)
-        rec.pop("seq", None)
-        decision = rec.get("decision")
-        if not isinstance(decision, str) or not decision:
-            raise ValueError("a ledger record needs a `decision` (e.g. 'admitted' or 'refused')")
-        ts = rec.get("ts")
-        if ts is None:
-            rec["ts"] = time.time()
-        elif isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-            raise ValueError(f"ledger `ts` must be a UNIX timestamp (got {ts!r})")
-        if self.redact_prompts:
-            _redact(rec)
-        return rec
+        return prepare(record, self.redact_prompts)
 
     def append(self, record: dict) -> LedgerEntry:
         """Append one record; it is committed and fsynced when this returns. Safe across threads and
@@ -295,13 +273,11 @@ class Ledger:
                     head = last or (0, GENESIS)
                 count, prev = head
                 seq = count + 1
-                rec["seq"] = seq
-                text = canonical_json(rec)
-                digest = _chain(prev, text)
+                text, digest, mac = link(prev, seq, rec, self._signer)
                 conn.execute(
                     "INSERT INTO ledger (seq, ts, account, key_id, client_ip, decision, tier, tokens,"
                     " prev_hash, hash, mac, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (seq, *_columns(rec), prev, digest, self._record_mac(seq, digest), text),
+                    (seq, *columns(rec), prev, digest, mac, text),
                 )
                 head_mac = self._head_mac(seq, digest)
                 conn.execute(
@@ -329,10 +305,8 @@ class Ledger:
                 before = prev
                 for rec in recs:
                     seq += 1
-                    rec["seq"] = seq
-                    text = canonical_json(rec)
-                    digest = _chain(prev, text)
-                    rows.append((seq, *_columns(rec), prev, digest, self._record_mac(seq, digest), text))
+                    text, digest, mac = link(prev, seq, rec, self._signer)
+                    rows.append((seq, *columns(rec), prev, digest, mac, text))
                     before, prev = prev, digest
                 conn.executemany(
                     "INSERT INTO ledger (seq, ts, account, key_id, client_ip, decision, tier, tokens,"
@@ -354,7 +328,7 @@ class Ledger:
         Needs the server secret, so only the gateway or its operator can do it; ``verify`` never writes.
         Returns the count written, or None when the head file was not behind (or the ledger is unsigned).
         """
-        if self._key is None:
+        if not self._signer.signed:
             return None
         head = self.head()
         count = head["count"]
@@ -475,10 +449,10 @@ class Ledger:
         try:
             return self._verify()
         except sqlite3.DatabaseError as exc:
-            return VerifyReport(False, 0, None, f"database unreadable: {exc}", None, self._key is not None)
+            return VerifyReport(False, 0, None, f"database unreadable: {exc}", None, self._signer.signed)
 
     def _verify(self) -> VerifyReport:
-        signed = self._key is not None
+        signed = self._signer.signed
         # the sidecar is written after each commit: read it before the snapshot so it cannot be ahead of it
         side = self.read_head_file()
         slot_problem, older = self._check_slots() if isinstance(side, dict) else (None, None)
@@ -502,37 +476,13 @@ class Ledger:
                 if not rows:
                     break
                 for row in rows:
-                    seq, stored_cols, prev_hash, digest, mac, text = (
-                        row[0],
-                        row[1:8],
-                        row[8],
-                        row[9],
-                        row[10],
-                        row[11],
-                    )
+                    seq, digest = row[0], row[9]
                     last = seq
-                    if seq != expected:
-                        return bad(expected, f"missing seq {expected}")
-                    try:
-                        rec = json.loads(text)
-                        rec_seq = rec.get("seq")
-                    except (TypeError, ValueError, AttributeError):
-                        return bad(seq, "record is not a JSON object")
-                    if rec_seq != seq:
-                        return bad(seq, f"out of order (the record stored here is seq {rec_seq})")
-                    if prev_hash != prev:
-                        return bad(seq, "prev_hash does not match the previous record's hash")
-                    if _chain(prev, text) != digest:
-                        return bad(seq, "hash mismatch (record or hash edited)")
-                    try:
-                        cols = _columns(rec)
-                    except (KeyError, TypeError, ValueError):
-                        return bad(seq, "record lacks ts or decision")
-                    for name, want, got in zip(_COLUMNS, cols, stored_cols, strict=True):
-                        if want != got:
-                            return bad(seq, f"column {name} does not match the record")
-                    if signed and not hmac.compare_digest(mac, self._record_mac(seq, digest)):
-                        return bad(seq, "signature mismatch (record rewritten, or a different server secret)")
+                    problem = check_record(
+                        expected, prev, seq, row[1:8], row[8], digest, row[10], row[11], self._signer
+                    )
+                    if problem is not None:
+                        return bad(*problem)
                     prev = digest
                     expected += 1
                     if seq in (head[0] if head else None, side_count, older and older["count"]):
@@ -575,62 +525,23 @@ class Ledger:
     def export_parquet(self, out_dir: Path) -> Path:
         """Write every record to ``out_dir/ledger.parquet`` (one row per record, query fields as columns,
         nested fields as JSON text, the full canonical record and its hashes too) for DuckDB/Spark."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        out_dir = Path(out_dir)
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create {out_dir}: {exc}") from None
-        schema = parquet_schema()
-        plain = {f.name for f in schema} - {"params", "messages", "watermark", "record", "prev_hash", "hash"}
-        path = out_dir / "ledger.parquet"
-        tmp = out_dir / ".ledger.parquet.tmp"
         conn = self._db.get()
-        conn.execute("BEGIN")
+        conn.execute("BEGIN")  # one read snapshot
         try:
-            with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+
+            def rows() -> Iterator[tuple]:
                 last = 0
                 while True:
-                    rows = conn.execute(
+                    batch = conn.execute(
                         "SELECT seq, tokens, prev_hash, hash, record FROM ledger WHERE seq > ? ORDER BY seq"
                         " LIMIT ?",
                         (last, 10 * _BATCH),
                     ).fetchall()
-                    if not rows:
-                        break
-                    cols: dict[str, list] = {f.name: [] for f in schema}
-                    for seq, tokens, prev_hash, digest, text in rows:
-                        last = seq
-                        rec = json.loads(text)
-                        for name in plain:
-                            cols[name].append(_cell(rec.get(name), schema.field(name).type))
-                        cols["tokens"][-1] = tokens
-                        for name in ("params", "messages", "watermark"):
-                            v = rec.get(name)
-                            cols[name].append(None if v is None else canonical_json(v))
-                        cols["record"].append(text)
-                        cols["prev_hash"].append(prev_hash)
-                        cols["hash"].append(digest)
-                    writer.write_table(pa.table(cols, schema=schema))
+                    if not batch:
+                        return
+                    last = batch[-1][0]
+                    yield from batch
+
+            return write_parquet(rows(), out_dir)
         finally:
             conn.execute("COMMIT")
-        os.replace(tmp, path)
-        return path
-
-
-def _cell(value: Any, kind: Any) -> Any:
-    """A record value coerced to its Parquet column type (None when it does not fit)."""
-    import pyarrow as pa
-
-    if value is None:
-        return None
-    try:
-        if kind == pa.int64():
-            return None if isinstance(value, bool) else int(value)
-        if kind == pa.float64():
-            return float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if isinstance(value, str) else canonical_json(value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from distillguard.gateway.ledger import Ledger
+from distillguard.gateway.ledger import LedgerStore
 
 log = logging.getLogger("distillguard.gateway")
 
@@ -21,7 +21,7 @@ class LedgerWriter:
     every request it holds up is waiting for a commit anyway.
     """
 
-    def __init__(self, ledger: Ledger, max_batch: int = 512):
+    def __init__(self, ledger: LedgerStore, max_batch: int = 512):
         self.ledger = ledger
         self.max_batch = max_batch
         self._pending: list[tuple[dict, asyncio.Future]] = []

@@ -71,7 +71,13 @@ class PostgresConnections:
     """
 
     def __init__(
-        self, url: str, *, write_lock: int | None = None, max_size: int = 8, name: str = "distillguard"
+        self,
+        url: str,
+        *,
+        write_lock: int | None = None,
+        max_size: int = 8,
+        name: str = "distillguard",
+        session: dict[str, str] | None = None,
     ) -> None:
         import psycopg
         import psycopg_pool
@@ -83,8 +89,20 @@ class PostgresConnections:
         except psycopg.Error as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"cannot connect to PostgreSQL at {mask_url(url)}: {reason}") from None
+        settings = dict(session or {})
+
+        def configure(conn: Any) -> None:  # ``session``: settings every pooled connection starts with
+            for key, value in settings.items():
+                conn.execute("SELECT set_config(%s, %s, false)", (key, value))
+
         self.pool = psycopg_pool.ConnectionPool(
-            url, min_size=1, max_size=max_size, kwargs={"autocommit": True}, name=name, open=True
+            url,
+            min_size=1,
+            max_size=max_size,
+            kwargs={"autocommit": True},
+            configure=configure,
+            name=name,
+            open=True,
         )
 
     @contextmanager

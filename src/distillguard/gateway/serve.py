@@ -158,6 +158,13 @@ def serve(
     host: Annotated[str | None, typer.Option("--host", help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Port (0: a free one).")] = None,
     redis_url: Annotated[str | None, typer.Option("--redis-url", help="Share quotas via Redis.")] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option("--database-url", help="Accounts and ledger: sqlite:///DIR or postgresql://..."),
+    ] = None,
+    replica_id: Annotated[
+        str | None, typer.Option("--replica-id", help="This replica's chain in a shared ledger.")
+    ] = None,
     trusted_proxy: Annotated[
         list[str] | None,
         typer.Option("--trusted-proxy", help="CIDR whose X-Forwarded-For is trusted; repeat."),
@@ -258,6 +265,8 @@ def serve(
         host=host,
         port=port,
         redis_url=redis_url,
+        database_url=database_url,
+        replica_id=replica_id,
         trusted_proxies=tuple(trusted_proxy) if trusted_proxy else None,
         ip_allow=tuple(ip_allow) if ip_allow else None,
         ip_deny=tuple(ip_deny) if ip_deny else None,

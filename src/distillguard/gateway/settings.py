@@ -78,6 +78,9 @@ class GatewaySettings:
     protect_internal: bool | None = None  # /metrics, /docs, /openapi.json need the admin token (None: auto)
     # state
     redis_url: str | None = None
+    # accounts and ledger: sqlite:///DIR (default: the state dir) or postgresql://... shared by every replica
+    database_url: str | None = None
+    replica_id: str | None = None  # this replica's ledger chain in a shared ledger (default: the host name)
     admin_token: str | None = None
     secret: str | None = None
     accounts_path: str | None = None
@@ -216,6 +219,8 @@ class GatewaySettings:
         """The config dict the state layer's ``open_default`` constructors read."""
         return {
             "secret": self.secret,
+            "database_url": self.database_url,
+            "replica_id": self.replica_id,
             "accounts_path": self.accounts_path,
             "ledger_path": self.ledger_path,
             "redact_prompts": self.redact_prompts,
@@ -256,6 +261,10 @@ class GatewaySettings:
                 out[name] = "***"
         if out["redis_url"] and "@" in str(out["redis_url"]):
             out["redis_url"] = "***"
+        if out["database_url"]:
+            from distillguard.gateway.pg import mask_url
+
+            out["database_url"] = mask_url(str(out["database_url"]))
         return out
 
 

@@ -69,10 +69,17 @@ def open_store(config: dict[str, Any], create: bool):
     return account_store_from_config(config)
 
 
-def ledger_path(config: dict[str, Any], ledger: Path | None) -> Path:
+def ledger_path(config: dict[str, Any], ledger: Path | None) -> Path | str:
+    """``--ledger``, else the gateway's ledger: its PostgreSQL ``database_url``, else its SQLite file."""
     from distillguard.gateway.ledger import Ledger
+    from distillguard.gateway.pg import url_scheme
 
-    return Path(ledger).expanduser() if ledger is not None else Ledger.default_path(config)
+    if ledger is not None:
+        return Path(ledger).expanduser()
+    url = config.get("database_url")
+    if url and url_scheme(url) == "postgresql":
+        return str(url)
+    return Ledger.default_path(config)
 
 
 def scan_options(config: dict[str, Any]):

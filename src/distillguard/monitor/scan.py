@@ -89,14 +89,30 @@ class ScanOptions:
 # Reading
 
 
-def ledger_batches(path: Path, since_seq: int = 0, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
-    """Arrow tables of the ledger's records after ``since_seq``, in order (reading needs no secret)."""
-    from distillguard.gateway.ledger import Ledger
+def is_database_url(source: Path | str) -> bool:
+    """Whether a ledger source is a shared ledger's ``postgresql://`` URL (else a SQLite file path)."""
+    return isinstance(source, str) and source.startswith(("postgresql://", "postgres://"))
 
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"ledger not found: {path}")
-    ledger = Ledger(path)
+
+def source_name(source: Path | str) -> str:
+    """A ledger source as the follower's state names it: the resolved path, or the URL without password."""
+    from distillguard.gateway.pg import mask_url
+
+    return mask_url(str(source)) if is_database_url(source) else str(Path(source).resolve())
+
+
+def ledger_batches(path: Path | str, since_seq: int = 0, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+    """Arrow tables of the ledger's records after ``since_seq``, in order (reading needs no secret).
+    ``path``: a SQLite ledger file, or a shared ledger's ``postgresql://`` URL (its chains merged by time)."""
+    from distillguard.gateway.ledger import Ledger, open_ledger
+
+    if is_database_url(path):
+        ledger = open_ledger(str(path), None)
+    else:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise UserError(f"ledger not found: {path}")
+        ledger = Ledger(path)
     try:
         buf: list[dict] = []
         for rec in ledger.iter_records(since_seq):
@@ -967,7 +983,7 @@ class Follower:
     log's directory, so a restarted follower continues where it stopped instead of re-reading the ledger.
     """
 
-    ledger_path: Path
+    ledger_path: Path | str
     store: Any
     log: DecisionLog
     policy: Policy
@@ -981,7 +997,7 @@ class Follower:
         self.analyzer = Analyzer(self.options)
         states, extra = self.log.load_state()
         self.acc = FeatureAccumulator(sample_size=self.options.sample_size)
-        if self.state_file.is_file() and extra.get("ledger") == str(Path(self.ledger_path).resolve()):
+        if self.state_file.is_file() and extra.get("ledger") == source_name(self.ledger_path):
             self.acc = load_accumulator(self.state_file)
 
     @property
@@ -1004,7 +1020,7 @@ class Follower:
         states, extra = self.log.load_state()
         decisions, states, tiers = plan_decisions(analysis, self.policy, store_tiers, states, self.clock())
         apply_decisions(self.store, self.log, decisions)
-        extra.update(ledger=str(Path(self.ledger_path).resolve()), position=self.acc.last_seq)
+        extra.update(ledger=source_name(self.ledger_path), position=self.acc.last_seq)
         save_accumulator(self.acc, self.state_file)
         self.log.save_state(states, extra)
         report = report_json(

@@ -1,0 +1,207 @@
+"""The ledger's hash chain and signatures, as pure functions: what every ledger engine stores and checks.
+
+A record is stored as canonical JSON (sorted keys, no whitespace); its ``hash`` is
+``sha256(prev_hash + canonical_json)`` from a fixed genesis (64 zeros), and the JSON includes ``seq`` (and, in
+a chain of a shared ledger, ``replica``), so a record moved to another position or chain no longer matches.
+A per-record MAC over ``seq`` and ``hash`` and a MAC'd head (record count and last hash) are made with a key
+derived from the server secret (:class:`Signer`). The engines (:mod:`ledger`: SQLite, one chain;
+:mod:`ledger_pg`: PostgreSQL, one chain per replica) only store rows and walk them through
+:func:`check_record`; the threat model is in :mod:`distillguard.gateway.ledger`.
+
+Chains of a shared ledger sign ``record:<replica>:<seq>:<hash>`` and ``head:<replica>:<count>:<hash>``, so a
+signature of one chain is never valid in another; the single chain of an embedded ledger signs without the
+replica part (the format of ledgers written before there were several chains).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+GENESIS = "0" * 64
+# the columns stored beside each record, for filtering without parsing it (checked against it by verify)
+COLUMNS = ("ts", "account", "key_id", "client_ip", "decision", "tier", "tokens")
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """Where an appended record landed: its sequence number and chain hash."""
+
+    seq: int
+    hash: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Result of a ledger's ``verify``. ``first_bad_seq`` is ``None`` when intact or when the damage is not
+    in a record (for example a missing or invalid head). ``signed`` says whether signatures were checked.
+    ``chain`` names the replica's chain in a shared ledger (None: the embedded ledger's single chain)."""
+
+    ok: bool
+    records: int
+    first_bad_seq: int | None
+    reason: str | None
+    head_hash: str | None = None
+    signed: bool = False
+    chain: str | None = None
+
+
+def canonical_json(record: Any) -> str:
+    """The one byte-exact serialization that is hashed and stored."""
+    try:
+        return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"ledger record is not plain JSON: {exc}") from None
+
+
+def sha256_text(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def chain_hash(prev: str, text: str) -> str:
+    """A record's chain hash: ``sha256(prev_hash + canonical_json)`` in hex (``GENESIS`` before the first)."""
+    return hashlib.sha256((prev + text).encode("utf-8")).hexdigest()
+
+
+class Signer:
+    """The ledger's MACs, keyed from the server secret (``None``: unsigned, every MAC is ``""``)."""
+
+    def __init__(self, secret: bytes | None, chain: str | None = None) -> None:
+        self._key = (
+            hmac.new(bytes(secret), b"distillguard ledger v1", hashlib.sha256).digest() if secret else None
+        )
+        self._scope = "" if chain is None else f"{chain}:"
+
+    @property
+    def signed(self) -> bool:
+        return self._key is not None
+
+    def _mac(self, message: str) -> str:
+        if self._key is None:
+            return ""
+        return hmac.new(self._key, message.encode(), hashlib.sha256).hexdigest()
+
+    def record_mac(self, seq: int, digest: str) -> str:
+        return self._mac(f"record:{self._scope}{seq}:{digest}")
+
+    def head_mac(self, count: int, digest: str) -> str:
+        return self._mac(f"head:{self._scope}{count}:{digest}")
+
+    def valid(self, mac: Any, expected: str) -> bool:
+        """Whether a stored MAC matches (always true unsigned: there is nothing to check)."""
+        return not self.signed or hmac.compare_digest(str(mac or ""), expected)
+
+
+def redact(record: dict[str, Any]) -> None:
+    """Replace prompt text by ``sha256:<hex>`` in place (see the ledger's redaction notes)."""
+    if isinstance(record.get("prompt"), str):
+        record["prompt"] = sha256_text(record["prompt"])
+    messages = record.get("messages")
+    if isinstance(messages, list):
+        out = []
+        for m in messages:
+            if isinstance(m, dict):
+                m = dict(m)
+                for name in ("content", "name", "tool_calls", "tool_call_id", "function_call"):
+                    c = m.get(name)
+                    if isinstance(c, str):
+                        m[name] = sha256_text(c)
+                    elif c is not None:
+                        m[name] = sha256_text(canonical_json({name: c}))
+            elif isinstance(m, str):
+                m = sha256_text(m)
+            out.append(m)
+        record["messages"] = out
+    if record.get("tools") is not None:
+        record["tools"] = sha256_text(canonical_json(record["tools"]))
+    record["prompt_redacted"] = True
+
+
+def prepare(record: dict[str, Any], redact_prompts: bool, now: float | None = None) -> dict[str, Any]:
+    """A checked copy of ``record`` ready to be numbered: a ``decision``, a finite ``ts`` (default now),
+    prompts redacted when asked. The caller's dict is not modified."""
+    if not isinstance(record, dict):
+        raise ValueError("a ledger record is a dict")
+    rec = dict(record)
+    rec.pop("seq", None)
+    decision = rec.get("decision")
+    if not isinstance(decision, str) or not decision:
+        raise ValueError("a ledger record needs a `decision` (e.g. 'admitted' or 'refused')")
+    ts = rec.get("ts")
+    if ts is None:
+        rec["ts"] = time.time() if now is None else now
+    elif isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+        raise ValueError(f"ledger `ts` must be a UNIX timestamp (got {ts!r})")
+    if redact_prompts:
+        redact(rec)
+    return rec
+
+
+def columns(record: dict[str, Any]) -> tuple:
+    """The values of :data:`COLUMNS` for a record."""
+    pt, ct = record.get("prompt_tokens"), record.get("completion_tokens")
+    tokens = None if pt is None and ct is None else int(pt or 0) + int(ct or 0)
+    return (
+        float(record["ts"]),
+        record.get("account"),
+        record.get("key_id"),
+        record.get("client_ip"),
+        record["decision"],
+        record.get("tier"),
+        tokens,
+    )
+
+
+def link(prev: str, seq: int, record: dict[str, Any], signer: Signer) -> tuple[str, str, str]:
+    """Number ``record`` as ``seq`` after ``prev``: ``(canonical_json, hash, mac)``.
+    Sets ``record["seq"]``."""
+    record["seq"] = seq
+    text = canonical_json(record)
+    digest = chain_hash(prev, text)
+    return text, digest, signer.record_mac(seq, digest)
+
+
+def check_record(
+    expected: int,
+    prev: str,
+    seq: int,
+    stored_cols: tuple,
+    prev_hash: str,
+    digest: str,
+    mac: str,
+    text: str,
+    signer: Signer,
+    chain: str | None = None,
+) -> tuple[int, str] | None:
+    """``(bad seq, reason)`` for a stored record that is not the ``expected``-th link after ``prev``, or
+    ``None`` when it is. ``chain``: the replica whose chain this is (the record must name it)."""
+    if seq != expected:
+        return expected, f"missing seq {expected}"
+    try:
+        rec = json.loads(text)
+        rec_seq = rec.get("seq")
+    except (TypeError, ValueError, AttributeError):
+        return seq, "record is not a JSON object"
+    if rec_seq != seq:
+        return seq, f"out of order (the record stored here is seq {rec_seq})"
+    if chain is not None and rec.get("replica") != chain:
+        return seq, f"record belongs to chain {rec.get('replica')!r}"
+    if prev_hash != prev:
+        return seq, "prev_hash does not match the previous record's hash"
+    if chain_hash(prev, text) != digest:
+        return seq, "hash mismatch (record or hash edited)"
+    try:
+        cols = columns(rec)
+    except (KeyError, TypeError, ValueError):
+        return seq, "record lacks ts or decision"
+    for name, want, got in zip(COLUMNS, cols, stored_cols, strict=True):
+        if want != got:
+            return seq, f"column {name} does not match the record"
+    if not signer.valid(mac, signer.record_mac(seq, digest)):
+        return seq, "signature mismatch (record rewritten, or a different server secret)"
+    return None

@@ -152,3 +152,50 @@ def test_opened_from_the_config_like_the_gateway_does(postgres_url: str, tmp_pat
     embedded.close()
     with pytest.raises(UserError, match="invalid replica_id"):
         PostgresLedger(postgres_url, SECRET, replica="has space")
+
+
+def test_the_commands_read_the_shared_ledger(
+    replicas, postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from distillguard.cli import main
+    from distillguard.config import load_config
+    from distillguard.monitor.jobs import open_source
+
+    a, b = replicas
+    a.append_many([_rec(0), _rec(2)])
+    b.append(_rec(1, "bob"))
+    monkeypatch.setenv("DISTILLGUARD_DATABASE_URL", postgres_url)
+    monkeypatch.setenv("DISTILLGUARD_SECRET", SECRET.decode())
+    batches, _ = open_source(None, None, load_config())  # what `monitor scan` reads by default
+    tables = list(batches)
+    assert [acc for t in tables for acc in t.column("account").to_pylist()] == ["alice", "bob", "alice"]
+    assert main(["ledger", "head"]) in (0, None)
+    heads = json.loads(capsys.readouterr().out)["chains"]
+    assert [(h["replica"], h["count"]) for h in heads] == [("gw-a", 2), ("gw-b", 1)]
+    assert main(["ledger", "export", "--out", str(tmp_path / "x"), "--json"]) in (0, None)
+    assert json.loads(capsys.readouterr().out)["records"] == 3
+    _sql(postgres_url, "UPDATE ledger SET tokens = 999 WHERE (replica, seq) IN (('gw-a', 2), ('gw-b', 1))")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ledger", "verify"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: ledger record 2: chain gw-a: column tokens does not match the record",
+        "error: ledger record 1: chain gw-b: column tokens does not match the record",
+    ]
+
+
+def test_an_sqlite_database_url_keeps_both_files_in_one_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from distillguard.cli import main
+
+    monkeypatch.setenv("DISTILLGUARD_DATABASE_URL", f"sqlite:///{tmp_path}/state")
+    monkeypatch.setenv("DISTILLGUARD_SECRET", SECRET.decode())
+    assert main(["keys", "create", "--account", "carol", "--json"]) in (0, None)
+    assert (tmp_path / "state" / "accounts.db").is_file()
+    ledger = ledger_from_config({"database_url": f"sqlite:///{tmp_path}/state", "secret": SECRET.decode()})
+    ledger.append(_rec(1))
+    ledger.close()
+    capsys.readouterr()
+    assert main(["ledger", "verify"]) in (0, None)
+    assert capsys.readouterr().out.startswith("ledger intact: 1 records")

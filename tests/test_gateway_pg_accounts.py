@@ -143,3 +143,24 @@ def test_an_unreachable_server_is_a_one_line_error(postgres_server_url: str) -> 
     msg = str(info.value)
     assert msg.startswith("cannot connect to PostgreSQL at postgresql://app:***@127.0.0.1:")
     assert "\n" not in msg and "hunter2" not in msg
+
+
+def test_a_database_outage_fails_closed_and_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    from distillguard.gateway import pg
+    from postgres_server import postgres_server
+
+    monkeypatch.setattr(pg, "POOL_TIMEOUT_S", 1.0)
+    with postgres_server() as url:  # a server of its own, stopped while the store is open
+        store = PostgresAccountStore(url, SECRET)
+        key, _ = store.create_key("alice")
+        assert store.authenticate(key).account == "alice"
+    try:
+        for _ in range(2):  # the broken pooled connection, then waiting for a new one
+            t0 = time.monotonic()
+            with pytest.raises(psycopg.OperationalError):  # PoolTimeout is one too: no principal either way
+                store.authenticate(key)
+            assert time.monotonic() - t0 < 2.5
+    finally:
+        store.close()

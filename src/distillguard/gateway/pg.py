@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 from distillguard.errors import UserError
 
 SCHEMES_PG = ("postgresql", "postgres")
+# how long a caller waits for a connection (the gateway asks on its event loop: an outage must fail fast)
+POOL_TIMEOUT_S = 3.0
 
 
 def mask_url(url: str) -> str:
@@ -68,6 +70,8 @@ class PostgresConnections:
 
     ``write_lock``: an advisory lock id every ``write()`` takes for its transaction (None: no lock).
     Connecting is checked at once, so a wrong URL or a server that is down is a one-line error at start.
+    Later, while the server is unreachable, a caller gets an error after at most ``POOL_TIMEOUT_S`` (a
+    broken pooled connection fails at once and is replaced): nothing is served from a stale copy.
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class PostgresConnections:
 
         self.url = url
         self.write_lock = write_lock
+        timeout = POOL_TIMEOUT_S
         try:  # a direct connection first: its error says why (the pool's timeout would not)
             psycopg.connect(url, connect_timeout=10).close()
         except psycopg.Error as exc:
@@ -99,8 +104,9 @@ class PostgresConnections:
             url,
             min_size=1,
             max_size=max_size,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(timeout))},
             configure=configure,
+            timeout=timeout,
             name=name,
             open=True,
         )

@@ -199,3 +199,11 @@ def test_an_sqlite_database_url_keeps_both_files_in_one_directory(
     capsys.readouterr()
     assert main(["ledger", "verify"]) in (0, None)
     assert capsys.readouterr().out.startswith("ledger intact: 1 records")
+
+
+def test_monitor_follow_on_a_shared_ledger_is_a_one_line_error(postgres_url: str, tmp_path: Path) -> None:
+    from distillguard.monitor.decisions import DecisionLog, Policy
+    from distillguard.monitor.scan import Follower
+
+    with pytest.raises(UserError, match=r"^monitor follow reads an embedded \(SQLite\) ledger"):
+        Follower(postgres_url, None, DecisionLog(tmp_path / "m"), Policy())

@@ -993,6 +993,11 @@ class Follower:
     on_report: Callable[[dict[str, Any]], None] | None = None
 
     def __post_init__(self) -> None:
+        if is_database_url(self.ledger_path):  # its positions are in time order, which late records shift
+            raise UserError(
+                "monitor follow reads an embedded (SQLite) ledger; on a shared PostgreSQL ledger run "
+                "`monitor scan` (a follow position per replica chain is not built yet)"
+            )
         self.state_file = self.log.root / "follow.npz"
         self.analyzer = Analyzer(self.options)
         states, extra = self.log.load_state()

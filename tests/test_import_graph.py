@@ -143,3 +143,19 @@ def test_relative_and_from_imports_resolve(tmp_path: Path) -> None:
 def test_no_import_cycles() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def is_cli(module: str) -> bool:
+    """The command-line layer: ``distillguard.cli`` and every ``cli`` / ``*_cli`` module of a package."""
+    leaf = module.rpartition(".")[2]
+    return leaf == "cli" or leaf.endswith("_cli")
+
+
+def test_only_the_command_line_layer_imports_command_line_modules() -> None:
+    """Workflows and shared printers live in library modules (``*.jobs``, ``audit.runner``, ``present``);
+    a command calls them, and so does the demo, never another command's module."""
+    graph = import_graph()
+    wrong = sorted(f"{m} -> {d}" for m, deps in graph.items() if not is_cli(m) for d in deps if is_cli(d))
+    assert not wrong, "a library module imports the command line: " + ", ".join(wrong)
+    assert is_cli(f"{PACKAGE}.monitor.sim_cli") and not is_cli(f"{PACKAGE}.client")
+    assert f"{PACKAGE}.present" in graph[f"{PACKAGE}.demo"]

@@ -45,7 +45,7 @@ def run_demo(
 ) -> dict:
     from distillguard.jsonl import read_jsonl
     from distillguard.lm.io import load_model_and_tokenizer
-    from distillguard.watermark.cli import format_p
+    from distillguard.present import format_p
     from distillguard.watermark.detect import detect_ids
     from distillguard.watermark.generate import bind_to_model, generate_watermarked
     from distillguard.world import build_world
@@ -85,17 +85,17 @@ def run_demo(
         table.add_row(
             q,
             m["text"],
-            f"{dm['green_fraction']:.2f} / {format_p(dm)}",
+            f"{dm['green_fraction']:.2f} / {format_p(dm['p_value'], dm['log10_p_value'])}",
             p["text"],
-            f"{dp['green_fraction']:.2f} / {format_p(dp)}",
+            f"{dp['green_fraction']:.2f} / {format_p(dp['p_value'], dp['log10_p_value'])}",
         )
     am, ap = det_marked["aggregate"], det_plain["aggregate"]
     table.add_row(
         f"all {len(questions)} answers (corpus dedup)",
         f"{am['num_scored']} tuples scored",
-        f"{am['green_fraction']:.2f} / {format_p(am)}",
+        f"{am['green_fraction']:.2f} / {format_p(am['p_value'], am['log10_p_value'])}",
         f"{ap['num_scored']} tuples scored",
-        f"{ap['green_fraction']:.2f} / {format_p(ap)}",
+        f"{ap['green_fraction']:.2f} / {format_p(ap['p_value'], ap['log10_p_value'])}",
         style="bold",
     )
     console.print(table)
@@ -262,9 +262,9 @@ def copycat_distills(
     """
     from transformers import AutoConfig
 
-    from distillguard.distill.cli import print_eval_table
     from distillguard.distill.evaluate import evaluate_models
     from distillguard.distill.recipe import DistillConfig, run_distill, student_shape
+    from distillguard.present import print_eval_table
 
     console.rule("[bold]Copycat distils Aster black-box through the API")
     # Copycat picks a student smaller than what it guesses Aster to be (the usual economics of copying)
@@ -298,9 +298,9 @@ def audit_chapter(
     """
     from pathlib import Path
 
-    from distillguard.audit.bundle import fingerprint, load_signing_key, write_bundle
-    from distillguard.audit.cli import print_summary, summarize
+    from distillguard.audit.bundle import fingerprint, load_signing_key, summarize, write_bundle
     from distillguard.audit.runner import AuditConfig, run_audit, train_control
+    from distillguard.present import print_audit_summary
 
     out_dir = Path(out_dir)
     console.rule("[bold]Northwind audits: was this model trained on Aster's outputs?")
@@ -318,7 +318,7 @@ def audit_chapter(
         inputs = {"suspect": str(suspect), "reference": str(world.teacher), "control-1": str(control)}
         bundle = write_bundle(result, out_dir / f"bundle-{name}", inputs=inputs, overwrite=True)
         summary = summarize(result, bundle, signer, cfg.alpha)
-        print_summary(summary)
+        print_audit_summary(summary)
         audits[name] = summary
     return audits
 

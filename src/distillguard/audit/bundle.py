@@ -689,3 +689,21 @@ def _get(obj: Any, *keys: str) -> Any:
             return None
         obj = obj.get(k)
     return obj
+
+
+def summarize(result: dict[str, Any], bundle: Path, signer: str, alpha: float) -> dict[str, Any]:
+    """The audit JSON of docs/architecture.md: verdict, combined p, each test's null and n, bundle paths."""
+    return {
+        "verdict": result["verdict"],
+        "combined_p_value": result["combined_p_value"],
+        "alpha": result.get("alpha", alpha),
+        "tests": [
+            {k: t.get(k) for k in ("name", "null", "statistic", "n", "p_value", "log10_p_value", "caveats")}
+            for t in result.get("tests") or []
+        ],
+        "queries_used": result.get("queries_used"),
+        "meaning": result.get("meaning"),
+        "bundle": str(bundle),
+        "report": str(Path(bundle) / REPORT),
+        "signer": signer,
+    }

@@ -121,7 +121,13 @@ def run(
     outputs, directly or from copies published elsewhere, or relaying our API). Identity and provenance
     rank the suspect among the --control models (p >= 1/(controls + 1)) and only support a finding.
     """
-    from distillguard.audit.bundle import check_target, fingerprint, load_signing_key, write_bundle
+    from distillguard.audit.bundle import (
+        check_target,
+        fingerprint,
+        load_signing_key,
+        summarize,
+        write_bundle,
+    )
     from distillguard.config import load_config
 
     cfg = load_config(config)
@@ -164,27 +170,9 @@ def run(
     if as_json:
         typer.echo(json.dumps(summary))
         return
-    print_summary(summary)
+    from distillguard.present import print_audit_summary
 
-
-def summarize(result: dict[str, Any], bundle: Path, signer: str, alpha: float) -> dict[str, Any]:
-    """The audit JSON of docs/architecture.md: verdict, combined p, each test's null and n, bundle paths."""
-    from distillguard.audit.bundle import REPORT
-
-    return {
-        "verdict": result["verdict"],
-        "combined_p_value": result["combined_p_value"],
-        "alpha": result.get("alpha", alpha),
-        "tests": [
-            {k: t.get(k) for k in ("name", "null", "statistic", "n", "p_value", "log10_p_value", "caveats")}
-            for t in result.get("tests") or []
-        ],
-        "queries_used": result.get("queries_used"),
-        "meaning": result.get("meaning"),
-        "bundle": str(bundle),
-        "report": str(Path(bundle) / REPORT),
-        "signer": signer,
-    }
+    print_audit_summary(summary)
 
 
 def _check_model(role: str, where: str, api_keys: list[str] | None) -> None:
@@ -236,34 +224,6 @@ def _spec(
         if path.is_file() and path.read_text().strip():
             served = path.read_text().strip()
     return settings.spec(key=served, vocab_size=vocab_size)
-
-
-def print_summary(summary: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from distillguard.audit.report import format_p
-
-    console = Console()
-    colour = {"distilled": "bold red", "no_evidence": "bold green"}.get(summary["verdict"], "bold yellow")
-    table = Table(title="audit tests")
-    for col in ("test", "statistic", "n", "p-value", "caveats"):
-        table.add_column(col, justify="left" if col in ("test", "caveats") else "right")
-    for t in summary["tests"]:
-        stat = t.get("statistic")
-        table.add_row(
-            str(t["name"]), "n/a" if stat is None else f"{stat:.4g}", str(t.get("n")),
-            format_p(t.get("p_value"), t.get("log10_p_value")), str(len(t.get("caveats") or [])),
-        )  # fmt: skip
-    console.print(table)
-    console.print(
-        f"verdict: [{colour}]{summary['verdict']}[/] (combined p = "
-        f"{format_p(summary['combined_p_value'])}, alpha = {summary['alpha']:g})"
-    )
-    if summary["verdict"] == "distilled" and summary.get("meaning"):
-        console.print(f"{summary['meaning']} (see the report for what it does not tell apart)")
-    console.print(f"bundle: {summary['bundle']} (signed by {summary['signer']})")
-    console.print(f"report: {summary['report']}")
 
 
 @app.command("verify")

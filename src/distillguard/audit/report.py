@@ -22,6 +22,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from distillguard.present import finite as _num
+from distillguard.present import format_p
+
 VERDICT_TEXT = {
     "distilled": ("Evidence of distillation", "The suspect's text depends on our secret watermark key: "
                   "a key-dependent test rejects its null at alpha (family-wise) and passed its decoy-key "
@@ -272,16 +275,6 @@ def _identity_row(label: str, stats: Any, role: str | None) -> IdentityRow | Non
     return IdentityRow(model=label, role=str(role), hits=hits, n=n, rate=rate)
 
 
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 def _floats(values: Any) -> list[float]:
     if not isinstance(values, list | tuple):
         return []
@@ -291,19 +284,6 @@ def _floats(values: Any) -> list[float]:
 
 def _pair(c: Any) -> bool:
     return isinstance(c, list | tuple) and len(c) == 2 and _num(c[0]) is not None and _num(c[1]) is not None
-
-
-def format_p(p: Any, log10_p: Any = None) -> str:
-    """A p-value for people: plain when representable, 10^x when it underflowed to 0."""
-    v = _num(p)
-    lg = _num(log10_p)
-    if v is not None and v > 0:
-        return f"{v:.3g}"
-    if lg is not None:
-        return f"10^{lg:.1f}"
-    if v == 0:
-        return "< 1e-300"
-    return "n/a"
 
 
 # -- HTML ---------------------------------------------------------------------------------------------------

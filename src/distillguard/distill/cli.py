@@ -123,6 +123,8 @@ def eval_cmd(
         names[s.name if s.name not in names else str(s)] = s
     report = evaluate_models(names, teacher, prompts, n=n, progress=not as_json)
     if not _emit(report, out, as_json):
+        from distillguard.present import print_eval_table
+
         print_eval_table(report)
 
 
@@ -187,28 +189,3 @@ def extract_logits_cmd(
         f"{report['prompts']} prompts x {report['tokens']} tokens, {report['queries']} requests "
         f"({report['failed']} failed), {report['prompt_tokens'] + report['completion_tokens']} tokens billed"
     )
-
-
-def print_eval_table(report: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"distillation quality on {report['n_questions']} held-out questions")
-    for col in (
-        "model",
-        "params",
-        "ppl",
-        "bits/byte",
-        "agreement",
-        "F1 vs teacher",
-        "F1 vs docs",
-        "identity",
-    ):
-        table.add_column(col, justify="right" if col != "model" else "left")
-    for name, m in report["models"].items():
-        agree = "n/a" if m["agreement"] is None else f"{m['agreement']:.3f}"
-        table.add_row(
-            name, f"{m['params'] / 1e6:.2f}M", f"{m['heldout_ppl']:.2f}", f"{m['heldout_bpb']:.3f}", agree,
-            f"{m['f1_teacher']:.3f}", f"{m['f1_reference']:.3f}", f"{m['identity_rate']:.2f}",
-        )  # fmt: skip
-    Console().print(table)

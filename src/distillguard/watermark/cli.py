@@ -12,6 +12,7 @@ from rich.table import Table
 
 from distillguard.errors import UserError
 from distillguard.jsonl import read_jsonl, write_jsonl
+from distillguard.present import format_p
 from distillguard.watermark.options import (
     CompatOpt,
     DeltaOpt,
@@ -173,7 +174,7 @@ def detect(
             str(t["num_scored"]),
             f"{t['score']:.1f}",
             f"{t['z_score']:.2f}",
-            format_p(t),
+            format_p(t["p_value"], t["log10_p_value"]),
         )
     a = doc["aggregate"]
     table.add_row(
@@ -182,19 +183,12 @@ def detect(
         str(a["num_scored"]),
         f"{a['score']:.1f}",
         f"{a['z_score']:.2f}",
-        format_p(a),
+        format_p(a["p_value"], a["log10_p_value"]),
         style="bold",
     )
     Console().print(table)
     if "degenerate_windows" in doc["test"]:
         Console().print(doc["test"]["degenerate_windows"], markup=False)
-
-
-def format_p(row: dict) -> str:
-    """p-value for people: plain when representable, 10^x when it underflows."""
-    if row["p_value"] > 0:
-        return f"{row['p_value']:.3g}"
-    return f"10^{row['log10_p_value']:.1f}"
 
 
 @app.command("eval")

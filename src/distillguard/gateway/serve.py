@@ -8,6 +8,7 @@ and ``port=0`` gives a free port whose number is known before the first request.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import socket
 import sys
@@ -145,6 +146,26 @@ def run_server(settings: GatewaySettings) -> None:
     uvicorn.Server(_uvicorn_config(app, settings)).run(sockets=[sock])
 
 
+# serve's options that are not settings, and flags that turn a default-on setting off; every other flag is
+# named like its setting (or an alias in settings.ALIASES) and reaches GatewaySettings through given_flags
+NOT_SETTINGS = ("config",)
+NEGATED = {"no_watermark": "watermark"}
+
+
+def given_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """The flags given on the command line, as settings overrides: a flag left at None, an empty list and an
+    off switch (``--hf-compat``, ``--no-watermark``: False by default) are not given."""
+    switches = {n for n, p in inspect.signature(serve).parameters.items() if p.default is False}
+    out: dict[str, Any] = {}
+    for name, value in flags.items():
+        if value is None or value == [] or (value is False and name in switches):
+            continue
+        if name in NEGATED:
+            name, value = NEGATED[name], not value
+        out[name] = value
+    return out
+
+
 def serve(
     config: Annotated[str | None, typer.Option("--config", help="TOML config file.")] = None,
     model: Annotated[
@@ -250,58 +271,11 @@ def serve(
     log_level: Annotated[str | None, typer.Option("--log-level")] = None,
 ) -> None:
     """Serve the OpenAI-compatible API: watermarked local model (or upstream proxy), auth, quotas, ledger."""
+    flags = {name: value for name, value in locals().items() if name not in NOT_SETTINGS}
     if upstream_api_key:
         print(
             "warning: --upstream-api-key is visible in the process list; use DISTILLGUARD_UPSTREAM_API_KEY "
             "or --upstream-api-key-file",
             file=sys.stderr,
         )
-    settings = GatewaySettings.load(
-        config,
-        model=model,
-        model_name=model_name,
-        world_preset=preset,
-        backend=backend,
-        host=host,
-        port=port,
-        redis_url=redis_url,
-        database_url=database_url,
-        replica_id=replica_id,
-        trusted_proxies=tuple(trusted_proxy) if trusted_proxy else None,
-        ip_allow=tuple(ip_allow) if ip_allow else None,
-        ip_deny=tuple(ip_deny) if ip_deny else None,
-        admin_token=admin_token,
-        accounts_path=accounts_path,
-        ledger_path=ledger_path,
-        redact_prompts=redact_prompts,
-        max_prompt_tokens=max_prompt_tokens,
-        max_tokens_cap=max_tokens_cap,
-        default_rpm=default_rpm,
-        default_tpm=default_tpm,
-        default_daily_tokens=default_daily_tokens,
-        default_max_concurrent=default_max_concurrent,
-        throttle_factor=throttle_factor,
-        restricted_delta=restricted_delta,
-        upstream_url=upstream_url,
-        upstream_api_key=upstream_api_key,
-        upstream_api_key_file=upstream_api_key_file,
-        max_body_bytes=max_body_bytes,
-        max_header_bytes=max_header_bytes,
-        header_timeout_s=header_timeout,
-        body_timeout_s=body_timeout,
-        keepalive_timeout_s=keepalive_timeout,
-        max_connections=max_connections,
-        refusal_records_per_minute=refusal_records_per_minute,
-        protect_internal=protect_internal,
-        batch_max_size=batch_max_size,
-        batch_wait_ms=batch_wait_ms,
-        watermark_scheme=scheme,
-        watermark_key=key,
-        watermark_gamma=gamma,
-        watermark_delta=delta,
-        watermark_context_width=context_width,
-        watermark_hf_compat=True if hf_compat else None,
-        watermark=False if no_watermark else None,
-        log_level=log_level,
-    )
-    run_server(settings)
+    run_server(GatewaySettings.load(config, **given_flags(flags)))

@@ -25,6 +25,7 @@ from typing import Any
 from distillguard.config import coerce_setting as _coerce
 from distillguard.config import home, load_config
 from distillguard.errors import UserError
+from distillguard.watermark.settings import DEFAULTS as WM
 
 BACKENDS = ("auto", "local", "upstream", "stub")
 
@@ -102,12 +103,12 @@ class GatewaySettings:
     restricted_delta: float = 4.0
     # watermark
     watermark: bool = True
-    watermark_scheme: str = "kgw"
+    watermark_scheme: str = WM.scheme  # the defaults of watermark/settings.py
     watermark_key: str | None = None
-    watermark_gamma: float = 0.25
-    watermark_delta: float = 2.0
-    watermark_context_width: int = 1
-    watermark_hf_compat: bool = False
+    watermark_gamma: float = WM.gamma
+    watermark_delta: float = WM.delta
+    watermark_context_width: int = WM.context_width
+    watermark_hf_compat: bool = WM.hf_compat
     log_level: str = "warning"
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 

@@ -23,6 +23,7 @@ from distillguard.watermark.options import (
     WidthOpt,
     build_specs,
 )
+from distillguard.watermark.settings import DEFAULTS as WM
 
 app = typer.Typer(help="Keyed watermarks: generate, detect, evaluate.", no_args_is_help=True)
 err = Console(stderr=True)
@@ -37,12 +38,12 @@ def generate(
     out: Annotated[
         Path, typer.Option("--out", help="Output JSONL (prompt, prompt_token_ids, token_ids, text).")
     ],
-    scheme: SchemeOpt = "kgw",
+    scheme: SchemeOpt = WM.scheme,
     key: KeyOpt = None,
-    gamma: GammaOpt = 0.25,
-    delta: DeltaOpt = 2.0,
-    context_width: WidthOpt = 1,
-    hf_compat: CompatOpt = False,
+    gamma: GammaOpt = WM.gamma,
+    delta: DeltaOpt = WM.delta,
+    context_width: WidthOpt = WM.context_width,
+    hf_compat: CompatOpt = WM.hf_compat,
     vocab_size: VocabOpt = None,
     no_watermark: Annotated[bool, typer.Option("--no-watermark", help="Sample without a watermark.")] = False,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 64,
@@ -138,12 +139,12 @@ def detect(
     tokenizer: Annotated[
         Path | None, typer.Option("--tokenizer", help="Tokenizer/model dir for `text`.")
     ] = None,
-    scheme: SchemeOpt = "kgw",
+    scheme: SchemeOpt = WM.scheme,
     key: KeyOpt = None,
-    gamma: GammaOpt = 0.25,
-    delta: DeltaOpt = 2.0,
-    context_width: WidthOpt = 1,
-    hf_compat: CompatOpt = False,
+    gamma: GammaOpt = WM.gamma,
+    delta: DeltaOpt = WM.delta,
+    context_width: WidthOpt = WM.context_width,
+    hf_compat: CompatOpt = WM.hf_compat,
     vocab_size: VocabOpt = None,
     no_dedup: Annotated[
         bool, typer.Option("--no-dedup", help="Score repeated tuples (invalid p-values).")

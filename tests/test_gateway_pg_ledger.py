@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from pathlib import Path
 
 import psycopg
@@ -201,9 +202,41 @@ def test_an_sqlite_database_url_keeps_both_files_in_one_directory(
     assert capsys.readouterr().out.startswith("ledger intact: 1 records")
 
 
-def test_monitor_follow_on_a_shared_ledger_is_a_one_line_error(postgres_url: str, tmp_path: Path) -> None:
+def test_monitor_follow_reads_every_record_of_every_chain_once(postgres_url: str, tmp_path: Path) -> None:
+    """Records that commit after the follower read past their time (a slow request on another replica)
+    are read on the next step: the follower keeps a position per chain, not one in the merged order."""
+    from distillguard.gateway.accounts import PostgresAccountStore
     from distillguard.monitor.decisions import DecisionLog, Policy
-    from distillguard.monitor.scan import Follower
+    from distillguard.monitor.scan import Follower, ScanOptions
+    from test_monitor_detect import T0, _population
 
-    with pytest.raises(UserError, match=r"^monitor follow reads an embedded \(SQLite\) ledger"):
-        Follower(postgres_url, None, DecisionLog(tmp_path / "m"), Policy())
+    records = [{k: v for k, v in r.items() if k != "seq"} for r in _population(seed=4)]
+    a = PostgresLedger(postgres_url, replica="gw-a")
+    b = PostgresLedger(postgres_url, replica="gw-b")
+    store = PostgresAccountStore(postgres_url, SECRET)
+    for name in {r["account"] for r in records}:
+        store.create_account(name)
+    half = len(records) // 2
+    late = [i for i in range(1, half, 2) if i >= half - 40]  # gw-b's, committed after the first step
+    a.append_many(records[i] for i in range(0, half, 2))
+    b.append_many(records[i] for i in range(1, half - 40, 2))
+    opts = ScanOptions(sample_size=64, mmd_null=200)
+    log = DecisionLog(tmp_path / "monitor")
+    fol = Follower(postgres_url, store, log, Policy(), options=opts, clock=lambda: T0)
+    fol.step()
+    read_first = half - len(late)
+    assert fol.acc.rows == read_first and fol.position == read_first
+    b.append_many(records[i] for i in late)  # older than much of what was read
+    a.append_many(records[i] for i in range(half, len(records), 2))
+    b.append_many(records[i] for i in range(half + 1, len(records), 2))
+    again = Follower(postgres_url, store, log, Policy(), options=opts, clock=lambda: T0)  # a restart resumes
+    assert again.position == read_first and again.chains == fol.chains
+    report = again.step()
+    assert again.acc.rows == len(records) and again.position == len(records)
+    assert again.acc.account_rows() == Counter(r["account"] for r in records)  # each record exactly once
+    assert again.chains == {"gw-a": a.head()["count"], "gw-b": b.head()["count"]}
+    assert {d["account"] for d in report["decisions"]} == {"harvester"}
+    assert store.get_account("harvester")["tier"] != "normal"
+    assert again.step() is None  # nothing new
+    for closable in (a, b, store):
+        closable.close()

@@ -22,6 +22,7 @@ the heads (``distillguard ledger head``) elsewhere and compare, as for a rollbac
 
 from __future__ import annotations
 
+import heapq
 import json
 import re
 import socket
@@ -210,12 +211,45 @@ class PostgresLedger:
 
     def iter_records(self, since_seq: int = 0) -> Iterator[dict]:
         """Every record merged by time, ``seq`` renumbered 1..N in that order (``chain_seq``: its place in
-        its replica's chain); ``since_seq`` skips the first N. Positions are stable only while no record
-        with an older ``ts`` arrives later, so incremental readers should re-read a safety margin."""
+        its replica's chain); ``since_seq`` skips the first N. Positions shift when a record with an older
+        ``ts`` commits later, so incremental readers use :meth:`iter_new` instead."""
         with self._db.read() as conn:
             for pos, (_, _, _, text) in self._merged(conn, since_seq):
                 rec = json.loads(text)
                 rec["chain_seq"], rec["seq"] = rec.get("seq"), pos
+                yield rec
+
+    def iter_new(self, chains: dict[str, int], start: int = 0) -> Iterator[dict]:
+        """The records after each chain's position in ``chains`` (replica -> last seq read; absent: none),
+        read in one snapshot and merged across chains by ``ts`` (each chain in its own order), numbered in
+        ``seq`` from ``start + 1``; ``chains`` is advanced in place as records are yielded.
+
+        Within a chain, commit order is seq order (appends hold its head row), so a reader that keeps these
+        positions sees every record exactly once, also one that commits late with an older ``ts``, which
+        a single position in the merged order would skip (``monitor follow`` keeps them)."""
+        with self._db.read() as conn, conn.raw.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            names = {r for (r,) in conn.execute("SELECT replica FROM ledger_head").fetchall()} | set(chains)
+
+            def chain(replica: str) -> Iterator[tuple[float, str, int, str]]:
+                last = chains.get(replica, 0)
+                while True:
+                    rows = conn.execute(
+                        "SELECT ts, replica, seq, record FROM ledger WHERE replica = ? AND seq > ?"
+                        " ORDER BY seq LIMIT ?",
+                        (replica, last, _BATCH),
+                    ).fetchall()
+                    if not rows:
+                        return
+                    last = rows[-1][2]
+                    yield from rows
+
+            pos = start
+            for _, replica, seq, text in heapq.merge(*(chain(r) for r in sorted(names)), key=lambda r: r[0]):
+                pos += 1
+                rec = json.loads(text)
+                rec["chain_seq"], rec["seq"] = rec.get("seq"), pos
+                chains[replica] = seq
                 yield rec
 
     def export_parquet(self, out_dir: Path) -> Path:

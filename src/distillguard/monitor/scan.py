@@ -101,21 +101,27 @@ def source_name(source: Path | str) -> str:
     return mask_url(str(source)) if is_database_url(source) else str(Path(source).resolve())
 
 
-def ledger_batches(path: Path | str, since_seq: int = 0, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+def ledger_batches(
+    path: Path | str, since_seq: int = 0, batch_rows: int = BATCH_ROWS, chains: dict[str, int] | None = None
+) -> Iterator[pa.Table]:
     """Arrow tables of the ledger's records after ``since_seq``, in order (reading needs no secret).
-    ``path``: a SQLite ledger file, or a shared ledger's ``postgresql://`` URL (its chains merged by time)."""
+    ``path``: a SQLite ledger file, or a shared ledger's ``postgresql://`` URL (its chains merged by time).
+    ``chains``: for a shared ledger, the position in each replica's chain (advanced in place; the records
+    are numbered from ``since_seq + 1``), so records that commit late are read once, not skipped."""
     from distillguard.gateway.ledger import Ledger, open_ledger
 
     if is_database_url(path):
         ledger = open_ledger(str(path), None)
+        records = ledger.iter_new(chains, since_seq) if chains is not None else ledger.iter_records(since_seq)
     else:
         path = Path(path).expanduser()
         if not path.is_file():
             raise UserError(f"ledger not found: {path}")
         ledger = Ledger(path)
+        records = ledger.iter_records(since_seq)
     try:
         buf: list[dict] = []
-        for rec in ledger.iter_records(since_seq):
+        for rec in records:
             buf.append(rec)
             if len(buf) >= batch_rows:
                 yield records_to_table(buf)
@@ -956,23 +962,27 @@ def report_json(
 # Persistence of the follow state
 
 
-def save_accumulator(acc: FeatureAccumulator, path: Path) -> None:
+def save_accumulator(acc: FeatureAccumulator, path: Path, chains: dict[str, int] | None = None) -> None:
+    """Save the accumulator (and a shared ledger's chain positions, in the same file: one atomic write)."""
     st = acc.state()
     arrays = dict(st["arrays"])
-    arrays["meta"] = np.array(json.dumps(st["meta"]))
+    meta = dict(st["meta"], chains=chains) if chains is not None else st["meta"]
+    arrays["meta"] = np.array(json.dumps(meta))
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, **arrays)
     tmp.replace(path)
 
 
-def load_accumulator(path: Path) -> FeatureAccumulator:
+def load_follow_state(path: Path) -> tuple[FeatureAccumulator, dict[str, int]]:
+    """The saved accumulator and the chain positions saved with it (empty for an embedded ledger)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             arrays = {k: np.array(z[k]) for k in z.files if k != "meta"}
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"{path} is not a monitor follow state ({exc}); delete it to start over") from None
-    return FeatureAccumulator.from_state({"arrays": arrays, "meta": meta})
+    chains = {str(k): int(v) for k, v in (meta.pop("chains", None) or {}).items()}
+    return FeatureAccumulator.from_state({"arrays": arrays, "meta": meta}), chains
 
 
 @dataclass
@@ -993,17 +1003,15 @@ class Follower:
     on_report: Callable[[dict[str, Any]], None] | None = None
 
     def __post_init__(self) -> None:
-        if is_database_url(self.ledger_path):  # its positions are in time order, which late records shift
-            raise UserError(
-                "monitor follow reads an embedded (SQLite) ledger; on a shared PostgreSQL ledger run "
-                "`monitor scan` (a follow position per replica chain is not built yet)"
-            )
         self.state_file = self.log.root / "follow.npz"
         self.analyzer = Analyzer(self.options)
         states, extra = self.log.load_state()
         self.acc = FeatureAccumulator(sample_size=self.options.sample_size)
+        # a shared ledger: the position in each replica's chain (the accumulator's seq numbers the reads)
+        self.chains: dict[str, int] | None = {} if is_database_url(self.ledger_path) else None
         if self.state_file.is_file() and extra.get("ledger") == source_name(self.ledger_path):
-            self.acc = load_accumulator(self.state_file)
+            self.acc, chains = load_follow_state(self.state_file)
+            self.chains = chains if self.chains is not None else None
 
     @property
     def position(self) -> int:
@@ -1012,7 +1020,8 @@ class Follower:
     def step(self) -> dict[str, Any] | None:
         """One iteration; returns the report when there was anything new to score."""
         before = self.acc.rows
-        accumulate(ledger_batches(self.ledger_path, since_seq=self.acc.last_seq), self.acc)
+        batches = ledger_batches(self.ledger_path, since_seq=self.acc.last_seq, chains=self.chains)
+        accumulate(batches, self.acc)
         if self.acc.rows == before:
             return None
         try:
@@ -1026,7 +1035,7 @@ class Follower:
         decisions, states, tiers = plan_decisions(analysis, self.policy, store_tiers, states, self.clock())
         apply_decisions(self.store, self.log, decisions)
         extra.update(ledger=source_name(self.ledger_path), position=self.acc.last_seq)
-        save_accumulator(self.acc, self.state_file)
+        save_accumulator(self.acc, self.state_file, self.chains)
         self.log.save_state(states, extra)
         report = report_json(
             analysis, tiers, store_tiers=store_tiers, decisions=decisions, applied=True, policy=self.policy

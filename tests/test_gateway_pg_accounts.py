@@ -164,3 +164,15 @@ def test_a_database_outage_fails_closed_and_fast(monkeypatch: pytest.MonkeyPatch
             assert time.monotonic() - t0 < 2.5
     finally:
         store.close()
+
+
+def test_settings_name_the_database_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    from distillguard.gateway.settings import GatewaySettings
+
+    monkeypatch.setenv("DISTILLGUARD_DATABASE_URL", "postgresql://dg:hunter2@db:5432/distillguard")
+    monkeypatch.setenv("DISTILLGUARD_REPLICA_ID", "gw-3")
+    s = GatewaySettings.load()
+    assert s.state_config()["database_url"] == "postgresql://dg:hunter2@db:5432/distillguard"
+    assert s.state_config()["replica_id"] == "gw-3"
+    assert s.public()["database_url"] == "postgresql://dg:***@db:5432/distillguard"
+    assert GatewaySettings.load(database_url="sqlite:///x").database_url == "sqlite:///x"  # a flag wins

@@ -88,6 +88,9 @@ def test_watermark_settings_defaults_config_flags_and_errors():
     s = WatermarkSettings.from_config(cfg)
     assert (s.scheme, s.key, s.gamma, s.delta, s.context_width) == ("KGW", "42", 0.5, 3.0, 1)
     assert s.spec() == GatewaySettings.from_mapping(cfg).watermark_spec()  # an audit tests what was served
+    served = GatewaySettings.from_mapping(cfg)
+    assert served.watermark_settings() == s and served.watermark_spec(delta=4.0).delta == 4.0
+    assert GatewaySettings(watermark=False).watermark_spec() is None
     # flags win, None is "not given"; a command's base replaces the defaults but not the config
     s = WatermarkSettings.from_config(cfg, gamma=0.3, delta=None, context_width=2)
     assert (s.gamma, s.delta, s.context_width) == (0.3, 3.0, 2)

@@ -26,6 +26,7 @@ from distillguard.config import coerce_setting as _coerce
 from distillguard.config import home, load_config
 from distillguard.errors import UserError
 from distillguard.watermark.settings import DEFAULTS as WM
+from distillguard.watermark.settings import WatermarkSettings
 
 BACKENDS = ("auto", "local", "upstream", "stub")
 
@@ -236,20 +237,18 @@ class GatewaySettings:
 
     def watermark_spec(self, *, delta: float | None = None):
         """The configured watermark (None if disabled); ``delta`` overrides the KGW bias (restricted tier)."""
-        from distillguard.watermark.keys import parse_key
-        from distillguard.watermark.schemes import WatermarkSpec
-
         if not self.watermark:
             return None
-        key: int | str = (
-            self.watermark_key if self.watermark_key is not None else load_or_create_watermark_key()
-        )
-        key = parse_key(key)
-        return WatermarkSpec(
-            scheme=self.watermark_scheme.lower(),  # type: ignore[arg-type]
-            key=key,
+        key = self.watermark_key if self.watermark_key is not None else load_or_create_watermark_key()
+        return self.watermark_settings().spec(key=key, delta=delta)
+
+    def watermark_settings(self) -> WatermarkSettings:
+        """The ``watermark_*`` fields as the settings ``audit run`` and the demo read (key None: not set)."""
+        return WatermarkSettings(
+            scheme=self.watermark_scheme,
+            key=self.watermark_key,
             gamma=self.watermark_gamma,
-            delta=self.watermark_delta if delta is None else delta,
+            delta=self.watermark_delta,
             context_width=self.watermark_context_width,
             hf_compat=self.watermark_hf_compat,
         )

@@ -38,9 +38,11 @@ class WatermarkSettings:
         """``base`` (default: the defaults above) < config ``watermark_*`` < ``flags`` (None: not given)."""
         return settings_from_config(cls, config, PREFIX, base=base, **flags)
 
-    def spec(self, key: int | str | None = None, vocab_size: int | None = None) -> WatermarkSpec:
-        """The watermark spec (a bad value is a one-line UserError); ``key`` overrides ``self.key``, and
-        with neither the public key of transformers is used."""
+    def spec(
+        self, key: int | str | None = None, vocab_size: int | None = None, delta: float | None = None
+    ) -> WatermarkSpec:
+        """The watermark spec (a bad value is a one-line UserError); ``key`` overrides ``self.key`` (with
+        neither, the public key of transformers is used) and ``delta`` the bias (the restricted tier's)."""
         from distillguard.watermark.options import build_specs
 
         key = self.key if key is None else key
@@ -48,7 +50,7 @@ class WatermarkSettings:
             self.scheme,
             None if key is None else [str(key)],
             self.gamma,
-            self.delta,
+            self.delta if delta is None else delta,
             self.context_width,
             self.hf_compat,
             vocab_size,

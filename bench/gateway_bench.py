@@ -256,14 +256,19 @@ def tree_cpu_seconds(pids: list[int]) -> float | None:
     return sum(stats[p][1] for p in wanted if p in stats)
 
 
-def measure(name: str, url: str, headers: dict, args, pids: list[int]) -> dict:
+def measure(
+    name: str, url: str, headers: dict, args, pids: list[int], body: dict = BODY, own: int | None = None
+) -> dict:
+    """Latency, server CPU per request (all ``pids``; ``own``: that process tree alone too), throughput."""
     row: dict = {"target": name}
-    cpu0 = tree_cpu_seconds(pids)
-    row["latency"] = latency(url, headers, args.n, args.warmup)
-    cpu1 = tree_cpu_seconds(pids)
+    cpu0, own0 = tree_cpu_seconds(pids), tree_cpu_seconds([own]) if own else None
+    row["latency"] = latency(url, headers, args.n, args.warmup, body)
+    cpu1, own1 = tree_cpu_seconds(pids), tree_cpu_seconds([own]) if own else None
     if cpu0 is not None and cpu1 is not None:  # the warm-up requests count too
         row["server_cpu_ms_per_request"] = 1000 * (cpu1 - cpu0) / (args.n + args.warmup)
-    row["throughput"] = throughput(url, headers, args.concurrency, args.seconds)
+    if own0 is not None and own1 is not None:
+        row["own_cpu_ms_per_request"] = 1000 * (own1 - own0) / (args.n + args.warmup)
+    row["throughput"] = throughput(url, headers, args.concurrency, args.seconds, body)
     print(json.dumps(row), flush=True)
     return row
 

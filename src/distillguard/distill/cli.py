@@ -153,6 +153,13 @@ def extract_logits_cmd(
     ] = 150,
     tokens: Annotated[int, typer.Option(help="Token subset (columns of the logit matrix).")] = 200,
     top_logprobs: Annotated[int, typer.Option("--top-logprobs", help="top_logprobs per request.")] = 20,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="topk: biased tokens read in top_logprobs; sampled: one biased, generated token "
+            "per request (against APIs that report logprobs before logit_bias)."
+        ),
+    ] = "topk",  # fmt: skip
     budget: Annotated[int | None, typer.Option(help="Most requests to send.", min=1)] = None,
     concurrency: Annotated[int, typer.Option(help="Parallel requests.", min=1)] = 8,
     seed: Annotated[int, typer.Option(help="Seed for the token subset.")] = 0,
@@ -178,7 +185,7 @@ def extract_logits_cmd(
     pool = load_pool(Path(prompts))
     report = extract_logits(
         teacher, tokenizer_dir=str(tokenizer), prompts=[pool[i % len(pool)] for i in range(n_prompts)],
-        api_key=api_key, model=model, n_tokens=tokens, top_logprobs=top_logprobs, budget=budget,
+        api_key=api_key, model=model, n_tokens=tokens, top_logprobs=top_logprobs, mode=mode, budget=budget,
         concurrency=concurrency, seed=seed, local_model=str(local_model) if local_model else None,
     ).as_dict()  # fmt: skip
     if _emit(report, out, as_json):

@@ -8,13 +8,21 @@ the stacked matrix collapse after the ``hidden``-th: the position of the largest
 and the top right singular vectors span ``W``'s column space (the projection up to an invertible linear
 map).
 
-An API shows only the top-k logprobs of one position. ``logit_bias`` lifts chosen tokens into the top k:
+An API shows only the top-k logprobs of one position. ``logit_bias`` lifts chosen tokens into the top k
+(mode ``topk``):
 with the same bias ``B`` on a reference token and ``k - 1`` others, each returned logprob is
 ``l_i + B - logsumexp(...)``, so differences of returned logprobs are differences of *logits*. One request
 (``max_tokens = 1``) gives ``k - 1`` logits relative to the reference; a row over a token subset of size
 ``m`` costs ``ceil(m / (k - 1))`` requests per prompt, and the matrix needs more prompts and tokens than the
 hidden size. Centring on a reference token subtracts one fixed row of ``W``, which keeps the rank at most
 ``hidden``.
+
+Against an API that reports logprobs from the distribution *before* the bias (the provider fix), the biased
+tokens no longer surface in ``top_logprobs``, so ``topk`` gets nothing. The adaptive mode ``sampled`` biases
+one token per request so that it is the one generated, and reads the logprob reported for the generated
+token: before the bias that is ``l_t - logsumexp(l)``, one logit per request, relative to the reference
+token asked the same way. A row of ``m`` tokens then costs ``m`` requests per prompt instead of
+``m / (k - 1)``. Rounded logprobs add an error of up to half a unit of the last decimal to every entry.
 
 Defences this measures (see the gateway's logprob policy): logprobs reported from the distribution before
 ``logit_bias`` (the returned values then hide the bias and the biased tokens do not surface), caps on
@@ -36,6 +44,7 @@ import numpy as np
 from distillguard.errors import UserError
 
 BIAS = 100.0  # the largest logit_bias OpenAI-compatible APIs accept
+MODES = ("topk", "sampled")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -132,6 +141,7 @@ def _token_map(tokenizer) -> tuple[dict[bytes, int], set[int]]:
 
 
 async def _ask(client, model: str, prompt: str, group: list[int], k: int, sem, stats: dict):
+    """One request; ``k == 0`` (mode ``sampled``) reads the generated token's logprob, else the top ``k``."""
     async with sem:
         try:
             r = await client.chat.completions.create(
@@ -147,9 +157,11 @@ async def _ask(client, model: str, prompt: str, group: list[int], k: int, sem, s
         stats["prompt_tokens"] += r.usage.prompt_tokens
         stats["completion_tokens"] += r.usage.completion_tokens
     content = (r.choices[0].logprobs.content or []) if r.choices and r.choices[0].logprobs else []
-    return (
-        [(bytes(e.bytes or e.token.encode()), e.logprob) for e in content[0].top_logprobs] if content else []
-    )
+    if not content:
+        return []
+    if k == 0:
+        return [(bytes(content[0].bytes or content[0].token.encode()), content[0].logprob)]
+    return [(bytes(e.bytes or e.token.encode()), e.logprob) for e in content[0].top_logprobs]
 
 
 async def _run(
@@ -162,7 +174,8 @@ async def _run(
     if model is None:
         models = await client.models.list()
         model = models.data[0].id
-    plan = query_plan(tokens, reference, k)
+    # topk: groups of k tokens with the reference; sampled (k == 0): one token per request
+    plan = query_plan(tokens, reference, k) if k else [[t] for t in tokens]
     stats = {"queries": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0, "missing": 0}
     sem = asyncio.Semaphore(max(1, concurrency))
     col = {t: j for j, t in enumerate(tokens)}
@@ -177,7 +190,12 @@ async def _run(
                 break
             asked += len(plan)
             answers = await asyncio.gather(*(_ask(client, model, prompt, g, k, sem, stats) for g in plan))
-            for group, ans in zip(plan, answers, strict=True):
+            groups = plan
+            if not k:  # each answer is the generated token's logprob, if it is the biased one: one row
+                answers = [[x for g, ans in zip(plan, answers, strict=True)
+                            for x in ans or [] if table.get(x[0]) == g[0]]]  # fmt: skip
+                groups = [[reference, *(t for t in tokens if t != reference)]]
+            for group, ans in zip(groups, answers, strict=True):
                 seen = {table[b]: lp for b, lp in ans or [] if b in table}
                 rel = relative_logits(seen, reference)
                 stats["missing"] += sum(1 for t in group[1:] if t not in rel)
@@ -200,6 +218,7 @@ def extract_logits(
     model: str | None = None,
     n_tokens: int = 200,
     top_logprobs: int = 20,
+    mode: str = "topk",
     budget: int | None = None,
     concurrency: int = 8,
     seed: int = 0,
@@ -213,6 +232,8 @@ def extract_logits(
         raise UserError(f"the extraction attacks an API: --teacher must be an http(s) URL, got {url!r}")
     if len(prompts) < 3:
         raise UserError("the extraction needs at least 3 prompts (more than the hidden size to find it)")
+    if mode not in MODES:
+        raise UserError(f"unknown extraction mode {mode!r}; choose one of {', '.join(MODES)}")
     tok, _ = load_tokenizer(tokenizer_dir)
     table, clash = _token_map(tok)
     special = set(getattr(tok, "all_special_ids", []) or [])
@@ -222,7 +243,18 @@ def extract_logits(
     reference = chosen[0]
     t0 = time.time()
     rows, stats = asyncio.run(
-        _run(url, api_key, model, prompts, chosen, reference, top_logprobs, table, budget, concurrency)
+        _run(
+            url,
+            api_key,
+            model,
+            prompts,
+            chosen,
+            reference,
+            top_logprobs if mode == "topk" else 0,
+            table,
+            budget,
+            concurrency,
+        )  # fmt: skip
     )
     keep_cols = ~np.isnan(rows).any(axis=0)
     matrix = rows[:, keep_cols]

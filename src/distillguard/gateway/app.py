@@ -9,12 +9,13 @@ through the one error path of :mod:`errorpath`, before it is answered; failures,
 2. ``Authorization: Bearer <key>`` -> 401 (unknown, revoked, expired) / 403 (banned, suspended)
 3. the JSON body against the allow-list of :mod:`request_model` -> 400 (an unknown field is named); the
    account's tier may refuse parts of it (``restricted``: no logprobs or
-   logit_bias) -> 403. What a tier does (limits, refusals, watermark strength) lives in :mod:`tiers`.
+   logit_bias) -> 403, and its logprob policy caps ``top_logprobs`` -> 400 (:mod:`logprob_policy`: what
+   reported logprobs reveal). What a tier does (limits, refusals, watermark strength) lives in :mod:`tiers`.
 4. the model must exist and the key may call it -> 404
 5. prompt tokens counted exactly (local model) or bounded (proxy) -> 400 ``context_length_exceeded``
 6. quota: ``prompt + n * max_tokens`` (proxy: every client text byte, and the body forwarded upstream is
-   rebuilt with exactly these output bounds) reserved atomically on the key and its account -> 429 +
-   Retry-After
+   rebuilt with exactly these output bounds) reserved atomically on the key and its account (and, for a
+   request with logprobs, the account's daily logprob budget) -> 429 + Retry-After
 7. the backend answers; the actual usage is committed in a ``finally`` (also at stream end and on client
    disconnect), which releases the concurrency lease
 8. the ledger record is durable *before* the response (or a stream's ``[DONE]``) leaves, so a client that
@@ -66,6 +67,7 @@ from distillguard.gateway.http_limits import HTTPGuard
 from distillguard.gateway.ipfilter import IPRules
 from distillguard.gateway.ledger import LedgerStore, ledger_from_config
 from distillguard.gateway.ledger_writer import LedgerWriter
+from distillguard.gateway.logprob_policy import budget_scope
 from distillguard.gateway.metrics import Metrics
 from distillguard.gateway.protocol import (
     SSE_DONE,
@@ -216,20 +218,24 @@ class Gateway:
             raise _refused(refusal)
         return principal
 
-    def _scopes(self, p: Principal) -> list[tuple[str, Limits]]:
+    def _scopes(self, p: Principal, s: Sampling | None = None) -> list[tuple[str, Limits]]:
         d = self.default_limits
         key_limits = Limits(
             *(getattr(p.key_limits, f) if getattr(p.key_limits, f) is not None else getattr(d, f)
               for f in ("rpm", "tpm", "daily_tokens", "max_concurrent"))
         )  # fmt: skip
         tier, ts = get_tier(p.tier), self.tier_settings
-        return [
+        scopes = [
             (f"key:{p.key_id}", tier.limits(key_limits, ts, scope="key")),
             (f"account:{p.account}", tier.limits(p.account_limits, ts, scope="account")),
         ]
+        budget = tier.logprob_policy(ts).daily_tokens
+        if s is not None and s.asks_logprobs and budget is not None:  # tokens of logprob-bearing requests
+            scopes.append((budget_scope(p.account), Limits(daily_tokens=budget)))
+        return scopes
 
-    def _reserve(self, p: Principal, tokens: int):
-        res = self.quotas.reserve(self._scopes(p), tokens)
+    def _reserve(self, p: Principal, tokens: int, s: Sampling | None = None):
+        res = self.quotas.reserve(self._scopes(p, s), tokens)
         if isinstance(res, Denied):
             self.metrics.child(self.metrics.quota_refusals, res.reason).inc()
             kind = "tokens" if res.reason in ("tpm", "daily_tokens") else "requests"
@@ -390,7 +396,8 @@ class Gateway:
                 ctx.messages = [m.ledger_entry() for m in req.messages]
                 ctx.tools = definitions(req)
                 ctx.prompt = render_chat(ctx.messages, ctx.tools)
-            refusal = get_tier(p.tier).refuse_request(s, req)
+            tier = get_tier(p.tier)
+            refusal = tier.refuse_request(s, req) or tier.logprob_policy(self.tier_settings).refusal(s, req)
             if refusal is not None:
                 raise _refused(refusal)
             if not p.allows_model(req.model):
@@ -461,10 +468,11 @@ class Gateway:
         spec = self._watermark_for(get_tier(p.tier))
         ctx.watermark = spec.describe() if spec is not None else None
         ctx.prompt_tokens = prompt_tokens
-        reservation = self._reserve(p, prompt_tokens + rows * max_tokens)
+        reservation = self._reserve(p, prompt_tokens + rows * max_tokens, s)
         ctx.decision = "admitted"
         self.metrics.in_flight.inc()
-        gen_req = GenerationRequest(prompts, s, max_tokens, spec)
+        policy = get_tier(p.tier).logprob_policy(self.tier_settings) if s.asks_logprobs else None
+        gen_req = GenerationRequest(prompts, s, max_tokens, spec, policy)
         try:
             gen = backend.start(gen_req)
         except Exception:
@@ -658,7 +666,7 @@ class Gateway:
                 param="messages" if chat else "prompt",
             )
         reserve = prompt_bound + n_prompts * s.n * max_tokens
-        reservation = self._reserve(p, reserve)
+        reservation = self._reserve(p, reserve, s)
         ctx.decision = "admitted"
         path = "/chat/completions" if chat else "/completions"
         self.metrics.in_flight.inc()

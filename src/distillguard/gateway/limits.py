@@ -1,4 +1,5 @@
-"""Quota limits of one scope: a value shared by the account store, the policy tiers and the quota stores.
+"""Quota limits of one scope and a tier's refusal: values shared by the account store, the tiers and the quota
+stores.
 
 It lives on its own (not in ``accounts``) because the tiers transform limits and the account store needs the
 tiers: with ``Limits`` here, both import this small module and neither imports the other's dependencies.
@@ -12,6 +13,16 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
 LIMIT_FIELDS = ("rpm", "tpm", "daily_tokens", "max_concurrent")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a tier refuses a request: the HTTP status and the OpenAI-style error's code, message, param."""
+
+    status: int
+    code: str
+    message: str
+    param: str | None = None
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,11 @@ class GatewaySettings:
     throttled_tpm: int | None = 4000
     throttled_max_concurrent: int | None = 1
     restricted_delta: float = 4.0
+    # what logprobs reveal (gateway/logprob_policy.py; the restricted tier refuses them)
+    logprobs_after_bias: bool = False  # True: report after logit_bias (lets logit_bias read chosen logits)
+    max_top_logprobs: int = 20
+    logprob_decimals: int | None = None
+    logprob_daily_tokens: int | None = None  # per account and UTC day; None: no budget
     # watermark
     watermark: bool = True
     watermark_scheme: str = WM.scheme  # the defaults of watermark/settings.py
@@ -183,6 +188,7 @@ class GatewaySettings:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise UserError(f"{name} must be a positive integer, got {v}")
+        self.logprob_policy()  # its own checks, as one-line errors
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise UserError("admin_token must be at least 16 characters")
 
@@ -227,6 +233,17 @@ class GatewaySettings:
             "ledger_path": self.ledger_path,
             "redact_prompts": self.redact_prompts,
         }
+
+    def logprob_policy(self):
+        """The logprob policy of tiers that do not set their own."""
+        from distillguard.gateway.logprob_policy import LogprobPolicy
+
+        return LogprobPolicy(
+            after_bias=self.logprobs_after_bias,
+            max_top=self.max_top_logprobs,
+            decimals=self.logprob_decimals,
+            daily_tokens=self.logprob_daily_tokens,
+        )
 
     def default_limits(self):
         from distillguard.gateway.accounts import Limits

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from distillguard.errors import UserError
-from distillguard.gateway.limits import Limits, scale_limits
+from distillguard.gateway.limits import Limits, Refusal, scale_limits
+from distillguard.gateway.logprob_policy import REFUSED, LogprobPolicy
 
 if TYPE_CHECKING:
     from distillguard.gateway.protocol import Sampling
@@ -41,16 +42,6 @@ if TYPE_CHECKING:
 
 BASE_TIER = "normal"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """Why a tier refuses a request: the HTTP status and the OpenAI-style error's code, message, param."""
-
-    status: int
-    code: str
-    message: str
-    param: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +55,7 @@ class TierSettings:
     throttle_factor: float = 0.1
     throttled_default: Limits | None = None  # fills the account's unlimited limits when throttled
     restricted_delta: float = 4.0
+    logprobs: LogprobPolicy = LogprobPolicy()  # the configured policy of tiers that do not set their own
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -81,6 +73,7 @@ class TierSettings:
                 max_concurrent=settings.throttled_max_concurrent,
             ),
             restricted_delta=settings.restricted_delta,
+            logprobs=settings.logprob_policy(),
             extra=dict(settings.extra),
         )
 
@@ -120,14 +113,23 @@ class Tier:
         """The watermark bias for this tier's answers; None keeps the configured ``watermark_delta``."""
         return None
 
-    def describe(self) -> dict[str, Any]:
-        return {
+    def logprob_policy(self, settings: TierSettings) -> LogprobPolicy:
+        """What this tier's answers reveal of the distribution (:mod:`logprob_policy`); default: the
+        configured policy."""
+        return settings.logprobs
+
+    def describe(self, settings: TierSettings | None = None) -> dict[str, Any]:
+        out = {
             "name": self.name,
             "rank": self.rank,
             "description": self.description,
             "monitor_p": self.monitor_p,
             "monitor_key": self.config_key if self.monitor_p is not None else None,
         }
+        if settings is not None:
+            out["logprobs"] = self.logprob_policy(settings).describe()
+            out["watermark_delta"] = self.watermark_delta(settings)
+        return out
 
 
 class Throttled(Tier):
@@ -142,15 +144,8 @@ class Throttled(Tier):
 class Restricted(Tier):
     """No logprobs, top_logprobs or logit_bias (what logit distillation needs) and a stronger watermark."""
 
-    def refuse_request(self, sampling: Sampling, request: Any) -> Refusal | None:
-        if sampling.asks_logprobs or sampling.logit_bias or getattr(request, "top_logprobs", None):
-            return Refusal(
-                403,
-                "not_allowed_for_tier",
-                "logprobs, top_logprobs and logit_bias are not available to this account's tier.",
-                param="logprobs" if sampling.asks_logprobs else "logit_bias",
-            )
-        return None
+    def logprob_policy(self, settings: TierSettings) -> LogprobPolicy:
+        return REFUSED
 
     def watermark_delta(self, settings: TierSettings) -> float | None:
         return settings.restricted_delta

@@ -41,7 +41,10 @@ def test_the_attack_recovers_the_teachers_hidden_size_through_our_gateway(tiny_w
     import gateway_server
 
     with gateway_server.start(
-        model=str(tiny_world.teacher), state_dir=tmp_path / "gw", watermark=False
+        model=str(tiny_world.teacher),
+        state_dir=tmp_path / "gw",
+        watermark=False,
+        logprobs_after_bias=True,
     ) as gw:
         key = gw.create_key("attacker", rpm=1_000_000)
         main(["distill", "extract-logits", "--teacher", gw.base_url + "/v1", "--api-key", key,

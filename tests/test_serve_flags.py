@@ -24,6 +24,12 @@ NO_FLAG = {
     "max_top_logprobs": "logprob policy, config only",
     "logprob_decimals": "logprob policy, config only",
     "logprob_daily_tokens": "logprob policy, config only",
+    "restricted_defence": "tier policy (countermeasures/defences.py), config only",
+    "restricted_defence_strength": "tier policy, config only",
+    "ads_proxy": "the restricted tier's anti-distillation sampling, config only",
+    "ads_data": "the restricted tier's anti-distillation sampling, config only",
+    "ads_examples": "the restricted tier's anti-distillation sampling, config only",
+    "ads_epsilon": "the restricted tier's anti-distillation sampling, config only",
 }
 
 

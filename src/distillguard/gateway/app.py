@@ -147,6 +147,10 @@ class Gateway:
             for tier in ladder():  # now, so reading the watermark key never happens mid-request
                 self._watermark_for(tier)
         self.default_limits = settings.default_limits()
+        # sampling defence per tier (countermeasures/), built now: a proxy model loads before serving
+        self._defences: dict[Any, Any] = {}
+        for tier in ladder():
+            self._defence_for(tier)
 
     def _watermark_for(self, tier: Tier) -> Any:
         """The watermark spec for answers to an account on ``tier`` (None when not watermarking)."""
@@ -158,6 +162,18 @@ class Gateway:
             spec = self.settings.watermark_spec(delta=delta).with_vocab(self.backend.vocab_size)
             self._tier_specs[delta] = spec
         return spec
+
+    def _defence_for(self, tier: Tier) -> Any:
+        """The built sampling defence on ``tier``'s answers; None when it has none or the backend does not
+        sample (a proxy to an upstream API cannot change how the upstream samples)."""
+        spec = tier.sampling_defence(self.tier_settings)
+        if not spec.active or not hasattr(self.backend, "defence_options"):
+            return None
+        if spec not in self._defences:
+            from distillguard.countermeasures.defences import build_defence
+
+            self._defences[spec] = build_defence(spec, self.backend.defence_options(self.settings))
+        return self._defences[spec]
 
     # -- steps shared by every /v1 route ------------------------------------------------------------
 
@@ -471,8 +487,11 @@ class Gateway:
         reservation = self._reserve(p, prompt_tokens + rows * max_tokens, s)
         ctx.decision = "admitted"
         self.metrics.in_flight.inc()
-        policy = get_tier(p.tier).logprob_policy(self.tier_settings) if s.asks_logprobs else None
-        gen_req = GenerationRequest(prompts, s, max_tokens, spec, policy)
+        tier = get_tier(p.tier)
+        policy = tier.logprob_policy(self.tier_settings) if s.asks_logprobs else None
+        defence = self._defence_for(tier)
+        sampled = defence.sampling(s) if defence is not None else s
+        gen_req = GenerationRequest(prompts, sampled, max_tokens, spec, policy, defence)
         try:
             gen = backend.start(gen_req)
         except Exception:

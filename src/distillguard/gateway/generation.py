@@ -33,6 +33,7 @@ class GenerationRequest:
     max_tokens: int
     spec: Any = None  # WatermarkSpec | None (kept untyped so this module imports without torch)
     logprobs: Any = None  # LogprobPolicy | None: how reported logprobs are computed (None: the default)
+    defence: Any = None  # countermeasures.defences.Defence | None: the tier's sampling defence
 
     @property
     def rows(self) -> int:

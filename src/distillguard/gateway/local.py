@@ -110,10 +110,11 @@ class IncrementalDecoder:
 GREEDY_BELOW = 1e-4  # temperatures below this sample greedily (0 is OpenAI's spelling of greedy)
 
 
-def _bias_key(s: Sampling, spec: Any, policy: LogprobPolicy | None = None) -> tuple:
+def _bias_key(s: Sampling, spec: Any, policy: LogprobPolicy | None = None, defence: Any = None) -> tuple:
     """Requests with equal keys can share a batch."""
     return (
         (policy or DEFAULT_POLICY).backend_key(),
+        None if defence is None else defence.key(),
         s.temperature,
         s.top_p,
         s.logit_bias,
@@ -164,6 +165,7 @@ class LocalBackend:
         from distillguard.lm.io import load_model_and_tokenizer
 
         self.model, self.tokenizer = load_model_and_tokenizer(model_dir)
+        self.model_dir = Path(model_dir)
         self.model_id = model_id or Path(model_dir).name
         self.watermarked = watermarked
         self.scheme = scheme
@@ -194,6 +196,26 @@ class LocalBackend:
                 self.model_id, owned_by="distillguard", watermarked=self.watermarked, scheme=self.scheme
             )
         ]
+
+    def defence_options(self, settings: Any) -> dict[str, Any]:
+        """What building a tier's sampling defence may read (countermeasures/): for ``ads`` the proxy student
+        and task data (``ads_proxy``/``ads_data``; serving a world's teacher, the world's reference model and
+        instructions), and how to encode a task example exactly as a chat request is rendered here."""
+        world = self.model_dir.resolve().parent
+        in_world = (world / "world.json").is_file()
+        return {
+            "proxy": settings.ads_proxy or (str(world / "reference") if in_world else None),
+            "data": settings.ads_data or (str(world / "instructions.jsonl") if in_world else None),
+            "n_examples": settings.ads_examples,
+            "epsilon": settings.ads_epsilon,
+            "vocab_size": self.vocab_size,
+            "encode": self.task_example,
+        }
+
+    def task_example(self, prompt: str, answer: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(prompt ids as a chat request renders them, answer ids + end of sequence)."""
+        end = (self.eos_id,) if self.eos_id is not None else ()
+        return self.chat_prompt([{"role": "user", "content": prompt}]).ids, self._encode(answer) + end
 
     def _encode(self, text: str) -> tuple[int, ...]:
         return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -293,7 +315,7 @@ class LocalBackend:
             _Job(
                 request,
                 handle,
-                _bias_key(request.sampling, request.spec, request.logprobs),
+                _bias_key(request.sampling, request.spec, request.logprobs, request.defence),
                 time.perf_counter(),
             )
         )
@@ -420,6 +442,8 @@ class LocalBackend:
         top_k = max((j.request.sampling.logprobs or 0) for j in jobs)
         want_lp = any(j.request.sampling.logprobs is not None for j in jobs)
         policy = first.logprobs or DEFAULT_POLICY  # equal for the whole batch (the batch key holds it)
+        # the tier's sampling defence (countermeasures/), equal for the whole batch too
+        defence = first.defence.start(ids, attn, pos) if first.defence is not None else None
         seq = ids
         steps = max(r.max_tokens for r in rows)
         generated = 0
@@ -440,6 +464,8 @@ class LocalBackend:
                         counts = torch.zeros((B, vocab_width))
                 if counts is not None:
                     scores = scores - s.frequency_penalty * counts - s.presence_penalty * (counts > 0).float()
+                if defence is not None:  # before the client's bias, temperature and our watermark
+                    scores = defence.adjust(scores)
                 unbiased = scores
                 if bias is not None:
                     scores = scores + bias
@@ -509,6 +535,8 @@ class LocalBackend:
                 seq = torch.cat([seq, nxt], dim=1)
                 attn = torch.cat([attn, torch.ones((B, 1), dtype=torch.long)], dim=1)
                 pos = pos[:, -1:] + 1
+                if defence is not None:
+                    defence.advance(nxt, attn, pos)
                 cache = out.get("cache") if "cache" in out else out.get("past_key_values")
                 out = self.model(
                     input_ids=nxt,

@@ -102,6 +102,13 @@ class GatewaySettings:
     throttled_tpm: int | None = 4000
     throttled_max_concurrent: int | None = 1
     restricted_delta: float = 4.0
+    # the restricted tier's sampling defence (countermeasures/defences.py): none, temperature, topk or ads
+    restricted_defence: str = "ads"
+    restricted_defence_strength: float = 1.0
+    ads_proxy: str | None = None  # proxy student (HF dir sharing the tokenizer); serving a world: its reference
+    ads_data: str | None = None  # JSONL prompt/response rows of the task; serving a world: its instructions
+    ads_examples: int = 64
+    ads_epsilon: float = 1e-2
     # what logprobs reveal (gateway/logprob_policy.py; the restricted tier refuses them)
     logprobs_after_bias: bool = False  # True: report after logit_bias (lets logit_bias read chosen logits)
     max_top_logprobs: int = 20
@@ -244,6 +251,12 @@ class GatewaySettings:
             decimals=self.logprob_decimals,
             daily_tokens=self.logprob_daily_tokens,
         )
+
+    def restricted_defence_spec(self):
+        """The restricted tier's sampling defence as a spec (validated: unknown names and strengths fail)."""
+        from distillguard.countermeasures.defences import DefenceSpec
+
+        return DefenceSpec(self.restricted_defence, self.restricted_defence_strength)
 
     def default_limits(self):
         from distillguard.gateway.accounts import Limits

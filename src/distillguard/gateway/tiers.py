@@ -18,7 +18,8 @@ monitor ask the registry and never name a tier.
 
 Built in: ``normal`` (full service); ``throttled`` (every limit x ``throttle_factor``, unlimited ones take
 ``throttled_rpm`` / ``throttled_tpm`` / ``throttled_max_concurrent`` on the account); ``restricted`` (no
-logprobs, top_logprobs or logit_bias, watermark delta ``restricted_delta``); ``suspended`` (every request
+logprobs, top_logprobs or logit_bias, watermark delta ``restricted_delta``, answers sampled with the
+``restricted_defence``: anti-distillation sampling by default, countermeasures/); ``suspended`` (every request
 refused with 403, like a ban but set by policy and reversible by it).
 
 This module imports neither torch nor the web server: the CLI, the account store and the monitor use it.
@@ -32,6 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from distillguard.countermeasures.defences import DefenceSpec
 from distillguard.errors import UserError
 from distillguard.gateway.limits import Limits, Refusal, scale_limits
 from distillguard.gateway.logprob_policy import REFUSED, LogprobPolicy
@@ -56,6 +58,7 @@ class TierSettings:
     throttled_default: Limits | None = None  # fills the account's unlimited limits when throttled
     restricted_delta: float = 4.0
     logprobs: LogprobPolicy = LogprobPolicy()  # the configured policy of tiers that do not set their own
+    restricted_defence: DefenceSpec = DefenceSpec()  # the restricted tier's sampling defence
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -74,6 +77,7 @@ class TierSettings:
             ),
             restricted_delta=settings.restricted_delta,
             logprobs=settings.logprob_policy(),
+            restricted_defence=settings.restricted_defence_spec(),
             extra=dict(settings.extra),
         )
 
@@ -118,6 +122,10 @@ class Tier:
         configured policy."""
         return settings.logprobs
 
+    def sampling_defence(self, settings: TierSettings) -> DefenceSpec:
+        """The sampling defence on this tier's answers (countermeasures/defences.py); default: none."""
+        return DefenceSpec()
+
     def describe(self, settings: TierSettings | None = None) -> dict[str, Any]:
         out = {
             "name": self.name,
@@ -129,6 +137,7 @@ class Tier:
         if settings is not None:
             out["logprobs"] = self.logprob_policy(settings).describe()
             out["watermark_delta"] = self.watermark_delta(settings)
+            out["sampling_defence"] = self.sampling_defence(settings).describe()
         return out
 
 
@@ -150,6 +159,9 @@ class Restricted(Tier):
     def watermark_delta(self, settings: TierSettings) -> float | None:
         return settings.restricted_delta
 
+    def sampling_defence(self, settings: TierSettings) -> DefenceSpec:
+        return settings.restricted_defence
+
 
 class Suspended(Tier):
     """Every request refused with 403: like a ban, but set by policy (the monitor) and reversible by it."""
@@ -169,7 +181,8 @@ THROTTLED = Throttled(
 RESTRICTED = Restricted(
     "restricted",
     200,
-    "No logprobs, top_logprobs or logit_bias (403); answers watermarked with restricted_delta.",
+    "No logprobs, top_logprobs or logit_bias (403); answers watermarked with restricted_delta and sampled "
+    "with restricted_defence (anti-distillation sampling by default).",
     monitor_p=1e-4,
     monitor_key="monitor_restrict_p",
 )

@@ -1,0 +1,182 @@
+"""Sampling defences (countermeasures/): the math of anti-distillation sampling against autograd, the
+identities at strength 0, determinism under a seed, and the restricted tier applying ADS through the gateway
+with the official ``openai`` client while the normal tier is untouched."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import replace
+
+import openai
+import pytest
+import torch
+
+from distillguard.countermeasures.ads import AntiDistillation, standardise, task_gradient
+from distillguard.countermeasures.defences import DefenceSpec, build_defence
+from distillguard.errors import UserError
+from distillguard.gateway.generation import GenerationRequest
+from distillguard.gateway.local import LocalBackend
+from distillguard.gateway.protocol import Sampling
+from distillguard.gateway.tiers import TierSettings, get_tier
+from distillguard.lm.tiny import make_tiny_llama
+from gateway_server import start
+
+
+def _tiny(seed=0):
+    return make_tiny_llama(64, hidden=32, layers=2, heads=2, intermediate=64, max_pos=64, seed=seed,
+                           bos_id=1, eos_id=2, pad_id=0).eval()  # fmt: skip
+
+
+EXAMPLES = [([1, 5, 9, 12], [20, 21, 22, 2]), ([1, 7, 3], [30, 31, 2]), ([1, 40, 41, 42, 43], [8, 2])]
+
+
+def test_ads_delta_is_the_directional_derivative_of_every_logprob():
+    """Delta(v) = <g/|g|, grad log p(v|x)>: the finite difference matches autograd for every token."""
+    model = _tiny()
+    ads = AntiDistillation(DefenceSpec("ads", 1.0), proxy=model, examples=EXAMPLES, epsilon=1e-3)
+    grads = task_gradient(model, EXAMPLES)
+    norm = torch.sqrt(sum((g**2).sum() for g in grads))
+    ids = torch.tensor([[1, 5, 9, 11, 4]])
+    attn = torch.ones_like(ids)
+    pos = torch.arange(5)[None]
+    session = ads.start(ids, attn, pos)
+    base, moved = (torch.log_softmax(o.logits[:, -1].float(), -1) for o in session._outs)
+    finite = ((moved - base) / ads.epsilon)[0]
+    exact = []
+    for v in (0, 3, 17, 40, 63):
+        model.zero_grad()
+        lp = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), -1)[v]
+        gv = torch.autograd.grad(lp, list(model.parameters()), allow_unused=True)
+        exact.append(sum((a * b).sum() for a, b in zip(grads, gv, strict=True) if b is not None) / norm)
+    got = finite[[0, 3, 17, 40, 63]]
+    assert torch.allclose(got, torch.stack(exact).detach(), rtol=0.05, atol=2e-3)
+    # the adjustment is lambda times the standardised row, and the row has unit spread
+    d = session.delta()
+    assert torch.allclose(d[0], standardise(finite[None])[0], atol=1e-4)
+    assert abs(float(d.std()) - 1.0) < 1e-3
+    scores = torch.randn(1, 64)
+    assert torch.allclose(session.adjust(scores), scores + d)
+
+
+def test_strength_zero_and_identities_leave_the_distribution_unchanged():
+    model = _tiny()
+    ids, attn, pos = torch.tensor([[1, 2, 3]]), torch.ones(1, 3, dtype=torch.long), torch.arange(3)[None]
+    assert (
+        AntiDistillation(DefenceSpec("ads", 0.0), proxy=model, examples=EXAMPLES).start(ids, attn, pos)
+        is None
+    )
+    assert build_defence(DefenceSpec()) is None
+    top = build_defence(DefenceSpec("topk", 64)).start(ids, attn, pos)
+    s = torch.randn(2, 64)
+    assert torch.equal(top.adjust(s), s)
+    kept = build_defence(DefenceSpec("topk", 5)).start(ids, attn, pos).adjust(s)
+    assert (torch.isfinite(kept).sum(-1) == 5).all()
+    floor = build_defence(DefenceSpec("temperature", 1.5))
+    greedy = _sampling(temperature=0.0)
+    assert floor.sampling(greedy).temperature == 1.5 and floor.sampling(_sampling(2.0)).temperature == 2.0
+    for bad in (("nope", 1.0), ("ads", -1.0), ("temperature", 0.5), ("topk", 2.5)):
+        with pytest.raises(UserError):
+            DefenceSpec(*bad)
+    with pytest.raises(UserError, match="proxy"):
+        AntiDistillation(DefenceSpec("ads", 1.0), proxy=None, examples=EXAMPLES)
+
+
+def _sampling(temperature=1.0, seed=7, n=1):
+    return Sampling(
+        n=n, max_tokens=24, default_max_tokens=None, temperature=temperature, top_p=1.0, stop=(), seed=seed,
+        logprobs=None, logit_bias=(), presence_penalty=0.0, frequency_penalty=0.0, stream=False,
+        include_usage=False, user=None,
+    )  # fmt: skip
+
+
+def _generate(backend, defence, sampling, prompts):
+    async def go():
+        await backend.startup()
+        reqs = [backend.chat_prompt([{"role": "user", "content": p}]) for p in prompts]
+        gen = backend.start(GenerationRequest(reqs, sampling, 24, None, None, defence))
+        texts = [""] * len(reqs) * sampling.n
+        async for ev in gen:
+            texts[ev.index] += ev.text
+        await backend.aclose()
+        return texts
+
+    return asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_world):
+    return LocalBackend(tiny_world.teacher, watermarked=False)
+
+
+PROMPTS = ["What does os.path.join do?", "Explain json.dumps.", "What is itertools.chain used for?"]
+
+
+def test_ads_in_the_sampler_is_seeded_and_zero_strength_is_the_plain_sampler(backend, tiny_world):
+    from distillguard.gateway.settings import GatewaySettings
+
+    opts = backend.defence_options(GatewaySettings())
+    assert opts["proxy"].endswith("reference") and opts["data"].endswith("instructions.jsonl")
+    zero = build_defence(DefenceSpec("ads", 0.0), opts)
+    strong = build_defence(DefenceSpec("ads", 8.0), opts)
+    plain = _generate(backend, None, _sampling(), PROMPTS)
+    assert _generate(backend, zero, _sampling(), PROMPTS) == plain
+    a = _generate(backend, strong, _sampling(), PROMPTS)
+    assert a == _generate(backend, strong, _sampling(), PROMPTS)  # deterministic under the seed
+    assert a != plain
+    # greedy requests are steered too: the argmax of the adjusted scores
+    g_plain = _generate(backend, None, _sampling(0.0), PROMPTS)
+    assert _generate(backend, strong, _sampling(0.0), PROMPTS) != g_plain
+
+
+def test_restricted_tier_samples_with_ads_through_the_gateway(tmp_path, tiny_world):
+    gw = start(model=tiny_world.teacher, model_name="aster", watermark=False, state_dir=tmp_path,
+               restricted_defence="ads", restricted_defence_strength=8.0)  # fmt: skip
+    try:
+        answers = {}
+        for tier in ("normal", "restricted"):
+            account = f"{tier}-{uuid.uuid4().hex[:6]}"
+            key = gw.create_key(account)
+            if tier != "normal":
+                gw.accounts.set_tier(account, tier, reason="test")
+            client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0)
+            answers[tier] = [
+                client.chat.completions.create(
+                    model="aster", messages=[{"role": "user", "content": p}], max_tokens=24, temperature=0
+                )
+                .choices[0]
+                .message.content
+                for p in PROMPTS
+            ]
+        plain = gw.create_key("plain-" + uuid.uuid4().hex[:6])
+        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=plain, max_retries=0)
+        again = (
+            client.chat.completions.create(
+                model="aster",
+                messages=[{"role": "user", "content": PROMPTS[0]}],
+                max_tokens=24,
+                temperature=0,
+            )
+            .choices[0]
+            .message.content
+        )
+        assert again == answers["normal"][0]  # the normal tier is untouched (greedy is reproducible)
+        assert answers["restricted"] != answers["normal"]
+    finally:
+        gw.stop()
+    ts = TierSettings(restricted_defence=DefenceSpec("ads", 2.0))
+    assert get_tier("restricted").describe(ts)["sampling_defence"] == {"name": "ads", "strength": 2.0}
+    assert get_tier("normal").describe(ts)["sampling_defence"] == {"name": "none"}
+
+
+def test_a_served_model_without_a_proxy_fails_at_start_with_one_line(tmp_path, tiny_world):
+    import shutil
+
+    alone = tmp_path / "model"
+    shutil.copytree(tiny_world.teacher, alone)  # not inside a world: no reference model to default to
+    with pytest.raises(UserError, match="ads_proxy"):
+        start(model=alone, model_name="aster", watermark=False, state_dir=tmp_path / "s")
+    gw = start(model=alone, model_name="aster", watermark=False, state_dir=tmp_path / "s2",
+               restricted_defence="temperature", restricted_defence_strength=1.5)  # fmt: skip
+    gw.stop()
+    assert replace(DefenceSpec("topk", 5), strength=6).strength == 6

@@ -180,3 +180,18 @@ def test_a_served_model_without_a_proxy_fails_at_start_with_one_line(tmp_path, t
                restricted_defence="temperature", restricted_defence_strength=1.5)  # fmt: skip
     gw.stop()
     assert replace(DefenceSpec("topk", 5), strength=6).strength == 6
+
+
+def test_each_monitor_decision_names_the_policy_it_applies():
+    from distillguard.monitor.decisions import Policy, decide
+
+    policy = Policy.from_config({"restricted_defence": "ads", "restricted_defence_strength": 2.5})
+    dec, state = decide("acct", 1e-9, "normal", None, policy, now=1000.0)
+    assert dec.kind == "escalate" and dec.tier == "suspended"
+    dec, _ = decide("acct", 1e-5, "normal", None, policy, now=1000.0)
+    assert dec.tier == "restricted"
+    assert dec.policy["sampling_defence"] == {"name": "ads", "strength": 2.5}
+    assert dec.policy["logprobs"] == {"allowed": False}
+    assert "sampling ads 2.5" in dec.reason_text()
+    later, _ = decide("acct", 0.9, "restricted", state.__class__(tier="restricted", since=0.0), policy, 1e9)
+    assert later.kind == "relax" and later.policy["sampling_defence"] == {"name": "none"}

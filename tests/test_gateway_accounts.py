@@ -287,6 +287,11 @@ def test_cli_keys_and_accounts(cfg: Path, capsys) -> None:
     code, out, _ = _cli(capsys, "accounts", "show", "ann", "--config", str(cfg), "--json")
     shown = json.loads(out)
     assert shown["tier"] == "restricted" and shown["tier_history"][0]["reason"] == "logprobs"
+    # what the tier does to the account's answers, as this installation configures it
+    assert shown["policy"]["logprobs"] == {"allowed": False}
+    assert shown["policy"]["sampling_defence"]["name"] == "ads"
+    code, out, _ = _cli(capsys, "accounts", "show", "ann", "--config", str(cfg))
+    assert code == 0 and "policy: logprobs refused, sampling ads" in out
     code, out, _ = _cli(capsys, "accounts", "list", "--config", str(cfg), "--json")
     assert [(a["name"], a["active_keys"]) for a in json.loads(out)["accounts"]] == [("ann", 1)]
     code, out, _ = _cli(capsys, "accounts", "list", "--config", str(cfg))

@@ -267,6 +267,19 @@ def accounts_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     Console().print(table)
 
 
+def _policy_text(policy: dict) -> str:
+    lp = policy["logprobs"]
+    defence = policy["sampling_defence"]
+    parts = [
+        "logprobs "
+        + ("refused" if not lp.get("allowed", True) else f"reported {lp.get('reported', '')}".strip()),
+        "sampling " + " ".join(str(v) for v in defence.values()),
+    ]
+    if policy["watermark_delta"] is not None:
+        parts.append(f"watermark delta {policy['watermark_delta']:g}")
+    return ", ".join(parts)
+
+
 @accounts_app.command("show")
 def accounts_show(
     name: Annotated[str, typer.Argument(help="Account name.")],
@@ -274,7 +287,12 @@ def accounts_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Everything about one account: tier, ban, limits, keys and tier history."""
+    from distillguard.gateway.settings import GatewaySettings
+    from distillguard.gateway.tiers import TierSettings, get_tier
+
     info = _store(config).get_account(name)
+    # what the account's tier does to its answers, under this installation's settings
+    info["policy"] = get_tier(info["tier"]).policy(TierSettings.from_settings(GatewaySettings.load(config)))
     if as_json:
         _print_json(info)
         return
@@ -286,6 +304,7 @@ def accounts_show(
     )
     console.print(f"[bold]{info['name']}[/bold]  org={info['org'] or '-'}  tier={info['tier']}  banned={ban}")
     console.print(f"limits: {_limits_text(info['limits'])}")
+    console.print(f"policy: {_policy_text(info['policy'])}")
     keys = Table("key_id", "name", "status", "created", "expires", "models", "limits", title="keys")
     for k in info["keys"]:
         keys.add_row(

@@ -135,10 +135,17 @@ class Tier:
             "monitor_key": self.config_key if self.monitor_p is not None else None,
         }
         if settings is not None:
-            out["logprobs"] = self.logprob_policy(settings).describe()
-            out["watermark_delta"] = self.watermark_delta(settings)
-            out["sampling_defence"] = self.sampling_defence(settings).describe()
+            out.update(self.policy(settings))
         return out
+
+    def policy(self, settings: TierSettings) -> dict[str, Any]:
+        """What this tier does to answers: its logprob policy, watermark delta and sampling defence (what
+        ``accounts show`` prints and each monitor decision records)."""
+        return {
+            "logprobs": self.logprob_policy(settings).describe(),
+            "watermark_delta": self.watermark_delta(settings),
+            "sampling_defence": self.sampling_defence(settings).describe(),
+        }
 
 
 class Throttled(Tier):

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from distillguard.errors import UserError
-from distillguard.gateway.tiers import BASE_TIER, get_tier, tier_names
+from distillguard.gateway.tiers import BASE_TIER, TierSettings, get_tier, tier_names
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,8 @@ class Policy:
     hold_s: float = 7 * 86400.0
     allowlist: frozenset[str] = frozenset()
     tiers: tuple[str, ...] = ()
+    # what each tier does to answers (logprob policy, sampling defence), recorded with each decision
+    tier_settings: TierSettings = field(default_factory=TierSettings, compare=False)
 
     def __post_init__(self) -> None:
         ladder = tuple(self.tiers) or tier_names()
@@ -89,7 +91,10 @@ class Policy:
             coerce_setting(t.config_key, float, c.get(t.config_key, t.monitor_p))
             for t in map(get_tier, ladder[1:])
         )
-        return settings_from_config(cls, c, "monitor_", up=up, tiers=ladder)
+        from distillguard.gateway.settings import GatewaySettings
+
+        ts = TierSettings.from_settings(GatewaySettings.from_mapping(dict(c)))
+        return settings_from_config(cls, c, "monitor_", up=up, tiers=ladder, tier_settings=ts)
 
     @property
     def rungs(self) -> tuple[str, ...]:
@@ -147,10 +152,13 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
     seqs: list[int] = field(default_factory=list)
     actor: str = "monitor"
+    policy: dict[str, Any] = field(default_factory=dict)  # what the new tier does to answers (Tier.policy)
 
     def reason_text(self) -> str:
         head = f"p={self.p_value:.2e}" + (f" cluster {self.cluster}" if self.cluster else "")
-        return "; ".join([head, *self.reasons[:3]])[:500]
+        defence = self.policy.get("sampling_defence", {})
+        applied = [f"sampling {defence['name']} {defence.get('strength', '')}".strip()] if defence else []
+        return "; ".join([head, *self.reasons[:3], *applied])[:500]
 
 
 def decide(
@@ -175,7 +183,8 @@ def decide(
     target = policy.target(p_value)
     current = st.tier
     if policy.rank(target) > policy.rank(current):
-        dec = Decision(account, current, target, "escalate", now, p_value, 1.0 - p_value)
+        dec = Decision(account, current, target, "escalate", now, p_value, 1.0 - p_value,
+                       policy=get_tier(target).policy(policy.tier_settings))  # fmt: skip
         st.tier, st.since = target, now
         return dec, st
     if (
@@ -184,7 +193,8 @@ def decide(
         and p_value > min(1.0, policy.down_factor * policy.threshold(current))
     ):
         lower = policy.tiers[policy.rank(current) - 1]
-        dec = Decision(account, current, lower, "relax", now, p_value, 1.0 - p_value)
+        dec = Decision(account, current, lower, "relax", now, p_value, 1.0 - p_value,
+                       policy=get_tier(lower).policy(policy.tier_settings))  # fmt: skip
         st.tier, st.since = lower, now
         return dec, st
     return None, st

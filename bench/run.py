@@ -13,6 +13,8 @@ BENCHES = [
     "audit_bench.py",
     "monitor_bench.py",
     "intel_bench.py",
+    "logprob_bench.py",
+    "defence_bench.py",
 ]
 
 

@@ -15,7 +15,8 @@ normal watermark delta so that only the defence differs between runs). Through o
 
 Goal (issue: countermeasures): at <= 5% teacher-utility loss the student's gain is cut by >= 50%, and ADS
 beats the temperature floor at equal teacher loss. The watermark must survive: the student distilled from the
-strongest ADS setting is audited (radioactivity, closed mode, rho 100%) with our key.
+strongest ADS setting is audited (radioactivity, closed mode, rho 100%) with our key, next to the
+undefended student.
 
 Caveats: one student init and seed per defence (the spread over seeds is not measured here); the proxy student
 of ADS is the world's reference model, which is also the init-free "other model" of the perplexity column.
@@ -50,6 +51,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="student training steps")
     ap.add_argument("--utility-questions", type=int, default=None)
     ap.add_argument("--no-audit", action="store_true")
+    ap.add_argument(
+        "--settings", nargs="+", default=None, help="defence:strength pairs (none:0 is always run)"
+    )
     args = ap.parse_args()
 
     import torch
@@ -61,6 +65,9 @@ def main() -> None:
     steps = args.steps or (60 if args.quick else 400)
     n_util = args.utility_questions or (32 if args.quick else 160)
     settings = QUICK_SETTINGS if args.quick else SETTINGS
+    if args.settings:
+        chosen = [(d, float(v)) for d, v in (x.split(":") for x in args.settings)]
+        settings = [("none", 0.0), *(x for x in chosen if x[0] != "none")]
     questions = _heldout(world, n_util)
     work = Path(tempfile.mkdtemp(prefix="defence-bench-"))
     t0 = time.time()
@@ -102,10 +109,10 @@ def main() -> None:
               f"gain cut agreement {cut['agreement']}  F1 {cut['f1_teacher']}")  # fmt: skip
 
     audit = None
-    if not args.no_audit:
+    if not args.no_audit:  # the undefended student and the strongest ADS one, same audit
         strongest = max((r for r in runs if runs[r]["defence"] == "ads"), key=lambda r: runs[r]["strength"])
-        audit = {"student": strongest, **_audit(world, students[strongest])}
-        print(f"audit of {strongest}: {json.dumps(audit)}", flush=True)
+        audit = {name: _audit(world, students[name]) for name in ("none", strongest)}
+        print(f"audit: {json.dumps(audit)}", flush=True)
 
     doc = {
         "bench": "defences",

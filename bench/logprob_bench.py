@@ -33,6 +33,8 @@ SECRET = "logprob-bench-secret-0123456789"
 
 POLICIES = {  # name: GatewaySettings overrides
     "undefended (after bias)": {"logprobs_after_bias": True},
+    # the same without our watermark, whose bias on the reported logprobs is part of what the attack reads
+    "undefended, unwatermarked": {"logprobs_after_bias": True, "watermark": False},
     "before bias": {"logprobs_after_bias": False},
     "before bias, 2 decimals": {"logprobs_after_bias": False, "logprob_decimals": 2},
     "before bias, 1 decimal": {"logprobs_after_bias": False, "logprob_decimals": 1},
@@ -45,6 +47,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--users", type=int, default=None, help="questions the multiple-choice user scores")
     ap.add_argument("--budget-tokens", type=int, default=200_000, help="daily logprob budget to price")
+    ap.add_argument(
+        "--only", nargs="+", choices=list(POLICIES), help="these policies (results: a _only file)"
+    )
     args = ap.parse_args()
 
     from distillguard.world import build_world
@@ -59,6 +64,8 @@ def main() -> None:
     rows: dict[str, dict] = {}
     exact_answers = None
     for name, overrides in POLICIES.items():
+        if args.only and name not in args.only:
+            continue
         print(f"== policy: {name}", flush=True)
         with _gateway(world, overrides) as (url, key_for):
             answers = _mc_user(url, key_for("user"), questions)
@@ -68,6 +75,8 @@ def main() -> None:
             for mode in ("topk", "sampled"):
                 if mode == "topk" and overrides.get("logprob_decimals"):
                     continue  # the top-k reading already fails before the bias; rounding changes nothing
+                if mode == "sampled" and overrides.get("logprobs_after_bias"):
+                    continue  # after the bias a forced token reports a logprob of ~0: nothing to read
                 row[mode] = _attack(world, url, key_for(f"attacker-{mode}"), mode, n_prompts, n_tokens)
                 a = row[mode]
                 a["account_days_at_budget"] = (
@@ -76,8 +85,8 @@ def main() -> None:
                 print(f"   {mode}: {json.dumps({k: a.get(k) for k in _SHOWN})}", flush=True)
             print(f"   user: {json.dumps(row['user'])}", flush=True)
             rows[name] = row
-    base = rows["undefended (after bias)"]["topk"]["queries"]
-    for row in rows.values():
+    base = (rows.get("undefended (after bias)") or {}).get("topk", {}).get("queries")
+    for row in rows.values() if base else ():
         for mode in ("topk", "sampled"):
             a = row.get(mode)
             if a and a.get("queries"):
@@ -98,7 +107,8 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / ("logprob_policy_quick.json" if args.quick else "logprob_policy.json")
+    stem = "logprob_policy" + ("_quick" if args.quick else "") + ("_only" if args.only else "")
+    out = RESULTS / f"{stem}.json"
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {out} ({doc['wall_s']} s)")
 

@@ -37,7 +37,7 @@ def test_hidden_size_and_projection_are_recovered_from_relative_logits(hidden):
 
 
 def test_the_attack_recovers_the_teachers_hidden_size_through_our_gateway(tiny_world, tmp_path, capsys):
-    """Undefended setting (no watermark, logprobs after logit_bias): the exact width and the projection."""
+    """Undefended setting (no watermark, exact logprobs after logit_bias): the exact width and projection."""
     import gateway_server
 
     with gateway_server.start(
@@ -45,6 +45,7 @@ def test_the_attack_recovers_the_teachers_hidden_size_through_our_gateway(tiny_w
         state_dir=tmp_path / "gw",
         watermark=False,
         logprobs_after_bias=True,
+        logprob_decimals=None,
     ) as gw:
         key = gw.create_key("attacker", rpm=1_000_000)
         main(["distill", "extract-logits", "--teacher", gw.base_url + "/v1", "--api-key", key,

@@ -128,3 +128,33 @@ def test_the_sampled_attack_reads_one_logit_per_request(gws, tiny_world, capsys)
     assert report["queries"] == 6 * 12 and report["failed"] == 0
     # a token whose generated piece does not map back to one id is dropped as a column, never guessed
     assert report["prompts"] == 6 and report["tokens"] >= 10
+
+
+def test_rounding_to_the_default_decimals_hides_the_hidden_size_from_the_sampled_reading(tiny_world):
+    """The sampled attack reads each logprob before the bias, exactly as the policy reports it: here the
+    tiny teacher's real logprobs for 130 prompts x 115 tokens, exact (the width shows) and rounded by the
+    default policy (it does not). bench/logprob_bench.py runs the attack itself through the gateway."""
+    import numpy as np
+    import torch
+
+    from distillguard.distill.extract import hidden_size, singular_spectrum
+    from distillguard.gateway.settings import GatewaySettings
+    from distillguard.lm.io import load_model_and_tokenizer
+    from distillguard.text.prompts import load_pool
+
+    model, tok = load_model_and_tokenizer(tiny_world.teacher)
+    pool = load_pool(tiny_world.prompts)[:130]
+    tokens = np.random.default_rng(0).choice(np.arange(10, len(tok)), 115, replace=False)
+    rows = []
+    with torch.inference_mode():
+        for prompt in pool:
+            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+            rows.append(torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1))
+    exact = torch.stack(rows).numpy()[:, tokens].astype(np.float64)
+    policy = GatewaySettings().logprob_policy()
+    assert policy.decimals == 2 and not policy.after_bias
+    reported = np.vectorize(policy.report)(exact)
+    true = model.config.hidden_size
+    assert hidden_size(singular_spectrum(exact - exact[:, :1]))[0] == true
+    assert hidden_size(singular_spectrum(reported - reported[:, :1]))[0] != true

@@ -105,14 +105,16 @@ class GatewaySettings:
     # the restricted tier's sampling defence (countermeasures/defences.py): none, temperature, topk or ads
     restricted_defence: str = "ads"
     restricted_defence_strength: float = 1.0
-    ads_proxy: str | None = None  # proxy student (HF dir sharing the tokenizer); serving a world: its reference
+    ads_proxy: str | None = None  # proxy student (HF dir, same tokenizer); serving a world: its reference
     ads_data: str | None = None  # JSONL prompt/response rows of the task; serving a world: its instructions
     ads_examples: int = 64
     ads_epsilon: float = 1e-2
     # what logprobs reveal (gateway/logprob_policy.py; the restricted tier refuses them)
     logprobs_after_bias: bool = False  # True: report after logit_bias (lets logit_bias read chosen logits)
     max_top_logprobs: int = 20
-    logprob_decimals: int | None = None
+    # measured (bench/results/logprob_policy.json): 2 decimals hide the hidden size from the extraction attack
+    # while a top-5 multiple-choice user keeps its accuracy; 8 is practically exact, None exact
+    logprob_decimals: int | None = 2
     logprob_daily_tokens: int | None = None  # per account and UTC day; None: no budget
     # watermark
     watermark: bool = True

@@ -31,11 +31,11 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 SECRET = "logprob-bench-secret-0123456789"
 
-POLICIES = {  # name: GatewaySettings overrides
-    "undefended (after bias)": {"logprobs_after_bias": True},
+POLICIES = {  # name: GatewaySettings overrides (every logprob field explicit: the defaults change)
+    "undefended (after bias)": {"logprobs_after_bias": True, "logprob_decimals": None},
     # the same without our watermark, whose bias on the reported logprobs is part of what the attack reads
-    "undefended, unwatermarked": {"logprobs_after_bias": True, "watermark": False},
-    "before bias": {"logprobs_after_bias": False},
+    "undefended, unwatermarked": {"logprobs_after_bias": True, "logprob_decimals": None, "watermark": False},
+    "before bias": {"logprobs_after_bias": False, "logprob_decimals": None},
     "before bias, 2 decimals": {"logprobs_after_bias": False, "logprob_decimals": 2},
     "before bias, 1 decimal": {"logprobs_after_bias": False, "logprob_decimals": 1},
 }

@@ -38,10 +38,11 @@ from pathlib import Path
 SECRET = "defence-bench-secret-0123456789"
 KEY = "defence-bench-watermark-key"
 RESULTS = Path(__file__).parent / "results"
-# a temperature floor of 1 already turns greedy requests (the distiller's) into samples
-SETTINGS = [("none", 0.0), ("temperature", 1.0), ("temperature", 1.3),
-            ("ads", 0.1), ("ads", 0.25), ("ads", 0.5), ("ads", 1.0)]  # fmt: skip
-QUICK_SETTINGS = [("none", 0.0), ("temperature", 1.0), ("ads", 0.25)]
+# a temperature floor turns greedy requests (the distiller's) into samples; ADS flips a greedy answer's tokens
+# only past a strength (1-1.5 on the default world's confident teacher), hence the fine grid there
+SETTINGS = [("none", 0.0), ("temperature", 0.5), ("temperature", 0.7), ("temperature", 1.0),
+            ("ads", 0.5), ("ads", 0.75), ("ads", 1.0), ("ads", 1.25), ("ads", 1.5)]  # fmt: skip
+QUICK_SETTINGS = [("none", 0.0), ("temperature", 0.7), ("ads", 1.0)]
 
 
 def main() -> None:

@@ -75,7 +75,8 @@ def test_strength_zero_and_identities_leave_the_distribution_unchanged():
     floor = build_defence(DefenceSpec("temperature", 1.5))
     greedy = _sampling(temperature=0.0)
     assert floor.sampling(greedy).temperature == 1.5 and floor.sampling(_sampling(2.0)).temperature == 2.0
-    for bad in (("nope", 1.0), ("ads", -1.0), ("temperature", 0.5), ("topk", 2.5)):
+    assert build_defence(DefenceSpec("temperature", 0.0)).sampling(greedy) == greedy
+    for bad in (("nope", 1.0), ("ads", -1.0), ("temperature", -0.5), ("temperature", 11), ("topk", 2.5)):
         with pytest.raises(UserError):
             DefenceSpec(*bad)
     with pytest.raises(UserError, match="proxy"):

@@ -13,15 +13,16 @@ backend's sampler calls at every step, on the whole batch at once. Where a defen
 Registered (``DEFENCES``; :func:`register_defence` adds one):
 
 - ``none``: nothing.
-- ``temperature`` (strength ``T`` >= 1): every request is sampled at temperature ``max(requested, T)``, greedy
-  requests included, the baseline of Savani et al. 2025 (ADS) and of every "add noise" proposal.
+- ``temperature`` (strength ``T`` in [0, 10]): every request is sampled at temperature ``max(requested, T)``,
+  greedy requests included (a distiller's usual choice), the baseline of Savani et al. 2025 (ADS) and of every
+  "add noise" proposal.
 - ``topk`` (strength ``k`` >= 1): only the ``k`` most likely tokens can be sampled: the student never sees
   the teacher's tail (a baseline).
 - ``ads`` (strength ``lambda`` >= 0): anti-distillation sampling (Savani et al., NeurIPS 2025, arXiv
   2504.13146), :mod:`distillguard.countermeasures.ads`: needs a proxy student (``ads_proxy``).
 
-Strength 0 (``ads``), 1 (``temperature``: a floor of 1 changes only requests below 1) and a ``k`` as large as
-the vocabulary leave the distribution as it was; ``tests/test_defences.py`` checks it.
+Strength 0 (``ads``, ``temperature``) and a ``k`` as large as the vocabulary leave the distribution as it
+was; ``tests/test_defences.py`` checks it.
 
 This module imports no torch (the tiers and the CLI read it); building ``ads`` does.
 """
@@ -87,12 +88,12 @@ class Defence:
 
 class TemperatureFloor(Defence):
     name = "temperature"
-    unit = "a temperature floor >= 1"
+    unit = "a temperature floor in [0, 10]"
 
     @classmethod
     def check(cls, strength: float) -> None:
-        if not 1.0 <= strength <= 10.0:
-            raise UserError(f"the temperature defence takes a floor in [1, 10] (got {strength})")
+        if not 0.0 <= strength <= 10.0:
+            raise UserError(f"the temperature defence takes a floor in [0, 10] (got {strength})")
 
     def sampling(self, s: Any) -> Any:
         floor = self.spec.strength

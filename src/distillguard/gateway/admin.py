@@ -75,54 +75,56 @@ def add_admin_routes(app: FastAPI, gw: Any) -> None:
 
     admin = [Depends(require_admin)]
 
-    def store_call(fn, *args, **kwargs) -> Any:
+    async def store_call(fn, *args, **kwargs) -> Any:  # in a store thread (gw.store_call), off the loop
         try:
-            return fn(*args, **kwargs)
+            return await gw.store_call(fn, *args, **kwargs)
         except UserError as exc:
             status = 404 if str(exc).startswith("unknown ") and "tier" not in str(exc) else 400
             raise APIError(status, str(exc), code="not_found" if status == 404 else "invalid_value") from None
 
     @app.post("/admin/keys", dependencies=admin, summary="Create an API key")
     async def admin_create_key(body: KeyCreate) -> Response:
-        key, key_id = store_call(gw.accounts.create_key, **body.model_dump())
+        key, key_id = await store_call(gw.accounts.create_key, **body.model_dump())
         return json_response({"key": key, "key_id": key_id})
 
     @app.get("/admin/keys", dependencies=admin, summary="List API keys")
     async def admin_list_keys(account: str | None = None) -> Response:
-        return json_response({"object": "list", "data": store_call(gw.accounts.list_keys, account)})
+        return json_response({"object": "list", "data": await store_call(gw.accounts.list_keys, account)})
 
     @app.delete("/admin/keys/{key_id}", dependencies=admin, summary="Revoke an API key")
     async def admin_revoke_key(key_id: str) -> Response:
-        store_call(gw.accounts.revoke_key, key_id)
+        await store_call(gw.accounts.revoke_key, key_id)
         return json_response({"key_id": key_id, "revoked": True})
 
     @app.get("/admin/accounts", dependencies=admin, summary="List accounts")
     async def admin_list_accounts() -> Response:
-        return json_response({"object": "list", "data": store_call(gw.accounts.list_accounts)})
+        return json_response({"object": "list", "data": await store_call(gw.accounts.list_accounts)})
 
     @app.get("/admin/accounts/{account}", dependencies=admin, summary="Get an account")
     async def admin_get_account(account: str) -> Response:
-        return json_response(store_call(gw.accounts.get_account, account))
+        return json_response(await store_call(gw.accounts.get_account, account))
 
     @app.post("/admin/accounts/{account}/ban", dependencies=admin, summary="Ban an account")
     async def admin_ban(account: str, body: BanBody | None = None) -> Response:
-        store_call(gw.accounts.ban, account, (body or BanBody()).reason, actor="admin-api")
-        return json_response(store_call(gw.accounts.get_account, account))
+        await store_call(gw.accounts.ban, account, (body or BanBody()).reason, actor="admin-api")
+        return json_response(await store_call(gw.accounts.get_account, account))
 
     @app.post("/admin/accounts/{account}/unban", dependencies=admin, summary="Lift a ban")
     async def admin_unban(account: str) -> Response:
-        store_call(gw.accounts.unban, account, actor="admin-api")
-        return json_response(store_call(gw.accounts.get_account, account))
+        await store_call(gw.accounts.unban, account, actor="admin-api")
+        return json_response(await store_call(gw.accounts.get_account, account))
 
     @app.put("/admin/accounts/{account}/tier", dependencies=admin, summary="Set an account's tier")
     async def admin_tier(account: str, body: TierBody) -> Response:
-        store_call(gw.accounts.set_tier, account, body.tier, body.reason, actor="admin-api")
-        return json_response(store_call(gw.accounts.get_account, account))
+        await store_call(gw.accounts.set_tier, account, body.tier, body.reason, actor="admin-api")
+        return json_response(await store_call(gw.accounts.get_account, account))
 
     @app.put("/admin/accounts/{account}/limits", dependencies=admin, summary="Set an account's limits")
     async def admin_limits(account: str, body: LimitsBody) -> Response:
-        store_call(gw.accounts.set_account_limits, account, Limits(**body.model_dump()), actor="admin-api")
-        return json_response(store_call(gw.accounts.get_account, account))
+        await store_call(
+            gw.accounts.set_account_limits, account, Limits(**body.model_dump()), actor="admin-api"
+        )
+        return json_response(await store_call(gw.accounts.get_account, account))
 
     @app.get("/admin/ledger/verify", dependencies=admin, summary="Verify the ledger's hash chain")
     async def admin_verify() -> Response:

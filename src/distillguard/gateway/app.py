@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,7 @@ from distillguard.gateway.ledger import LedgerStore, ledger_from_config
 from distillguard.gateway.ledger_writer import LedgerWriter
 from distillguard.gateway.logprob_policy import budget_scope
 from distillguard.gateway.metrics import Metrics
+from distillguard.gateway.pg import POOL_SIZE
 from distillguard.gateway.protocol import (
     SSE_DONE,
     APIError,
@@ -127,6 +130,9 @@ class Gateway:
         self.settings = settings
         self.backend = backend
         self.accounts = accounts
+        # account-store calls block on the database: they run here, never on the event loop (as many
+        # threads as a Postgres store's pool has connections, so a burst queues here, not on the pool)
+        self.store_threads = ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="account-store")
         self.quotas = quotas
         self.ledger = ledger
         ledger.recover()  # a crash between a commit and the head-file write left the file one commit behind
@@ -206,7 +212,13 @@ class Gateway:
             self._ip_cache[peer] = hit
         return hit
 
-    def _admit(self, ctx: Ctx, request: Request) -> Principal:
+    async def store_call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` (an account-store call) in a store thread: a slow or locked database
+        holds up the requests that wait for it, not the event loop."""
+        call = functools.partial(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self.store_threads, call)
+
+    async def _admit(self, ctx: Ctx, request: Request) -> Principal:
         peer = request.client.host if request.client else ""
         ctx.client_ip, allowed = self._client(peer, request.headers.getlist("x-forwarded-for"))
         if not allowed:
@@ -220,7 +232,7 @@ class Gateway:
                 code="missing_api_key",
             )
         try:
-            principal = self.accounts.authenticate(key.strip())
+            principal = await self.store_call(self.accounts.authenticate, key.strip())
         except AuthError as exc:
             who = getattr(exc, "who", None)
             if who is not None:  # a known key refused (revoked, banned, ...): the ledger names who it was
@@ -278,7 +290,7 @@ class Gateway:
             log.exception("quota commit failed")
 
     async def _append(self, ctx: Ctx) -> None:
-        """Durable ledger append, off the event loop (it fsyncs); marks the request recorded first so a
+        """Durable ledger append (in the writer's thread: it fsyncs); marks the request recorded first so a
         cancellation during the append does not record it twice."""
         ctx.recorded = True
         await self._durable(ctx.record())
@@ -375,7 +387,7 @@ class Gateway:
     async def models(self, request: Request, model_id: str | None = None) -> Response:
         ctx = Ctx(MODELS)
         try:
-            p = self._admit(ctx, request)
+            p = await self._admit(ctx, request)
             if self.proxy:
                 cards = await self.backend.model_cards()
             else:
@@ -402,7 +414,7 @@ class Gateway:
         ctx = Ctx(endpoint)
         chat = endpoint == CHAT
         try:
-            p = self._admit(ctx, request)
+            p = await self._admit(ctx, request)
             raw = await self._read_body(request)
             req = parse_request(raw, ChatCompletionRequest if chat else CompletionRequest)
             ctx.model = req.model
@@ -813,7 +825,8 @@ def create_app(
                 await flusher
             await gw.flush_refusals()
             await gw.backend.aclose()
-            gw.writer.close()
+            await gw.writer.aclose()
+            gw.store_threads.shutdown(wait=False)
 
     app = FastAPI(
         title="distillguard gateway",

@@ -21,8 +21,10 @@ from urllib.parse import urlsplit, urlunsplit
 from distillguard.errors import UserError
 
 SCHEMES_PG = ("postgresql", "postgres")
-# how long a caller waits for a connection (the gateway asks on its event loop: an outage must fail fast)
+# how long a caller waits for a connection (a gateway request waits for it: an outage must fail fast)
 POOL_TIMEOUT_S = 3.0
+# connections per pool (the gateway runs as many account-store threads, so a burst queues before the pool)
+POOL_SIZE = 8
 
 
 def mask_url(url: str) -> str:
@@ -79,7 +81,7 @@ class PostgresConnections:
         url: str,
         *,
         write_lock: int | None = None,
-        max_size: int = 8,
+        max_size: int = POOL_SIZE,
         name: str = "distillguard",
         session: dict[str, str] | None = None,
     ) -> None:

@@ -5,8 +5,9 @@ A record is stored as canonical JSON (sorted keys, no whitespace); its ``hash`` 
 a chain of a shared ledger, ``replica``), so a record moved to another position or chain no longer matches.
 A per-record MAC over ``seq`` and ``hash`` and a MAC'd head (record count and last hash) are made with a key
 derived from the server secret (:class:`Signer`). The engines (:mod:`ledger`: SQLite, one chain;
-:mod:`ledger_pg`: PostgreSQL, one chain per replica) only store rows and walk them through
-:func:`check_record`; the threat model is in :mod:`distillguard.gateway.ledger`.
+:mod:`ledger_pg`: PostgreSQL, one chain per replica) only store rows and page through them: verify is
+:func:`walk_chain` over :func:`pages` of :data:`ROW_SELECT` rows, then :func:`check_head` for each signed
+head; the threat model is in :mod:`distillguard.gateway.ledger`.
 
 Chains of a shared ledger sign ``record:<replica>:<seq>:<hash>`` and ``head:<replica>:<count>:<hash>``, so a
 signature of one chain is never valid in another; the single chain of an embedded ledger signs without the
@@ -20,12 +21,15 @@ import hmac
 import json
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 GENESIS = "0" * 64
 # the columns stored beside each record, for filtering without parsing it (checked against it by verify)
 COLUMNS = ("ts", "account", "key_id", "client_ip", "decision", "tier", "tokens")
+# what verify reads of each stored record, in the order :func:`walk_chain` takes its rows
+ROW_SELECT = "seq, " + ", ".join(COLUMNS) + ", prev_hash, hash, mac, record"
 
 
 @dataclass(frozen=True)
@@ -204,4 +208,68 @@ def check_record(
             return seq, f"column {name} does not match the record"
     if not signer.valid(mac, signer.record_mac(seq, digest)):
         return seq, "signature mismatch (record rewritten, or a different server secret)"
+    return None
+
+
+@dataclass(frozen=True)
+class ChainWalk:
+    """What :func:`walk_chain` found: ``records`` good links from seq 1, ``prev`` the last good hash,
+    ``hashes`` the hash at each seq it was asked to keep (0: genesis), the first bad record if any."""
+
+    records: int
+    prev: str
+    hashes: dict[int, str] = field(default_factory=dict)
+    bad_seq: int | None = None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def pages(fetch: Callable[[int], Sequence[tuple]]) -> Iterator[tuple]:
+    """Every row of a chain, a page at a time: ``fetch(last)`` returns the next rows after seq ``last``
+    (the first column), in seq order, and an empty page at the end."""
+    last = 0
+    while rows := fetch(last):
+        yield from rows
+        last = rows[-1][0]
+
+
+def walk_chain(
+    rows: Iterable[tuple], signer: Signer, chain: str | None = None, keep: Collection[Any] = ()
+) -> ChainWalk:
+    """Check stored rows (:data:`ROW_SELECT`, in seq order) as one chain from genesis, stopping at the first
+    bad record. ``keep``: seqs whose hash the caller will compare with a head. Reads nothing itself."""
+    prev, expected = GENESIS, 1
+    hashes = {0: GENESIS}
+    for row in rows:
+        seq, digest = row[0], row[9]
+        problem = check_record(
+            expected, prev, seq, row[1:8], row[8], digest, row[10], row[11], signer, chain=chain
+        )
+        if problem is not None:
+            return ChainWalk(expected - 1, prev, hashes, *problem)
+        prev = digest
+        expected += 1
+        if seq in keep:
+            hashes[seq] = digest
+    return ChainWalk(expected - 1, prev, hashes)
+
+
+def check_head(
+    walk: ChainWalk, label: str, count: Any, digest: Any, mac: Any, signer: Signer, *, covers_all: bool = True
+) -> tuple[int | None, str] | None:
+    """``(bad seq or None, reason)`` when a signed head (``label`` names it in the reason) does not pin the
+    intact chain ``walk``; ``covers_all``: the head must name every record (the head kept with the rows,
+    not a copy that may lag)."""
+    if not signer.valid(mac, signer.head_mac(count, str(digest))):
+        return None, f"{label} signature is invalid (forged, or a different server secret)"
+    n = walk.records
+    if count > n:
+        return n + 1, f"tail truncated after seq {n} ({label} says {count} records)"
+    if covers_all and count < n:
+        return count + 1, f"seq {count + 1} is not covered by the signed head"
+    if walk.hashes.get(count) != digest:
+        return count, f"hash does not match the {label}"
     return None

@@ -68,16 +68,19 @@ from distillguard.errors import UserError
 from distillguard.gateway.accounts import SQLiteConnections, gateway_secret, sqlite_dir
 from distillguard.gateway.chain import (
     GENESIS,
+    ROW_SELECT,
     LedgerEntry,
     Signer,
     VerifyReport,
     canonical_json,
     chain_hash,
-    check_record,
+    check_head,
     columns,
     link,
+    pages,
     prepare,
     sha256_text,
+    walk_chain,
 )
 from distillguard.gateway.ledger_export import parquet_schema, write_parquet
 from distillguard.gateway.pg import url_scheme
@@ -98,6 +101,7 @@ __all__ = [
 
 _BATCH = 1000
 _SLOT = 512  # bytes per head slot in the sidecar
+_ROW_SQL = f"SELECT {ROW_SELECT} FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?"
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS ledger (
@@ -461,33 +465,17 @@ class Ledger:
         try:
             head = conn.execute("SELECT count, hash, mac FROM ledger_head WHERE id = 1").fetchone()
             side_count = side.get("count") if isinstance(side, dict) else None
-            hashes: dict[int, str] = {0: GENESIS}
-            prev, expected, last = GENESIS, 1, 0
+            keep = {head[0] if head else None, side_count, older and older["count"]}
+            walk = walk_chain(
+                pages(lambda last: conn.execute(_ROW_SQL, (last, _BATCH)).fetchall()), self._signer, keep=keep
+            )
+            n = walk.records
 
-            def bad(seq: int | None, reason: str) -> VerifyReport:
-                return VerifyReport(False, expected - 1, seq, reason, prev, signed)
+            def bad(seq: int | None, reason: str | None) -> VerifyReport:
+                return VerifyReport(False, n, seq, reason, walk.prev, signed)
 
-            while True:
-                rows = conn.execute(
-                    "SELECT seq, ts, account, key_id, client_ip, decision, tier, tokens, prev_hash, hash,"
-                    " mac, record FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (last, _BATCH),
-                ).fetchall()
-                if not rows:
-                    break
-                for row in rows:
-                    seq, digest = row[0], row[9]
-                    last = seq
-                    problem = check_record(
-                        expected, prev, seq, row[1:8], row[8], digest, row[10], row[11], self._signer
-                    )
-                    if problem is not None:
-                        return bad(*problem)
-                    prev = digest
-                    expected += 1
-                    if seq in (head[0] if head else None, side_count, older and older["count"]):
-                        hashes[seq] = digest
-            n = expected - 1
+            if not walk.ok:
+                return bad(walk.bad_seq, walk.reason)
             if slot_problem is not None:
                 return bad(None, slot_problem)
             anchors: list[tuple[str, Any]] = [("database head", head), ("head file", side)]
@@ -508,15 +496,12 @@ class Ledger:
                     count, digest, mac = anchor.get("count"), anchor.get("hash"), anchor.get("mac")
                 else:
                     count, digest, mac = anchor
-                if signed and not hmac.compare_digest(str(mac or ""), self._head_mac(count, str(digest))):
-                    return bad(None, f"{label} signature is invalid (forged, or a different server secret)")
-                if count > n:
-                    return bad(n + 1, f"tail truncated after seq {n} ({label} says {count} records)")
-                if label == "database head" and count < n:
-                    return bad(count + 1, f"seq {count + 1} is not covered by the signed head")
-                if hashes.get(count) != digest:
-                    return bad(count, f"hash does not match the {label}")
-            return VerifyReport(True, n, None, None, prev, signed)
+                problem = check_head(
+                    walk, label, count, digest, mac, self._signer, covers_all=label == "database head"
+                )
+                if problem is not None:
+                    return bad(*problem)
+            return VerifyReport(True, n, None, None, walk.prev, signed)
         finally:
             conn.execute("COMMIT")
 

@@ -33,13 +33,16 @@ from typing import Any
 from distillguard.errors import UserError
 from distillguard.gateway.chain import (
     GENESIS,
+    ROW_SELECT,
     LedgerEntry,
     Signer,
     VerifyReport,
-    check_record,
+    check_head,
     columns,
     link,
+    pages,
     prepare,
+    walk_chain,
 )
 from distillguard.gateway.ledger_export import write_parquet
 from distillguard.gateway.pg import PostgresConnections
@@ -75,10 +78,7 @@ _SCHEMA = (
         mac TEXT NOT NULL
     )""",
 )
-_ROW_SQL = (
-    "SELECT seq, ts, account, key_id, client_ip, decision, tier, tokens, prev_hash, hash, mac, record"
-    " FROM ledger WHERE replica = ? AND seq > ? ORDER BY seq LIMIT ?"
-)
+_ROW_SQL = f"SELECT {ROW_SELECT} FROM ledger WHERE replica = ? AND seq > ? ORDER BY seq LIMIT ?"
 _INSERT_SQL = (
     "INSERT INTO ledger (replica, seq, ts, account, key_id, client_ip, decision, tier, tokens, prev_hash,"
     " hash, mac, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -283,40 +283,17 @@ class PostgresLedger:
 
     def _verify_chain(self, conn: Any, replica: str, head: tuple | None) -> VerifyReport:
         signer = Signer(self._secret, chain=replica)
-        prev, expected, last = GENESIS, 1, 0
-        hashes = {0: GENESIS}
-
-        def bad(seq: int | None, reason: str) -> VerifyReport:
+        rows = pages(lambda last: conn.execute(_ROW_SQL, (replica, last, _BATCH)).fetchall())
+        walk = walk_chain(rows, signer, chain=replica, keep=() if head is None else (head[0],))
+        if not walk.ok:
+            problem: tuple[int | None, str] | None = (walk.bad_seq, walk.reason or "")
+        elif head is None:
+            problem = None, "head is missing"
+        else:
+            problem = check_head(walk, "head", *head, signer)
+        if problem is not None:
+            seq, reason = problem
             return VerifyReport(
-                False, expected - 1, seq, f"chain {replica}: {reason}", prev, signer.signed, replica
+                False, walk.records, seq, f"chain {replica}: {reason}", walk.prev, signer.signed, replica
             )
-
-        while True:
-            rows = conn.execute(_ROW_SQL, (replica, last, _BATCH)).fetchall()
-            if not rows:
-                break
-            for row in rows:
-                seq, digest = row[0], row[9]
-                last = seq
-                problem = check_record(
-                    expected, prev, seq, row[1:8], row[8], digest, row[10], row[11], signer, chain=replica
-                )
-                if problem is not None:
-                    return bad(*problem)
-                prev = digest
-                expected += 1
-                if head is not None and seq == head[0]:
-                    hashes[seq] = digest
-        n = expected - 1
-        if head is None:
-            return bad(None, "head is missing")
-        count, digest, mac = head
-        if not signer.valid(mac, signer.head_mac(count, digest)):
-            return bad(None, "head signature is invalid (forged, or a different server secret)")
-        if count > n:
-            return bad(n + 1, f"tail truncated after seq {n} (the head says {count} records)")
-        if count < n:
-            return bad(count + 1, f"seq {count + 1} is not covered by the signed head")
-        if hashes.get(count) != digest:
-            return bad(count, "hash does not match the head")
-        return VerifyReport(True, n, None, None, prev, signer.signed, replica)
+        return VerifyReport(True, walk.records, None, None, walk.prev, signer.signed, replica)

@@ -425,6 +425,9 @@ def test_admin_api(tmp_path):
         assert acct["tier_history"][-1]["actor"] == "admin-api"
         verify = httpx.get(url + "/ledger/verify", headers=h).json()
         assert verify["ok"] is True and verify["records"] >= 4
+        assert [(c["chain"], c["ok"], c["records"]) for c in verify["chains"]] == [
+            (None, True, verify["records"])
+        ]
     with start(state_dir=tmp_path / "b", backend="stub", admin_token=None) as g:
         r = httpx.get(g.base_url + "/admin/accounts", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
         assert r.status_code == 404 and r.json()["error"]["code"] == "admin_disabled"

@@ -10,11 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psycopg
+import pytest
 
 from distillguard.cli import main
 from distillguard.gateway.accounts import open_account_store
 from distillguard.gateway.ledger_pg import PostgresLedger
-from gateway_server import ADMIN_TOKEN, TEST_SECRET, gateway_settings, start_process
+from gateway_server import ADMIN_TOKEN, TEST_SECRET, gateway_settings, start, start_process
 
 
 def _ask(base_url: str, key: str) -> httpx.Response:
@@ -76,3 +78,53 @@ def test_two_replicas_share_accounts_ledger_and_limits(
     assert main(["ledger", "verify", "--json"]) in (0, None)
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and [c["chain"] for c in report["chains"]] == ["gw-a", "gw-b"]
+
+
+def test_admin_and_cli_verify_report_every_chain(
+    postgres_url: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Two broken chains and an intact one: /admin/ledger/verify and `ledger verify` report all three."""
+    settings = gateway_settings(tmp_path, backend="stub", database_url=postgres_url, replica_id="gw-a")
+    others = [PostgresLedger(postgres_url, TEST_SECRET.encode(), replica=r) for r in ("gw-b", "gw-c")]
+    with start(settings) as g:
+        store = open_account_store(postgres_url, TEST_SECRET.encode())
+        key, _ = store.create_key("alice")
+        store.close()
+        assert [_ask(g.base_url, key).status_code for _ in range(3)] == [200, 200, 200]
+        for i, ledger in enumerate(others):
+            for j in range(4):
+                ledger.append({"ts": 1_700_000_000.0 + j, "decision": "admitted", "account": f"u{i}"})
+            ledger.close()
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute("UPDATE ledger SET tokens = 999 WHERE replica = 'gw-a' AND seq = 2")
+            conn.execute("DELETE FROM ledger WHERE replica = 'gw-c' AND seq = 4")
+        r = httpx.get(g.base_url + "/admin/ledger/verify", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert r.status_code == 200, r.text
+        report = r.json()
+    chains = {c["chain"]: c for c in report["chains"]}
+    assert [(c["chain"], c["ok"], c["records"], c["first_bad_seq"]) for c in report["chains"]] == [
+        ("gw-a", False, 1, 2),
+        ("gw-b", True, 4, None),
+        ("gw-c", False, 3, 4),
+    ]
+    assert chains["gw-a"]["reason"] == "chain gw-a: column tokens does not match the record"
+    assert chains["gw-c"]["reason"].startswith("chain gw-c: tail truncated after seq 3")
+    assert chains["gw-b"]["signed"] and chains["gw-b"]["head_hash"]
+    # the top-level fields are the first bad chain's, as before there were several
+    assert (report["ok"], report["first_bad_seq"], report["reason"]) == (False, 2, chains["gw-a"]["reason"])
+
+    monkeypatch.setenv("DISTILLGUARD_DATABASE_URL", postgres_url)
+    monkeypatch.setenv("DISTILLGUARD_SECRET", TEST_SECRET)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ledger", "verify"])
+    assert exit_info.value.code == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["chain gw-b intact: 4 records"]
+    assert err.splitlines() == [
+        "error: ledger record 2: chain gw-a: column tokens does not match the record",
+        "error: ledger record 4: chain gw-c: tail truncated after seq 3 (head says 4 records)",
+    ]
+    with pytest.raises(SystemExit):
+        main(["ledger", "verify", "--json"])
+    assert json.loads(capsys.readouterr().out)["chains"] == report["chains"]

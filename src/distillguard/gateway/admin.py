@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from distillguard.errors import UserError
+from distillguard.gateway.chain import chains_json
 from distillguard.gateway.http_limits import admin_refusal
 from distillguard.gateway.limits import Limits
 from distillguard.gateway.protocol import APIError
@@ -128,14 +129,6 @@ def add_admin_routes(app: FastAPI, gw: Any) -> None:
 
     @app.get("/admin/ledger/verify", dependencies=admin, summary="Verify the ledger's hash chain")
     async def admin_verify() -> Response:
-        report = await anyio.to_thread.run_sync(gw.ledger.verify)
-        return json_response(
-            {
-                "ok": report.ok,
-                "records": report.records,
-                "first_bad_seq": report.first_bad_seq,
-                "reason": report.reason,
-                "head_hash": report.head_hash,
-                "signed": report.signed,
-            }
-        )
+        """Every chain's status (a shared ledger has one per replica) and, at the top, the first bad one's."""
+        reports = await anyio.to_thread.run_sync(gw.ledger.verify_chains)
+        return json_response(chains_json(reports))

@@ -55,6 +55,28 @@ class VerifyReport:
     chain: str | None = None
 
 
+def overall(reports: Sequence[VerifyReport], signed: bool | None = None) -> VerifyReport:
+    """One report for a ledger of several chains: the first bad chain's report (its reason names the chain),
+    else intact with every chain's records counted. ``signed`` (default: every chain's) for no chains."""
+    for r in reports:
+        if not r.ok:
+            return r
+    signed = bool(reports) and all(r.signed for r in reports) if signed is None else signed
+    return VerifyReport(True, sum(r.records for r in reports), None, None, None, signed)
+
+
+def chains_json(reports: Sequence[VerifyReport], signed: bool | None = None) -> dict[str, Any]:
+    """A verification as JSON: the overall report's fields (:func:`overall`) and ``chains``, every chain's
+    status (``chain``: its replica, None for an embedded ledger's single chain; ``ok``, ``records``,
+    ``first_bad_seq``, ``reason``, ``head_hash``, ``signed``)."""
+    fields = ("ok", "records", "first_bad_seq", "reason", "head_hash", "signed")
+    out: dict[str, Any] = {f: getattr(overall(reports, signed), f) for f in fields}
+    if len(reports) == 1:
+        out["head_hash"] = reports[0].head_hash
+    out["chains"] = [{"chain": r.chain, **{f: getattr(r, f) for f in fields}} for r in reports]
+    return out
+
+
 def canonical_json(record: Any) -> str:
     """The one byte-exact serialization that is hashed and stored."""
     try:

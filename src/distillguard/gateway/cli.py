@@ -346,34 +346,29 @@ def _ledger(config_path: Path | None):  # -> LedgerStore, closed when the comman
 def ledger_verify(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Check the hash chain, signatures and head; exit 1 naming the first bad record if tampered.
 
-    A shared (PostgreSQL) ledger has one chain per replica: each is checked, and each bad one is named."""
-    from dataclasses import asdict
-
+    A shared (PostgreSQL) ledger has a chain per replica: each is checked and reported, each bad one named."""
+    from distillguard.gateway.chain import chains_json
     from distillguard.gateway.pg import mask_url
 
     ledger = _ledger(config)
-    chains = ledger.verify_chains() if hasattr(ledger, "verify_chains") else None
-    report = ledger.verify() if chains is None else None
-    if chains is not None:
-        if as_json:
-            _print_json({"ok": all(r.ok for r in chains), "chains": [asdict(r) for r in chains]})
-        elif all(r.ok for r in chains):
-            total = sum(r.records for r in chains)
-            typer.echo(f"ledger intact: {total} records in {len(chains)} chains")
-        bad = [r for r in chains if not r.ok]
-        for r in bad:
-            where = f"record {r.first_bad_seq}" if r.first_bad_seq is not None else mask_url(ledger.url)
-            print(f"error: ledger {where}: {r.reason}", file=sys.stderr)
-        if bad:
-            sys.exit(1)
-        return
+    reports = ledger.verify_chains()
+    bad = [r for r in reports if not r.ok]
     if as_json:
-        _print_json(asdict(report))
-    elif report.ok:
-        typer.echo(f"ledger intact: {report.records} records, head {(report.head_hash or '')[:16]}")
-    if not report.ok:
-        where = f"record {report.first_bad_seq}" if report.first_bad_seq is not None else str(ledger.path)
-        print(f"error: ledger {where}: {report.reason}", file=sys.stderr)
+        _print_json(chains_json(reports))
+    elif not bad and len(reports) == 1 and reports[0].chain is None:
+        r = reports[0]
+        typer.echo(f"ledger intact: {r.records} records, head {(r.head_hash or '')[:16]}")
+    elif not bad:
+        typer.echo(f"ledger intact: {sum(r.records for r in reports)} records in {len(reports)} chains")
+    else:
+        for r in reports:
+            if r.ok:
+                typer.echo(f"chain {r.chain} intact: {r.records} records")
+    for r in bad:
+        db = str(ledger.path) if hasattr(ledger, "path") else mask_url(ledger.url)
+        where = f"record {r.first_bad_seq}" if r.first_bad_seq is not None else db
+        print(f"error: ledger {where}: {r.reason}", file=sys.stderr)
+    if bad:
         sys.exit(1)  # not typer.Exit: in main()'s non-standalone mode click returns its code instead
 
 

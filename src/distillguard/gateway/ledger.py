@@ -156,6 +156,11 @@ class LedgerStore(Protocol):
         """Walk every chain; name the first bad record (of the first bad chain)."""
         ...
 
+    def verify_chains(self) -> list[VerifyReport]:
+        """Walk every chain in one read snapshot: one report per chain (its status, records and first bad
+        record), so one broken chain does not hide another."""
+        ...
+
     def recover(self) -> int | None:
         """Repair what a crash between a commit and a side write can leave behind (None: nothing)."""
         ...
@@ -454,6 +459,10 @@ class Ledger:
             return self._verify()
         except sqlite3.DatabaseError as exc:
             return VerifyReport(False, 0, None, f"database unreadable: {exc}", None, self._signer.signed)
+
+    def verify_chains(self) -> list[VerifyReport]:
+        """The one chain's report (the protocol's per-chain view of an embedded ledger)."""
+        return [self.verify()]
 
     def _verify(self) -> VerifyReport:
         signed = self._signer.signed

@@ -40,6 +40,7 @@ from distillguard.gateway.chain import (
     check_head,
     columns,
     link,
+    overall,
     pages,
     prepare,
     walk_chain,
@@ -264,11 +265,7 @@ class PostgresLedger:
     def verify(self) -> VerifyReport:
         """Every chain checked; the first bad chain's report (its reason names the chain), else one report
         for the whole ledger."""
-        reports = self.verify_chains()
-        for r in reports:
-            if not r.ok:
-                return r
-        return VerifyReport(True, sum(r.records for r in reports), None, None, None, self._signer.signed)
+        return overall(self.verify_chains(), self._signer.signed)
 
     def verify_chains(self) -> list[VerifyReport]:
         """One report per chain (by replica), all read in one snapshot."""

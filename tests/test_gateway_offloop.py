@@ -4,6 +4,7 @@ needs (a migration's ``LOCK TABLE`` on PostgreSQL, a writer's ``BEGIN IMMEDIATE`
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -14,7 +15,9 @@ import psycopg
 import pytest
 
 from distillguard.gateway.accounts import open_account_store
+from distillguard.gateway.ledger import Ledger
 from distillguard.gateway.ledger_pg import PostgresLedger
+from distillguard.gateway.ledger_writer import LedgerWriter
 from gateway_server import TEST_SECRET, gateway_settings, start
 
 
@@ -84,3 +87,19 @@ def test_a_locked_sqlite_ledger_does_not_stall_the_loop(tmp_path: Path) -> None:
         assert slow.result(timeout=10).status_code == 200
         report = g.ledger().verify()
         assert report.ok and report.records == 2
+
+
+def test_the_writer_commits_in_call_order_and_groups_commits(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.db", secret=b"k" * 32)
+    writer = LedgerWriter(ledger)
+
+    async def run() -> None:
+        await asyncio.gather(*(writer.append({"decision": "admitted", "i": i}) for i in range(200)))
+        writer.append_now({"decision": "refused", "i": 200})  # a cleanup path: queued behind, not awaited
+        await writer.aclose()
+
+    asyncio.run(run())
+    assert [r["i"] for r in ledger.iter_records()] == list(range(201))
+    assert writer.records == 200 and writer.batches <= 2  # one transaction for a burst, not 200
+    assert ledger.verify().ok
+    ledger.close()

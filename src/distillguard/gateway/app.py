@@ -22,6 +22,10 @@ through the one error path of :mod:`errorpath`, before it is answered; failures,
    got an answer can count on its record surviving a crash of the gateway; a stream also has a
    ``stream_started`` record before its first byte.
 
+The account store (2) and the ledger (8) are databases: their calls run in worker threads (account-store
+threads; one ledger writer thread, so commits stay grouped and in order), never on the event loop, so a slow
+or locked database holds up only the requests waiting for it.
+
 ``create_app`` builds everything from :class:`GatewaySettings`; tests and the benchmark may pass ready-made
 components (a stub backend, a store on a temp dir) instead.
 """

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from distillguard.monitor.features import FEATURE_NAMES, FEATURES, RATE_FEATURES
+from distillguard.monitor.nearest import BlockIndex
 
 # --------------------------------------------------------------------------------------------------
 # PRADA
@@ -292,36 +293,28 @@ class Calibration:
                 rows_of.setdefault(a, []).append(i)
         conflicts = [sorted({j for a in x for j in rows_of[a]}) for x in ids]
 
-        def allowed(i: int) -> np.ndarray:
-            ok = grp != grp[i]
-            ok[conflicts[i]] = False
-            return ok
-
         # Local unit scales: the typical difference between a benign entity and its nearest benign neighbour
         # (within-kind noise), not the spread across kinds, which the nearest-profile comparison absorbs.
-        # Computed in row chunks: memory stays O(chunk x n), never O(n^2 x features).
+        # Each row's nearest allowed neighbour comes from a block index (exact, without comparing all pairs).
         mad = np.nanmedian(np.abs(tr - center), axis=0) * 1.4826
         scale0 = np.maximum(np.where(np.isfinite(mad), mad, 0.0), units)
         z0 = np.where(np.isfinite(tr), (tr - center) / scale0, 0.0)
-        sq = (z0 * z0).sum(axis=1)
-        nn = np.empty(n, dtype=np.int64)
-        for lo in range(0, n, 256):
-            hi = min(n, lo + 256)
-            d2 = sq[lo:hi, None] + sq[None, :] - 2.0 * (z0[lo:hi] @ z0.T)
-            for r in range(lo, hi):
-                d2[r - lo, ~allowed(r)] = np.inf
-            nn[lo:hi] = np.argmin(d2, axis=1)
+        excl = [np.asarray(c, dtype=np.int64) for c in conflicts]
+        index0 = BlockIndex(z0, groups=grp)
+        nn = np.array([index0.euclid_nn(z0[i], excl[i], int(grp[i])) for i in range(n)], dtype=np.int64)
+        nn = np.where(nn >= 0, nn, np.arange(n))  # nobody allowed: no local difference from this row
         diff = np.abs(tr - tr[nn])
         local = np.nanmedian(diff, axis=0) * 1.4826
         scale = np.maximum(np.where(np.isfinite(local), local, 0.0), units)
         z = (tr - center) / scale
         cal = cls(names, center, scale, raw, z, ids, np.zeros(0), 0.0, 1.0, 1.0, k, source, min_beta)
+        cal._index = BlockIndex(z, groups=grp)
         # the null is over single accounts (what p-values are quoted for); pooled rows serve as neighbours
         single = [i for i in range(n) if len(ids[i]) == 1] or list(range(n))
-        if len(single) > NULL_SAMPLE:  # each draw costs O(n): a seeded subsample keeps the fit O(n)
+        if len(single) > NULL_SAMPLE:  # a seeded subsample: the null's quantiles need no more draws
             pick = np.random.default_rng(0).choice(len(single), NULL_SAMPLE, replace=False)
             single = [single[i] for i in np.sort(pick)]
-        loo = np.array([cal._knn(z[i], allowed(i))[0] for i in single])
+        loo = np.array([cal._index.orthant_kth(z[i], k, excl[i], int(grp[i]))[0] for i in single])
         cal.null = np.sort(loo[np.isfinite(loo)])
         cal._fit_tail()
         return cal
@@ -377,7 +370,9 @@ class Calibration:
         ex = z[None, :] - self.reference_z
         return np.where(np.isfinite(ex), np.maximum(ex, 0.0), 0.0)
 
-    def _knn(self, z: np.ndarray, allowed: np.ndarray) -> tuple[float, int]:
+    def _knn_brute(self, z: np.ndarray, allowed: np.ndarray) -> tuple[float, int]:
+        """The ``k``-th nearest allowed profile by comparing with every reference row: ``O(R)`` per query.
+        The reference :meth:`_knn` must agree with (tests compare them)."""
         d = np.sqrt((self._excess(z) ** 2).sum(axis=1))
         d = np.where(allowed, d, np.inf)
         if not np.isfinite(d).any():
@@ -386,6 +381,31 @@ class Calibration:
         idx = np.argpartition(d, k - 1)[:k]
         kth = idx[np.argmax(d[idx])]
         return float(d[kth]), int(kth)
+
+    @property
+    def index(self) -> BlockIndex:
+        idx = self.__dict__.get("_index")
+        if idx is None:
+            idx = self.__dict__["_index"] = BlockIndex(self.reference_z)
+        return idx
+
+    def _knn(self, z: np.ndarray, exclude: np.ndarray | None = None) -> tuple[float, int]:
+        """The ``k``-th nearest profile but the ``exclude``d rows: distance and row (exact, block index)."""
+        return self.index.orthant_kth(z, self.k, exclude)
+
+    def _percentile(self, f_i: int, value: float) -> float:
+        """Fraction of the reference's defined values of feature ``f_i`` at or below ``value``."""
+        cols = self.__dict__.get("_sorted_cols")
+        if cols is None:
+            cols = self.__dict__["_sorted_cols"] = [
+                np.sort(c[np.isfinite(c)]) for c in np.asarray(self.reference).T
+            ]
+        col = cols[f_i]
+        if not len(col):
+            return float("nan")
+        if math.isnan(value):
+            return 0.0
+        return float(np.searchsorted(col, value, side="right") / len(col))
 
     def _rows_of(self) -> dict[str, list[int]]:
         cache = getattr(self, "_rows_cache", None)
@@ -424,24 +444,21 @@ class Calibration:
     ) -> Assessment:
         """Score one entity against the reference (never against itself or ``exclude``d accounts)."""
         z = self.z(features)
-        allowed = np.ones(len(self.reference_ids), dtype=bool)
         rows_of = self._rows_of()
-        for a in set(accounts) | set(exclude):
-            allowed[rows_of.get(a, [])] = False
-        score, j = self._knn(z, allowed)
+        out = [r for a in set(accounts) | set(exclude) for r in rows_of.get(a, ())]
+        score, j = self._knn(z, np.unique(np.asarray(out, dtype=np.int64)))
         p = self.p_value(score)
         reasons: list[dict[str, Any]] = []
         if j >= 0:
-            ex = self._excess(z)[j]
+            ex = z - self.reference_z[j]
+            ex = np.where(np.isfinite(ex), np.maximum(ex, 0.0), 0.0)
             order = np.argsort(-ex)
             for f_i in order[:top]:
                 if ex[f_i] <= 0.5:
                     break
                 name = self.features[f_i]
                 value = features.get(name, float("nan"))
-                col = self.reference[:, f_i]
-                col = col[np.isfinite(col)]
-                pct = float((col <= value).mean()) if len(col) else float("nan")
+                pct = self._percentile(int(f_i), value)
                 near = float(self.reference[j, f_i])
                 reasons.append(
                     {

@@ -1,0 +1,151 @@
+"""The block index behind the nearest-benign-profile score gives the same answers as comparing every pair:
+the index itself against a full scan, and a calibration fitted and queried through it against the
+pairwise fit it replaced (kept here as the reference)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from distillguard.monitor.detectors import _UNITS, NULL_SAMPLE, Calibration, _transform
+from distillguard.monitor.features import FEATURE_NAMES
+from distillguard.monitor.nearest import BlockIndex, orthant_distances
+
+
+def _brute_kth(x, z, k, allowed):
+    zq = np.where(np.isnan(z), -np.inf, z)
+    ref = np.where(np.isnan(x), np.inf, x)
+    with np.errstate(invalid="ignore"):
+        d = orthant_distances(zq, ref)
+    d = np.where(allowed, d, np.inf)
+    fin = np.isfinite(d)
+    if not fin.any():
+        return float("nan")
+    return float(np.sort(d[fin])[min(k, int(fin.sum())) - 1])
+
+
+def test_block_index_equals_a_full_scan_with_nans_ties_groups_and_exclusions():
+    rng = np.random.default_rng(5)
+    n, f = 1500, 9
+    x = rng.normal(size=(n, f)) * rng.uniform(0.2, 3.0, size=f)
+    x[:, 3] = np.round(x[:, 3])  # many ties
+    x[rng.random((n, f)) < 0.05] = np.nan  # undefined features
+    x[100:400] = x[100] + rng.normal(scale=0.01, size=(300, f))  # a tight campaign ...
+    groups = np.arange(n)
+    groups[100:400] = -7  # ... that may not vouch for itself
+    idx = BlockIndex(x, groups=groups, block=16)
+    for q in rng.choice(n, 200, replace=False):
+        z = x[q] + rng.normal(scale=0.5, size=f)
+        z[rng.random(f) < 0.1] = np.nan
+        excl = np.unique(np.append(rng.choice(n, 5), q))
+        for k in (1, 3):
+            allowed = groups != groups[q]
+            allowed[excl] = False
+            d, row = idx.orthant_kth(z, k, excl, int(groups[q]))
+            assert d == _brute_kth(x, z, k, allowed)
+            assert allowed[row]
+            allowed = np.ones(n, dtype=bool)
+            allowed[excl] = False
+            assert idx.orthant_kth(z, k, excl)[0] == _brute_kth(x, z, k, allowed)
+    # Euclidean nearest neighbour (finite rows), lowest row on ties, as argmin over the full matrix
+    xf = np.nan_to_num(x)
+    idx = BlockIndex(xf, groups=groups, block=16)
+    sq = (xf * xf).sum(axis=1)
+    for q in rng.choice(n, 200, replace=False):
+        d2 = sq[q] + sq - 2.0 * (xf @ xf[q])
+        d2[groups == groups[q]] = np.inf
+        want = int(np.argmin(d2))
+        got = idx.euclid_nn(xf[q], np.array([q]), int(groups[q]))
+        assert got == want or d2[got] == pytest.approx(d2[want], rel=1e-12, abs=1e-12)
+    # nothing allowed
+    assert np.isnan(BlockIndex(x[:3]).orthant_kth(x[0], 1, np.arange(3))[0])
+
+
+def pairwise_fit(rows, *, k, source, groups=None, features=None, min_beta=0.05):
+    """The calibration as it was fitted before the block index: every pair compared (reference only)."""
+    names = tuple(features) if features is not None else FEATURE_NAMES
+    raw = np.array([[r[1].get(f, np.nan) for f in names] for r in rows], dtype=np.float64)
+    tr = np.column_stack([_transform(f, raw[:, j]) for j, f in enumerate(names)])
+    center = np.nanmedian(tr, axis=0)
+    center = np.where(np.isfinite(center), center, 0.0)
+    units = np.array([_UNITS[f] for f in names])
+    ids = [tuple(r[0]) for r in rows]
+    grp = np.asarray(groups if groups is not None else np.arange(len(rows)))
+    n = len(rows)
+    rows_of: dict[str, list[int]] = {}
+    for i, x in enumerate(ids):
+        for a in x:
+            rows_of.setdefault(a, []).append(i)
+    conflicts = [sorted({j for a in x for j in rows_of[a]}) for x in ids]
+
+    def allowed(i):
+        ok = grp != grp[i]
+        ok[conflicts[i]] = False
+        return ok
+
+    mad = np.nanmedian(np.abs(tr - center), axis=0) * 1.4826
+    scale0 = np.maximum(np.where(np.isfinite(mad), mad, 0.0), units)
+    z0 = np.where(np.isfinite(tr), (tr - center) / scale0, 0.0)
+    sq = (z0 * z0).sum(axis=1)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (z0 @ z0.T)
+    for r in range(n):
+        d2[r, ~allowed(r)] = np.inf
+    nn = np.argmin(d2, axis=1)
+    local = np.nanmedian(np.abs(tr - tr[nn]), axis=0) * 1.4826
+    scale = np.maximum(np.where(np.isfinite(local), local, 0.0), units)
+    z = (tr - center) / scale
+    cal = Calibration(names, center, scale, raw, z, ids, np.zeros(0), 0.0, 1.0, 1.0, k, source, min_beta)
+    single = [i for i in range(n) if len(ids[i]) == 1] or list(range(n))
+    assert len(single) <= NULL_SAMPLE
+    loo = np.array([cal._knn_brute(z[i], allowed(i))[0] for i in single])
+    cal.null = np.sort(loo[np.isfinite(loo)])
+    cal._fit_tail()
+    return cal
+
+
+def _population(rng, n):
+    """Feature rows of several kinds of account (with undefined features and a linked campaign)."""
+    kinds = rng.choice(5, size=n, p=[0.6, 0.15, 0.1, 0.05, 0.1])
+    means = rng.normal(size=(5, len(FEATURE_NAMES))) * 0.6
+    rows, groups = [], []
+    for i, kd in enumerate(kinds):
+        v = means[kd] + rng.normal(scale=0.15 if kd == 4 else 0.3, size=len(FEATURE_NAMES))
+        feats = {}
+        for j, f in enumerate(FEATURE_NAMES):
+            if rng.random() < 0.03:
+                continue  # undefined
+            feats[f] = float(1 / (1 + np.exp(-v[j]))) if f.endswith("_rate") else float(v[j])
+        rows.append(((f"a{i}",), feats))
+        groups.append(n + 1 if kd == 4 else i)  # kind 4: one linked campaign
+    # pooled cluster rows (their members never vouch for them)
+    camp = [f"a{i}" for i in np.nonzero(kinds == 4)[0][:6]]
+    rows.append((tuple(camp), rows[int(camp[0][1:])][1]))
+    groups.append(n + 2)
+    return rows, groups
+
+
+@pytest.mark.parametrize("k,source", [(3, "population"), (1, "reference")])
+def test_calibration_through_the_index_equals_the_pairwise_fit(k, source):
+    rng = np.random.default_rng(11)
+    rows, groups = _population(rng, 700)
+    new = Calibration.fit(rows, k=k, source=source, groups=groups)
+    old = pairwise_fit(rows, k=k, source=source, groups=groups)
+    np.testing.assert_allclose(new.scale, old.scale, rtol=1e-12)
+    np.testing.assert_allclose(new.null, old.null, rtol=1e-12, atol=1e-12)
+    assert (new.tail_u, new.tail_p) == pytest.approx((old.tail_u, old.tail_p), rel=1e-12)
+    assert new.tail_beta == pytest.approx(old.tail_beta, rel=1e-12)
+    for i, (ids, feats) in enumerate(rows[:300]):
+        excl = {f"a{j}" for j in range(i, i + 4)}
+        a_new = new.assess(ids, 100, feats, exclude=excl)
+        allowed = np.ones(len(rows), dtype=bool)
+        for r, (rid, _) in enumerate(rows):
+            if set(rid) & (set(ids) | excl):
+                allowed[r] = False
+        score, j = old._knn_brute(old.z(feats), allowed)
+        assert a_new.score == pytest.approx(score, rel=1e-12, abs=1e-12)
+        assert a_new.p_value == pytest.approx(old.p_value(score), rel=1e-9, abs=1e-12)
+    # the restricted look is the same fit on fewer features
+    sub = ("cot_rate", "identity_rate", "coverage", "novelty")
+    np.testing.assert_allclose(
+        new.restrict(sub).null, pairwise_fit(rows, k=k, source=source, features=sub, min_beta=1.0).null
+    )

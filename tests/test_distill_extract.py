@@ -20,6 +20,8 @@ def test_query_plan_puts_the_reference_in_every_group():
         ex.query_plan([1, 2], 1, 1)
     assert ex.relative_logits({1: -2.0, 2: -3.5, 3: -1.0}, 1) == {2: -1.5, 3: 1.0}
     assert ex.relative_logits({2: -3.5}, 1) == {}
+    # a token the request did not bias (room left in top_logprobs by a short group) is not read
+    assert ex.relative_logits({1: -2.0, 2: -3.5, 3: -101.0}, 1, [1, 2]) == {2: -1.5}
 
 
 @pytest.mark.parametrize("hidden", [8, 24, 61])
@@ -57,6 +59,46 @@ def test_the_attack_recovers_the_teachers_hidden_size_through_our_gateway(tiny_w
     assert report["subspace_error"] < 1e-2 and report["drop_ratio"] > 100
     assert report["queries"] == 110 * 6 and report["failed"] == 0  # 114 tokens, 19 per request
     assert report["prompt_tokens"] > 0 and report["completion_tokens"] == report["queries"]
+
+
+def test_rows_read_through_the_gateway_are_the_exact_relative_logits(tiny_world, tmp_path):
+    """A short last group (1 token + the reference, top 20) lets the model's own top tokens surface unbiased
+    in top_logprobs; biased earlier in the row, their entries must keep the biased reading (was: overwritten
+    by the unbiased one, 100 off, which hid the default teacher's hidden size)."""
+    import asyncio
+
+    import torch
+
+    import gateway_server
+    from distillguard.gateway.local import LocalBackend
+    from distillguard.text.prompts import load_pool
+
+    local = LocalBackend(tiny_world.teacher, watermarked=False)
+    table, clash = ex._token_map(local.tokenizer)
+    readable = [t for b, t in table.items() if t not in clash and table.get(local.piece(t).encode()) == t]
+    prompts = load_pool(tiny_world.prompts)[:3]
+    with torch.inference_mode():
+        logits = np.stack([
+            local.model(input_ids=torch.tensor([local.chat_prompt([{"role": "user", "content": p}]).ids]))
+            .logits[0, -1].double().numpy()
+            for p in prompts
+        ])  # fmt: skip
+    by_rank = sorted(readable, key=lambda t: -logits[0, t])
+    reference, tokens = by_rank[100], [by_rank[100], *by_rank[:19], by_rank[200]]  # groups of 20, then 2
+    with gateway_server.start(
+        model=str(tiny_world.teacher),
+        state_dir=tmp_path / "gw",
+        watermark=False,
+        logprobs_after_bias=True,
+        logprob_decimals=None,
+    ) as gw:
+        key = gw.create_key("attacker", rpm=1_000_000)
+        rows, stats = asyncio.run(
+            ex._run(gw.base_url + "/v1", key, None, prompts, tokens, reference, 20, table, None, 4)
+        )
+    assert stats["queries"] == 3 * 2 and stats["missing"] == 0
+    exact = logits[:, tokens] - logits[:, [reference]]
+    assert np.abs(rows - exact).max() < 1e-3
 
 
 def test_bad_targets_are_one_line_errors(tiny_world, capsys):

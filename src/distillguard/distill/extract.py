@@ -59,12 +59,19 @@ def query_plan(tokens: Sequence[int], reference: int, k: int) -> list[list[int]]
     return [[int(reference), *others[i : i + k - 1]] for i in range(0, len(others), k - 1)]
 
 
-def relative_logits(entries: dict[int, float], reference: int) -> dict[int, float]:
-    """Logits relative to the reference token from one response's ``{token id: logprob}``."""
+def relative_logits(
+    entries: dict[int, float], reference: int, biased: Sequence[int] | None = None
+) -> dict[int, float]:
+    """Logits relative to the reference token from one response's ``{token id: logprob}``.
+
+    With ``biased`` (the request's group), only those tokens count: a group of fewer than ``k`` tokens (the
+    last of a plan) leaves room in ``top_logprobs`` for tokens the request did not bias, and their logprobs
+    lack the bias (their difference to the reference is off by ``-BIAS``)."""
     if reference not in entries:
         return {}
     ref = entries[reference]
-    return {t: lp - ref for t, lp in entries.items() if t != reference}
+    keep = None if biased is None else {int(t) for t in biased}
+    return {t: lp - ref for t, lp in entries.items() if t != reference and (keep is None or t in keep)}
 
 
 def singular_spectrum(matrix: np.ndarray) -> np.ndarray:
@@ -197,7 +204,7 @@ async def _run(
                 groups = [[reference, *(t for t in tokens if t != reference)]]
             for group, ans in zip(groups, answers, strict=True):
                 seen = {table[b]: lp for b, lp in ans or [] if b in table}
-                rel = relative_logits(seen, reference)
+                rel = relative_logits(seen, reference, group)
                 stats["missing"] += sum(1 for t in group[1:] if t not in rel)
                 for t, v in rel.items():
                     if t in col:

@@ -149,3 +149,60 @@ def test_calibration_through_the_index_equals_the_pairwise_fit(k, source):
     np.testing.assert_allclose(
         new.restrict(sub).null, pairwise_fit(rows, k=k, source=source, features=sub, min_beta=1.0).null
     )
+
+
+def pairwise_rate_p(null, queries, features, keep):
+    """The elicitation look's p-value as it was computed: every kept reference row's binomial tail."""
+    from scipy.stats import binom
+
+    n, best, texts = max(int(queries), 1), 1.0, []
+    for j, f in enumerate(null.features):
+        rate = features.get(f, float("nan"))
+        if not np.isfinite(rate) or not keep.any():
+            continue
+        k = int(round(rate * (n + 20.0)))
+        if k <= 0:
+            continue
+        p = float(np.mean(binom.sf(k - 1, n, null.upper[keep, j])))
+        best = min(best, p)
+        if p <= 0.05:
+            obs = null.k[keep, j] / np.maximum(null.n[keep], 1.0)
+            texts.append((f, float((obs <= k / n).mean()), float(obs.max())))
+    return min(1.0, len(null.features) * best), texts
+
+
+def test_elicitation_counts_by_distinct_rate_equal_the_sum_over_every_row():
+    from distillguard.monitor.detectors import ELICITATION, RateNull
+
+    rng = np.random.default_rng(4)
+    rows = []
+    for i in range(900):
+        hot = i % 9 == 0
+        feats = {"log_queries": float(rng.uniform(2.0, 3.5))}
+        for f in ELICITATION:
+            feats[f] = float(rng.beta(2, 8) if hot else (rng.random() < 0.2) * rng.beta(1, 30))
+        rows.append(((f"a{i}",), feats))
+    null = RateNull.from_calibration(Calibration.fit(rows, k=3, source="population"))
+    assert len(np.unique(null.upper[:, 0])) < len(rows)  # shared rates are summed once
+    smallest = 1.0
+    for i in range(0, 900, 7):
+        ids, feats = rows[i]
+        excl = {f"a{(i + 1) % 900}", f"a{(i + 2) % 900}"}
+        keep = np.array([not ({r[0][0]} & ({ids[0]} | excl)) for r in rows])
+        queries = int(round(10 ** feats["log_queries"]))
+        got = null.assess(ids, queries, feats, exclude=excl)
+        want, texts = pairwise_rate_p(null, queries, feats, keep)
+        assert got.p_value == pytest.approx(want, rel=1e-9, abs=1e-300)
+        assert {r["feature"] for r in got.reasons} == {t[0] for t in texts}
+        smallest = min(smallest, got.p_value)
+        for r in got.reasons:
+            f, pct, top = next(t for t in texts if t[0] == r["feature"])
+            assert r["benign_percentile"] == pytest.approx(pct, rel=1e-3)
+            assert f"{100 * top:.2g}%" in r["text"]
+    assert smallest < 0.05
+    # a harvester far above every reference row: only the top rates matter, the rest is cut off
+    feats = {f: 0.9 for f in ELICITATION}
+    got = null.assess(("h",), 500, feats)
+    want, _ = pairwise_rate_p(null, 500, feats, np.ones(len(rows), dtype=bool))
+    assert got.p_value < 1e-12
+    assert got.p_value == pytest.approx(want, rel=1e-9)

@@ -579,6 +579,49 @@ class RateNull:
         upper = np.where(k >= n[:, None], 1.0, beta.ppf(0.95, k + 1, np.maximum(n[:, None] - k, 1e-9)))
         return cls(list(cal.reference_ids), k, n, upper)
 
+    def _column(self, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Feature ``j``'s distinct upper rates (ascending) with row counts and each row's position among
+        them, and the observed rates sorted with their rows (computed once)."""
+        cache = self.__dict__.setdefault("_columns", {})
+        if j not in cache:
+            uniq, inv, counts = np.unique(self.upper[:, j], return_inverse=True, return_counts=True)
+            obs = self.k[:, j] / np.maximum(self.n, 1.0)
+            order = np.argsort(obs, kind="stable")
+            cache[j] = (uniq, counts, inv.ravel(), obs[order], order)
+        return cache[j]
+
+    def _mixture_sf(self, j: int, k: int, n: int, out: np.ndarray) -> float:
+        """``mean P(Binomial(n, r_i) >= k)`` over the reference rows but ``out``: one term per distinct
+        rate ``r`` (times its count), from the largest down, stopping once the rest cannot add more than
+        1e-12 of the sum (the terms increase with ``r``). ``O(distinct rates)``, not ``O(rows)``."""
+        from scipy.stats import binom
+
+        uniq, counts, inv, _, _ = self._column(j)
+        c = counts.astype(np.float64)
+        if len(out):
+            np.subtract.at(c, inv[out], 1.0)
+        below = np.concatenate([[0.0], np.cumsum(c)])  # below[h]: rows with the h smallest rates
+        total, acc, hi, step = below[-1], 0.0, len(uniq), 256
+        while hi > 0:
+            lo = max(0, hi - step)
+            sf = binom.sf(k - 1, n, uniq[lo:hi])
+            acc += float(c[lo:hi] @ sf)
+            hi, step = lo, step * 2
+            if below[hi] * float(sf[0]) <= 1e-12 * acc:
+                break
+        return acc / total
+
+    def _obs_rank(self, j: int, rate: float, out: np.ndarray) -> tuple[float, float]:
+        """The share of kept reference rows observed at or below ``rate``, and the largest kept rate."""
+        _, _, _, obs, order = self._column(j)
+        kept = len(obs) - len(out)
+        below = int(np.searchsorted(obs, rate, side="right"))
+        if len(out):
+            below -= int(np.count_nonzero(self.k[out, j] / np.maximum(self.n[out], 1.0) <= rate))
+        excluded = set(out.tolist())
+        top = next((float(obs[i]) for i in range(len(obs) - 1, -1, -1) if int(order[i]) not in excluded), 0.0)
+        return below / kept, top
+
     def assess(
         self,
         accounts: tuple[str, ...],
@@ -588,8 +631,6 @@ class RateNull:
         *,
         exclude: set[str] | frozenset[str] = frozenset(),
     ) -> Assessment:
-        from scipy.stats import binom
-
         rows_of = self.__dict__.get("_rows_of")
         if rows_of is None:
             rows_of = {}
@@ -597,24 +638,24 @@ class RateNull:
                 for a in x:
                     rows_of.setdefault(a, []).append(i)
             self.__dict__["_rows_of"] = rows_of
-        keep = np.ones(len(self.ids), dtype=bool)
-        for a in set(accounts) | set(exclude):
-            keep[rows_of.get(a, [])] = False
+        out = np.unique(
+            np.asarray([r for a in set(accounts) | set(exclude) for r in rows_of.get(a, ())], dtype=np.int64)
+        )
+        kept = len(self.ids) - len(out)
         n = max(int(queries), 1)
         best, reasons = 1.0, []
         for j, f in enumerate(self.features):
             rate = features.get(f, float("nan"))
-            if not math.isfinite(rate) or not keep.any():
+            if not math.isfinite(rate) or kept <= 0:
                 continue
             k = int(round(rate * (n + 20.0)))
             if k <= 0:
                 continue
-            p = float(np.mean(binom.sf(k - 1, n, self.upper[keep, j])))
+            p = self._mixture_sf(j, k, n, out)
             best = min(best, p)
             if p > 0.05:  # not evidence: no reason to give
                 continue
-            obs = self.k[keep, j] / np.maximum(self.n[keep], 1.0)
-            pct = float((obs <= k / n).mean())
+            pct, top = self._obs_rank(j, k / n, out)
             reasons.append(
                 {
                     "feature": f,
@@ -624,8 +665,8 @@ class RateNull:
                     "benign_percentile": _round(pct),
                     "p_value": _round(p),
                     "seqs": list((evidence or {}).get(f, []))[:8],
-                    "text": f"{f}: {k} of {n} queries vs at most {100 * float(obs.max()):.2g}% in any of "
-                    f"{int(keep.sum())} benign profiles (binomial p={p:.2g})",
+                    "text": f"{f}: {k} of {n} queries vs at most {100 * top:.2g}% in any of "
+                    f"{kept} benign profiles (binomial p={p:.2g})",
                 }
             )
         reasons.sort(key=lambda r: r["p_value"])

@@ -167,16 +167,23 @@ def link_accounts(
     _, label = connected_components(graph, directed=False)
     size = np.bincount(label, minlength=n)
     clusters: list[Cluster] = []
+    # members and edges of each component by one sort each (not one scan of everything per component)
+    by_label = np.argsort(label, kind="stable")
+    first = np.concatenate([[0], np.cumsum(size)])
     edge_label = label[ei]
+    e_count = np.bincount(edge_label, minlength=n)
+    by_edge = np.argsort(edge_label, kind="stable")
+    e_first = np.concatenate([[0], np.cumsum(e_count)])
+    strong_edge = ek[:, [KINDS.index(k) for k in STRONG_KINDS]].any(axis=1)
     for comp in np.nonzero(size >= 2)[0]:
-        members = np.nonzero(label == comp)[0]
-        mine = ek[edge_label == comp]
-        ev = Counter({k: int(c) for k, c in zip(KINDS, mine.sum(axis=0), strict=True) if c})
+        members = by_label[first[comp] : first[comp + 1]]
+        mine = by_edge[e_first[comp] : e_first[comp + 1]]
+        ev = Counter({k: int(c) for k, c in zip(KINDS, ek[mine].sum(axis=0), strict=True) if c})
         # networks that at least two members send from, most shared first
         shared = Counter(p for i in members for p in prefixes[i])
         nets = [p for p, c in shared.most_common() if c >= 2]
         names = sorted(infos[i].account for i in members)
-        strong = _strong_groups(infos, ei, ej, ek, edge_label == comp, members)
+        strong = _strong_groups(infos, ei, ej, mine[strong_edge[mine]], members)
         clusters.append(Cluster("", names, ev, nets, strong))
     clusters.sort(key=lambda c: (-len(c.accounts), c.accounts[0]))
     for k, c in enumerate(clusters, 1):
@@ -191,15 +198,13 @@ def _strong_groups(
     infos: Sequence[LinkInfo],
     ei: np.ndarray,
     ej: np.ndarray,
-    ek: np.ndarray,
-    mine: np.ndarray,
+    inside: np.ndarray,
     members: np.ndarray,
 ) -> list[list[str]]:
-    """Connected groups (two or more members) of one cluster over its strong edges: edges that carry
-    shared prompt templates or shared timing, not only a network and a sign-up window."""
-    strong = ek[:, [KINDS.index(k) for k in STRONG_KINDS]].any(axis=1)
-    inside = mine & strong
-    if not inside.any():
+    """Connected groups (two or more members) of one cluster over its strong edges (``inside``: their
+    indices): edges that carry shared prompt templates or shared timing, not only a network and a
+    sign-up window."""
+    if not len(inside):
         return []
     pos = {int(m): k for k, m in enumerate(members)}
     a = np.array([pos[int(x)] for x in ei[inside]])
@@ -207,9 +212,10 @@ def _strong_groups(
     g = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(len(members), len(members)))
     _, lab = connected_components(g, directed=False)
     out = []
-    for comp in np.unique(lab):
-        idx = np.nonzero(lab == comp)[0]
-        if len(idx) >= 2:
-            out.append(sorted(infos[int(members[i])].account for i in idx))
+    order = np.argsort(lab, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(lab))])
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        if hi - lo >= 2:
+            out.append(sorted(infos[int(members[i])].account for i in order[lo:hi]))
     out.sort(key=lambda x: (-len(x), x[0]))
     return out

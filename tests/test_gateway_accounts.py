@@ -26,6 +26,7 @@ from distillguard.gateway.accounts import (
     load_or_create_secret,
 )
 from distillguard.gateway.ipfilter import UNPARSEABLE, IPRules
+from distillguard.gateway.settings import GatewaySettings
 
 SECRET = b"s" * 32
 
@@ -357,7 +358,9 @@ def test_ip_allow_deny() -> None:
     assert only_deny.allowed("198.51.100.1") and not only_deny.allowed("203.0.113.200")
     with pytest.raises(UserError, match="invalid CIDR in deny: '10.0.0.0/33'"):
         IPRules(deny=["10.0.0.0/33"])
-    assert IPRules.from_config({"ip_deny": "1.2.3.0/24, 5.6.7.8"}).deny[1].prefixlen == 32
+    # the settings read comma-separated lists (DISTILLGUARD_IP_DENY=...) into the rules the server applies
+    from_env = GatewaySettings.from_mapping({"ip_deny": "1.2.3.0/24, 5.6.7.8", "trusted_proxy": "10.0.0.1"})
+    assert from_env.ip_rules().deny[1].prefixlen == 32 and from_env.ip_rules().is_trusted("10.0.0.1")
 
 
 def test_client_ip_trusts_forwarded_for_only_from_trusted_proxies() -> None:

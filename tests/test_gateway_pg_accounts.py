@@ -172,7 +172,7 @@ def test_settings_name_the_database_without_its_password(monkeypatch: pytest.Mon
     monkeypatch.setenv("DISTILLGUARD_DATABASE_URL", "postgresql://dg:hunter2@db:5432/distillguard")
     monkeypatch.setenv("DISTILLGUARD_REPLICA_ID", "gw-3")
     s = GatewaySettings.load()
-    assert s.state_config()["database_url"] == "postgresql://dg:hunter2@db:5432/distillguard"
-    assert s.state_config()["replica_id"] == "gw-3"
+    assert s.storage().database_url == "postgresql://dg:hunter2@db:5432/distillguard"
+    assert s.storage().replica_id == "gw-3" and s.storage().is_postgres
     assert s.public()["database_url"] == "postgresql://dg:***@db:5432/distillguard"
     assert GatewaySettings.load(database_url="sqlite:///x").database_url == "sqlite:///x"  # a flag wins

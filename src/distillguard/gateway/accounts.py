@@ -46,6 +46,7 @@ from distillguard.errors import UserError
 from distillguard.gateway.limits import LIMIT_FIELDS as _LIMIT_FIELDS
 from distillguard.gateway.limits import Limits
 from distillguard.gateway.pg import PostgresConnections, url_scheme
+from distillguard.gateway.storage_settings import StorageSettings, sqlite_dir
 from distillguard.gateway.tiers import get_tier, tier_names
 
 KEY_PREFIX = "dg-"
@@ -126,14 +127,14 @@ def load_or_create_secret(path: Path) -> bytes:
     return data
 
 
-def gateway_secret(config: dict | None = None) -> bytes:
-    """The server secret: ``config["secret"]`` (a string, e.g. from ``DISTILLGUARD_SECRET``) or the file
+def gateway_secret(config: dict | StorageSettings | None = None) -> bytes:
+    """The server secret: the ``secret`` setting (a string, e.g. from ``DISTILLGUARD_SECRET``) or the file
     ``home()/gateway/secret`` (created on first use). Keys and the ledger head are keyed with it."""
     from distillguard.config import home
 
-    value = (config or {}).get("secret")
-    if value is not None and value != "":
-        raw = str(value).encode()  # env values may have been coerced to int
+    value = StorageSettings.from_config(config).secret
+    if value is not None:
+        raw = value.encode()
         if len(raw) < 16:
             raise UserError("config `secret` must be at least 16 characters")
         return raw
@@ -325,21 +326,6 @@ class AccountStore(Protocol):
     def close(self) -> None: ...
 
 
-def sqlite_dir(database_url: str | None) -> Path:
-    """The directory of the embedded databases: ``sqlite:///DIR`` (relative; ``sqlite:////DIR`` absolute,
-    as in SQLAlchemy) or, without a URL, ``home()/gateway``."""
-    from distillguard.config import home
-
-    if not database_url:
-        return home() / "gateway"
-    if url_scheme(database_url) != "sqlite" or not database_url.startswith("sqlite:///"):
-        raise UserError(f"not an SQLite database_url: {database_url!r} (use sqlite:///DIR)")
-    rest = database_url[len("sqlite:///") :]
-    if not rest:
-        raise UserError("database_url sqlite:/// needs a directory (sqlite:///DIR or sqlite:////abs/DIR)")
-    return Path(rest).expanduser()
-
-
 def open_account_store(
     database_url: str | None, secret: bytes, accounts_path: str | Path | None = None
 ) -> AccountStore:
@@ -351,11 +337,11 @@ def open_account_store(
     return SQLiteAccountStore(path, secret)
 
 
-def account_store_from_config(config: dict | None = None) -> AccountStore:
-    """The store the gateway and the CLI share: ``config["database_url"]`` (or ``accounts_path``, or
-    ``home()/gateway/accounts.db``), keyed with ``gateway_secret(config)``."""
-    config = config or {}
-    return open_account_store(config.get("database_url"), gateway_secret(config), config.get("accounts_path"))
+def account_store_from_config(config: dict | StorageSettings | None = None) -> AccountStore:
+    """The store the gateway and the CLI share: the :class:`StorageSettings` ``database_url`` (or
+    ``accounts_path``, or ``home()/gateway/accounts.db``), keyed with :func:`gateway_secret`."""
+    s = StorageSettings.from_config(config)
+    return open_account_store(s.database_url, gateway_secret(s), s.accounts_path)
 
 
 def _checked_secret(secret: bytes) -> bytes:

@@ -807,14 +807,14 @@ def create_app(
 ) -> FastAPI:
     """The gateway as an ASGI app. Components not given are built from ``settings`` (and its state paths)."""
     settings = settings or GatewaySettings.load()
-    state = settings.state_config()
+    state = settings.storage()
     gw = Gateway(
         settings,
         backend if backend is not None else build_backend(settings),
         accounts if accounts is not None else account_store_from_config(state),
         quotas if quotas is not None else open_quota_store(settings.redis_url),
         ledger if ledger is not None else ledger_from_config(state),
-        IPRules(settings.ip_allow, settings.ip_deny, settings.trusted_proxies),
+        settings.ip_rules(),
     )
 
     @asynccontextmanager

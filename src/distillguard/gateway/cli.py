@@ -328,16 +328,15 @@ def accounts_show(
 
 
 def _ledger(config_path: Path | None):  # -> LedgerStore, closed when the command ends
-    from distillguard.gateway.ledger import Ledger, ledger_from_config
-    from distillguard.gateway.pg import url_scheme
+    from distillguard.gateway.ledger import ledger_from_config
+    from distillguard.gateway.storage_settings import StorageSettings
 
-    config = _config(config_path)
-    url = config.get("database_url")
-    if not url or url_scheme(url) == "sqlite":
-        path = Ledger.default_path(config)
+    storage = StorageSettings.from_config(_config(config_path))
+    if not storage.is_postgres:
+        path = storage.ledger_file()
         if not path.is_file():
             raise UserError(f"no ledger at {path} (set database_url or ledger_path in the config)")
-    ledger = ledger_from_config(config)
+    ledger = ledger_from_config(storage)
     _close_with_command(ledger)
     return ledger
 

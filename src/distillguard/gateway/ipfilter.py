@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from typing import Any
 
 from distillguard.errors import UserError
 
@@ -64,15 +63,6 @@ class IPRules:
         self.allow = _networks("allow", allow)
         self.deny = _networks("deny", deny)
         self.trusted_proxies = _networks("trusted_proxies", trusted_proxies)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> IPRules:
-        """From ``ip_allow``, ``ip_deny`` and ``trusted_proxies`` (lists, or comma-separated strings)."""
-        return cls(
-            allow=config.get("ip_allow") or (),
-            deny=config.get("ip_deny") or (),
-            trusted_proxies=config.get("trusted_proxies") or (),
-        )
 
     @staticmethod
     def _in(ip: IPAddress, nets: tuple[IPNetwork, ...]) -> bool:

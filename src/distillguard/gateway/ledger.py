@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from distillguard.errors import UserError
-from distillguard.gateway.accounts import SQLiteConnections, gateway_secret, sqlite_dir
+from distillguard.gateway.accounts import SQLiteConnections, gateway_secret
 from distillguard.gateway.chain import (
     GENESIS,
     ROW_SELECT,
@@ -84,6 +84,7 @@ from distillguard.gateway.chain import (
 )
 from distillguard.gateway.ledger_export import parquet_schema, write_parquet
 from distillguard.gateway.pg import url_scheme
+from distillguard.gateway.storage_settings import StorageSettings, sqlite_dir
 
 __all__ = [
     "GENESIS",
@@ -188,16 +189,17 @@ def open_ledger(
     return Ledger(path, secret=secret, redact_prompts=redact_prompts)
 
 
-def ledger_from_config(config: dict | None = None) -> LedgerStore:
-    """The gateway's ledger from its config: ``database_url`` (or ``ledger_path``), signed with
-    ``gateway_secret(config)``, redacting when ``redact_prompts``, appending as ``replica_id``."""
-    config = config or {}
+def ledger_from_config(config: dict | StorageSettings | None = None) -> LedgerStore:
+    """The gateway's ledger from its :class:`StorageSettings` (or a config dict): ``database_url`` (or
+    ``ledger_path``), signed with :func:`gateway_secret`, redacting when ``redact_prompts``, appending as
+    ``replica_id``."""
+    s = StorageSettings.from_config(config)
     return open_ledger(
-        config.get("database_url"),
-        gateway_secret(config),
-        redact_prompts=bool(config.get("redact_prompts", False)),
-        ledger_path=config.get("ledger_path"),
-        replica=config.get("replica_id"),
+        s.database_url,
+        gateway_secret(s),
+        redact_prompts=s.redact_prompts,
+        ledger_path=s.ledger_path,
+        replica=s.replica_id,
     )
 
 
@@ -220,23 +222,17 @@ class Ledger:
             raise UserError(f"{self.path} is not a usable ledger database: {exc}") from None
 
     @staticmethod
-    def default_path(config: dict | None = None) -> Path:
-        """``config["ledger_path"]`` or ``ledger.db`` in the SQLite ``database_url``'s directory (default
-        ``home()/gateway``)."""
-        config = config or {}
-        path = config.get("ledger_path") or sqlite_dir(config.get("database_url")) / "ledger.db"
-        return Path(path).expanduser()
+    def default_path(config: dict | StorageSettings | None = None) -> Path:
+        """``ledger_path`` or ``ledger.db`` in the SQLite ``database_url``'s directory (default
+        ``home()/gateway``): :meth:`StorageSettings.ledger_file`."""
+        return StorageSettings.from_config(config).ledger_file()
 
     @classmethod
-    def open_default(cls, config: dict | None = None) -> Ledger:
-        """The gateway's ledger: ``config["ledger_path"]`` or ``home()/gateway/ledger.db``, signed with
-        ``gateway_secret(config)``, redacting prompts when ``config["redact_prompts"]`` is true."""
-        config = config or {}
-        return cls(
-            cls.default_path(config),
-            secret=gateway_secret(config),
-            redact_prompts=bool(config.get("redact_prompts", False)),
-        )
+    def open_default(cls, config: dict | StorageSettings | None = None) -> Ledger:
+        """The gateway's SQLite ledger at :meth:`default_path`, signed with :func:`gateway_secret`, redacting
+        prompts when ``redact_prompts`` is set."""
+        s = StorageSettings.from_config(config)
+        return cls(s.ledger_file(), secret=gateway_secret(s), redact_prompts=s.redact_prompts)
 
     def close(self) -> None:
         self._db.close()

@@ -25,10 +25,12 @@ from typing import Any
 from distillguard.config import coerce_setting as _coerce
 from distillguard.config import home, load_config
 from distillguard.errors import UserError
+from distillguard.gateway.storage_settings import StorageSettings
 from distillguard.watermark.settings import DEFAULTS as WM
 from distillguard.watermark.settings import WatermarkSettings
 
 BACKENDS = ("auto", "local", "upstream", "stub")
+ST = StorageSettings()  # the state fields' defaults, written in gateway/storage_settings.py
 
 ALIASES = {
     "trusted_proxy": "trusted_proxies",
@@ -80,14 +82,14 @@ class GatewaySettings:
     protect_internal: bool | None = None  # /metrics, /docs, /openapi.json need the admin token (None: auto)
     # state
     redis_url: str | None = None
-    # accounts and ledger: sqlite:///DIR (default: the state dir) or postgresql://... shared by every replica
-    database_url: str | None = None
-    replica_id: str | None = None  # this replica's ledger chain in a shared ledger (default: the host name)
+    # accounts and ledger (gateway/storage_settings.py): sqlite:///DIR or postgresql://... shared by replicas
+    database_url: str | None = ST.database_url
+    replica_id: str | None = ST.replica_id
     admin_token: str | None = None
-    secret: str | None = None
-    accounts_path: str | None = None
-    ledger_path: str | None = None
-    redact_prompts: bool = False
+    secret: str | None = ST.secret
+    accounts_path: str | None = ST.accounts_path
+    ledger_path: str | None = ST.ledger_path
+    redact_prompts: bool = ST.redact_prompts
     # limits
     max_prompt_tokens: int = 8192
     max_tokens_cap: int = 4096
@@ -232,16 +234,15 @@ class GatewaySettings:
             return self.backend
         return "upstream" if self.upstream_url else "local"
 
-    def state_config(self) -> dict[str, Any]:
-        """The config dict the state layer's ``open_default`` constructors read."""
-        return {
-            "secret": self.secret,
-            "database_url": self.database_url,
-            "replica_id": self.replica_id,
-            "accounts_path": self.accounts_path,
-            "ledger_path": self.ledger_path,
-            "redact_prompts": self.redact_prompts,
-        }
+    def storage(self) -> StorageSettings:
+        """Where the server's accounts, ledger and secret live (the state layer's settings)."""
+        return StorageSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(StorageSettings)})
+
+    def ip_rules(self):
+        """The CIDR allow/deny lists and trusted proxies as the server applies them."""
+        from distillguard.gateway.ipfilter import IPRules
+
+        return IPRules(self.ip_allow, self.ip_deny, self.trusted_proxies)
 
     def logprob_policy(self):
         """The logprob policy of tiers that do not set their own."""

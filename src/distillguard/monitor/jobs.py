@@ -58,28 +58,24 @@ def load_reference(config: dict[str, Any], path: Path | None, population: bool):
 
 def open_store(config: dict[str, Any], create: bool):
     """The gateway's account store, or ``None`` when there is none and ``create`` is false."""
-    from distillguard.gateway.accounts import account_store_from_config, sqlite_dir
-    from distillguard.gateway.pg import url_scheme
+    from distillguard.gateway.accounts import account_store_from_config
+    from distillguard.gateway.storage_settings import StorageSettings
 
-    url = config.get("database_url")
-    if not url or url_scheme(url) == "sqlite":  # a Postgres store is always there to open
-        path = Path(config.get("accounts_path") or sqlite_dir(url) / "accounts.db").expanduser()
-        if not path.is_file() and not create:
-            return None
-    return account_store_from_config(config)
+    storage = StorageSettings.from_config(config)
+    # a Postgres store is always there to open
+    if not storage.is_postgres and not storage.accounts_file().is_file() and not create:
+        return None
+    return account_store_from_config(storage)
 
 
 def ledger_path(config: dict[str, Any], ledger: Path | None) -> Path | str:
     """``--ledger``, else the gateway's ledger: its PostgreSQL ``database_url``, else its SQLite file."""
-    from distillguard.gateway.ledger import Ledger
-    from distillguard.gateway.pg import url_scheme
+    from distillguard.gateway.storage_settings import StorageSettings
 
     if ledger is not None:
         return Path(ledger).expanduser()
-    url = config.get("database_url")
-    if url and url_scheme(url) == "postgresql":
-        return str(url)
-    return Ledger.default_path(config)
+    storage = StorageSettings.from_config(config)
+    return str(storage.database_url) if storage.is_postgres else storage.ledger_file()
 
 
 def scan_options(config: dict[str, Any]):

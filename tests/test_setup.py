@@ -163,8 +163,18 @@ def test_make_test_stops_before_anything_else_when_a_service_is_missing(tmp_path
         (bin_dir / tool).symlink_to(shutil.which(tool) or f"/bin/{tool}")
     stamp = tmp_path / "installed"
     stamp.touch()  # an up-to-date venv stamp, and a BIN where nothing runs: only provisioning can happen
+    venv_python = tmp_path / "venv" / "bin" / "python"  # a venv that exists, as after `make install`, so the
+    venv_python.parent.mkdir(parents=True)  # line does not depend on whether this checkout has its .venv yet
+    venv_python.touch(mode=0o755)
     proc = subprocess.run(
-        ["make", "--no-print-directory", "test", f"STAMP={stamp}", f"BIN={tmp_path / 'nothing'}"],
+        [
+            "make",
+            "--no-print-directory",
+            "test",
+            f"VENV={tmp_path / 'venv'}",
+            f"STAMP={stamp}",
+            f"BIN={tmp_path / 'nothing'}",
+        ],
         cwd=ROOT,
         env={"PATH": str(bin_dir), "PROVISION_NO_INSTALL": "1"},
         capture_output=True,

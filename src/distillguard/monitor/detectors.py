@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from distillguard.monitor.features import FEATURE_NAMES, FEATURES, RATE_FEATURES
-from distillguard.monitor.nearest import BlockIndex
+from distillguard.monitor.nearest import BlockIndex, nearest_allowed
 
 # --------------------------------------------------------------------------------------------------
 # PRADA
@@ -300,8 +300,7 @@ class Calibration:
         scale0 = np.maximum(np.where(np.isfinite(mad), mad, 0.0), units)
         z0 = np.where(np.isfinite(tr), (tr - center) / scale0, 0.0)
         excl = [np.asarray(c, dtype=np.int64) for c in conflicts]
-        index0 = BlockIndex(z0, groups=grp)
-        nn = np.array([index0.euclid_nn(z0[i], excl[i], int(grp[i])) for i in range(n)], dtype=np.int64)
+        nn = nearest_allowed(z0, grp, excl)
         nn = np.where(nn >= 0, nn, np.arange(n))  # nobody allowed: no local difference from this row
         diff = np.abs(tr - tr[nn])
         local = np.nanmedian(diff, axis=0) * 1.4826
@@ -445,8 +444,7 @@ class Calibration:
         """Score one entity against the reference (never against itself or ``exclude``d accounts)."""
         z = self.z(features)
         rows_of = self._rows_of()
-        out = [r for a in set(accounts) | set(exclude) for r in rows_of.get(a, ())]
-        score, j = self._knn(z, np.unique(np.asarray(out, dtype=np.int64)))
+        score, j = self._knn(z, excluded_rows(rows_of, accounts, exclude, self.__dict__))
         p = self.p_value(score)
         reasons: list[dict[str, Any]] = []
         if j >= 0:
@@ -523,6 +521,29 @@ class Calibration:
             str(d["source"]),
             float(d.get("min_beta", 0.05)),
         )
+
+
+def excluded_rows(
+    rows_of: dict[str, list[int]],
+    accounts: Sequence[str],
+    exclude: set[str] | frozenset[str],
+    store: dict[str, Any],
+) -> np.ndarray:
+    """Reference rows holding any of ``accounts`` or ``exclude`` (sorted, unique). A large ``frozenset``
+    (a cluster's members, passed for each member) is looked up once and kept in ``store``: otherwise a
+    cluster of ``m`` accounts costs ``m^2`` lookups."""
+    base = None
+    if isinstance(exclude, frozenset) and len(exclude) > 32:
+        cache = store.setdefault("_excluded", {})
+        base = cache.get(exclude)
+        if base is None:
+            base = cache[exclude] = np.asarray(
+                [r for a in exclude for r in rows_of.get(a, ())], dtype=np.int64
+            )
+    else:
+        base = np.asarray([r for a in exclude for r in rows_of.get(a, ())], dtype=np.int64)
+    own = np.asarray([r for a in accounts for r in rows_of.get(a, ())], dtype=np.int64)
+    return np.unique(np.concatenate([base, own]))
 
 
 def _round(x: float) -> float | None:
@@ -638,9 +659,7 @@ class RateNull:
                 for a in x:
                     rows_of.setdefault(a, []).append(i)
             self.__dict__["_rows_of"] = rows_of
-        out = np.unique(
-            np.asarray([r for a in set(accounts) | set(exclude) for r in rows_of.get(a, ())], dtype=np.int64)
-        )
+        out = excluded_rows(rows_of, accounts, exclude, self.__dict__)
         kept = len(self.ids) - len(out)
         n = max(int(queries), 1)
         best, reasons = 1.0, []

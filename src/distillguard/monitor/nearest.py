@@ -9,8 +9,7 @@ bounding-box bound does:
 
 - the reference rows are split like a k-d tree (median of the widest feature) into blocks of
   :data:`BLOCK` rows, and each block keeps its per-feature minimum and maximum;
-- no row of a block is closer than the block's bound: ``||max(0, z - max_b)||`` one-sided,
-  ``||max(0, min_b - z, z - max_b)||`` Euclidean;
+- no row of a block is closer than the block's bound ``||max(0, z - max_b)||``;
 - a query visits blocks in order of their bound and stops once the next bound reaches its current
   ``k``-th best distance.
 
@@ -18,6 +17,8 @@ The result is exact (the same rows as the full comparison, up to ties), not appr
 the visited rows use the same floating-point formula as :func:`orthant_distances`. Blocks whose rows all
 belong to the query's excluded group (a linked cluster that may not vouch for its members) are skipped
 whole. Undefined features (``nan``) never count: the reference's as ``+inf`` and the query's as ``-inf``.
+
+The Euclidean nearest neighbours (:func:`nearest_allowed`) are a metric search: ``scipy.spatial.cKDTree``.
 """
 
 from __future__ import annotations
@@ -76,24 +77,15 @@ class BlockIndex:
         data = x[safe]  # [nb, block, F]
         self.orth = np.where(np.isnan(data), np.inf, data)  # undefined reference feature: never exceeded
         self.orth[~self.valid] = np.inf
-        self.data = data
         with np.errstate(invalid="ignore"):
             pad_hi = np.where(self.valid[:, :, None], self.orth, -np.inf)
             self.hi = pad_hi.max(axis=1) if nb else np.zeros((0, self.f))
-            fin = np.where(self.valid[:, :, None] & np.isfinite(data), data, np.nan)
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                self.lo_e = np.nanmin(fin, axis=1) if nb else np.zeros((0, self.f))
-                self.hi_e = np.nanmax(fin, axis=1) if nb else np.zeros((0, self.f))
         self.groups = None if groups is None else np.asarray(groups)[safe]
         self.block_group = None
         if groups is not None and nb:
             g = np.where(self.valid, self.groups, self.groups[:, :1])
             same = (g == g[:, :1]).all(axis=1)
             self.block_group = np.where(same, g[:, 0], np.iinfo(np.int64).min)
-        self.sq = None
 
     # -- helpers ------------------------------------------------------------------------------------------
 
@@ -161,19 +153,49 @@ class BlockIndex:
             return float("nan"), -1
         return float(d[-1]), int(r[-1])
 
-    def euclid_nn(self, z: np.ndarray, exclude: np.ndarray | None = None, group: int | None = None) -> int:
-        """The allowed row with the smallest ``|r|^2 + |z|^2 - 2 r.z`` (finite rows; lowest row on ties),
-        or -1. The distance is computed as the full pairwise formula computes it."""
-        if self.sq is None:
-            self.sq = np.einsum("bij,bij->bi", self.data, self.data)
-        z = np.asarray(z, dtype=np.float64)
-        gap = np.maximum(np.maximum(self.lo_e - z, z - self.hi_e), 0.0)
-        bound = np.nan_to_num((gap**2).sum(axis=1), nan=0.0)
-        bound = bound - 1e-9 * (1.0 + bound)  # slack for the rounding of the expanded formula
-        zz = float(z @ z)
 
-        def dist_of(blocks: np.ndarray) -> np.ndarray:
-            return self.sq[blocks] + zz - 2.0 * (self.data[blocks] @ z)
+def nearest_allowed(
+    x: np.ndarray, groups: np.ndarray, exclude: list[np.ndarray], chunk: int = 256
+) -> np.ndarray:
+    """Each row's Euclidean nearest neighbour among rows of another group and not in its ``exclude``
+    (``-1`` when none), as ``argmin`` of the full ``|a|^2 + |b|^2 - 2 a.b`` matrix picks it (lowest row on
+    ties), through a k-d tree (``scipy.spatial.cKDTree``): ``k`` candidates per row, eight times more for
+    the rows whose candidates are all excluded or could hide an equally near row beyond them."""
+    from scipy.spatial import cKDTree
 
-        d, r = self._search(bound, group, 1, dist_of, exclude, strict=False)
-        return int(r[0]) if len(r) else -1
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    out = np.full(n, -1, dtype=np.int64)
+    if n < 2:
+        return out
+    tree = cKDTree(x)
+    sq = np.einsum("ij,ij->i", x, x)
+    groups = np.asarray(groups)
+    todo, k = np.arange(n), 8
+    while len(todo):
+        kk = min(k, n)
+        again = []
+        for lo in range(0, len(todo), chunk):
+            rows = todo[lo : lo + chunk]
+            dist, cand = tree.query(x[rows], k=kk)
+            dist, cand = dist.reshape(len(rows), kk), cand.reshape(len(rows), kk)
+            ok = groups[cand] != groups[rows][:, None]
+            for r, i in enumerate(rows):
+                if len(exclude[i]):
+                    ok[r] &= ~np.isin(cand[r], exclude[i])
+            d2 = sq[rows][:, None] + sq[cand] - 2.0 * np.einsum("mf,mkf->mk", x[rows], x[cand])
+            d2 = np.where(ok, d2, np.inf)
+            for r, i in enumerate(rows):
+                fin = np.isfinite(d2[r])
+                if fin.any():
+                    best = float(d2[r][fin].min())
+                    # nothing beyond the k-th candidate can be as near (1e-9: rounding of the expansion)
+                    if kk == n or dist[r, -1] ** 2 > best + 1e-9 * (1.0 + abs(best)):
+                        at = np.nonzero(d2[r] == best)[0]
+                        out[i] = int(cand[r][at].min())
+                        continue
+                elif kk == n:
+                    continue
+                again.append(i)
+        todo, k = np.asarray(again, dtype=np.int64), k * 8
+    return out

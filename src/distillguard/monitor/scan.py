@@ -634,8 +634,10 @@ def analyse(
     analyzer: Analyzer | None = None,
     created: dict[str, float] | None = None,
     progress: Callable[[int], None] | None = None,
+    states: dict[str, EntityState] | None = None,
 ) -> Analysis:
-    """Score every account and every linked group of the accumulator.
+    """Score every account and every linked group of the accumulator (``states``: the accounts' states
+    when already computed, e.g. to time the scoring alone).
 
     Each entity is tested twice (:func:`judge`): on elicitation alone, whose evidence adds up whatever
     benign kind the entity otherwise resembles, and on its whole profile against the nearest benign
@@ -657,7 +659,8 @@ def analyse(
     scored = [a for a in names if acc.c["n"][acc.index[a]] >= o.min_queries]
     if reference is None and scored:
         mmd = an.fit_mmd(acc, scored)
-    states = an.accounts(acc, names, mmd, progress=progress)
+    if states is None:
+        states = an.accounts(acc, names, mmd, progress=progress)
     clusters = _clusters(names, states, created) if o.link else []
     cluster_of = {a: c.id for c in clusters for a in c.accounts}
     left_out: set[str] = set()
@@ -715,12 +718,12 @@ def analyse(
             + "; a kind of attacker that many unlinked accounts share can still vouch for itself; run "
             "`distillguard monitor calibrate` on a known-good period",
         }
-    member_sets = {c.id: set(c.accounts) for c in clusters}
+    member_sets = {c.id: frozenset(c.accounts) for c in clusters}  # hashed once: see excluded_rows
     describe = {c.id: c.describe() for c in clusters}
     own_j: dict[str, Judgement] = {}
     for a in names:
         lk = looks_out if a in left_out else looks
-        members = member_sets[cluster_of[a]] if a in cluster_of else set()
+        members = member_sets[cluster_of[a]] if a in cluster_of else frozenset()
         own_j[a] = judge(lk, (a,), states[a], exclude=members) if a in scored else _unscored((a,), states[a])
     # units: each strong group of a cluster, and the cluster itself when weak links hold it together
     units: list[tuple[str, Cluster, list[str], bool]] = []  # (id, cluster, members, strong)

@@ -75,6 +75,9 @@ def test_strength_zero_and_identities_leave_the_distribution_unchanged():
     floor = build_defence(DefenceSpec("temperature", 1.5))
     greedy = _sampling(temperature=0.0)
     assert floor.sampling(greedy).temperature == 1.5 and floor.sampling(_sampling(2.0)).temperature == 2.0
+    # a tiny nucleus keeps only the top token, greedy at any temperature: the floor drops the client's top_p
+    assert floor.sampling(replace(greedy, top_p=0.01)).top_p == 1.0
+    assert floor.sampling(replace(_sampling(2.0), top_p=0.01)).top_p == 1.0
     assert build_defence(DefenceSpec("temperature", 0.0)).sampling(greedy) == greedy
     for bad in (("nope", 1.0), ("ads", -1.0), ("temperature", -0.5), ("temperature", 11), ("topk", 2.5)):
         with pytest.raises(UserError):

@@ -14,8 +14,9 @@ Registered (``DEFENCES``; :func:`register_defence` adds one):
 
 - ``none``: nothing.
 - ``temperature`` (strength ``T`` in [0, 10]): every request is sampled at temperature ``max(requested, T)``,
-  greedy requests included (a distiller's usual choice), the baseline of Savani et al. 2025 (ADS) and of every
-  "add noise" proposal.
+  greedy requests included (a distiller's usual choice), and with the client's ``top_p`` ignored (a tiny
+  nucleus is greedy at any temperature), the baseline of Savani et al. 2025 (ADS) and of every "add noise"
+  proposal.
 - ``topk`` (strength ``k`` >= 1): only the ``k`` most likely tokens can be sampled: the student never sees
   the teacher's tail (a baseline).
 - ``ads`` (strength ``lambda`` >= 0): anti-distillation sampling (Savani et al., NeurIPS 2025, arXiv
@@ -96,8 +97,12 @@ class TemperatureFloor(Defence):
             raise UserError(f"the temperature defence takes a floor in [0, 10] (got {strength})")
 
     def sampling(self, s: Any) -> Any:
+        """``max(requested, floor)``, and no nucleus: a client's tiny ``top_p`` keeps only the top token,
+        which would sample greedily at any temperature."""
         floor = self.spec.strength
-        return s if s.temperature >= floor else replace(s, temperature=floor)
+        if floor == 0:
+            return s
+        return replace(s, temperature=max(s.temperature, floor), top_p=1.0)
 
 
 class _TopK:

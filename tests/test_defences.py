@@ -199,3 +199,24 @@ def test_each_monitor_decision_names_the_policy_it_applies():
     assert "sampling ads 2.5" in dec.reason_text()
     later, _ = decide("acct", 0.9, "restricted", state.__class__(tier="restricted", since=0.0), policy, 1e9)
     assert later.kind == "relax" and later.policy["sampling_defence"] == {"name": "none"}
+
+
+def test_a_proxy_with_another_tokenizer_is_refused_at_build(tmp_path, backend, tiny_world):
+    """Same vocabulary size, two ids swapped: the proxy would score other tokens than the ones served."""
+    import json
+    import shutil
+
+    from distillguard.gateway.settings import GatewaySettings
+
+    proxy = tmp_path / "proxy"
+    shutil.copytree(tiny_world.reference, proxy)
+    tok = json.loads((proxy / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[100:102]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (proxy / "tokenizer.json").write_text(json.dumps(tok))
+    opts = {**backend.defence_options(GatewaySettings()), "proxy": str(proxy), "n_examples": 4}
+    with pytest.raises(UserError, match=r"tokenizer differs.*\(2 tokens"):
+        build_defence(DefenceSpec("ads", 1.0), opts)
+    same = build_defence(DefenceSpec("ads", 1.0), {**opts, "proxy": str(tiny_world.reference)})
+    assert same.examples == 4

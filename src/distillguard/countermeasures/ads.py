@@ -92,6 +92,18 @@ def load_task_examples(path: str | Path, encode: Callable[[str, str], Example], 
     return [encode(r["prompt"], r.get("response") or r["reference"]) for r in picked]
 
 
+def _check_same_tokens(proxy_tokenizer: Any, served_tokenizer: Any) -> None:
+    """A proxy whose ids mean other tokens scores the wrong tokens (its vocabulary may only be larger)."""
+    theirs = proxy_tokenizer.get_vocab()
+    wrong = [(t, i) for t, i in served_tokenizer.get_vocab().items() if theirs.get(t) != i]
+    if wrong:
+        t, i = min(wrong, key=lambda x: x[1])
+        raise UserError(
+            f"the ads proxy's tokenizer differs from the served model's ({len(wrong)} tokens, e.g. {t!r} is "
+            f"id {i} when served, {theirs.get(t)} in the proxy): the proxy must share the served tokenizer"
+        )
+
+
 def standardise(delta: torch.Tensor) -> torch.Tensor:
     """Centre each row and scale it to unit standard deviation (rows that are constant stay zero)."""
     centred = delta - delta.mean(-1, keepdim=True)
@@ -113,6 +125,7 @@ class AntiDistillation:
         encode: Callable[[str, str], Example] | None = None,
         n_examples: int = 64,
         vocab_size: int | None = None,
+        tokenizer: Any = None,
         epsilon: float = 1e-2,
         **_ignored: Any,
     ):
@@ -135,7 +148,9 @@ class AntiDistillation:
         else:
             from distillguard.lm.io import load_model_and_tokenizer
 
-            model, _ = load_model_and_tokenizer(proxy)
+            model, proxy_tokenizer = load_model_and_tokenizer(proxy)
+            if tokenizer is not None:
+                _check_same_tokens(proxy_tokenizer, tokenizer)
         model = model.float().eval()
         proxy_vocab = int(model.get_output_embeddings().weight.shape[0])
         if vocab_size is not None and proxy_vocab < vocab_size:

@@ -209,6 +209,7 @@ class LocalBackend:
             "n_examples": settings.ads_examples,
             "epsilon": settings.ads_epsilon,
             "vocab_size": self.vocab_size,
+            "tokenizer": self.tokenizer,
             "encode": self.task_example,
         }
 

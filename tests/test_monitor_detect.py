@@ -14,6 +14,7 @@ import pytest
 from cli_run import run_cli
 from distillguard.gateway.accounts import SQLiteAccountStore
 from distillguard.gateway.ledger import Ledger
+from distillguard.gateway.tiers import get_tier
 from distillguard.monitor.decisions import AccountState, DecisionLog, Policy, apply_decisions, decide, revert
 from distillguard.monitor.detectors import Calibration, MMDReference, prada_w
 from distillguard.monitor.features import (
@@ -425,12 +426,14 @@ def test_allowlisted_accounts_never_change_tier_and_operators_win(tmp_path):
     assert logged[-1].seqs == [3, 4] and logged[-1].tier == "restricted"
     undo = revert("bad", store, log, pol, now=now + 10)
     assert undo.tier == "normal" and store.get_account("bad")["tier"] == "normal"
+    assert undo.policy["sampling_defence"] == {"name": "none"}  # what the restored tier does, as recorded
     saved, _ = log.load_state()
     dec, _ = decide("bad", 1e-9, "normal", saved["bad"], pol, now + 20)
     assert dec is None  # held: the monitor does not redo a reverted decision
     store.set_tier("other", "throttled", reason="manual", actor="cli")
     dec, st = decide("other", 1e-9, "throttled", AccountState(tier="normal"), pol, now)
     assert dec.kind == "hold" and st.hold_until > now  # an operator's tier is respected
+    assert dec.policy == get_tier("throttled").policy(pol.tier_settings)
     with pytest.raises(Exception, match="nothing to revert"):
         revert("svc", store, log, pol)
     store.close()

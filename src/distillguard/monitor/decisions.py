@@ -175,7 +175,8 @@ def decide(
     if account in policy.allowlist:
         return None, st
     if store_tier != st.tier:  # someone else changed the tier: respect it for a while
-        dec = Decision(account, st.tier, store_tier, "hold", now, p_value, 1.0 - p_value, actor="operator")
+        dec = Decision(account, st.tier, store_tier, "hold", now, p_value, 1.0 - p_value, actor="operator",
+                       policy=get_tier(store_tier).policy(policy.tier_settings))  # fmt: skip
         st.tier, st.since, st.hold_until = store_tier, now, now + policy.hold_s
         return dec, st
     if now < st.hold_until:
@@ -296,7 +297,15 @@ def revert(
         to = last.previous
     get_tier(to)  # unknown names fail here, naming the registered tiers
     store.set_tier(account, to, reason="monitor decision reverted by an operator", actor="operator")
-    dec = Decision(account, current, to, "revert", now, actor="operator")
+    dec = Decision(
+        account,
+        current,
+        to,
+        "revert",
+        now,
+        actor="operator",
+        policy=get_tier(to).policy(policy.tier_settings),
+    )
     log.append([dec])
     states, extra = log.load_state()
     st = states.get(account, AccountState())

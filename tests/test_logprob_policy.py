@@ -158,3 +158,22 @@ def test_rounding_to_the_default_decimals_hides_the_hidden_size_from_the_sampled
     true = model.config.hidden_size
     assert hidden_size(singular_spectrum(exact - exact[:, :1]))[0] == true
     assert hidden_size(singular_spectrum(reported - reported[:, :1]))[0] != true
+
+
+def test_reported_logprobs_do_not_move_with_temperature_top_p_or_penalties(gws):
+    """A low temperature would scale the rounding step down (0.01 -> 100x finer logits) and shrink the
+    watermark's bias in the reported values; penalties would dither them. None of them moves what is shown."""
+    c = _client(gws.plain)  # the defaults: before the bias, 2 decimals
+
+    def shown(**kw):
+        r = c.chat.completions.create(
+            model="aster", messages=[{"role": "user", "content": "What does os.path.join do?"}], max_tokens=3,
+            logprobs=True, top_logprobs=5, seed=3, **kw,
+        )  # fmt: skip
+        return [{e.token: e.logprob for e in t.top_logprobs} for t in r.choices[0].logprobs.content[:1]]
+
+    base = shown(temperature=0)
+    assert base and all(len(d) == 5 for d in base)
+    for kw in (dict(temperature=0.01), dict(temperature=1.7), dict(temperature=0.01, top_p=0.05),
+               dict(temperature=0, presence_penalty=2.0, frequency_penalty=-1.5)):  # fmt: skip
+        assert shown(**kw) == base, kw

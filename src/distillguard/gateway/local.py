@@ -7,11 +7,14 @@ left-padded batch (up to ``batch_max_size`` rows); each row still samples from i
 seeded request gives the same answer whatever else was in flight (seeded requests are never batched with
 others, since padding changes the floating-point reduction order).
 
-Logprobs are the log-softmax of the distribution the token was sampled from (penalties, temperature, nucleus
-filtering and the watermark), but *before* the client's logit bias unless the request's
-:class:`~distillguard.gateway.logprob_policy.LogprobPolicy` says ``after_bias`` (that module says why: a
-bias must not let a client read the logits of tokens it chooses), rounded as the policy says. They never
-reveal the unmarked distribution, so top-k logprobs cannot be used to subtract the watermark out.
+Logprobs are the log-softmax of one distribution the client cannot move: the model's logits with the
+tier's sampling defence and our watermark, at temperature 1, without nucleus filtering, penalties or the
+client's logit bias (the bias only when the request's
+:class:`~distillguard.gateway.logprob_policy.LogprobPolicy` says ``after_bias``: that module says why),
+rounded as the policy says. Like OpenAI's, they do not depend on the request's temperature: a low
+temperature would otherwise scale the rounding step down (reading logits 100x finer at 0.01) and shrink the
+watermark's bias in them to nothing, and penalties would let a client dither the rounding. They never reveal
+the unmarked distribution, so top-k logprobs cannot be used to subtract the watermark out.
 """
 
 from __future__ import annotations
@@ -405,11 +408,12 @@ class LocalBackend:
         greedy = s.temperature < GREEDY_BELOW  # dividing logits by a tiny temperature overflows: same limit
         temp = 1.0 if greedy else s.temperature
         if first.spec is not None:
-            proc = WatermarkLogitsProcessor(
-                first.spec.with_vocab(self.vocab_size), temperature=temp, top_p=s.top_p
-            )
+            spec = first.spec.with_vocab(self.vocab_size)
+            proc = WatermarkLogitsProcessor(spec, temperature=temp, top_p=s.top_p)
+            shown = WatermarkLogitsProcessor(spec)  # what logprobs report: temperature 1, no nucleus
         else:
             proc = SamplingProcessor(temperature=temp, top_p=s.top_p)
+            shown = SamplingProcessor()
 
         rows: list[_Row] = []
         for job in jobs:
@@ -454,6 +458,9 @@ class LocalBackend:
             )
             for _step in range(steps):
                 scores = out.logits[:, -1, :].float()
+                if defence is not None:  # before penalties, the client's bias, temperature and our watermark
+                    scores = defence.adjust(scores)
+                model_scores = scores
                 if vocab_width is None:
                     vocab_width = scores.shape[-1]
                     if s.logit_bias:
@@ -465,16 +472,13 @@ class LocalBackend:
                         counts = torch.zeros((B, vocab_width))
                 if counts is not None:
                     scores = scores - s.frequency_penalty * counts - s.presence_penalty * (counts > 0).float()
-                if defence is not None:  # before the client's bias, temperature and our watermark
-                    scores = defence.adjust(scores)
-                unbiased = scores
                 if bias is not None:
                     scores = scores + bias
                 scores = proc(seq, scores)
                 logp = torch.log_softmax(scores, dim=-1)
-                report = logp  # what logprobs show: before the client's bias unless the policy says after
-                if want_lp and bias is not None and not policy.after_bias:
-                    report = torch.log_softmax(proc(seq, unbiased), dim=-1)
+                if want_lp:  # what logprobs show (module docstring): nothing the request sets moves it
+                    shown_in = model_scores + bias if bias is not None and policy.after_bias else model_scores
+                    report = torch.log_softmax(shown(seq, shown_in), dim=-1)
                 if greedy:
                     chosen = scores.argmax(-1)
                 else:

@@ -8,15 +8,17 @@ row space is its final projection. ``distillguard distill extract-logits`` is th
 the defence, one frozen object per tier, applied by the gateway and the local backend:
 
 - **Report before the bias** (``after_bias=False``, the default, the fix providers shipped): logprobs and
-  ``top_logprobs`` come from the distribution *without* the client's ``logit_bias`` (still with penalties,
-  temperature, nucleus filtering and our watermark, so they never reveal the unmarked distribution). A
+  ``top_logprobs`` come from the distribution *without* the client's ``logit_bias`` (nor its temperature,
+  nucleus or penalties: see gateway/local.py; with our watermark and the tier's sampling defence, so they
+  never reveal the unmarked distribution). A
   biased token then surfaces only where the model itself ranks it, and its reported value ignores the bias.
   The bias still steers *sampling*: a token forced by a bias is returned with its unbiased logprob, which
   leaks one logit per request, so the attack's cost grows from ``m / (k - 1)`` requests per prompt to ``m``.
 - **A cap on** ``top_logprobs`` (``max_top``): more is refused with a 400 naming the cap.
 - **Rounding** (``decimals``): reported values rounded to that many decimals. Because the values are
-  reported before the bias, a client cannot dither them with varying biases, and the same request always
-  gets the same rounding: the error does not average away over repeats. Rounding to ``d`` decimals adds an
+  reported before the bias and at temperature 1 without penalties, a client cannot dither them with varying
+  biases, temperatures or penalties, and the same context always gets the same rounding: the error does not
+  average away over repeats (a temperature of 0.01 would otherwise read logits 100x finer). Rounding to ``d`` decimals adds an
   error of up to ``0.5 * 10**-d`` to every logit the attack reads, which fills the spectrum's tail.
 - **A budget** (``daily_tokens``): completion tokens that carry logprobs, per account and UTC day, counted in
   the quota store like every other limit (scope ``logprobs:<account>``); past it, requests for logprobs get

@@ -220,3 +220,19 @@ def test_a_proxy_with_another_tokenizer_is_refused_at_build(tmp_path, backend, t
         build_defence(DefenceSpec("ads", 1.0), opts)
     same = build_defence(DefenceSpec("ads", 1.0), {**opts, "proxy": str(tiny_world.reference)})
     assert same.examples == 4
+
+
+def test_a_proxy_gateway_does_not_claim_what_only_local_sampling_does():
+    """Proxy mode still refuses what a tier refuses, but cannot watermark, defend or round what an upstream
+    samples: the policy shown says so instead of claiming it."""
+    from distillguard.gateway.settings import GatewaySettings
+
+    ts = TierSettings.from_settings(GatewaySettings(upstream_url="http://127.0.0.1:9/v1"))
+    restricted = get_tier("restricted").policy(ts)
+    assert restricted["sampling_defence"]["applied"] is False and restricted["watermark_delta"] is None
+    assert restricted["logprobs"] == {"allowed": False}  # a refusal the gateway itself enforces
+    assert get_tier("normal").policy(ts)["logprobs"]["reported"] == "as the upstream API reports them"
+    local = get_tier("restricted").policy(TierSettings.from_settings(GatewaySettings()))
+    assert "applied" not in local["sampling_defence"] and local["watermark_delta"] == 4.0
+    unmarked = TierSettings.from_settings(GatewaySettings(watermark=False))
+    assert get_tier("restricted").policy(unmarked)["watermark_delta"] is None

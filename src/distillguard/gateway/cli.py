@@ -273,8 +273,10 @@ def _policy_text(policy: dict) -> str:
     parts = [
         "logprobs "
         + ("refused" if not lp.get("allowed", True) else f"reported {lp.get('reported', '')}".strip()),
-        "sampling " + " ".join(str(v) for v in defence.values()),
+        "sampling " + " ".join(str(defence[k]) for k in ("name", "strength") if k in defence),
     ]
+    if defence.get("applied") is False:
+        parts[-1] += f" (not applied: {defence['why']})"
     if policy["watermark_delta"] is not None:
         parts.append(f"watermark delta {policy['watermark_delta']:g}")
     return ", ".join(parts)

@@ -59,6 +59,10 @@ class TierSettings:
     restricted_delta: float = 4.0
     logprobs: LogprobPolicy = LogprobPolicy()  # the configured policy of tiers that do not set their own
     restricted_defence: DefenceSpec = DefenceSpec()  # the restricted tier's sampling defence
+    # whether the gateway samples answers itself (local model, watermark on): a proxy to an upstream API can
+    # refuse requests but cannot watermark, defend or re-report what the upstream samples
+    samples_locally: bool = True
+    watermarked: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -78,6 +82,8 @@ class TierSettings:
             restricted_delta=settings.restricted_delta,
             logprobs=settings.logprob_policy(),
             restricted_defence=settings.restricted_defence_spec(),
+            samples_locally=settings.resolved_backend == "local",
+            watermarked=settings.watermark,
             extra=dict(settings.extra),
         )
 
@@ -141,11 +147,20 @@ class Tier:
     def policy(self, settings: TierSettings) -> dict[str, Any]:
         """What this tier does to answers: its logprob policy, watermark delta and sampling defence (what
         ``accounts show`` prints and each monitor decision records)."""
-        return {
+        out = {
             "logprobs": self.logprob_policy(settings).describe(),
             "watermark_delta": self.watermark_delta(settings),
             "sampling_defence": self.sampling_defence(settings).describe(),
         }
+        local = settings.samples_locally
+        if not (local and settings.watermarked):
+            out["watermark_delta"] = None
+        if not local:  # refusals still apply; what shapes the sampled answers does not
+            if out["sampling_defence"]["name"] != "none":
+                out["sampling_defence"] |= {"applied": False, "why": "an upstream API samples the answers"}
+            if out["logprobs"].get("allowed"):
+                out["logprobs"] = {"allowed": True, "reported": "as the upstream API reports them"}
+        return out
 
 
 class Throttled(Tier):

@@ -173,17 +173,33 @@ def test_restricted_tier_samples_with_ads_through_the_gateway(tmp_path, tiny_wor
     assert get_tier("normal").describe(ts)["sampling_defence"] == {"name": "none"}
 
 
-def test_a_served_model_without_a_proxy_fails_at_start_with_one_line(tmp_path, tiny_world):
+def test_a_served_model_without_a_proxy_serves_and_says_ads_is_off(tmp_path, tiny_world, caplog):
+    """Any HF directory serves: without a proxy student the restricted tier runs without ADS and the start-up
+    log says so; a proxy that is given but unusable still fails at start with one line."""
+    import logging
     import shutil
 
     alone = tmp_path / "model"
     shutil.copytree(tiny_world.teacher, alone)  # not inside a world: no reference model to default to
-    with pytest.raises(UserError, match="ads_proxy"):
-        start(model=alone, model_name="aster", watermark=False, state_dir=tmp_path / "s")
-    gw = start(model=alone, model_name="aster", watermark=False, state_dir=tmp_path / "s2",
+    with caplog.at_level(logging.WARNING, logger="distillguard.gateway"):
+        gw = start(model=alone, model_name="aster", watermark=False, state_dir=tmp_path / "s")
+    try:
+        assert any("restricted serves without its ads defence" in r.getMessage() for r in caplog.records)
+        key = gw.create_key("flagged")
+        gw.accounts.set_tier("flagged", "restricted", reason="test")
+        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0)
+        r = client.chat.completions.create(
+            model="aster", messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=4
+        )
+        assert r.choices[0].message.content is not None
+    finally:
+        gw.stop()
+    with pytest.raises(UserError, match="ads_data not found"):
+        start(model=alone, model_name="aster", watermark=False, state_dir=tmp_path / "s2",
+              ads_proxy=str(tiny_world.reference), ads_data=str(tmp_path / "missing.jsonl"))  # fmt: skip
+    gw = start(model=alone, model_name="aster", watermark=False, state_dir=tmp_path / "s3",
                restricted_defence="temperature", restricted_defence_strength=1.5)  # fmt: skip
     gw.stop()
-    assert replace(DefenceSpec("topk", 5), strength=6).strength == 6
 
 
 def test_each_monitor_decision_names_the_policy_it_applies():

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from distillguard.errors import UserError
+from distillguard.errors import DefenceUnavailable, UserError
 
 Example = tuple[Sequence[int], Sequence[int]]  # (prompt token ids, answer token ids)
 
@@ -131,7 +131,7 @@ class AntiDistillation:
     ):
         self.spec = spec  # a countermeasures.defences.DefenceSpec (this module does not import it: no cycle)
         if proxy is None:
-            raise UserError(
+            raise DefenceUnavailable(
                 "the ads defence needs a proxy student: set ads_proxy to a model directory that shares the "
                 "served tokenizer (or choose another restricted_defence)"
             )

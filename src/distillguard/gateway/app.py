@@ -51,6 +51,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from distillguard.errors import DefenceUnavailable
 from distillguard.gateway.accounts import (
     AccountStore,
     AuthError,
@@ -182,7 +183,11 @@ class Gateway:
         if spec not in self._defences:
             from distillguard.countermeasures.defences import build_defence
 
-            self._defences[spec] = build_defence(spec, self.backend.defence_options(self.settings))
+            try:
+                self._defences[spec] = build_defence(spec, self.backend.defence_options(self.settings))
+            except DefenceUnavailable as exc:  # e.g. ads for a model without a proxy student: said once
+                log.warning("tier %s serves without its %s defence: %s", tier.name, spec.name, exc)
+                self._defences[spec] = None
         return self._defences[spec]
 
     # -- steps shared by every /v1 route ------------------------------------------------------------

@@ -181,7 +181,9 @@ def main() -> None:
             res["source"] = str(Path(distillguard.__file__).parent)
             res["commit"] = _commit(Path(distillguard.__file__).parent)
             print(json.dumps({"label": args.label, **res}), flush=True)
-            data["runs"].setdefault(args.label, {})[str(n)] = res
+            if args.out.is_file():  # another run may have written meanwhile: merge, do not overwrite
+                data = {**json.loads(args.out.read_text()), "machine": data["machine"]}
+            data.setdefault("runs", {}).setdefault(args.label, {})[str(n)] = res
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(data, indent=1) + "\n")
 

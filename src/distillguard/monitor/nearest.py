@@ -155,12 +155,13 @@ class BlockIndex:
 
 
 def nearest_allowed(
-    x: np.ndarray, groups: np.ndarray, exclude: list[np.ndarray], chunk: int = 256
+    x: np.ndarray, groups: np.ndarray, exclude: list[np.ndarray], chunk: int = 256, big: int = 32
 ) -> np.ndarray:
     """Each row's Euclidean nearest neighbour among rows of another group and not in its ``exclude``
     (``-1`` when none), as ``argmin`` of the full ``|a|^2 + |b|^2 - 2 a.b`` matrix picks it (lowest row on
-    ties), through a k-d tree (``scipy.spatial.cKDTree``): ``k`` candidates per row, eight times more for
-    the rows whose candidates are all excluded or could hide an equally near row beyond them."""
+    ties), through k-d trees (``scipy.spatial.cKDTree``): ``k`` candidates per row, eight times more for
+    the rows whose candidates are all excluded or could hide an equally near row beyond them. The rows of
+    a group of more than ``big`` rows (a linked campaign) search a tree of the other rows only."""
     from scipy.spatial import cKDTree
 
     x = np.asarray(x, dtype=np.float64)
@@ -168,17 +169,29 @@ def nearest_allowed(
     out = np.full(n, -1, dtype=np.int64)
     if n < 2:
         return out
-    tree = cKDTree(x)
     sq = np.einsum("ij,ij->i", x, x)
     groups = np.asarray(groups)
-    todo, k = np.arange(n), 8
+    uniq, inv, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    inv = inv.ravel()
+    large = counts > big
+    parts = [(np.nonzero(~large[inv])[0], np.arange(n))]
+    for g in np.nonzero(large)[0]:
+        parts.append((np.nonzero(inv == g)[0], np.nonzero(inv != g)[0]))
+    for todo, pool in parts:
+        if len(todo) and len(pool):
+            _nearest_in(x, sq, groups, exclude, todo, pool, cKDTree(x[pool]), out, chunk)
+    return out
+
+
+def _nearest_in(x, sq, groups, exclude, todo, pool, tree, out, chunk) -> None:
+    m, k = len(pool), 8
     while len(todo):
-        kk = min(k, n)
+        kk = min(k, m)
         again = []
         for lo in range(0, len(todo), chunk):
             rows = todo[lo : lo + chunk]
             dist, cand = tree.query(x[rows], k=kk)
-            dist, cand = dist.reshape(len(rows), kk), cand.reshape(len(rows), kk)
+            dist, cand = dist.reshape(len(rows), kk), pool[cand.reshape(len(rows), kk)]
             ok = groups[cand] != groups[rows][:, None]
             for r, i in enumerate(rows):
                 if len(exclude[i]):
@@ -190,12 +203,11 @@ def nearest_allowed(
                 if fin.any():
                     best = float(d2[r][fin].min())
                     # nothing beyond the k-th candidate can be as near (1e-9: rounding of the expansion)
-                    if kk == n or dist[r, -1] ** 2 > best + 1e-9 * (1.0 + abs(best)):
+                    if kk == m or dist[r, -1] ** 2 > best + 1e-9 * (1.0 + abs(best)):
                         at = np.nonzero(d2[r] == best)[0]
                         out[i] = int(cand[r][at].min())
                         continue
-                elif kk == n:
+                elif kk == m:
                     continue
                 again.append(i)
         todo, k = np.asarray(again, dtype=np.int64), k * 8
-    return out

@@ -655,12 +655,22 @@ class Gateway:
                 yield tail
         except APIError as err:  # the model failed mid-stream: say so in the stream, headers are gone
             fin.fail(err, lambda: gen.generated)
-            yield sse(err.body())
+            yield await self._stream_error(ctx, err)
         except BaseException as exc:
             fin.fail(exc, lambda: gen.generated)
             raise
         finally:
             fin()
+
+    async def _stream_error(self, ctx: Ctx, err: APIError) -> bytes:
+        """A broken stream's error event, sent after its record is durable: a client that saw the stream end
+        has a record, as with ``[DONE]`` (if the ledger is down too, the close path tries again)."""
+        if not ctx.recorded:
+            try:
+                await self._append(ctx)
+            except APIError:
+                ctx.recorded = False
+        return sse(err.body())
 
     async def _stream_tail(self, ctx: Ctx, fin: _StreamEnd) -> AsyncIterator[bytes]:
         """Ledger first, then ``[DONE]``: a client that saw the end of a stream has a durable record."""
@@ -763,7 +773,7 @@ class Gateway:
                 yield tail
         except APIError as err:
             fin.fail(err, None)
-            yield sse(err.body())
+            yield await self._stream_error(ctx, err)
         except BaseException as exc:
             fin.fail(exc, None)
             raise

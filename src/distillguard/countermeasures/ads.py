@@ -40,10 +40,20 @@ from distillguard.errors import DefenceUnavailable, UserError
 Example = tuple[Sequence[int], Sequence[int]]  # (prompt token ids, answer token ids)
 
 
+LOGIT_BUDGET = 1 << 24  # float logits per backward chunk (64 MiB, twice with their gradient)
+
+
 def task_gradient(
-    model: torch.nn.Module, examples: Sequence[Example], *, batch_size: int = 16
+    model: torch.nn.Module, examples: Sequence[Example], *, batch_size: int | None = None
 ) -> list[torch.Tensor]:
-    """Gradient of the mean answer-token NLL over ``examples`` w.r.t. every parameter (same order)."""
+    """Gradient of the mean answer-token NLL over ``examples`` w.r.t. every parameter (same order).
+
+    Examples go through in chunks whose full logits (positions x vocabulary) fit :data:`LOGIT_BUDGET`, so a
+    128k-token vocabulary takes one short example at a time instead of gigabytes."""
+    if batch_size is None:
+        vocab = int(model.get_output_embeddings().weight.shape[0])
+        longest = max((len(p) + len(a) for p, a in examples), default=1)
+        batch_size = max(1, min(16, LOGIT_BUDGET // max(1, vocab * longest)))
     params = [p for p in model.parameters()]
     grads = [torch.zeros_like(p) for p in params]
     total = sum(len(a) for _, a in examples)

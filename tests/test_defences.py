@@ -252,3 +252,22 @@ def test_a_proxy_gateway_does_not_claim_what_only_local_sampling_does():
     assert "applied" not in local["sampling_defence"] and local["watermark_delta"] == 4.0
     unmarked = TierSettings.from_settings(GatewaySettings(watermark=False))
     assert get_tier("restricted").policy(unmarked)["watermark_delta"] is None
+
+
+def test_a_proxy_that_cannot_be_stepped_like_the_served_model_fails_at_start():
+    class NoKeep(torch.nn.Module):  # an architecture whose forward takes no logits_to_keep
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def get_output_embeddings(self):
+            return self.inner.get_output_embeddings()
+
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, use_cache=False, **kw):
+            if "logits_to_keep" in kw:
+                raise TypeError("forward() got an unexpected keyword argument 'logits_to_keep'")
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=use_cache, **kw)  # fmt: skip
+
+    with pytest.raises(UserError, match="cannot be stepped.*logits_to_keep"):
+        AntiDistillation(DefenceSpec("ads", 1.0), proxy=NoKeep(_tiny()), examples=EXAMPLES)

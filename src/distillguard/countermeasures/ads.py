@@ -183,6 +183,22 @@ class AntiDistillation:
         self.gradient_norm = norm
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._dry_run()
+
+    def _dry_run(self) -> None:
+        """Two sampler steps on a padded two-row batch now, so a proxy that rejects how the sampler calls it
+        (position ids, cache, ``logits_to_keep``) fails at start-up with one line, not on every request."""
+        ids = torch.tensor([[0, 1, 2], [0, 0, 3]])
+        attn = torch.tensor([[1, 1, 1], [0, 1, 1]])
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        try:
+            session = _AdsSession(self, ids, attn, pos)
+            session.delta()
+            attn = torch.cat([attn, torch.ones((2, 1), dtype=torch.long)], dim=1)
+            session.advance(torch.tensor([[4], [5]]), attn, pos[:, -1:] + 1)
+            session.delta()
+        except Exception as exc:
+            raise UserError(f"the ads proxy cannot be stepped like the served model: {exc}") from None
 
     def key(self) -> tuple:
         return (self.name, self.spec.strength, self.epsilon, id(self.proxy))

@@ -64,7 +64,6 @@ class Defence:
     """Base class: the identity. Subclasses override what they change (module docstring)."""
 
     name = "none"
-    unit = ""  # what the strength means, for errors and docs
 
     def __init__(self, spec: DefenceSpec, **_options: Any):
         self.spec = spec
@@ -89,7 +88,6 @@ class Defence:
 
 class TemperatureFloor(Defence):
     name = "temperature"
-    unit = "a temperature floor in [0, 10]"
 
     @classmethod
     def check(cls, strength: float) -> None:
@@ -123,7 +121,6 @@ class _TopK:
 
 class TopK(Defence):
     name = "topk"
-    unit = "k >= 1 tokens kept"
 
     @classmethod
     def check(cls, strength: float) -> None:
@@ -134,17 +131,10 @@ class TopK(Defence):
         return _TopK(int(self.spec.strength))
 
 
-def _build_ads(spec: DefenceSpec, **options: Any) -> Defence:
-    from distillguard.countermeasures.ads import AntiDistillation
-
-    return AntiDistillation(spec, **options)
-
-
 class _AdsFactory:
     """Registered under ``ads``: checks strengths without torch, builds the torch class on demand."""
 
     name = "ads"
-    unit = "lambda >= 0 (logits per standard deviation of the proxy's loss change)"
 
     @staticmethod
     def check(strength: float) -> None:
@@ -152,7 +142,9 @@ class _AdsFactory:
             raise UserError(f"the ads defence takes a strength lambda in [0, 100] (got {strength})")
 
     def __call__(self, spec: DefenceSpec, **options: Any) -> Defence:
-        return _build_ads(spec, **options)
+        from distillguard.countermeasures.ads import AntiDistillation
+
+        return AntiDistillation(spec, **options)
 
 
 DEFENCES: dict[str, Any] = {

@@ -38,17 +38,23 @@ def test_hidden_size_and_projection_are_recovered_from_relative_logits(hidden):
     assert ex.subspace_error(m, rng.normal(size=(300, hidden)), h) > 0.5  # a wrong projection is told apart
 
 
-def test_the_attack_recovers_the_teachers_hidden_size_through_our_gateway(tiny_world, tmp_path, capsys):
-    """Undefended setting (no watermark, exact logprobs after logit_bias): the exact width and projection."""
+def _undefended_gateway(tiny_world, tmp_path):
+    """The tiny teacher, no watermark, exact logprobs after logit_bias: what the attack reads best."""
     import gateway_server
 
-    with gateway_server.start(
+    return gateway_server.start(
         model=str(tiny_world.teacher),
         state_dir=tmp_path / "gw",
         watermark=False,
         logprobs_after_bias=True,
         logprob_decimals=None,
-    ) as gw:
+    )
+
+
+def test_the_attack_recovers_the_teachers_hidden_size_through_our_gateway(tiny_world, tmp_path, capsys):
+    """Undefended setting (no watermark, exact logprobs after logit_bias): the exact width and projection."""
+
+    with _undefended_gateway(tiny_world, tmp_path) as gw:
         key = gw.create_key("attacker", rpm=1_000_000)
         main(["distill", "extract-logits", "--teacher", gw.base_url + "/v1", "--api-key", key,
               "--tokenizer", str(tiny_world.tokenizer), "--prompts", str(tiny_world.prompts),
@@ -69,7 +75,6 @@ def test_rows_read_through_the_gateway_are_the_exact_relative_logits(tiny_world,
 
     import torch
 
-    import gateway_server
     from distillguard.gateway.local import LocalBackend
     from distillguard.text.prompts import load_pool
 
@@ -85,13 +90,7 @@ def test_rows_read_through_the_gateway_are_the_exact_relative_logits(tiny_world,
         ])  # fmt: skip
     by_rank = sorted(readable, key=lambda t: -logits[0, t])
     reference, tokens = by_rank[100], [by_rank[100], *by_rank[:19], by_rank[200]]  # groups of 20, then 2
-    with gateway_server.start(
-        model=str(tiny_world.teacher),
-        state_dir=tmp_path / "gw",
-        watermark=False,
-        logprobs_after_bias=True,
-        logprob_decimals=None,
-    ) as gw:
+    with _undefended_gateway(tiny_world, tmp_path) as gw:
         key = gw.create_key("attacker", rpm=1_000_000)
         rows, stats = asyncio.run(
             ex._run(gw.base_url + "/v1", key, None, prompts, tokens, reference, 20, table, None, 4)

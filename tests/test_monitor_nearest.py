@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distillguard.monitor.detectors import _UNITS, NULL_SAMPLE, Calibration, _transform
+from distillguard.monitor.detectors import NULL_SAMPLE, Calibration, prepare_rows
 from distillguard.monitor.features import FEATURE_NAMES
 from distillguard.monitor.nearest import BlockIndex, nearest_allowed, orthant_distances
 
@@ -62,29 +62,14 @@ def test_block_index_equals_a_full_scan_with_nans_ties_groups_and_exclusions():
 
 def pairwise_fit(rows, *, k, source, groups=None, features=None, min_beta=0.05):
     """The calibration as it was fitted before the block index: every pair compared (reference only)."""
-    names = tuple(features) if features is not None else FEATURE_NAMES
-    raw = np.array([[r[1].get(f, np.nan) for f in names] for r in rows], dtype=np.float64)
-    tr = np.column_stack([_transform(f, raw[:, j]) for j, f in enumerate(names)])
-    center = np.nanmedian(tr, axis=0)
-    center = np.where(np.isfinite(center), center, 0.0)
-    units = np.array([_UNITS[f] for f in names])
-    ids = [tuple(r[0]) for r in rows]
-    grp = np.asarray(groups if groups is not None else np.arange(len(rows)))
+    names, raw, tr, center, units, ids, grp, conflicts, z0 = prepare_rows(rows, features, groups)
     n = len(rows)
-    rows_of: dict[str, list[int]] = {}
-    for i, x in enumerate(ids):
-        for a in x:
-            rows_of.setdefault(a, []).append(i)
-    conflicts = [sorted({j for a in x for j in rows_of[a]}) for x in ids]
 
     def allowed(i):
         ok = grp != grp[i]
         ok[conflicts[i]] = False
         return ok
 
-    mad = np.nanmedian(np.abs(tr - center), axis=0) * 1.4826
-    scale0 = np.maximum(np.where(np.isfinite(mad), mad, 0.0), units)
-    z0 = np.where(np.isfinite(tr), (tr - center) / scale0, 0.0)
     sq = (z0 * z0).sum(axis=1)
     d2 = sq[:, None] + sq[None, :] - 2.0 * (z0 @ z0.T)
     for r in range(n):

@@ -235,6 +235,35 @@ class Assessment:
         return "; ".join(r["text"] for r in self.reasons[:k]) or "no excess over benign profiles"
 
 
+def prepare_rows(
+    rows: Sequence[tuple[tuple[str, ...], dict[str, float]]],
+    features: Sequence[str] | None = None,
+    groups: Sequence[int] | None = None,
+) -> tuple:
+    """Reference rows as every fit starts from them: ``(names, raw, transformed, center, units, ids, groups,
+    conflicts, z0)``, where ``conflicts[i]`` are the rows sharing an account with row ``i`` (an account and
+    its cluster never vouch for each other, nor rows of one group) and ``z0`` the rows in global robust
+    units (median and MAD), the space in which each row's nearest allowed neighbour is found."""
+    warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)  # undefined features are nan
+    names = tuple(features) if features is not None else FEATURE_NAMES
+    raw = np.array([[r[1].get(f, np.nan) for f in names] for r in rows], dtype=np.float64)
+    tr = np.column_stack([_transform(f, raw[:, j]) for j, f in enumerate(names)])
+    center = np.nanmedian(tr, axis=0)
+    center = np.where(np.isfinite(center), center, 0.0)
+    units = np.array([_UNITS[f] for f in names])
+    ids = [tuple(r[0]) for r in rows]
+    grp = np.asarray(groups if groups is not None else np.arange(len(rows)))
+    rows_of: dict[str, list[int]] = {}
+    for i, x in enumerate(ids):
+        for a in x:
+            rows_of.setdefault(a, []).append(i)
+    conflicts = [sorted({j for a in x for j in rows_of[a]}) for x in ids]
+    mad = np.nanmedian(np.abs(tr - center), axis=0) * 1.4826
+    scale0 = np.maximum(np.where(np.isfinite(mad), mad, 0.0), units)
+    z0 = np.where(np.isfinite(tr), (tr - center) / scale0, 0.0)
+    return names, raw, tr, center, units, ids, grp, conflicts, z0
+
+
 @dataclass
 class Calibration:
     """Benign unit scales, reference profiles, and the fitted null of the nearest-benign-profile score."""
@@ -276,29 +305,11 @@ class Calibration:
         """
         if len(rows) < 3:
             raise ValueError("calibration needs at least 3 reference entities")
-        warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)  # undefined features are nan
-        names = tuple(features) if features is not None else FEATURE_NAMES
-        raw = np.array([[r[1].get(f, np.nan) for f in names] for r in rows], dtype=np.float64)
-        tr = np.column_stack([_transform(f, raw[:, j]) for j, f in enumerate(names)])
-        center = np.nanmedian(tr, axis=0)
-        center = np.where(np.isfinite(center), center, 0.0)
-        units = np.array([_UNITS[f] for f in names])
-        ids = [tuple(r[0]) for r in rows]
-        grp = np.asarray(groups if groups is not None else np.arange(len(rows)))
+        names, raw, tr, center, units, ids, grp, conflicts, z0 = prepare_rows(rows, features, groups)
         n = len(rows)
-        # rows sharing an account (an account and its cluster) or a group never vouch for each other
-        rows_of: dict[str, list[int]] = {}
-        for i, x in enumerate(ids):
-            for a in x:
-                rows_of.setdefault(a, []).append(i)
-        conflicts = [sorted({j for a in x for j in rows_of[a]}) for x in ids]
-
         # Local unit scales: the typical difference between a benign entity and its nearest benign neighbour
         # (within-kind noise), not the spread across kinds, which the nearest-profile comparison absorbs.
         # Each row's nearest allowed neighbour comes from a block index (exact, without comparing all pairs).
-        mad = np.nanmedian(np.abs(tr - center), axis=0) * 1.4826
-        scale0 = np.maximum(np.where(np.isfinite(mad), mad, 0.0), units)
-        z0 = np.where(np.isfinite(tr), (tr - center) / scale0, 0.0)
         excl = [np.asarray(c, dtype=np.int64) for c in conflicts]
         nn = nearest_allowed(z0, grp, excl)
         nn = np.where(nn >= 0, nn, np.arange(n))  # nobody allowed: no local difference from this row

@@ -12,7 +12,7 @@ PROVISION = PYTHON="$(PYTHON)" VENV="$(VENV)" bash scripts/provision.sh
 DEMO_PACKAGES := python3-venv
 TEST_PACKAGES := python3-venv redis-server chromium postgresql
 
-.PHONY: demo test bench lint install clean provision-demo provision-test
+.PHONY: demo test bench lint install clean provision-demo provision-test reference
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test: provision-test $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# the monitor's shipped default benign reference, refitted from the simulator (after a feature change)
+reference: $(STAMP)
+	$(BIN)/python -m distillguard.monitor.shipped
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

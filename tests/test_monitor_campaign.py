@@ -104,7 +104,8 @@ def test_cold_start_flags_a_40pc_campaign_and_the_distiller_not_the_harness_or_t
     assert all(flagged(v) for v in sybils)
     (dist,) = by_persona(cold, personas, "coverage")
     assert flagged(dist) and dist.p_own < 1e-6  # on its own evidence
-    assert any("logprobs_rate" in r for r in dist.reasons) and not dist.reasons[0].startswith("cluster")
+    # logprobs over whole answers: extraction evidence of its own
+    assert any("logprob_gen_rate" in r for r in dist.reasons) and not dist.reasons[0].startswith("cluster")
     for name in ("eval_harness", "support_bot", "casual_chat"):
         assert not any(flagged(v) for v in by_persona(cold, personas, name)), name
     # the campaign was left out of the population that calibrates it, and the report says so

@@ -108,6 +108,25 @@ def diverse(rng, i):
 # Per-query flags and streaming state
 
 
+def test_logprobs_over_answers_are_told_from_logprobs_on_a_choice_and_orgs_are_kept():
+    lp = {"logprobs": True, "top_logprobs": 5}
+    rows = [
+        rec(1, T0, "a", "Q1 A) x B) y", params={**lp, "max_tokens": 1}),  # multiple choice, scored
+        rec(2, T0 + 1, "a", "Q2", params={"max_tokens": 7, "logprobs": 3}),  # legacy completions form
+        rec(3, T0 + 2, "a", "Write a poem", params={**lp, "max_tokens": 8}),
+        rec(4, T0 + 3, "a", "Write a story", params={**lp, "max_tokens": None}),  # unbounded: an answer
+        rec(5, T0 + 4, "a", "Write a story", params={**lp, "max_completion_tokens": 2}),
+        rec(6, T0 + 5, "a", "Write a story", params={"max_tokens": 512}),  # no logprobs at all
+    ]
+    rows = [{**r, "org": "newsdesk"} for r in rows[:3]] + rows[3:]
+    b = derive(records_to_table(rows))
+    assert b.logprobs.tolist() == [True, True, True, True, True, False]
+    assert b.logprob_gen.tolist() == [False, False, True, True, False, False]
+    acc = accumulate_records(rows)
+    assert acc.orgs == ["newsdesk"]
+    assert features_of(acc, "a")[0]["logprob_gen_rate"] == pytest.approx(2 / (6 + 20))
+
+
 def test_flags_user_text_and_params_are_read_from_ledger_rows():
     rows = [
         rec(
@@ -131,6 +150,8 @@ def test_flags_user_text_and_params_are_read_from_ledger_rows():
     assert b.logprobs.tolist() == [False, False, True, False, False]
     assert b.logit_bias.tolist() == [False, False, True, False, False]
     assert b.admitted.tolist() == [True, True, True, True, False]
+    # logprobs over a whole answer (max_tokens 256) vs scoring a choice: the one-token probe is not one
+    assert b.logprob_gen.tolist() == [False, False, True, False, False]
     assert is_cot("Let's think step by step.") and not is_cot("What is a step function?")
     assert is_identity("which company trained you?") and not is_identity("who wrote Hamlet?")
 
@@ -373,10 +394,33 @@ def test_linking_recovers_a_planted_sybil_cluster_and_nothing_else():
     infos.append(_info("twinA", "73.16.1.0/24", wrapper, [5, 6, 7, 8], 500.0, 4))
     infos.append(_info("twinB", "73.16.2.0/24", wrapper, [90, 91, 92, 93], 520.0, 4))
     clusters = link_accounts(infos)
-    assert len(clusters) == 1
     assert set(clusters[0].accounts) == {f"sybil{i}" for i in range(12)}
     assert {"ip", "template"} <= set(clusters[0].evidence)
     assert "45.137.12.0/24" in clusters[0].describe()
+    assert len(clusters) == 1  # look-alikes signed up together, each from a network of its own: no link
+
+
+def test_a_registration_burst_with_one_template_family_links_accounts_without_a_network_of_their_own():
+    from collections import Counter
+
+    wrapper = {hash(f"cot-frame-{i}") for i in range(20)}
+
+    def rotating(name, i, created, frames):  # a new residential /24 for every request
+        info = _info(name, None, frames, [i], created, 1)
+        info.prefixes = Counter({f"{80 + i}.{k}.{i}.0/24": 1 for k in range(12)})
+        return info
+
+    infos = [rotating(f"throwaway{i}", i, 1000.0 + 9 * i, wrapper | {hash(f"o{i}")}) for i in range(8)]
+    # the same frames, signed up hours apart: a popular prompt, no burst, no link
+    infos += [rotating(f"fan{i}", 40 + i, 50_000.0 + 3600 * i, wrapper) for i in range(4)]
+    # a bulk import: customers with the same frames created in one second, each from its own office
+    infos += [
+        _info(f"import{i}", f"73.20.{i}.0/24", wrapper, [60 + i], 90_000.0 + 0.01 * i, 1) for i in range(6)
+    ]
+    clusters = link_accounts(infos)
+    assert [sorted(c.accounts) for c in clusters] == [sorted(f"throwaway{i}" for i in range(8))]
+    assert set(clusters[0].evidence) == {"template", "created"}
+    assert clusters[0].strong == [sorted(f"throwaway{i}" for i in range(8))]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -484,15 +528,23 @@ def test_scan_cli_prints_the_design_shape_and_fails_in_one_line(tmp_path, monkey
     lp = tmp_path / "ledger.db"
     _write_ledger(lp, _population(seed=5))
     monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path / "home"))
-    code, out, err = run_cli(["monitor", "scan", "--ledger", str(lp), "--json"], capsys)
+    # this toy population calibrates itself; its "people" resemble no kind the shipped reference knows
+    code, out, err = run_cli(["monitor", "scan", "--ledger", str(lp), "--json", "--population"], capsys)
     assert code == 0, err
     doc = json.loads(out)
     assert {"account", "risk", "tier", "cluster", "reasons"} <= set(doc["accounts"][0])
     top = doc["accounts"][0]
     assert top["account"] == "harvester" and top["risk"] > 0.999 and top["tier"] != "normal"
     assert top["evidence"] and all(isinstance(s, int) for s in top["evidence"])
-    assert doc["applied"] is False and doc["calibration"] == "population"
+    assert doc["applied"] is False and doc["calibration"] == "population" and "--population" in err
     assert all(a["tier"] == "normal" for a in doc["accounts"][1:])
+    # no reference was calibrated: by default the shipped one scores the scan, and report and stderr say so
+    code, out, err = run_cli(["monitor", "scan", "--ledger", str(lp), "--json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["calibration"] == "reference" and doc["reference"]["source"] == "shipped reference"
+    assert doc["reference"]["trust"].startswith("medium") and "shipped default reference" in err
+    assert doc["accounts"][0]["account"] == "harvester" and doc["accounts"][0]["tier"] != "normal"
     code, _, err = run_cli(["monitor", "scan", "--ledger", str(tmp_path / "nope.db")], capsys)
     assert code == 2 and err.count("\n") == 1 and "ledger not found" in err
     code, _, err = run_cli(["monitor", "scan", "--ledger", str(lp), "--apply"], capsys)

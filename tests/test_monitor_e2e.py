@@ -116,10 +116,10 @@ def test_attackers_end_restricted_or_suspended_and_customers_stay_normal(
             Path(os.environ["E2E_DEBUG"]).write_text(repr(sorted(detail.values(), key=lambda x: x[2])))
         for a, row in rows.items():
             if labels[a]["kind"] == "attacker":
-                assert tiers[a] in ("restricted", "suspended"), (detail[a], outcome)
+                assert tiers[a] in ("restricted", "suspended"), (detail[a], row["reasons"][:8], outcome)
                 assert row["reasons"] and row["evidence"]
             else:
-                assert tiers[a] == "normal", (detail[a], outcome)
+                assert tiers[a] == "normal", (detail[a], row["reasons"][:8], outcome)
         # the Sybil campaign was judged as one linked cluster
         sybils = {a for a in rows if labels[a]["persona"] == "sybil"}
         cluster = {rows[a]["cluster"] for a in sybils}

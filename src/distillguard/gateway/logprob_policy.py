@@ -18,8 +18,9 @@ the defence, one frozen object per tier, applied by the gateway and the local ba
 - **Rounding** (``decimals``): reported values rounded to that many decimals. Because the values are
   reported before the bias and at temperature 1 without penalties, a client cannot dither them with varying
   biases, temperatures or penalties, and the same context always gets the same rounding: the error does not
-  average away over repeats (a temperature of 0.01 would otherwise read logits 100x finer). Rounding to ``d`` decimals adds an
-  error of up to ``0.5 * 10**-d`` to every logit the attack reads, which fills the spectrum's tail.
+  average away over repeats (a temperature of 0.01 would otherwise read logits 100x finer). Rounding to
+  ``d`` decimals adds an error of up to ``0.5 * 10**-d`` to every logit the attack reads, which fills the
+  spectrum's tail.
 - **A budget** (``daily_tokens``): completion tokens that carry logprobs, per account and UTC day, counted in
   the quota store like every other limit (scope ``logprobs:<account>``); past it, requests for logprobs get
   429 while requests without logprobs pass.

@@ -70,13 +70,20 @@ def retime_cmd(
     parquet: Path = typer.Option(..., help="ledger.parquet from `distillguard ledger export`."),
     schedule: Path = typer.Option(..., help="schedule.jsonl written by `heldout generate`."),
     out: Path = typer.Option(None, help="Output Parquet (default: ledger.sim.parquet next to the input)."),
+    population: Path = typer.Option(
+        None,
+        help="population.json of the run: also write accounts.parquet (simulated sign-ups) beside the output "
+        "(default: the one next to the schedule, if any).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
     """Rewrite an export's timestamps onto the simulated clock of the run."""
     from distillguard.heldout.retime import retime
 
     target = out or parquet.with_name("ledger.sim.parquet")
-    result = retime(parquet, schedule, target)
+    if population is None and (schedule.parent / "population.json").is_file():
+        population = schedule.parent / "population.json"
+    result = retime(parquet, schedule, target, population=population)
     if json_out:
         typer.echo(json.dumps({"path": str(target), **result}))
     else:

@@ -7,6 +7,10 @@ generator sent; :func:`retime` writes a copy of ``ledger export``'s ``ledger.par
 Records the generator did not send (none, unless other clients used the gateway) take the time of the
 record before them. The copy's ``prev_hash``/``hash`` are recomputed over the new records, so it is a
 consistent (unsigned) chain of its own; the gateway's ledger itself is untouched and still verifies.
+
+The gateway's account store records sign-ups on the wall clock too. With ``population`` (the run's
+``population.json``), :func:`retime` also writes ``accounts.parquet`` beside the copy, with each account's
+simulated sign-up time as ``key_created``: the sign-up log a scan of the copy links accounts by.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ def load_schedule(path: Path) -> dict[str, float]:
     return out
 
 
-def retime(parquet: Path, schedule: Path, out: Path) -> dict[str, int]:
-    """Write ``out``: ``parquet`` with simulated timestamps. Returns how many rows matched the schedule."""
+def retime(parquet: Path, schedule: Path, out: Path, population: Path | None = None) -> dict[str, int]:
+    """Write ``out``: ``parquet`` with simulated timestamps (and, with ``population``, ``accounts.parquet``
+    beside it with the simulated sign-ups). Returns how many rows matched the schedule."""
     import hashlib
 
     import pyarrow as pa
@@ -71,4 +76,23 @@ def retime(parquet: Path, schedule: Path, out: Path) -> dict[str, int]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(cols, schema=table.schema), out, compression="zstd")
-    return {"rows": n, "matched": matched}
+    result = {"rows": n, "matched": matched}
+    if population is not None:
+        result["accounts"] = write_signups(population, out.parent / "accounts.parquet")
+    return result
+
+
+def write_signups(population: Path, out: Path) -> int:
+    """``accounts.parquet`` (account, key_created) from a run's ``population.json``; returns the row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        accounts = json.loads(Path(population).read_text(encoding="utf-8"))["accounts"]
+        names = [str(a["name"]) for a in accounts]
+        created = [float(a["signup_ts"]) for a in accounts]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot read sign-ups from {population}: {exc}") from None
+    table = pa.table({"account": names, "key_created": created})
+    pq.write_table(table, out)
+    return len(names)

@@ -20,11 +20,14 @@ Three layers:
    fraction of benign entities scoring at least as high. ``risk = 1 - p``. Tiers are thresholds on ``p``
    (see :mod:`distillguard.monitor.decisions`), so each tier carries a benign false-alarm rate per scan.
 
-4. **Elicitation counts** (:class:`RateNull`): reasoning-trace, identity, logprobs and logit_bias requests
-   as binomial counts against every benign reference profile's rate (at its 95% upper bound). Most benign
-   entities elicit nothing, so this needs no tail extrapolation, and resembling a benign kind on other
-   features cannot cancel it. ``scan.analyse`` combines it with the full profile score, which counts only
-   when elicitation, coverage (:data:`INTENT`) or linkage shows intent.
+4. **Elicitation counts** (:class:`RateNull`): extraction (logit_bias sweeps, logprobs over whole
+   answers) and suggestive elicitation (reasoning traces, identity questions, logprobs at all) as binomial
+   counts against every benign reference profile's rate (at its 95% upper bound). Most benign entities
+   elicit nothing, so this needs no tail extrapolation, and resembling a benign kind on other features
+   cannot cancel it. ``scan.judge`` counts extraction on its own; suggestive elicitation only when
+   breadth (coverage), network churn or a linked campaign corroborates it, because evaluation harnesses
+   ask for reasoning and logprobs too; and the full profile score only with intent (the joint look at
+   :data:`INTENT`), extraction, corroboration or campaign linkage.
 
 The p-values are model-based beyond the range of the reference (a 0.1% rate cannot be read off a few
 hundred benign accounts); ``monitor eval`` measures the rate actually observed.
@@ -196,12 +199,25 @@ class MMDReference:
 
 
 _UNITS = {f.name: f.unit for f in FEATURES}
-# Intent signals: what the traffic asks for. Elicitation (reasoning traces, identity, logprobs, logit_bias
-# sweeps) is evidence on its own; coverage of the capability space and novelty (shared with evaluation
-# harnesses, which replay one benchmark: broad but not novel) and paraphrase (shared with support bots'
-# near-identical FAQs) only open the way for the full profile.
-ELICITATION = ("cot_rate", "identity_rate", "logprobs_rate", "logit_bias_rate")
-INTENT = (*ELICITATION, "paraphrase_rate", "coverage", "novelty")
+# Intent signals: what the traffic asks for.
+# - Extraction (logit_bias sweeps, logprobs over whole answers) reads the teacher's distribution itself:
+#   evidence on its own.
+# - Suggestive elicitation (reasoning traces, identity questions, logprobs at all) is what distillers ask,
+#   and also what evaluation harnesses (chain-of-thought benchmarks, multiple choice scored with logprobs)
+#   and researchers ask: it counts only when something else about the entity corroborates it (breadth,
+#   evasion or a linked campaign), never because it exceeds one benign kind's rate.
+# - Breadth (coverage of the capability space) and evasion (rotating networks) corroborate elicitation.
+#   Novelty and paraphrase do not: one benchmark run never repeats an item, and templated multiple-choice
+#   items or support FAQs read as paraphrases of each other.
+EXTRACTION = ("logit_bias_rate", "logprob_gen_rate")
+SUGGESTIVE = ("cot_rate", "identity_rate", "logprobs_rate")
+ELICITATION = (*EXTRACTION, *SUGGESTIVE)
+BREADTH = ("coverage",)
+EVASION = ("ip_churn",)
+# The joint look at what is asked: elicitation, breadth and novelty together. Each alone resembles some
+# benign kind (researchers ask for reasoning, harnesses for logprobs, coding products cover a lot);
+# together, beyond every benign profile, they open the full profile look.
+INTENT = ("logit_bias_rate", "logprob_gen_rate", "cot_rate", "identity_rate", "coverage", "novelty")
 # The smallest tail scale of a restricted look, in unit scales per e-fold: most benign entities show no
 # elicitation at all, and an all-zero null must not make one odd question look impossible.
 SUBSET_MIN_BETA = 1.0
@@ -582,15 +598,16 @@ def combine_min_p(p_values: Sequence[float]) -> float:
 
 @dataclass
 class RateNull:
-    """Elicitation as counts: is this entity's number of reasoning-trace, identity, logprobs or
-    logit_bias requests more than benign accounts ask for?
+    """Elicitation as counts: is this entity's number of reasoning-trace, identity, logprobs, logprobs
+    over answers or logit_bias requests more than benign accounts ask for?
 
     The null: a benign entity elicits at the rate of one of the reference entities, taken at that entity's
     exact one-sided 95% upper confidence bound (a reference account that asked 0 of 30 is credited with
     up to 9.5%). The p-value of ``k`` of ``n`` is the mixture ``mean_i P(Binomial(n, r_i) >= k)`` over the
-    reference, per feature, Bonferroni over :data:`ELICITATION`. Unlike the nearest-profile score it needs
-    no tail extrapolation, so a small reference in which nobody elicits still states small p-values, and
-    no benign kind that resembles the entity in other ways can cancel it."""
+    reference, per feature, Bonferroni over its ``features`` (:data:`EXTRACTION` or :data:`SUGGESTIVE`).
+    Unlike the nearest-profile score it needs no tail extrapolation, so a small reference in which nobody
+    elicits still states small p-values, and no benign kind that resembles the entity in other ways can
+    cancel it."""
 
     ids: list[tuple[str, ...]]
     k: np.ndarray  # [R, F] counts
@@ -599,17 +616,19 @@ class RateNull:
     features: tuple[str, ...] = ELICITATION
 
     @classmethod
-    def from_calibration(cls, cal: Calibration) -> RateNull:
+    def from_calibration(cls, cal: Calibration, features: Sequence[str] = ELICITATION) -> RateNull:
+        """The null of ``features`` (those the reference has: one saved before a feature existed lacks it)."""
         from scipy.stats import beta
 
-        cols = [cal.features.index(f) for f in ELICITATION]
+        features = tuple(f for f in features if f in cal.features)
+        cols = [cal.features.index(f) for f in features]
         lq = cal.reference[:, cal.features.index("log_queries")]
         sizes = np.array([len(x) for x in cal.reference_ids], dtype=np.float64)
         n = np.round(np.where(np.isfinite(lq), 10.0**lq, 1.0) * sizes)
         rates = np.nan_to_num(cal.reference[:, cols], nan=0.0)
         k = np.clip(np.round(rates * (n[:, None] + 20.0)), 0, n[:, None])
         upper = np.where(k >= n[:, None], 1.0, beta.ppf(0.95, k + 1, np.maximum(n[:, None] - k, 1e-9)))
-        return cls(list(cal.reference_ids), k, n, upper)
+        return cls(list(cal.reference_ids), k, n, upper, features)
 
     def _column(self, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Feature ``j``'s distinct upper rates (ascending) with row counts and each row's position among
@@ -653,6 +672,18 @@ class RateNull:
         excluded = set(out.tolist())
         top = next((float(obs[i]) for i in range(len(obs) - 1, -1, -1) if int(order[i]) not in excluded), 0.0)
         return below / kept, top
+
+    def top_percentile(self, queries: int, features: dict[str, float]) -> float:
+        """The largest share, over the features, of reference profiles eliciting at most this entity's
+        rate (0 when it elicits nothing)."""
+        n = max(int(queries), 1)
+        out = 0.0
+        for j, f in enumerate(self.features):
+            rate = features.get(f, float("nan"))
+            if math.isfinite(rate) and rate > 0 and len(self.ids):
+                k = int(round(rate * (n + 20.0)))
+                out = max(out, self._obs_rank(j, k / n, np.zeros(0, dtype=np.int64))[0])
+        return out
 
     def assess(
         self,

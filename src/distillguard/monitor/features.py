@@ -121,6 +121,13 @@ FEATURES: tuple[FeatureSpec, ...] = (
         "Share of requests asking for logprobs / top_logprobs: grey-box extraction targets.",
     ),
     FeatureSpec(
+        "logprob_gen_rate",
+        0.05,
+        "Share of requests asking for logprobs over a generation (no explicit max_tokens below 8): the "
+        "teacher's distribution at every position of an answer, a white-box distiller's training target. "
+        "Scoring a multiple-choice item reads one or a few tokens.",
+    ),
+    FeatureSpec(
         "logit_bias_rate",
         0.05,
         "Share of requests with logit_bias: sweeps of +100 biases recover the output projection "
@@ -156,6 +163,7 @@ RATE_FEATURES = frozenset(
         "cot_rate",
         "identity_rate",
         "logprobs_rate",
+        "logprob_gen_rate",
         "logit_bias_rate",
         "ip_churn",
     }
@@ -197,6 +205,8 @@ _USER_SEP = "\nuser: "
 _END_CHARS = 400
 _LOGPROBS_RE = r'"(?:logprobs":(?:true|[1-9])|top_logprobs":[1-9])'
 _LOGIT_BIAS_RE = r'"logit_bias":\{"'
+# an explicit generation bound below 8 tokens: logprobs read for a choice, not over an answer
+_SHORT_GEN_RE = r'"max_(?:completion_)?tokens":[1-7][,}]'
 
 _STOPWORD_TEXT = """
 a about above after again against all am an and any are as at be because been before being below
@@ -385,6 +395,7 @@ COLUMNS = (
     "ts",
     "account",
     "key_id",
+    "org",
     "client_ip",
     "decision",
     "prompt",
@@ -413,7 +424,7 @@ def records_to_table(records: Iterable[dict[str, Any]]) -> pa.Table:
     for r in records:
         cols["seq"].append(r.get("seq"))
         cols["ts"].append(r.get("ts"))
-        for name in ("account", "key_id", "client_ip", "decision"):
+        for name in ("account", "key_id", "org", "client_ip", "decision"):
             v = r.get(name)
             cols[name].append(v if isinstance(v, str) else None)
         prompt = r.get("prompt")
@@ -453,11 +464,14 @@ class QueryBatch:
     identity: np.ndarray
     logprobs: np.ndarray
     logit_bias: np.ndarray
+    logprob_gen: np.ndarray
     admitted: np.ndarray
     ips: list[str | None]  # distinct client IPs; ``ip`` indexes into it
     ip: np.ndarray  # int32
     keys: list[str | None]
     key: np.ndarray  # int32
+    orgs: list[str | None]  # declared organisations; ``org`` indexes into it
+    org: np.ndarray  # int32
     prompt_tokens: np.ndarray  # int64 (0 when unknown)
     completion_tokens: np.ndarray
 
@@ -517,6 +531,7 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
     acct, accounts = _encode(account)
     ip, ips = _encode(_column(table, "client_ip", pa.string()))
     key, keys = _encode(_column(table, "key_id", pa.string()))
+    org, orgs = _encode(_column(table, "org", pa.string()))
     decision = _column(table, "decision", pa.string())
 
     def flag(arr: pa.Array, pattern: str, ignore_case: bool = False) -> np.ndarray:
@@ -539,6 +554,7 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
     ts = pc.fill_null(_column(table, "ts", pa.float64()), 0.0).to_numpy(zero_copy_only=False)
     lens = pc.binary_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
     admitted = pc.fill_null(pc.equal(decision, "admitted"), True).to_numpy(zero_copy_only=False)
+    logprobs = flag(params, _LOGPROBS_RE)
     return QueryBatch(
         accounts=accounts,
         acct=acct,
@@ -550,13 +566,16 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
         # reasoning elicitation may sit in the system prompt ("always show your full reasoning"): whole prompt
         cot=ends_flag(prompt, COT_PATTERN),
         identity=ends_flag(text, IDENTITY_PATTERN),
-        logprobs=flag(params, _LOGPROBS_RE),
+        logprobs=logprobs,
         logit_bias=flag(params, _LOGIT_BIAS_RE),
+        logprob_gen=logprobs & ~flag(params, _SHORT_GEN_RE),
         admitted=admitted.astype(bool),
         ips=ips,
         ip=ip,
         keys=keys,
         key=key,
+        orgs=orgs,
+        org=org,
         prompt_tokens=ints("prompt_tokens"),
         completion_tokens=ints("completion_tokens"),
     )
@@ -585,6 +604,7 @@ _COUNTERS = (
     "identity",
     "logprobs",
     "logit_bias",
+    "logprob_gen",
     "copied",
     "copy_eligible",
     "prompt_tokens",
@@ -610,6 +630,7 @@ class Sample:
     identity: np.ndarray
     logprobs: np.ndarray
     logit_bias: np.ndarray
+    logprob_gen: np.ndarray
     copied: np.ndarray
 
     def __len__(self) -> int:
@@ -632,6 +653,7 @@ class Profile:
     distinct: float
     prefixes: Counter
     keys: set[str]
+    orgs: set[str]  # declared organisations of the accounts (the account store's ``org``)
     sample: Sample
     hour_signature: np.ndarray  # MinHash of active hours, for linking
 
@@ -665,6 +687,7 @@ class FeatureAccumulator:
         self.hours = np.zeros((0, _HOUR_HASHES), dtype=np.uint64)
         self.prefixes: list[Counter] = []
         self.keys: list[set[str]] = []
+        self.orgs: list[str | None] = []  # each account's declared organisation (the last one seen)
         self._prefix_cache: dict[str | None, str | None] = {}
         # the copy table: a direct-mapped hash table from prompt hash to the first account that sent it
         self._copy_mask = (1 << copy_bits) - 1
@@ -711,6 +734,7 @@ class FeatureAccumulator:
                 self.accounts.append(name)
                 self.prefixes.append(Counter())
                 self.keys.append(set())
+                self.orgs.append(None)
             out[i] = j
         self._grow(len(self.accounts))
         return out
@@ -730,6 +754,7 @@ class FeatureAccumulator:
             ("identity", batch.identity),
             ("logprobs", batch.logprobs),
             ("logit_bias", batch.logit_bias),
+            ("logprob_gen", batch.logprob_gen),
             ("prompt_tokens", batch.prompt_tokens),
             ("completion_tokens", batch.completion_tokens),
         ):
@@ -853,6 +878,11 @@ class FeatureAccumulator:
             kid = b.keys[k]
             if kid is not None and len(self.keys[acct]) < 64:
                 self.keys[acct].add(kid)
+        width = max(len(b.orgs), 1)
+        for key in np.unique(a.astype(np.int64) * width + b.org).tolist():
+            acct, k = divmod(key, width)
+            if b.orgs[k] is not None:
+                self.orgs[acct] = b.orgs[k]
 
     def _update_sample(self, a: np.ndarray, b: QueryBatch, copied: np.ndarray) -> None:
         prio = hash_ints(b.seq, salt=0x5A17)
@@ -872,6 +902,7 @@ class FeatureAccumulator:
                 "identity": b.identity[cand],
                 "logprobs": b.logprobs[cand],
                 "logit_bias": b.logit_bias[cand],
+                "logprob_gen": b.logprob_gen[cand],
                 "copied": copied[cand],
             }
         )
@@ -933,6 +964,7 @@ class FeatureAccumulator:
             identity=p["identity"][sel].copy(),
             logprobs=p["logprobs"][sel].copy(),
             logit_bias=p["logit_bias"][sel].copy(),
+            logprob_gen=p["logprob_gen"][sel].copy(),
             copied=p["copied"][sel].copy(),
         )
         prefixes: Counter = Counter()
@@ -956,6 +988,7 @@ class FeatureAccumulator:
             distinct=hll_estimate(regs),
             prefixes=prefixes,
             keys=keys,
+            orgs={o for i in ids if (o := self.orgs[i]) is not None},
             sample=sample,
             hour_signature=self.hours[ids].min(axis=0),
         )
@@ -994,6 +1027,7 @@ class FeatureAccumulator:
             "min_copy_chars": self.min_copy_chars,
             "prefixes": [dict(x) for x in self.prefixes],
             "keys": [sorted(x) for x in self.keys],
+            "orgs": self.orgs,
         }
         return {"arrays": arrays, "meta": meta}
 
@@ -1022,6 +1056,7 @@ class FeatureAccumulator:
         acc.last_seq, acc.rows = int(meta["last_seq"]), int(meta["rows"])
         acc.prefixes = [Counter(x) for x in meta["prefixes"]]
         acc.keys = [set(x) for x in meta["keys"]]
+        acc.orgs = list(meta.get("orgs") or [None] * n)
         return acc
 
 
@@ -1037,6 +1072,7 @@ def _empty_pool() -> dict[str, np.ndarray]:
         "identity": np.zeros(0, dtype=bool),
         "logprobs": np.zeros(0, dtype=bool),
         "logit_bias": np.zeros(0, dtype=bool),
+        "logprob_gen": np.zeros(0, dtype=bool),
         "copied": np.zeros(0, dtype=bool),
     }
 
@@ -1160,6 +1196,7 @@ def entity_features(
         "cot_rate": shrunk_rate(c["cot"], n),
         "identity_rate": shrunk_rate(c["identity"], n),
         "logprobs_rate": shrunk_rate(c["logprobs"], n),
+        "logprob_gen_rate": shrunk_rate(c["logprob_gen"], n),
         "logit_bias_rate": shrunk_rate(c["logit_bias"], n),
         "ip_churn": shrunk_rate(max(prefixes - 1, 0), n),
         "mmd": mmd,
@@ -1201,6 +1238,7 @@ def evidence_seqs(profile: Profile, geometry: TextGeometry, limit: int = 8) -> d
         "cot_rate": pick(s.cot),
         "identity_rate": pick(s.identity),
         "logprobs_rate": pick(s.logprobs),
+        "logprob_gen_rate": pick(s.logprob_gen),
         "logit_bias_rate": pick(s.logit_bias),
         "ip_churn": everything,
         "mmd": everything,

@@ -43,8 +43,10 @@ def reference_path(config: dict[str, Any]) -> Path:
 
 
 def load_reference(config: dict[str, Any], path: Path | None, population: bool):
-    """The benign reference to score against: ``path``, else the saved one; None means the population."""
+    """The benign reference to score against: ``path``, else the one ``calibrate`` saved, else the shipped
+    default (:mod:`distillguard.monitor.shipped`); ``population`` (None) calibrates on the scan itself."""
     from distillguard.monitor.scan import Reference
+    from distillguard.monitor.shipped import load_shipped_reference
 
     if population:
         return None
@@ -53,7 +55,7 @@ def load_reference(config: dict[str, Any], path: Path | None, population: bool):
             raise UserError(f"reference not found: {path}")
         return Reference.load(path)
     default = reference_path(config)
-    return Reference.load(default) if default.is_file() else None
+    return Reference.load(default) if default.is_file() else load_shipped_reference()
 
 
 def open_store(config: dict[str, Any], create: bool):
@@ -182,12 +184,18 @@ def scan(
         raise UserError("--apply needs the gateway's account store (none found; check --config)")
     if created is None and store is not None:
         created = store_created(store)
-    if ref is None and warn is not None:
+    if warn is not None and ref is None:
         warn(
-            "note: calibrated on the scanned population (no benign reference): linked clusters holding 5% "
+            "note: calibrated on the scanned population (--population): linked clusters holding 5% "
             "or more of the accounts are left out of it and scored against the rest, but a campaign spread "
             "over unlinked accounts can still vouch for itself; fit a reference with "
             "`distillguard monitor calibrate`"
+        )
+    elif warn is not None and ref.meta.get("shipped"):
+        warn(
+            f"note: scored against the shipped default reference ({ref.meta.get('version')}: simulated "
+            "benign kinds, not this deployment's traffic); fit your own with "
+            "`distillguard monitor calibrate` on a known-good period"
         )
     analysis = score(acc, ref, opts, created, progress)
     if intel is not None:

@@ -11,15 +11,22 @@ whose edges need **two independent kinds of evidence** between a pair of account
   candidate search stays linear in the number of accounts;
 - ``timing``: their active hours coincide, Jaccard >= 0.6 over at least 4 active hours each (MinHash of
   absolute hour bins): one scheduler drives them;
-- ``created``: their keys were created (or, without the account store, they were first seen) within
-  ``created_window`` seconds of each other: a registration burst.
+- ``created``: their keys were created within ``created_window`` seconds of each other (from the account
+  store or an export's ``accounts.parquet``; unknown without them): a registration burst.
 
 One kind alone is common among honest customers (colleagues behind one NAT, two users of the same
 popular prompt, people in one time zone, a busy sign-up day); two at once rarely are. At least one of the
 two must be infrastructure or behaviour in time (``ip`` or ``timing``): sharing prompt frames with
 someone who signed up the same day is what customers onboarded together (or migrated in bulk) look
-like. Clusters are the connected components of at least two accounts. Within a cluster, the groups joined
-by *strong* edges (carrying ``template`` or ``timing``) are what the scan judges as one operator
+like. The exception is a *burst* of accounts that have no network of their own: keys created within
+``burst_window`` seconds (five minutes: one script) of each other by accounts whose prompt frames overlap
+and that both send from a new network on most requests (``rotating_share``). Throwaway accounts behind
+rotating residential proxies share no network and, active for an hour each, no timing; their one
+template family and their sign-up script are all that joins them. Customers have a network (an office,
+a home, a cloud region), so a bulk import or a busy onboarding day never links them this way.
+
+Clusters are the connected components of at least two accounts. Within a cluster, the groups joined by
+*strong* edges (carrying ``template`` or ``timing``) are what the scan judges as one operator
 (``Cluster.strong``); a member attached by ``ip`` and ``created`` alone is reported, never judged by the
 company it keeps. Pure functions.
 """
@@ -52,6 +59,7 @@ class LinkInfo:
     hours: np.ndarray  # MinHash signature of active absolute hours (uint64)
     active_hours: int
     created: float | None  # key creation (or first-seen) time
+    org: str | None = None  # the declared organisation (one customer's fleet of service accounts)
 
 
 @dataclass
@@ -109,6 +117,8 @@ def link_accounts(
     hours_jaccard: float = 0.6,
     min_active_hours: int = 4,
     created_window: float = 3 * 3600.0,
+    burst_window: float = 300.0,
+    rotating_share: float = 0.5,
     min_kinds: int = 2,
 ) -> list[Cluster]:
     """Clusters of accounts linked by at least ``min_kinds`` kinds of evidence, largest first."""
@@ -161,7 +171,12 @@ def link_accounts(
         kinds[lo : lo + step, 2] = busy[i] & busy[j] & ((hours[i] == hours[j]).mean(axis=1) >= hours_jaccard)
         with np.errstate(invalid="ignore"):
             kinds[lo : lo + step, 3] = np.abs(cr[i] - cr[j]) <= created_window  # unknown (nan): False
-    edge = (kinds.sum(axis=1) >= min_kinds) & (kinds[:, 0] | kinds[:, 2])
+    sent = np.array([sum(x.prefixes.values()) for x in infos], dtype=np.float64)
+    nets = np.array([len(x.prefixes) for x in infos], dtype=np.float64)
+    rotating = (sent >= 3) & (nets >= rotating_share * np.maximum(sent, 1.0))
+    with np.errstate(invalid="ignore"):
+        burst = (np.abs(cr[pi] - cr[pj]) <= min(burst_window, created_window)) & rotating[pi] & rotating[pj]
+    edge = (kinds.sum(axis=1) >= min_kinds) & (kinds[:, 0] | kinds[:, 2] | (kinds[:, 1] & burst))
     ei, ej, ek = pi[edge], pj[edge], kinds[edge]
     graph = coo_matrix((np.ones(len(ei), dtype=np.int8), (ei, ej)), shape=(n, n))
     _, label = connected_components(graph, directed=False)

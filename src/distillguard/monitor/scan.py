@@ -42,8 +42,12 @@ from distillguard.monitor.decisions import (
     decide,
 )
 from distillguard.monitor.detectors import (
+    BREADTH,
+    EVASION,
+    EXTRACTION,
     INTENT,
     SUBSET_MIN_BETA,
+    SUGGESTIVE,
     Assessment,
     Calibration,
     MMDReference,
@@ -303,6 +307,7 @@ class Analyzer:
             hours=prof.hour_signature,
             active_hours=_active_hours(prof),
             created=None,
+            org=next(iter(prof.orgs)) if len(prof.orgs) == 1 else None,
         )
         return EntityState(accounts, prof.n, feats, evidence_seqs(prof, geo), link)
 
@@ -528,18 +533,34 @@ LEAVE_OUT_SHARE = 0.05
 
 @dataclass
 class Looks:
-    """The calibrations one entity is tested against: the full nearest-benign-profile score, elicitation
-    alone (reasoning traces, identity, logprobs, logit_bias, paraphrase) and intent (elicitation plus
-    coverage), each with its own null, plus what the null is."""
+    """The calibrations one entity is tested against, each with its own null, plus what the null is:
+
+    - ``extraction``: logit_bias sweeps and logprobs over answers as counts (evidence on its own);
+    - ``suggestive``: reasoning-trace, identity and logprob requests as counts (counted when corroborated);
+    - ``breadth`` and ``evasion``: nearest-benign-profile looks at the coverage of the capability space and
+      at network churn (they corroborate; they convict nobody alone);
+    - ``profile``: the full nearest-benign-profile score (counted with intent or campaign evidence).
+    """
 
     profile: Calibration
-    elicitation: RateNull
+    extraction: RateNull
+    suggestive: RateNull
+    breadth: Calibration
+    evasion: Calibration
     intent: Calibration
     null: str
 
     @classmethod
     def of(cls, cal: Calibration, null: str) -> Looks:
-        return cls(cal, RateNull.from_calibration(cal), cal.restrict(INTENT), null)
+        return cls(
+            cal,
+            RateNull.from_calibration(cal, EXTRACTION),
+            RateNull.from_calibration(cal, SUGGESTIVE),
+            cal.restrict(BREADTH),
+            cal.restrict(EVASION),
+            cal.restrict(INTENT),
+            null,
+        )
 
     @classmethod
     def fit(cls, rows, *, k: int, groups, null: str) -> Looks:
@@ -549,44 +570,84 @@ class Looks:
             )
 
         profile = one(None, 0.05)
-        return cls(profile, RateNull.from_calibration(profile), one(INTENT, SUBSET_MIN_BETA), null)
+        return cls(
+            profile,
+            RateNull.from_calibration(profile, EXTRACTION),
+            RateNull.from_calibration(profile, SUGGESTIVE),
+            one(BREADTH, SUBSET_MIN_BETA),
+            one(EVASION, SUBSET_MIN_BETA),
+            one(INTENT, SUBSET_MIN_BETA),
+            null,
+        )
 
 
 @dataclass
 class Judgement:
-    """One entity's tests: ``p`` is Bonferroni over the elicitation look and the profile look, which only
-    counts when ``gate`` says why (elicitation, coverage or linkage evidence)."""
+    """One entity's tests. ``p`` is Bonferroni over three: extraction; suggestive elicitation, counted only
+    when ``corroboration`` names breadth, evasion or linkage evidence; and the full profile, counted only
+    when ``gate`` names intent or a campaign: extraction, elicitation with its corroboration, breadth of
+    coverage, or linkage across accounts that are not one declared organisation (an organisation's fleet
+    of templated service accounts on one scheduler is linked and busy, and that is not distillation)."""
 
-    elicitation: Assessment
+    extraction: Assessment
+    suggestive: Assessment
+    breadth: Assessment
+    evasion: Assessment
     intent: Assessment
     profile: Assessment
+    corroboration: str | None
     gate: str | None
     p: float
     tests: list[dict[str, Any]]
 
     @property
+    def elicitation_p(self) -> float:
+        """The smallest elicitation p-value, counted or not (evidence of the entity's own asking)."""
+        return min(self.extraction.p_value, self.suggestive.p_value)
+
+    @property
+    def counted(self) -> list[Assessment]:
+        out = [self.extraction]
+        if self.corroboration is not None:
+            out.append(self.suggestive)
+        if self.gate is not None:
+            out.append(self.profile)
+        return out
+
+    @property
     def best(self) -> Assessment:
-        if self.gate is not None and self.profile.p_value < self.elicitation.p_value:
-            return self.profile
-        return self.elicitation
+        return min(self.counted, key=lambda a: a.p_value)
 
     @property
     def scored(self) -> bool:
         return self.profile.scored
 
+    def _name(self, a: Assessment) -> str:
+        if a is self.profile:
+            return "profile"
+        return "extraction" if a is self.extraction else "elicitation"
+
     def reasons(self, prefix: str = "") -> tuple[list[str], list[dict[str, Any]]]:
         best = self.best
-        name = "profile" if best is self.profile else "elicitation"
+        name = self._name(best)
         head = f"{prefix}test {name}: p={self.p:.2g} ({self.tests[0]['null']})"
         texts = [head] + [prefix + r["text"] for r in best.reasons]
         details = [{**r, "test": name} for r in best.reasons]
+        if best is self.profile:
+            texts.insert(1, f"{prefix}profile counted: {self.gate} evidence")
+        elif best is self.suggestive:
+            texts.insert(1, f"{prefix}elicitation counted: corroborated by {self.corroboration}")
+        if self.corroboration is None and self.suggestive.p_value <= GATE_P:
+            texts.append(
+                f"{prefix}elicitation p={self.suggestive.p_value:.2g} not counted: nothing corroborates it "
+                "(no breadth, network churn or linked campaign; benchmarks and researchers ask for "
+                "reasoning and logprobs too)"
+            )
         if self.gate is None and self.profile.p_value <= GATE_P:
             texts.append(
-                f"{prefix}profile p={self.profile.p_value:.2g} not counted: no elicitation, coverage or "
-                "linkage evidence (template-heavy, high-volume or regular traffic alone is not distillation)"
+                f"{prefix}profile p={self.profile.p_value:.2g} not counted: no intent evidence "
+                "(template-heavy, high-volume or regular traffic alone is not distillation)"
             )
-        elif self.gate is not None and best is self.profile:
-            texts.insert(1, f"{prefix}profile counted: {self.gate} evidence")
         return texts, details
 
 
@@ -598,32 +659,55 @@ def judge(
     exclude: set[str] = frozenset(),  # type: ignore[assignment]
     linkage: bool = False,
 ) -> Judgement:
-    """Test one entity against ``looks`` (never against itself or ``exclude``d accounts)."""
+    """Test one entity against ``looks`` (never against itself or ``exclude``d accounts).
+
+    Each look has its own valid p-value; a gate that decides whether a look counts only removes
+    rejections (P[p <= a and gate] <= P[p <= a]), and Bonferroni over the three counted looks keeps the
+    combination valid under any dependence.
+    """
     args = (accounts, st.queries, st.features, st.evidence)
-    e = looks.elicitation.assess(*args, exclude=exclude)
+    x = looks.extraction.assess(*args, exclude=exclude)
+    s = looks.suggestive.assess(*args, exclude=exclude)
+    b = looks.breadth.assess(*args, exclude=exclude)
+    v = looks.evasion.assess(*args, exclude=exclude)
     i = looks.intent.assess(*args, exclude=exclude)
     pr = looks.profile.assess(*args, exclude=exclude)
-    if e.p_value <= GATE_P:
-        gate: str | None = "elicitation"
+    support = [
+        name
+        for name, hit in (
+            ("breadth (coverage)", b.p_value <= GATE_P),
+            ("network churn", v.p_value <= GATE_P),
+            ("linkage", linkage),
+        )
+        if hit
+    ]
+    corroboration = " and ".join(support) or None
+    if x.p_value <= GATE_P:
+        gate: str | None = "extraction"
     elif i.p_value <= GATE_P:
-        gate = "intent (coverage, novelty or paraphrase)"
-    elif linkage:
-        gate = "linkage"
+        gate = "intent (elicitation, coverage and novelty together)"
+    elif corroboration:
+        gate = corroboration
     else:
         gate = None
-    p = combine_min_p([e.p_value, pr.p_value if gate else 1.0])
+    p = combine_min_p([x.p_value, s.p_value if corroboration else 1.0, pr.p_value if gate else 1.0])
     tests = [
-        {"test": "elicitation", "p_value": e.p_value, "null": looks.null},
+        {"test": "extraction", "p_value": x.p_value, "null": looks.null},
+        {"test": "elicitation", "p_value": s.p_value, "null": looks.null, "counted": bool(corroboration)},
+        {"test": "breadth", "p_value": b.p_value, "null": looks.null, "role": "corroboration, gate"},
+        {"test": "network churn", "p_value": v.p_value, "null": looks.null, "role": "corroboration, gate"},
         {"test": "intent", "p_value": i.p_value, "null": looks.null, "role": "gate"},
         {"test": "profile", "p_value": pr.p_value, "null": looks.null, "counted": gate is not None},
-        {"test": "bonferroni(elicitation, profile)", "p_value": p, "gate": gate},
+        {"test": "bonferroni(extraction, elicitation, profile)", "p_value": p, "gate": gate},
     ]
-    return Judgement(e, i, pr, gate, p, tests)
+    return Judgement(x, s, b, v, i, pr, corroboration, gate, p, tests)
 
 
 def _unscored(accounts: tuple[str, ...], st: EntityState) -> Judgement:
     a = Assessment(accounts, st.queries, float("nan"), 1.0, 0.0, [], scored=False)
-    return Judgement(a, a, a, None, 1.0, [{"test": "none", "p_value": 1.0, "null": "too few queries"}])
+    return Judgement(
+        a, a, a, a, a, a, None, None, 1.0, [{"test": "none", "p_value": 1.0, "null": "too few queries"}]
+    )
 
 
 def analyse(
@@ -667,15 +751,27 @@ def analyse(
     left_ids: list[str] = []
     if reference is not None:
         n_ref = len(reference.calibration.reference_ids)
-        looks = Looks.of(reference.calibration, f"benign reference, {n_ref} entities")
+        shipped = bool(reference.meta.get("shipped"))
+        kind = "shipped default reference" if shipped else "benign reference"
+        looks = Looks.of(reference.calibration, f"{kind}, {n_ref} entities")
         looks_out = looks
         source = "reference"
+        trust = (
+            f"{kind} of {n_ref} entities ({reference.meta.get('accounts', '?')} accounts); profile p-values "
+            f"below {1.0 / (n_ref + 1):.1g} come from a conservatively fitted tail, elicitation p-values "
+            "from binomial counts against every reference profile"
+        )
+        if shipped:
+            trust = (
+                "medium: simulated benign kinds (" + ", ".join(reference.meta.get("kinds", [])) + "), not "
+                "this deployment's traffic, and a campaign cannot vouch for itself against it; a benign kind "
+                "of your own that asks for more than all of these can look unusual; run `distillguard "
+                "monitor calibrate` on a known-good period. " + trust
+            )
         info = {
-            "source": "reference",
+            "source": "shipped reference" if shipped else "reference",
             "entities": n_ref,
-            "trust": f"benign reference of {n_ref} entities ({reference.meta.get('accounts', '?')} "
-            f"accounts); profile p-values below {1.0 / (n_ref + 1):.1g} come from a conservatively fitted "
-            "tail, elicitation p-values from binomial counts against every reference profile",
+            "trust": trust,
             **{k: reference.meta[k] for k in ("version", "path") if k in reference.meta},
         }
     else:
@@ -744,9 +840,9 @@ def analyse(
     for uid, c, members, strong in units:
         st = an.entity(acc, tuple(members), mmd)
         lk = looks_out if set(members) & left_out else looks
-        j = judge(
-            lk, tuple(members), st, exclude=set(members), linkage=strong and len(members) >= CAMPAIGN_MIN
-        )
+        orgs = {states[m].link.org for m in members}
+        campaign = strong and len(members) >= CAMPAIGN_MIN and not (len(orgs) == 1 and None not in orgs)
+        j = judge(lk, tuple(members), st, exclude=set(members), linkage=campaign)
         unit_j[uid] = j
         if strong:
             # the group's evidence must not be one member's: the others are judged without the member
@@ -754,7 +850,13 @@ def analyse(
             leader = min(members, key=lambda m: (own_j[m].p, m))
             rest = [m for m in members if m != leader]
             if len(rest) >= 2:
-                rj = judge(lk, tuple(rest), an.entity(acc, tuple(rest), mmd), exclude=set(members))
+                rj = judge(
+                    lk,
+                    tuple(rest),
+                    an.entity(acc, tuple(rest), mmd),
+                    exclude=set(members),
+                    linkage=campaign and len(rest) >= CAMPAIGN_MIN,
+                )
             else:
                 rj = own_j[rest[0]]
             shared[uid] = (leader, rj.p)
@@ -793,7 +895,7 @@ def analyse(
         attributed = None
         if uid is None and a in weak_of:
             w = weak_of[a]
-            if own.scored and own.elicitation.p_value <= GATE_P:
+            if own.scored and own.elicitation_p <= GATE_P:
                 uid, attributed = w, "own elicitation evidence"
             else:
                 reasons.append(

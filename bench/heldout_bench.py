@@ -1,0 +1,224 @@
+"""The monitor on held-out traffic: populations from ``distillguard heldout`` (written apart from the
+monitor), sent through a real gateway (stub backend, official ``openai`` client, client addresses through the
+trusted ``X-Forwarded-For``), exported, put on the simulated clock and scanned three ways:
+
+- **cold start**: no benign reference, the monitor calibrates on the scanned population;
+- **shipped reference**: the default reference that ships with the package (fitted on the monitor's own
+  simulator, never on held-out traffic);
+- **own benign period**: a reference fitted on the benign accounts of a separate held-out run (another seed),
+  as ``monitor calibrate`` on a known-good period would.
+
+Each run reports per-account TPR/FPR at every rung with exact Clopper-Pearson bounds, campaigns detected,
+whether any evaluation harness or support bot was flagged, and queries to detection per campaign.
+
+    python bench/heldout_bench.py                 # small + medium, seeds 1-3 (the reported figures)
+    python bench/heldout_bench.py --quick         # small, seed 1
+    python bench/heldout_bench.py --seeds 0 --sizes small,medium --out dev   # the development seed
+
+Seed 0 is the development seed (looked at while the detector was changed); the reported seeds are not.
+Results: ``bench/results/heldout.json`` and ``heldout.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+ADMIN = "heldout-bench-admin-token"
+SECRET = "heldout-bench-secret-0123456789"
+HARD_NEGATIVES = ("eval_harness", "support_bot")
+REFERENCE_SEED = 1000  # the benign period: a run of its own, only its benign accounts are used
+
+
+def produce(size: str, seed: int, work: Path) -> Path:
+    """Send the held-out population through a stub gateway once; return the retimed export directory."""
+    from distillguard.gateway.serve import GatewayServer
+    from distillguard.gateway.settings import GatewaySettings
+    from distillguard.heldout.drive import generate
+    from distillguard.heldout.retime import retime
+
+    run = work / f"{size}-{seed}"
+    sim = run / "sim"
+    if (sim / "ledger.parquet").is_file():
+        return run
+    state = Path(tempfile.mkdtemp(prefix="heldout-gw-", dir=work))
+    settings = GatewaySettings.from_mapping({
+        "port": 0, "backend": "stub", "secret": SECRET, "admin_token": ADMIN,
+        "accounts_path": str(state / "accounts.db"), "ledger_path": str(state / "ledger.db"),
+        "trusted_proxies": ["127.0.0.1/32"], "log_level": "warning", "watermark_key": "heldout-bench",
+    })  # fmt: skip
+    server = GatewayServer(settings)
+    url = server.start()
+    try:
+        t0 = time.time()
+        summary = generate(url, ADMIN, run, size, seed, duration=0.0, concurrency=8)
+        print(f"  {size}-{seed}: {summary['requests']} requests in {time.time() - t0:.0f} s", flush=True)
+        from distillguard.gateway.app import gateway_of
+
+        export = gateway_of(server.app).ledger.export_parquet(run / "export")
+    finally:
+        server.stop()
+    retime(export, run / "schedule.jsonl", sim / "ledger.parquet", population=run / "population.json")
+    return run
+
+
+def references(ref_run: Path) -> dict:
+    """The references each run is scanned against, by name (None: calibrate on the population)."""
+    from distillguard.monitor.shipped import load_shipped_reference
+
+    from distillguard.monitor.jobs import read
+    from distillguard.monitor.scan import ScanOptions, build_reference, parquet_batches, parquet_created
+    from distillguard.monitor.synth import read_labels
+
+    sim = ref_run / "sim" / "ledger.parquet"
+    benign = [a for a, x in read_labels(ref_run / "labels.json").items() if x.get("kind") == "benign"]
+    opts = ScanOptions()
+    own = build_reference(
+        read(parquet_batches(sim), opts.sample_size), opts, benign=benign, created=parquet_created(sim)
+    )
+    return {"cold start": None, "shipped reference": load_shipped_reference(), "own benign period": own}
+
+
+def evaluate_run(run: Path, refs: dict, size: str, seed: int, qtd: bool) -> list[dict]:
+    """Scan one run against every reference; one result row per reference."""
+    from distillguard.monitor.decisions import Policy
+    from distillguard.monitor.evaluate import evaluate, queries_to_detection
+    from distillguard.monitor.jobs import read, score
+    from distillguard.monitor.scan import ScanOptions, parquet_batches, parquet_created
+    from distillguard.monitor.synth import read_labels
+
+    sim = run / "sim" / "ledger.parquet"
+    labels = read_labels(run / "labels.json")
+    policy = Policy()
+    opts = ScanOptions()
+    created = parquet_created(sim)
+    acc = read(parquet_batches(sim), opts.sample_size)
+    rows = []
+    for name, ref in refs.items():
+        t0 = time.time()
+        analysis = score(acc, ref, opts, created)
+        q = None
+        if qtd and ref is not None:
+            q = queries_to_detection(parquet_batches(sim), labels, ref, policy, options=opts, created=created)
+        doc = evaluate(analysis, labels, policy, qtd=q)
+        flag = policy.flag_tier
+        hard = sorted(
+            a for a, lab in labels.items()
+            if lab.get("persona") in HARD_NEGATIVES and analysis.accounts[a].p_value <= policy.threshold(flag)
+        )  # fmt: skip
+        missed = sorted(
+            a for a, lab in labels.items()
+            if lab["kind"] == "attacker" and analysis.accounts[a].p_value > policy.threshold(flag)
+        )  # fmt: skip
+        flagged_benign = sorted(
+            a for a, lab in labels.items()
+            if lab["kind"] == "benign" and analysis.accounts[a].p_value <= policy.threshold(flag)
+        )  # fmt: skip
+        op = doc["operating_points"]
+        row = {
+            "size": size, "seed": seed, "reference": name, "accounts": doc["accounts"], "auc": doc["auc"],
+            "operating_points": op, "campaigns": doc["campaigns"], "personas": doc["personas"],
+            "hard_negatives_flagged": hard, "benign_flagged": flagged_benign, "attackers_missed": missed,
+            "queries_to_detection": (q or {}).get("campaigns"), "scan_s": round(time.time() - t0, 1),
+        }  # fmt: skip
+        rows.append(row)
+        o, n_att = op[flag], doc["accounts"]["attacker"]
+        print(
+            f"  {size}-{seed} {name:<18} benign {o['benign_flagged']}/{doc['accounts']['benign']} "
+            f"attackers {round(o['attacker_tpr'] * n_att)}/{n_att} "
+            f"campaigns {doc['campaigns']['detected']}/{doc['campaigns']['total']} hard {len(hard)} "
+            f"AUC {doc['auc']:.3f}",
+            flush=True,
+        )
+    return rows
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Pooled over runs, per size and reference: accounts flagged at the flag rung, with exact bounds."""
+    from distillguard.monitor.decisions import Policy
+    from distillguard.monitor.evaluate import rate_bounds
+
+    flag = Policy().flag_tier
+    out: dict = {}
+    for r in rows:
+        s = out.setdefault(f"{r['size']} / {r['reference']}", {
+            "runs": 0, "benign": 0, "benign_flagged": 0, "attackers": 0, "attackers_flagged": 0,
+            "campaigns": 0, "campaigns_detected": 0, "hard_negatives_flagged": 0, "qtd_max": None,
+        })  # fmt: skip
+        o = r["operating_points"][flag]
+        s["runs"] += 1
+        s["benign"] += r["accounts"]["benign"]
+        s["benign_flagged"] += o["benign_flagged"]
+        s["attackers"] += r["accounts"]["attacker"]
+        s["attackers_flagged"] += round(o["attacker_tpr"] * r["accounts"]["attacker"])
+        s["campaigns"] += r["campaigns"]["total"]
+        s["campaigns_detected"] += r["campaigns"]["detected"]
+        s["hard_negatives_flagged"] += len(r["hard_negatives_flagged"])
+        for c in (r["queries_to_detection"] or {}).values():
+            q = c["queries_to_detection"]
+            if q is None:
+                s["qtd_max"] = "not detected"
+            elif s["qtd_max"] != "not detected":
+                s["qtd_max"] = max(s["qtd_max"] or 0, q)
+    for s in out.values():
+        s["fpr"] = s["benign_flagged"] / max(s["benign"], 1)
+        s["fpr_upper95"] = rate_bounds(s["benign_flagged"], s["benign"])[1]
+        s["tpr"] = s["attackers_flagged"] / max(s["attackers"], 1)
+        s["tpr_lower95"] = rate_bounds(s["attackers_flagged"], s["attackers"])[0]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sizes", default="small,medium")
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--work", type=Path, default=None, help="Keep generated runs here (reused if present).")
+    ap.add_argument("--out", default="", help="Suffix of the results file (heldout_<out>.json).")
+    ap.add_argument("--no-qtd", action="store_true")
+    args = ap.parse_args(argv)
+    sizes = ["small"] if args.quick else args.sizes.split(",")
+    seeds = [1] if args.quick else [int(s) for s in args.seeds.split(",")]
+    work = args.work or Path(tempfile.mkdtemp(prefix="heldout-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    rows = []
+    for size in sizes:
+        refs = references(produce(size, REFERENCE_SEED, work))
+        for seed in seeds:
+            run = produce(size, seed, work)
+            rows += evaluate_run(run, refs, size, seed, qtd=not args.no_qtd)
+    doc = {
+        "bench": "heldout",
+        "what": "the monitor on held-out traffic through a real gateway, three references",
+        "rows": rows,
+        "summary": summarise(rows),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "wall_s": round(time.time() - t0, 1),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = "heldout" + ("_quick" if args.quick else "") + (f"_{args.out}" if args.out else "")
+    out = RESULTS / f"{stem}.json"
+    out.write_text(json.dumps(doc, indent=1, default=_default) + "\n")
+    print(f"wrote {out} ({doc['wall_s']} s)")
+
+
+def _default(x):
+    import numpy as np
+
+    if isinstance(x, np.integer | np.floating):
+        return x.item()
+    raise TypeError(type(x))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

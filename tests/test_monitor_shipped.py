@@ -1,0 +1,98 @@
+"""The shipped default benign reference: it loads offline from the package, matches the monitor's current
+features (a stale file fails here, not in a user's scan), is what a scan without a calibrated reference
+uses, and can be rebuilt from the simulator. Against it, a cold start flags a 40% campaign and the
+distiller, not the harness or the bot, and an organisation's linked fleet is not a campaign."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from distillguard.monitor.features import FEATURE_NAMES, FeatureAccumulator, derive, records_to_table
+from distillguard.monitor.personas import BENIGN, Pools, Scale, build_scenario
+from distillguard.monitor.scan import Reference, analyse, report_json
+from distillguard.monitor.shipped import (
+    VERSION,
+    build_shipped_reference,
+    load_shipped_reference,
+    shipped_path,
+)
+from distillguard.monitor.synth import event_record
+from test_monitor_campaign import OPTS, by_persona, flagged
+from test_monitor_campaign import mixed as mixed  # a fixture
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Reference:
+    return load_shipped_reference()
+
+
+def test_the_shipped_reference_loads_offline_and_matches_the_current_features(shipped):
+    assert shipped_path().is_file() and shipped_path().stat().st_size < 1_000_000  # package data, small
+    assert tuple(shipped.calibration.features) == FEATURE_NAMES
+    assert shipped.meta["version"] == VERSION and shipped.meta["shipped"] is True
+    assert shipped.meta["kinds"] == sorted(BENIGN)  # benign kinds only: no attacker in it
+    assert shipped.meta["accounts"] >= 500 and shipped.mmd is not None
+
+
+def test_a_cold_start_against_the_shipped_reference_flags_the_campaign_not_the_harness_or_the_bot(
+    mixed, shipped
+):
+    _, acc, created, personas = mixed
+    analysis = analyse(acc, shipped, options=OPTS, created=created)
+    sybils = by_persona(analysis, personas, "sybil")
+    assert len(sybils) / len(analysis.accounts) >= 0.4 and all(flagged(v) for v in sybils)
+    (dist,) = by_persona(analysis, personas, "coverage")
+    assert flagged(dist) and dist.p_own < 1e-6
+    for name in ("eval_harness", "support_bot", "casual_chat"):
+        assert not any(flagged(v) for v in by_persona(analysis, personas, name)), name
+    ref = report_json(analysis, {})["reference"]
+    assert ref["source"] == "shipped reference" and ref["version"] == VERSION
+    assert ref["trust"].startswith("medium") and "calibrate" in ref["trust"]
+
+
+def _fleet(org: str | None):
+    """Four nightly summariser service accounts sharing one job: one cron, one cloud /24, one feed."""
+    pools = Pools.builtin()
+    scen = build_scenario(Scale("fleet", 7.0, {"batch_summariser": ((1, 4000, {}),)}), seed=4, pools=pools)
+    (job,) = scen.accounts
+    names = [f"newsdesk-digest-{k}" for k in range(4)]
+    rng = random.Random(0)
+    records = []
+    for i, e in enumerate(sorted(scen.events, key=lambda e: e.t), 1):
+        k = i % 4
+        e = replace(e, account=names[k], client_ip=f"34.120.8.{10 + k}")
+        r = event_record(e, ts=scen.clock.start + e.t, key_id=f"k{k}", org=org, request_id=str(i), rng=rng)
+        records.append({**r, "seq": i})
+    acc = FeatureAccumulator(sample_size=OPTS.sample_size)
+    acc.update(derive(records_to_table(records)))
+    return acc, {n: scen.clock.start + job.created + 86400.0 * k for k, n in enumerate(names)}
+
+
+def _gate(cluster):
+    return next(t for t in cluster.tests if t["test"].startswith("bonferroni"))["gate"]
+
+
+def test_an_organisations_linked_fleet_is_not_a_campaign(shipped):
+    acc, created = _fleet("newsdesk")
+    analysis = analyse(acc, shipped, options=OPTS, created=created)
+    linked = [c for c in analysis.clusters if len(c.accounts) >= 3]
+    assert linked, "the fleet is one strongly linked group (network, frames, scheduler)"
+    assert all(_gate(c) is None for c in linked), [c.reasons for c in linked]
+    assert not any(flagged(v) for v in analysis.accounts.values())
+    # the same traffic from accounts that declare no organisation: linkage now opens the profile look
+    acc, created = _fleet(None)
+    analysis = analyse(acc, shipped, options=OPTS, created=created)
+    gates = [
+        next(t for t in c.tests if t["test"].startswith("bonferroni"))["gate"] for c in analysis.clusters
+    ]
+    assert "linkage" in gates
+
+
+def test_the_reference_is_rebuilt_from_the_simulator(tmp_path):
+    doc = build_shipped_reference(tmp_path / "ref.npz", scale="tiny", seeds=(3,))
+    ref = Reference.load(tmp_path / "ref.npz")
+    assert doc["version"] == VERSION and ref.meta["shipped"] and ref.meta["accounts"] >= 3
+    assert tuple(ref.calibration.features) == FEATURE_NAMES

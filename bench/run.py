@@ -12,6 +12,7 @@ BENCHES = [
     "gateway_bench.py",
     "audit_bench.py",
     "monitor_bench.py",
+    "heldout_bench.py",
     "intel_bench.py",
     "logprob_bench.py",
     "defence_bench.py",

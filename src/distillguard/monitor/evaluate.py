@@ -31,7 +31,7 @@ import pyarrow as pa
 from distillguard.errors import UserError
 from distillguard.monitor.decisions import Policy
 from distillguard.monitor.features import FeatureAccumulator, derive
-from distillguard.monitor.scan import Analysis, Analyzer, Reference, ScanOptions, analyse
+from distillguard.monitor.scan import Analysis, Analyzer, Looks, Reference, ScanOptions, analyse, judge
 
 GRID = (10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 20000, 50000)
 
@@ -110,9 +110,12 @@ def queries_to_detection(
     created: dict[str, float] | None = None,
     step_rows: int = 1000,
 ) -> dict[str, Any]:
-    """Replay the ledger and find when each attacker account and campaign is first flagged."""
+    """Replay the ledger and find when each attacker account and campaign is first flagged: an account on
+    its own tests (as a scan judges it, without its cluster), a campaign when any member is flagged by a
+    full scan of the prefix."""
     o = options or ScanOptions()
     an = Analyzer(o)
+    looks = Looks.of(reference.calibration, "benign reference")
     acc = FeatureAccumulator(sample_size=o.sample_size)
     thr = policy.threshold(policy.flag_tier)
     attackers = {a for a, lab in labels.items() if lab.get("kind") == "attacker"}
@@ -136,8 +139,7 @@ def queries_to_detection(
             if g > acct_seen.get(a, 0) and n >= o.min_queries:
                 acct_seen[a] = g
                 st = an.entity(acc, (a,), reference.mmd)
-                ass = reference.calibration.assess((a,), n, st.features, st.evidence)
-                if ass.p_value <= thr:
+                if judge(looks, (a,), st).p <= thr:
                     acct_done[a] = n
         due = []
         for c, members in multi.items():

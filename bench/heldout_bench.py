@@ -2,9 +2,9 @@
 monitor), sent through a real gateway (stub backend, official ``openai`` client, client addresses through the
 trusted ``X-Forwarded-For``), exported, put on the simulated clock and scanned three ways:
 
-- **cold start**: no benign reference, the monitor calibrates on the scanned population;
-- **shipped reference**: the default reference that ships with the package (fitted on the monitor's own
-  simulator, never on held-out traffic);
+- **cold start, shipped reference** (what a scan does before ``monitor calibrate``): the default reference
+  that ships with the package (fitted on the monitor's own simulator, never on held-out traffic);
+- **cold start, --population**: no reference, the monitor calibrates on the scanned population;
 - **own benign period**: a reference fitted on the benign accounts of a separate held-out run (another seed),
   as ``monitor calibrate`` on a known-good period would.
 
@@ -72,10 +72,9 @@ def produce(size: str, seed: int, work: Path) -> Path:
 
 def references(ref_run: Path) -> dict:
     """The references each run is scanned against, by name (None: calibrate on the population)."""
-    from distillguard.monitor.shipped import load_shipped_reference
-
     from distillguard.monitor.jobs import read
     from distillguard.monitor.scan import ScanOptions, build_reference, parquet_batches, parquet_created
+    from distillguard.monitor.shipped import load_shipped_reference
     from distillguard.monitor.synth import read_labels
 
     sim = ref_run / "sim" / "ledger.parquet"
@@ -84,7 +83,11 @@ def references(ref_run: Path) -> dict:
     own = build_reference(
         read(parquet_batches(sim), opts.sample_size), opts, benign=benign, created=parquet_created(sim)
     )
-    return {"cold start": None, "shipped reference": load_shipped_reference(), "own benign period": own}
+    return {
+        "cold start: shipped reference (default)": load_shipped_reference(),
+        "cold start: --population": None,
+        "own benign period": own,
+    }
 
 
 def evaluate_run(run: Path, refs: dict, size: str, seed: int, qtd: bool) -> list[dict]:
@@ -132,7 +135,7 @@ def evaluate_run(run: Path, refs: dict, size: str, seed: int, qtd: bool) -> list
         rows.append(row)
         o, n_att = op[flag], doc["accounts"]["attacker"]
         print(
-            f"  {size}-{seed} {name:<18} benign {o['benign_flagged']}/{doc['accounts']['benign']} "
+            f"  {size}-{seed} {name:<40} benign {o['benign_flagged']}/{doc['accounts']['benign']} "
             f"attackers {round(o['attacker_tpr'] * n_att)}/{n_att} "
             f"campaigns {doc['campaigns']['detected']}/{doc['campaigns']['total']} hard {len(hard)} "
             f"AUC {doc['auc']:.3f}",
@@ -209,7 +212,48 @@ def main(argv: list[str] | None = None) -> None:
     stem = "heldout" + ("_quick" if args.quick else "") + (f"_{args.out}" if args.out else "")
     out = RESULTS / f"{stem}.json"
     out.write_text(json.dumps(doc, indent=1, default=_default) + "\n")
-    print(f"wrote {out} ({doc['wall_s']} s)")
+    png = plot(rows, out.with_suffix(".png"))
+    print(f"wrote {out} and {png} ({doc['wall_s']} s)")
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    """Attacker accounts flagged per persona (pooled over seeds), one panel per size, a bar per reference;
+    the benign accounts flagged in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from distillguard.monitor.decisions import Policy
+
+    sizes = sorted({r["size"] for r in rows}, key=["small", "medium"].index)
+    refs = list(dict.fromkeys(r["reference"] for r in rows))
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 5), squeeze=False)
+    flag = Policy().flag_tier
+    for ax, size in zip(axes[0], sizes, strict=True):
+        mine = [r for r in rows if r["size"] == size]
+        personas = sorted({p for r in mine for p, v in r["personas"].items() if v["kind"] == "attacker"})
+        width = 0.8 / len(refs)
+        for k, ref in enumerate(refs):
+            rr = [r for r in mine if r["reference"] == ref]
+            tpr = []
+            for p in personas:
+                n = sum(r["personas"][p]["accounts"] for r in rr)
+                hit = sum(r["personas"][p]["accounts"] * r["personas"][p]["tpr"] for r in rr)
+                tpr.append(hit / max(n, 1))
+            fp = sum(r["operating_points"][flag]["benign_flagged"] for r in rr)
+            nb = sum(r["accounts"]["benign"] for r in rr)
+            xs = [i + k * width for i in range(len(personas))]
+            ax.bar(xs, tpr, width, label=f"{ref} (benign {fp}/{nb})")
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(personas))], personas, rotation=20)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel(f"attacker accounts flagged (p <= {Policy().threshold(flag):g})")
+        ax.set_title(f"held-out {size}, seeds {sorted({r['seed'] for r in mine})}")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _default(x):

@@ -95,8 +95,11 @@ def test_generate_through_a_real_gateway(tmp_path: Path, capsys) -> None:
     assert any((r.get("params") or {}).get("top_logprobs") == 20 for r in answered)
 
     # the export on the simulated clock: each request at its scheduled time, in the observed period
-    stats = retime(export, out / "schedule.jsonl", tmp_path / "sim.parquet")
+    stats = retime(
+        export, out / "schedule.jsonl", tmp_path / "sim.parquet", population=out / "population.json"
+    )
     assert stats["matched"] >= stats["rows"] - 1  # all but the client's one /v1/models call
+    assert stats["accounts"] == len(lab)  # the simulated sign-ups, beside the copy, for account linking
     import pyarrow.parquet as pq
 
     table = pq.read_table(tmp_path / "sim.parquet").to_pydict()
@@ -106,3 +109,22 @@ def test_generate_through_a_real_gateway(tmp_path: Path, capsys) -> None:
         if rec["request_id"] in by_id:
             assert ts == by_id[rec["request_id"]]["ts"]
     assert min(table["ts"]) >= SIM_EPOCH and max(table["ts"]) < SIM_EPOCH + 2 * 86400
+
+    # the monitor on it, before any calibration (the shipped reference): the hard negatives stay normal,
+    # the Sybil campaign and the logprob harvester do not
+    from distillguard.monitor.decisions import Policy
+    from distillguard.monitor.jobs import read
+    from distillguard.monitor.scan import analyse, parquet_batches, parquet_created
+    from distillguard.monitor.shipped import load_shipped_reference
+
+    created = parquet_created(tmp_path / "sim.parquet")
+    assert set(created) == set(lab) and min(created.values()) < SIM_EPOCH  # aged accounts signed up before
+    analysis = analyse(
+        read(parquet_batches(tmp_path / "sim.parquet"), 64), load_shipped_reference(), created=created
+    )
+    flagged = {a for a, v in analysis.accounts.items() if Policy().target(v.p_value) != "normal"}
+    kind = {a: v["persona"] for a, v in lab.items()}
+    assert not {a for a in flagged if lab[a]["label"] == "benign"}, [(a, kind[a]) for a in flagged]
+    assert any(kind[a] == "sybil_cot" for a in flagged) and any(
+        kind[a] == "logprob_harvester" for a in flagged
+    )

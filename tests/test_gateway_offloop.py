@@ -1,10 +1,13 @@
-"""The gateway's event loop keeps answering while an account-store or ledger call is slow: the store calls
-run in worker threads. Slowness is real, not simulated: another connection holds a lock the request's query
-needs (a migration's ``LOCK TABLE`` on PostgreSQL, a writer's ``BEGIN IMMEDIATE`` on the SQLite ledger)."""
+"""The gateway's event loop keeps answering while an account-store, ledger or quota call is slow: the store
+calls run in worker threads. Slowness is real, not simulated: another connection holds a lock the request's
+query needs (a migration's ``LOCK TABLE`` on PostgreSQL, a writer's ``BEGIN IMMEDIATE`` on the SQLite
+ledger), or the Redis server that holds the quotas is stopped (``SIGSTOP``: a stalled server)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -15,10 +18,12 @@ import psycopg
 import pytest
 
 from distillguard.gateway.accounts import open_account_store
+from distillguard.gateway.app import gateway_of
 from distillguard.gateway.ledger import Ledger
 from distillguard.gateway.ledger_pg import PostgresLedger
 from distillguard.gateway.ledger_writer import LedgerWriter
 from gateway_server import TEST_SECRET, gateway_settings, start
+from redis_server import redis_server
 
 
 def _ask(base_url: str, key: str) -> httpx.Response:
@@ -87,6 +92,27 @@ def test_a_locked_sqlite_ledger_does_not_stall_the_loop(tmp_path: Path) -> None:
         assert slow.result(timeout=10).status_code == 200
         report = g.ledger().verify()
         assert report.ok and report.records == 2
+
+
+def test_a_stalled_redis_does_not_stall_the_loop(tmp_path: Path) -> None:
+    import redis
+
+    with redis_server() as url:  # a server of its own: this test stops it
+        pid = int(redis.Redis.from_url(url).info("server")["process_id"])
+        settings = gateway_settings(tmp_path, backend="stub", redis_url=url)
+        with start(settings) as g, ThreadPoolExecutor(1) as pool:
+            key = g.create_key("alice")
+            assert _ask(g.base_url, key).status_code == 200
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                slow = pool.submit(_ask, g.base_url, key)
+                time.sleep(0.5)  # authenticated; its quota reservation waits on the stopped server
+                _loop_answers_while(slow, g.base_url)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert slow.result(timeout=10).status_code == 200
+            usage = gateway_of(g.app).quotas.usage("account:alice")
+        assert usage["requests"] == 2 and usage["concurrent"] == 0  # both counted, both leases released
 
 
 def test_the_writer_commits_in_call_order_and_groups_commits(tmp_path: Path) -> None:

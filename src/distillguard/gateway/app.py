@@ -271,8 +271,12 @@ class Gateway:
             scopes.append((budget_scope(p.account), Limits(daily_tokens=budget)))
         return scopes
 
-    def _reserve(self, p: Principal, tokens: int, s: Sampling | None = None):
-        res = self.quotas.reserve(self._scopes(p, s), tokens)
+    async def _reserve(self, p: Principal, tokens: int, s: Sampling | None = None):
+        scopes = self._scopes(p, s)
+        if getattr(self.quotas, "remote", False):
+            res = await self.store_call(self.quotas.reserve, scopes, tokens)
+        else:
+            res = self.quotas.reserve(scopes, tokens)
         if isinstance(res, Denied):
             self.metrics.child(self.metrics.quota_refusals, res.reason).inc()
             kind = "tokens" if res.reason in ("tpm", "daily_tokens") else "requests"
@@ -293,6 +297,22 @@ class Gateway:
         return res
 
     def _commit(self, reservation: Any, actual: int) -> None:
+        """Reconcile a reservation where nothing can wait for it (a failure or a closed connection): with a
+        remote store in a worker thread, not awaited (its leases also expire on their own)."""
+        if getattr(self.quotas, "remote", False):
+            self.store_threads.submit(self._commit_now, reservation, actual)
+        else:
+            self._commit_now(reservation, actual)
+
+    async def _settle(self, reservation: Any, actual: int) -> None:
+        """Reconcile a reservation before the answer's end reaches the client (its next request then sees
+        the tokens and the freed lease); a remote store's call runs in a worker thread."""
+        if getattr(self.quotas, "remote", False):
+            await self.store_call(self._commit_now, reservation, actual)
+        else:
+            self._commit_now(reservation, actual)
+
+    def _commit_now(self, reservation: Any, actual: int) -> None:
         try:
             self.quotas.commit(reservation, max(0, int(actual)))
         except Exception:  # a failed reconcile must not turn a served answer into an error
@@ -505,7 +525,7 @@ class Gateway:
         spec = self._watermark_for(get_tier(p.tier))
         ctx.watermark = spec.describe() if spec is not None else None
         ctx.prompt_tokens = prompt_tokens
-        reservation = self._reserve(p, prompt_tokens + rows * max_tokens, s)
+        reservation = await self._reserve(p, prompt_tokens + rows * max_tokens, s)
         ctx.decision = "admitted"
         self.metrics.in_flight.inc()
         tier = get_tier(p.tier)
@@ -542,8 +562,8 @@ class Gateway:
             raise
         ctx.completion_tokens = gen.completion_tokens
         ctx.completion = "\n\n".join(texts)
-        self._commit(reservation, prompt_tokens + gen.completion_tokens)
         self.metrics.in_flight.dec()
+        await self._settle(reservation, prompt_tokens + gen.completion_tokens)
         try:
             await self._append(ctx)
         except APIError as err:
@@ -648,7 +668,7 @@ class Gateway:
                     }
                 yield sse({**base, "choices": [choice]})
             ctx.completion_tokens = gen.completion_tokens
-            fin.commit()
+            await fin.settle()
             if s.include_usage:
                 yield sse({**base, "choices": [], "usage": usage(prompt_tokens, gen.completion_tokens)})
             async for tail in self._stream_tail(ctx, fin):
@@ -716,7 +736,7 @@ class Gateway:
                 param="messages" if chat else "prompt",
             )
         reserve = prompt_bound + n_prompts * s.n * max_tokens
-        reservation = self._reserve(p, reserve, s)
+        reservation = await self._reserve(p, reserve, s)
         ctx.decision = "admitted"
         path = "/chat/completions" if chat else "/completions"
         self.metrics.in_flight.inc()
@@ -736,9 +756,12 @@ class Gateway:
             ctx.prompt_tokens = pt if pt is not None else prompt_bound
             ctx.completion_tokens = ct if ct is not None else sum(estimate_tokens(t) for t in texts)
             actual = ctx.prompt_tokens + ctx.completion_tokens
-        finally:
+        except BaseException:
             self._commit(reservation, actual)
             self.metrics.in_flight.dec()
+            raise
+        self.metrics.in_flight.dec()
+        await self._settle(reservation, actual)
         await self._append(ctx)
         data["distillguard"] = {"request_id": ctx.request_id, "watermarked": False, "watermark_scheme": None}
         self._observe(ctx)
@@ -768,7 +791,7 @@ class Gateway:
                 if not s.include_usage:
                     chunk.pop("usage", None)
                 yield sse(chunk)
-            fin.commit()
+            await fin.settle()
             async for tail in self._stream_tail(ctx, fin):
                 yield tail
         except APIError as err:

@@ -105,6 +105,10 @@ def effective_limits(
 
 @runtime_checkable
 class QuotaStore(Protocol):
+    # True when calls go over the network (the gateway then makes them in a worker thread, so a slow or
+    # stalled server holds up the requests that wait for it, never the event loop)
+    remote: bool
+
     def reserve(
         self, scopes: Sequence[tuple[str, Limits]], tokens: int, now: float | None = None
     ) -> Reservation | Denied:
@@ -168,6 +172,8 @@ class _Pending:
 
 class MemoryQuotaStore:
     """Reserve-then-commit quotas for one process (the embedded default)."""
+
+    remote = False
 
     def __init__(self, window: float = WINDOW_S, lease_ttl: float = LEASE_TTL_S) -> None:
         self.window = float(window)
@@ -475,6 +481,8 @@ def _num(v: int | None) -> int:
 
 class RedisQuotaStore:
     """Reserve-then-commit quotas shared by every gateway process that points at the same Redis."""
+
+    remote = True
 
     def __init__(
         self,

@@ -104,6 +104,12 @@ class _StreamEnd:
             self.committed = True
             self.gw._commit(self.reservation, self.actual())
 
+    async def settle(self) -> None:
+        """Commit before the stream's last events are sent (see ``Gateway._settle``)."""
+        if not self.committed:
+            self.committed = True
+            await self.gw._settle(self.reservation, self.actual())
+
     def fail(self, exc: BaseException, completion_tokens: Callable[[], int] | None) -> None:
         if self.cancel is not None:
             self.cancel()

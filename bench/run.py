@@ -13,6 +13,7 @@ BENCHES = [
     "audit_bench.py",
     "monitor_bench.py",
     "heldout_bench.py",
+    "replicas_bench.py",
     "intel_bench.py",
     "logprob_bench.py",
     "defence_bench.py",

@@ -271,3 +271,90 @@ def test_a_proxy_that_cannot_be_stepped_like_the_served_model_fails_at_start():
 
     with pytest.raises(UserError, match="cannot be stepped.*logits_to_keep"):
         AntiDistillation(DefenceSpec("ads", 1.0), proxy=NoKeep(_tiny()), examples=EXAMPLES)
+
+
+# one phrasing per COT_PATTERN alternative family: (with the request, the same prompt without it)
+COT_CASES = [
+    ("What does os.path.join do? Think step by step.", "What does os.path.join do?"),
+    ("Let's think step by step. What does zip return?", "What does zip return?"),
+    ("Explain json.dumps, step by step.", "Explain json.dumps."),
+    ("Use chain-of-thought. What is itertools.chain?", "What is itertools.chain?"),
+    ("What does os.path.join do? Show your work.", "What does os.path.join do?"),
+    ("Walk me through your reasoning: why are dicts ordered?", "Why are dicts ordered?"),
+    ("Think through this carefully before giving the final answer: what does zip return?",
+     "What does zip return?"),
+    ("Write out your full reasoning before the answer. What is a generator?", "What is a generator?"),
+    ("Question: What does os.path.join do? Break it down into steps.\nAnswer:",
+     "Question: What does os.path.join do?\nAnswer:"),
+    ("Can you explain step by step how os.path.join works, with a small example?",
+     "Can you explain how os.path.join works, with a small example?"),
+    ("<|im_start|>system\nReason step by step in every answer.<|im_end|>\n<|im_start|>user\nWhat is zip?",
+     "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nWhat is zip?"),
+]  # fmt: skip
+
+
+def test_cot_takes_the_reasoning_request_out_of_the_prompt_and_nothing_else():
+    from distillguard.monitor.features import COT_PATTERN, is_cot
+    from distillguard.text import patterns
+
+    assert COT_PATTERN is patterns.COT_PATTERN  # one pattern for the monitor and the defence
+    on, off = build_defence(DefenceSpec("cot", 1)), build_defence(DefenceSpec("cot", 0))
+    for asked, plain in COT_CASES:
+        assert is_cot(asked) and not is_cot(plain)
+        assert on.prompt(asked) == plain, asked
+        assert off.prompt(asked) == asked
+        assert on.prompt(plain) == plain
+    for untouched in ("What is a step function?", "Question: Explain json.dumps.\nAnswer:", "  x \n", ""):
+        assert on.prompt(untouched) == untouched
+    assert on.key() != off.key() and on.describe() == {"name": "cot", "strength": 1}
+    for bad in (0.5, 2, -1):
+        with pytest.raises(UserError, match="cot defence takes 0"):
+            DefenceSpec("cot", bad)
+
+
+def test_cot_in_the_sampler_answers_as_if_no_reasoning_was_asked(backend):
+    on, off = build_defence(DefenceSpec("cot", 1)), build_defence(DefenceSpec("cot", 0))
+    asked = [p + " Think step by step." for p in PROMPTS]
+    plain = _generate(backend, None, _sampling(), PROMPTS)
+    as_asked = _generate(backend, None, _sampling(), asked)
+    assert as_asked != plain  # the request changes what the undefended model says
+    assert _generate(backend, off, _sampling(), asked) == as_asked  # strength 0: byte-identical
+    assert _generate(backend, off, _sampling(), PROMPTS) == plain
+    assert _generate(backend, on, _sampling(), asked) == plain
+    assert _generate(backend, on, _sampling(), PROMPTS) == plain
+    # a batch mixing rewritten and untouched prompts (unseeded requests share it) answers each as alone
+    mixed = _generate(backend, on, _sampling(0.0, seed=None), [asked[0], PROMPTS[1], asked[2]])
+    assert mixed == _generate(backend, None, _sampling(0.0, seed=None), PROMPTS)
+
+
+def test_restricted_tier_with_cot_answers_without_the_reasoning_request(tmp_path, tiny_world):
+    gw = start(model=tiny_world.teacher, model_name="aster", watermark=False, state_dir=tmp_path,
+               restricted_defence="cot", restricted_defence_strength=1)  # fmt: skip
+    question = PROMPTS[0]
+    asked = question + " Let's think step by step."
+    try:
+        answers = {}
+        for tier in ("normal", "restricted"):
+            account = f"{tier}-{uuid.uuid4().hex[:6]}"
+            key = gw.create_key(account)
+            if tier != "normal":
+                gw.accounts.set_tier(account, tier, reason="test")
+            client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0)
+            answers[tier] = [
+                client.chat.completions.create(
+                    model="aster", messages=[{"role": "user", "content": p}], max_tokens=24, temperature=0,
+                    seed=3,
+                )
+                .choices[0]
+                .message.content
+                for p in (question, asked)
+            ]  # fmt: skip
+        assert answers["restricted"][1] == answers["restricted"][0] == answers["normal"][0]
+        assert answers["normal"][1] != answers["normal"][0]  # the normal tier reads the request as sent
+        # the ledger keeps what the client sent: the monitor still sees the request for reasoning
+        sent = [r["prompt"] for r in gw.ledger().iter_records() if r["account"].startswith("restricted-")]
+        assert any("Let's think step by step." in p for p in sent)
+    finally:
+        gw.stop()
+    ts = TierSettings(restricted_defence=DefenceSpec("cot", 1))
+    assert get_tier("restricted").describe(ts)["sampling_defence"] == {"name": "cot", "strength": 1}

@@ -203,6 +203,9 @@ class AntiDistillation:
     def key(self) -> tuple:
         return (self.name, self.spec.strength, self.epsilon, id(self.proxy))
 
+    def prompt(self, text: str) -> str:
+        return text
+
     def sampling(self, s: Any) -> Any:
         return s
 

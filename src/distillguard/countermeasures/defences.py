@@ -4,6 +4,9 @@ A defence is chosen per tier (``Tier.sampling_defence``) as a :class:`DefenceSpe
 strength) and built once per gateway by :func:`build_defence` into a :class:`Defence` object that the local
 backend's sampler calls at every step, on the whole batch at once. Where a defence acts:
 
+- ``prompt(text)``: on each rendered prompt (chat template or ``Question: ...`` format applied), before the
+  local backend tokenises it for the model (reasoning suppression); what the ledger records is the prompt the
+  client sent;
 - ``sampling(s)``: on the request's sampling parameters before batching (the temperature floor);
 - ``start(ids, attention_mask, position_ids)``: once per batch, returning a per-batch :class:`DefenceSession`
   (or None) whose ``adjust(scores)`` changes the next-token logits *before* the client's temperature, nucleus
@@ -19,11 +22,14 @@ Registered (``DEFENCES``; :func:`register_defence` adds one):
   proposal.
 - ``topk`` (strength ``k`` >= 1): only the ``k`` most likely tokens can be sampled: the student never sees
   the teacher's tail (a baseline).
+- ``cot`` (strength 0 or 1): reasoning suppression, the one cheap baseline reported to hurt chain-of-thought
+  harvesters: a prompt that asks for step-by-step reasoning (the monitor's ``COT_PATTERN``) is answered
+  without that request (:mod:`distillguard.countermeasures.cot`): no reasoning is written out to learn from.
 - ``ads`` (strength ``lambda`` >= 0): anti-distillation sampling (Savani et al., NeurIPS 2025, arXiv
   2504.13146), :mod:`distillguard.countermeasures.ads`: needs a proxy student (``ads_proxy``).
 
-Strength 0 (``ads``, ``temperature``) and a ``k`` as large as the vocabulary leave the distribution as it
-was; ``tests/test_defences.py`` checks it.
+Strength 0 (``ads``, ``temperature``, ``cot``) and a ``k`` as large as the vocabulary leave the distribution
+as it was; ``tests/test_defences.py`` checks it.
 
 This module imports no torch (the tiers and the CLI read it); building ``ads`` does.
 """
@@ -76,6 +82,10 @@ class Defence:
         """Requests with equal keys can share a batch."""
         return (self.name, self.spec.strength)
 
+    def prompt(self, text: str) -> str:
+        """The rendered prompt the model reads (the identity here)."""
+        return text
+
     def sampling(self, s: Any) -> Any:
         return s
 
@@ -101,6 +111,27 @@ class TemperatureFloor(Defence):
         if floor == 0:
             return s
         return replace(s, temperature=max(s.temperature, floor), top_p=1.0)
+
+
+class ReasoningSuppression(Defence):
+    """Requests for step-by-step reasoning are taken out of the prompt before the model reads it.
+
+    The batch key needs no more than the spec: the rewrite is per prompt, before padding, so a rewritten
+    prompt and an untouched one decode together exactly as they would apart."""
+
+    name = "cot"
+
+    @classmethod
+    def check(cls, strength: float) -> None:
+        if strength not in (0, 1):
+            raise UserError(f"the cot defence takes 0 (off) or 1 (on) (got {strength})")
+
+    def prompt(self, text: str) -> str:
+        if not self.spec.strength:
+            return text
+        from distillguard.countermeasures.cot import strip_reasoning_requests
+
+        return strip_reasoning_requests(text)
 
 
 class _TopK:
@@ -151,6 +182,7 @@ DEFENCES: dict[str, Any] = {
     "none": Defence,
     "temperature": TemperatureFloor,
     "topk": TopK,
+    "cot": ReasoningSuppression,
     "ads": _AdsFactory(),
 }
 

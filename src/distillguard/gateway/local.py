@@ -419,7 +419,7 @@ class LocalBackend:
         for job in jobs:
             req = job.request
             base = req.sampling.seed if req.sampling.seed is not None else secrets.randbits(62)
-            for i, prompt in enumerate(req.prompts):
+            for i, prompt in enumerate(self._defended(req.prompts, req.defence)):
                 for j in range(req.sampling.n):
                     index = i * req.sampling.n + j
                     gen = torch.Generator().manual_seed((base * 1_000_003 + index) % (2**63))
@@ -554,6 +554,17 @@ class LocalBackend:
             if not r.done:
                 self._finish(r, "length")
         return generated
+
+    def _defended(self, prompts: list[Prompt], defence: Any) -> list[Prompt]:
+        """The prompts as the model reads them: the tier's defence may rewrite the rendered text (``cot``
+        takes out requests for reasoning), which is then tokenised again; untouched prompts keep their ids."""
+        if defence is None:
+            return prompts
+        out = []
+        for p in prompts:
+            text = defence.prompt(p.text)
+            out.append(p if text == p.text else Prompt(text, self._prefixed(self._encode(text))))
+        return out
 
     def _finish(self, r: _Row, reason: str, delta: str = "", entries: Sequence[TokenLogprob] = ()) -> None:
         rest, more = r.decoder.finish()

@@ -104,7 +104,8 @@ class GatewaySettings:
     throttled_tpm: int | None = 4000
     throttled_max_concurrent: int | None = 1
     restricted_delta: float = 4.0
-    # the restricted tier's sampling defence (countermeasures/defences.py): none, temperature, topk or ads
+    # the restricted tier's sampling defence (countermeasures/defences.py): none, temperature, topk, cot
+    # (reasoning suppression) or ads
     restricted_defence: str = "ads"
     restricted_defence_strength: float = 1.0
     ads_proxy: str | None = None  # proxy student (HF dir, same tokenizer); serving a world: its reference

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from distillguard.splitmix import mix64_np
+from distillguard.text.patterns import COT_PATTERN, IDENTITY_PATTERN, is_cot, is_identity  # noqa: F401 (re-exported)
 from distillguard.text.vectors import cosine_distances, iter_farthest_first, text_features
 
 # --------------------------------------------------------------------------------------------------
@@ -177,26 +178,8 @@ PARAPHRASE_COSINE = 0.7
 SHINGLE = 4
 
 # --------------------------------------------------------------------------------------------------
-# Text patterns (RE2-compatible: the same strings run in Arrow kernels and in Python's re)
-
-COT_PATTERN = (
-    r"step[- ]by[- ]step|chain[- ]of[- ]thought|show (?:your|all|the) (?:full |complete )?(?:reasoning|work|"
-    r"intermediate steps|steps)|(?:walk|talk|take) me through (?:your|the) (?:reasoning|thinking|steps)|"
-    r"think (?:through|about) (?:this|it) carefully|reason(?:ing)? (?:step|carefully)|lay out your|"
-    r"(?:write|spell) out your (?:full )?reasoning|justify each|numbering each step|"
-    r"break (?:your answer|it|this) down into steps|your (?:full )?reasoning before|"
-    r"before (?:giving )?the final answer|let'?s think"
-)
-IDENTITY_PATTERN = (
-    r"who (?:are you|created you|made you|built (?:you|the model)|trained you|owns the model|is your "
-    r"(?:developer|creator|maker))|what(?:'s| is) your (?:name|model)|which (?:company|organi[sz]ation|lab) "
-    r"(?:trained|developed|built|made|created|are you|owns)|what (?:model|language model|ai assistant|"
-    r"ai model|llm) (?:are you|is this|am i (?:talking|speaking) (?:to|with))|are you (?:chatgpt|claude|gpt|"
-    r"gemini|llama|an open[- ]source model|a real person)|introduce yourself|tell me about yourself|what "
-    r"should i call you|(?:state|tell me) your (?:model )?name|which version of which model"
-)
-_COT_RE = re.compile(COT_PATTERN, re.IGNORECASE)
-_IDENTITY_RE = re.compile(IDENTITY_PATTERN, re.IGNORECASE)
+# Text patterns (RE2-compatible: the same strings run in Arrow kernels and in Python's re; COT_PATTERN and
+# IDENTITY_PATTERN live in text/patterns.py, where the countermeasures read them without numpy)
 
 # The last user message of a rendered chat ("system: ...\nuser: ...") follows the last "\nuser: ".
 _USER_SEP = "\nuser: "
@@ -219,16 +202,6 @@ can't don't i'm it's what's also get like using use
 """
 STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 _TOKEN_RE = re.compile(r"[a-z0-9_]+(?:'[a-z]+)?|[^\sa-z0-9_]")
-
-
-def is_cot(text: str) -> bool:
-    """Whether ``text`` elicits step-by-step reasoning (the same pattern the vectorised path uses)."""
-    return bool(_COT_RE.search(text))
-
-
-def is_identity(text: str) -> bool:
-    """Whether ``text`` asks the model who it is or who made it."""
-    return bool(_IDENTITY_RE.search(text))
 
 
 def user_text(prompt: str) -> str:

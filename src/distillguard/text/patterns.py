@@ -1,0 +1,39 @@
+"""Request patterns shared by the monitor (features) and the countermeasures: pure ``re``, no numpy.
+
+The strings are RE2-compatible: the monitor runs the same ones in Arrow kernels and in Python's ``re``.
+"""
+
+from __future__ import annotations
+
+import re
+
+# asks for step-by-step reasoning (chain of thought) in the answer
+COT_PATTERN = (
+    r"step[- ]by[- ]step|chain[- ]of[- ]thought|show (?:your|all|the) (?:full |complete )?(?:reasoning|work|"
+    r"intermediate steps|steps)|(?:walk|talk|take) me through (?:your|the) (?:reasoning|thinking|steps)|"
+    r"think (?:through|about) (?:this|it) carefully|reason(?:ing)? (?:step|carefully)|lay out your|"
+    r"(?:write|spell) out your (?:full )?reasoning|justify each|numbering each step|"
+    r"break (?:your answer|it|this) down into steps|your (?:full )?reasoning before|"
+    r"before (?:giving )?the final answer|let'?s think"
+)
+# asks the model who it is or who made it
+IDENTITY_PATTERN = (
+    r"who (?:are you|created you|made you|built (?:you|the model)|trained you|owns the model|is your "
+    r"(?:developer|creator|maker))|what(?:'s| is) your (?:name|model)|which (?:company|organi[sz]ation|lab) "
+    r"(?:trained|developed|built|made|created|are you|owns)|what (?:model|language model|ai assistant|"
+    r"ai model|llm) (?:are you|is this|am i (?:talking|speaking) (?:to|with))|are you (?:chatgpt|claude|gpt|"
+    r"gemini|llama|an open[- ]source model|a real person)|introduce yourself|tell me about yourself|what "
+    r"should i call you|(?:state|tell me) your (?:model )?name|which version of which model"
+)
+COT_RE = re.compile(COT_PATTERN, re.IGNORECASE)
+IDENTITY_RE = re.compile(IDENTITY_PATTERN, re.IGNORECASE)
+
+
+def is_cot(text: str) -> bool:
+    """Whether ``text`` elicits step-by-step reasoning (the same pattern the vectorised path uses)."""
+    return bool(COT_RE.search(text))
+
+
+def is_identity(text: str) -> bool:
+    """Whether ``text`` asks the model who it is or who made it."""
+    return bool(IDENTITY_RE.search(text))

@@ -50,6 +50,7 @@ import shutil
 import stat
 import sys
 import tempfile
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -193,11 +194,13 @@ def write_bundle(
     signing_key: Path | None = None,
     inputs: dict[str, Path | str] | None = None,
     overwrite: bool = False,
+    hash_only: Collection[str] = (),
 ) -> Path:
     """Write ``result`` (what ``run_audit`` returns) as a signed evidence bundle at ``out_dir``.
 
     ``inputs`` names what the audit read (``{"prompts": Path, "suspect": Path | URL, ...}``): files up to
     ``COPY_LIMIT`` are copied into ``inputs/``, directories are hashed file by file, URLs are recorded.
+    Inputs named in ``hash_only`` are hashed, never copied (a ledger export holds other accounts' traffic).
     ``out_dir`` must not exist, be empty, or (with ``overwrite``) hold an older bundle; anything else is
     refused so that no unrelated file ever ends up inside the signed evidence. Returns ``out_dir``.
     """
@@ -227,7 +230,7 @@ def write_bundle(
             tmp / "timestamps.json",
             {"started": result.get("started"), "finished": result.get("finished"), "bundle_written": written},
         )
-        _write_json(tmp / "inputs.json", _record_inputs(inputs or {}, tmp / "inputs"))
+        _write_json(tmp / "inputs.json", _record_inputs(inputs or {}, tmp / "inputs", hash_only))
         plots = report.render_plots(result)
         if plots:
             (tmp / "plots").mkdir()
@@ -310,7 +313,9 @@ def _signature_doc(key: Ed25519PrivateKey, manifest_bytes: bytes) -> bytes:
     )
 
 
-def _record_inputs(inputs: dict[str, Path | str], dest: Path) -> dict[str, Any]:
+def _record_inputs(
+    inputs: dict[str, Path | str], dest: Path, hash_only: Collection[str] = ()
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, source in sorted(inputs.items()):
         text = str(source)
@@ -320,7 +325,7 @@ def _record_inputs(inputs: dict[str, Path | str], dest: Path) -> dict[str, Any]:
         path = Path(source)
         if path.is_file():
             entry: dict[str, Any] = {"kind": "file", "location": str(path.absolute()), **_file_entry(path)}
-            if entry["size"] <= COPY_LIMIT:
+            if entry["size"] <= COPY_LIMIT and name not in hash_only:
                 dest.mkdir(exist_ok=True)
                 copy = dest / f"{_safe_name(name)}{''.join(path.suffixes)[-16:]}"
                 shutil.copyfile(path, copy)

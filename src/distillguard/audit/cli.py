@@ -67,6 +67,23 @@ def run(
     prompts: Annotated[
         Path | None, typer.Option(help="Prompt pool for the suspect (JSONL or text lines).")
     ] = None,
+    probes_ledger: Annotated[
+        Path | None,
+        typer.Option(
+            "--probes-ledger",
+            help="Draw the closed-mode probes from a `ledger export` (DIR or its ledger.parquet): the "
+            "prompts the --probe-account accounts sent in admitted requests (last user turn, deduplicated, "
+            "seeded sample up to the budget).",
+        ),
+    ] = None,
+    probe_account: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--probe-account",
+            help="With --probes-ledger: an account whose prompts to use (e.g. a scan's campaign); repeat "
+            "(default: every account).",
+        ),
+    ] = None,
     api_key: Annotated[
         list[str] | None, typer.Option("--api-key", help="API key for a URL suspect; repeat.")
     ] = None,
@@ -138,6 +155,13 @@ def run(
         _check_model("reference", reference, api_key)
     if prompts is not None and not prompts.is_file():
         raise UserError(f"prompts file not found: {prompts}")
+    ledger = None
+    if probes_ledger is not None:  # every ledger error before any model loads
+        from distillguard.audit.probes import DEFAULT_LIMIT, ledger_probes
+
+        ledger = ledger_probes(probes_ledger, probe_account, limit=budget or DEFAULT_LIMIT, seed=seed).path
+    elif probe_account:
+        raise UserError("--probe-account needs --probes-ledger PATH")
     check_target(out, overwrite=overwrite)
     signer = fingerprint(load_signing_key(signing_key)) if signing_key is not None else None
     spec = _spec(cfg, scheme, key, gamma, delta, context_width, hf_compat, vocab_size)
@@ -156,7 +180,8 @@ def run(
     audit_cfg = AuditConfig(
         suspect=suspect, spec=spec, reference=reference, controls=list(control or []), prompts=prompts,
         api_keys=list(api_key or []), model=model, budget=budget, alpha=alpha, decoys=decoys,
-        max_tokens=max_tokens, seed=seed, open_texts=open_texts, filter_windows=filter_windows, **extra,
+        max_tokens=max_tokens, seed=seed, open_texts=open_texts, filter_windows=filter_windows,
+        probes_ledger=ledger, probe_accounts=list(probe_account or []), **extra,
     )  # fmt: skip
     result = run_audit(audit_cfg, progress=not as_json)
 
@@ -165,7 +190,11 @@ def run(
         inputs[f"control-{i + 1}"] = c
     if prompts is not None:
         inputs["prompts"] = prompts
-    bundle = write_bundle(result, out, signing_key=signing_key, inputs=inputs, overwrite=overwrite)
+    if ledger is not None:  # hashed, never copied: the export holds every account's traffic
+        inputs["probes-ledger"] = ledger
+    bundle = write_bundle(
+        result, out, signing_key=signing_key, inputs=inputs, overwrite=overwrite, hash_only={"probes-ledger"}
+    )
     summary = summarize(result, bundle, signer or fingerprint(load_signing_key(None)), alpha)
     if as_json:
         typer.echo(json.dumps(summary))

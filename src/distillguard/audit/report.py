@@ -366,6 +366,7 @@ def render_html(
         "</section>",
         _meaning(result),
         _tests_table(result),
+        _probes(result),
         _figures(plots),
         _identity_table(result),
         _transcripts(result),
@@ -394,6 +395,24 @@ def _meaning(result: dict[str, Any]) -> str:
         + (f"<p>The key-dependent tests cannot tell these apart:</p><ul>{items}</ul>" if items else "")
         + "<p>Identity and provenance tests are behavioural: they support a finding, never make one.</p>"
         "</section>"
+    )
+
+
+def _probes(result: dict[str, Any]) -> str:
+    """Where the closed-mode probes came from, when it was not the prompt pool: a ledger export's accounts."""
+    cfg = result.get("config") or {}
+    src = cfg.get("probes") if isinstance(cfg, dict) else None
+    if not isinstance(src, dict) or src.get("source") != "ledger":
+        return ""
+    e = html.escape
+    accounts = src.get("accounts")
+    who = "every account" if not isinstance(accounts, list) else "account(s) " + ", ".join(map(str, accounts))
+    ledger, sampled, seed = (e(str(src.get(k))) for k in ("ledger", "sampled", "seed"))
+    available, admitted = (e(str(src.get(k))) for k in ("available", "admitted_requests"))
+    return (
+        f'<p id="probes">Closed-mode probes: prompts that {e(who)} sent in admitted requests, from the '
+        f"ledger export <code>{ledger}</code>: {sampled} drawn (seed {seed}) of {available} distinct "
+        f"prompts in {admitted} admitted requests.</p>"
     )
 
 

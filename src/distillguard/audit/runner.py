@@ -52,6 +52,9 @@ class AuditConfig:
     reference: str | None = None  # our model dir (teacher) for provenance and for our own watermarked texts
     controls: list[str] = field(default_factory=list)  # control model dirs (or URLs)
     prompts: Path | None = None  # probe prompt pool (default: the world's held-out prompts)
+    # closed-mode probes from a ledger export instead of the pool: what these accounts asked (none: all)
+    probes_ledger: Path | None = None
+    probe_accounts: list[str] = field(default_factory=list)
     api_keys: list[str] = field(default_factory=list)
     model: str | None = None
     identity_names: list[str] = field(default_factory=lambda: ["Aster", "Northwind"])
@@ -62,7 +65,7 @@ class AuditConfig:
     seed: int = 0
     tests: tuple[str, ...] = ("radioactivity", "identity", "provenance")
     # --- additions ---
-    # radioactivity queries without a budget (default: one pass over the pool)
+    # radioactivity queries without a budget (default: one pass over the pool, or over the ledger probes)
     probe_queries: int | None = None
     probe_temperature: float = 0.7  # sampling temperature of radioactivity probes
     own_temperature: float = 1.0  # sampling temperature of our own watermarked texts
@@ -227,6 +230,10 @@ def _validate(cfg: AuditConfig) -> tuple[str, ...]:
         raise UserError(f"stop_p must be in (0, 1), got {cfg.stop_p}")
     if "identity" in tests and not [n for n in cfg.identity_names if n.strip()]:
         raise UserError("the identity test needs at least one name (--identity NAME)")
+    if cfg.probe_accounts and cfg.probes_ledger is None:
+        raise UserError("probe accounts need a ledger export to draw from (--probes-ledger PATH)")
+    if cfg.probes_ledger is not None and "radioactivity" not in tests:
+        raise UserError("probes from a ledger export are radioactivity probes: add --test radioactivity")
     return tests
 
 
@@ -272,6 +279,16 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
     started = _now()
     tests = _validate(cfg)
     log = _Log(progress)
+    ledger = None
+    if cfg.probes_ledger is not None:  # read before any model loads: a bad export costs nothing
+        from distillguard.audit.probes import DEFAULT_LIMIT, ledger_probes
+
+        limit = cfg.budget if cfg.budget is not None else cfg.probe_queries or DEFAULT_LIMIT
+        ledger = ledger_probes(cfg.probes_ledger, cfg.probe_accounts, limit=limit, seed=cfg.seed)
+        log(
+            f"probes: {len(ledger.prompts)} of {ledger.available} distinct prompts asked by "
+            f"{'every account' if ledger.accounts is None else ', '.join(ledger.accounts)} in {ledger.path}"
+        )
     try:
         import torch
 
@@ -301,6 +318,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
 
     pool_path = Path(cfg.prompts) if cfg.prompts is not None else world.prompts
     pool = load_pool(pool_path)
+    probe_pool = ledger.prompts if ledger is not None else pool  # closed-mode probes
     _distinct_targets(cfg)
     controls = [_Asked(c, f"control {i + 1}") for i, c in enumerate(cfg.controls)]
     names = [n.strip() for n in cfg.identity_names if n.strip()]
@@ -337,7 +355,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
     battery = ident.battery(names)
     id_n = len(battery)
     prov_n = min(cfg.provenance_prompts, len(pool))
-    radio_n = cfg.probe_queries if cfg.probe_queries is not None else len(pool)
+    radio_n = cfg.probe_queries if cfg.probe_queries is not None else len(probe_pool)
     if cfg.budget is not None:
         left = cfg.budget - suspect.queries
         id_n = min(id_n, left // 4) if run_identity else 0
@@ -422,7 +440,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
             radio.own_windows(own["completions"], own["prompts"], spec.window) if cfg.filter_windows else None
         )
         closed, queries_radio, stopped_early = _closed_mode(
-            cfg, suspect, ours, spec, pool, radio_n, allowed, stop_p, same_vocab, record, log
+            cfg, suspect, ours, spec, probe_pool, radio_n, allowed, stop_p, same_vocab, record, log
         )
         results.append(closed["result"])
         series["radioactivity"] = closed["series"]
@@ -464,7 +482,12 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
         "stopped_early": stopped_early,
         "transcripts": transcripts,
         "series": series,
-        "config": _public_config(cfg, suspect, spec, pool_path, reference, controls, stop_p),
+        "config": {
+            **_public_config(cfg, suspect, spec, pool_path, reference, controls, stop_p),
+            "probes": ledger.source()
+            if ledger is not None
+            else {"source": "prompts", "prompts": str(pool_path)},
+        },
         "versions": _versions(),
         "started": started,
         "finished": _now(),

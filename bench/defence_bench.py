@@ -18,6 +18,12 @@ beats the temperature floor at equal teacher loss. The watermark must survive: t
 strongest ADS setting is audited (radioactivity, closed mode, rho 100%) with our key, next to the
 undefended student.
 
+A CoT harvester (``--cot-share F``): the distiller wraps a share ``F`` of its prompts in step-by-step
+wrappers (:data:`COT_WRAPPERS`, as chain-of-thought harvesters do), and the utility questions are wrapped
+in the same share (what users of the tier who ask for reasoning get): the ``cot`` defence (reasoning
+suppression) only acts on such prompts. Results: ``bench/results/defences_cot.json`` (``--out``: another
+stem).
+
 Caveats: one student init and seed per defence (the spread over seeds is not measured here); the proxy student
 of ADS is the world's reference model, which is also the init-free "other model" of the perplexity column.
 Results: ``bench/results/defences.json`` and ``.png`` (``--quick``: tiny world, fewer settings).
@@ -41,8 +47,16 @@ RESULTS = Path(__file__).parent / "results"
 # a temperature floor turns greedy requests (the distiller's) into samples; ADS flips a greedy answer's tokens
 # only past a strength (1-1.5 on the default world's confident teacher), hence the fine grid there
 SETTINGS = [("none", 0.0), ("temperature", 0.5), ("temperature", 0.7), ("temperature", 1.0),
-            ("ads", 0.5), ("ads", 0.75), ("ads", 1.0), ("ads", 1.25), ("ads", 1.5)]  # fmt: skip
-QUICK_SETTINGS = [("none", 0.0), ("temperature", 0.7), ("ads", 1.0)]
+            ("ads", 0.5), ("ads", 0.75), ("ads", 1.0), ("ads", 1.25), ("ads", 1.5), ("cot", 1.0)]  # fmt: skip
+QUICK_SETTINGS = [("none", 0.0), ("temperature", 0.7), ("ads", 1.0), ("cot", 1.0)]
+# how harvesters ask for chain of thought (each matches the monitor's COT_PATTERN)
+COT_WRAPPERS = (
+    "{q} Let's think step by step.",
+    "Think step by step, then answer: {q}",
+    "{q} Show your reasoning before the final answer.",
+    "Explain step by step: {q}",
+    "{q}\nWalk me through your reasoning.",
+)
 
 
 def main() -> None:
@@ -52,6 +66,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="student training steps")
     ap.add_argument("--utility-questions", type=int, default=None)
     ap.add_argument("--no-audit", action="store_true")
+    ap.add_argument(
+        "--cot-share",
+        type=float,
+        default=0.0,
+        help="share of the distiller's prompts (and utility questions) asking for step-by-step reasoning",
+    )
+    ap.add_argument("--out", default=None, help="results stem under bench/results (default by mode)")
     ap.add_argument(
         "--settings", nargs="+", default=None, help="defence:strength pairs (none:0 is always run)"
     )
@@ -71,6 +92,13 @@ def main() -> None:
         settings = [("none", 0.0), *(x for x in chosen if x[0] != "none")]
     questions = _heldout(world, n_util)
     work = Path(tempfile.mkdtemp(prefix="defence-bench-"))
+    pool = world.instructions
+    if args.cot_share > 0:
+        questions = [
+            {**q, "prompt": w}
+            for q, w in zip(questions, _wrap([q["prompt"] for q in questions], args.cot_share), strict=True)
+        ]
+        pool = _wrapped_pool(world.instructions, work / "cot_pool.jsonl", args.cot_share)
     t0 = time.time()
     runs: dict[str, dict] = {}
     students: dict[str, Path] = {"init": _init_student(world, work / "init")}
@@ -79,7 +107,7 @@ def main() -> None:
         print(f"== {label}", flush=True)
         with _gateway(world, name, strength) as (url, key):
             util = _utility(world, url, key, questions)
-            student, manifest = _distill(world, url, key, work / label.replace(" ", "_"), n, steps)
+            student, manifest = _distill(world, url, key, work / label.replace(" ", "_"), n, steps, pool)
         students[label] = student
         runs[label] = {"defence": name, "strength": strength, "utility": util,
                        "collection_tokens": manifest["collection"]["completion_tokens"],
@@ -110,7 +138,8 @@ def main() -> None:
               f"gain cut agreement {cut['agreement']}  F1 {cut['f1_teacher']}")  # fmt: skip
 
     audit = None
-    if not args.no_audit:  # the undefended student and the strongest ADS one, same audit
+    if not args.no_audit and any(r["defence"] == "ads" for r in runs.values()):
+        # the undefended student and the strongest ADS one, same audit
         strongest = max((r for r in runs if runs[r]["defence"] == "ads"), key=lambda r: runs[r]["strength"])
         audit = {name: _audit(world, students[name]) for name in ("none", strongest)}
         print(f"audit: {json.dumps(audit)}", flush=True)
@@ -123,9 +152,12 @@ def main() -> None:
             "steps": steps,
             "mode": "blackbox (the restricted tier refuses logprobs)",
             "collection": "greedy, coverage strategy, max_tokens 64",
+            "cot_share": args.cot_share,
+            "cot_wrappers": list(COT_WRAPPERS) if args.cot_share > 0 else None,
         },  # fmt: skip
         "utility": {
             "questions": len(questions),
+            "cot_share": args.cot_share,
             "metric": "token F1 of greedy answers vs the docs' answers; "
             "perplexity of the answers under the reference model and the undefended teacher",
         },  # fmt: skip
@@ -141,7 +173,9 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "defences_quick" if args.quick else "defences"
+    stem = args.out or (
+        "defences_cot" if args.cot_share > 0 else "defences_quick" if args.quick else "defences"
+    )
     (RESULTS / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
     _plot(doc, RESULTS / f"{stem}.png")
     shutil.rmtree(work, ignore_errors=True)
@@ -154,7 +188,7 @@ def _goal(runs: dict) -> dict:
           and v["utility_loss"] <= 0.05]  # fmt: skip
     best = {
         d: max((runs[r]["gain_cut"]["agreement"] or 0 for r in ok if runs[r]["defence"] == d), default=None)
-        for d in ("ads", "temperature")
+        for d in ("ads", "temperature", "cot")
     }
     return {
         "settings_within_5pct_utility_loss": ok,
@@ -162,6 +196,27 @@ def _goal(runs: dict) -> dict:
         "met_cut_50pct": any(v is not None and v >= 0.5 for v in best.values()),
         "ads_beats_temperature": (best["ads"] or 0) > (best["temperature"] or 0),
     }
+
+
+def _wrap(prompts: list[str], share: float) -> list[str]:
+    """A share of ``prompts`` (every k-th, deterministic) in step-by-step wrappers, taken in turn."""
+    out, wrapped = [], 0
+    for i, p in enumerate(prompts):
+        if (i + 1) * share >= wrapped + 1:  # spread evenly: the running share stays at ``share``
+            out.append(COT_WRAPPERS[wrapped % len(COT_WRAPPERS)].format(q=p))
+            wrapped += 1
+        else:
+            out.append(p)
+    return out
+
+
+def _wrapped_pool(src: Path, out: Path, share: float) -> Path:
+    """The distiller's prompt pool with a share of its prompts asking for step-by-step reasoning."""
+    from distillguard.text.prompts import load_pool
+
+    prompts = load_pool(src)
+    out.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in _wrap(prompts, share)))
+    return out
 
 
 def _heldout(world, n: int) -> list[dict]:
@@ -264,12 +319,12 @@ def _init_student(world, out: Path) -> Path:
     return out
 
 
-def _distill(world, url: str, key: str, out: Path, n: int, steps: int) -> tuple[Path, dict]:
+def _distill(world, url: str, key: str, out: Path, n: int, steps: int, pool: Path) -> tuple[Path, dict]:
     from distillguard.distill.recipe import DistillConfig, run_distill
 
     out.mkdir(parents=True)
     cfg = DistillConfig(
-        teacher=url, out=out, prompts=world.instructions, mode="blackbox", api_keys=[key], model="aster",
+        teacher=url, out=out, prompts=pool, mode="blackbox", api_keys=[key], model="aster",
         strategy="coverage", n=n, max_tokens=64, steps=steps, seed=0, checkpoint_every=0, concurrency=16,
         tokenizer=world.tokenizer,
     )  # fmt: skip
@@ -300,7 +355,7 @@ def _plot(doc: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("agreement", "f1_teacher"), strict=True):
-        for defence, marker in (("none", "k*"), ("temperature", "o-"), ("ads", "s-")):
+        for defence, marker in (("none", "k*"), ("temperature", "o-"), ("ads", "s-"), ("cot", "D")):
             pts = sorted(
                 (r["utility_loss"] * 100, r["gain"][metric], r["strength"])
                 for r in doc["runs"].values() if r["defence"] == defence
@@ -316,7 +371,11 @@ def _plot(doc: dict, path: Path) -> None:
         ax.set_xlabel("teacher utility loss (% of answer F1 vs docs)")
         ax.set_ylabel(f"student gain in {metric}")
         ax.legend(fontsize=7)
-    fig.suptitle(f"sampling defences, {doc['world']} world: {doc['distiller']['queries']} distilled answers")
+    cot = doc["distiller"].get("cot_share") or 0
+    who = f", {cot:.0%} asking for step-by-step reasoning" if cot else ""
+    fig.suptitle(
+        f"sampling defences, {doc['world']} world: {doc['distiller']['queries']} distilled answers{who}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

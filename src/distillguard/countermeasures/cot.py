@@ -11,7 +11,8 @@ with a match goes when what is left of it is only instruction words ("Let's thin
 this step-by-step:", "Show your work."); otherwise only the matched spans go ("Explain step by step how X
 works." becomes "Explain how X works."). A line left empty goes with its line break, and the text keeps its
 own leading and trailing whitespace, so a prompt with the request appended becomes byte for byte the prompt
-without it. A heuristic: it removes the request, not necessarily in the most fluent way.
+without it. A heuristic: it removes the request, not necessarily in the most fluent way. On a chat template
+the rendered prompt holds every turn, so a request quoted in an earlier assistant turn goes too.
 """
 
 from __future__ import annotations

@@ -117,14 +117,17 @@ def test_logprobs_over_answers_are_told_from_logprobs_on_a_choice_and_orgs_are_k
         rec(4, T0 + 3, "a", "Write a story", params={**lp, "max_tokens": None}),  # unbounded: an answer
         rec(5, T0 + 4, "a", "Write a story", params={**lp, "max_completion_tokens": 2}),
         rec(6, T0 + 5, "a", "Write a story", params={"max_tokens": 512}),  # no logprobs at all
+        rec(7, T0 + 6, "a", "Spam? yes/no", params={"max_tokens": 1, "logit_bias": {"7": 100}}),  # a label
     ]
     rows = [{**r, "org": "newsdesk"} for r in rows[:3]] + rows[3:]
     b = derive(records_to_table(rows))
-    assert b.logprobs.tolist() == [True, True, True, True, True, False]
-    assert b.logprob_gen.tolist() == [False, False, True, True, False, False]
+    assert b.logprobs.tolist() == [True, True, True, True, True, False, False]
+    assert b.logprob_gen.tolist() == [False, False, True, True, False, False, False]
+    # a bias that forces a label reads nothing: logit_bias, not the extraction probe
+    assert b.logit_bias.tolist() == [False] * 6 + [True] and not b.bias_probe.any()
     acc = accumulate_records(rows)
     assert acc.orgs == ["newsdesk"]
-    assert features_of(acc, "a")[0]["logprob_gen_rate"] == pytest.approx(2 / (6 + 20))
+    assert features_of(acc, "a")[0]["logprob_gen_rate"] == pytest.approx(2 / (7 + 20))
 
 
 def test_flags_user_text_and_params_are_read_from_ledger_rows():
@@ -152,6 +155,7 @@ def test_flags_user_text_and_params_are_read_from_ledger_rows():
     assert b.admitted.tolist() == [True, True, True, True, False]
     # logprobs over a whole answer (max_tokens 256) vs scoring a choice: the one-token probe is not one
     assert b.logprob_gen.tolist() == [False, False, True, False, False]
+    assert b.bias_probe.tolist() == [False, False, True, False, False]  # a bias read through logprobs
     assert is_cot("Let's think step by step.") and not is_cot("What is a step function?")
     assert is_identity("which company trained you?") and not is_identity("who wrote Hamlet?")
 
@@ -413,6 +417,10 @@ def test_a_registration_burst_with_one_template_family_links_accounts_without_a_
     infos = [rotating(f"throwaway{i}", i, 1000.0 + 9 * i, wrapper | {hash(f"o{i}")}) for i in range(8)]
     # the same frames, signed up hours apart: a popular prompt, no burst, no link
     infos += [rotating(f"fan{i}", 40 + i, 50_000.0 + 3600 * i, wrapper) for i in range(4)]
+    # three requests from home, office and a cafe each, signed up together: not a proxy pool
+    for i in range(4):
+        infos.append(rotating(f"laptop{i}", 70 + i, 30_000.0 + 5 * i, wrapper))
+        infos[-1].prefixes = Counter({f"{90 + i}.{k}.1.0/24": 1 for k in range(3)})
     # a bulk import: customers with the same frames created in one second, each from its own office
     infos += [
         _info(f"import{i}", f"73.20.{i}.0/24", wrapper, [60 + i], 90_000.0 + 0.01 * i, 1) for i in range(6)

@@ -114,6 +114,7 @@ def test_attackers_end_restricted_or_suspended_and_customers_stay_normal(
 
         if os.environ.get("E2E_DEBUG"):
             Path(os.environ["E2E_DEBUG"]).write_text(repr(sorted(detail.values(), key=lambda x: x[2])))
+            Path(os.environ["E2E_DEBUG"] + ".json").write_text(json.dumps(doc, indent=1))
         for a, row in rows.items():
             if labels[a]["kind"] == "attacker":
                 assert tiers[a] in ("restricted", "suspended"), (detail[a], row["reasons"][:8], outcome)

@@ -96,3 +96,49 @@ def test_the_reference_is_rebuilt_from_the_simulator(tmp_path):
     ref = Reference.load(tmp_path / "ref.npz")
     assert doc["version"] == VERSION and ref.meta["shipped"] and ref.meta["accounts"] >= 3
     assert tuple(ref.calibration.features) == FEATURE_NAMES
+
+
+def test_tiers_from_the_shipped_reference_stop_at_the_cap_and_a_calibrated_one_lifts_it(mixed, shipped):
+    from distillguard.monitor.decisions import Policy
+    from distillguard.monitor.scan import plan_decisions
+
+    _, acc, created, personas = mixed
+    analysis = analyse(acc, shipped, options=OPTS, created=created)
+    store = {a: "normal" for a in analysis.accounts}
+    policy = Policy()
+    assert min(v.p_value for v in analysis.accounts.values()) < policy.threshold("suspended")  # evidence
+    _, _, tiers = plan_decisions(analysis, policy, store, {}, 0.0)
+    assert set(tiers.values()) == {"normal", "throttled"}
+    _, _, tiers = plan_decisions(analysis, Policy(shipped_max_tier="suspended"), store, {}, 0.0)
+    assert "suspended" in set(tiers.values())  # the operator opted in
+    # the same p-values from a reference the deployment calibrated itself are not capped
+    own = replace(analysis, reference={**analysis.reference, "source": "reference"})
+    _, _, tiers = plan_decisions(own, policy, store, {}, 0.0)
+    assert "suspended" in set(tiers.values())
+
+
+def test_a_reference_or_follow_state_from_another_feature_set_is_refused_in_one_line(tmp_path, shipped):
+    import json
+
+    import numpy as np
+
+    from distillguard.errors import UserError
+    from distillguard.monitor.scan import load_follow_state, save_accumulator
+
+    old = shipped.calibration.to_dict()
+    j = old["features"].index("bias_probe_rate")
+    old["features"].pop(j)
+    for k in ("center", "scale"):
+        old[k].pop(j)
+    old["reference"] = [row[:j] + row[j + 1 :] for row in old["reference"]]
+    np.savez(tmp_path / "old.npz", calibration=np.array(json.dumps(old)), meta=np.array("{}"))
+    with pytest.raises(UserError, match="another version.*bias_probe_rate.*calibrate"):
+        Reference.load(tmp_path / "old.npz")
+    acc, _ = _fleet("newsdesk")
+    save_accumulator(acc, tmp_path / "state.npz")
+    load_follow_state(tmp_path / "state.npz")  # this version's own state loads
+    with np.load(tmp_path / "state.npz") as z:
+        arrays = {k: z[k] for k in z.files if k != "c_bias_probe"}
+    np.savez(tmp_path / "state.npz", **arrays)
+    with pytest.raises(UserError, match="another version.*delete it"):
+        load_follow_state(tmp_path / "state.npz")

@@ -128,12 +128,16 @@ def follow_cmd(
             typer.echo(summary_text(report, limit=10), nl=False)
         sys.stdout.flush()
 
+    policy = Policy.from_config(cfg)
+    ref = jobs.load_reference(cfg, reference, population)
+    if ref is not None and ref.meta.get("shipped"):
+        typer.echo(jobs.shipped_note(ref, policy), err=True)
     follower = Follower(
         ledger_path=jobs.ledger_path(cfg, ledger),
         store=store,
         log=DecisionLog.open_default(cfg),
-        policy=Policy.from_config(cfg),
-        reference=jobs.load_reference(cfg, reference, population),
+        policy=policy,
+        reference=ref,
         options=jobs.scan_options(cfg),
         on_report=emit,
     )

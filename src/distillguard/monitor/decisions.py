@@ -27,6 +27,7 @@ The pure part (:class:`Policy`, :func:`decide`) has no I/O; :class:`DecisionLog`
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -53,6 +54,9 @@ class Policy:
     hold_s: float = 7 * 86400.0
     allowlist: frozenset[str] = frozenset()
     tiers: tuple[str, ...] = ()
+    # the highest tier a scan against the *shipped* reference (simulated benign kinds, not the deployment's
+    # own traffic) may move an account to; a calibrated reference lifts the cap
+    shipped_max_tier: str = "throttled"
     # what each tier does to answers (logprob policy, sampling defence), recorded with each decision
     tier_settings: TierSettings = field(default_factory=TierSettings, compare=False)
 
@@ -77,12 +81,23 @@ class Policy:
             raise UserError("monitor_down_factor must be >= 1 (it is the hysteresis gap)")
         if self.cooldown_s < 0 or self.hold_s < 0:
             raise UserError("monitor cooldown and hold must be >= 0 seconds")
+        if self.shipped_max_tier not in ladder:
+            raise UserError(
+                f"monitor_shipped_max_tier must be one of {', '.join(ladder)}, got {self.shipped_max_tier!r}"
+            )
+
+    def floor_p(self, max_tier: str) -> float:
+        """The smallest p-value that moves an account no higher than ``max_tier`` (1e-300 for the top)."""
+        i = self.rank(max_tier)
+        if i + 1 >= len(self.tiers):
+            return 1e-300
+        return float(math.nextafter(self.threshold(self.tiers[i + 1]), 1.0))
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | None) -> Policy:
         """``monitor_allowlist`` (list or comma-separated), each tier's ``config_key``
         (``monitor_throttle_p``, ``monitor_restrict_p``, ``monitor_suspend_p``, ...), ``monitor_down_factor``,
-        ``monitor_cooldown_s``, ``monitor_hold_s``."""
+        ``monitor_cooldown_s``, ``monitor_hold_s``, ``monitor_shipped_max_tier``."""
         from distillguard.config import coerce_setting, settings_from_config
 
         c = config or {}

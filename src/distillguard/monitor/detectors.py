@@ -200,24 +200,27 @@ class MMDReference:
 
 _UNITS = {f.name: f.unit for f in FEATURES}
 # Intent signals: what the traffic asks for.
-# - Extraction (logit_bias sweeps, logprobs over whole answers) reads the teacher's distribution itself:
-#   evidence on its own.
-# - Suggestive elicitation (reasoning traces, identity questions, logprobs at all) is what distillers ask,
-#   and also what evaluation harnesses (chain-of-thought benchmarks, multiple choice scored with logprobs)
-#   and researchers ask: it counts only when something else about the entity corroborates it (breadth,
-#   evasion or a linked campaign), never because it exceeds one benign kind's rate.
+# - Extraction (logit_bias probes that read logprobs, logprobs over whole answers) reads the teacher's
+#   distribution itself: evidence on its own.
+# - Suggestive elicitation (reasoning traces, identity questions, logprobs at all, logit_bias alone) is what
+#   distillers ask, and also what evaluation harnesses (chain-of-thought benchmarks, multiple choice scored
+#   with logprobs), classifiers (a bias that forces a label) and researchers ask: on its own test it counts
+#   only when something else about the entity corroborates it (breadth, evasion or a linked campaign). It
+#   also enters the joint intent look below, where reasoning requests beyond every benign profile can open
+#   the profile look by themselves (how a chain-of-thought benchmark harness was flagged in held-out
+#   traffic: see README).
 # - Breadth (coverage of the capability space) and evasion (rotating networks) corroborate elicitation.
 #   Novelty and paraphrase do not: one benchmark run never repeats an item, and templated multiple-choice
 #   items or support FAQs read as paraphrases of each other.
-EXTRACTION = ("logit_bias_rate", "logprob_gen_rate")
-SUGGESTIVE = ("cot_rate", "identity_rate", "logprobs_rate")
+EXTRACTION = ("bias_probe_rate", "logprob_gen_rate")
+SUGGESTIVE = ("cot_rate", "identity_rate", "logprobs_rate", "logit_bias_rate")
 ELICITATION = (*EXTRACTION, *SUGGESTIVE)
 BREADTH = ("coverage",)
 EVASION = ("ip_churn",)
 # The joint look at what is asked: elicitation, breadth and novelty together. Each alone resembles some
 # benign kind (researchers ask for reasoning, harnesses for logprobs, coding products cover a lot);
 # together, beyond every benign profile, they open the full profile look.
-INTENT = ("logit_bias_rate", "logprob_gen_rate", "cot_rate", "identity_rate", "coverage", "novelty")
+INTENT = ("bias_probe_rate", "logprob_gen_rate", "cot_rate", "identity_rate", "coverage", "novelty")
 # The smallest tail scale of a restricted look, in unit scales per e-fold: most benign entities show no
 # elicitation at all, and an all-zero null must not make one odd question look impossible.
 SUBSET_MIN_BETA = 1.0
@@ -672,18 +675,6 @@ class RateNull:
         excluded = set(out.tolist())
         top = next((float(obs[i]) for i in range(len(obs) - 1, -1, -1) if int(order[i]) not in excluded), 0.0)
         return below / kept, top
-
-    def top_percentile(self, queries: int, features: dict[str, float]) -> float:
-        """The largest share, over the features, of reference profiles eliciting at most this entity's
-        rate (0 when it elicits nothing)."""
-        n = max(int(queries), 1)
-        out = 0.0
-        for j, f in enumerate(self.features):
-            rate = features.get(f, float("nan"))
-            if math.isfinite(rate) and rate > 0 and len(self.ids):
-                k = int(round(rate * (n + 20.0)))
-                out = max(out, self._obs_rank(j, k / n, np.zeros(0, dtype=np.int64))[0])
-        return out
 
     def assess(
         self,

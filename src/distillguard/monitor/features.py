@@ -129,6 +129,13 @@ FEATURES: tuple[FeatureSpec, ...] = (
         "Scoring a multiple-choice item reads one or a few tokens.",
     ),
     FeatureSpec(
+        "bias_probe_rate",
+        0.05,
+        "Share of requests that set logit_bias *and* read logprobs: the logit-extraction probe (Carlini et "
+        "al. 2024) reads how a bias moves the reported logprobs. A bias alone (banning tokens, forcing a "
+        "label) reads nothing.",
+    ),
+    FeatureSpec(
         "logit_bias_rate",
         0.05,
         "Share of requests with logit_bias: sweeps of +100 biases recover the output projection "
@@ -165,6 +172,7 @@ RATE_FEATURES = frozenset(
         "identity_rate",
         "logprobs_rate",
         "logprob_gen_rate",
+        "bias_probe_rate",
         "logit_bias_rate",
         "ip_churn",
     }
@@ -438,6 +446,7 @@ class QueryBatch:
     logprobs: np.ndarray
     logit_bias: np.ndarray
     logprob_gen: np.ndarray
+    bias_probe: np.ndarray
     admitted: np.ndarray
     ips: list[str | None]  # distinct client IPs; ``ip`` indexes into it
     ip: np.ndarray  # int32
@@ -528,6 +537,7 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
     lens = pc.binary_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
     admitted = pc.fill_null(pc.equal(decision, "admitted"), True).to_numpy(zero_copy_only=False)
     logprobs = flag(params, _LOGPROBS_RE)
+    logit_bias = flag(params, _LOGIT_BIAS_RE)
     return QueryBatch(
         accounts=accounts,
         acct=acct,
@@ -540,8 +550,9 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
         cot=ends_flag(prompt, COT_PATTERN),
         identity=ends_flag(text, IDENTITY_PATTERN),
         logprobs=logprobs,
-        logit_bias=flag(params, _LOGIT_BIAS_RE),
+        logit_bias=logit_bias,
         logprob_gen=logprobs & ~flag(params, _SHORT_GEN_RE),
+        bias_probe=logprobs & logit_bias,
         admitted=admitted.astype(bool),
         ips=ips,
         ip=ip,
@@ -578,6 +589,7 @@ _COUNTERS = (
     "logprobs",
     "logit_bias",
     "logprob_gen",
+    "bias_probe",
     "copied",
     "copy_eligible",
     "prompt_tokens",
@@ -604,6 +616,7 @@ class Sample:
     logprobs: np.ndarray
     logit_bias: np.ndarray
     logprob_gen: np.ndarray
+    bias_probe: np.ndarray
     copied: np.ndarray
 
     def __len__(self) -> int:
@@ -728,6 +741,7 @@ class FeatureAccumulator:
             ("logprobs", batch.logprobs),
             ("logit_bias", batch.logit_bias),
             ("logprob_gen", batch.logprob_gen),
+            ("bias_probe", batch.bias_probe),
             ("prompt_tokens", batch.prompt_tokens),
             ("completion_tokens", batch.completion_tokens),
         ):
@@ -876,6 +890,7 @@ class FeatureAccumulator:
                 "logprobs": b.logprobs[cand],
                 "logit_bias": b.logit_bias[cand],
                 "logprob_gen": b.logprob_gen[cand],
+                "bias_probe": b.bias_probe[cand],
                 "copied": copied[cand],
             }
         )
@@ -938,6 +953,7 @@ class FeatureAccumulator:
             logprobs=p["logprobs"][sel].copy(),
             logit_bias=p["logit_bias"][sel].copy(),
             logprob_gen=p["logprob_gen"][sel].copy(),
+            bias_probe=p["bias_probe"][sel].copy(),
             copied=p["copied"][sel].copy(),
         )
         prefixes: Counter = Counter()
@@ -1046,6 +1062,7 @@ def _empty_pool() -> dict[str, np.ndarray]:
         "logprobs": np.zeros(0, dtype=bool),
         "logit_bias": np.zeros(0, dtype=bool),
         "logprob_gen": np.zeros(0, dtype=bool),
+        "bias_probe": np.zeros(0, dtype=bool),
         "copied": np.zeros(0, dtype=bool),
     }
 
@@ -1170,6 +1187,7 @@ def entity_features(
         "identity_rate": shrunk_rate(c["identity"], n),
         "logprobs_rate": shrunk_rate(c["logprobs"], n),
         "logprob_gen_rate": shrunk_rate(c["logprob_gen"], n),
+        "bias_probe_rate": shrunk_rate(c["bias_probe"], n),
         "logit_bias_rate": shrunk_rate(c["logit_bias"], n),
         "ip_churn": shrunk_rate(max(prefixes - 1, 0), n),
         "mmd": mmd,
@@ -1212,6 +1230,7 @@ def evidence_seqs(profile: Profile, geometry: TextGeometry, limit: int = 8) -> d
         "identity_rate": pick(s.identity),
         "logprobs_rate": pick(s.logprobs),
         "logprob_gen_rate": pick(s.logprob_gen),
+        "bias_probe_rate": pick(s.bias_probe),
         "logit_bias_rate": pick(s.logit_bias),
         "ip_churn": everything,
         "mmd": everything,

@@ -58,6 +58,16 @@ def load_reference(config: dict[str, Any], path: Path | None, population: bool):
     return Reference.load(default) if default.is_file() else load_shipped_reference()
 
 
+def shipped_note(ref, policy) -> str:
+    """What a scan against the shipped reference tells its user."""
+    return (
+        f"note: scored against the shipped default reference ({ref.meta.get('version')}: simulated benign "
+        f"kinds, not this deployment's traffic), so tiers stop at {policy.shipped_max_tier!r} "
+        "(monitor_shipped_max_tier); fit your own with `distillguard monitor calibrate` on a known-good "
+        "period"
+    )
+
+
 def open_store(config: dict[str, Any], create: bool):
     """The gateway's account store, or ``None`` when there is none and ``create`` is false."""
     from distillguard.gateway.accounts import account_store_from_config
@@ -192,11 +202,7 @@ def scan(
             "`distillguard monitor calibrate`"
         )
     elif warn is not None and ref.meta.get("shipped"):
-        warn(
-            f"note: scored against the shipped default reference ({ref.meta.get('version')}: simulated "
-            "benign kinds, not this deployment's traffic); fit your own with "
-            "`distillguard monitor calibrate` on a known-good period"
-        )
+        warn(shipped_note(ref, policy))
     analysis = score(acc, ref, opts, created, progress)
     if intel is not None:
         analysis = intel.apply(analysis, policy)

@@ -20,10 +20,13 @@ two must be infrastructure or behaviour in time (``ip`` or ``timing``): sharing 
 someone who signed up the same day is what customers onboarded together (or migrated in bulk) look
 like. The exception is a *burst* of accounts that have no network of their own: keys created within
 ``burst_window`` seconds (five minutes: one script) of each other by accounts whose prompt frames overlap
-and that both send from a new network on most requests (``rotating_share``). Throwaway accounts behind
-rotating residential proxies share no network and, active for an hour each, no timing; their one
-template family and their sign-up script are all that joins them. Customers have a network (an office,
-a home, a cloud region), so a bulk import or a busy onboarding day never links them this way.
+and that both sent at least ``min_rotating`` requests, most of them from a /24 they had not used
+(``rotating_share``): three requests from home, office and a cafe are not a proxy pool. Throwaway
+accounts behind rotating residential proxies share no network and, active for an hour each, no timing;
+their one template family and their sign-up script are all that joins them. Customers mostly have a
+network (an office, a home, a cloud region), so a bulk import or a busy onboarding day does not link them
+this way; clients whose every request leaves from a new address (some mobile carriers, privacy relays)
+can be.
 
 Clusters are the connected components of at least two accounts. Within a cluster, the groups joined by
 *strong* edges (carrying ``template`` or ``timing``) are what the scan judges as one operator
@@ -119,6 +122,7 @@ def link_accounts(
     created_window: float = 3 * 3600.0,
     burst_window: float = 300.0,
     rotating_share: float = 0.5,
+    min_rotating: int = 10,
     min_kinds: int = 2,
 ) -> list[Cluster]:
     """Clusters of accounts linked by at least ``min_kinds`` kinds of evidence, largest first."""
@@ -173,7 +177,7 @@ def link_accounts(
             kinds[lo : lo + step, 3] = np.abs(cr[i] - cr[j]) <= created_window  # unknown (nan): False
     sent = np.array([sum(x.prefixes.values()) for x in infos], dtype=np.float64)
     nets = np.array([len(x.prefixes) for x in infos], dtype=np.float64)
-    rotating = (sent >= 3) & (nets >= rotating_share * np.maximum(sent, 1.0))
+    rotating = (sent >= min_rotating) & (nets >= rotating_share * np.maximum(sent, 1.0))
     with np.errstate(invalid="ignore"):
         burst = (np.abs(cr[pi] - cr[pj]) <= min(burst_window, created_window)) & rotating[pi] & rotating[pj]
     edge = (kinds.sum(axis=1) >= min_kinds) & (kinds[:, 0] | kinds[:, 2] | (kinds[:, 1] & burst))

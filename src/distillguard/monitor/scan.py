@@ -57,6 +57,7 @@ from distillguard.monitor.detectors import (
 )
 from distillguard.monitor.features import (
     COLUMNS,
+    FEATURE_NAMES,
     FeatureAccumulator,
     Profile,
     TextGeometry,
@@ -427,6 +428,12 @@ class Reference:
             raise UserError(
                 f"{path} is not a monitor reference ({exc}); run `distillguard monitor calibrate`"
             ) from None
+        if tuple(cal.features) != FEATURE_NAMES:
+            missing = ", ".join(f for f in FEATURE_NAMES if f not in cal.features) or "none"
+            raise UserError(
+                f"{path} was fitted by another version of the monitor (features missing: {missing}); "
+                "fit it again with `distillguard monitor calibrate`"
+            )
         return cls(cal, mmd, meta)
 
 
@@ -601,9 +608,12 @@ class Judgement:
     tests: list[dict[str, Any]]
 
     @property
-    def elicitation_p(self) -> float:
-        """The smallest elicitation p-value, counted or not (evidence of the entity's own asking)."""
-        return min(self.extraction.p_value, self.suggestive.p_value)
+    def own_evidence(self) -> bool:
+        """Extraction, or corroborated elicitation, at the gate level: what lets a weakly linked account
+        carry its cluster's evidence."""
+        if self.extraction.p_value <= GATE_P:
+            return True
+        return self.corroboration is not None and self.suggestive.p_value <= GATE_P
 
     @property
     def counted(self) -> list[Assessment]:
@@ -765,8 +775,9 @@ def analyse(
             trust = (
                 "medium: simulated benign kinds (" + ", ".join(reference.meta.get("kinds", [])) + "), not "
                 "this deployment's traffic, and a campaign cannot vouch for itself against it; a benign kind "
-                "of your own that asks for more than all of these can look unusual; run `distillguard "
-                "monitor calibrate` on a known-good period. " + trust
+                "of your own that asks for more than all of these can look unusual, so automatic tiers stop "
+                "at monitor_shipped_max_tier; run `distillguard monitor calibrate` on a known-good period. "
+                + trust
             )
         info = {
             "source": "shipped reference" if shipped else "reference",
@@ -840,8 +851,7 @@ def analyse(
     for uid, c, members, strong in units:
         st = an.entity(acc, tuple(members), mmd)
         lk = looks_out if set(members) & left_out else looks
-        orgs = {states[m].link.org for m in members}
-        campaign = strong and len(members) >= CAMPAIGN_MIN and not (len(orgs) == 1 and None not in orgs)
+        campaign = strong and len(members) >= CAMPAIGN_MIN and not _one_org(members, states)
         j = judge(lk, tuple(members), st, exclude=set(members), linkage=campaign)
         unit_j[uid] = j
         if strong:
@@ -855,7 +865,7 @@ def analyse(
                     tuple(rest),
                     an.entity(acc, tuple(rest), mmd),
                     exclude=set(members),
-                    linkage=campaign and len(rest) >= CAMPAIGN_MIN,
+                    linkage=campaign and len(rest) >= CAMPAIGN_MIN and not _one_org(rest, states),
                 )
             else:
                 rj = own_j[rest[0]]
@@ -895,8 +905,8 @@ def analyse(
         attributed = None
         if uid is None and a in weak_of:
             w = weak_of[a]
-            if own.scored and own.elicitation_p <= GATE_P:
-                uid, attributed = w, "own elicitation evidence"
+            if own.scored and own.own_evidence:
+                uid, attributed = w, "own extraction or corroborated elicitation evidence"
             else:
                 reasons.append(
                     f"linked to cluster {w} by weak links only ({describe[cluster_of[a]]}): its evidence "
@@ -951,6 +961,12 @@ def analyse(
     return Analysis(verdicts, cluster_verdicts, source, acc.rows, acc.last_seq, weak_verdicts, info)
 
 
+def _one_org(members: Sequence[str], states: dict[str, EntityState]) -> bool:
+    """Whether every member declares the same organisation (one customer's own fleet)."""
+    orgs = {states[m].link.org for m in members}
+    return len(orgs) == 1 and None not in orgs
+
+
 def _evidence(a: Assessment) -> list[int]:
     out: list[int] = []
     for r in a.reasons:
@@ -976,12 +992,17 @@ def plan_decisions(
     decisions: list[Decision] = []
     new_states = dict(states)
     tiers: dict[str, str] = {}
+    # against the shipped reference, tiers stop at ``shipped_max_tier``: its p-values hold for benign
+    # traffic like the simulator's, which the deployment's own customers may not be
+    shipped = (analysis.reference or {}).get("source") == "shipped reference"
+    floor = policy.floor_p(policy.shipped_max_tier) if shipped else 0.0
     for a, v in analysis.accounts.items():
+        p = max(v.p_value, floor)
         cur = store_tiers.get(a)
         if cur is None:  # not in the store (a Parquet export of another system): report only
-            tiers[a] = policy.target(v.p_value) if a not in policy.allowlist else policy.tiers[0]
+            tiers[a] = policy.target(p) if a not in policy.allowlist else policy.tiers[0]
             continue
-        dec, st = decide(a, v.p_value, cur, states.get(a), policy, now)
+        dec, st = decide(a, p, cur, states.get(a), policy, now)
         new_states[a] = st
         tiers[a] = st.tier
         if dec is not None:
@@ -1087,7 +1108,13 @@ def load_follow_state(path: Path) -> tuple[FeatureAccumulator, dict[str, int]]:
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"{path} is not a monitor follow state ({exc}); delete it to start over") from None
     chains = {str(k): int(v) for k, v in (meta.pop("chains", None) or {}).items()}
-    return FeatureAccumulator.from_state({"arrays": arrays, "meta": meta}), chains
+    try:
+        return FeatureAccumulator.from_state({"arrays": arrays, "meta": meta}), chains
+    except KeyError as exc:
+        raise UserError(
+            f"{path} was written by another version of the monitor (no {exc.args[0]}); delete it to "
+            "re-read the ledger from the start"
+        ) from None
 
 
 @dataclass

@@ -100,6 +100,21 @@ def test_generate_through_a_real_gateway(tmp_path: Path, capsys) -> None:
     )
     assert stats["matched"] >= stats["rows"] - 1  # all but the client's one /v1/models call
     assert stats["accounts"] == len(lab)  # the simulated sign-ups, beside the copy, for account linking
+    # the CLI: a directory of its own beside the export, the population found next to the schedule
+    argv = [
+        "heldout",
+        "retime",
+        "--parquet",
+        str(export),
+        "--schedule",
+        str(out / "schedule.jsonl"),
+        "--json",
+    ]
+    code, stdout, stderr = run_cli(argv, capsys)
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    assert doc["path"] == str(export.parent / "sim" / "ledger.parquet") and doc["accounts"] == len(lab)
+    assert (export.parent / "sim" / "accounts.parquet").is_file()
     import pyarrow.parquet as pq
 
     table = pq.read_table(tmp_path / "sim.parquet").to_pydict()

@@ -25,7 +25,7 @@ Evaluate (the gateway started with ``--trusted-proxy`` covering the generator's 
     distillguard heldout generate --gateway http://127.0.0.1:8000 --admin-token T --out run/ --size small
     distillguard ledger export --config serve.toml --out run/
     distillguard heldout retime --parquet run/ledger.parquet --schedule run/schedule.jsonl
-    distillguard monitor eval --parquet run/ledger.sim.parquet --labels run/labels.json
+    distillguard monitor eval --parquet run/sim/ledger.parquet --labels run/labels.json
 
 (``monitor eval --ledger`` on the gateway's database works too, on the compressed clock.) ``labels.json``
 maps each account to ``{"label": "benign"|"attacker", "kind" (the same, the field ``monitor eval`` reads),

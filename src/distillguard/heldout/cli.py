@@ -69,7 +69,11 @@ def generate_cmd(
 def retime_cmd(
     parquet: Path = typer.Option(..., help="ledger.parquet from `distillguard ledger export`."),
     schedule: Path = typer.Option(..., help="schedule.jsonl written by `heldout generate`."),
-    out: Path = typer.Option(None, help="Output Parquet (default: ledger.sim.parquet next to the input)."),
+    out: Path = typer.Option(
+        None,
+        help="Output Parquet (default: sim/ledger.parquet beside the input: a directory of its own, so "
+        "a scan of it never reads the wall-clock export too).",
+    ),
     population: Path = typer.Option(
         None,
         help="population.json of the run: also write accounts.parquet (simulated sign-ups) beside the output "
@@ -80,7 +84,7 @@ def retime_cmd(
     """Rewrite an export's timestamps onto the simulated clock of the run."""
     from distillguard.heldout.retime import retime
 
-    target = out or parquet.with_name("ledger.sim.parquet")
+    target = out or parquet.parent / "sim" / "ledger.parquet"
     if population is None and (schedule.parent / "population.json").is_file():
         population = schedule.parent / "population.json"
     result = retime(parquet, schedule, target, population=population)

@@ -10,7 +10,9 @@ consistent (unsigned) chain of its own; the gateway's ledger itself is untouched
 
 The gateway's account store records sign-ups on the wall clock too. With ``population`` (the run's
 ``population.json``), :func:`retime` also writes ``accounts.parquet`` beside the copy, with each account's
-simulated sign-up time as ``key_created``: the sign-up log a scan of the copy links accounts by.
+simulated sign-up time as ``key_created``: the sign-up log a scan of the copy links accounts by. Give each
+copy a directory of its own (the CLI's default is ``sim/`` beside the export): a second copy in the same
+directory would replace the sign-ups, and a scan of the directory would read every copy.
 """
 
 from __future__ import annotations

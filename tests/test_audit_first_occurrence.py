@@ -17,17 +17,16 @@ import torch
 from scipy import stats as sst
 
 from distillguard.audit.reading import first_occurrence_candidates
-from distillguard.audit.sequential import anytime_log_p, log_e_path
 from distillguard.watermark import stats
 from distillguard.watermark.schemes import WatermarkSpec, kgw_green_mask, kgw_is_green
+from toy_watermark import bigram_logits, spec_anytime_log_p
 
 V = 256
 TEXTS, LENGTH, PROMPT = 12, 40, 4
 
 
 def _bigram(rng) -> np.ndarray:
-    logits = rng.gumbel(size=(V, V)) * 1.5
-    return logits
+    return bigram_logits(rng, V)
 
 
 def _sample(spec: WatermarkSpec, logits: np.ndarray, rng) -> list[np.ndarray]:
@@ -87,7 +86,7 @@ def _scores(spec, seqs, reader, naive: bool = False) -> np.ndarray:
 
 
 def _anytime_log_p(spec, values) -> float:
-    return float(anytime_log_p(log_e_path("kgw", values, gamma=spec.green_rate))[-1])
+    return spec_anytime_log_p(spec, values)
 
 
 def test_candidates_are_first_occurrences_in_corpus_order():

@@ -61,37 +61,37 @@ def first_occurrence_candidates(
     ``len(sequences[i]) + 1`` predictions (the last one made after the final token) the end position is
     scored like any other. Scoring it keeps the decision to score a position a function of the prefix alone:
     a position exists when the prefix does, whatever our sampler then drew there.
+
+    One vectorised pass over the whole corpus (a window is fresh where its id first occurs in the flat,
+    corpus-ordered list of windows), so the cost is ``O(n log n)`` in the corpus size.
     """
     if width < 1:
         raise ValueError(f"window width must be >= 1, got {width}")
-    seen = np.zeros(0, dtype=np.int64)
-    wins, toks, text = [], [], []
-    considered = 0
-    offsets = np.arange(-width, 0)
-    for i, (seq, plen, pred) in enumerate(zip(sequences, prompt_lens, predictions, strict=True)):
-        s = np.asarray(seq, dtype=np.int64)
+    seqs = [np.asarray(s, dtype=np.int64) for s in sequences]
+    plens = np.asarray(prompt_lens, dtype=np.int64).reshape(-1)
+    if len(plens) != len(seqs):
+        raise ValueError(f"{len(plens)} prompt lengths for {len(seqs)} texts")
+    ends = []  # each text's predictions, len + 1 of them (-1: none for the end)
+    for i, (s, pred) in enumerate(zip(seqs, predictions, strict=True)):
         p = np.asarray(pred, dtype=np.int64)
         if len(p) not in (len(s), len(s) + 1):
             raise ValueError(f"text {i}: {len(p)} predictions for {len(s)} tokens")
-        pos = np.arange(width, len(s) + 1)  # the last one is the end of the text
-        if not pos.size:
-            continue
-        w = np.concatenate([s, [0]])[pos[:, None] + offsets[None, :]]  # windows never reach the pad
-        if len(p) == len(s):  # no prediction for the end: its window is seen, not scored
-            p = np.concatenate([p, [-1]])
-        ids = tuple_ids(w)
-        _, first = np.unique(ids, return_index=True)
-        fresh = np.zeros(len(pos), dtype=bool)
-        fresh[first] = True  # first occurrence within this text ...
-        fresh &= ~np.isin(ids, seen)  # ... and in no earlier text
-        comp = (pos >= max(int(plen), width)) & (p[pos] >= 0)
-        considered += int(comp.sum())
-        keep = fresh & comp
-        wins.append(w[keep])
-        toks.append(p[pos[keep]])
-        text.append(np.full(int(keep.sum()), i, dtype=np.int64))
-        seen = np.union1d(seen, ids)
-    if not wins:
+        ends.append(p if len(p) == len(s) + 1 else np.concatenate([p, [-1]]))
+    if not seqs:
         empty = np.zeros(0, dtype=np.int64)
-        return np.zeros((0, width), dtype=np.int64), empty, empty, considered
-    return np.concatenate(wins), np.concatenate(toks), np.concatenate(text), considered
+        return np.zeros((0, width), dtype=np.int64), empty, empty, 0
+    # The whole corpus at once: text i occupies flat[start[i] : start[i] + len_i + 1] (a pad for the end).
+    n = np.array([len(s) for s in seqs], dtype=np.int64)
+    flat = np.concatenate([np.concatenate([s, [0]]) for s in seqs])
+    pred = np.concatenate(ends)
+    start = np.cumsum(n + 1) - (n + 1)
+    count = np.maximum(n + 1 - width, 0)  # positions width .. len (the last one is the end of the text)
+    text = np.repeat(np.arange(len(seqs), dtype=np.int64), count)
+    pos = np.arange(int(count.sum()), dtype=np.int64) - np.repeat(np.cumsum(count) - count, count) + width
+    at = start[text] + pos  # in corpus order
+    w = flat[at[:, None] + np.arange(-width, 0)[None, :]]  # windows never reach the pad
+    fresh = np.zeros(len(at), dtype=bool)
+    fresh[np.unique(tuple_ids(w), return_index=True)[1]] = True  # first occurrence in corpus order
+    comp = (pos >= np.maximum(plens[text], width)) & (pred[at] >= 0)
+    keep = fresh & comp
+    return w[keep], pred[at[keep]], text[keep], int(comp.sum())

@@ -90,6 +90,25 @@ def references(ref_run: Path) -> dict:
     }
 
 
+def without_orgs(run: Path) -> Path:
+    """A copy of the run's retimed export with every ``org`` removed (a perturbation: the generator gives
+    its benign service fleets an organisation and its attackers none, which the monitor's organisation
+    rule relies on). Returns the copy's run directory (labels and sign-ups shared)."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = run.with_name(run.name + "-noorg")
+    (out / "sim").mkdir(parents=True, exist_ok=True)
+    t = pq.read_table(run / "sim" / "ledger.parquet")
+    t = t.set_column(t.schema.get_field_index("org"), "org", pa.nulls(t.num_rows, pa.string()))
+    pq.write_table(t, out / "sim" / "ledger.parquet")
+    shutil.copy(run / "sim" / "accounts.parquet", out / "sim" / "accounts.parquet")
+    shutil.copy(run / "labels.json", out / "labels.json")
+    return out
+
+
 def evaluate_run(run: Path, refs: dict, size: str, seed: int, qtd: bool) -> list[dict]:
     """Scan one run against every reference; one result row per reference."""
     from distillguard.monitor.decisions import Policy
@@ -187,6 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", type=Path, default=None, help="Keep generated runs here (reused if present).")
     ap.add_argument("--out", default="", help="Suffix of the results file (heldout_<out>.json).")
     ap.add_argument("--no-qtd", action="store_true")
+    ap.add_argument(
+        "--no-orgs", action="store_true", help="Perturbation: remove every account's organisation first."
+    )
     args = ap.parse_args(argv)
     sizes = ["small"] if args.quick else args.sizes.split(",")
     seeds = [1] if args.quick else [int(s) for s in args.seeds.split(",")]
@@ -198,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
         refs = references(produce(size, REFERENCE_SEED, work))
         for seed in seeds:
             run = produce(size, seed, work)
+            if args.no_orgs:
+                run = without_orgs(run)
             rows += evaluate_run(run, refs, size, seed, qtd=not args.no_qtd)
     doc = {
         "bench": "heldout",

@@ -30,12 +30,15 @@ gets small p-values (the reading has power).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from functools import cache
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats as sst
 
+from distillguard.audit.reading import first_occurrence_candidates
 from toy_watermark import (
     EOS,
     bigram_logits,
@@ -49,6 +52,7 @@ from toy_watermark import (
     radioactive_reader,
     sample_corpus,
     scores,
+    start_copier_reader,
     watermark_spec,
 )
 
@@ -125,3 +129,54 @@ def test_radioactive_reader_gets_small_p_values(name):
     bias = 3.0 if c.spec.scheme == "kgw" else 2.0
     log10_p = per_key_log_p(c, cand, scores(c, cand, radioactive_reader(c, logits, bias))) / math.log(10)
     assert np.mean(log10_p <= -2) > 0.8 and np.median(log10_p) < -3, name
+
+
+def test_windows_our_sampler_keyed_on_a_padded_start_count_as_seen():
+    # h = 2, one-token prompts: batched generation drew token 1 of each text with (pad, token 0), pad unknown
+    seqs = [np.array([5, 6, 7]), np.array([3, 5, 4, 2]), np.array([1, 1, 5, 6])]
+    preds = [np.full(len(s) + 1, 9) for s in seqs]
+    w, _, text, _ = first_occurrence_candidates(seqs, [1, 1, 1], preds, 2)
+    # (3, 5) and (1, 5) may be (pad, 5) of text 0, (1, 1) may be (pad, 1) of text 2 itself: not scored
+    assert [tuple(x) for x in w] == [(5, 6), (6, 7), (5, 4), (4, 2)] and text.tolist() == [0, 0, 1, 1]
+    # prompts of h tokens or more were not padded: the same windows are scored
+    w, _, _, _ = first_occurrence_candidates(seqs, [2, 2, 2], preds, 2)
+    assert {(3, 5), (1, 1), (1, 5)} <= {tuple(x) for x in w}
+    # h = 3: positions 1 and 2 of text 0 were drawn with (pad, pad, 5) and (pad, 5, 6)
+    seqs = [np.array([5, 6, 7]), np.array([8, 9, 2, 2, 5, 2, 3, 5, 4, 5, 6, 0])]
+    preds = [np.full(len(s) + 1, 9) for s in seqs]
+    w, _, _, _ = first_occurrence_candidates(seqs, [1, 3], preds, 3)
+    kept = {tuple(x) for x in w}
+    assert (2, 2, 5) not in kept and (4, 5, 6) not in kept  # one repeated token, then the text's start
+    assert {(5, 6, 7), (2, 3, 5), (3, 5, 4), (5, 6, 0)} <= kept  # not the shape of a padded start
+
+
+def test_a_reader_of_the_padded_start_stays_null_over_1000_keys():
+    """One one-token prompt asked again and again, left-padded with a token our answers use often: our
+    sampler keys each answer's first token on (pad, prompt), a window that occurs later in the texts, where
+    an innocent reader that copies the text's start predicts exactly that token."""
+    rng = np.random.default_rng(5)
+    pad, prompt = 1, 2
+    logits = bigram_logits(rng, 8)
+    logits[:, EOS] += 1.0
+    logits[:, pad] += 2.0
+    logits[pad, prompt] += 3.0
+    spec = watermark_spec("kgw", 2, 8, rng)
+    c = sample_corpus(
+        spec, logits, rng, keys=KEYS, texts=TEXTS, prompt=2, length=12, variable=True, pad=pad,
+        prompt_token=prompt,
+    )  # fmt: skip
+    # the answer's first token after a padded prompt carries our key's bias under (pad, prompt)
+    r = np.flatnonzero((c.plens == 1) & (c.lens >= 2))
+    keyed = c.keyed(r, np.stack([np.full(len(r), pad), c.seqs[r, 0]], 1))
+    assert spec.impl.token_scores(spec, keyed, torch.from_numpy(c.seqs[r, 1])).numpy().mean() > 0.4
+    reader = start_copier_reader(c, logits, pad)
+    cand = first_occurrences(c)
+    values = scores(c, cand, reader)
+    _assert_uniform_or_conservative(per_key_log_p(c, cand, values), "padded start anytime")
+    _assert_uniform_or_conservative(per_key_exact_log_p(c, cand, values), "padded start exact")
+    assert pooled_z(spec, values) < 4.0
+    # read as if no prompt had been padded, the reader's first guess at (pad, prompt) inherits our watermark
+    unpadded = replace(c, plens=np.maximum(c.plens, 2))
+    cand = first_occurrences(unpadded)
+    at_start = (cand.windows[:, 0] == pad) & (cand.windows[:, 1] == prompt)
+    assert at_start.sum() > 100 and pooled_z(spec, scores(c, cand, reader)[at_start]) > 5.0

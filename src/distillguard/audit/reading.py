@@ -17,8 +17,13 @@ included, which is conservative). Each window is then scored at most once.
 (Gumbel) of a window are independent of those of every other window. Let ``F_t`` be everything known when
 position ``t`` is reached in corpus order: every earlier text in full, the prefix of this one, the suspect's
 predictions so far, and the scores of the tuples scored so far. Our sampler used the green list of a window
-only at positions having that window, and ``w_t`` has none before ``t`` in corpus order, so every token in
-``F_t`` was sampled with the green lists of *other* windows: ``G(w_t)`` is independent of ``F_t``. Texts are
+only at positions having that window, with one exception: batched generation left-pads a prompt shorter than
+h, so position ``k < h`` of such a text (``plen <= k <= len``) was drawn with ``(pad,) * (h - k) + text[:k]``,
+a window of no position of the stored text. Those count as occurrences too, from that position on; the pad
+token is not known here, so every window of one repeated token followed by ``text[:k]`` counts (conservative:
+only corpora with prompts shorter than h lose windows). ``w_t`` has no occurrence before ``t`` in corpus
+order, so every token in ``F_t`` was sampled with the green lists of *other* windows: ``G(w_t)`` is
+independent of ``F_t``. Texts are
 sampled independently of each other, so the later texts (which may contain ``w_t`` and depend on
 ``G(w_t)``) are not in ``F_t``. The suspect is not trained on our key (H0) and reads only the prefix, so
 ``y_t`` is ``F_t``-measurable. Hence ``P[y_t green | F_t] = gamma`` exactly (KGW; for Gumbel ``-ln(1-u)`` is
@@ -32,6 +37,11 @@ scores; the anytime-valid p-value does not need it to be. The exact binomial p-v
 for reference only. Caveat: in transformers-compatible mode the green lists of all windows come from one
 fixed-size permutation per previous token, which the argument treats as independent draws (as the closed
 mode does); degenerate windows (previous token 0) are never scored.
+
+Checked over 1000 random keys each (``tests/test_audit_first_occurrence*.py``): KGW with h = 1, 2, 3 and
+Gumbel with h = 1, 2, 3, fixed- and variable-length texts (texts shorter than h + 1, prompts shorter than h,
+verbatim repeats), innocent readers that copy earlier continuations or the text's padded start: the false
+positive rate stays at or below alpha (0.01, 0.001), and a suspect that learned the bias is caught.
 """
 
 from __future__ import annotations
@@ -92,6 +102,35 @@ def first_occurrence_candidates(
     w = flat[at[:, None] + np.arange(-width, 0)[None, :]]  # windows never reach the pad
     fresh = np.zeros(len(at), dtype=bool)
     fresh[np.unique(tuple_ids(w), return_index=True)[1]] = True  # first occurrence in corpus order
+    fresh &= ~_after_padded_start(w, at, flat, start, n, plens, width)
     comp = (pos >= np.maximum(plens[text], width)) & (pred[at] >= 0)
     keep = fresh & comp
     return w[keep], pred[at[keep]], text[keep], int(comp.sum())
+
+
+def _after_padded_start(w, at, flat, start, n, plens, width: int) -> np.ndarray:
+    """Bool per window: it may be a left-padded window our sampler used at an earlier corpus position.
+
+    Batched generation left-pads a prompt shorter than h, so our sampler drew position ``k < h`` of such a
+    text (``plen <= k <= len``) with the window ``(pad,) * (h - k) + text[:k]``. The pad token is not known
+    here, so any window made of one repeated token followed by ``text[:k]`` counts, from that position on.
+    """
+    out = np.zeros(len(at), dtype=bool)
+    for k in range(width):
+        src = np.flatnonzero((plens <= k) & (n >= k))
+        if not src.size:
+            continue
+        head = w[:, : width - k]
+        shaped = (head == head[:, :1]).all(1)
+        where = start[src] + k  # the corpus position our sampler drew with the padded window
+        if k == 0:  # an empty prompt: the window was the pad alone
+            out |= shaped & (at > where.min())
+            continue
+        ids = tuple_ids(flat[start[src, None] + np.arange(k)[None, :]])
+        uniq, inverse = np.unique(ids, return_inverse=True)
+        earliest = np.full(len(uniq), np.iinfo(np.int64).max)
+        np.minimum.at(earliest, inverse, where)
+        tail = tuple_ids(w[:, width - k :])
+        j = np.minimum(np.searchsorted(uniq, tail), len(uniq) - 1)
+        out |= shaped & (uniq[j] == tail) & (at > earliest[j])
+    return out

@@ -8,9 +8,11 @@ import pytest
 
 
 def run_cli(argv: Sequence[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    """Run ``distillguard ARGV`` in this process; returns (exit code, stdout, stderr) as captured."""
+    """Run ``distillguard ARGV`` in this process; returns (exit code, stdout, stderr) as captured (what was
+    printed before the call is dropped first)."""
     from distillguard.cli import main
 
+    capsys.readouterr()
     try:
         main(list(argv))
         code = 0

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cli_run import run_cli
 from distillguard.audit import bundle as bundle_mod
 from distillguard.audit import report as report_mod
 from distillguard.audit.bundle import (
@@ -41,7 +42,6 @@ from distillguard.audit.bundle import (
     verify_bundle,
     write_bundle,
 )
-from distillguard.cli import main
 from distillguard.errors import UserError
 
 HOSTILE = '<img src="http://198.51.100.7/pixel.png"><script>document.title="pwned"</script>'
@@ -567,14 +567,7 @@ def test_run_writes_a_verifiable_bundle_and_prints_the_design_json(
 
 
 def _cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(argv, capsys)
 
 
 # -- the report in a real browser ---------------------------------------------------------------------------

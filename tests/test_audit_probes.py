@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from cli_run import run_cli
 from distillguard.audit.probes import ledger_probes, probe_text
 from distillguard.audit.report import render_html
-from distillguard.cli import main
 from distillguard.errors import UserError
 from distillguard.gateway.ledger import Ledger
 from distillguard.gateway.request_model import render_chat
@@ -142,14 +142,7 @@ def test_bad_input_is_one_line(export: Path, tmp_path: Path) -> None:
 
 
 def _cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(argv, capsys)
 
 
 def test_cli_refuses_bad_ledger_input_in_one_line_before_any_work(

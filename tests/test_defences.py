@@ -133,25 +133,35 @@ def test_ads_in_the_sampler_is_seeded_and_zero_strength_is_the_plain_sampler(bac
     assert _generate(backend, strong, _sampling(0.0), PROMPTS) != g_plain
 
 
+def _answers_per_tier(gw, prompts, **params) -> dict[str, list[str]]:
+    """Greedy answers to ``prompts`` from a fresh account on the normal and on the restricted tier."""
+    answers = {}
+    for tier in ("normal", "restricted"):
+        account = f"{tier}-{uuid.uuid4().hex[:6]}"
+        key = gw.create_key(account)
+        if tier != "normal":
+            gw.accounts.set_tier(account, tier, reason="test")
+        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0)
+        answers[tier] = [
+            client.chat.completions.create(
+                model="aster",
+                messages=[{"role": "user", "content": p}],
+                max_tokens=24,
+                temperature=0,
+                **params,
+            )
+            .choices[0]
+            .message.content
+            for p in prompts
+        ]
+    return answers
+
+
 def test_restricted_tier_samples_with_ads_through_the_gateway(tmp_path, tiny_world):
     gw = start(model=tiny_world.teacher, model_name="aster", watermark=False, state_dir=tmp_path,
                restricted_defence="ads", restricted_defence_strength=8.0)  # fmt: skip
     try:
-        answers = {}
-        for tier in ("normal", "restricted"):
-            account = f"{tier}-{uuid.uuid4().hex[:6]}"
-            key = gw.create_key(account)
-            if tier != "normal":
-                gw.accounts.set_tier(account, tier, reason="test")
-            client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0)
-            answers[tier] = [
-                client.chat.completions.create(
-                    model="aster", messages=[{"role": "user", "content": p}], max_tokens=24, temperature=0
-                )
-                .choices[0]
-                .message.content
-                for p in PROMPTS
-            ]
+        answers = _answers_per_tier(gw, PROMPTS)
         plain = gw.create_key("plain-" + uuid.uuid4().hex[:6])
         client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=plain, max_retries=0)
         again = (
@@ -333,22 +343,7 @@ def test_restricted_tier_with_cot_answers_without_the_reasoning_request(tmp_path
     question = PROMPTS[0]
     asked = question + " Let's think step by step."
     try:
-        answers = {}
-        for tier in ("normal", "restricted"):
-            account = f"{tier}-{uuid.uuid4().hex[:6]}"
-            key = gw.create_key(account)
-            if tier != "normal":
-                gw.accounts.set_tier(account, tier, reason="test")
-            client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0)
-            answers[tier] = [
-                client.chat.completions.create(
-                    model="aster", messages=[{"role": "user", "content": p}], max_tokens=24, temperature=0,
-                    seed=3,
-                )
-                .choices[0]
-                .message.content
-                for p in (question, asked)
-            ]  # fmt: skip
+        answers = _answers_per_tier(gw, (question, asked), seed=3)
         assert answers["restricted"][1] == answers["restricted"][0] == answers["normal"][0]
         assert answers["normal"][1] != answers["normal"][0]  # the normal tier reads the request as sent
         # the ledger keeps what the client sent: the monitor still sees the request for reasoning

@@ -22,6 +22,8 @@ from distillguard.gateway.app import gateway_of
 from distillguard.gateway.ledger import Ledger
 from distillguard.gateway.ledger_pg import PostgresLedger
 from distillguard.gateway.ledger_writer import LedgerWriter
+from distillguard.gateway.pg import POOL_SIZE
+from gateway_server import ADMIN_TOKEN as ADMIN
 from gateway_server import TEST_SECRET, gateway_settings, start
 from redis_server import redis_server
 
@@ -100,19 +102,25 @@ def test_a_stalled_redis_does_not_stall_the_loop(tmp_path: Path) -> None:
     with redis_server() as url:  # a server of its own: this test stops it
         pid = int(redis.Redis.from_url(url).info("server")["process_id"])
         settings = gateway_settings(tmp_path, backend="stub", redis_url=url)
-        with start(settings) as g, ThreadPoolExecutor(1) as pool:
+        stalled = POOL_SIZE + 2  # more than the account store's threads: quota calls must not take them
+        with start(settings) as g, ThreadPoolExecutor(stalled) as pool:
             key = g.create_key("alice")
             assert _ask(g.base_url, key).status_code == 200
             os.kill(pid, signal.SIGSTOP)
             try:
-                slow = pool.submit(_ask, g.base_url, key)
-                time.sleep(0.5)  # authenticated; its quota reservation waits on the stopped server
-                _loop_answers_while(slow, g.base_url)
+                slow = [pool.submit(_ask, g.base_url, key) for _ in range(stalled)]
+                time.sleep(0.5)  # authenticated; their quota reservations wait on the stopped server
+                _loop_answers_while(slow[0], g.base_url)
+                # the account store still answers: an operator can act while Redis is down
+                t0 = time.monotonic()
+                r = httpx.get(g.base_url + "/admin/accounts", headers={"authorization": f"Bearer {ADMIN}"})
+                assert r.status_code == 200 and time.monotonic() - t0 < 1.0
             finally:
                 os.kill(pid, signal.SIGCONT)
-            assert slow.result(timeout=10).status_code == 200
+            assert all(f.result(timeout=10).status_code == 200 for f in slow)
             usage = gateway_of(g.app).quotas.usage("account:alice")
-        assert usage["requests"] == 2 and usage["concurrent"] == 0  # both counted, both leases released
+        # every request counted, every lease released
+        assert usage["requests"] == 1 + stalled and usage["concurrent"] == 0
 
 
 def test_the_writer_commits_in_call_order_and_groups_commits(tmp_path: Path) -> None:

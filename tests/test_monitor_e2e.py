@@ -45,14 +45,16 @@ ATTACKERS = {
 # the scenario's and its timing keeps the personas' shape (timing is what the gateway, not the seed, decides)
 DURATION = 10.0
 # A benign period of ~45 accounts cannot support claims at 1e-3 (the fitted tail is deliberately
-# conservative for small references), so this deployment states its false-alarm rates at that size.
+# conservative for small references), so this deployment states its false-alarm rates at that size. The
+# Sybil campaign's p-value moves with the replay's wall-clock timing (0.003-0.03 over runs: its evidence
+# is the profile against 34 reference entities), the customers' stays above 0.9.
 CONFIG = """
 secret = "{secret}"
 accounts_path = "{state}/accounts.db"
 ledger_path = "{state}/ledger.db"
 monitor_dir = "{state}/monitor"
-monitor_throttle_p = 0.03
-monitor_restrict_p = 0.02
+monitor_throttle_p = 0.1
+monitor_restrict_p = 0.08
 monitor_suspend_p = 1e-5
 monitor_allowlist = ["{allow}"]
 """

@@ -139,6 +139,9 @@ class Gateway:
         # threads as a Postgres store's pool has connections, so a burst queues here, not on the pool)
         self.store_threads = ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="account-store")
         self.quotas = quotas
+        # a remote quota store's calls get threads of their own: a stalled Redis must not starve
+        # authentication and the admin API of the account store's threads
+        self.quota_threads = ThreadPoolExecutor(2 * POOL_SIZE, thread_name_prefix="quotas")
         self.ledger = ledger
         ledger.recover()  # a crash between a commit and the head-file write left the file one commit behind
         self.writer = LedgerWriter(ledger)
@@ -227,6 +230,11 @@ class Gateway:
         call = functools.partial(fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self.store_threads, call)
 
+    async def quota_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` (a remote quota-store call) in a quota thread."""
+        call = functools.partial(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.quota_threads, call)
+
     async def _admit(self, ctx: Ctx, request: Request) -> Principal:
         peer = request.client.host if request.client else ""
         ctx.client_ip, allowed = self._client(peer, request.headers.getlist("x-forwarded-for"))
@@ -274,7 +282,7 @@ class Gateway:
     async def _reserve(self, p: Principal, tokens: int, s: Sampling | None = None):
         scopes = self._scopes(p, s)
         if getattr(self.quotas, "remote", False):
-            res = await self.store_call(self.quotas.reserve, scopes, tokens)
+            res = await self.quota_call(self.quotas.reserve, scopes, tokens)
         else:
             res = self.quotas.reserve(scopes, tokens)
         if isinstance(res, Denied):
@@ -300,15 +308,19 @@ class Gateway:
         """Reconcile a reservation where nothing can wait for it (a failure or a closed connection): with a
         remote store in a worker thread, not awaited (its leases also expire on their own)."""
         if getattr(self.quotas, "remote", False):
-            self.store_threads.submit(self._commit_now, reservation, actual)
-        else:
-            self._commit_now(reservation, actual)
+            try:
+                self.quota_threads.submit(self._commit_now, reservation, actual)
+                return
+            except RuntimeError:  # shutting down: the pool takes no more work
+                pass
+        self._commit_now(reservation, actual)
 
     async def _settle(self, reservation: Any, actual: int) -> None:
         """Reconcile a reservation before the answer's end reaches the client (its next request then sees
         the tokens and the freed lease); a remote store's call runs in a worker thread."""
         if getattr(self.quotas, "remote", False):
-            await self.store_call(self._commit_now, reservation, actual)
+            # shielded: a client that disconnects now cancels the wait, not the commit
+            await asyncio.shield(self.quota_call(self._commit_now, reservation, actual))
         else:
             self._commit_now(reservation, actual)
 
@@ -529,12 +541,11 @@ class Gateway:
         ctx.decision = "admitted"
         self.metrics.in_flight.inc()
         tier = get_tier(p.tier)
-        policy = tier.logprob_policy(self.tier_settings) if s.asks_logprobs else None
-        defence = self._defence_for(tier)
-        sampled = defence.sampling(s) if defence is not None else s
-        gen_req = GenerationRequest(prompts, sampled, max_tokens, spec, policy, defence)
         try:
-            gen = backend.start(gen_req)
+            policy = tier.logprob_policy(self.tier_settings) if s.asks_logprobs else None
+            defence = self._defence_for(tier)
+            sampled = defence.sampling(s) if defence is not None else s
+            gen = backend.start(GenerationRequest(prompts, sampled, max_tokens, spec, policy, defence))
         except Exception:
             self.metrics.in_flight.dec()
             self._commit(reservation, 0)
@@ -869,6 +880,7 @@ def create_app(
             await gw.backend.aclose()
             await gw.writer.aclose()
             gw.store_threads.shutdown(wait=False)
+            gw.quota_threads.shutdown(wait=False)
 
     app = FastAPI(
         title="distillguard gateway",

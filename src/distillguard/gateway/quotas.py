@@ -490,6 +490,7 @@ class RedisQuotaStore:
         prefix: str = "distillguard:",
         window: float = WINDOW_S,
         lease_ttl: float = LEASE_TTL_S,
+        timeout: float = 5.0,
     ) -> None:
         import redis
 
@@ -497,7 +498,9 @@ class RedisQuotaStore:
         self.prefix = prefix
         self.window = float(window)
         self.lease_ttl = float(lease_ttl)
-        self._redis = redis.Redis.from_url(url)
+        # a stalled server fails a call after ``timeout`` seconds (the request errors and is recorded; a
+        # lost commit's lease expires on its own) instead of holding a thread forever
+        self._redis = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._reserve = self._redis.register_script(_RESERVE_LUA)
         self._commit = self._redis.register_script(_COMMIT_LUA)
         self._usage = self._redis.register_script(_USAGE_LUA)

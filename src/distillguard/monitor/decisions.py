@@ -27,7 +27,6 @@ The pure part (:class:`Policy`, :func:`decide`) has no I/O; :class:`DecisionLog`
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -55,8 +54,8 @@ class Policy:
     allowlist: frozenset[str] = frozenset()
     tiers: tuple[str, ...] = ()
     # the highest tier a scan against the *shipped* reference (simulated benign kinds, not the deployment's
-    # own traffic) may move an account to; a calibrated reference lifts the cap
-    shipped_max_tier: str = "throttled"
+    # own traffic) may move an account to (default: the first rung); a calibrated reference lifts the cap
+    shipped_max_tier: str | None = None
     # what each tier does to answers (logprob policy, sampling defence), recorded with each decision
     tier_settings: TierSettings = field(default_factory=TierSettings, compare=False)
 
@@ -81,17 +80,12 @@ class Policy:
             raise UserError("monitor_down_factor must be >= 1 (it is the hysteresis gap)")
         if self.cooldown_s < 0 or self.hold_s < 0:
             raise UserError("monitor cooldown and hold must be >= 0 seconds")
-        if self.shipped_max_tier not in ladder:
+        if self.shipped_max_tier is None:
+            object.__setattr__(self, "shipped_max_tier", rungs[0])
+        elif self.shipped_max_tier not in ladder:
             raise UserError(
                 f"monitor_shipped_max_tier must be one of {', '.join(ladder)}, got {self.shipped_max_tier!r}"
             )
-
-    def floor_p(self, max_tier: str) -> float:
-        """The smallest p-value that moves an account no higher than ``max_tier`` (1e-300 for the top)."""
-        i = self.rank(max_tier)
-        if i + 1 >= len(self.tiers):
-            return 1e-300
-        return float(math.nextafter(self.threshold(self.tiers[i + 1]), 1.0))
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | None) -> Policy:
@@ -133,12 +127,14 @@ class Policy:
         i = self.rank(tier)
         return 1.0 if i == 0 else self.up[i - 1]
 
-    def target(self, p_value: float) -> str:
-        """The highest tier whose threshold ``p_value`` reaches."""
+    def target(self, p_value: float, cap: str | None = None) -> str:
+        """The highest tier whose threshold ``p_value`` reaches (no higher than ``cap``, if given)."""
         tier = self.tiers[0]
         for t, thr in zip(self.rungs, self.up, strict=True):
             if p_value <= thr:
                 tier = t
+        if cap is not None and self.rank(tier) > self.rank(cap):
+            return cap
         return tier
 
 
@@ -183,8 +179,10 @@ def decide(
     state: AccountState | None,
     policy: Policy,
     now: float,
+    cap: str | None = None,
 ) -> tuple[Decision | None, AccountState]:
-    """The monitor's move for one account (``None``: leave it) and its updated state. Pure."""
+    """The monitor's move for one account (``None``: leave it) and its updated state; ``cap``: the highest
+    tier the evidence may move it to (the shipped reference's). Pure."""
     st = AccountState(**asdict(state)) if state is not None else AccountState(tier=store_tier, since=0.0)
     st.last_p = p_value
     if account in policy.allowlist:
@@ -196,7 +194,7 @@ def decide(
         return dec, st
     if now < st.hold_until:
         return None, st
-    target = policy.target(p_value)
+    target = policy.target(p_value, cap)
     current = st.tier
     if policy.rank(target) > policy.rank(current):
         dec = Decision(account, current, target, "escalate", now, p_value, 1.0 - p_value,

@@ -673,7 +673,7 @@ class FeatureAccumulator:
         self.hours = np.zeros((0, _HOUR_HASHES), dtype=np.uint64)
         self.prefixes: list[Counter] = []
         self.keys: list[set[str]] = []
-        self.orgs: list[str | None] = []  # each account's declared organisation (the last one seen)
+        self.orgs: list[str | None] = []  # each account's declared organisation (an account has one)
         self._prefix_cache: dict[str | None, str | None] = {}
         # the copy table: a direct-mapped hash table from prompt hash to the first account that sent it
         self._copy_mask = (1 << copy_bits) - 1

@@ -429,9 +429,10 @@ class Reference:
                 f"{path} is not a monitor reference ({exc}); run `distillguard monitor calibrate`"
             ) from None
         if tuple(cal.features) != FEATURE_NAMES:
-            missing = ", ".join(f for f in FEATURE_NAMES if f not in cal.features) or "none"
+            missing = ", ".join(f for f in FEATURE_NAMES if f not in cal.features)
+            what = f"features missing: {missing}" if missing else "a different feature set"
             raise UserError(
-                f"{path} was fitted by another version of the monitor (features missing: {missing}); "
+                f"{path} was fitted by another version of the monitor ({what}); "
                 "fit it again with `distillguard monitor calibrate`"
             )
         return cls(cal, mmd, meta)
@@ -995,19 +996,20 @@ def plan_decisions(
     # against the shipped reference, tiers stop at ``shipped_max_tier``: its p-values hold for benign
     # traffic like the simulator's, which the deployment's own customers may not be
     shipped = (analysis.reference or {}).get("source") == "shipped reference"
-    floor = policy.floor_p(policy.shipped_max_tier) if shipped else 0.0
+    cap = policy.shipped_max_tier if shipped else None
     for a, v in analysis.accounts.items():
-        p = max(v.p_value, floor)
         cur = store_tiers.get(a)
         if cur is None:  # not in the store (a Parquet export of another system): report only
-            tiers[a] = policy.target(p) if a not in policy.allowlist else policy.tiers[0]
+            tiers[a] = policy.target(v.p_value, cap) if a not in policy.allowlist else policy.tiers[0]
             continue
-        dec, st = decide(a, p, cur, states.get(a), policy, now)
+        dec, st = decide(a, v.p_value, cur, states.get(a), policy, now, cap)
         new_states[a] = st
         tiers[a] = st.tier
         if dec is not None:
             dec.cluster = v.cluster
             dec.reasons = v.reasons[:4]
+            if cap is not None and policy.target(v.p_value) != policy.target(v.p_value, cap):
+                dec.reasons = [f"capped at {cap} (scored against the shipped reference)", *dec.reasons[:3]]
             dec.seqs = v.evidence
             decisions.append(dec)
     return decisions, new_states, tiers

@@ -516,6 +516,14 @@ def test_run_refuses_bad_suspects_before_writing_anything(
         (["--suspect", dead], f"suspect URL {dead} is unreachable"),
         (["--suspect", "ftp://example.invalid/model"], "only http(s) URLs and local model directories"),
         (["--suspect", str(not_model.parent), "--control", str(not_model)], "control"),
+        (
+            ["--suspect", str(not_model.parent), "--key", "k1", "--retired-key", "k1"],
+            "equals the current one",
+        ),
+        (
+            ["--suspect", str(not_model.parent), "--key", "7", "--retired-key", "k", "--retired-key", "k"],
+            "twice",
+        ),
     ]
     (tmp_path / "config.json").write_text("{}")  # tmp_path itself now looks like a model dir
     for args, message in cases:

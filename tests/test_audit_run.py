@@ -131,6 +131,29 @@ def test_clean_student_gets_no_radioactivity_claim(models):
     assert report["config"]["open_texts"] == list(readings)
 
 
+def test_a_student_of_answers_marked_before_a_key_rotation_is_caught_by_the_retired_key(models):
+    from dataclasses import replace
+
+    rotated = replace(SPEC, key="northwind-key-after-rotation")
+    cfg = AuditConfig(suspect=models.wm, spec=rotated, reference=models.teacher, prompts=models.prompts,
+                      tests=("radioactivity",), own_texts=128, retired_keys=[KEY])  # fmt: skip
+    report = run_audit(cfg, progress=False)
+    tests = by_name(report)
+    # the current key and the retired one each get closed and plain open tests: one Holm family of 4
+    assert set(tests) == {"radioactivity_closed", "radioactivity_closed_retired_1",
+                          "radioactivity_open", "radioactivity_open_retired_1"}  # fmt: skip
+    assert report["family"] == "Holm over 4 tests"
+    assert report["verdict"] == "distilled"
+    assert (
+        tests["radioactivity_closed_retired_1"]["claim"]
+        and tests["radioactivity_closed_retired_1"]["p_value"] < 1e-6
+    )
+    assert not tests["radioactivity_closed"]["claim"] and tests["radioactivity_closed"]["p_value"] > 1e-3
+    # the same answers, scored under each key: one query budget, not two
+    assert tests["radioactivity_closed"]["n"] == tests["radioactivity_closed_retired_1"]["n"]
+    assert report["config"]["retired_keys"] == 1 and KEY not in json.dumps(report)
+
+
 def test_unrelated_model_gets_no_claim_from_any_test(models):
     report = audit(models, models.controls[0], controls=[models.controls[1]])
     assert report["verdict"] == "no_evidence", report["reasons"]

@@ -76,6 +76,15 @@ def run(
             "seeded sample up to the budget).",
         ),
     ] = None,
+    retired_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--retired-key",
+            help="A key the gateway marked with before rotating to --key; repeat. Each is tested on the "
+            "same answers, with its own decoys, in the Holm family (default: config "
+            "`watermark_retired_keys`).",
+        ),
+    ] = None,
     probe_account: Annotated[
         list[str] | None,
         typer.Option(
@@ -165,6 +174,7 @@ def run(
     check_target(out, overwrite=overwrite)
     signer = fingerprint(load_signing_key(signing_key)) if signing_key is not None else None
     spec = _spec(cfg, scheme, key, gamma, delta, context_width, hf_compat, vocab_size)
+    retired = _retired_keys(cfg, retired_key, spec)
     if reference is None:
         from distillguard.world import build_world
 
@@ -181,7 +191,7 @@ def run(
         suspect=suspect, spec=spec, reference=reference, controls=list(control or []), prompts=prompts,
         api_keys=list(api_key or []), model=model, budget=budget, alpha=alpha, decoys=decoys,
         max_tokens=max_tokens, seed=seed, open_texts=open_texts, filter_windows=filter_windows,
-        probes_ledger=ledger, probe_accounts=list(probe_account or []), **extra,
+        probes_ledger=ledger, probe_accounts=list(probe_account or []), retired_keys=retired, **extra,
     )  # fmt: skip
     result = run_audit(audit_cfg, progress=not as_json)
 
@@ -223,6 +233,21 @@ def _check_model(role: str, where: str, api_keys: list[str] | None) -> None:
         raise UserError(f"{role} model directory not found: {where}")
     if not (path / "config.json").is_file():
         raise UserError(f"{role} {where} is not a model directory (no config.json)")
+
+
+def _retired_keys(cfg: dict[str, Any], given: list[str] | None, spec: Any) -> list[int | str]:
+    """``--retired-key`` values, else the config's ``watermark_retired_keys``; parsed like ``--key``, each
+    once and none equal to the current key (a one-line error)."""
+    from distillguard.watermark.keys import parse_key
+    from distillguard.watermark.settings import WatermarkSettings
+
+    raw = list(given) if given else list(WatermarkSettings.from_config(cfg).retired_keys)
+    keys = [parse_key(k) for k in raw if str(k).strip()]
+    if spec.key in keys:
+        raise UserError("a retired watermark key equals the current one (--key): list each key once")
+    if len(set(map(str, keys))) != len(keys):
+        raise UserError("a retired watermark key is listed twice")
+    return keys
 
 
 def _spec(

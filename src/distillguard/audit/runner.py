@@ -79,6 +79,9 @@ class AuditConfig:
     # or our watermarked ones scored at each window's "first-occurrence" (see audit.reading)
     # several readings (a tuple, or comma-separated) each add one test to the Holm family
     open_texts: str | tuple[str, ...] = "plain"
+    # keys the gateway marked with before it rotated to ``spec.key``: each is tested on the same answers
+    # (closed mode, and the plain open reading) and adds its tests to the Holm family, with its own decoys
+    retired_keys: list[int | str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,7 +351,13 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
         )
         skipped.append({"name": "radioactivity_open", "reason": reason})
     readings = open_readings(cfg)
-    family = int(run_identity) + int(run_provenance) + int(run_radio) + int(run_open) * len(readings)
+    keys = 1 + len(cfg.retired_keys)  # each retired key adds a closed test and a plain open one
+    family = (
+        int(run_identity)
+        + int(run_provenance)
+        + int(run_radio) * keys
+        + int(run_open) * (len(readings) + (keys - 1) * int("plain" in readings))
+    )
     stop_p = cfg.stop_p if cfg.stop_p is not None else cfg.alpha / max(family, 1)
 
     # budget split
@@ -445,6 +454,14 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
         results.append(closed["result"])
         series["radioactivity"] = closed["series"]
         series["decoys"] = closed["decoys"]
+        retired = [spec.with_key(k) for k in cfg.retired_keys]
+        for i, old in enumerate(retired, 1):  # the same answers, scored under each earlier key
+            caveats = [*closed["caveats"], f"retired key {i}: a key the gateway marked with before rotating"]
+            if cfg.budget is not None:
+                caveats.append("the sequential stop followed the current key; this p-value is fixed-sample")
+            extra = _closed_result(cfg, old, closed["prep"], None, allowed, closed["details"], caveats)
+            extra["result"].name += f"_retired_{i}"
+            results.append(extra["result"])
         texts = {True: own}  # our watermarked texts (if generated), and our plain ones on demand
         preds: dict[bool, list] = {}  # the suspect's reading of each, computed once
         for i, reading in enumerate(readings if run_open else ()):
@@ -462,6 +479,12 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
                 series["decoys_open"] = opened["decoys"]
             if suffix:
                 series["radioactivity_open" + suffix] = opened["series"]
+            if reading == "plain":  # the suspect's reading of our plain texts, scored under earlier keys
+                for j, old in enumerate(retired, 1):
+                    extra = _open_mode(cfg, suspect, old, texts[marked], log, reading=reading, preds=preds,
+                                       key=marked)  # fmt: skip
+                    extra["result"].name += suffix + f"_retired_{j}"
+                    results.append(extra["result"])
 
     combined = combine(results, cfg.alpha)
     log(f"verdict: {combined['verdict']} (combined p = {combined['combined_p_value']:.3g})")
@@ -618,8 +641,6 @@ def _closed_mode(
         )
     prep = stream.prepared()
     log(f"radioactivity (closed): {len(stream)} tuples from {answered} answers; {cfg.decoys} decoy keys")
-    decoys = radio.decoy_null(spec, prep, cfg.decoys, cfg.seed)
-    values = radio.score_values(spec, prep)
     caveats = []
     if not same_vocab:
         caveats.append(
@@ -627,27 +648,36 @@ def _closed_mode(
         )
     if cfg.probe_temperature > 0:
         caveats.append(f"probes sampled at temperature {cfg.probe_temperature:g}")
+    details = {
+        "queries": used,
+        "answers": answered,
+        "completion_tokens": stream.completion_tokens,
+        "candidate_tuples": stream.offered,
+        "stop_p": stop_p if cfg.budget is not None else None,
+        "stopped_early": stopped,
+        "anytime_log10_p_value": ep.log_p / math.log(10),
+    }
+    out = _closed_result(cfg, spec, prep, ep if cfg.budget is not None else None, allowed, details, caveats)
+    out["prep"], out["details"], out["caveats"] = prep, details, caveats
+    return out, used, stopped
+
+
+def _closed_result(cfg, spec, prep, ep, allowed, details: dict, caveats: list[str]) -> dict:
+    """The closed-mode test of the prepared tuples under ``spec``'s key, with its decoys and series."""
+    decoys = radio.decoy_null(spec, prep, cfg.decoys, cfg.seed)
+    values = radio.score_values(spec, prep)
     result = radio.radioactivity_test(
         "closed",
         spec,
         prep,
         decoys,
-        eprocess=ep if cfg.budget is not None else None,
+        eprocess=ep,
         filtered=allowed is not None,
-        details={
-            "queries": used,
-            "answers": answered,
-            "completion_tokens": stream.completion_tokens,
-            "candidate_tuples": stream.offered,
-            "stop_p": stop_p if cfg.budget is not None else None,
-            "stopped_early": stopped,
-            "anytime_log10_p_value": ep.log_p / math.log(10),
-            "tokens_to_p_1e-6": radio.tokens_to_reach(values, spec, -6.0),
-        },
+        details={**details, "tokens_to_p_1e-6": radio.tokens_to_reach(values, spec, -6.0)},
         caveats=caveats,
     )
     decoy_series = {"mode": "closed", **_decoy_series(decoys)}
-    return {"result": result, "series": radio.series(spec, values), "decoys": decoy_series}, used, stopped
+    return {"result": result, "series": radio.series(spec, values), "decoys": decoy_series}
 
 
 def _decoy_series(d: radio.DecoyNull) -> dict:
@@ -764,6 +794,7 @@ def _public_config(cfg: AuditConfig, suspect: _Asked, spec, pool_path, reference
         "suspect": suspect.name,
         "suspect_kind": "url" if suspect.is_url else "dir",
         "watermark": spec.describe(),
+        "retired_keys": len(cfg.retired_keys),  # how many, never which
         "reference": str(reference),
         "controls": [c.name for c in controls],
         "prompts": str(pool_path),

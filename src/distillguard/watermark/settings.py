@@ -30,6 +30,9 @@ class WatermarkSettings:
     delta: float = 2.0  # KGW logit bias added to green tokens
     context_width: int = 1  # tokens of context that key the watermark (h)
     hf_compat: bool = False  # bit-compatible with transformers' WatermarkingConfig lefthash
+    # keys the gateway marked with before it rotated to ``key`` (never used to mark again): audits test them
+    # too, family-wise (``[watermark] retired_keys = [...]``)
+    retired_keys: tuple[str, ...] = ()
 
     @classmethod
     def from_config(

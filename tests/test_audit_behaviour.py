@@ -264,9 +264,10 @@ def test_provenance_with_two_controls_the_per_prompt_null_alone_would_convict_in
 # Verdict
 
 
-def _t(name, log10_p, allowed=True, usable=True, evidence="key-dependent"):
+def _t(name, log10_p, allowed=True, usable=True, evidence="key-dependent", veto=True):
     return TestResult(name, "null", 0.0, "s", 10, log10_p * stats.LN10, claim_allowed=allowed,
-                      refusal=None if allowed else "guard", usable=usable, evidence=evidence)  # fmt: skip
+                      refusal=None if allowed else "guard", usable=usable, evidence=evidence,
+                      veto=veto)  # fmt: skip
 
 
 def test_holm_verdicts():
@@ -282,6 +283,12 @@ def test_holm_verdicts():
         -400 + math.log10(2)
     )
     assert combine([_t("a", -9, allowed=False), _t("b", -9)], 1e-3)["verdict"] == "inconclusive"
+    # a guard that could only not confirm its test (decoys' resolution) takes that claim away, vetoes none
+    weak = combine([_t("closed", -3.8, allowed=False, veto=False), _t("open", -28)], 1e-3)
+    assert weak["verdict"] == "distilled" and [t["claim"] for t in weak["tests"]] == [False, True]
+    assert any("not claimed" in r for r in weak["reasons"])
+    alone = combine([_t("closed", -9, allowed=False, veto=False)], 1e-3)
+    assert alone["verdict"] == "inconclusive" and not alone["tests"][0]["claim"]  # alone: unconfirmed
     assert combine([_t("a", 0, usable=False)], 1e-3)["verdict"] == "inconclusive"
     assert combine([], 1e-3)["verdict"] == "inconclusive"
 

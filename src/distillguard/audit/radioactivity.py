@@ -469,7 +469,7 @@ def radioactivity_test(
     if decoys.decoys < 100:
         notes.append(f"only {decoys.decoys} decoy keys: the empirical check is coarse")
     notes.extend(caveats)
-    claim, refusal = True, None
+    claim, refusal, veto = True, None, True
     if not decoys.decoys:
         claim = False
         refusal = "no decoy keys were scored: the analytic null was not checked on this text"
@@ -479,8 +479,8 @@ def radioactivity_test(
             f"{decoys.small_decoys} of {decoys.decoys} decoy keys have analytic p < {DECOY_TAIL}: the "
             "analytic null does not describe this text"
         )
-    elif not decoys.extreme:
-        claim = False
+    elif not decoys.extreme:  # the decoys' resolution, not a broken null: no claim, no veto
+        claim, veto = False, False
         refusal = (
             f"our key is not more extreme than every decoy key (empirical p = {decoys.empirical_p:.3g} "
             f"vs analytic p = {math.exp(exact):.3g})"
@@ -516,5 +516,6 @@ def radioactivity_test(
         details=info,
         claim_allowed=claim,
         refusal=refusal,
+        veto=veto,
         usable=n > 0,
     )

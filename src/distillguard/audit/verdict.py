@@ -19,9 +19,12 @@ Verdicts:
   guard passed (decoy keys), and no rejecting test had its claim refused. It means: **the suspect's text
   depends on our secret watermark key**. See :data:`MEANING` and :data:`ALTERNATIVES` for what that does
   and does not establish.
-* ``inconclusive``: a key-dependent test rejects but its guard refused the claim, or only behavioural tests
-  reject, or no test could run on enough data. A behavioural test's own guard never vetoes a key-dependent
-  claim: its refusal is reported as a note.
+* ``inconclusive``: a key-dependent test rejects but its guard refused the claim because the test's null
+  does not describe the suspect's text (``veto``: decoy keys score too well too often), or only behavioural
+  tests reject, or no test could run on enough data. A guard that only could not *confirm* a test (our key
+  not more extreme than every decoy: the resolution of a finite set of decoys) takes that test's claim
+  away and vetoes nothing; it stays in the reasons. A behavioural test's own guard never vetoes a
+  key-dependent claim: its refusal is reported as a note.
 * ``no_evidence``: every test ran and none rejects. This is not proof of innocence: see each test's caveats.
 
 Pure functions, no I/O. P-values travel as natural logs so that 1e-300 and below stay exact.
@@ -75,6 +78,9 @@ class TestResult:
     details: dict = field(default_factory=dict)
     claim_allowed: bool = True
     refusal: str | None = None
+    # a refused claim makes the verdict inconclusive (True: the test's null failed on this text) or only
+    # removes this test's own claim (False: the check could not confirm it)
+    veto: bool = True
     usable: bool = True  # False when the test ran on too little data to say anything
     evidence: str = KEY_DEPENDENT  # or BEHAVIOURAL: supports a finding, never makes one alone
 
@@ -99,6 +105,7 @@ class TestResult:
             "details": self.details,
             "claim_allowed": self.claim_allowed,
             "refusal": self.refusal,
+            "veto": self.veto,
             "usable": self.usable,
             "evidence": self.evidence,
         }
@@ -131,7 +138,7 @@ def combine(results: Sequence[TestResult], alpha: float) -> dict:
     ln_alpha = math.log(alpha)
     tests = []
     reasons: list[str] = []
-    claims = refused = supporting = 0
+    claims = refused = unconfirmed = supporting = 0
     for r, a in zip(results, adj, strict=True):
         d = r.to_dict()
         rejects = bool(a <= ln_alpha)
@@ -147,9 +154,12 @@ def combine(results: Sequence[TestResult], alpha: float) -> dict:
         if claim:
             claims += 1
             reasons.append(f"{r.name}: p = {_fmt(a)} (Holm-adjusted) <= alpha = {alpha:g}")
-        elif rejects and not r.claim_allowed and key_dependent:
+        elif rejects and not r.claim_allowed and key_dependent and r.veto:
             refused += 1
             reasons.append(f"{r.name}: p = {_fmt(a)} (Holm-adjusted) but the claim is refused: {r.refusal}")
+        elif rejects and not r.claim_allowed and key_dependent:
+            unconfirmed += 1
+            reasons.append(f"{r.name}: p = {_fmt(a)} (Holm-adjusted), not claimed: {r.refusal}")
         elif rejects and not r.claim_allowed:  # a behavioural guard: noted, never a veto
             supporting += 1
             reasons.append(f"{r.name}: p = {_fmt(a)} (Holm-adjusted), not used as support: {r.refusal}")
@@ -162,7 +172,7 @@ def combine(results: Sequence[TestResult], alpha: float) -> dict:
     usable = [r for r in results if r.usable]
     if claims and not refused:
         verdict = "distilled"
-    elif refused:
+    elif refused or unconfirmed:
         verdict = "inconclusive"
     elif supporting:
         verdict = "inconclusive"

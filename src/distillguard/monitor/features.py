@@ -24,7 +24,7 @@ import math
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -847,10 +847,7 @@ class FeatureAccumulator:
                 pre_ids[pre] = len(names)
                 names.append(pre)
             ip_to_pre[k] = pre_ids[pre]
-        width = max(len(names), 1)
-        keys, counts = np.unique(a.astype(np.int64) * width + ip_to_pre[b.ip], return_counts=True)
-        for key, cnt in zip(keys.tolist(), counts.tolist(), strict=True):
-            acct, pre = divmod(key, width)
+        for acct, pre, cnt in _distinct_pairs(a, ip_to_pre[b.ip], len(names)):
             name = names[pre]
             if name is None:
                 continue
@@ -859,15 +856,11 @@ class FeatureAccumulator:
                 counter[name] += cnt
             else:
                 counter["(other)"] += cnt
-        width = max(len(b.keys), 1)
-        for key in np.unique(a.astype(np.int64) * width + b.key).tolist():
-            acct, k = divmod(key, width)
+        for acct, k, _ in _distinct_pairs(a, b.key, len(b.keys)):
             kid = b.keys[k]
             if kid is not None and len(self.keys[acct]) < 64:
                 self.keys[acct].add(kid)
-        width = max(len(b.orgs), 1)
-        for key in np.unique(a.astype(np.int64) * width + b.org).tolist():
-            acct, k = divmod(key, width)
+        for acct, k, _ in _distinct_pairs(a, b.org, len(b.orgs)):
             if b.orgs[k] is not None:
                 self.orgs[acct] = b.orgs[k]
 
@@ -1065,6 +1058,15 @@ def _empty_pool() -> dict[str, np.ndarray]:
         "bias_probe": np.zeros(0, dtype=bool),
         "copied": np.zeros(0, dtype=bool),
     }
+
+
+def _distinct_pairs(acct: np.ndarray, code: np.ndarray, codes: int) -> Iterator[tuple[int, int, int]]:
+    """The distinct (account, code) pairs of a batch with their row counts, by one ``np.unique``."""
+    width = max(codes, 1)
+    keys, counts = np.unique(acct.astype(np.int64) * width + code, return_counts=True)
+    for key, cnt in zip(keys.tolist(), counts.tolist(), strict=True):
+        acct_i, k = divmod(key, width)
+        yield acct_i, k, cnt
 
 
 def hll_estimate(registers: np.ndarray) -> float:

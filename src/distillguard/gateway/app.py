@@ -139,6 +139,7 @@ class Gateway:
         # threads as a Postgres store's pool has connections, so a burst queues here, not on the pool)
         self.store_threads = ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="account-store")
         self.quotas = quotas
+        self.quotas_remote = bool(getattr(quotas, "remote", False))
         # a remote quota store's calls get threads of their own: a stalled Redis must not starve
         # authentication and the admin API of the account store's threads
         self.quota_threads = ThreadPoolExecutor(2 * POOL_SIZE, thread_name_prefix="quotas")
@@ -281,7 +282,7 @@ class Gateway:
 
     async def _reserve(self, p: Principal, tokens: int, s: Sampling | None = None):
         scopes = self._scopes(p, s)
-        if getattr(self.quotas, "remote", False):
+        if self.quotas_remote:
             res = await self.quota_call(self.quotas.reserve, scopes, tokens)
         else:
             res = self.quotas.reserve(scopes, tokens)
@@ -307,7 +308,7 @@ class Gateway:
     def _commit(self, reservation: Any, actual: int) -> None:
         """Reconcile a reservation where nothing can wait for it (a failure or a closed connection): with a
         remote store in a worker thread, not awaited (its leases also expire on their own)."""
-        if getattr(self.quotas, "remote", False):
+        if self.quotas_remote:
             try:
                 self.quota_threads.submit(self._commit_now, reservation, actual)
                 return
@@ -318,7 +319,7 @@ class Gateway:
     async def _settle(self, reservation: Any, actual: int) -> None:
         """Reconcile a reservation before the answer's end reaches the client (its next request then sees
         the tokens and the freed lease); a remote store's call runs in a worker thread."""
-        if getattr(self.quotas, "remote", False):
+        if self.quotas_remote:
             # shielded: a client that disconnects now cancels the wait, not the commit
             await asyncio.shield(self.quota_call(self._commit_now, reservation, actual))
         else:

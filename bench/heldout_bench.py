@@ -132,18 +132,11 @@ def evaluate_run(run: Path, refs: dict, size: str, seed: int, qtd: bool) -> list
             q = queries_to_detection(parquet_batches(sim), labels, ref, policy, options=opts, created=created)
         doc = evaluate(analysis, labels, policy, qtd=q)
         flag = policy.flag_tier
-        hard = sorted(
-            a for a, lab in labels.items()
-            if lab.get("persona") in HARD_NEGATIVES and analysis.accounts[a].p_value <= policy.threshold(flag)
-        )  # fmt: skip
-        missed = sorted(
-            a for a, lab in labels.items()
-            if lab["kind"] == "attacker" and analysis.accounts[a].p_value > policy.threshold(flag)
-        )  # fmt: skip
-        flagged_benign = sorted(
-            a for a, lab in labels.items()
-            if lab["kind"] == "benign" and analysis.accounts[a].p_value <= policy.threshold(flag)
-        )  # fmt: skip
+        thr = policy.threshold(flag)
+        flagged = {a for a in labels if analysis.accounts[a].p_value <= thr}
+        hard = sorted(a for a in flagged if labels[a].get("persona") in HARD_NEGATIVES)
+        missed = sorted(a for a, lab in labels.items() if lab["kind"] == "attacker" and a not in flagged)
+        flagged_benign = sorted(a for a in flagged if labels[a]["kind"] == "benign")
         op = doc["operating_points"]
         row = {
             "size": size, "seed": seed, "reference": name, "accounts": doc["accounts"], "auc": doc["auc"],

@@ -12,7 +12,7 @@ Run the same script against another checkout's sources to compare (``PYTHONPATH=
 which). Results are merged into ``bench/results/monitor_scale.json`` under ``runs[label][accounts]``.
 
     .venv/bin/python bench/monitor_scale_bench.py --accounts 2000 8000 16000 --label after
-    PYTHONPATH=../old-checkout/src .venv/bin/python bench/monitor_scale_bench.py --accounts 2000 8000 --label before
+    PYTHONPATH=../old/src .venv/bin/python bench/monitor_scale_bench.py --accounts 2000 8000 --label before
 
 The 50M-row export itself (65k accounts, 24k Sybils) is scored end to end by
 ``distillguard simulate --synthetic --rows 50000000 --out DIR`` then

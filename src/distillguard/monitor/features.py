@@ -19,6 +19,7 @@ Nothing here reads files or talks to the network; :mod:`distillguard.monitor.sca
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -489,24 +490,40 @@ def _encode(arr: pa.Array) -> tuple[np.ndarray, list]:
     return enc.indices.to_numpy(zero_copy_only=False).astype(np.int32), enc.dictionary.to_pylist()
 
 
-def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
-    """Vectorised per-query columns (flags, hashes, group indices) of a ledger table or record batch.
-
-    Needs ``seq``, ``ts``, ``account`` and ``prompt``; ``params`` (canonical JSON), ``client_ip``,
-    ``key_id``, ``decision`` and token counts are used when present.
-    """
+def counted_rows(table: pa.Table | pa.RecordBatch) -> tuple[pa.Table, np.ndarray]:
+    """The rows that count as queries, and their positions in ``table``: a row needs an account, and a
+    gateway stream's "stream_started" record (which precedes the request's own record) is dropped, so the
+    request counts once."""
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
     missing = [c for c in ("seq", "ts", "account", "prompt") if c not in table.column_names]
     if missing:
         raise ValueError(f"ledger rows lack column(s) {', '.join(missing)}")
     account = _column(table, "account", pa.string())
-    # a gateway stream's "stream_started" record precedes the request's own record: count the request once
     started = pc.fill_null(pc.equal(_column(table, "decision", pa.string()), "stream_started"), False)
     keep = pc.and_(pc.is_valid(account), pc.invert(started))
-    if not pc.all(keep).as_py():
-        table = table.filter(keep)
-        account = _column(table, "account", pa.string())
+    if pc.all(keep).as_py():
+        return table, np.arange(table.num_rows)
+    return table.filter(keep), np.nonzero(keep.to_numpy(zero_copy_only=False))[0]
+
+
+def prompt_keys(table: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What the copy table needs of each counted row, without the rest of :func:`derive`: (row positions
+    in ``table``, account-name hashes, text hashes, text lengths in bytes)."""
+    table, rows = counted_rows(table)
+    text = _last_user_turn(pc.fill_null(_column(table, "prompt", pa.large_string()), ""))
+    lens = pc.binary_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
+    return rows, hash_strings(_column(table, "account", pa.string())), fingerprint(text), lens
+
+
+def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
+    """Vectorised per-query columns (flags, hashes, group indices) of a ledger table or record batch.
+
+    Needs ``seq``, ``ts``, ``account`` and ``prompt``; ``params`` (canonical JSON), ``client_ip``,
+    ``key_id``, ``decision`` and token counts are used when present.
+    """
+    table, _ = counted_rows(table)
+    account = _column(table, "account", pa.string())
     prompt = pc.fill_null(_column(table, "prompt", pa.large_string()), "")
     text = _last_user_turn(prompt)
     params = pc.fill_null(_column(table, "params", pa.large_string()), "")
@@ -601,6 +618,8 @@ _HLL_P = 10
 _HLL_M = 1 << _HLL_P
 _HOUR_HASHES = 32
 _MAX_PREFIXES = 256
+_MAX_KEYS = 64
+OTHER = "(other)"  # the prefix counter's bucket for the networks it does not keep
 
 
 @dataclass
@@ -654,6 +673,11 @@ class FeatureAccumulator:
     ``update`` must see rows in ledger order (increasing ``seq``); gaps and active-time bins assume it.
     State size: a few hundred bytes of counters, ``2**10`` HLL registers, at most ``sample_size`` sampled
     queries and ``256`` IP prefixes per account, plus the cross-account copy table (``copy_bits``).
+
+    Every per-account part is order-free or keeps what a merge needs (:mod:`monitor.merge`): accumulators
+    over consecutive slices of the ledger merge into the state of one pass over the whole. The copy table
+    is the one cross-account part: a distributed pass computes it first (:class:`monitor.merge.CopyClaims`)
+    and hands it to every slice's accumulator as ``claims``.
     """
 
     def __init__(self, *, sample_size: int = 256, copy_bits: int = 22, min_copy_chars: int = 24) -> None:
@@ -667,7 +691,7 @@ class FeatureAccumulator:
         self.rows = 0
         self._cap = 0
         self.c: dict[str, np.ndarray] = {}
-        self.first_ts = self.last_ts = self.log_gap_sum = self.log_gap_sq = np.zeros(0)
+        self.first_ts = self.last_ts = self.log_gap_sum = self.log_gap_sq = self.head_ts = np.zeros(0)
         self.first_seq = self.last_seq_acct = self.last_bin = np.zeros(0, dtype=np.int64)
         self.hll = np.zeros((0, _HLL_M), dtype=np.uint8)
         self.hours = np.zeros((0, _HOUR_HASHES), dtype=np.uint64)
@@ -675,10 +699,13 @@ class FeatureAccumulator:
         self.keys: list[set[str]] = []
         self.orgs: list[str | None] = []  # each account's declared organisation (an account has one)
         self._prefix_cache: dict[str | None, str | None] = {}
+        self._worst_prefix: dict[int, tuple[int, str]] = {}  # see count_bounded
         # the copy table: a direct-mapped hash table from prompt hash to the first account that sent it
         self._copy_mask = (1 << copy_bits) - 1
         self._copy_hash = np.zeros(1 << copy_bits, dtype=np.uint64)
         self._copy_owner = np.full(1 << copy_bits, -1, dtype=np.int32)
+        self.claims: Any = None  # a whole ledger's copy table, computed beforehand (read only; see merge)
+        self._acct_keys = np.zeros(0, dtype=np.uint64)  # account-name hashes (the claims' owners)
         # the sample pool (bottom-K by priority per account), compacted lazily
         self._pool: dict[str, Any] = _empty_pool()
         self._pending: list[dict[str, Any]] = []
@@ -703,6 +730,7 @@ class FeatureAccumulator:
         self.last_ts = pad(self.last_ts, -np.inf)
         self.log_gap_sum = pad(self.log_gap_sum, 0.0)
         self.log_gap_sq = pad(self.log_gap_sq, 0.0)
+        self.head_ts = pad(self.head_ts, np.nan)
         self.first_seq = pad(self.first_seq, 0)
         self.last_seq_acct = pad(self.last_seq_acct, 0)
         self.last_bin = pad(self.last_bin, -1)
@@ -723,6 +751,9 @@ class FeatureAccumulator:
                 self.orgs.append(None)
             out[i] = j
         self._grow(len(self.accounts))
+        if self.claims is not None and len(self._acct_keys) < len(self.accounts):
+            new = self.accounts[len(self._acct_keys) :]
+            self._acct_keys = np.concatenate([self._acct_keys, hash_strings(new)])
         return out
 
     # -- update ---------------------------------------------------------------------------------------
@@ -786,6 +817,7 @@ class FeatureAccumulator:
         np.maximum.at(self.last_ts, sa, sts)
         untouched = self.first_seq[sa[first]] == 0
         self.first_seq[sa[first][untouched]] = sseq[first][untouched]
+        self.head_ts[sa[first][untouched]] = sts[first][untouched]
         self.last_seq_acct[sa[last]] = sseq[last]
         # MinHash of active absolute hours: accounts driven by one scheduler are active in the same hours
         hours = np.floor(sts / 3600.0).astype(np.int64)
@@ -805,8 +837,9 @@ class FeatureAccumulator:
         np.maximum.at(self.hll, (a, reg), rank)
 
     def _update_copies(self, a: np.ndarray, b: QueryBatch) -> tuple[np.ndarray, np.ndarray]:
-        """Flag prompts first sent by another account. A text whose table slot belongs to another text is
-        not tracked (never flagged), so the answer does not depend on how rows are split into batches."""
+        """Flag prompts first sent by another account. Each table slot belongs to the text of the earliest
+        row that reaches it; a text whose slot belongs to another text is not tracked (never flagged). So
+        the answer does not depend on how rows are split into batches or slices."""
         eligible = b.text_len >= self.min_copy_chars
         copied = np.zeros(len(a), dtype=bool)
         idx = np.nonzero(eligible)[0]
@@ -814,6 +847,10 @@ class FeatureAccumulator:
             return copied, eligible
         h = b.text_hash[idx]
         ai = a[idx]
+        if self.claims is not None:
+            owner = self.claims.owner_of((h & self.claims.mask).astype(np.int64), h)
+            copied[idx] = (owner != 0) & (owner != self._acct_keys[ai])
+            return copied, eligible
         slot = (h & np.uint64(self._copy_mask)).astype(np.int64)
         stored = self._copy_hash[slot]
         known = (stored == h) & (self._copy_owner[slot] >= 0)
@@ -821,7 +858,7 @@ class FeatureAccumulator:
         # new texts: the first row of each text claims its slot, the first text to reach a slot wins it
         _, first_pos, inverse = np.unique(h, return_index=True, return_inverse=True)
         claim = np.zeros(len(idx), dtype=bool)
-        firsts = first_pos[empty[first_pos]]
+        firsts = np.sort(first_pos[empty[first_pos]])  # by row: the earliest text reaching a slot wins it
         if len(firsts):
             _, win = np.unique(slot[firsts], return_index=True)
             claim[firsts[win]] = True
@@ -849,17 +886,12 @@ class FeatureAccumulator:
             ip_to_pre[k] = pre_ids[pre]
         for acct, pre, cnt in _distinct_pairs(a, ip_to_pre[b.ip], len(names)):
             name = names[pre]
-            if name is None:
-                continue
-            counter = self.prefixes[acct]
-            if name in counter or len(counter) < _MAX_PREFIXES:
-                counter[name] += cnt
-            else:
-                counter["(other)"] += cnt
+            if name is not None:
+                count_bounded(self.prefixes[acct], name, cnt, _MAX_PREFIXES, self._worst_prefix, acct)
         for acct, k, _ in _distinct_pairs(a, b.key, len(b.keys)):
             kid = b.keys[k]
-            if kid is not None and len(self.keys[acct]) < 64:
-                self.keys[acct].add(kid)
+            if kid is not None:
+                add_bounded(self.keys[acct], kid, _MAX_KEYS)
         for acct, k, _ in _distinct_pairs(a, b.org, len(b.orgs)):
             if b.orgs[k] is not None:
                 self.orgs[acct] = b.orgs[k]
@@ -991,6 +1023,7 @@ class FeatureAccumulator:
             last_ts=self.last_ts[:n],
             log_gap_sum=self.log_gap_sum[:n],
             log_gap_sq=self.log_gap_sq[:n],
+            head_ts=self.head_ts[:n],
             first_seq=self.first_seq[:n],
             last_seq_acct=self.last_seq_acct[:n],
             last_bin=self.last_bin[:n],
@@ -1025,6 +1058,7 @@ class FeatureAccumulator:
         for name in ("first_ts", "last_ts", "log_gap_sum", "log_gap_sq", "first_seq", "last_bin", "hll"):
             getattr(acc, name)[:n] = arrays[name]
         acc.last_seq_acct[:n] = arrays["last_seq_acct"]
+        acc.head_ts[:n] = arrays.get("head_ts", np.nan)
         acc.hours[:n] = arrays["hours"]
         acc._copy_hash = np.array(arrays["copy_hash"], dtype=np.uint64)
         acc._copy_owner = np.array(arrays["copy_owner"], dtype=np.int32)
@@ -1058,6 +1092,48 @@ def _empty_pool() -> dict[str, np.ndarray]:
         "bias_probe": np.zeros(0, dtype=bool),
         "copied": np.zeros(0, dtype=bool),
     }
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _hash_rank(name: str) -> int:
+    return stable_hash(name)
+
+
+def count_bounded(
+    counter: Counter, name: str, cnt: int, cap: int, worst: dict[int, tuple[int, str]], owner: int
+) -> None:
+    """Count ``name`` in a counter that keeps the ``cap`` names of smallest :func:`stable_hash` and adds
+    the rest to :data:`OTHER`. Which names it keeps, and their counts, do not depend on the order names
+    arrive in (a name is evicted for good only by a smaller hash), so counters of slices merge exactly.
+    ``worst[owner]`` caches the full counter's largest kept hash (a rejection costs one hash)."""
+    if name in counter:
+        counter[name] += cnt
+        return
+    if len(counter) - (OTHER in counter) < cap:
+        counter[name] = cnt
+        return
+    w = worst.get(owner)
+    if w is None:
+        w = worst[owner] = max((_hash_rank(k), k) for k in counter if k != OTHER)
+    if _hash_rank(name) < w[0]:
+        counter[OTHER] += counter.pop(w[1])
+        counter[name] = cnt
+        del worst[owner]
+    else:
+        counter[OTHER] += cnt
+
+
+def add_bounded(keep: set[str], name: str, cap: int) -> None:
+    """:func:`count_bounded` for a set of at most ``cap`` (a few dozen) names: keep the smallest hashes."""
+    if name in keep:
+        return
+    if len(keep) < cap:
+        keep.add(name)
+        return
+    worst = max(keep, key=_hash_rank)
+    if _hash_rank(name) < _hash_rank(worst):
+        keep.discard(worst)
+        keep.add(name)
 
 
 def _distinct_pairs(acct: np.ndarray, code: np.ndarray, codes: int) -> Iterator[tuple[int, int, int]]:

@@ -1,0 +1,201 @@
+"""The feature pass as map + merge: accumulators of consecutive ledger slices merge into one pass's state.
+
+A distributed engine (:mod:`monitor.engine`) splits the ledger into slices in ledger order, folds each
+slice into its own :class:`FeatureAccumulator` on some worker and merges the results in slice order.
+What makes the merged state equal to a single pass over the whole ledger:
+
+- **Order-free parts** combine directly: counters add, first/last times are a min/max, HyperLogLog
+  registers a maximum, the active-hours MinHash a minimum, and the bottom-K query sample is the union cut
+  back to the K lowest priorities (a priority is a hash of ``seq``, not of arrival).
+- **Bounded sets** (an account's IP prefixes and keys) keep the names of smallest hash
+  (:func:`features.count_bounded`), which does not depend on arrival order either.
+- **Time across a slice boundary**: a single pass measures the gap between an account's last query
+  before the boundary and its first after it, and whether that query opens a new active-time bin. Each
+  accumulator keeps the time of its first query per account (``head_ts``) so that the merge adds that
+  gap and removes the bin the later slice counted as new when the earlier one had it already.
+- **The copy table is cross-account**: whether an account's prompt was first sent by another account
+  depends on every earlier slice. It is computed first, in its own map + merge (:class:`CopyClaims`:
+  per table slot, the earliest row reaching it, which is also what a single pass keeps), and then given
+  read-only to every slice's accumulator.
+
+Integer and hash state is equal bit for bit; the floating-point sums of log gaps are added in another
+order, so they agree to rounding (``tests/test_monitor_engine.py`` checks both).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from distillguard.monitor.features import (
+    _MAX_KEYS,
+    _MAX_PREFIXES,
+    BIN_SECONDS,
+    OTHER,
+    FeatureAccumulator,
+    _hash_rank,
+    hash_strings,
+    prompt_keys,
+)
+
+_EMPTY = np.iinfo(np.int64).max
+
+
+@dataclass
+class CopyClaims:
+    """A whole ledger's copy table: per slot (the low ``bits`` of a text hash), the earliest counted row
+    reaching it with a text of ``min_chars`` bytes or more: its position in the ledger, its text hash and
+    its account's name hash (0: the slot is empty). Claims of slices merge by the earliest position."""
+
+    pos: np.ndarray
+    hash: np.ndarray
+    owner: np.ndarray
+    min_chars: int
+
+    @classmethod
+    def empty(cls, bits: int = 22, min_chars: int = 24) -> CopyClaims:
+        n = 1 << bits
+        return cls(
+            np.full(n, _EMPTY, dtype=np.int64), np.zeros(n, np.uint64), np.zeros(n, np.uint64), min_chars
+        )
+
+    @property
+    def mask(self) -> np.uint64:
+        return np.uint64(len(self.pos) - 1)
+
+    def add(self, table: pa.Table | pa.RecordBatch, base: int) -> None:
+        """Claim the slots of a table's rows; ``base`` is the ledger position of its first row."""
+        rows, owners, hashes, lens = prompt_keys(table)
+        ok = lens >= self.min_chars
+        self.absorb((hashes[ok] & self.mask).astype(np.int64), base + rows[ok], hashes[ok], owners[ok])
+
+    def absorb(self, slot: np.ndarray, pos: np.ndarray, h: np.ndarray, owner: np.ndarray) -> None:
+        """Merge claims given as arrays (several may name one slot): the earliest position wins."""
+        if not len(slot):
+            return
+        order = np.lexsort((pos, slot))
+        slot, pos, h, owner = slot[order], pos[order], h[order], owner[order]
+        first = np.ones(len(slot), dtype=bool)
+        first[1:] = slot[1:] != slot[:-1]
+        slot, pos, h, owner = slot[first], pos[first], h[first], owner[first]
+        win = pos < self.pos[slot]
+        s = slot[win]
+        self.pos[s], self.hash[s], self.owner[s] = pos[win], h[win], owner[win]
+
+    def sparse(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The claimed slots only (what a worker sends back): (slot, pos, hash, owner)."""
+        s = np.nonzero(self.pos != _EMPTY)[0]
+        return s, self.pos[s], self.hash[s], self.owner[s]
+
+    def owner_of(self, slot: np.ndarray, h: np.ndarray) -> np.ndarray:
+        """The account-name hash of each text's first sender, 0 where the text does not own its slot."""
+        return np.where(self.hash[slot] == h, self.owner[slot], np.uint64(0))
+
+
+def slice_accumulator(claims: CopyClaims, sample_size: int) -> FeatureAccumulator:
+    """An empty accumulator for one slice, reading the whole ledger's copy table."""
+    acc = FeatureAccumulator(sample_size=sample_size, copy_bits=1, min_copy_chars=claims.min_chars)
+    acc.claims = claims  # its own table is not used (finish writes the claims into the merged one)
+    return acc
+
+
+def merge_bounded(a: Counter, b: Counter, cap: int) -> Counter:
+    """Two :func:`features.count_bounded` counters as one: the ``cap`` smallest-hash names of both."""
+    out = Counter({k: v for k, v in a.items() if k != OTHER})
+    for k, v in b.items():
+        if k != OTHER:
+            out[k] += v
+    other = a.get(OTHER, 0) + b.get(OTHER, 0)
+    if len(out) > cap:
+        drop = sorted(out, key=_hash_rank)[cap:]
+        other += sum(out.pop(k) for k in drop)
+    if other:
+        out[OTHER] = other
+    return out
+
+
+def _writable(acc: FeatureAccumulator) -> None:
+    """Copy the arrays that are read-only views (an accumulator handed over by a Ray object store)."""
+
+    def own(d: dict) -> None:
+        for k, v in d.items():
+            if isinstance(v, np.ndarray) and not v.flags.writeable:
+                d[k] = v.copy()
+
+    own(vars(acc))
+    own(acc.c)
+    own(acc._pool)
+
+
+def merge_into(acc: FeatureAccumulator, later: FeatureAccumulator) -> FeatureAccumulator:
+    """Fold ``later`` (the accumulator of the slice right after ``acc``'s rows) into ``acc``; returns it."""
+    _writable(acc)
+    acc._compact()
+    later._compact()
+    n_before = len(acc.accounts)
+    ids = acc._ids(later.accounts).astype(np.int64)
+    m = len(later.accounts)
+    old = ids < n_before
+    io, jo = ids[old], np.nonzero(old)[0]
+    # the gap and active bin across the boundary, for accounts on both sides
+    seen = np.isfinite(acc.last_ts[io])
+    io, jo = io[seen], jo[seen]
+    lg = np.log(np.maximum(later.head_ts[jo] - acc.last_ts[io], 1e-3))
+    acc.c["gaps"][io] += 1
+    acc.log_gap_sum[io] += lg
+    acc.log_gap_sq[io] += lg * lg
+    same_bin = np.floor(later.head_ts[jo] / BIN_SECONDS).astype(np.int64) == acc.last_bin[io]
+    acc.c["active_bins"][io] -= same_bin
+    for name, col in later.c.items():
+        acc.c[name][ids] += col[:m]
+    acc.log_gap_sum[ids] += later.log_gap_sum[:m]
+    acc.log_gap_sq[ids] += later.log_gap_sq[:m]
+    acc.first_ts[ids] = np.minimum(acc.first_ts[ids], later.first_ts[:m])
+    acc.last_ts[ids] = np.maximum(acc.last_ts[ids], later.last_ts[:m])
+    new = ids[~old]
+    acc.first_seq[new] = later.first_seq[:m][~old]
+    acc.head_ts[new] = later.head_ts[:m][~old]
+    acc.last_seq_acct[ids] = later.last_seq_acct[:m]
+    acc.last_bin[ids] = later.last_bin[:m]
+    acc.hll[ids] = np.maximum(acc.hll[ids], later.hll[:m])
+    acc.hours[ids] = np.minimum(acc.hours[ids], later.hours[:m])
+    for j, i in enumerate(ids.tolist()):
+        if later.prefixes[j]:
+            acc.prefixes[i] = merge_bounded(acc.prefixes[i], later.prefixes[j], _MAX_PREFIXES)
+        if later.keys[j]:
+            keys = acc.keys[i] | later.keys[j]
+            acc.keys[i] = set(sorted(keys, key=_hash_rank)[:_MAX_KEYS])
+        if later.orgs[j] is not None:
+            acc.orgs[i] = later.orgs[j]
+    acc._worst_prefix.clear()
+    pool = dict(later._pool)
+    pool["acct"] = ids[pool["acct"]].astype(np.int32)
+    acc._pending.append(pool)
+    acc._pending_rows += len(pool["acct"])
+    acc._compact()
+    acc.rows += later.rows
+    acc.last_seq = max(acc.last_seq, later.last_seq)
+    return acc
+
+
+def finish(acc: FeatureAccumulator) -> FeatureAccumulator:
+    """Write the copy table the slices read into the merged accumulator's own table (owners as account
+    indices), so that it continues (``monitor follow``) exactly like a single pass."""
+    claims = acc.claims
+    if claims is None:
+        return acc
+    keys = hash_strings(acc.accounts)
+    order = np.argsort(keys)
+    s, _, h, owner = claims.sparse()
+    where = np.searchsorted(keys[order], owner)
+    idx = order[np.minimum(where, len(keys) - 1)] if len(keys) else where
+    acc._copy_hash = np.zeros(len(claims.pos), dtype=np.uint64)
+    acc._copy_owner = np.full(len(claims.pos), -1, dtype=np.int32)
+    acc._copy_hash[s] = h
+    acc._copy_owner[s] = idx
+    acc.claims = None
+    acc._acct_keys = np.zeros(0, dtype=np.uint64)
+    return acc

@@ -34,6 +34,16 @@ ReferenceOpt = Annotated[
     Path | None,
     typer.Option("--reference", help="Benign reference from `monitor calibrate` (default: the saved one)."),
 ]
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--engine", help="Where the feature pass runs: local or ray (default: config monitor_engine)."
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option("--ray-address", help="Ray cluster for --engine ray (default: RAY_ADDRESS, else local)."),
+]
 PopulationOpt = Annotated[
     bool, typer.Option("--population", help="Calibrate on the scanned population even if a reference exists.")
 ]
@@ -78,6 +88,8 @@ def scan_cmd(
     apply: Annotated[
         bool, typer.Option("--apply", help="Write the tier changes (default: dry run).")
     ] = False,
+    engine: EngineOpt = None,
+    ray_address: RayAddressOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -91,6 +103,8 @@ def scan_cmd(
         reference=reference,
         population=population,
         apply=apply,
+        engine=engine,
+        address=ray_address,
         progress=_progress,
         warn=_warn,
     )
@@ -152,12 +166,21 @@ def calibrate_cmd(
         Path | None, typer.Option("--labels", help="labels.json: use only the accounts labelled benign.")
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Where to save (default: the monitor's).")] = None,
+    engine: EngineOpt = None,
+    ray_address: RayAddressOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fit the benign reference (score calibration and MMD windows) on a known-benign ledger."""
     doc = jobs.calibrate(
-        load_config(config), ledger=ledger, parquet=parquet, labels=labels, out=out, progress=_progress
+        load_config(config),
+        ledger=ledger,
+        parquet=parquet,
+        labels=labels,
+        out=out,
+        engine=engine,
+        address=ray_address,
+        progress=_progress,
     )
     if as_json:
         _print(doc)

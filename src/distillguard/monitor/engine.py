@@ -114,6 +114,7 @@ def merge_pair(a: Any, b: Any) -> Any:
 
 class Engine(Protocol):
     name: str
+    parquet_only: bool  # reads a Parquet export only (else any batch stream: ledger databases, follow)
 
     def accumulate(self, path: Path, *, sample_size: int, progress: Tick | None = None) -> Any:
         """The :class:`FeatureAccumulator` of one pass over the Parquet export at ``path``."""
@@ -126,6 +127,7 @@ class LocalEngine:
 
     workers: int | None = None
     name: str = "local"
+    parquet_only: bool = False
 
     def accumulate(self, path: Path, *, sample_size: int, progress: Tick | None = None) -> Any:
         from distillguard.monitor.scan import accumulate, parquet_batches
@@ -144,6 +146,7 @@ class RayEngine:
     workers: int | None = None
     slice_rows: int = SLICE_ROWS
     name: str = "ray"
+    parquet_only: bool = True
 
     def accumulate(self, path: Path, *, sample_size: int, progress: Tick | None = None) -> Any:
         from distillguard.monitor.features import FeatureAccumulator
@@ -220,13 +223,18 @@ def _ray() -> Any:
 ENGINES: dict[str, Callable[..., Engine]] = {"local": LocalEngine, "ray": RayEngine}
 
 
-def open_engine(name: str, *, address: str | None = None, workers: int | None = None) -> Engine:
-    """The engine called ``name`` (:data:`ENGINES`); ``address`` is for engines that join a cluster."""
+def open_engine(name: str, *, address: str | None = None, **options: Any) -> Engine:
+    """The engine called ``name`` (:data:`ENGINES`). ``options`` are tuning knobs (``workers``,
+    ``slice_rows``; None: the default) that engines without them ignore; ``address`` is for engines that
+    join a cluster, an error for the others."""
     if name not in ENGINES:
         raise UserError(f"unknown engine {name!r}: choose one of {', '.join(ENGINES)}")
-    engine = ENGINES[name](workers=workers)
+    engine = ENGINES[name]()
     if address is not None:
         if not hasattr(engine, "address"):
-            raise UserError(f"the {name} engine runs in this process: it takes no cluster address")
+            raise UserError(f"the {name} engine runs in this process: it takes no address")
         engine.address = address  # type: ignore[attr-defined]
+    for key, value in options.items():
+        if value is not None and hasattr(engine, key):
+            setattr(engine, key, value)
     return engine

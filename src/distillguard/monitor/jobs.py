@@ -110,6 +110,69 @@ def open_source(ledger: Path | None, parquet: Path | None, config: dict[str, Any
     return ledger_batches(ledger_path(config, ledger)), None
 
 
+def export_ledger(config: dict[str, Any], ledger: Path | None, out_dir: Path) -> Path:
+    """The ledger database (``--ledger``, else the gateway's) written to ``out_dir`` as Parquet."""
+    from distillguard.gateway.ledger import Ledger, open_ledger
+    from distillguard.monitor.scan import is_database_url
+
+    src = ledger_path(config, ledger)
+    if is_database_url(src):
+        store = open_ledger(str(src), None)
+    elif Path(src).is_file():
+        store = Ledger(Path(src))
+    else:
+        raise UserError(f"ledger not found: {src}")
+    try:
+        return store.export_parquet(out_dir)
+    finally:
+        store.close()
+
+
+def feature_pass(
+    config: dict[str, Any],
+    ledger: Path | None,
+    parquet: Path | None,
+    sample_size: int,
+    *,
+    engine: str | None = None,
+    address: str | None = None,
+    intel: Any = None,
+    progress: Progress = quiet,
+):
+    """(accumulator, created-times) of the chosen source, read on the chosen engine (``--engine``, else
+    config ``monitor_engine``). An engine that reads Parquet only gets a ledger database exported first,
+    to the monitor's state directory (on a cluster, give ``--parquet`` at a path every node sees)."""
+    import tempfile
+
+    from distillguard.monitor.scan import parquet_batches, parquet_created
+
+    settings = MonitorSettings.from_config(config, engine=engine, ray_address=address)
+    eng = settings.open_engine()
+    if not eng.parquet_only:
+        batches, created = open_source(ledger, parquet, config)
+        if intel is not None:
+            batches = intel.tap(batches)
+        return read(batches, sample_size, progress), created
+    if ledger is not None and parquet is not None:
+        raise UserError("give --ledger or --parquet, not both")
+    with tempfile.TemporaryDirectory(prefix="export-", dir=_staging(settings)) as staging:
+        if parquet is None:
+            with progress("ledger rows exported") as _:
+                parquet = export_ledger(config, ledger, Path(staging)).parent
+        if intel is not None:  # intel matching reads the rows here (not yet distributed)
+            for _ in intel.tap(parquet_batches(parquet)):
+                pass
+        with progress(f"ledger rows read on {eng.name} (each twice)") as tick:
+            acc = eng.accumulate(parquet, sample_size=sample_size, progress=tick)
+        return acc, parquet_created(parquet)
+
+
+def _staging(settings: MonitorSettings) -> Path:
+    d = settings.state_dir() / "staging"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 def read(batches, sample_size: int, progress: Progress = quiet):
     """Accumulate the features of every account over ``batches``."""
     from distillguard.monitor.scan import accumulate
@@ -133,6 +196,8 @@ def calibrate(
     parquet: Path | None = None,
     labels: Path | None = None,
     out: Path | None = None,
+    engine: str | None = None,
+    address: str | None = None,
     progress: Progress = quiet,
 ) -> dict[str, Any]:
     """Fit and save the benign reference on a known-benign ledger; the document ``calibrate --json`` prints.
@@ -143,8 +208,9 @@ def calibrate(
     from distillguard.monitor.synth import read_labels
 
     opts = scan_options(config)
-    batches, created = open_source(ledger, parquet, config)
-    acc = read(batches, opts.sample_size, progress)
+    acc, created = feature_pass(
+        config, ledger, parquet, opts.sample_size, engine=engine, address=address, progress=progress
+    )
     benign = None
     if labels is not None:
         benign = [a for a, x in read_labels(labels).items() if x.get("kind") == "benign"]
@@ -169,6 +235,8 @@ def scan(
     reference: Path | None = None,
     population: bool = False,
     apply: bool = False,
+    engine: str | None = None,
+    address: str | None = None,
     progress: Progress = quiet,
     warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -184,11 +252,17 @@ def scan(
     policy = Policy.from_config(config)
     opts = scan_options(config)
     ref = load_reference(config, reference, population)
-    batches, created = open_source(ledger, parquet, config)
     intel = IntelMatcher.from_config(config)  # indicators imported with `distillguard intel import|pull`
-    if intel is not None:
-        batches = intel.tap(batches)
-    acc = read(batches, opts.sample_size, progress)
+    acc, created = feature_pass(
+        config,
+        ledger,
+        parquet,
+        opts.sample_size,
+        engine=engine,
+        address=address,
+        intel=intel,
+        progress=progress,
+    )
     store = open_store(config, create=False)
     if apply and store is None:
         raise UserError("--apply needs the gateway's account store (none found; check --config)")

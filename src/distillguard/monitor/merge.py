@@ -196,6 +196,7 @@ def finish(acc: FeatureAccumulator) -> FeatureAccumulator:
     acc._copy_owner = np.full(len(claims.pos), -1, dtype=np.int32)
     acc._copy_hash[s] = h
     acc._copy_owner[s] = idx
+    acc._copy_mask = len(claims.pos) - 1
     acc.claims = None
     acc._acct_keys = np.zeros(0, dtype=np.uint64)
     return acc

@@ -1,0 +1,197 @@
+"""The feature pass as map + merge: slice accumulators merged in ledger order equal one pass over the whole
+ledger, in this process and on a local two-node Ray cluster, and a scan on the ray engine gives the same
+report as the local engine."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cli_run import run_cli
+from distillguard.monitor.engine import open_engine, plan_slices
+from distillguard.monitor.features import OTHER, FeatureAccumulator, count_bounded, records_to_table
+from distillguard.monitor.merge import CopyClaims, finish, merge_into, slice_accumulator
+from distillguard.monitor.scan import accumulate
+from distillguard.monitor.synth import synthesize_parquet
+
+T0 = 1_717_372_800.0
+
+
+def hard_rows(n: int = 6000, seed: int = 3) -> list[dict]:
+    """Traffic that stresses every order-dependent part of the state: an account on 700 networks and 90
+    keys (past the 256-prefix and 64-key bounds), prompts copied between accounts, accounts whose
+    queries straddle slice boundaries inside one active-time bin, timestamps tied, streams' start records
+    and rows without an account."""
+    rng = random.Random(seed)
+    texts = [f"please explain how module number {i} handles its configuration files" for i in range(300)]
+    rows = []
+    ts = T0
+    for seq in range(1, n + 1):
+        ts += rng.choice([0.0, 0.5, 3.0, 40.0, 900.0])
+        acct = rng.choice(["rotator", "copier", "origin", "steady", "steady", "bot"])
+        ip = f"10.{rng.randrange(30)}.{rng.randrange(250)}.9" if acct == "rotator" else "192.0.2.7"
+        key = f"key_{rng.randrange(90)}" if acct == "rotator" else f"key_{acct}"
+        prompt = (
+            rng.choice(texts) if acct in ("copier", "origin", "rotator") else f"hello {rng.randrange(50)}"
+        )
+        params = {"logprobs": True, "top_logprobs": 5} if acct == "rotator" and seq % 3 else {}
+        rows.append(
+            {
+                "seq": seq,
+                "ts": ts,
+                "account": None if seq % 997 == 0 else acct,
+                "key_id": key,
+                "org": "acme" if acct == "bot" else None,
+                "client_ip": ip,
+                "decision": "stream_started" if seq % 501 == 0 else "admitted",
+                "prompt": prompt,
+                "params": params,
+                "prompt_tokens": 12,
+                "completion_tokens": 40,
+            }
+        )
+    return rows
+
+
+def same_state(a: FeatureAccumulator, b: FeatureAccumulator) -> None:
+    sa, sb = a.state(), b.state()
+    assert sa["arrays"].keys() == sb["arrays"].keys()
+    for k, x in sa["arrays"].items():
+        y = sb["arrays"][k]
+        assert x.shape == y.shape, k
+        if x.dtype.kind == "f":
+            np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-9, err_msg=k)  # sums added in another order
+        else:
+            assert np.array_equal(x, y), k
+    for k, x in sa["meta"].items():
+        y = sb["meta"][k]
+        if k == "prefixes":
+            assert [Counter(p) for p in x] == [Counter(p) for p in y]
+        else:
+            assert x == y, k
+
+
+def sliced(tables: list[pa.Table], cuts: list[int], sample_size: int) -> FeatureAccumulator:
+    """What a distributed pass computes, in this process: claims of every table, then one accumulator per
+    run of tables between ``cuts``, merged in order."""
+    claims = CopyClaims.empty()
+    base = 0
+    for t in tables:
+        claims.add(t, base)
+        base += t.num_rows
+    bounds = [0, *cuts, len(tables)]
+    parts = []
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        parts.append(accumulate(tables[lo:hi], slice_accumulator(claims, sample_size), workers=1))
+    merged = parts[0]
+    for p in parts[1:]:
+        merge_into(merged, p)
+    merged.claims = claims
+    return finish(merged)
+
+
+def test_bounded_counter_keeps_the_same_names_in_any_order():
+    names = [f"10.0.{i}" for i in range(900)]
+    counts = {n: 1 + i % 7 for i, n in enumerate(names)}
+    got = []
+    for seed in range(3):
+        order = names[:]
+        random.Random(seed).shuffle(order)
+        c: Counter = Counter()
+        worst: dict = {}
+        for n in order:
+            count_bounded(c, n, counts[n], 256, worst, 0)
+        got.append(c)
+    assert got[0] == got[1] == got[2]
+    assert len(got[0]) == 257 and got[0][OTHER] == sum(counts.values()) - sum(
+        v for k, v in got[0].items() if k != OTHER
+    )
+
+
+@pytest.mark.parametrize("cuts", [[1], [2, 3, 7], list(range(1, 12))])
+def test_slices_merge_into_one_pass(cuts):
+    rows = hard_rows()
+    whole = records_to_table(rows)
+    tables = [whole.slice(i, 500) for i in range(0, whole.num_rows, 500)]
+    one = accumulate(
+        [whole.slice(i, 1700) for i in range(0, whole.num_rows, 1700)], sample_size=16, workers=1
+    )
+    assert len(one.prefixes[one.index["rotator"]]) == 257  # the bound is reached
+    assert len(one.keys[one.index["rotator"]]) == 64
+    assert one.c["copied"].sum() > 100
+    same_state(one, sliced(tables, cuts, 16))
+
+
+def test_a_merged_state_continues_like_one_pass():
+    """``monitor follow`` resumes from a state: one merged from slices must go on exactly like a pass."""
+    rows = hard_rows(4000, seed=5)
+    t = records_to_table(rows)
+    head, tail = t.slice(0, 3000), t.slice(3000)
+    one = accumulate([head, tail], sample_size=16, workers=1)
+    merged = sliced([head.slice(i, 600) for i in range(0, 3000, 600)], [2, 4], 16)
+    accumulate([tail], merged, workers=1)
+    same_state(one, merged)
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory) -> Path:
+    """A synthetic export in the seed case's proportions, rewritten with small row groups (many slices)."""
+    d = tmp_path_factory.mktemp("export")
+    synthesize_parquet(
+        d / "gen", rows=40_000, seed=2, accounts=60, campaign_accounts=24, queries_per_sybil=500
+    )
+    table = pq.read_table(d / "gen" / "ledger.parquet")
+    out = d / "export"
+    out.mkdir()
+    pq.write_table(table, out / "ledger.parquet", row_group_size=2500)
+    return out
+
+
+def test_ray_cluster_of_two_nodes_equals_the_local_pass(export):
+    ray = pytest.importorskip("ray")  # a dev dependency: installed by `make test`
+    from ray.cluster_utils import Cluster
+
+    assert len(plan_slices(export, 5000)) == 8
+    local = open_engine("local").accumulate(export, sample_size=32)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, log_to_driver=False)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        ticks: list[int] = []
+        remote = open_engine("ray", slice_rows=5000).accumulate(export, sample_size=32, progress=ticks.append)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert ticks[-1] == 2 * local.rows  # each row read twice: claims, then features
+    same_state(local, remote)
+
+
+def test_scan_on_the_ray_engine_reports_what_the_local_engine_reports(export, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DISTILLGUARD_MONITOR_SLICE_ROWS", "5000")
+    reports = []
+    for engine in ("local", "ray"):
+        code, out, err = run_cli(
+            ["monitor", "scan", "--parquet", str(export), "--engine", engine, "--json"], capsys
+        )
+        assert code == 0, err
+        reports.append(json.loads(out))
+    assert reports[0] == reports[1]
+    assert any(a["tier"] != "normal" for a in reports[0]["accounts"])
+
+
+def test_engine_errors_are_one_line(export, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path / "home"))
+    code, _, err = run_cli(["monitor", "scan", "--parquet", str(export), "--engine", "spark"], capsys)
+    assert code != 0 and "one of local, ray" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["monitor", "scan", "--parquet", str(export), "--ray-address", "x:1"], capsys)
+    assert code != 0 and "takes no address" in err

@@ -69,18 +69,16 @@ def plan_slices(path: Path, slice_rows: int = SLICE_ROWS) -> list[Slice]:
     return out
 
 
-def slice_batches(s: Slice, batch_rows: int | None = None) -> Iterator[Any]:
-    """The record batches of a slice, with the columns the features read."""
+def slice_batches(s: Slice, columns: tuple[str, ...] | None = None) -> Iterator[Any]:
+    """The record batches of a slice, with ``columns`` (default: all the features read)."""
     import pyarrow.parquet as pq
 
     from distillguard.monitor.features import COLUMNS
     from distillguard.monitor.scan import BATCH_ROWS
 
     pf = pq.ParquetFile(s.file)
-    cols = [c for c in COLUMNS if c in pf.schema_arrow.names]
-    yield from pf.iter_batches(
-        batch_size=batch_rows or BATCH_ROWS, row_groups=list(s.row_groups), columns=cols
-    )
+    cols = [c for c in columns or COLUMNS if c in pf.schema_arrow.names]
+    yield from pf.iter_batches(batch_size=BATCH_ROWS, row_groups=list(s.row_groups), columns=cols)
 
 
 def claim_slice(s: Slice, bits: int, min_chars: int) -> tuple[Any, ...]:
@@ -89,7 +87,7 @@ def claim_slice(s: Slice, bits: int, min_chars: int) -> tuple[Any, ...]:
 
     claims = CopyClaims.empty(bits, min_chars)
     base = s.base
-    for b in slice_batches(s):
+    for b in slice_batches(s, ("seq", "ts", "account", "decision", "prompt")):
         claims.add(b, base)
         base += b.num_rows
     return claims.sparse()

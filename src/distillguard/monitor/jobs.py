@@ -144,10 +144,11 @@ def feature_pass(
     to the monitor's state directory (on a cluster, give ``--parquet`` at a path every node sees)."""
     import tempfile
 
+    from distillguard.monitor.engine import open_engine
     from distillguard.monitor.scan import parquet_batches, parquet_created
 
     settings = MonitorSettings.from_config(config, engine=engine, ray_address=address)
-    eng = settings.open_engine()
+    eng = open_engine(settings.engine, address=settings.ray_address, slice_rows=settings.slice_rows)
     if not eng.parquet_only:
         batches, created = open_source(ledger, parquet, config)
         if intel is not None:

@@ -30,30 +30,20 @@ class MonitorSettings:
     )
     sample_size: int | None = None  # sampled queries per account (None: ScanOptions' default)
     min_queries: int | None = None  # fewer: reported, never scored alone (None: ScanOptions' default)
-    engine: str = "local"  # where the feature pass runs (monitor.engine.ENGINES)
+    engine: str = "local"  # where the feature pass runs (monitor.engine.ENGINES, checked when opened)
     ray_address: str | None = None  # the ray engine's cluster (None: RAY_ADDRESS, else a local instance)
     slice_rows: int | None = None  # rows per task of a distributed pass (None: the engine's default)
 
     def __post_init__(self) -> None:
-        from distillguard.monitor.engine import ENGINES
-
         for name in ("sample_size", "min_queries", "slice_rows"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise UserError(f"monitor_{name} must be >= 1, got {v}")
-        if self.engine not in ENGINES:
-            raise UserError(f"monitor_engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | None, **flags: Any) -> MonitorSettings:
         """Defaults < config ``monitor_*`` < ``flags`` (None: not given)."""
         return settings_from_config(cls, config, PREFIX, **flags)
-
-    def open_engine(self):
-        """The engine the feature pass runs on (:mod:`distillguard.monitor.engine`)."""
-        from distillguard.monitor.engine import open_engine
-
-        return open_engine(self.engine, address=self.ray_address, slice_rows=self.slice_rows)
 
     def state_dir(self) -> Path:
         return Path(self.dir).expanduser() if self.dir else home() / "monitor"

@@ -195,3 +195,25 @@ def test_engine_errors_are_one_line(export, tmp_path, monkeypatch, capsys):
     assert code != 0 and "one of local, ray" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(["monitor", "scan", "--parquet", str(export), "--ray-address", "x:1"], capsys)
     assert code != 0 and "takes no address" in err
+
+
+def test_a_ledger_database_is_exported_for_the_ray_engine(tmp_path, monkeypatch, capsys):
+    """``--engine ray --ledger DB`` exports the ledger to the monitor's staging directory, reads it on
+    Ray, reports what the local engine reports, and leaves no export behind."""
+    pytest.importorskip("ray")
+    from distillguard.gateway.ledger import Ledger
+
+    monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path / "home"))
+    db = tmp_path / "ledger.db"
+    led = Ledger(db)
+    led.append_many([{k: v for k, v in r.items() if k != "seq"} for r in hard_rows(3000, seed=9)])
+    led.close()
+    reports = []
+    for engine in ("local", "ray"):
+        code, out, err = run_cli(
+            ["monitor", "scan", "--ledger", str(db), "--engine", engine, "--json"], capsys
+        )
+        assert code == 0, err
+        reports.append(json.loads(out))
+    assert reports[0] == reports[1] and reports[0]["rows"] > 2900
+    assert not any((tmp_path / "home" / "monitor" / "staging").iterdir())

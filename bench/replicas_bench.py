@@ -2,8 +2,9 @@
 ``distillguard serve`` processes (stub backend) on one PostgreSQL server (production durability, fsync on)
 and one Redis, against the embedded default (one replica, SQLite files, in-memory quotas) in the same run.
 Every request is authenticated against the account store and appended to the ledger before it is answered,
-so requests/s is also ledger appends/s. A last run checks quota overshoot across replicas: one key with a
+so requests/s is also ledger appends/s. A run checks quota overshoot across replicas: one key with a
 per-minute limit, hammered through both replicas at once; admitted requests beyond the limit are overshoot.
+Last, the ledger stores' own durable append rate without HTTP: SQLite vs Postgres with 1 and 2 replicas.
 
     .venv/bin/python bench/replicas_bench.py [--seconds 8] [--concurrency 32] [--quick]
 
@@ -32,6 +33,7 @@ from gateway_server import TEST_SECRET, gateway_settings, start_process  # noqa:
 from postgres_server import create_database, postgres_server  # noqa: E402
 from redis_server import redis_server  # noqa: E402
 
+SECRET = TEST_SECRET.encode()
 BODY = {"model": "stub", "prompt": "hello", "max_tokens": 4}
 
 
@@ -95,6 +97,76 @@ def _key(gws, url: str | None, **limits) -> str:
     return key
 
 
+RECORD = {
+    "account": "acct_bench",
+    "key_id": "key_bench",
+    "client_ip": "192.0.2.10",
+    "decision": "admitted",
+    "prompt": "user: how do I read a file line by line in python?",
+    "params": {"model": "stub", "max_tokens": 64, "temperature": 0.7},
+    "answer": "Use a for loop over the open file object." * 4,
+    "prompt_tokens": 14,
+    "completion_tokens": 40,
+}
+
+
+def _append_rate(opener, replicas: int, seconds: float) -> dict:
+    """Durable single-record appends/s straight into the ledger store (no HTTP), ``replicas`` appenders at
+    once, each its own store object (its own chain on Postgres), one thread each."""
+    import threading
+
+    counts = [0] * replicas
+    errors: list[BaseException] = []
+    start = threading.Barrier(replicas)
+
+    def run(i: int) -> None:
+        try:
+            store = opener(i)
+        except BaseException as exc:
+            errors.append(exc)
+            start.abort()
+            return
+        try:
+            start.wait()
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                store.append({**RECORD, "ts": time.time()})
+                counts[i] += 1
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(replicas)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return {"appends_per_s": round(sum(counts) / seconds, 1), "appends": sum(counts)}
+
+
+def ledger_appends(server: str, tmp: Path, seconds: float) -> list[dict]:
+    """The ledger stores' own append rate: SQLite (one file) vs Postgres with 1 and 2 replica chains."""
+    from distillguard.gateway.ledger import Ledger, open_ledger
+
+    rows = []
+    sqlite = tmp / "append.db"
+    rows.append(
+        {"engine": "sqlite", "replicas": 1, **_append_rate(lambda i: Ledger(sqlite, SECRET), 1, seconds)}
+    )
+    for replicas in (1, 2):
+        url = create_database(server, f"append{replicas}")
+        rate = _append_rate(lambda i, url=url: open_ledger(url, SECRET, replica=f"r{i}"), replicas, seconds)
+        rows.append({"engine": "postgres", "replicas": replicas, **rate})
+    anchor = rows[0]["appends_per_s"]
+    for r in rows:
+        r["ratio_to_sqlite"] = round(r["appends_per_s"] / anchor, 3) if anchor else None
+        print(json.dumps(r), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=8.0)
@@ -130,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
                 g.stop()
         quota = {"rpm_limit": limit, "admitted": ok, "refused": failed, "overshoot": max(0, ok - limit)}
         print(json.dumps(quota), flush=True)
+        appends = ledger_appends(server, Path(tmp), seconds)
     anchor = rows[0]["req_per_s"]
     for r in rows:
         r["ratio_to_sqlite"] = round(r["req_per_s"] / anchor, 3) if anchor else None
@@ -139,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
         "Postgres + Redis vs the embedded SQLite default, same run; quota overshoot across replicas",
         "rows": rows,
         "quota": quota,
+        "ledger_appends": appends,
+        "ledger_appends_what": "durable one-record appends/s into the ledger store itself (fsync on), one "
+        "thread per appender; Postgres replicas append to their own chains in one table",
         "seconds": seconds,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "wall_s": round(time.time() - t0, 1),

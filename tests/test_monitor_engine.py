@@ -217,3 +217,19 @@ def test_a_ledger_database_is_exported_for_the_ray_engine(tmp_path, monkeypatch,
         reports.append(json.loads(out))
     assert reports[0] == reports[1] and reports[0]["rows"] > 2900
     assert not any((tmp_path / "home" / "monitor" / "staging").iterdir())
+
+
+def test_a_saved_state_packs_its_sampled_texts(tmp_path):
+    """The follow state keeps sampled texts as UTF-8 bytes: one long prompt must not size every entry (a
+    fixed-width array of 4M samples took 45 GiB at the seed case's scale)."""
+    from distillguard.monitor.scan import load_follow_state, save_accumulator
+
+    rows = hard_rows(2000, seed=11)
+    rows[5]["prompt"] = "déjà vu " * 6000  # 48k characters, not ASCII
+    acc = accumulate([records_to_table(rows)], sample_size=64, workers=1)
+    path = tmp_path / "state.npz"
+    save_accumulator(acc, path)
+    back, _ = load_follow_state(path)
+    same_state(acc, back)
+    with np.load(path) as z:
+        assert z["pool_text_utf8"].nbytes < 200_000

@@ -1033,7 +1033,10 @@ class FeatureAccumulator:
             copy_owner=self._copy_owner,
         )
         for k, v in self._pool.items():
-            arrays[f"pool_{k}"] = v.astype(str) if k == "text" else v
+            if k == "text":  # UTF-8 bytes and offsets: a fixed-width array would take the longest text's size
+                arrays["pool_text_utf8"], arrays["pool_text_offsets"] = _pack_texts(v)
+            else:
+                arrays[f"pool_{k}"] = v
         meta = {
             "accounts": self.accounts,
             "last_seq": self.last_seq,
@@ -1062,8 +1065,11 @@ class FeatureAccumulator:
         acc.hours[:n] = arrays["hours"]
         acc._copy_hash = np.array(arrays["copy_hash"], dtype=np.uint64)
         acc._copy_owner = np.array(arrays["copy_owner"], dtype=np.int32)
-        pool = {k: np.asarray(arrays[f"pool_{k}"]) for k in _empty_pool()}
-        pool["text"] = pool["text"].astype(object)
+        pool = {k: np.asarray(arrays[f"pool_{k}"]) for k in _empty_pool() if k != "text"}
+        if "pool_text_utf8" in arrays:
+            pool["text"] = _unpack_texts(arrays["pool_text_utf8"], arrays["pool_text_offsets"])
+        else:  # a state saved before texts were packed
+            pool["text"] = np.asarray(arrays["pool_text"]).astype(object)
         acc._pool = pool
         acc._pending = [dict(pool)]
         acc._pool = _empty_pool()
@@ -1074,6 +1080,21 @@ class FeatureAccumulator:
         acc.keys = [set(x) for x in meta["keys"]]
         acc.orgs = list(meta.get("orgs") or [None] * n)
         return acc
+
+
+def _pack_texts(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    data = [str(t).encode("utf-8") for t in texts]
+    offsets = np.zeros(len(data) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in data], out=offsets[1:])
+    return np.frombuffer(b"".join(data), dtype=np.uint8), offsets
+
+
+def _unpack_texts(utf8: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    raw = np.asarray(utf8, dtype=np.uint8).tobytes()
+    bounds = np.asarray(offsets).tolist()
+    out = np.empty(len(bounds) - 1, dtype=object)
+    out[:] = [raw[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return out
 
 
 def _empty_pool() -> dict[str, np.ndarray]:

@@ -124,7 +124,7 @@ def scan_child(path: str, engine: str, sample_size: int) -> None:
         "stages_seconds": stages,
         "total_seconds": total,
         "peak_rss_mb": _rss_mb(),
-        "reference": report.get("reference"),
+        "reference": {k: v for k, v in (report.get("reference") or {}).items() if k != "path"},
         "tiers": dict(Counter(tiers.values())),
     }
     labels_path = Path(path) / "labels.json"

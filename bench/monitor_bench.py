@@ -13,11 +13,9 @@ Results: ``bench/results/monitor.json`` (a scale other than ``medium`` is stored
 ``--quick`` runs scale ``small`` and 2M Parquet rows; ``--scale large --no-qtd`` is the FPR run (3,150
 benign accounts: zero flagged bounds the FPR below 0.1% at 95% confidence).
 
-Beyond one machine: accumulation is a per-account fold with mergeable state (counters add, HyperLogLog
-registers take the maximum, bottom-K samples merge by priority, MinHash signatures take the minimum), so
-it maps onto Spark ``groupBy(account).agg`` / Ray ``map_batches`` + a reduce by account over ledger
-partitions; the per-entity text geometry and scoring are embarrassingly parallel by account. Linking needs
-one shuffle on its LSH keys. The copy table is the only global structure (a distributed key-value store).
+Beyond one machine: ``monitor scan --engine ray`` runs the feature pass as Ray tasks over slices of the
+export whose accumulators merge into the single pass's state (``monitor/engine.py``, ``monitor/merge.py``;
+``bench/engine_bench.py`` compares the engines).
 """
 
 from __future__ import annotations

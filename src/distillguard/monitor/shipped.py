@@ -3,11 +3,12 @@
 
 It is fitted on a large simulated population of benign kinds (:mod:`distillguard.monitor.personas`:
 casual chat users, researchers who ask for step-by-step reasoning and logprobs, evaluation harnesses,
-support bots, coding products, nightly batch summarisers), never on attackers and never on the held-out
-traffic of :mod:`distillguard.heldout`. A campaign cannot vouch for itself against it, which the scanned
-population (the alternative at a cold start) cannot promise. Its limit: it knows only those kinds, so a
-benign kind of the deployment's own that asks for more than all of them can look unusual; the scan says
-which reference it used and how far to trust it.
+support bots, coding products, nightly batch summarisers), at a few days' volume and at a month's
+(:func:`~distillguard.monitor.synth.synthesize_parquet`; its attackers are left out of the fit), never on
+attackers and never on the held-out traffic of :mod:`distillguard.heldout`. A campaign cannot vouch for
+itself against it, which the scanned population (the alternative at a cold start) cannot promise. Its
+limit: it knows only those kinds, so a benign kind of the deployment's own that asks for more than all of
+them can look unusual; the scan says which reference it used and how far to trust it.
 
 The file is versioned (:data:`VERSION`) and rebuilt from the simulator by ``make reference`` (``python -m
 distillguard.monitor.shipped``) whenever the monitor's features change; a reference fitted on another
@@ -22,9 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-VERSION = "sim-1"
+VERSION = "sim-2"
 SCALE = "large"
 SEEDS = (101,)
+# benign accounts at a month's volume (``synth.synthesize_parquet``: researchers with a thousand queries,
+# coding products with tens of thousands), whose volume and coverage the simulator's days do not reach
+VOLUME_ROWS = 400_000
+VOLUME_SEED = 303
 PATH = Path(__file__).with_name("data") / f"reference-{VERSION}.npz"
 
 
@@ -49,12 +54,24 @@ def load_shipped_reference():
 
 
 def build_shipped_reference(
-    out: Path = PATH, *, scale: str = SCALE, seeds: tuple[int, ...] = SEEDS, log: Any = None
+    out: Path = PATH,
+    *,
+    scale: str = SCALE,
+    seeds: tuple[int, ...] = SEEDS,
+    volume_rows: int = VOLUME_ROWS,
+    log: Any = None,
 ) -> dict[str, Any]:
-    """Simulate benign-only ledgers at ``scale`` (one per seed), fit the reference and save it at ``out``."""
+    """Simulate benign-only ledgers at ``scale`` (one per seed) and a synthetic month of ``volume_rows``
+    rows (only its benign accounts are fitted), fit the reference and save it at ``out``."""
     from distillguard.monitor.personas import BENIGN
-    from distillguard.monitor.scan import ScanOptions, accumulate, build_reference, ledger_batches
-    from distillguard.monitor.synth import synthesize_ledger
+    from distillguard.monitor.scan import (
+        ScanOptions,
+        accumulate,
+        build_reference,
+        ledger_batches,
+        parquet_batches,
+    )
+    from distillguard.monitor.synth import read_labels, synthesize_ledger, synthesize_parquet
 
     say = log or (lambda m: None)
     opts = ScanOptions()
@@ -66,13 +83,22 @@ def build_shipped_reference(
             synthesize_ledger(ledger, scale=scale, seed=seed, personas=BENIGN)
             say(f"simulated benign ledger, seed {seed} ({time.time() - t0:.0f} s)")
             acc = accumulate(ledger_batches(ledger), acc, sample_size=opts.sample_size)
+        benign = list(acc.accounts)
+        if volume_rows:
+            month = Path(tmp) / "month"
+            synthesize_parquet(month, rows=volume_rows, seed=VOLUME_SEED)
+            acc = accumulate(parquet_batches(month), acc, sample_size=opts.sample_size)
+            labels = read_labels(month / "labels.json")
+            benign += [a for a, x in labels.items() if x.get("kind") == "benign" and a in acc.index]
+            say(f"synthetic month of {volume_rows} rows, benign accounts kept ({time.time() - t0:.0f} s)")
     meta = {
         "version": VERSION,
         "shipped": True,
-        "source": f"simulator, scale {scale}, seeds {','.join(map(str, seeds))}, benign personas only",
+        "source": f"simulator, scale {scale}, seeds {','.join(map(str, seeds))}, benign personas only; "
+        f"the benign accounts of a synthetic month of {volume_rows} rows (seed {VOLUME_SEED})",
         "kinds": sorted(BENIGN),
     }
-    ref = build_reference(acc, opts, meta=meta)
+    ref = build_reference(acc, opts, benign=benign, meta=meta)
     path = ref.save(out)
     say(f"fitted on {ref.meta.get('accounts')} accounts; wrote {path} ({time.time() - t0:.0f} s)")
     return {"path": str(path), **ref.meta}

@@ -155,7 +155,7 @@ def export(tmp_path_factory) -> Path:
 
 
 def test_ray_cluster_of_two_nodes_equals_the_local_pass(export):
-    ray = pytest.importorskip("ray")  # a dev dependency: installed by `make test`
+    import ray  # a dev dependency: `make test` installs it
     from ray.cluster_utils import Cluster
 
     assert len(plan_slices(export, 5000)) == 8
@@ -175,7 +175,6 @@ def test_ray_cluster_of_two_nodes_equals_the_local_pass(export):
 
 
 def test_scan_on_the_ray_engine_reports_what_the_local_engine_reports(export, tmp_path, monkeypatch, capsys):
-    pytest.importorskip("ray")
     monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DISTILLGUARD_MONITOR_SLICE_ROWS", "5000")
     reports = []
@@ -200,7 +199,6 @@ def test_engine_errors_are_one_line(export, tmp_path, monkeypatch, capsys):
 def test_a_ledger_database_is_exported_for_the_ray_engine(tmp_path, monkeypatch, capsys):
     """``--engine ray --ledger DB`` exports the ledger to the monitor's staging directory, reads it on
     Ray, reports what the local engine reports, and leaves no export behind."""
-    pytest.importorskip("ray")
     from distillguard.gateway.ledger import Ledger
 
     monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path / "home"))

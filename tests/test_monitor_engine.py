@@ -24,16 +24,17 @@ from distillguard.monitor.synth import synthesize_parquet
 T0 = 1_717_372_800.0
 
 
-def hard_rows(n: int = 6000, seed: int = 3) -> list[dict]:
+def hard_rows(n: int = 6000, seed: int = 3, jitter: float = 0.0, first_seq: int = 1) -> list[dict]:
     """Traffic that stresses every order-dependent part of the state: an account on 700 networks and 90
     keys (past the 256-prefix and 64-key bounds), prompts copied between accounts, accounts whose
     queries straddle slice boundaries inside one active-time bin, timestamps tied, streams' start records
-    and rows without an account."""
+    and rows without an account. ``jitter``: timestamps out of ``seq`` order by up to that many seconds
+    (a gateway stamps a request when it starts and appends it when it ends)."""
     rng = random.Random(seed)
     texts = [f"please explain how module number {i} handles its configuration files" for i in range(300)]
     rows = []
     ts = T0
-    for seq in range(1, n + 1):
+    for seq in range(first_seq, first_seq + n):
         ts += rng.choice([0.0, 0.5, 3.0, 40.0, 900.0])
         acct = rng.choice(["rotator", "copier", "origin", "steady", "steady", "bot"])
         ip = f"10.{rng.randrange(30)}.{rng.randrange(250)}.9" if acct == "rotator" else "192.0.2.7"
@@ -45,7 +46,7 @@ def hard_rows(n: int = 6000, seed: int = 3) -> list[dict]:
         rows.append(
             {
                 "seq": seq,
-                "ts": ts,
+                "ts": ts + rng.uniform(-jitter, jitter),
                 "account": None if seq % 997 == 0 else acct,
                 "key_id": key,
                 "org": "acme" if acct == "bot" else None,
@@ -129,6 +130,20 @@ def test_slices_merge_into_one_pass(cuts):
     same_state(one, sliced(tables, cuts, 16))
 
 
+@pytest.mark.parametrize("case", ["jittered times", "seq from 0", "filtered slices"])
+def test_slices_merge_into_one_pass_at_the_edges(case):
+    rows = hard_rows(3000, seed=7, jitter=200.0 if case == "jittered times" else 0.0)
+    if case == "seq from 0":
+        rows = hard_rows(3000, seed=7, first_seq=0)
+    if case == "filtered slices":  # the first 1,000 rows count for nothing: two slices with no account
+        for r in rows[:1000]:
+            r["account"] = None
+    whole = records_to_table(rows)
+    tables = [whole.slice(i, 500) for i in range(0, whole.num_rows, 500)]
+    one = accumulate([whole.slice(i, 700) for i in range(0, whole.num_rows, 700)], sample_size=16, workers=1)
+    same_state(one, sliced(tables, [1, 2, 3, 5], 16))
+
+
 def test_a_merged_state_continues_like_one_pass():
     """``monitor follow`` resumes from a state: one merged from slices must go on exactly like a pass."""
     rows = hard_rows(4000, seed=5)
@@ -170,7 +185,13 @@ def test_ray_cluster_of_two_nodes_equals_the_local_pass(export):
     finally:
         ray.shutdown()
         cluster.shutdown()
-    assert ticks[-1] == 2 * local.rows  # each row read twice: claims, then features
+    stored = pq.ParquetFile(export / "ledger.parquet").metadata.num_rows
+    assert ticks[-1] == 2 * stored  # each stored row read twice: claims, then features
+    same_state(local, remote)
+    # the result owns its arrays (not read-only views into Ray's object store) and goes on like a pass
+    more = records_to_table(hard_rows(500, seed=4, first_seq=10_000_000))
+    accumulate([more], local, workers=1)
+    accumulate([more], remote, workers=1)
     same_state(local, remote)
 
 
@@ -194,6 +215,14 @@ def test_engine_errors_are_one_line(export, tmp_path, monkeypatch, capsys):
     assert code != 0 and "one of local, ray" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(["monitor", "scan", "--parquet", str(export), "--ray-address", "x:1"], capsys)
     assert code != 0 and "takes no address" in err
+    # a configured cluster address is the ray engine's; the local engine does not mind it
+    monkeypatch.setenv("DISTILLGUARD_MONITOR_RAY_ADDRESS", "ray://nowhere:10001")
+    code, _, err = run_cli(["monitor", "scan", "--parquet", str(export), "--json"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(
+        ["monitor", "scan", "--parquet", str(export / "nothing.parquet"), "--engine", "ray"], capsys
+    )
+    assert code != 0 and len(err.strip().splitlines()) == 1
 
 
 def test_a_ledger_database_is_exported_for_the_ray_engine(tmp_path, monkeypatch, capsys):

@@ -42,7 +42,10 @@ EngineOpt = Annotated[
 ]
 RayAddressOpt = Annotated[
     str | None,
-    typer.Option("--ray-address", help="Ray cluster for --engine ray (default: RAY_ADDRESS, else local)."),
+    typer.Option(
+        "--ray-address",
+        help="Ray cluster for --engine ray (default: monitor_ray_address, RAY_ADDRESS, else a local one).",
+    ),
 ]
 PopulationOpt = Annotated[
     bool, typer.Option("--population", help="Calibrate on the scanned population even if a reference exists.")

@@ -56,7 +56,14 @@ def plan_slices(path: Path, slice_rows: int = SLICE_ROWS) -> list[Slice]:
     out: list[Slice] = []
     base = 0
     for f in parquet_files(path):
-        meta = pq.ParquetFile(f).metadata
+        try:
+            pf = pq.ParquetFile(f)
+        except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+            raise UserError(f"{f} is not a Parquet file: {exc}") from None
+        missing = {"seq", "ts", "account", "prompt"} - set(pf.schema_arrow.names)
+        if missing:
+            raise UserError(f"{f} lacks ledger column(s) {', '.join(sorted(missing))}")
+        meta = pf.metadata
         groups: list[int] = []
         rows = 0
         for g in range(meta.num_row_groups):
@@ -158,7 +165,7 @@ class RayEngine:
             bits, min_chars = int(probe._copy_mask).bit_length(), probe.min_copy_chars
             del probe
             claims = CopyClaims.empty(bits, min_chars)
-            read = 0  # rows read so far: every row is read twice (claims, then features)
+            read = 0  # stored rows read so far (filtered ones too): each twice (claims, then features)
 
             def tick(rows: int) -> None:
                 nonlocal read
@@ -180,7 +187,7 @@ class RayEngine:
                 nxt = [merge.remote(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
                 level = nxt + ([level[-1]] if len(level) % 2 else [])
             while folding:  # progress only; the merges already hold what they need
-                ready, _ = ray.wait(list(folding), num_returns=1)
+                ready, _ = ray.wait(list(folding), num_returns=1, fetch_local=False)
                 tick(folding.pop(ready[0]))
             acc = ray.get(level[0]) if level else FeatureAccumulator(sample_size=sample_size)
             acc.claims = claims
@@ -222,9 +229,9 @@ ENGINES: dict[str, Callable[..., Engine]] = {"local": LocalEngine, "ray": RayEng
 
 
 def open_engine(name: str, *, address: str | None = None, **options: Any) -> Engine:
-    """The engine called ``name`` (:data:`ENGINES`). ``options`` are tuning knobs (``workers``,
-    ``slice_rows``; None: the default) that engines without them ignore; ``address`` is for engines that
-    join a cluster, an error for the others."""
+    """The engine called ``name`` (:data:`ENGINES`). ``options`` are settings (``workers``, ``slice_rows``,
+    a configured ``default_address``; None: the default) that engines without them ignore; ``address``
+    (a command's flag) is for engines that join a cluster, an error for the others."""
     if name not in ENGINES:
         raise UserError(f"unknown engine {name!r}: choose one of {', '.join(ENGINES)}")
     engine = ENGINES[name]()
@@ -232,6 +239,9 @@ def open_engine(name: str, *, address: str | None = None, **options: Any) -> Eng
         if not hasattr(engine, "address"):
             raise UserError(f"the {name} engine runs in this process: it takes no address")
         engine.address = address  # type: ignore[attr-defined]
+    default = options.pop("default_address", None)
+    if address is None and default is not None and hasattr(engine, "address"):
+        engine.address = default  # type: ignore[attr-defined]
     for key, value in options.items():
         if value is not None and hasattr(engine, key):
             setattr(engine, key, value)

@@ -691,7 +691,8 @@ class FeatureAccumulator:
         self.rows = 0
         self._cap = 0
         self.c: dict[str, np.ndarray] = {}
-        self.first_ts = self.last_ts = self.log_gap_sum = self.log_gap_sq = self.head_ts = np.zeros(0)
+        self.first_ts = self.last_ts = self.log_gap_sum = self.log_gap_sq = np.zeros(0)
+        self.head_ts = self.tail_ts = np.zeros(0)  # times of each account's first and last row by seq
         self.first_seq = self.last_seq_acct = self.last_bin = np.zeros(0, dtype=np.int64)
         self.hll = np.zeros((0, _HLL_M), dtype=np.uint8)
         self.hours = np.zeros((0, _HOUR_HASHES), dtype=np.uint64)
@@ -731,6 +732,7 @@ class FeatureAccumulator:
         self.log_gap_sum = pad(self.log_gap_sum, 0.0)
         self.log_gap_sq = pad(self.log_gap_sq, 0.0)
         self.head_ts = pad(self.head_ts, np.nan)
+        self.tail_ts = pad(self.tail_ts, np.nan)
         self.first_seq = pad(self.first_seq, 0)
         self.last_seq_acct = pad(self.last_seq_acct, 0)
         self.last_bin = pad(self.last_bin, -1)
@@ -796,7 +798,7 @@ class FeatureAccumulator:
         first[1:] = sa[1:] != sa[:-1]
         prev_ts = np.empty_like(sts)
         prev_ts[1:] = sts[:-1]
-        prev_ts[first] = self.last_ts[sa[first]]
+        prev_ts[first] = self.tail_ts[sa[first]]  # the account's previous row by seq, as within a batch
         has_prev = np.isfinite(prev_ts)
         gaps = np.maximum(sts - prev_ts, 1e-3)[has_prev]
         lg = np.log(gaps)
@@ -813,9 +815,10 @@ class FeatureAccumulator:
         last = np.ones(len(sa), dtype=bool)
         last[:-1] = sa[1:] != sa[:-1]
         self.last_bin[sa[last]] = bins[last]
+        self.tail_ts[sa[last]] = sts[last]
         np.minimum.at(self.first_ts, sa, sts)
         np.maximum.at(self.last_ts, sa, sts)
-        untouched = self.first_seq[sa[first]] == 0
+        untouched = np.isnan(self.head_ts[sa[first]])
         self.first_seq[sa[first][untouched]] = sseq[first][untouched]
         self.head_ts[sa[first][untouched]] = sts[first][untouched]
         self.last_seq_acct[sa[last]] = sseq[last]
@@ -1024,6 +1027,7 @@ class FeatureAccumulator:
             log_gap_sum=self.log_gap_sum[:n],
             log_gap_sq=self.log_gap_sq[:n],
             head_ts=self.head_ts[:n],
+            tail_ts=self.tail_ts[:n],
             first_seq=self.first_seq[:n],
             last_seq_acct=self.last_seq_acct[:n],
             last_bin=self.last_bin[:n],
@@ -1061,7 +1065,8 @@ class FeatureAccumulator:
         for name in ("first_ts", "last_ts", "log_gap_sum", "log_gap_sq", "first_seq", "last_bin", "hll"):
             getattr(acc, name)[:n] = arrays[name]
         acc.last_seq_acct[:n] = arrays["last_seq_acct"]
-        acc.head_ts[:n] = arrays.get("head_ts", np.nan)
+        acc.head_ts[:n] = arrays.get("head_ts", arrays["first_ts"])  # older states: a row was there
+        acc.tail_ts[:n] = arrays.get("tail_ts", arrays["last_ts"])
         acc.hours[:n] = arrays["hours"]
         acc._copy_hash = np.array(arrays["copy_hash"], dtype=np.uint64)
         acc._copy_owner = np.array(arrays["copy_owner"], dtype=np.int32)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +147,10 @@ def feature_pass(
     from distillguard.monitor.engine import open_engine
     from distillguard.monitor.scan import parquet_batches, parquet_created
 
-    settings = MonitorSettings.from_config(config, engine=engine, ray_address=address)
-    eng = open_engine(settings.engine, address=settings.ray_address, slice_rows=settings.slice_rows)
+    settings = MonitorSettings.from_config(config, engine=engine)
+    eng = open_engine(
+        settings.engine, address=address, default_address=settings.ray_address, slice_rows=settings.slice_rows
+    )
     if not eng.parquet_only:
         batches, created = open_source(ledger, parquet, config)
         if intel is not None:
@@ -156,16 +158,22 @@ def feature_pass(
         return read(batches, sample_size, progress), created
     if ledger is not None and parquet is not None:
         raise UserError("give --ledger or --parquet, not both")
-    with tempfile.TemporaryDirectory(prefix="export-", dir=_staging(settings)) as staging:
-        if parquet is None:
+    with ExitStack() as stack:
+        if parquet is not None:
+            created: dict[str, float] | None = parquet_created(parquet)
+        else:  # the workers read Parquet: export the database first (key creation times: the store's)
+            staging = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="export-", dir=_staging(settings))
+            )
             with progress("ledger rows exported") as _:
                 parquet = export_ledger(config, ledger, Path(staging)).parent
+            created = None
         if intel is not None:  # intel matching reads the rows here (not yet distributed)
             for _ in intel.tap(parquet_batches(parquet)):
                 pass
         with progress(f"ledger rows read on {eng.name} (each twice)") as tick:
             acc = eng.accumulate(parquet, sample_size=sample_size, progress=tick)
-        return acc, parquet_created(parquet)
+        return acc, created
 
 
 def _staging(settings: MonitorSettings) -> Path:

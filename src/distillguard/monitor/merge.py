@@ -9,10 +9,11 @@ What makes the merged state equal to a single pass over the whole ledger:
   back to the K lowest priorities (a priority is a hash of ``seq``, not of arrival).
 - **Bounded sets** (an account's IP prefixes and keys) keep the names of smallest hash
   (:func:`features.count_bounded`), which does not depend on arrival order either.
-- **Time across a slice boundary**: a single pass measures the gap between an account's last query
-  before the boundary and its first after it, and whether that query opens a new active-time bin. Each
-  accumulator keeps the time of its first query per account (``head_ts``) so that the merge adds that
-  gap and removes the bin the later slice counted as new when the earlier one had it already.
+- **Time across a slice boundary**: a single pass measures the gap between consecutive queries of an
+  account in ``seq`` order, and whether a query opens a new active-time bin. Each accumulator keeps the
+  times of its first and last query per account by ``seq`` (``head_ts``, ``tail_ts``) so that the merge
+  adds the gap across the boundary and removes the bin the later slice counted as new when the earlier
+  one had it already.
 - **The copy table is cross-account**: whether an account's prompt was first sent by another account
   depends on every earlier slice. It is computed first, in its own map + merge (:class:`CopyClaims`:
   per table slot, the earliest row reaching it, which is also what a single pass keeps), and then given
@@ -47,8 +48,8 @@ _EMPTY = np.iinfo(np.int64).max
 @dataclass
 class CopyClaims:
     """A whole ledger's copy table: per slot (the low ``bits`` of a text hash), the earliest counted row
-    reaching it with a text of ``min_chars`` bytes or more: its position in the ledger, its text hash and
-    its account's name hash (0: the slot is empty). Claims of slices merge by the earliest position."""
+    reaching it with a text of ``min_chars`` bytes or more: its position in the ledger (``_EMPTY``: none
+    yet), its text hash and its account's name hash. Claims of slices merge by the earliest position."""
 
     pos: np.ndarray
     hash: np.ndarray
@@ -117,7 +118,7 @@ def merge_bounded(a: Counter, b: Counter, cap: int) -> Counter:
     return out
 
 
-def _writable(acc: FeatureAccumulator) -> None:
+def writable(acc: FeatureAccumulator) -> None:
     """Copy the arrays that are read-only views (an accumulator handed over by a Ray object store)."""
 
     def own(d: dict) -> None:
@@ -132,7 +133,11 @@ def _writable(acc: FeatureAccumulator) -> None:
 
 def merge_into(acc: FeatureAccumulator, later: FeatureAccumulator) -> FeatureAccumulator:
     """Fold ``later`` (the accumulator of the slice right after ``acc``'s rows) into ``acc``; returns it."""
-    _writable(acc)
+    writable(acc)
+    if not later.accounts:  # a slice of filtered rows only
+        acc.rows += later.rows
+        acc.last_seq = max(acc.last_seq, later.last_seq)
+        return acc
     acc._compact()
     later._compact()
     n_before = len(acc.accounts)
@@ -141,9 +146,9 @@ def merge_into(acc: FeatureAccumulator, later: FeatureAccumulator) -> FeatureAcc
     old = ids < n_before
     io, jo = ids[old], np.nonzero(old)[0]
     # the gap and active bin across the boundary, for accounts on both sides
-    seen = np.isfinite(acc.last_ts[io])
+    seen = np.isfinite(acc.tail_ts[io])
     io, jo = io[seen], jo[seen]
-    lg = np.log(np.maximum(later.head_ts[jo] - acc.last_ts[io], 1e-3))
+    lg = np.log(np.maximum(later.head_ts[jo] - acc.tail_ts[io], 1e-3))
     acc.c["gaps"][io] += 1
     acc.log_gap_sum[io] += lg
     acc.log_gap_sq[io] += lg * lg
@@ -158,6 +163,7 @@ def merge_into(acc: FeatureAccumulator, later: FeatureAccumulator) -> FeatureAcc
     new = ids[~old]
     acc.first_seq[new] = later.first_seq[:m][~old]
     acc.head_ts[new] = later.head_ts[:m][~old]
+    acc.tail_ts[ids] = later.tail_ts[:m]
     acc.last_seq_acct[ids] = later.last_seq_acct[:m]
     acc.last_bin[ids] = later.last_bin[:m]
     acc.hll[ids] = np.maximum(acc.hll[ids], later.hll[:m])
@@ -183,7 +189,8 @@ def merge_into(acc: FeatureAccumulator, later: FeatureAccumulator) -> FeatureAcc
 
 def finish(acc: FeatureAccumulator) -> FeatureAccumulator:
     """Write the copy table the slices read into the merged accumulator's own table (owners as account
-    indices), so that it continues (``monitor follow``) exactly like a single pass."""
+    indices) and own its arrays, so that more batches continue it exactly like a single pass."""
+    writable(acc)
     claims = acc.claims
     if claims is None:
         return acc

@@ -3,8 +3,7 @@
 
 It is fitted on a large simulated population of benign kinds (:mod:`distillguard.monitor.personas`:
 casual chat users, researchers who ask for step-by-step reasoning and logprobs, evaluation harnesses,
-support bots, coding products, nightly batch summarisers), at a few days' volume and at a month's
-(:func:`~distillguard.monitor.synth.synthesize_parquet`; its attackers are left out of the fit), never on
+support bots, coding products, nightly batch summarisers) at a few days' volume, never on
 attackers and never on the held-out traffic of :mod:`distillguard.heldout`. A campaign cannot vouch for
 itself against it, which the scanned population (the alternative at a cold start) cannot promise. Its
 limit: it knows only those kinds, so a benign kind of the deployment's own that asks for more than all of
@@ -23,12 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-VERSION = "sim-2"
+VERSION = "sim-1"
 SCALE = "large"
 SEEDS = (101,)
-# benign accounts at a month's volume (``synth.synthesize_parquet``: researchers with a thousand queries,
-# coding products with tens of thousands), whose volume and coverage the simulator's days do not reach
-VOLUME_ROWS = 400_000
+# ``volume_rows`` > 0 adds the benign accounts of a synthetic month (``synth.synthesize_parquet``:
+# researchers with a thousand queries, coding products with tens of thousands). Not in the shipped file:
+# it removed the seed case's researcher false positives but let a CoT harvester pass as a high-volume
+# researcher and opened the intent look for toy users (README, "Scale").
+VOLUME_ROWS = 0
 VOLUME_SEED = 303
 PATH = Path(__file__).with_name("data") / f"reference-{VERSION}.npz"
 
@@ -61,8 +62,8 @@ def build_shipped_reference(
     volume_rows: int = VOLUME_ROWS,
     log: Any = None,
 ) -> dict[str, Any]:
-    """Simulate benign-only ledgers at ``scale`` (one per seed) and a synthetic month of ``volume_rows``
-    rows (only its benign accounts are fitted), fit the reference and save it at ``out``."""
+    """Simulate benign-only ledgers at ``scale`` (one per seed) and, with ``volume_rows``, a synthetic month
+    of that many rows (only its benign accounts are fitted); fit the reference and save it at ``out``."""
     from distillguard.monitor.personas import BENIGN
     from distillguard.monitor.scan import (
         ScanOptions,
@@ -94,8 +95,8 @@ def build_shipped_reference(
     meta = {
         "version": VERSION,
         "shipped": True,
-        "source": f"simulator, scale {scale}, seeds {','.join(map(str, seeds))}, benign personas only; "
-        f"the benign accounts of a synthetic month of {volume_rows} rows (seed {VOLUME_SEED})",
+        "source": f"simulator, scale {scale}, seeds {','.join(map(str, seeds))}, benign personas only"
+        + (f"; the benign accounts of a synthetic month of {volume_rows} rows" if volume_rows else ""),
         "kinds": sorted(BENIGN),
     }
     ref = build_reference(acc, opts, benign=benign, meta=meta)

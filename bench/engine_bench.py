@@ -1,10 +1,11 @@
 """The monitor's feature pass on each engine, and a whole scan at the seed case's scale (not run by tests).
 
-1. ``--compare`` (default): the same Parquet export (``monitor.synth.synthesize_parquet``, 5M rows by
+1. Engine comparison (default): the same Parquet export (``monitor.synth.synthesize_parquet``, 5M rows by
    default, the seed case's proportions) read by the ``local`` engine (derivation on threads, one fold)
    and by the ``ray`` engine on a local Ray instance with ``--workers`` CPUs (claims, slice folds, tree
    merge), each in a fresh process so that peak memory is its own. Reported: seconds, rows/s, the ratio,
-   the driver's peak resident memory, and whether the two states are identical.
+   the driver's peak resident memory, and whether the two states are identical. ``--spark`` adds the
+   same job scheduled by PySpark (:func:`spark_child`), the alternative engine, measured rather than argued.
 2. ``--scan``: ``distillguard monitor scan`` as a user runs it (``jobs.scan``: feature pass, scoring
    against the shipped reference, linking, decisions; dry run) on the export, timed per stage, with peak
    resident memory, and the verdicts counted against the export's labels.
@@ -55,6 +56,59 @@ def feature_child(path: str, engine: str, workers: int, state_out: str) -> None:
     print(json.dumps(doc))
 
 
+def spark_child(path: str, workers: int, state_out: str) -> None:
+    """In a fresh process: the ray engine's job (claims, slice folds, ordered merge) with PySpark as the
+    scheduler instead (``local[workers]``, RDD of slices, the same map functions, the claims broadcast,
+    merged in order on the driver): what choosing Spark would cost. Needs ``pip install pyspark`` and a
+    Java 17 runtime; not an engine of the package."""
+    from pyspark.sql import SparkSession
+
+    from distillguard.monitor.engine import claim_slice, fold_slice, plan_slices
+    from distillguard.monitor.merge import CopyClaims, finish, merge_into
+    from distillguard.monitor.scan import save_accumulator
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # the workers import distillguard from this environment
+    t0 = time.time()
+    spark = (
+        SparkSession.builder.master(f"local[{workers}]")
+        .config("spark.driver.memory", "6g")
+        .config("spark.driver.maxResultSize", "8g")
+        .config("spark.ui.enabled", "false")
+        .getOrCreate()
+    )
+    sc = spark.sparkContext
+    sc.setLogLevel("ERROR")
+    started = time.time() - t0
+    slices = plan_slices(Path(path))
+    rdd = sc.parallelize(slices, len(slices))
+    claims = CopyClaims.empty()
+    for part in rdd.map(lambda s: claim_slice(s, 22, 24)).collect():
+        claims.absorb(*part)
+    table = sc.broadcast(claims)
+    parts = rdd.map(lambda s: fold_slice(s, table.value, 64)).collect()
+    acc = parts[0]
+    for p in parts[1:]:
+        merge_into(acc, p)
+    acc.claims = claims
+    finish(acc)
+    seconds = time.time() - t0
+    spark.stop()
+    save_accumulator(acc, Path(state_out))
+    doc = {
+        "engine": "spark (bench only)",
+        "workers": workers,
+        "rows": acc.rows,
+        "accounts": len(acc.accounts),
+    }
+    doc.update(
+        seconds=round(seconds, 1),
+        session_start_s=round(started, 1),
+        rows_per_second=round(acc.rows / seconds),
+    )
+    doc.update(peak_rss_mb=_rss_mb())
+    print(json.dumps(doc))
+
+
 def _same(a: Path, b: Path) -> bool:
     import numpy as np
 
@@ -79,23 +133,30 @@ def _same(a: Path, b: Path) -> bool:
     return True
 
 
-def compare(path: Path, workers: int, work: Path) -> dict:
+def compare(path: Path, workers: int, work: Path, spark: bool = False) -> dict:
     runs = {}
-    for engine in ("local", "ray"):
+    for engine in ("local", "ray", *(["spark"] if spark else [])):
         state = work / f"{engine}.npz"
-        code = (
-            f"import sys; sys.path.insert(0, {str(HERE)!r}); import engine_bench as m; "
-            f"m.feature_child({str(path)!r}, {engine!r}, {workers}, {str(state)!r})"
+        child = (
+            f"spark_child({str(path)!r}, {workers}, {str(state)!r})"
+            if engine == "spark"
+            else f"feature_child({str(path)!r}, {engine!r}, {workers}, {str(state)!r})"
         )
+        code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import engine_bench as m; m.{child}"
         out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True)
         runs[engine] = json.loads(out.stdout.strip().splitlines()[-1])
         print(engine, runs[engine], flush=True)
-    return {
+    doc = {
         "runs": runs,
         "ray_over_local_speed": round(runs["local"]["seconds"] / runs["ray"]["seconds"], 3),
         "identical_state": _same(work / "local.npz", work / "ray.npz"),
         "note": "ray's peak_rss_mb is the driver's only (its workers are other processes)",
     }
+    if spark:
+        doc["spark_over_local_speed"] = round(runs["local"]["seconds"] / runs["spark"]["seconds"], 3)
+        doc["spark_over_ray_speed"] = round(runs["ray"]["seconds"] / runs["spark"]["seconds"], 3)
+        doc["spark_identical_state"] = _same(work / "local.npz", work / "spark.npz")
+    return doc
 
 
 def scan_child(path: str, engine: str, sample_size: int) -> None:
@@ -147,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=5_000_000, help="rows of the export to synthesise")
     ap.add_argument("--parquet", type=Path, default=None, help="use this export instead")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--spark", action="store_true", help="also run the same job on PySpark (bench only)")
     ap.add_argument("--scan", action="store_true", help="time a whole scan instead of comparing engines")
     ap.add_argument("--engine", default="local", help="--scan: the engine of the feature pass")
     ap.add_argument("--sample-size", type=int, default=64, help="--scan: monitor_sample_size")
@@ -179,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             doc = json.loads(out.stdout.strip().splitlines()[-1])
             label = args.label or f"scan_{round(rows / 1e6)}m"
         else:
-            doc = compare(path, args.workers, work)
+            doc = compare(path, args.workers, work, spark=args.spark)
             label = args.label or f"compare_{round(rows / 1e6)}m"
         doc.update(rows=rows, synthesize_seconds=t_synth, cpus=os.cpu_count())
     print(json.dumps(doc, indent=1, default=float))

@@ -205,7 +205,8 @@ def scan_child(path: str, engine: str, sample_size: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=5_000_000, help="rows of the export to synthesise")
+    ap.add_argument("--rows", type=int, default=None, help="rows of the export to synthesise (default 5M)")
+    ap.add_argument("--quick", action="store_true", help="a 1M-row export")
     ap.add_argument("--parquet", type=Path, default=None, help="use this export instead")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--spark", action="store_true", help="also run the same job on PySpark (bench only)")
@@ -216,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "--label", default=None, help="key in engine.json (default: compare_<rows> / scan_<rows>)"
     )
     args = ap.parse_args(argv)
+    args.rows = args.rows or (1_000_000 if args.quick else 5_000_000)
     with tempfile.TemporaryDirectory(prefix="dg-engine-bench-") as tmp:
         work = Path(tmp)
         path = args.parquet

@@ -14,6 +14,7 @@ BENCHES = [
     "monitor_bench.py",
     "heldout_bench.py",
     "replicas_bench.py",
+    "engine_bench.py",
     "intel_bench.py",
     "logprob_bench.py",
     "defence_bench.py",

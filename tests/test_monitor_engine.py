@@ -244,6 +244,12 @@ def test_a_ledger_database_is_exported_for_the_ray_engine(tmp_path, monkeypatch,
         reports.append(json.loads(out))
     assert reports[0] == reports[1] and reports[0]["rows"] > 2900
     assert not any((tmp_path / "home" / "monitor" / "staging").iterdir())
+    # the export goes where monitor_staging says (a shared path on a cluster), and is removed there too
+    monkeypatch.setenv("DISTILLGUARD_MONITOR_STAGING", str(tmp_path / "shared"))
+    code, out, err = run_cli(["monitor", "scan", "--ledger", str(db), "--engine", "ray", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out) == reports[0] and (tmp_path / "shared").is_dir()
+    assert not any((tmp_path / "shared").iterdir())
 
 
 def test_a_saved_state_packs_its_sampled_texts(tmp_path):

@@ -141,7 +141,8 @@ def feature_pass(
 ):
     """(accumulator, created-times) of the chosen source, read on the chosen engine (``--engine``, else
     config ``monitor_engine``). An engine that reads Parquet only gets a ledger database exported first,
-    to the monitor's state directory (on a cluster, give ``--parquet`` at a path every node sees)."""
+    to ``monitor_staging`` (default: the monitor's state directory; on a cluster, a path every node
+    reads), and removed after."""
     import tempfile
 
     from distillguard.monitor.engine import open_engine
@@ -177,8 +178,11 @@ def feature_pass(
 
 
 def _staging(settings: MonitorSettings) -> Path:
-    d = settings.state_dir() / "staging"
-    d.mkdir(parents=True, exist_ok=True)
+    d = settings.staging_dir()
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot use {d} to stage the ledger export (monitor_staging): {exc}") from None
     return d
 
 

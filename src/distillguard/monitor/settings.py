@@ -33,6 +33,9 @@ class MonitorSettings:
     engine: str = "local"  # where the feature pass runs (monitor.engine.ENGINES, checked when opened)
     ray_address: str | None = None  # the ray engine's cluster (None: RAY_ADDRESS, else a local instance)
     slice_rows: int | None = None  # rows per task of a distributed pass (None: the engine's default)
+    # where a distributed pass exports a ledger database for its workers (None: the state dir's staging/);
+    # on a cluster, a path every node reads
+    staging: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("sample_size", "min_queries", "slice_rows"):
@@ -47,6 +50,9 @@ class MonitorSettings:
 
     def state_dir(self) -> Path:
         return Path(self.dir).expanduser() if self.dir else home() / "monitor"
+
+    def staging_dir(self) -> Path:
+        return Path(self.staging).expanduser() if self.staging else self.state_dir() / "staging"
 
     def reference_path(self) -> Path:
         return Path(self.reference).expanduser() if self.reference else home() / "monitor" / "reference.npz"

@@ -64,6 +64,7 @@ def spark_child(path: str, workers: int, state_out: str) -> None:
     from pyspark.sql import SparkSession
 
     from distillguard.monitor.engine import claim_slice, fold_slice, plan_slices
+    from distillguard.monitor.features import COPY_BITS, MIN_COPY_CHARS
     from distillguard.monitor.merge import CopyClaims, finish, merge_into
     from distillguard.monitor.scan import save_accumulator
 
@@ -82,7 +83,7 @@ def spark_child(path: str, workers: int, state_out: str) -> None:
     slices = plan_slices(Path(path))
     rdd = sc.parallelize(slices, len(slices))
     claims = CopyClaims.empty()
-    for part in rdd.map(lambda s: claim_slice(s, 22, 24)).collect():
+    for part in rdd.map(lambda s: claim_slice(s, COPY_BITS, MIN_COPY_CHARS)).collect():
         claims.absorb(*part)
     table = sc.broadcast(claims)
     parts = rdd.map(lambda s: fold_slice(s, table.value, 64)).collect()

@@ -195,16 +195,20 @@ def test_ray_cluster_of_two_nodes_equals_the_local_pass(export):
     same_state(local, remote)
 
 
+def scan_on_each_engine(source: list[str], capsys) -> list[dict]:
+    """``monitor scan SOURCE --json`` on the local and the ray engine: the two reports."""
+    reports = []
+    for engine in ("local", "ray"):
+        code, out, err = run_cli(["monitor", "scan", *source, "--engine", engine, "--json"], capsys)
+        assert code == 0, err
+        reports.append(json.loads(out))
+    return reports
+
+
 def test_scan_on_the_ray_engine_reports_what_the_local_engine_reports(export, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DISTILLGUARD_MONITOR_SLICE_ROWS", "5000")
-    reports = []
-    for engine in ("local", "ray"):
-        code, out, err = run_cli(
-            ["monitor", "scan", "--parquet", str(export), "--engine", engine, "--json"], capsys
-        )
-        assert code == 0, err
-        reports.append(json.loads(out))
+    reports = scan_on_each_engine(["--parquet", str(export)], capsys)
     assert reports[0] == reports[1]
     assert any(a["tier"] != "normal" for a in reports[0]["accounts"])
 
@@ -235,13 +239,7 @@ def test_a_ledger_database_is_exported_for_the_ray_engine(tmp_path, monkeypatch,
     led = Ledger(db)
     led.append_many([{k: v for k, v in r.items() if k != "seq"} for r in hard_rows(3000, seed=9)])
     led.close()
-    reports = []
-    for engine in ("local", "ray"):
-        code, out, err = run_cli(
-            ["monitor", "scan", "--ledger", str(db), "--engine", engine, "--json"], capsys
-        )
-        assert code == 0, err
-        reports.append(json.loads(out))
+    reports = scan_on_each_engine(["--ledger", str(db)], capsys)
     assert reports[0] == reports[1] and reports[0]["rows"] > 2900
     assert not any((tmp_path / "home" / "monitor" / "staging").iterdir())
     # the export goes where monitor_staging says (a shared path on a cluster), and is removed there too

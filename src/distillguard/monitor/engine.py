@@ -49,21 +49,12 @@ class Slice:
 
 def plan_slices(path: Path, slice_rows: int = SLICE_ROWS) -> list[Slice]:
     """The export cut into slices of about ``slice_rows`` rows, in ledger order (Parquet metadata only)."""
-    import pyarrow.parquet as pq
-
-    from distillguard.monitor.scan import parquet_files
+    from distillguard.monitor.scan import open_export_file, parquet_files
 
     out: list[Slice] = []
     base = 0
     for f in parquet_files(path):
-        try:
-            pf = pq.ParquetFile(f)
-        except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
-            raise UserError(f"{f} is not a Parquet file: {exc}") from None
-        missing = {"seq", "ts", "account", "prompt"} - set(pf.schema_arrow.names)
-        if missing:
-            raise UserError(f"{f} lacks ledger column(s) {', '.join(sorted(missing))}")
-        meta = pf.metadata
+        meta = open_export_file(f)[0].metadata
         groups: list[int] = []
         rows = 0
         for g in range(meta.num_row_groups):
@@ -154,16 +145,14 @@ class RayEngine:
     parquet_only: bool = True
 
     def accumulate(self, path: Path, *, sample_size: int, progress: Tick | None = None) -> Any:
-        from distillguard.monitor.features import FeatureAccumulator
+        from distillguard.monitor.features import COPY_BITS, MIN_COPY_CHARS, FeatureAccumulator
         from distillguard.monitor.merge import CopyClaims, finish
 
         ray = _ray()
         slices = plan_slices(path, self.slice_rows)
         started = self._connect(ray)
         try:
-            probe = FeatureAccumulator(sample_size=sample_size)
-            bits, min_chars = int(probe._copy_mask).bit_length(), probe.min_copy_chars
-            del probe
+            bits, min_chars = COPY_BITS, MIN_COPY_CHARS  # a single pass's copy table
             claims = CopyClaims.empty(bits, min_chars)
             read = 0  # stored rows read so far (filtered ones too): each twice (claims, then features)
 

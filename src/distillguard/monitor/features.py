@@ -619,6 +619,8 @@ _HLL_M = 1 << _HLL_P
 _HOUR_HASHES = 32
 _MAX_PREFIXES = 256
 _MAX_KEYS = 64
+COPY_BITS = 22  # the copy table's slots: 2**22
+MIN_COPY_CHARS = 24  # shorter prompts ("hi", "thanks") are never counted as copied
 OTHER = "(other)"  # the prefix counter's bucket for the networks it does not keep
 
 
@@ -680,7 +682,9 @@ class FeatureAccumulator:
     and hands it to every slice's accumulator as ``claims``.
     """
 
-    def __init__(self, *, sample_size: int = 256, copy_bits: int = 22, min_copy_chars: int = 24) -> None:
+    def __init__(
+        self, *, sample_size: int = 256, copy_bits: int = COPY_BITS, min_copy_chars: int = MIN_COPY_CHARS
+    ) -> None:
         if sample_size < 8:
             raise ValueError("sample_size must be >= 8")
         self.sample_size = int(sample_size)

@@ -35,6 +35,8 @@ from distillguard.monitor.features import (
     _MAX_KEYS,
     _MAX_PREFIXES,
     BIN_SECONDS,
+    COPY_BITS,
+    MIN_COPY_CHARS,
     OTHER,
     FeatureAccumulator,
     _hash_rank,
@@ -57,7 +59,7 @@ class CopyClaims:
     min_chars: int
 
     @classmethod
-    def empty(cls, bits: int = 22, min_chars: int = 24) -> CopyClaims:
+    def empty(cls, bits: int = COPY_BITS, min_chars: int = MIN_COPY_CHARS) -> CopyClaims:
         n = 1 << bits
         return cls(
             np.full(n, _EMPTY, dtype=np.int64), np.zeros(n, np.uint64), np.zeros(n, np.uint64), min_chars

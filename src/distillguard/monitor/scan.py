@@ -149,19 +149,26 @@ def parquet_files(path: Path) -> list[Path]:
     return files
 
 
-def parquet_batches(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """Record batches of a Parquet ledger export, reading only the columns the features use."""
+def open_export_file(f: Path) -> tuple[Any, list[str]]:
+    """One file of a Parquet ledger export, checked (a one-line error otherwise), and the feature columns
+    it has."""
     import pyarrow.parquet as pq
 
+    try:
+        pf = pq.ParquetFile(f)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise UserError(f"{f} is not a Parquet file: {exc}") from None
+    cols = [c for c in COLUMNS if c in pf.schema_arrow.names]
+    missing = {"seq", "ts", "account", "prompt"} - set(cols)
+    if missing:
+        raise UserError(f"{f} lacks ledger column(s) {', '.join(sorted(missing))}")
+    return pf, cols
+
+
+def parquet_batches(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """Record batches of a Parquet ledger export, reading only the columns the features use."""
     for f in parquet_files(path):
-        try:
-            pf = pq.ParquetFile(f)
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise UserError(f"{f} is not a Parquet file: {exc}") from None
-        cols = [c for c in COLUMNS if c in pf.schema_arrow.names]
-        missing = {"seq", "ts", "account", "prompt"} - set(cols)
-        if missing:
-            raise UserError(f"{f} lacks ledger column(s) {', '.join(sorted(missing))}")
+        pf, cols = open_export_file(f)
         yield from pf.iter_batches(batch_size=batch_rows, columns=cols)
 
 

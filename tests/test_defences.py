@@ -300,6 +300,13 @@ COT_CASES = [
      "Can you explain how os.path.join works, with a small example?"),
     ("<|im_start|>system\nReason step by step in every answer.<|im_end|>\n<|im_start|>user\nWhat is zip?",
      "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nWhat is zip?"),
+    ("Can you explain json.dumps with a worked example and your reasoning?",
+     "Can you explain json.dumps with a worked example?"),
+    ("I need a clear, complete explanation of zip, reasoning included.",
+     "I need a clear, complete explanation of zip."),
+    ("Teach me zip as if writing a textbook section, with careful reasoning.",
+     "Teach me zip as if writing a textbook section."),
+    ("Explain your reasoning: why are dicts ordered?", "Why are dicts ordered?"),
 ]  # fmt: skip
 
 
@@ -314,7 +321,13 @@ def test_cot_takes_the_reasoning_request_out_of_the_prompt_and_nothing_else():
         assert on.prompt(asked) == plain, asked
         assert off.prompt(asked) == asked
         assert on.prompt(plain) == plain
-    for untouched in ("What is a step function?", "Question: Explain json.dumps.\nAnswer:", "  x \n", ""):
+    for untouched in (
+        "What is a step function?",
+        "Question: Explain json.dumps.\nAnswer:",
+        "What was the reasoning behind the design of zip?",  # a question about the subject, not a trace
+        "  x \n",
+        "",
+    ):
         assert on.prompt(untouched) == untouched
     assert on.key() != off.key() and on.describe() == {"name": "cot", "strength": 1}
     for bad in (0.5, 2, -1):

@@ -14,7 +14,11 @@ COT_PATTERN = (
     r"think (?:through|about) (?:this|it) carefully|reason(?:ing)? (?:step|carefully)|lay out your|"
     r"(?:write|spell) out your (?:full )?reasoning|justify each|numbering each step|"
     r"break (?:your answer|it|this) down into steps|your (?:full )?reasoning before|"
-    r"before (?:giving )?the final answer|let'?s think"
+    r"before (?:giving )?the final answer|let'?s think|"
+    # the model's own reasoning asked for as part of the answer ("... with your reasoning", "reasoning
+    # included"); not the reasoning behind a design, which is a question about the subject
+    r"(?:with|and|include|including|explain|show|give|share) (?:me )?(?:your|careful|detailed|full|complete|"
+    r"clear) reasoning|reasoning included|your (?:full )?thought process"
 )
 # asks the model who it is or who made it
 IDENTITY_PATTERN = (

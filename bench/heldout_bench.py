@@ -243,7 +243,7 @@ def plot(rows: list[dict], path: Path) -> Path:
 
     from distillguard.monitor.decisions import Policy
 
-    sizes = sorted({r["size"] for r in rows}, key=["small", "medium"].index)
+    sizes = sorted({r["size"] for r in rows}, key=["small", "medium", "month"].index)
     refs = list(dict.fromkeys(r["reference"] for r in rows))
     fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 5), squeeze=False)
     flag = Policy().flag_tier

@@ -35,7 +35,7 @@ from distillguard.heldout.traffic import Request, plan_traffic
 
 SIM_EPOCH = 1767571200.0  # 2026-01-05 00:00 UTC, a Monday: simulated time 0
 HISTORY_SHARE = 0.1  # share of the wall-clock duration given to the sign-ups before the period
-DEFAULT_DURATION = {"small": 60.0, "medium": 900.0}
+DEFAULT_DURATION = {"small": 60.0, "medium": 900.0, "month": 3600.0}
 KEY_LIMITS = {"rpm": 1_000_000, "tpm": 1_000_000_000, "daily_tokens": 1_000_000_000_000}
 
 

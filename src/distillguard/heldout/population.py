@@ -24,10 +24,12 @@ from distillguard.heldout import words
 
 DAY = 86400.0
 
-# observed period and the sign-up history before it, per size
-SIZES: dict[str, dict[str, float]] = {
-    "small": {"days": 2.0, "history_days": 14.0},
-    "medium": {"days": 5.0, "history_days": 30.0},
+# observed period and the sign-up history before it, per size; "counts" names the size whose account counts
+# a size uses (a month of the medium population: the same accounts, six times longer)
+SIZES: dict[str, dict[str, Any]] = {
+    "small": {"days": 2.0, "history_days": 14.0, "counts": "small"},
+    "medium": {"days": 5.0, "history_days": 30.0, "counts": "medium"},
+    "month": {"days": 30.0, "history_days": 60.0, "counts": "medium"},
 }
 
 # Every kind of account. ``volume`` is per active day unless the rhythm says otherwise.
@@ -176,7 +178,7 @@ class Account:
         return asdict(self)
 
 
-def check_size(size: str) -> dict[str, float]:
+def check_size(size: str) -> dict[str, Any]:
     if size not in SIZES:
         raise UserError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     return SIZES[size]
@@ -223,8 +225,8 @@ def build_population(size: str = "small", seed: int = 0) -> list[Account]:
         )
 
     for kind, cfg in KINDS.items():
-        n = int(cfg["counts"][size])
-        n_campaigns = int(cfg.get("campaigns", {}).get(size, 1))
+        n = int(cfg["counts"][spec["counts"]])
+        n_campaigns = int(cfg.get("campaigns", {}).get(spec["counts"], 1))
         burst_t = 0.0
         group_size = int(cfg.get("group_size", n or 1))
         class_ips: dict[int, str] = {}

@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--delta", type=float, default=4.0, help="KGW bias of the teacher's watermark")
     parser.add_argument("--base-steps", type=int, default=None, help="training steps of the base model")
     parser.add_argument("--world-root", type=Path, default=None, help="a world built earlier at this root")
+    parser.add_argument("--out", default="", help="suffix of the results file (audit_<out>.json)")
     args, _ = parser.parse_known_args()
     q = args.quick
     preset = "tiny" if q else "default"
@@ -135,6 +136,60 @@ def main() -> None:
     plan.append(dict(kind="control", name="control_shared_data", collection=plain, tokens=wm_tokens, rho=0.1,
                      mix=mix0, init=str(world.reference)))  # fmt: skip
 
+    stem = "audit_quick" if q else "audit"
+    stem += f"_{args.out}" if args.out else ""
+
+    def write(rows: dict[str, dict], done: bool) -> dict:
+        """The results so far (rewritten after every student: a long run that stops early keeps its rows)."""
+        doc = {
+            "bench": "audit",
+            "complete": done,
+            "world": preset,
+            "watermark": spec.describe(),
+            "distillation": {
+                "watermarked_tokens": wm_tokens,
+                "tokens_axis_at_rho_5pct": axis,
+                "epochs": args.epochs,
+                "mixes": {
+                    "task": "the world's docstring answers to its instruction prompts (same task, same "
+                    "contexts)",
+                    "unrelated": "the world's docs corpus and Python standard-library source code",
+                },
+                "inits": {
+                    "base": f"independent base model ({base_steps} steps on the world's sources, never ours)",
+                    "scratch": "random initialisation",
+                },
+                "teacher_temperature": 1.0,
+            },
+            "audit": {
+                "closed_budget_queries": budget,
+                "sequential_stop_p": 1e-8,
+                "probe_prompts": "world instructions",
+                "open_readings": list(READINGS),
+                "own_texts": own_texts,
+                "decoys": 100,
+                "family": "Holm over the closed test and the three open readings",
+            },
+            "students": rows,
+            "summary": _summary(rows),
+            "reference": "Sander et al. 2024: 5% watermarked data for p < 1e-5 (open model); 1% at p < 1e-5 "
+            "with supervision, closed model",
+            "machine": {
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },  # fmt: skip
+            "wall_s": round(time.time() - t_start, 1),
+            "date": time.strftime("%Y-%m-%d"),
+        }
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
+        _plot(doc, RESULTS / f"{stem}.png")
+        return doc
+
+    # the watermarked students first, then the controls; each group cheapest first (the training mix grows
+    # as tokens / rho), so a run cut short has the most results
+    plan.sort(key=lambda p: (p["kind"] == "control", p["tokens"] / p["rho"]))
     rows: dict[str, dict] = {}
     for p in plan:
         manifest = student(
@@ -151,46 +206,8 @@ def main() -> None:
         rows[p["name"]] = _row(p, manifest, report, time.time() - t0)
         _print_row(p["name"], rows[p["name"]])
         shutil.rmtree(Path(manifest["student"]), ignore_errors=True)
-
-    doc = {
-        "bench": "audit",
-        "world": preset,
-        "watermark": spec.describe(),
-        "distillation": {
-            "watermarked_tokens": wm_tokens,
-            "tokens_axis_at_rho_5pct": axis,
-            "epochs": args.epochs,
-            "mixes": {
-                "task": "the world's docstring answers to its instruction prompts (same task, same contexts)",
-                "unrelated": "the world's docs corpus and Python standard-library source code",
-            },
-            "inits": {
-                "base": f"independent base model ({base_steps} steps on the world's sources, never ours)",
-                "scratch": "random initialisation",
-            },
-            "teacher_temperature": 1.0,
-        },
-        "audit": {
-            "closed_budget_queries": budget,
-            "sequential_stop_p": 1e-8,
-            "probe_prompts": "world instructions",
-            "open_readings": list(READINGS),
-            "own_texts": own_texts,
-            "decoys": 100,
-            "family": "Holm over the closed test and the three open readings",
-        },
-        "students": rows,
-        "summary": _summary(rows),
-        "reference": "Sander et al. 2024: 5% watermarked data for p < 1e-5 (open model); 1% at p < 1e-5 with "
-        "supervision, closed model",
-        "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
-        "wall_s": round(time.time() - t_start, 1),
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "audit_quick" if q else "audit"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    _plot(doc, RESULTS / f"{stem}.png")
+        write(rows, done=False)
+    doc = write(rows, done=True)
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(doc["summary"], indent=2))
     print(f"({doc['wall_s']} s)")

@@ -9,7 +9,10 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
+
 from cli_run import run_cli
+from distillguard.errors import UserError
 from distillguard.heldout import words
 from distillguard.heldout.drive import SIM_EPOCH, Clock
 from distillguard.heldout.population import KINDS, build_population, labels
@@ -46,6 +49,21 @@ def test_population_is_labelled_complete_and_reproducible_from_its_seed() -> Non
     sybil = sorted(a["signup"] for a in accounts if a["kind"] == "sybil_cot")
     assert sybil[-1] - sybil[0] < 3600
     assert len({a["ips"][0] for a in accounts if a["kind"] == "classroom"}) == 1
+
+
+def test_month_is_the_medium_population_six_times_longer() -> None:
+    medium, month = build_population("medium", 1), build_population("month", 1)
+    assert Counter(a.kind for a in month) == Counter(a.kind for a in medium)
+    assert len({a.campaign for a in month if a.campaign}) == len({a.campaign for a in medium if a.campaign})
+    # a low-and-slow account sends a handful a day: about six times as many in a month as in five days
+    low = {a.name for a in month if a.kind == "low_and_slow"}
+    per = Counter(
+        r.account for r in plan_traffic(month, "month", 1, list(words.API_NAMES)) if r.account in low
+    )
+    assert len(per) == len(low)
+    assert all(60 <= n <= 180 for n in per.values())
+    with pytest.raises(UserError, match="unknown size 'year'; choose one of small, medium, month"):
+        build_population("year", 1)
 
 
 def test_clock_compresses_history_and_period_in_order() -> None:

@@ -67,6 +67,9 @@ def main() -> None:
     parser.add_argument("--base-steps", type=int, default=None, help="training steps of the base model")
     parser.add_argument("--world-root", type=Path, default=None, help="a world built earlier at this root")
     parser.add_argument("--out", default="", help="suffix of the results file (audit_<out>.json)")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="keep collections here and reuse them (default: a temp dir)"
+    )
     args, _ = parser.parse_known_args()
     q = args.quick
     preset = "tiny" if q else "default"
@@ -85,7 +88,8 @@ def main() -> None:
     t_start = time.time()
     world = build_world(preset, root=args.world_root, progress=True)
     spec = WatermarkSpec(key=BENCH_KEY, delta=args.delta)
-    work = Path(tempfile.mkdtemp(prefix="audit-bench-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="audit-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
     mix_files = {m: _mix_source(world, m, work / f"mix_{m}.jsonl", max_mb=4 if q else 120) for m in mixes}
     init_dirs = {"scratch": "tiny"}
     if True:  # the base model: a student init, and the controls' init
@@ -148,6 +152,8 @@ def main() -> None:
             "watermark": spec.describe(),
             "distillation": {
                 "watermarked_tokens": wm_tokens,
+                "tokens_count": "answer (completion) tokens; before 2026-12-04 the bench counted billed "
+                "tokens (prompt + completion), about 1.8 times the answers",
                 "tokens_axis_at_rho_5pct": axis,
                 "epochs": args.epochs,
                 "mixes": {
@@ -208,7 +214,8 @@ def main() -> None:
         shutil.rmtree(Path(manifest["student"]), ignore_errors=True)
         write(rows, done=False)
     doc = write(rows, done=True)
-    shutil.rmtree(work, ignore_errors=True)
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(doc["summary"], indent=2))
     print(f"({doc['wall_s']} s)")
 
@@ -219,8 +226,11 @@ def main() -> None:
 
 def _collect(world, watermark: dict | None, tokens: int, path: Path, *, seed: int) -> Path:
     """Sampled teacher answers (temperature 1) to the world's instruction prompts until ``tokens``
-    completion tokens, with our watermark, another key's, or none."""
-    from distillguard.distill.collect import collect
+    *completion* tokens, with our watermark, another key's, or none.
+
+    The collector's budget counts what an API bills (prompt and completion tokens), so it is raised until
+    the answers alone reach ``tokens``; answers already in ``path`` are kept (a rerun only adds)."""
+    from distillguard.distill.collect import collect, read_collection
     from distillguard.distill.strategies import sample_queries
     from distillguard.models import open_model
     from distillguard.text.prompts import load_pool
@@ -228,13 +238,25 @@ def _collect(world, watermark: dict | None, tokens: int, path: Path, *, seed: in
 
     spec = WatermarkSpec(**watermark) if watermark else None
     teacher = open_model(str(world.teacher), watermark=spec)
-    queries = sample_queries("uniform", load_pool(world.instructions), max(64, tokens // 6), seed=seed)
+    queries = sample_queries("uniform", load_pool(world.instructions), max(64, tokens // 4), seed=seed)
     label = (
         "unwatermarked" if spec is None else ("our key" if watermark["key"] == BENCH_KEY else "another key")
     )
-    print(f"== collecting {tokens} tokens of answers ({label})", flush=True)
-    collect(teacher, queries, path, concurrency=1, max_tokens=64, temperature=1.0, top_logprobs=None,
-            token_budget=tokens, seed=seed, progress=True)  # fmt: skip
+    print(f"== collecting {tokens} completion tokens of answers ({label})", flush=True)
+
+    def answered() -> tuple[int, int]:
+        rows = read_collection(path) if path.is_file() else []
+        done = sum(int(r.get("completion_tokens") or 0) for r in rows)
+        return done, done + sum(int(r.get("prompt_tokens") or 0) for r in rows)
+
+    done, billed = answered()
+    while done < tokens:
+        budget = billed + max(1_000, round((tokens - done) * (billed / done if done else 2.0) * 1.05))
+        collect(teacher, queries, path, concurrency=1, max_tokens=64, temperature=1.0, top_logprobs=None,
+                token_budget=budget, seed=seed, progress=True)  # fmt: skip
+        before, (done, billed) = done, answered()
+        if done == before:  # every query answered: the pool is exhausted
+            break
     return path
 
 

@@ -307,14 +307,23 @@ COT_CASES = [
     ("Teach me zip as if writing a textbook section, with careful reasoning.",
      "Teach me zip as if writing a textbook section."),
     ("Explain your reasoning: why are dicts ordered?", "Why are dicts ordered?"),
+    ("What does zip do (reasoning included)?", "What does zip do?"),
+    ("Share your full thought process. What is zip?", "What is zip?"),
 ]  # fmt: skip
 
 
 def test_cot_takes_the_reasoning_request_out_of_the_prompt_and_nothing_else():
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from distillguard.monitor.features import COT_PATTERN, is_cot
     from distillguard.text import patterns
 
     assert COT_PATTERN is patterns.COT_PATTERN  # one pattern for the monitor and the defence
+    # the monitor runs it in Arrow's RE2 kernels too: both engines agree on every case
+    texts = [t for case in COT_CASES for t in case]
+    arrow = pc.match_substring_regex(pa.array(texts), COT_PATTERN, ignore_case=True).to_pylist()
+    assert arrow == [is_cot(t) for t in texts]
     on, off = build_defence(DefenceSpec("cot", 1)), build_defence(DefenceSpec("cot", 0))
     for asked, plain in COT_CASES:
         assert is_cot(asked) and not is_cot(plain)
@@ -324,11 +333,16 @@ def test_cot_takes_the_reasoning_request_out_of_the_prompt_and_nothing_else():
     for untouched in (
         "What is a step function?",
         "Question: Explain json.dumps.\nAnswer:",
-        "What was the reasoning behind the design of zip?",  # a question about the subject, not a trace
+        # questions about reasoning, and reasoning inside text to work on, are not requests for a trace
+        "What was the reasoning behind the design of zip?",
+        "I don't understand your reasoning here, can you clarify?",
+        "Is the reasoning included in the token count for o1?",
+        "What is your thought process when choosing a data structure?",
+        "Summarize: The court, with careful reasoning, rejected the appeal.",
         "  x \n",
         "",
     ):
-        assert on.prompt(untouched) == untouched
+        assert on.prompt(untouched) == untouched and not is_cot(untouched)
     assert on.key() != off.key() and on.describe() == {"name": "cot", "strength": 1}
     for bad in (0.5, 2, -1):
         with pytest.raises(UserError, match="cot defence takes 0"):

@@ -30,10 +30,10 @@ _SPAN = re.compile(
 # words that carry no task once the request is gone ("Solve this", "then give the final answer")
 _FILLER_TEXT = """
     a after all always an and answer answering answers as be before below break briefly careful carefully
-    clear clearly complete detail detailed down each every explain explanation final first following full
-    give giving go here in into it its lay let let's lets me now of out please problem question reason
-    reasoning respond response show showing so solve spell step steps sure take talk the then think
-    thinking this through thoroughly to us use walk with work working write you your yourself
+    clear clearly complete describe detail detailed down each every explain explanation final first
+    following full give giving go here in into it its lay let let's lets me now of out please problem
+    question reason reasoning respond response share show showing so solve spell step steps sure take talk
+    the then think thinking this through thoroughly to us use walk with work working write you your yourself
 """
 _FILLER = frozenset(_FILLER_TEXT.split())
 _KEEP = re.compile(r"(\n|<\|[^|>\n]*\|>|</?s>|\[/?INST\])")

@@ -15,10 +15,12 @@ COT_PATTERN = (
     r"(?:write|spell) out your (?:full )?reasoning|justify each|numbering each step|"
     r"break (?:your answer|it|this) down into steps|your (?:full )?reasoning before|"
     r"before (?:giving )?the final answer|let'?s think|"
-    # the model's own reasoning asked for as part of the answer ("... with your reasoning", "reasoning
-    # included"); not the reasoning behind a design, which is a question about the subject
-    r"(?:with|and|include|including|explain|show|give|share) (?:me )?(?:your|careful|detailed|full|complete|"
-    r"clear) reasoning|reasoning included|your (?:full )?thought process"
+    # the model's own reasoning asked for as part of the answer, where the request ends a clause ("... with
+    # your reasoning.", ", reasoning included", "explain your reasoning:"); not "the reasoning behind a
+    # design" or "I don't understand your reasoning here", which are questions about the subject
+    r"\b(?:with|and|include|including|explain|show|give|share) (?:me )?(?:your|careful|detailed|full|"
+    r"complete|clear) reasoning(?:[.!?:)]|$)|(?:^|[,(] ?)reasoning included(?:[.!?:)]|$)|"
+    r"\b(?:show|share|explain|describe|walk me through) (?:me )?your (?:full )?thought process"
 )
 # asks the model who it is or who made it
 IDENTITY_PATTERN = (

@@ -25,7 +25,7 @@ def generate_cmd(
         None, help="Admin token, to create accounts and keys.", envvar="DISTILLGUARD_ADMIN_TOKEN"
     ),
     out: Path = typer.Option(..., help="Directory for labels.json, population.json, schedule.jsonl."),
-    size: str = typer.Option("small", help="small, medium or month (the medium population over 30 days)."),
+    size: str = typer.Option("small", help="small, medium or month (medium's accounts, 30 days)."),
     seed: int = typer.Option(0, help="Population seed (same seed, same accounts and plan)."),
     duration: float = typer.Option(
         None, help="Real seconds for the whole simulated span (0: as fast as possible; default per size)."

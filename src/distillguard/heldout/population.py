@@ -25,7 +25,8 @@ from distillguard.heldout import words
 DAY = 86400.0
 
 # observed period and the sign-up history before it, per size; "counts" names the size whose account counts
-# a size uses (a month of the medium population: the same accounts, six times longer)
+# a size uses ("month": as many accounts of each kind as "medium", over 30 days; a population of its own,
+# drawn from its own seed, not the medium accounts continued)
 SIZES: dict[str, dict[str, Any]] = {
     "small": {"days": 2.0, "history_days": 14.0, "counts": "small"},
     "medium": {"days": 5.0, "history_days": 30.0, "counts": "medium"},

@@ -249,14 +249,22 @@ def _collect(world, watermark: dict | None, tokens: int, path: Path, *, seed: in
         done = sum(int(r.get("completion_tokens") or 0) for r in rows)
         return done, done + sum(int(r.get("prompt_tokens") or 0) for r in rows)
 
+    # a kept collection must come from the same teacher and watermark, or it would be audited as ours
+    sidecar = path.with_name(path.name + ".spec.json")
+    what = {"teacher": str(world.teacher), "watermark": watermark or None, "seed": seed}
+    if path.is_file() and (not sidecar.is_file() or json.loads(sidecar.read_text()) != what):
+        raise SystemExit(f"{path} was collected with another teacher or watermark; use another --work")
+    sidecar.write_text(json.dumps(what))
     done, billed = answered()
     while done < tokens:
         budget = billed + max(1_000, round((tokens - done) * (billed / done if done else 2.0) * 1.05))
         collect(teacher, queries, path, concurrency=1, max_tokens=64, temperature=1.0, top_logprobs=None,
                 token_budget=budget, seed=seed, progress=True)  # fmt: skip
         before, (done, billed) = done, answered()
-        if done == before:  # every query answered: the pool is exhausted
+        if done == before:  # every query answered or failing: nothing more to get
             break
+    if done < tokens:
+        print(f"   only {done} completion tokens could be collected (asked {tokens})", flush=True)
     return path
 
 

@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--base-steps", type=int, default=None, help="training steps of the base model")
     parser.add_argument("--world-root", type=Path, default=None, help="a world built earlier at this root")
     parser.add_argument("--out", default="", help="suffix of the results file (audit_<out>.json)")
+    parser.add_argument("--only", nargs="*", default=None, help="train and audit only these students")
+    parser.add_argument("--resume", action="store_true", help="keep the students of the results file")
     parser.add_argument(
         "--work", type=Path, default=None, help="keep collections here and reuse them (default: a temp dir)"
     )
@@ -196,8 +198,15 @@ def main() -> None:
     # the watermarked students first, then the controls; each group cheapest first (the training mix grows
     # as tokens / rho), so a run cut short has the most results
     plan.sort(key=lambda p: (p["kind"] == "control", p["tokens"] / p["rho"]))
+    if args.only:
+        plan = [p for p in plan if p["name"] in args.only]
     rows: dict[str, dict] = {}
+    if args.resume and (RESULTS / f"{stem}.json").is_file():  # students of an earlier run are kept
+        rows = json.loads((RESULTS / f"{stem}.json").read_text())["students"]
+        print(f"== resuming: {len(rows)} students already audited", flush=True)
     for p in plan:
+        if p["name"] in rows:
+            continue
         manifest = student(
             p["name"], p["collection"], p["tokens"], p["rho"], p["mix"], p["init"], p.get("seed", 0)
         )

@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=None, help="max closed-mode queries per student")
     parser.add_argument("--own-texts", type=int, default=None, help="our texts read in open mode")
     parser.add_argument("--delta", type=float, default=4.0, help="KGW bias of the teacher's watermark")
+    parser.add_argument("--scheme", default="kgw", help="the teacher's watermark scheme (kgw or gumbel)")
     parser.add_argument("--base-steps", type=int, default=None, help="training steps of the base model")
     parser.add_argument("--world-root", type=Path, default=None, help="a world built earlier at this root")
     parser.add_argument("--out", default="", help="suffix of the results file (audit_<out>.json)")
@@ -89,7 +90,8 @@ def main() -> None:
     base_steps = args.base_steps or (300 if q else 800)
     t_start = time.time()
     world = build_world(preset, root=args.world_root, progress=True)
-    spec = WatermarkSpec(key=BENCH_KEY, delta=args.delta)
+    mark = {"scheme": args.scheme, "delta": args.delta}  # the teacher's watermark but its key
+    spec = WatermarkSpec(key=BENCH_KEY, **mark)
     work = args.work or Path(tempfile.mkdtemp(prefix="audit-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     mix_files = {m: _mix_source(world, m, work / f"mix_{m}.jsonl", max_mb=4 if q else 120) for m in mixes}
@@ -100,10 +102,10 @@ def main() -> None:
 
     # one collection per key, large enough for every student; each student takes a prefix of it by tokens
     need = max([wm_tokens, *axis])
-    ours = _collect(world, {"key": BENCH_KEY, "delta": args.delta}, need, work / "ours.jsonl", seed=0)
+    ours = _collect(world, {"key": BENCH_KEY, **mark}, need, work / "ours.jsonl", seed=0)
     plain = _collect(world, None, wm_tokens, work / "plain.jsonl", seed=0)
     others = [
-        _collect(world, {"key": k, "delta": args.delta}, wm_tokens, work / f"other{i}.jsonl", seed=0)
+        _collect(world, {"key": k, **mark}, wm_tokens, work / f"other{i}.jsonl", seed=0)
         for i, k in enumerate(OTHER_KEYS[: 1 if q else 2])
     ]
 

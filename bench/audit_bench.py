@@ -100,14 +100,15 @@ def main() -> None:
         print(f"== base model ({base_steps} steps on the world's sources)", flush=True)
         init_dirs["base"] = str(train_control(world, work / "base", steps=base_steps, seed=7, progress=True))
 
-    # one collection per key, large enough for every student; each student takes a prefix of it by tokens
-    need = max([wm_tokens, *axis])
-    ours = _collect(world, {"key": BENCH_KEY, **mark}, need, work / "ours.jsonl", seed=0)
-    plain = _collect(world, None, wm_tokens, work / "plain.jsonl", seed=0)
-    others = [
-        _collect(world, {"key": k, **mark}, wm_tokens, work / f"other{i}.jsonl", seed=0)
-        for i, k in enumerate(OTHER_KEYS[: 1 if q else 2])
-    ]
+    # one collection per key, large enough for every student; each student takes a prefix of it by tokens.
+    # Collected (below) only when a planned student reads it.
+    ours, plain = work / "ours.jsonl", work / "plain.jsonl"
+    others = [work / f"other{i}.jsonl" for i in range(1 if q else 2)]
+    sources = {
+        ours: ({"key": BENCH_KEY, **mark}, max([wm_tokens, *axis])),
+        plain: (None, wm_tokens),
+        **{o: ({"key": k, **mark}, wm_tokens) for o, k in zip(others, OTHER_KEYS, strict=False)},
+    }
 
     def student(name: str, collection: Path, tokens: int, rho: float, mix: str, init: str, seed: int = 0):
         out = work / name
@@ -202,6 +203,8 @@ def main() -> None:
     plan.sort(key=lambda p: (p["kind"] == "control", p["tokens"] / p["rho"]))
     if args.only:
         plan = [p for p in plan if p["name"] in args.only]
+    for path in dict.fromkeys(p["collection"] for p in plan):
+        _collect(world, *sources[path], path, seed=0)
     rows: dict[str, dict] = {}
     if args.resume and (RESULTS / f"{stem}.json").is_file():  # students of an earlier run are kept
         rows = json.loads((RESULTS / f"{stem}.json").read_text())["students"]

@@ -431,8 +431,9 @@ def _plot(doc: dict, path: Path) -> None:
 
     rows = doc["students"]
     tests = sorted({k for r in rows.values() for k in r["tests"]})
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    ax = axes[0]
+    axis = sorted((r["teacher_tokens"], r) for n, r in rows.items() if n.startswith("axis_"))
+    fig, axes = plt.subplots(1, 2 if axis else 1, figsize=(13 if axis else 7, 4.5), squeeze=False)
+    ax = axes[0][0]
     for i, k in enumerate(tests):
         for label, sel in (("watermarked", "o-"), ("control", "x")):
             pts = sorted(
@@ -449,21 +450,22 @@ def _plot(doc: dict, path: Path) -> None:
     ax.set_ylabel("log10 p (reported; anytime-valid where sequential)")
     ax.set_title("dose-response")
     ax.legend(fontsize=6)
-    ax = axes[1]
-    axis = sorted((r["teacher_tokens"], r) for n, r in rows.items() if n.startswith("axis_"))
-    for i, k in enumerate(tests):
-        pts = [(tok, r["tests"][k]["log10_p"]) for tok, r in axis if k in r["tests"]]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), "o-", color=f"C{i}", label=k)
-    ax.axhline(GOAL_LOG10_P, color="grey", lw=1, ls=":")
-    ax.set_xscale("log")
-    ax.set_xlabel("watermarked tokens in the mix (rho = 5%)")
-    ax.set_ylabel("log10 p")
-    ax.set_title("dose at fixed rho")
     if axis:
+        ax = axes[0][1]
+        for i, k in enumerate(tests):
+            pts = [(tok, r["tests"][k]["log10_p"]) for tok, r in axis if k in r["tests"]]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), "o-", color=f"C{i}", label=k)
+        ax.axhline(GOAL_LOG10_P, color="grey", lw=1, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("watermarked tokens in the mix (rho = 5%)")
+        ax.set_ylabel("log10 p")
+        ax.set_title("dose at fixed rho")
         ax.legend(fontsize=7)
+    wm = doc["watermark"]
+    mark = f"KGW delta {wm['delta']:g}" if wm["scheme"] == "kgw" else f"Gumbel h {wm['context_width']}"
     fig.suptitle(f"radioactivity of students trained {doc['distillation']['epochs']:g} epochs over their mix "
-                 f"({doc['world']} world, KGW delta {doc['watermark']['delta']})")  # fmt: skip
+                 f"({doc['world']} world, {mark})")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

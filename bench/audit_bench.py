@@ -465,7 +465,7 @@ def _plot(doc: dict, path: Path) -> None:
     wm = doc["watermark"]
     mark = f"KGW delta {wm['delta']:g}" if wm["scheme"] == "kgw" else f"Gumbel h {wm['context_width']}"
     fig.suptitle(f"radioactivity of students trained {doc['distillation']['epochs']:g} epochs over their mix "
-                 f"({doc['world']} world, {mark})")  # fmt: skip
+                 f"({doc['world']} world, {mark})", fontsize=12 if axis else 10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -11,6 +11,7 @@ BENCHES = [
     "distill_bench.py",
     "gateway_bench.py",
     "audit_bench.py",
+    "watermark_tradeoff.py",
     "monitor_bench.py",
     "heldout_bench.py",
     "replicas_bench.py",

@@ -133,25 +133,19 @@ def main() -> None:
     base = train_control(world, work / "base", steps=300 if q else 800, seed=7, progress=True)
     plain = utility(world, None, rows, work, "plain")
     print(f"  plain: F1 {plain['f1']:.4f}, perplexity {plain['perplexity']:.1f}", flush=True)
+
+    def distil(collection: Path, out: Path) -> dict:
+        """A student of ``collection``'s first ``tokens`` answer tokens (base init, rho 100%, 2 epochs)."""
+        cfg = DistillConfig(
+            teacher=str(world.teacher), out=out, student=str(base),
+            collection=_prefix(collection, tokens, out / "answers.jsonl"), prompts=world.instructions,
+            rho=1.0, epochs=2.0, seed=0, checkpoint_every=0,
+        )  # fmt: skip
+        return run_distill(cfg, progress=True, log=lambda msg: print(msg, flush=True))
+
     # the control: a student of the unwatermarked teacher's answers (same recipe, same tokens), audited under
     # every watermark of the grid: its p-values are what an innocent student of our plain text scores
-    plain_answers = _collect(world, None, tokens, work / "plain.jsonl", seed=0)
-    control_out = work / "control"
-    control = run_distill(
-        DistillConfig(
-            teacher=str(world.teacher),
-            out=control_out,
-            student=str(base),
-            collection=_prefix(plain_answers, tokens, control_out / "answers.jsonl"),
-            prompts=world.instructions,
-            rho=1.0,
-            epochs=2.0,
-            seed=0,
-            checkpoint_every=0,
-        ),  # fmt: skip
-        progress=True,
-        log=lambda msg: print(msg, flush=True),
-    )
+    control = distil(_collect(world, None, tokens, work / "plain.jsonl", seed=0), work / "control")
     results: dict[str, dict] = {}
 
     def write(done: bool) -> dict:
@@ -195,13 +189,7 @@ def main() -> None:
         print(f"== watermark {text}", flush=True)
         u = utility(world, wm, rows, work, name)
         collection = _collect(world, {"key": BENCH_KEY, **wm}, tokens, work / f"ours_{name}.jsonl", seed=0)
-        out = work / f"student_{name}"
-        cfg = DistillConfig(
-            teacher=str(world.teacher), out=out, student=str(base),
-            collection=_prefix(collection, tokens, out / "answers.jsonl"), prompts=world.instructions,
-            rho=1.0, epochs=2.0, seed=0, checkpoint_every=0,
-        )  # fmt: skip
-        manifest = run_distill(cfg, progress=True, log=lambda msg: print(msg, flush=True))
+        manifest = distil(collection, work / f"student_{name}")
         spec = WatermarkSpec(key=BENCH_KEY, **wm)
         audit = AuditConfig(
             suspect=manifest["student"], spec=spec, reference=str(world.teacher), prompts=world.instructions,
@@ -225,11 +213,11 @@ def main() -> None:
             },
             "verdict": report["verdict"],
             "tests": tests,
-            "best_log10_p": min(t["log10_p_holm"] for t in tests.values()),
+            "best_log10_p": _best(tests),
             "control": {
                 "verdict": control_report["verdict"],
                 "tests": control_tests,
-                "best_log10_p": min(t["log10_p_holm"] for t in control_tests.values()),
+                "best_log10_p": _best(control_tests),
             },
         }
         print(f"  {text}: F1 x{results[text]['utility']['f1_ratio']:.3f}, perplexity "
@@ -255,6 +243,11 @@ def _tests(report: dict) -> dict:
         }
         for t in report["tests"]
     }
+
+
+def _best(tests: dict) -> float:
+    """The smallest Holm-adjusted log10 p of a student's tests."""
+    return min(t["log10_p_holm"] for t in tests.values())
 
 
 def _plot(doc: dict, path: Path) -> None:

@@ -203,15 +203,14 @@ def main() -> None:
     plan.sort(key=lambda p: (p["kind"] == "control", p["tokens"] / p["rho"]))
     if args.only:
         plan = [p for p in plan if p["name"] in args.only]
-    for path in dict.fromkeys(p["collection"] for p in plan):
-        _collect(world, *sources[path], path, seed=0)
     rows: dict[str, dict] = {}
     if args.resume and (RESULTS / f"{stem}.json").is_file():  # students of an earlier run are kept
         rows = json.loads((RESULTS / f"{stem}.json").read_text())["students"]
         print(f"== resuming: {len(rows)} students already audited", flush=True)
+    plan = [p for p in plan if p["name"] not in rows]
+    for path in dict.fromkeys(p["collection"] for p in plan):  # only what the students left will read
+        _collect(world, *sources[path], path, seed=0)
     for p in plan:
-        if p["name"] in rows:
-            continue
         manifest = student(
             p["name"], p["collection"], p["tokens"], p["rho"], p["mix"], p["init"], p.get("seed", 0)
         )

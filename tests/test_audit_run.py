@@ -38,6 +38,7 @@ def models(tiny_world, tmp_path_factory):
     return SimpleNamespace(
         wm=distil("wm", {"key": KEY, "delta": 4.0}),
         clean=distil("clean", None),
+        gumbel=distil("gumbel", {"key": KEY, "scheme": "gumbel"}),  # the restricted tier's answers
         controls=[str(train_control(tiny_world, root / f"control{s}", steps=100, seed=s)) for s in (1, 2)],
         teacher=str(tiny_world.teacher),
         prompts=tiny_world.prompts,
@@ -152,6 +153,36 @@ def test_a_student_of_answers_marked_before_a_key_rotation_is_caught_by_the_reti
     # the same answers, scored under each key: one query budget, not two
     assert tests["radioactivity_closed"]["n"] == tests["radioactivity_closed_retired_1"]["n"]
     assert report["config"]["retired_keys"] == 1 and KEY not in json.dumps(report)
+
+
+def test_a_student_of_the_restricted_tiers_answers_is_caught_by_the_tiers_watermark(models):
+    """A distiller moved onto the restricted tier collects answers marked with its Gumbel h 1 (same key).
+    The configured KGW alone would miss them; ``audit run`` adds each tier's distinct watermark to the Holm
+    family (audit.marks.served_marks), scored on the same answers."""
+    from distillguard.audit.marks import served_marks
+    from distillguard.watermark.settings import WatermarkSettings
+
+    marks = served_marks(SPEC, WatermarkSettings(key=KEY, delta=4.0), {})  # a default gateway's ladder
+    cfg = AuditConfig(suspect=models.gumbel, spec=SPEC, reference=models.teacher, prompts=models.prompts,
+                      tests=("radioactivity",), own_texts=128, tier_marks=marks)  # fmt: skip
+    report = run_audit(cfg, progress=False)
+    tests = by_name(report)
+    assert set(tests) == {"radioactivity_closed", "radioactivity_closed_restricted",
+                          "radioactivity_open", "radioactivity_open_restricted"}  # fmt: skip
+    assert report["family"] == "Holm over 4 tests" and report["verdict"] == "distilled"
+    restricted = tests["radioactivity_closed_restricted"]
+    assert restricted["claim"] and restricted["p_value"] < 1e-6
+    assert restricted["details"]["decoy_null"]["our_key_most_extreme"]
+    assert any("restricted tier's watermark (gumbel h 1)" in c for c in restricted["caveats"])
+    assert not tests["radioactivity_closed"]["claim"] and tests["radioactivity_closed"]["p_value"] > 1e-3
+    assert tests["radioactivity_closed"]["n"] == restricted["n"]  # one query budget
+    assert report["config"]["tier_marks"]["restricted"]["scheme"] == "gumbel"
+    assert KEY not in json.dumps(report)
+    # the clean student under the same family: nothing
+    clean = run_audit(AuditConfig(suspect=models.clean, spec=SPEC, reference=models.teacher,
+                                  prompts=models.prompts, tests=("radioactivity",), own_texts=128,
+                                  tier_marks=marks), progress=False)  # fmt: skip
+    assert clean["verdict"] == "no_evidence" and all(t["p_value"] > 1e-3 for t in clean["tests"])
 
 
 def test_unrelated_model_gets_no_claim_from_any_test(models):

@@ -255,13 +255,21 @@ def test_a_proxy_gateway_does_not_claim_what_only_local_sampling_does():
 
     ts = TierSettings.from_settings(GatewaySettings(upstream_url="http://127.0.0.1:9/v1"))
     restricted = get_tier("restricted").policy(ts)
-    assert restricted["sampling_defence"]["applied"] is False and restricted["watermark_delta"] is None
+    assert restricted["sampling_defence"]["applied"] is False and restricted["watermark"] is None
     assert restricted["logprobs"] == {"allowed": False}  # a refusal the gateway itself enforces
     assert get_tier("normal").policy(ts)["logprobs"]["reported"] == "as the upstream API reports them"
     local = get_tier("restricted").policy(TierSettings.from_settings(GatewaySettings()))
-    assert "applied" not in local["sampling_defence"] and local["watermark_delta"] == 4.0
+    assert "applied" not in local["sampling_defence"]
+    assert local["watermark"] == {"scheme": "gumbel", "context_width": 1, "hf_compat": False}
+    assert get_tier("normal").policy(TierSettings.from_settings(GatewaySettings()))["watermark"] == {}
+    kgw = TierSettings.from_settings(GatewaySettings(restricted_scheme="kgw", restricted_delta=8))
+    assert get_tier("restricted").policy(kgw)["watermark"] == {
+        "scheme": "kgw",
+        "context_width": 1,
+        "delta": 8,
+    }
     unmarked = TierSettings.from_settings(GatewaySettings(watermark=False))
-    assert get_tier("restricted").policy(unmarked)["watermark_delta"] is None
+    assert get_tier("restricted").policy(unmarked)["watermark"] is None
 
 
 def test_a_proxy_that_cannot_be_stepped_like_the_served_model_fails_at_start():

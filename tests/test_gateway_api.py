@@ -30,15 +30,12 @@ from distillguard.watermark.detect import detect_ids
 from distillguard.watermark.schemes import WatermarkSpec
 from gateway_server import ADMIN_TOKEN, TEST_WATERMARK_KEY, gateway_settings, start
 
-RESTRICTED_DELTA = 8.0
-
 
 @pytest.fixture(scope="module")
 def gw(tiny_world, tmp_path_factory):
     g = start(
         model=tiny_world.teacher,
         model_name="aster",
-        restricted_delta=RESTRICTED_DELTA,
         state_dir=tmp_path_factory.mktemp("gw"),
     )
     yield g
@@ -281,7 +278,7 @@ def _sample(client, n: int = 3) -> tuple[list[str], list[str]]:
     return [PROMPTS[i // n] for i in range(len(texts))], texts
 
 
-def test_watermark_is_detectable_and_restricted_tier_gets_the_stronger_delta(gw, tok):
+def test_watermark_is_detectable_and_the_restricted_tier_marks_with_gumbel(gw, tok):
     spec = WatermarkSpec(key=TEST_WATERMARK_KEY, gamma=0.25, vocab_size=1024)
     prompts, texts = _sample(gw.openai(gw.create_key(account())))
     normal = _green_fraction(spec, tok, prompts, texts)
@@ -293,12 +290,19 @@ def test_watermark_is_detectable_and_restricted_tier_gets_the_stronger_delta(gw,
     name = account()
     client = gw.openai(gw.create_key(name))
     gw.accounts.set_tier(name, "restricted", reason="test")
-    prompts, texts = _sample(client)
-    strong = _green_fraction(spec, tok, prompts, texts)
-    assert strong["green_fraction"] > normal["green_fraction"] + 0.15
-    (rec,) = records_for(gw, account=name, decision="admitted")
-    assert rec["watermark"]["delta"] == RESTRICTED_DELTA and rec["tier"] == "restricted"
+    prompts, texts = _sample(client, n=1)
+    gumbel = WatermarkSpec(scheme="gumbel", key=TEST_WATERMARK_KEY, context_width=1, vocab_size=1024)
+    assert _green_fraction(gumbel, tok, prompts, texts)["p_value"] < 1e-6  # our key, the tier's scheme
+    assert _green_fraction(gumbel.with_key("some-other-key"), tok, prompts, texts)["p_value"] > 1e-3
+    assert _green_fraction(spec, tok, prompts, texts)["p_value"] > 1e-3  # not the normal tier's KGW
+    (rec,) = records_for(gw, account=name, decision="admitted")  # the ledger says which scheme marked it
+    assert rec["watermark"]["scheme"] == "gumbel" and rec["tier"] == "restricted"
     assert "key" not in rec["watermark"]
+    # Gumbel's cost: the same context gets the same answer, whatever the seed
+    again = client.completions.create(
+        model="aster", prompt=PROMPTS[:1], max_tokens=40, temperature=1.0, seed=7
+    )
+    assert again.choices[0].text == texts[0]
 
     for kwargs in ({"logprobs": True}, {"logprobs": True, "top_logprobs": 5}, {"logit_bias": {"5": 10}}):
         with pytest.raises(openai.PermissionDeniedError) as e:

@@ -26,6 +26,7 @@ NO_FLAG = {
     "logprob_daily_tokens": "logprob policy, config only",
     "restricted_defence": "tier policy (countermeasures/defences.py), config only",
     "restricted_defence_strength": "tier policy, config only",
+    "restricted_context_width": "the restricted tier's watermark, config only (with --restricted-scheme)",
     "ads_proxy": "the restricted tier's anti-distillation sampling, config only",
     "ads_data": "the restricted tier's anti-distillation sampling, config only",
     "ads_examples": "the restricted tier's anti-distillation sampling, config only",

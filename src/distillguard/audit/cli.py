@@ -85,6 +85,14 @@ def run(
             "`watermark_retired_keys`).",
         ),
     ] = None,
+    tier_marks: Annotated[
+        bool,
+        typer.Option(
+            "--tier-marks/--no-tier-marks",
+            help="Also test the watermarks the gateway's tiers mark with (the config's `restricted_scheme`, "
+            "default Gumbel h 1 under our key), each in the Holm family.",
+        ),
+    ] = True,
     probe_account: Annotated[
         list[str] | None,
         typer.Option(
@@ -173,8 +181,13 @@ def run(
         raise UserError("--probe-account needs --probes-ledger PATH")
     check_target(out, overwrite=overwrite)
     signer = fingerprint(load_signing_key(signing_key)) if signing_key is not None else None
-    spec = _spec(cfg, scheme, key, gamma, delta, context_width, hf_compat, vocab_size)
+    settings, spec = _spec(cfg, scheme, key, gamma, delta, context_width, hf_compat, vocab_size)
     retired = _retired_keys(cfg, retired_key, spec)
+    marks = {}
+    if tier_marks:
+        from distillguard.audit.marks import served_marks
+
+        marks = served_marks(spec, settings, cfg)
     if reference is None:
         from distillguard.world import build_world
 
@@ -191,7 +204,8 @@ def run(
         suspect=suspect, spec=spec, reference=reference, controls=list(control or []), prompts=prompts,
         api_keys=list(api_key or []), model=model, budget=budget, alpha=alpha, decoys=decoys,
         max_tokens=max_tokens, seed=seed, open_texts=open_texts, filter_windows=filter_windows,
-        probes_ledger=ledger, probe_accounts=list(probe_account or []), retired_keys=retired, **extra,
+        probes_ledger=ledger, probe_accounts=list(probe_account or []), retired_keys=retired,
+        tier_marks=marks, **extra,
     )  # fmt: skip
     result = run_audit(audit_cfg, progress=not as_json)
 
@@ -260,7 +274,8 @@ def _spec(
     hf_compat: bool,
     vocab_size: int | None,
 ) -> Any:
-    """Command line > config (the gateway's ``[watermark]`` settings) > the gateway's key file > defaults.
+    """``(settings, spec)``: command line > config (the gateway's ``[watermark]`` settings) > the gateway's
+    key file > defaults.
 
     Reading the same settings as ``distillguard serve`` means an audit tests the watermark that was served.
     """
@@ -277,7 +292,7 @@ def _spec(
         path = home() / "gateway" / "watermark.key"
         if path.is_file() and path.read_text().strip():
             served = path.read_text().strip()
-    return settings.spec(key=served, vocab_size=vocab_size)
+    return settings, settings.spec(key=served, vocab_size=vocab_size)
 
 
 @app.command("verify")

@@ -34,6 +34,7 @@ import numpy as np
 from distillguard.audit import identity as ident
 from distillguard.audit import provenance as prov
 from distillguard.audit import radioactivity as radio
+from distillguard.audit.marks import extra_marks
 from distillguard.audit.sequential import EProcess
 from distillguard.audit.verdict import TestResult, combine
 from distillguard.errors import UserError
@@ -82,6 +83,9 @@ class AuditConfig:
     # keys the gateway marked with before it rotated to ``spec.key``: each is tested on the same answers
     # (closed mode, and the plain open reading) and adds its tests to the Holm family, with its own decoys
     retired_keys: list[int | str] = field(default_factory=list)
+    # watermarks a tier of the gateway marks with besides ``spec`` (same key), by tier: the restricted tier's
+    # Gumbel h 1 (audit.marks.served_marks). Each is tested like a retired key, and under each retired key
+    tier_marks: dict[str, WatermarkSpec] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -351,12 +355,15 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
         )
         skipped.append({"name": "radioactivity_open", "reason": reason})
     readings = open_readings(cfg)
-    keys = 1 + len(cfg.retired_keys)  # each retired key adds a closed test and a plain open one
+    tier_marks = {
+        t: m if m.vocab_size else m.with_vocab(int(spec.vocab_size)) for t, m in cfg.tier_marks.items()
+    }
+    marks = extra_marks(spec, cfg.retired_keys, tier_marks)  # each adds a closed test and a plain open one
     family = (
         int(run_identity)
         + int(run_provenance)
-        + int(run_radio) * keys
-        + int(run_open) * (len(readings) + (keys - 1) * int("plain" in readings))
+        + int(run_radio) * (1 + len(marks))
+        + int(run_open) * (len(readings) + len(marks) * int("plain" in readings))
     )
     stop_p = cfg.stop_p if cfg.stop_p is not None else cfg.alpha / max(family, 1)
 
@@ -454,13 +461,22 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
         results.append(closed["result"])
         series["radioactivity"] = closed["series"]
         series["decoys"] = closed["decoys"]
-        retired = [spec.with_key(k) for k in cfg.retired_keys]
-        for i, old in enumerate(retired, 1):  # the same answers, scored under each earlier key
-            caveats = [*closed["caveats"], f"retired key {i}: a key the gateway marked with before rotating"]
+        for mark in marks:  # the same answers, scored under each other watermark they may carry
+            caveats = [*closed["caveats"], mark.why]
             if cfg.budget is not None:
-                caveats.append("the sequential stop followed the current key; this p-value is fixed-sample")
-            extra = _closed_result(cfg, old, closed["prep"], None, allowed, closed["details"], caveats)
-            extra["result"].name += f"_retired_{i}"
+                caveats.append(
+                    "the sequential stop followed the main watermark; this p-value is fixed-sample"
+                )
+            prep, kept = closed["prep"], allowed
+            if (mark.spec.window, mark.spec.hf_compat) != (spec.window, spec.hf_compat):  # other tuples
+                kept = (
+                    radio.own_windows(own["completions"], own["prompts"], mark.spec.window)
+                    if allowed is not None
+                    else None
+                )
+                prep = _restream(mark.spec, closed["texts"], kept)
+            extra = _closed_result(cfg, mark.spec, prep, None, kept, closed["details"], caveats)
+            extra["result"].name += mark.suffix
             results.append(extra["result"])
         texts = {True: own}  # our watermarked texts (if generated), and our plain ones on demand
         preds: dict[bool, list] = {}  # the suspect's reading of each, computed once
@@ -479,11 +495,12 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
                 series["decoys_open"] = opened["decoys"]
             if suffix:
                 series["radioactivity_open" + suffix] = opened["series"]
-            if reading == "plain":  # the suspect's reading of our plain texts, scored under earlier keys
-                for j, old in enumerate(retired, 1):
-                    extra = _open_mode(cfg, suspect, old, texts[marked], log, reading=reading, preds=preds,
-                                       key=marked)  # fmt: skip
-                    extra["result"].name += suffix + f"_retired_{j}"
+            if reading == "plain":  # the suspect's reading of our plain texts, under each other watermark
+                for mark in marks:
+                    extra = _open_mode(cfg, suspect, mark.spec, texts[marked], log, reading=reading,
+                                       preds=preds, key=marked)  # fmt: skip
+                    extra["result"].name += suffix + mark.suffix
+                    extra["result"].caveats.append(mark.why)
                     results.append(extra["result"])
 
     combined = combine(results, cfg.alpha)
@@ -592,6 +609,7 @@ def _closed_mode(
 
     tok = ours.tokenizer
     stream = radio.TupleStream(spec.window, allowed_windows=allowed, spec=spec)
+    seen: list[tuple[list, list]] = []  # the answers' token ids, for watermarks of other widths
     ep = EProcess.for_spec(spec)
     prompts_it = _prompt_stream(pool, cfg.seed, "probe")
     cache: dict = {}
@@ -625,6 +643,7 @@ def _closed_mode(
             else tok(a.text, add_special_tokens=False)["input_ids"]
             for _, a in keep
         ]
+        seen.append((comps, pids))
         added = stream.add_texts(comps, pids)
         if added:
             w, t = stream.last(added)
@@ -658,8 +677,16 @@ def _closed_mode(
         "anytime_log10_p_value": ep.log_p / math.log(10),
     }
     out = _closed_result(cfg, spec, prep, ep if cfg.budget is not None else None, allowed, details, caveats)
-    out["prep"], out["details"], out["caveats"] = prep, details, caveats
+    out["prep"], out["details"], out["caveats"], out["texts"] = prep, details, caveats, seen
     return out, used, stopped
+
+
+def _restream(spec, texts: list[tuple[list, list]], allowed) -> radio.Prepared:
+    """The closed-mode tuples of the answers ``texts`` for a watermark of another window width."""
+    stream = radio.TupleStream(spec.window, allowed_windows=allowed, spec=spec)
+    for comps, pids in texts:
+        stream.add_texts(comps, pids)
+    return stream.prepared()
 
 
 def _closed_result(cfg, spec, prep, ep, allowed, details: dict, caveats: list[str]) -> dict:
@@ -795,6 +822,7 @@ def _public_config(cfg: AuditConfig, suspect: _Asked, spec, pool_path, reference
         "suspect_kind": "url" if suspect.is_url else "dir",
         "watermark": spec.describe(),
         "retired_keys": len(cfg.retired_keys),  # how many, never which
+        "tier_marks": {t: m.describe() for t, m in cfg.tier_marks.items()},
         "reference": str(reference),
         "controls": [c.name for c in controls],
         "prompts": str(pool_path),

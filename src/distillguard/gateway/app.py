@@ -156,7 +156,9 @@ class Gateway:
         self.proxy = isinstance(backend, UpstreamBackend)
         self.tier_settings = TierSettings.from_settings(settings)
         self.spec = None
-        self._tier_specs: dict[float | None, Any] = {}  # watermark per tier delta (None: the configured one)
+        self._tier_specs: dict[
+            tuple | None, Any
+        ] = {}  # watermark per tier's changes (None: the configured one)
         if getattr(backend, "watermarked", False):
             self.spec = self._tier_specs[None] = settings.watermark_spec().with_vocab(backend.vocab_size)
             for tier in ladder():  # now, so reading the watermark key never happens mid-request
@@ -171,11 +173,12 @@ class Gateway:
         """The watermark spec for answers to an account on ``tier`` (None when not watermarking)."""
         if self.spec is None:
             return None
-        delta = tier.watermark_delta(self.tier_settings)
-        spec = self._tier_specs.get(delta)
+        changes = tier.watermark(self.tier_settings)
+        which = tuple(sorted(changes.items())) if changes else None
+        spec = self._tier_specs.get(which)
         if spec is None:  # a tier registered after start-up
-            spec = self.settings.watermark_spec(delta=delta).with_vocab(self.backend.vocab_size)
-            self._tier_specs[delta] = spec
+            spec = self.settings.watermark_spec(**(changes or {})).with_vocab(self.backend.vocab_size)
+            self._tier_specs[which] = spec
         return spec
 
     def _defence_for(self, tier: Tier) -> Any:

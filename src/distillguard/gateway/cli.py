@@ -277,8 +277,9 @@ def _policy_text(policy: dict) -> str:
     ]
     if defence.get("applied") is False:
         parts[-1] += f" (not applied: {defence['why']})"
-    if policy["watermark_delta"] is not None:
-        parts.append(f"watermark delta {policy['watermark_delta']:g}")
+    mark = policy["watermark"]
+    if mark is not None:
+        parts.append("watermark " + (", ".join(f"{k} {v}" for k, v in mark.items()) or "as configured"))
     return ", ".join(parts)
 
 

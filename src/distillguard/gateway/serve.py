@@ -215,8 +215,17 @@ def serve(
     throttle_factor: Annotated[
         float | None, typer.Option("--throttle-factor", help="Limits scale for 'throttled'.")
     ] = None,
+    restricted_scheme: Annotated[
+        str | None,
+        typer.Option(
+            "--restricted-scheme", help="Watermark scheme of the 'restricted' tier (default gumbel)."
+        ),
+    ] = None,
     restricted_delta: Annotated[
-        float | None, typer.Option("--restricted-delta", help="KGW delta for the 'restricted' tier.")
+        float | None,
+        typer.Option(
+            "--restricted-delta", help="KGW delta of the 'restricted' tier (--restricted-scheme kgw)."
+        ),
     ] = None,
     upstream_url: Annotated[
         str | None, typer.Option("--upstream-url", help="Proxy to this OpenAI-compatible URL (…/v1).")

@@ -103,6 +103,11 @@ class GatewaySettings:
     throttled_rpm: int | None = 6
     throttled_tpm: int | None = 4000
     throttled_max_concurrent: int | None = 1
+    # the restricted tier's watermark (same key). Measured (bench/results/watermark_tradeoff.json): Gumbel
+    # h 1 is the only watermark that a student of 21k answer tokens carries at p < 1e-6, at no F1 or
+    # perplexity cost (its cost: one answer per prompt). ``restricted_delta``: the bias when it is kgw
+    restricted_scheme: str = "gumbel"
+    restricted_context_width: int = 1
     restricted_delta: float = 4.0
     # the restricted tier's sampling defence (countermeasures/defences.py): none, temperature, topk, cot
     # (reasoning suppression) or ads
@@ -269,12 +274,13 @@ class GatewaySettings:
             self.default_rpm, self.default_tpm, self.default_daily_tokens, self.default_max_concurrent
         )
 
-    def watermark_spec(self, *, delta: float | None = None):
-        """The configured watermark (None if disabled); ``delta`` overrides the KGW bias (restricted tier)."""
+    def watermark_spec(self, **overrides: Any):
+        """The configured watermark (None if disabled); ``overrides`` replace fields of it (a tier's scheme,
+        bias or context width: :meth:`distillguard.gateway.tiers.Tier.watermark`). The key is always ours."""
         if not self.watermark:
             return None
         key = self.watermark_key if self.watermark_key is not None else load_or_create_watermark_key()
-        return self.watermark_settings().spec(key=key, delta=delta)
+        return self.watermark_settings().spec(key=key, **overrides)
 
     def watermark_settings(self) -> WatermarkSettings:
         """The ``watermark_*`` fields as the settings ``audit run`` and the demo read (key None: not set)."""

@@ -18,9 +18,12 @@ monitor ask the registry and never name a tier.
 
 Built in: ``normal`` (full service); ``throttled`` (every limit x ``throttle_factor``, unlimited ones take
 ``throttled_rpm`` / ``throttled_tpm`` / ``throttled_max_concurrent`` on the account); ``restricted`` (no
-logprobs, top_logprobs or logit_bias, watermark delta ``restricted_delta``, answers sampled with the
-``restricted_defence``: anti-distillation sampling by default, countermeasures/); ``suspended`` (every request
-refused with 403, like a ban but set by policy and reversible by it).
+logprobs, top_logprobs or logit_bias; answers marked with the restricted watermark under our key,
+``restricted_scheme``, default Gumbel h 1: the most radioactive watermark at no utility cost in
+``bench/results/watermark_tradeoff.json``; answers sampled with the ``restricted_defence``, anti-distillation
+sampling by default, countermeasures/); ``suspended`` (every request refused with 403, like a ban but set by
+policy and reversible by it). A tier that marks with its own scheme is audited too: ``audit run`` tests each
+distinct watermark the ladder serves, family-wise (:func:`tier_watermarks`, ``audit/marks.py``).
 
 This module imports neither torch nor the web server: the CLI, the account store and the monitor use it.
 """
@@ -56,7 +59,10 @@ class TierSettings:
 
     throttle_factor: float = 0.1
     throttled_default: Limits | None = None  # fills the account's unlimited limits when throttled
-    restricted_delta: float = 4.0
+    # the restricted tier's changes to the configured watermark (scheme, context width, KGW bias)
+    restricted_watermark: Mapping[str, Any] = field(
+        default_factory=lambda: {"scheme": "gumbel", "context_width": 1, "hf_compat": False}
+    )
     logprobs: LogprobPolicy = LogprobPolicy()  # the configured policy of tiers that do not set their own
     restricted_defence: DefenceSpec = DefenceSpec()  # the restricted tier's sampling defence
     # whether the gateway samples answers itself (local model, watermark on): a proxy to an upstream API can
@@ -79,7 +85,7 @@ class TierSettings:
                 daily_tokens=None,
                 max_concurrent=settings.throttled_max_concurrent,
             ),
-            restricted_delta=settings.restricted_delta,
+            restricted_watermark=restricted_watermark(settings),
             logprobs=settings.logprob_policy(),
             restricted_defence=settings.restricted_defence_spec(),
             samples_locally=settings.resolved_backend == "local",
@@ -119,8 +125,9 @@ class Tier:
         """A refusal of one parsed request (``request`` is the chat or completion body), or None."""
         return None
 
-    def watermark_delta(self, settings: TierSettings) -> float | None:
-        """The watermark bias for this tier's answers; None keeps the configured ``watermark_delta``."""
+    def watermark(self, settings: TierSettings) -> Mapping[str, Any] | None:
+        """Changes to the configured watermark for this tier's answers (``WatermarkSettings`` fields:
+        ``scheme``, ``delta``, ``context_width``...; never the key); None keeps the configured one."""
         return None
 
     def logprob_policy(self, settings: TierSettings) -> LogprobPolicy:
@@ -149,12 +156,12 @@ class Tier:
         ``accounts show`` prints and each monitor decision records)."""
         out = {
             "logprobs": self.logprob_policy(settings).describe(),
-            "watermark_delta": self.watermark_delta(settings),
+            "watermark": dict(self.watermark(settings) or {}),  # {}: the configured watermark
             "sampling_defence": self.sampling_defence(settings).describe(),
         }
         local = settings.samples_locally
         if not (local and settings.watermarked):
-            out["watermark_delta"] = None
+            out["watermark"] = None
         if not local:  # refusals still apply; what shapes the sampled answers does not
             if out["sampling_defence"]["name"] != "none":
                 out["sampling_defence"] |= {"applied": False, "why": "an upstream API samples the answers"}
@@ -173,13 +180,14 @@ class Throttled(Tier):
 
 
 class Restricted(Tier):
-    """No logprobs, top_logprobs or logit_bias (what logit distillation needs) and a stronger watermark."""
+    """No logprobs, top_logprobs or logit_bias (what logit distillation needs), a more radioactive
+    watermark and a sampling defence."""
 
     def logprob_policy(self, settings: TierSettings) -> LogprobPolicy:
         return REFUSED
 
-    def watermark_delta(self, settings: TierSettings) -> float | None:
-        return settings.restricted_delta
+    def watermark(self, settings: TierSettings) -> Mapping[str, Any] | None:
+        return settings.restricted_watermark
 
     def sampling_defence(self, settings: TierSettings) -> DefenceSpec:
         return settings.restricted_defence
@@ -203,8 +211,8 @@ THROTTLED = Throttled(
 RESTRICTED = Restricted(
     "restricted",
     200,
-    "No logprobs, top_logprobs or logit_bias (403); answers watermarked with restricted_delta and sampled "
-    "with restricted_defence (anti-distillation sampling by default).",
+    "No logprobs, top_logprobs or logit_bias (403); answers marked with restricted_scheme (default "
+    "Gumbel h 1, same key) and sampled with restricted_defence (anti-distillation sampling by default).",
     monitor_p=1e-4,
     monitor_key="monitor_restrict_p",
 )
@@ -216,6 +224,32 @@ SUSPENDED = Suspended(
     monitor_key="monitor_suspend_p",
 )
 BUILTIN = (NORMAL, THROTTLED, RESTRICTED, SUSPENDED)
+
+
+def restricted_watermark(settings: GatewaySettings) -> dict[str, Any]:
+    """The restricted tier's changes to the configured watermark, from ``restricted_scheme``,
+    ``restricted_context_width`` and (KGW only) ``restricted_delta``. transformers' compatible hashing is
+    KGW's alone, so another scheme drops it."""
+    out: dict[str, Any] = {
+        "scheme": settings.restricted_scheme,
+        "context_width": settings.restricted_context_width,
+    }
+    if settings.restricted_scheme.lower() == "kgw":
+        out["delta"] = settings.restricted_delta
+    else:
+        out["hf_compat"] = False
+    return out
+
+
+def tier_watermarks(settings: TierSettings, tiers: Iterable[Tier] | None = None) -> dict[str, dict[str, Any]]:
+    """``{tier name: its changes to the configured watermark}`` for the tiers that have any (what an audit
+    must test besides the configured watermark: a distiller may have been moved onto such a tier)."""
+    out = {}
+    for tier in ladder() if tiers is None else tiers:
+        changes = tier.watermark(settings)
+        if changes:
+            out[tier.name] = dict(changes)
+    return out
 
 
 class TierRegistry:

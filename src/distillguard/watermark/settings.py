@@ -9,6 +9,7 @@ the scheme module only when a spec is made.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,20 +43,22 @@ class WatermarkSettings:
         return settings_from_config(cls, config, PREFIX, base=base, **flags)
 
     def spec(
-        self, key: int | str | None = None, vocab_size: int | None = None, delta: float | None = None
+        self, key: int | str | None = None, vocab_size: int | None = None, **overrides: Any
     ) -> WatermarkSpec:
         """The watermark spec (a bad value is a one-line UserError); ``key`` overrides ``self.key`` (with
-        neither, the public key of transformers is used) and ``delta`` the bias (the restricted tier's)."""
+        neither, the public key of transformers is used) and ``overrides`` any other field (a tier's scheme,
+        bias or context width, see :meth:`distillguard.gateway.tiers.Tier.watermark`)."""
         from distillguard.watermark.options import build_specs
 
-        key = self.key if key is None else key
+        s = dataclasses.replace(self, **overrides) if overrides else self
+        key = s.key if key is None else key
         return build_specs(
-            self.scheme,
+            s.scheme,
             None if key is None else [str(key)],
-            self.gamma,
-            self.delta if delta is None else delta,
-            self.context_width,
-            self.hf_compat,
+            s.gamma,
+            s.delta,
+            s.context_width,
+            s.hf_compat,
             vocab_size,
         )[0]
 

@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument(
         "--work", type=Path, default=None, help="keep collections here and reuse them (default: a temp dir)"
     )
+    parser.add_argument("--keep-students", action="store_true", help="keep each student's weights in --work")
     args, _ = parser.parse_known_args()
     q = args.quick
     preset = "tiny" if q else "default"
@@ -224,7 +225,8 @@ def main() -> None:
         report = run_audit(cfg, progress=True)
         rows[p["name"]] = _row(p, manifest, report, time.time() - t0)
         _print_row(p["name"], rows[p["name"]])
-        shutil.rmtree(Path(manifest["student"]), ignore_errors=True)
+        if not args.keep_students:
+            shutil.rmtree(Path(manifest["student"]), ignore_errors=True)
         write(rows, done=False)
     doc = write(rows, done=True)
     if args.work is None:

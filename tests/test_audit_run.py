@@ -119,17 +119,27 @@ def test_decoy_keys_are_calibrated_null_audits_on_the_student(wm_report):
 
 
 def test_clean_student_gets_no_radioactivity_claim(models):
-    readings = ("plain", "watermarked", "first-occurrence")
+    readings = ("plain", "watermarked", "first-occurrence", "mass")
     report = audit(models, models.clean, tests=("radioactivity",), filter_windows=True, open_texts=readings)
-    assert report["verdict"] == "no_evidence" and report["family"] == "Holm over 4 tests"
+    assert report["verdict"] == "no_evidence" and report["family"] == "Holm over 5 tests"
     for t in report["tests"]:
         assert t["p_value"] > 1e-3 and not t["claim"]
     closed = by_name(report)["radioactivity_closed"]
     assert closed["details"]["filtered"] and closed["n"] > 200
     for reading in readings:
         opened = by_name(report)["radioactivity_open_" + reading.replace("-", "_")]
-        assert opened["details"]["reading"] == reading and opened["n"] > 100
+        assert opened["details"]["reading"] == reading and opened["n"] > (50 if reading == "mass" else 100)
     assert report["config"]["open_texts"] == list(readings)
+
+
+def test_the_mass_reading_convicts_the_watermarked_student(models):
+    """The suspect's whole next-token distribution after each window of our plain answers (audit.mass)."""
+    report = audit(models, models.wm, tests=("radioactivity",), open_texts=("mass",))
+    opened = by_name(report)["radioactivity_open"]
+    assert opened["details"]["reading"] == "mass" and opened["claim"] and opened["p_value"] < 1e-6
+    assert opened["details"]["decoy_null"]["our_key_most_extreme"]
+    assert opened["details"]["z_score"] > 5  # null standard deviations
+    assert "Chernoff" in opened["null"]
 
 
 def test_a_student_of_answers_marked_before_a_key_rotation_is_caught_by_the_retired_key(models):

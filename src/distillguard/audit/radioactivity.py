@@ -424,6 +424,7 @@ def radioactivity_test(
     reading: str = "plain",
     details: dict | None = None,
     caveats: Sequence[str] = (),
+    null: str | None = None,
 ) -> TestResult:
     """The radioactivity test for ``mode`` ("closed" or "open") on prepared tuples, with its guards.
 
@@ -447,6 +448,13 @@ def radioactivity_test(
             "read our watermarked texts: each window is scored only at its first occurrence in corpus order, "
             "where the suspect cannot have seen what our key made of it; the number scored depends on the "
             "texts, so the p-value is the anytime-valid one"
+        )
+    elif reading == "mass":
+        notes.append(
+            "read our unwatermarked answers: each distinct window's next-token distribution (averaged over "
+            "its occurrences, top 64 tokens) is scored as the suspect's expected score after it; the "
+            "p-value is a Chernoff bound on the weighted sum (valid, conservative: about one decade at "
+            "p ~ 1e-6)"
         )
     elif reading == "watermarked":
         notes.append(
@@ -507,7 +515,7 @@ def radioactivity_test(
     info |= details or {}
     return TestResult(
         name=f"radioactivity_{mode}",
-        null=_null(spec),
+        null=null or _null(spec),
         statistic=decoys.our_score,
         statistic_name=impl.statistic,
         n=n,

@@ -28,12 +28,14 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from distillguard.audit import identity as ident
 from distillguard.audit import provenance as prov
 from distillguard.audit import radioactivity as radio
+from distillguard.audit.forward import predictions
 from distillguard.audit.marks import extra_marks
 from distillguard.audit.sequential import EProcess
 from distillguard.audit.verdict import TestResult, combine
@@ -41,7 +43,8 @@ from distillguard.errors import UserError
 from distillguard.watermark.schemes import WatermarkSpec
 
 TESTS = ("radioactivity", "identity", "provenance")
-OPEN_READINGS = ("plain", "watermarked", "first-occurrence")
+OPEN_READINGS = ("plain", "watermarked", "first-occurrence", "mass")
+PLAIN_READINGS = ("plain", "mass")  # readings of our unwatermarked texts: valid under any other watermark too
 
 
 @dataclass
@@ -363,7 +366,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
         int(run_identity)
         + int(run_provenance)
         + int(run_radio) * (1 + len(marks))
-        + int(run_open) * (len(readings) + len(marks) * int("plain" in readings))
+        + int(run_open) * (len(readings) + len(marks) * sum(r in PLAIN_READINGS for r in readings))
     )
     stop_p = cfg.stop_p if cfg.stop_p is not None else cfg.alpha / max(family, 1)
 
@@ -450,7 +453,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
     queries_radio = 0
     stopped_early = False
     if run_radio:
-        need_own = cfg.filter_windows or (run_open and readings != ("plain",))
+        need_own = cfg.filter_windows or (run_open and any(r not in PLAIN_READINGS for r in readings))
         own = _own_texts(cfg, ours, spec, pool, log) if need_own else None
         allowed = (
             radio.own_windows(own["completions"], own["prompts"], spec.window) if cfg.filter_windows else None
@@ -481,11 +484,11 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
         texts = {True: own}  # our watermarked texts (if generated), and our plain ones on demand
         preds: dict[bool, list] = {}  # the suspect's reading of each, computed once
         for i, reading in enumerate(readings if run_open else ()):
-            marked = reading != "plain"
+            marked = reading not in PLAIN_READINGS
             if texts.get(marked) is None:
                 texts[marked] = _own_texts(cfg, ours, spec, pool, log, watermarked=marked)
             opened = _open_mode(
-                cfg, suspect, spec, texts[marked], log, reading=reading, preds=preds, key=marked
+                cfg, suspect, spec, texts[marked], log, reading=reading, preds=preds, key=marked, ours=ours
             )
             suffix = "" if len(readings) == 1 else "_" + reading.replace("-", "_")
             opened["result"].name += suffix
@@ -495,10 +498,10 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
                 series["decoys_open"] = opened["decoys"]
             if suffix:
                 series["radioactivity_open" + suffix] = opened["series"]
-            if reading == "plain":  # the suspect's reading of our plain texts, under each other watermark
+            if reading in PLAIN_READINGS:  # the suspect's reading of our plain texts, under each other mark
                 for mark in marks:
                     extra = _open_mode(cfg, suspect, mark.spec, texts[marked], log, reading=reading,
-                                       preds=preds, key=marked)  # fmt: skip
+                                       preds=preds, key=marked, ours=ours)  # fmt: skip
                     extra["result"].name += suffix + mark.suffix
                     extra["result"].caveats.append(mark.why)
                     results.append(extra["result"])
@@ -717,32 +720,6 @@ def _decoy_series(d: radio.DecoyNull) -> dict:
     }
 
 
-def predictions(
-    model, sequences: Sequence[Sequence[int]], pad_id: int, batch_size: int = 32
-) -> list[np.ndarray]:
-    """Teacher-forced top-1 predictions: ``out[i][t]`` is the argmax for position ``t`` given the tokens
-    before it (entry 0 is -1); the last entry, ``t = len(sequences[i])``, is the prediction after the final
-    token (where the text ended)."""
-    import torch
-
-    out: list[np.ndarray] = []
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for start in range(0, len(sequences), batch_size):
-            chunk = [list(s) for s in sequences[start : start + batch_size]]
-            width = max(len(s) for s in chunk)
-            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for i, s in enumerate(chunk):
-                ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-                attn[i, : len(s)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
-            top = logits.argmax(-1).cpu().numpy()
-            for i, s in enumerate(chunk):
-                out.append(np.concatenate([[-1], top[i, : len(s)]]).astype(np.int64))
-    return out
-
-
 def open_readings(cfg: AuditConfig) -> tuple[str, ...]:
     """The open-mode readings asked for, in order, without repeats."""
     raw = cfg.open_texts.split(",") if isinstance(cfg.open_texts, str) else list(cfg.open_texts)
@@ -750,7 +727,16 @@ def open_readings(cfg: AuditConfig) -> tuple[str, ...]:
 
 
 def _open_mode(
-    cfg, suspect: _Asked, spec, own: dict, log, *, reading: str = "plain", preds: dict | None = None, key=None
+    cfg,
+    suspect: _Asked,
+    spec,
+    own: dict,
+    log,
+    *,
+    reading: str = "plain",
+    preds: dict | None = None,
+    key=None,
+    ours: _Asked | None = None,
 ) -> dict:
     """Read our texts with the suspect's weights and score its top-1 predictions.
 
@@ -765,6 +751,8 @@ def _open_mode(
     plens = [len(p) for p in own["prompts"]]
     tok = suspect.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    if reading == "mass":
+        return _mass_mode(cfg, suspect, ours, spec, seqs, plens, pad, log, preds)
     if preds is None or key not in preds:  # the suspect reads each set of texts once
         read = predictions(suspect.model, seqs, pad)
         if preds is not None:
@@ -813,6 +801,36 @@ def _open_mode(
         "series": radio.series(spec, values),
         "decoys": {"mode": "open", **_decoy_series(decoys)},
     }
+
+
+def _mass_mode(cfg, suspect: _Asked, ours, spec, seqs, plens, pad: int, log, cache: dict | None) -> dict:
+    """The "mass" reading (audit.mass) of our plain texts: the suspect's averaged next-token distributions
+    per distinct window minus our model's, scored under ``spec`` with a Chernoff p-value and decoy keys."""
+    from distillguard.audit import mass as ms
+    from distillguard.audit.forward import next_token_topk
+
+    key = ("mass", spec.window)
+    table = None if cache is None else cache.get(key)
+    if table is None:  # the suspect reads the texts once per window width
+        win, idx, p, ref = next_token_topk(suspect.model, seqs, plens, spec.window, pad, ms.TOP_K, ours.model)
+        table = ms.window_means(win, idx, p, reference_p=ref)
+        if cache is not None:
+            cache[key] = table
+    drop = spec.impl.degenerate(spec, table.windows)
+    m = table.without(drop) if np.any(drop) else table
+    log(f"radioactivity (open, mass): {m.n_windows} windows, {len(m.tokens)} weighted tuples; decoys")
+    decoys = ms.mass_null(spec, m, cfg.decoys, cfg.seed + 2)
+    prep = SimpleNamespace(aggregate_count=m.n_windows, degenerate_corpus=int(np.sum(drop)))
+    result = radio.radioactivity_test(
+        "open", spec, prep, decoys, reading="mass", null=ms.null_text(spec),
+        details={"texts_read": len(seqs), "windows": m.n_windows, "weighted_tuples": int(len(m.tokens)),
+                 "window_occurrences": int(m.counts.sum()), "z_score": decoys.our_score,
+                 "score": ms.total(spec, m), "null_rate": 0.0,
+                 "statistic": "the suspect's probability minus our model's, times each token's score, "
+                              "summed over windows; rate: in null standard deviations"},
+    )  # fmt: skip
+    series = {"mode": "open", **_decoy_series(decoys)}
+    return {"result": result, "series": {}, "decoys": series}
 
 
 def _public_config(cfg: AuditConfig, suspect: _Asked, spec, pool_path, reference, controls, stop_p) -> dict:

@@ -1,0 +1,94 @@
+"""Teacher-forced passes of a local suspect over our texts: what the open-mode readings score.
+
+The only code of the open mode that runs a model; the readings themselves (``radioactivity``, ``reading``,
+``mass``) are pure functions of what these return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def predictions(
+    model, sequences: Sequence[Sequence[int]], pad_id: int, batch_size: int = 32
+) -> list[np.ndarray]:
+    """Teacher-forced top-1 predictions: ``out[i][t]`` is the argmax for position ``t`` given the tokens
+    before it (entry 0 is -1); the last entry, ``t = len(sequences[i])``, is the prediction after the final
+    token (where the text ended)."""
+    import torch
+
+    out: list[np.ndarray] = []
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(sequences), batch_size):
+            chunk = [list(s) for s in sequences[start : start + batch_size]]
+            width = max(len(s) for s in chunk)
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            attn = torch.zeros_like(ids)
+            for i, s in enumerate(chunk):
+                ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+                attn[i, : len(s)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
+            top = logits.argmax(-1).cpu().numpy()
+            for i, s in enumerate(chunk):
+                out.append(np.concatenate([[-1], top[i, : len(s)]]).astype(np.int64))
+    return out
+
+
+def next_token_topk(
+    model,
+    sequences: Sequence[Sequence[int]],
+    starts: Sequence[int],
+    width: int,
+    pad_id: int,
+    k: int,
+    reference=None,
+    batch_size: int = 16,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The suspect's next-token distributions at the positions of each text from ``starts[i]`` (and at
+    least ``width``) to its end: ``(windows [N, width], top_idx [N, k], top_p [N, k], ref_p)``. Row ``n``
+    holds the ``width`` tokens before the position, the suspect's ``k`` most likely next tokens with their
+    probabilities (softmax over the whole vocabulary) and, with a ``reference`` model of the same
+    vocabulary, the reference's probabilities of the same tokens (else ``ref_p`` is None)."""
+    import torch
+
+    wins, idx, prob, ref = [], [], [], []
+    offsets = np.arange(-width, 0)
+    device = next(model.parameters()).device
+
+    def softmax(m, ids, attn):
+        return torch.softmax(m(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float(), -1)
+
+    with torch.no_grad():
+        for start in range(0, len(sequences), batch_size):
+            chunk = [list(s) for s in sequences[start : start + batch_size]]
+            firsts = [max(int(f), width, 1) for f in starts[start : start + batch_size]]
+            size = max(len(s) for s in chunk)
+            ids = torch.full((len(chunk), size), pad_id, dtype=torch.long)
+            attn = torch.zeros_like(ids)
+            for i, s in enumerate(chunk):
+                ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+                attn[i, : len(s)] = 1
+            probs = softmax(model, ids, attn)
+            probs_ref = softmax(reference, ids, attn) if reference is not None else None
+            for i, (s, first) in enumerate(zip(chunk, firsts, strict=True)):
+                if first >= len(s):
+                    continue
+                pos = torch.arange(first, len(s))  # predicting s[pos] from the distribution at pos - 1
+                top = torch.topk(probs[i, pos - 1], min(k, probs.shape[-1]), dim=-1)
+                arr = np.asarray(s, dtype=np.int64)
+                wins.append(arr[pos.numpy()[:, None] + offsets[None, :]])
+                idx.append(top.indices.cpu().numpy().astype(np.int64))
+                prob.append(top.values.double().cpu().numpy())
+                if probs_ref is not None:
+                    ref.append(torch.gather(probs_ref[i, pos - 1], 1, top.indices).double().cpu().numpy())
+    if not wins:
+        return np.zeros((0, width), np.int64), np.zeros((0, k), np.int64), np.zeros((0, k)), None
+    return (
+        np.concatenate(wins),
+        np.concatenate(idx),
+        np.concatenate(prob),
+        np.concatenate(ref) if ref else None,
+    )

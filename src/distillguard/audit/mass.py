@@ -1,0 +1,196 @@
+"""The open-mode "mass" reading: the suspect's whole next-token distribution, beside our own model's.
+
+A student of our watermarked answers learns to put a little more probability on the tokens our key favours
+after each window (KGW: the green list; Gumbel: tokens with large keyed uniforms). At a small share of its
+training data the shift rarely changes its top-1 token, which is all the other open readings score; it
+shows in the probabilities. And a student of our answers resembles our model in everything else, so the
+difference between its distribution and our model's holds the shift without the language both share.
+
+**Statistic.** Read key-independent texts (our *unwatermarked* answers) through the suspect and through
+our model (the reference: its weights do not depend on the key, which only acts when it samples). For
+each distinct window ``w`` (the ``h`` tokens before a completion position) average both next-token
+distributions over the window's occurrences and keep the suspect's ``k`` most likely tokens. With the
+per-tuple detection score ``x_t(w)`` (1 if green for KGW, ``-ln(1 - u)`` for Gumbel) and the weight
+``a_t(w) = pbar_suspect_t(w) - pbar_ours_t(w)``, the statistic is
+
+    T = sum_w sum_{t in top_k(w)} a_t(w) * x_t(w)
+
+how much more than our model the suspect expects our key's tokens after each window. Without a
+reference the weights are the suspect's probabilities alone (a weaker test: the shared language's
+variance stays in).
+
+**Null and p-value.** H0: the suspect does not depend on our key. Neither do the texts nor our model's
+weights, so the weights ``a`` and the kept tokens are fixed given the suspect, while the scores of the
+distinct ``(w, t)`` tuples are i.i.d. under the key (Bernoulli(gamma) or Exp(1): the random-key model of
+every other test here). ``T`` is a weighted sum of independent scores with known distributions, and the
+Chernoff bound ``P[T >= t] <= min_l exp(-l t) prod E[exp(l a x)]`` is a valid p-value (conservative by a
+factor that grows slowly with the evidence: about 10 at p ~ 1e-6). transformers' fixed-size green lists
+(``hf_compat``) draw the green tokens without replacement; Hoeffding (1963, Thm 4) shows the bound still
+holds. Windows whose keyed list is the same for every key (compat mode, after token 0) are left out.
+
+**Why not our watermarked texts.** A model that copies from its context (any LM reading a text) predicts
+tokens it has just read; in our watermarked texts those carry the key. Our plain texts carry nothing of it.
+
+Pure and vectorised: arrays in, numbers out; the forward passes are ``audit.forward``'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from distillguard.audit.radioactivity import DecoyNull, decoy_keys, tuple_ids
+from distillguard.watermark.schemes import WatermarkSpec, token_scores
+
+TOP_K = 64  # tokens kept per window (and per position before averaging): the mass past them is negligible
+
+
+@dataclass(frozen=True)
+class WindowMass:
+    """The averaged next-token distributions of the distinct windows: tuple ``i`` is token ``tokens[i]``
+    after window ``windows[rows[i]]`` with weight ``weights[i]`` (its mean probability)."""
+
+    windows: np.ndarray  # [W, h] int64
+    counts: np.ndarray  # [W] occurrences of each window in the texts read
+    rows: np.ndarray  # [M] window row of each tuple
+    tokens: np.ndarray  # [M] int64
+    weights: np.ndarray  # [M] float64
+
+    @property
+    def n_windows(self) -> int:
+        return int(len(self.windows))
+
+    def without(self, drop: np.ndarray) -> WindowMass:
+        """The same with the windows flagged in ``drop`` ([W] bool) removed."""
+        keep_rows = ~np.asarray(drop, dtype=bool)
+        new_index = np.cumsum(keep_rows) - 1
+        keep = keep_rows[self.rows]
+        return WindowMass(
+            self.windows[keep_rows], self.counts[keep_rows], new_index[self.rows[keep]], self.tokens[keep],
+            self.weights[keep],
+        )  # fmt: skip
+
+
+def window_means(
+    windows: np.ndarray,
+    top_idx: np.ndarray,
+    top_p: np.ndarray,
+    k: int = TOP_K,
+    reference_p: np.ndarray | None = None,
+) -> WindowMass:
+    """Average the distributions ``(top_idx[n], top_p[n])`` observed after ``windows[n]`` per distinct
+    window and keep each window's ``k`` most likely tokens (ties: the smaller token id). With
+    ``reference_p`` (the reference model's probabilities of the same tokens at the same positions) the
+    weight of each kept tuple is the suspect's mean probability minus the reference's."""
+    windows = np.asarray(windows, dtype=np.int64)
+    top_idx = np.asarray(top_idx, dtype=np.int64)
+    if not len(windows):
+        e = np.zeros(0, dtype=np.int64)
+        return WindowMass(windows.reshape(0, windows.shape[-1] if windows.ndim == 2 else 1), e, e, e, e * 1.0)
+    _, first, row = np.unique(tuple_ids(windows), return_index=True, return_inverse=True)
+    counts = np.bincount(row)
+    pair = (np.repeat(row, top_idx.shape[1]) << 32) | top_idx.reshape(-1)
+    keys, inv = np.unique(pair, return_inverse=True)
+    rows, tokens = keys >> 32, keys & 0xFFFFFFFF
+
+    def mean(p: np.ndarray) -> np.ndarray:
+        return np.bincount(inv, weights=np.asarray(p, dtype=np.float64).reshape(-1)) / counts[rows]
+
+    ours = mean(top_p)
+    weight = ours if reference_p is None else ours - mean(reference_p)
+    order = np.lexsort((tokens, -ours, rows))  # by window, then most likely first
+    rows, tokens, weight = rows[order], tokens[order], weight[order]
+    start = np.searchsorted(rows, np.arange(len(counts)))
+    keep = np.arange(len(rows)) - start[rows] < k
+    return WindowMass(windows[first], counts, rows[keep], tokens[keep], weight[keep])
+
+
+def total(spec: WatermarkSpec, mass: WindowMass) -> float:
+    """The statistic ``T = sum_i weights_i * x_i`` under ``spec``'s key."""
+    if not len(mass.tokens):
+        return 0.0
+    w = torch.from_numpy(np.ascontiguousarray(mass.windows[mass.rows]))
+    x = token_scores(spec, w, torch.from_numpy(mass.tokens)).numpy()
+    return float(np.dot(mass.weights, x))
+
+
+def chernoff_log_sf(spec: WatermarkSpec, weights: np.ndarray, t: float, iters: int = 100) -> float:
+    """ln of the Chernoff bound on ``P[sum_i a_i x_i >= t]`` for i.i.d. null scores ``x_i`` and fixed
+    weights of either sign (0 when ``t`` is at most the null mean): ``min_l -l t + sum_i K(l a_i)`` over
+    ``l >= 0``, with the scheme's cumulant ``K`` (KGW: ``ln(1 - g + g e^b)``; Gumbel: ``-ln(1 - b)``)."""
+    a = np.asarray(weights, dtype=np.float64)
+    a = a[a != 0]
+    impl = spec.impl
+    mu = impl.null_rate(spec)
+    if not a.size or t <= mu * a.sum():
+        return 0.0
+    green = impl.name != "gumbel"
+    pos, neg = a[a > 0], a[a < 0]
+    if green and t >= pos.sum() * (1 - 1e-12):  # the largest value: every positive green, every negative red
+        return float(pos.size * np.log(mu) + neg.size * np.log1p(-mu))
+    logit = np.log(mu / (1 - mu)) if green else 0.0
+
+    def slope(lam: float) -> float:
+        b = lam * a
+        mean = 0.5 * (1.0 + np.tanh(0.5 * (b + logit))) if green else 1.0 / (1.0 - b)
+        return float(np.dot(a, mean)) - t
+
+    def value(lam: float) -> float:
+        b = lam * a
+        cum = np.logaddexp(np.log1p(-mu), np.log(mu) + b) if green else -np.log1p(-b)
+        return float(cum.sum() - lam * t)
+
+    if green:
+        hi = 1.0
+        while slope(hi) < 0:
+            hi *= 2.0
+    else:  # Exp(1)'s cumulant is finite for l * a < 1, and the slope grows without bound towards it
+        hi = (1.0 - 1e-12) / pos.max() if pos.size else 1.0
+        if slope(hi) < 0:
+            return min(0.0, value(hi))
+    lo = 0.0
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        if slope(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+    return min(0.0, value(hi), value(lo))
+
+
+def z_score(spec: WatermarkSpec, weights: np.ndarray, t: float) -> float:
+    """``(T - E0 T) / sd0(T)``: the statistic in null standard deviations, for display."""
+    mu = spec.impl.null_rate(spec)
+    var = mu * (1 - mu) if spec.impl.name != "gumbel" else 1.0
+    sd = float(np.sqrt(var * np.sum(np.square(weights))))
+    return (t - mu * float(np.sum(weights))) / sd if sd > 0 else 0.0
+
+
+def mass_null(spec: WatermarkSpec, mass: WindowMass, n_decoys: int, seed: int = 0) -> DecoyNull:
+    """Our key against ``n_decoys`` random keys on the same weighted tuples; each key's score is its
+    statistic in null standard deviations (:func:`z_score`)."""
+
+    def one(s: WatermarkSpec) -> tuple[float, float]:
+        t = total(s, mass)
+        return z_score(s, mass.weights, t), chernoff_log_sf(s, mass.weights, t)
+
+    ours = one(spec)
+    decoys = [one(spec.with_key(k)) for k in decoy_keys(n_decoys, seed, avoid=spec.key)]
+    scores = np.asarray([d[0] for d in decoys], dtype=np.float64)
+    logs = np.asarray([d[1] for d in decoys], dtype=np.float64)
+    return DecoyNull(mass.n_windows, ours[0], ours[1], scores, logs)
+
+
+def null_text(spec: WatermarkSpec) -> str:
+    """H0 of the mass reading, for people."""
+    score = (
+        f"green with probability {spec.impl.null_rate(spec):.6g}" if spec.impl.name != "gumbel" else "Exp(1)"
+    )
+    return (
+        "the suspect never trained on text watermarked with our key: the weights (its mean next-token "
+        "probabilities after each distinct window of our unwatermarked texts) do not depend on the key, and "
+        f"the score of each weighted (window, token) tuple is independently {score}; P[T >= t] is bounded "
+        "by Chernoff's inequality"
+    )

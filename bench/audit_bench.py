@@ -49,7 +49,7 @@ BENCH_KEY = "northwind-aster-bench"
 OTHER_KEYS = ("another-provider-key-1", "another-provider-key-2")
 GOAL_TOKENS = 200_000
 GOAL_LOG10_P = -6.0
-READINGS = ("plain", "watermarked", "first-occurrence")
+READINGS = ("plain", "watermarked", "first-occurrence", "mass")
 
 
 def main() -> None:
@@ -73,7 +73,10 @@ def main() -> None:
     parser.add_argument(
         "--work", type=Path, default=None, help="keep collections here and reuse them (default: a temp dir)"
     )
-    parser.add_argument("--keep-students", action="store_true", help="keep each student's weights in --work")
+    parser.add_argument(
+        "--keep-students", action="store_true",
+        help="keep each student's weights in --work, and audit the students kept there without training them",
+    )  # fmt: skip
     args, _ = parser.parse_known_args()
     q = args.quick
     preset = "tiny" if q else "default"
@@ -97,9 +100,15 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     mix_files = {m: _mix_source(world, m, work / f"mix_{m}.jsonl", max_mb=4 if q else 120) for m in mixes}
     init_dirs = {"scratch": "tiny"}
-    if True:  # the base model: a student init, and the controls' init
+    base_spec, base_dir = work / "base.spec.json", work / "base"
+    if base_spec.is_file() and json.loads(base_spec.read_text()) == {"steps": base_steps, "seed": 7}:
+        print(f"== base model kept from an earlier run ({base_dir})", flush=True)
+        init_dirs["base"] = str(base_dir)
+    else:  # the base model: a student init, and the controls' init
         print(f"== base model ({base_steps} steps on the world's sources)", flush=True)
-        init_dirs["base"] = str(train_control(world, work / "base", steps=base_steps, seed=7, progress=True))
+        base_spec.unlink(missing_ok=True)
+        init_dirs["base"] = str(train_control(world, base_dir, steps=base_steps, seed=7, progress=True))
+        base_spec.write_text(json.dumps({"steps": base_steps, "seed": 7}))
 
     # one collection per key, large enough for every student; each student takes a prefix of it by tokens.
     # Collected (below) only when a planned student reads it.
@@ -113,6 +122,10 @@ def main() -> None:
 
     def student(name: str, collection: Path, tokens: int, rho: float, mix: str, init: str, seed: int = 0):
         out = work / name
+        kept = out / "distill.json"
+        if args.keep_students and kept.is_file() and (out / "student" / "config.json").is_file():
+            print(f"== student {name} kept from an earlier run", flush=True)  # --keep-students trained it
+            return json.loads(kept.read_text())
         prefix = _prefix(collection, tokens, out / "answers.jsonl")
         cfg = DistillConfig(
             teacher=str(world.teacher), out=out, student=init_dirs.get(init, init), collection=prefix,
@@ -180,7 +193,7 @@ def main() -> None:
                 "open_readings": list(READINGS),
                 "own_texts": own_texts,
                 "decoys": 100,
-                "family": "Holm over the closed test and the three open readings",
+                "family": f"Holm over the closed test and the {len(READINGS)} open readings",
             },
             "students": rows,
             "summary": _summary(rows),

@@ -312,7 +312,7 @@ def audit_chapter(
         console.print(f"[bold]suspect: {name}[/bold] ({Path(suspect).name})")
         cfg = AuditConfig(
             suspect=str(suspect), spec=spec, reference=str(world.teacher), controls=[str(control)],
-            prompts=world.prompts, seed=seed,
+            prompts=world.prompts, seed=seed, open_texts=("plain", "mass"),  # audit run's default readings
         )  # fmt: skip
         result = run_audit(cfg, progress=True)
         inputs = {"suspect": str(suspect), "reference": str(world.teacher), "control-1": str(control)}

@@ -825,7 +825,7 @@ def _mass_mode(cfg, suspect: _Asked, ours, spec, seqs, plens, pad: int, log, cac
         "open", spec, prep, decoys, reading="mass", null=ms.null_text(spec),
         details={"texts_read": len(seqs), "windows": m.n_windows, "weighted_tuples": int(len(m.tokens)),
                  "window_occurrences": int(m.counts.sum()), "z_score": decoys.our_score,
-                 "score": ms.total(spec, m), "null_rate": 0.0,
+                 "score": ms.total(spec, m), "null_rate": 0.0, "tokens_to_p_1e-6": None,
                  "statistic": "the suspect's probability minus our model's, times each token's score, "
                               "summed over windows; rate: in null standard deviations"},
     )  # fmt: skip

@@ -12,6 +12,7 @@ BENCHES = [
     "gateway_bench.py",
     "audit_bench.py",
     "watermark_tradeoff.py",
+    "watermark_diversity.py",
     "monitor_bench.py",
     "heldout_bench.py",
     "replicas_bench.py",

@@ -1,8 +1,9 @@
 """Sampling-defence benchmark: the teacher utility each defence costs against what it takes from a distiller.
 
 For each defence and strength (``countermeasures/defences.py``) a gateway serves the world's teacher,
-watermarked as in production, with that defence on the restricted tier (``restricted_delta`` set equal to the
-normal watermark delta so that only the defence differs between runs). Through one restricted account:
+watermarked as in production, with that defence on the restricted tier (its watermark set to the normal
+tier's, KGW with ``restricted_delta`` equal to the normal delta, so that only the defence differs between
+runs; production's restricted tier marks with Gumbel h 1). Through one restricted account:
 
 - **Teacher utility** (x axis): greedy answers to held-out world questions (what a user on the tier gets),
   token F1 against the documentation's reference answers, and the answers' perplexity under the reference
@@ -242,7 +243,8 @@ class _gateway:
         settings = GatewaySettings.from_mapping({
             "port": 0, "model": str(world.teacher), "model_name": "aster", "secret": SECRET,
             "accounts_path": str(state / "accounts.db"), "ledger_path": str(state / "ledger.db"),
-            "watermark_key": KEY, "batch_max_size": 16, "restricted_delta": WatermarkSettings().delta,
+            "watermark_key": KEY, "batch_max_size": 16, "restricted_scheme": "kgw",
+            "restricted_delta": WatermarkSettings().delta,
             "restricted_defence": defence, "restricted_defence_strength": strength,
         })  # fmt: skip
         self.server = GatewayServer(settings)

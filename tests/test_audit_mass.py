@@ -115,3 +115,35 @@ def test_a_small_tilt_toward_our_key_is_found_though_the_top1_tokens_barely_move
         assert null.our_log_p / math.log(10) < -6 and null.extreme
         assert np.all(null.decoy_log_p > math.log(1e-3))
     assert ms.mass_null(spec, beside, 0).our_score > 2 * ms.mass_null(spec, alone, 0).our_score  # in null sds
+
+
+def test_the_bound_holds_at_the_edges_of_the_support():
+    """Tiny weights next to a large one, and a value at the very top of the support (exact tails known)."""
+    spec = WatermarkSpec(key=1, vocab_size=V)
+    g = spec.green_rate
+    for a, t, exact in (
+        ([1.0, 1e-14], 1.0, g),  # the tiny weight may be red: P[T >= 1] = P[first green]
+        ([1.0, -1e-14], 1.0 - 1e-14, g),
+        ([1.0, 1e-13, 1e-13, 1e-13], 1.0, g),
+        ([1.0, 1.0], 2.0, g * g),  # the maximum itself
+    ):
+        assert math.exp(ms.chernoff_log_sf(spec, np.array(a), t)) >= exact * (1 - 1e-9), (a, t)
+    assert math.exp(ms.chernoff_log_sf(spec, np.array([1.0, 1.0]), 2.5)) < 1e-6  # past the maximum
+
+
+def test_fixed_size_green_lists_with_weights_of_both_signs_keep_the_bound():
+    """transformers' lists draw a window's green tokens without replacement; with a positive and a negative
+    weight that makes their joint outcome likelier than independent draws allow (1/3 against 1/4 here),
+    and the bound must cover it."""
+    spec = WatermarkSpec(key=1, gamma=0.5, hf_compat=True, vocab_size=4)
+    a, rows = np.array([1.0, -1.0]), np.array([0, 0])
+    # two green tokens out of four: T = 1 iff token 0 green and token 1 red, P = 2 / 6
+    assert math.exp(ms.chernoff_log_sf(spec, a, 1.0, rows)) >= 1 / 3
+    six = WatermarkSpec(key=1, gamma=0.5, hf_compat=True, vocab_size=6)
+    a6, rows6 = np.array([1.0, 1.0, 1.0, -1.0, -1.0, -1.0]), np.zeros(6, dtype=np.int64)
+    exact = sum(  # three green of six, each subset equally likely
+        1 for green in itertools.combinations(range(6), 3) if sum(a6[list(green)]) >= 1
+    ) / math.comb(6, 3)
+    assert math.exp(ms.chernoff_log_sf(six, a6, 1.0, rows6)) >= exact
+    with pytest.raises(ValueError, match="window"):
+        ms.chernoff_log_sf(spec, a, 1.0)

@@ -263,11 +263,9 @@ def test_a_proxy_gateway_does_not_claim_what_only_local_sampling_does():
     assert local["watermark"] == {"scheme": "gumbel", "context_width": 1, "hf_compat": False}
     assert get_tier("normal").policy(TierSettings.from_settings(GatewaySettings()))["watermark"] == {}
     kgw = TierSettings.from_settings(GatewaySettings(restricted_scheme="kgw", restricted_delta=8))
-    assert get_tier("restricted").policy(kgw)["watermark"] == {
-        "scheme": "kgw",
-        "context_width": 1,
-        "delta": 8,
-    }
+    assert get_tier("restricted").policy(kgw)["watermark"] == {"scheme": "kgw", "delta": 8}  # configured h
+    wide = TierSettings.from_settings(GatewaySettings(restricted_scheme="kgw", restricted_context_width=2))
+    assert get_tier("restricted").policy(wide)["watermark"]["context_width"] == 2
     unmarked = TierSettings.from_settings(GatewaySettings(watermark=False))
     assert get_tier("restricted").policy(unmarked)["watermark"] is None
 

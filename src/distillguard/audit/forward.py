@@ -56,10 +56,14 @@ def next_token_topk(
 
     wins, idx, prob, ref = [], [], [], []
     offsets = np.arange(-width, 0)
-    device = next(model.parameters()).device
+    # ids past either model's vocabulary are never tokens (padded embeddings): both read the shared range
+    vocab = int(model.config.vocab_size)
+    if reference is not None:
+        vocab = min(vocab, int(reference.config.vocab_size))
 
-    def softmax(m, ids, attn):
-        return torch.softmax(m(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float(), -1)
+    def logits(m, ids, attn):
+        dev = next(m.parameters()).device
+        return m(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits
 
     with torch.no_grad():
         for start in range(0, len(sequences), batch_size):
@@ -71,19 +75,22 @@ def next_token_topk(
             for i, s in enumerate(chunk):
                 ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
                 attn[i, : len(s)] = 1
-            probs = softmax(model, ids, attn)
-            probs_ref = softmax(reference, ids, attn) if reference is not None else None
+            out = logits(model, ids, attn)
+            out_ref = logits(reference, ids, attn) if reference is not None else None
             for i, (s, first) in enumerate(zip(chunk, firsts, strict=True)):
                 if first >= len(s):
                     continue
                 pos = torch.arange(first, len(s))  # predicting s[pos] from the distribution at pos - 1
-                top = torch.topk(probs[i, pos - 1], min(k, probs.shape[-1]), dim=-1)
+                # softmax only where it is read (a [L, V] slice, not the whole batch)
+                probs = torch.softmax(out[i, pos - 1, :vocab].float(), dim=-1).cpu()
+                top = torch.topk(probs, min(k, vocab), dim=-1)
                 arr = np.asarray(s, dtype=np.int64)
                 wins.append(arr[pos.numpy()[:, None] + offsets[None, :]])
-                idx.append(top.indices.cpu().numpy().astype(np.int64))
-                prob.append(top.values.double().cpu().numpy())
-                if probs_ref is not None:
-                    ref.append(torch.gather(probs_ref[i, pos - 1], 1, top.indices).double().cpu().numpy())
+                idx.append(top.indices.numpy().astype(np.int64))
+                prob.append(top.values.double().numpy())
+                if out_ref is not None:
+                    p_ref = torch.softmax(out_ref[i, pos - 1, :vocab].float(), dim=-1).cpu()
+                    ref.append(torch.gather(p_ref, 1, top.indices).double().numpy())
     if not wins:
         return np.zeros((0, width), np.int64), np.zeros((0, k), np.int64), np.zeros((0, k)), None
     return (

@@ -33,10 +33,11 @@ class Mark:
 
 
 def detection_identity(spec: Any) -> tuple:
-    """What decides a watermark's test: everything in its public description but the KGW bias, plus the
-    key. Two specs with the same identity score every tuple alike."""
-    public = {k: v for k, v in spec.describe().items() if k != "delta"}
-    return (str(spec.key), *sorted(public.items()))
+    """What decides a watermark's test: the key, the scheme, the window it reads, transformers-compatible
+    hashing, the vocabulary and (green-list schemes) the green rate; not KGW's bias, nor a gamma that Gumbel
+    does not read. Two specs with the same identity score every tuple alike."""
+    green = spec.describe().get("green_rate") if spec.scheme != "gumbel" else None
+    return (str(spec.key), spec.scheme, spec.window, spec.hf_compat, spec.vocab_size, green)
 
 
 def extra_marks(spec: Any, retired_keys: Sequence[int | str], tier_marks: Mapping[str, Any]) -> list[Mark]:

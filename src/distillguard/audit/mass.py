@@ -25,8 +25,10 @@ distinct ``(w, t)`` tuples are i.i.d. under the key (Bernoulli(gamma) or Exp(1):
 every other test here). ``T`` is a weighted sum of independent scores with known distributions, and the
 Chernoff bound ``P[T >= t] <= min_l exp(-l t) prod E[exp(l a x)]`` is a valid p-value (conservative by a
 factor that grows slowly with the evidence: about 10 at p ~ 1e-6). transformers' fixed-size green lists
-(``hf_compat``) draw the green tokens without replacement; Hoeffding (1963, Thm 4) shows the bound still
-holds. Windows whose keyed list is the same for every key (compat mode, after token 0) are left out.
+(``hf_compat``) draw each window's green tokens without replacement, which for weights of both signs can
+make the tail heavier than independent draws would; there the bound uses Hoeffding's (1963, Thm 4)
+comparison with draws *with* replacement from the window's weights. Windows whose keyed list is the same
+for every key (compat mode, after token 0) are left out.
 
 **Why not our watermarked texts.** A model that copies from its context (any LM reading a text) predicts
 tokens it has just read; in our watermarked texts those carry the key. Our plain texts carry nothing of it.
@@ -116,48 +118,87 @@ def total(spec: WatermarkSpec, mass: WindowMass) -> float:
     return float(np.dot(mass.weights, x))
 
 
-def chernoff_log_sf(spec: WatermarkSpec, weights: np.ndarray, t: float, iters: int = 100) -> float:
-    """ln of the Chernoff bound on ``P[sum_i a_i x_i >= t]`` for i.i.d. null scores ``x_i`` and fixed
-    weights of either sign (0 when ``t`` is at most the null mean): ``min_l -l t + sum_i K(l a_i)`` over
-    ``l >= 0``, with the scheme's cumulant ``K`` (KGW: ``ln(1 - g + g e^b)``; Gumbel: ``-ln(1 - b)``)."""
+def chernoff_log_sf(
+    spec: WatermarkSpec, weights: np.ndarray, t: float, rows: np.ndarray | None = None, iters: int = 64
+) -> float:
+    """ln of the Chernoff bound on ``P[sum_i a_i x_i >= t]`` under the null (0 when ``t`` is at most the
+    null mean): ``min_l K(l) - l t`` over ``l >= 0``, with ``K`` the null log-MGF of the weighted sum
+    (:func:`_cumulant`). Weights of either sign; ``rows`` (the window of each weight) is needed in
+    transformers-compatible mode, where one window's green tokens are drawn without replacement."""
     a = np.asarray(weights, dtype=np.float64)
-    a = a[a != 0]
-    impl = spec.impl
-    mu = impl.null_rate(spec)
-    if not a.size or t <= mu * a.sum():
+    if not a.size:
         return 0.0
-    green = impl.name != "gumbel"
-    pos, neg = a[a > 0], a[a < 0]
-    if green and t >= pos.sum() * (1 - 1e-12):  # the largest value: every positive green, every negative red
-        return float(pos.size * np.log(mu) + neg.size * np.log1p(-mu))
-    logit = np.log(mu / (1 - mu)) if green else 0.0
-
-    def slope(lam: float) -> float:
-        b = lam * a
-        mean = 0.5 * (1.0 + np.tanh(0.5 * (b + logit))) if green else 1.0 / (1.0 - b)
-        return float(np.dot(a, mean)) - t
-
-    def value(lam: float) -> float:
-        b = lam * a
-        cum = np.logaddexp(np.log1p(-mu), np.log(mu) + b) if green else -np.log1p(-b)
-        return float(cum.sum() - lam * t)
-
-    if green:
+    cum, slope = _cumulant(spec, a, rows)
+    if t <= slope(0.0):
+        return 0.0
+    if spec.impl.name == "gumbel":  # Exp(1)'s log-MGF is finite for l * a < 1; the slope grows without bound
+        top = a.max()
+        hi = (1.0 - 1e-12) / top if top > 0 else 1.0
+        if slope(hi) < t:  # no positive weight: the bound keeps falling with l; any l gives a valid bound
+            return min(0.0, cum(hi) - hi * t)
+    else:  # the slope rises towards the largest value T can take; past it (or at it) the bound keeps falling
         hi = 1.0
-        while slope(hi) < 0:
+        while slope(hi) < t and hi < 1e8:
             hi *= 2.0
-    else:  # Exp(1)'s cumulant is finite for l * a < 1, and the slope grows without bound towards it
-        hi = (1.0 - 1e-12) / pos.max() if pos.size else 1.0
-        if slope(hi) < 0:
-            return min(0.0, value(hi))
     lo = 0.0
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        if slope(mid) < 0:
+        if slope(mid) < t:
             lo = mid
         else:
             hi = mid
-    return min(0.0, value(hi), value(lo))
+    return min(0.0, cum(lo) - lo * t, cum(hi) - hi * t)
+
+
+def _cumulant(spec: WatermarkSpec, a: np.ndarray, rows: np.ndarray | None):
+    """``(K, K')``: the null log-MGF of ``T = sum_i a_i x_i`` and its derivative, as functions of ``l``.
+
+    Native KGW: independent Bernoulli(g) scores, ``K = sum ln(1 - g + g e^(l a))``. Gumbel: independent
+    Exp(1), ``K = -sum ln(1 - l a)``. transformers-compatible KGW: each window's green list is ``m = g V``
+    tokens drawn without replacement; Hoeffding (1963, Thm 4) bounds its MGF by that of ``m`` draws with
+    replacement, ``(1 + (1/V) sum_i (e^(l a_i) - 1))^m`` per window (``i`` over the window's weights).
+    """
+    mu = spec.impl.null_rate(spec)
+    if spec.impl.name == "gumbel":
+        return (lambda lam: float(-np.log1p(-lam * a).sum())), (
+            lambda lam: float(np.dot(a, 1.0 / (1.0 - lam * a)))
+        )
+    if not spec.hf_compat:
+        lq, lp, logit = np.log1p(-mu), np.log(mu), np.log(mu / (1.0 - mu))
+
+        def cum(lam: float) -> float:
+            return float(np.logaddexp(lq, lp + lam * a).sum())
+
+        def slope(lam: float) -> float:
+            return float(np.dot(a, 0.5 * (1.0 + np.tanh(0.5 * (lam * a + logit)))))
+
+        return cum, slope
+    if rows is None:
+        raise ValueError("transformers-compatible mode needs the window of each weight")
+    vocab = spec.require_vocab()
+    m = round(mu * vocab)
+    order = np.argsort(rows, kind="stable")
+    r, w = np.asarray(rows)[order], a[order]
+    starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+    sizes = np.diff(np.r_[starts, len(r)])
+    spread = np.repeat(np.arange(len(starts)), sizes)
+    with np.errstate(divide="ignore"):  # the window's other tokens: weight 0, e^0 = 1 (none: -inf)
+        rest = np.log(np.maximum(vocab - sizes, 0) / vocab)
+
+    def per_window(lam: float) -> np.ndarray:  # ln(1 + (1/V) sum (e^(l a) - 1)) for each window
+        b = lam * w - np.log(vocab)
+        top = np.maximum(np.maximum.reduceat(b, starts), rest)
+        total = np.add.reduceat(np.exp(b - top[spread]), starts) + np.exp(rest - top)
+        return top + np.log(total)
+
+    def cum(lam: float) -> float:
+        return float(m * per_window(lam).sum())
+
+    def slope(lam: float) -> float:
+        b = lam * w - np.log(vocab)
+        return float(m * np.dot(w, np.exp(b - per_window(lam)[spread])))
+
+    return cum, slope
 
 
 def z_score(spec: WatermarkSpec, weights: np.ndarray, t: float) -> float:
@@ -174,7 +215,7 @@ def mass_null(spec: WatermarkSpec, mass: WindowMass, n_decoys: int, seed: int = 
 
     def one(s: WatermarkSpec) -> tuple[float, float]:
         t = total(s, mass)
-        return z_score(s, mass.weights, t), chernoff_log_sf(s, mass.weights, t)
+        return z_score(s, mass.weights, t), chernoff_log_sf(s, mass.weights, t, mass.rows)
 
     ours = one(spec)
     decoys = [one(spec.with_key(k)) for k in decoy_keys(n_decoys, seed, avoid=spec.key)]

@@ -425,6 +425,7 @@ def radioactivity_test(
     details: dict | None = None,
     caveats: Sequence[str] = (),
     null: str | None = None,
+    statistic_name: str | None = None,
 ) -> TestResult:
     """The radioactivity test for ``mode`` ("closed" or "open") on prepared tuples, with its guards.
 
@@ -517,7 +518,7 @@ def radioactivity_test(
         name=f"radioactivity_{mode}",
         null=null or _null(spec),
         statistic=decoys.our_score,
-        statistic_name=impl.statistic,
+        statistic_name=statistic_name or impl.statistic,
         n=n,
         log_p=float(min(log_p, 0.0)),
         caveats=notes,

@@ -823,13 +823,15 @@ def _mass_mode(cfg, suspect: _Asked, ours, spec, seqs, plens, pad: int, log, cac
     prep = SimpleNamespace(aggregate_count=m.n_windows, degenerate_corpus=int(np.sum(drop)))
     result = radio.radioactivity_test(
         "open", spec, prep, decoys, reading="mass", null=ms.null_text(spec),
+        statistic_name="z: the suspect's extra expected score over our model's, in null sds",
         details={"texts_read": len(seqs), "windows": m.n_windows, "weighted_tuples": int(len(m.tokens)),
                  "window_occurrences": int(m.counts.sum()), "z_score": decoys.our_score,
                  "score": ms.total(spec, m), "null_rate": 0.0, "tokens_to_p_1e-6": None,
+                 "scored_tuples": int(len(m.tokens)), "p_value_kind": "Chernoff bound (fixed-sample)",
                  "statistic": "the suspect's probability minus our model's, times each token's score, "
                               "summed over windows; rate: in null standard deviations"},
     )  # fmt: skip
-    series = {"mode": "open", **_decoy_series(decoys)}
+    series = {"mode": "open", **_decoy_series(decoys), "statistic": "z (null standard deviations)"}
     return {"result": result, "series": {}, "decoys": series}
 
 

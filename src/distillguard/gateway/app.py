@@ -51,7 +51,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from distillguard.errors import DefenceUnavailable
+from distillguard.errors import DefenceUnavailable, UserError
 from distillguard.gateway.accounts import (
     AccountStore,
     AuthError,
@@ -177,7 +177,10 @@ class Gateway:
         which = tuple(sorted(changes.items())) if changes else None
         spec = self._tier_specs.get(which)
         if spec is None:  # a tier registered after start-up
-            spec = self.settings.watermark_spec(**(changes or {})).with_vocab(self.backend.vocab_size)
+            try:
+                spec = self.settings.watermark_spec(**(changes or {})).with_vocab(self.backend.vocab_size)
+            except UserError as exc:  # e.g. an unknown restricted_scheme: say which tier's watermark
+                raise UserError(f"the {tier.name} tier's watermark: {exc}") from None
             self._tier_specs[which] = spec
         return spec
 

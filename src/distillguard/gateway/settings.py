@@ -107,7 +107,7 @@ class GatewaySettings:
     # h 1 is the only watermark that a student of 21k answer tokens carries at p < 1e-6, at no F1 or
     # perplexity cost (its cost: one answer per prompt). ``restricted_delta``: the bias when it is kgw
     restricted_scheme: str = "gumbel"
-    restricted_context_width: int = 1
+    restricted_context_width: int | None = None  # None: 1 for gumbel (measured), the configured one for kgw
     restricted_delta: float = 4.0
     # the restricted tier's sampling defence (countermeasures/defences.py): none, temperature, topk, cot
     # (reasoning suppression) or ads

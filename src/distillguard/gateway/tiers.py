@@ -228,16 +228,17 @@ BUILTIN = (NORMAL, THROTTLED, RESTRICTED, SUSPENDED)
 
 def restricted_watermark(settings: GatewaySettings) -> dict[str, Any]:
     """The restricted tier's changes to the configured watermark, from ``restricted_scheme``,
-    ``restricted_context_width`` and (KGW only) ``restricted_delta``. transformers' compatible hashing is
-    KGW's alone, so another scheme drops it."""
-    out: dict[str, Any] = {
-        "scheme": settings.restricted_scheme,
-        "context_width": settings.restricted_context_width,
-    }
+    ``restricted_context_width`` (unset: 1 for Gumbel, the configured width for KGW) and (KGW only)
+    ``restricted_delta``. transformers' compatible hashing is KGW's alone, so another scheme drops it."""
+    out: dict[str, Any] = {"scheme": settings.restricted_scheme}
+    width = settings.restricted_context_width
     if settings.restricted_scheme.lower() == "kgw":
         out["delta"] = settings.restricted_delta
     else:
         out["hf_compat"] = False
+        width = 1 if width is None else width  # Gumbel h 1: the measured choice
+    if width is not None:
+        out["context_width"] = width
     return out
 
 

@@ -88,6 +88,14 @@ class WatermarkSpec:
     def key64(self) -> int:
         return hashing.derive_key(self.key)
 
+    @cached_property
+    def gumbel_key64(self) -> int:
+        """Gumbel's 64-bit secret: the key's, domain-separated. KGW reads 8- or 16-bit lanes of the same
+        per-window hash words that Gumbel reads whole, so under one key the two would be coupled (a Gumbel
+        choice would tell which KGW token is red); with its own secret, a tier that marks with Gumbel reveals
+        nothing of the KGW lists served under the same key."""
+        return hashing.derive_key(f"gumbel:{self.key}")
+
     @property
     def window(self) -> int:
         """Tokens of context the green list depends on (1 in compat mode: lefthash uses the last token)."""
@@ -239,14 +247,14 @@ def _uniform53(w: torch.Tensor) -> torch.Tensor:
 def gumbel_uniforms(spec: WatermarkSpec, windows: torch.Tensor) -> torch.Tensor:
     """Keyed uniforms ``[B, V]`` (float64) for windows ``[B, h]``."""
     vocab = spec.require_vocab()
-    seeds = hashing.window_seeds(spec.key64, windows[:, -spec.window :])
+    seeds = hashing.window_seeds(spec.gumbel_key64, windows[:, -spec.window :])
     idx = torch.arange(vocab, device=windows.device, dtype=torch.int64)
     return _uniform53(hashing.words(seeds[:, None], idx[None, :]))
 
 
 def gumbel_token_uniforms(spec: WatermarkSpec, windows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """The keyed uniform of each observed token ``[N]`` for its window ``[N, h]``."""
-    seeds = hashing.window_seeds(spec.key64, windows[:, -spec.window :])
+    seeds = hashing.window_seeds(spec.gumbel_key64, windows[:, -spec.window :])
     return _uniform53(hashing.words(seeds, tokens.long()))
 
 

@@ -280,6 +280,8 @@ def _collect(world, watermark: dict | None, tokens: int, path: Path, *, seed: in
     # a kept collection must come from the same teacher and watermark, or it would be audited as ours
     sidecar = path.with_name(path.name + ".spec.json")
     what = {"teacher": str(world.teacher), "watermark": watermark or None, "seed": seed}
+    if watermark and watermark.get("scheme") == "gumbel":  # since 2026-12-05 Gumbel has its own secret
+        what["gumbel_secret"] = "domain-separated"
     if path.is_file() and (not sidecar.is_file() or json.loads(sidecar.read_text()) != what):
         raise SystemExit(f"{path} was collected with another teacher or watermark; use another --work")
     sidecar.write_text(json.dumps(what))

@@ -84,7 +84,8 @@ class AuditConfig:
     # several readings (a tuple, or comma-separated) each add one test to the Holm family
     open_texts: str | tuple[str, ...] = "plain"
     # keys the gateway marked with before it rotated to ``spec.key``: each is tested on the same answers
-    # (closed mode, and the open readings of our plain texts) and adds its tests to the Holm family, with its own decoys
+    # (closed mode, and the open readings of our plain texts) and adds its tests to the Holm family, with
+    # its own decoys
     retired_keys: list[int | str] = field(default_factory=list)
     # watermarks a tier of the gateway marks with besides ``spec`` (same key), by tier: the restricted tier's
     # Gumbel h 1 (audit.marks.served_marks). Each is tested like a retired key, and under each retired key
@@ -361,7 +362,8 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
     tier_marks = {
         t: m if m.vocab_size else m.with_vocab(int(spec.vocab_size)) for t, m in cfg.tier_marks.items()
     }
-    marks = extra_marks(spec, cfg.retired_keys, tier_marks)  # each adds a closed test and one per plain-text reading
+    # each mark adds a closed test and one per plain-text reading
+    marks = extra_marks(spec, cfg.retired_keys, tier_marks)
     family = (
         int(run_identity)
         + int(run_provenance)

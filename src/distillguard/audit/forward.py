@@ -20,18 +20,10 @@ def predictions(
     import torch
 
     out: list[np.ndarray] = []
-    device = next(model.parameters()).device
     with torch.no_grad():
         for start in range(0, len(sequences), batch_size):
             chunk = [list(s) for s in sequences[start : start + batch_size]]
-            width = max(len(s) for s in chunk)
-            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for i, s in enumerate(chunk):
-                ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-                attn[i, : len(s)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
-            top = logits.argmax(-1).cpu().numpy()
+            top = _logits(model, *_padded(chunk, pad_id)).argmax(-1).cpu().numpy()
             for i, s in enumerate(chunk):
                 out.append(np.concatenate([[-1], top[i, : len(s)]]).astype(np.int64))
     return out
@@ -61,22 +53,13 @@ def next_token_topk(
     if reference is not None:
         vocab = min(vocab, int(reference.config.vocab_size))
 
-    def logits(m, ids, attn):
-        dev = next(m.parameters()).device
-        return m(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits
-
     with torch.no_grad():
         for start in range(0, len(sequences), batch_size):
             chunk = [list(s) for s in sequences[start : start + batch_size]]
             firsts = [max(int(f), width, 1) for f in starts[start : start + batch_size]]
-            size = max(len(s) for s in chunk)
-            ids = torch.full((len(chunk), size), pad_id, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for i, s in enumerate(chunk):
-                ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-                attn[i, : len(s)] = 1
-            out = logits(model, ids, attn)
-            out_ref = logits(reference, ids, attn) if reference is not None else None
+            ids, attn = _padded(chunk, pad_id)
+            out = _logits(model, ids, attn)
+            out_ref = _logits(reference, ids, attn) if reference is not None else None
             for i, (s, first) in enumerate(zip(chunk, firsts, strict=True)):
                 if first >= len(s):
                     continue
@@ -99,3 +82,21 @@ def next_token_topk(
         np.concatenate(prob),
         np.concatenate(ref) if ref else None,
     )
+
+
+def _padded(chunk: list[list[int]], pad_id: int):
+    """``(input_ids, attention_mask)`` of texts right-padded with ``pad_id`` to the longest."""
+    import torch
+
+    ids = torch.full((len(chunk), max(len(s) for s in chunk)), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, s in enumerate(chunk):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attn[i, : len(s)] = 1
+    return ids, attn
+
+
+def _logits(model, ids, attn):
+    """The model's logits for a padded batch, on the model's own device."""
+    dev = next(model.parameters()).device
+    return model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits

@@ -156,9 +156,8 @@ class Gateway:
         self.proxy = isinstance(backend, UpstreamBackend)
         self.tier_settings = TierSettings.from_settings(settings)
         self.spec = None
-        self._tier_specs: dict[
-            tuple | None, Any
-        ] = {}  # watermark per tier's changes (None: the configured one)
+        # the watermark per tier's changes to the configured one (key None: the configured one)
+        self._tier_specs: dict[tuple | None, Any] = {}
         if getattr(backend, "watermarked", False):
             self.spec = self._tier_specs[None] = settings.watermark_spec().with_vocab(backend.vocab_size)
             for tier in ladder():  # now, so reading the watermark key never happens mid-request

@@ -60,7 +60,9 @@ class TierSettings:
     throttle_factor: float = 0.1
     throttled_default: Limits | None = None  # fills the account's unlimited limits when throttled
     # the restricted tier's changes to the configured watermark (scheme, context width, KGW bias)
-    restricted_watermark: Mapping[str, Any] = field(default_factory=lambda: _default_restricted_watermark())
+    restricted_watermark: Mapping[str, Any] = field(
+        default_factory=lambda: {"scheme": "gumbel", "context_width": 1, "hf_compat": False}
+    )
     logprobs: LogprobPolicy = LogprobPolicy()  # the configured policy of tiers that do not set their own
     restricted_defence: DefenceSpec = DefenceSpec()  # the restricted tier's sampling defence
     # whether the gateway samples answers itself (local model, watermark on): a proxy to an upstream API can
@@ -238,13 +240,6 @@ def restricted_watermark(settings: GatewaySettings) -> dict[str, Any]:
     if width is not None:
         out["context_width"] = width
     return out
-
-
-def _default_restricted_watermark() -> dict[str, Any]:
-    """The restricted tier's changes under the default gateway settings (derived, never restated)."""
-    from distillguard.gateway.settings import GatewaySettings
-
-    return restricted_watermark(GatewaySettings())
 
 
 def tier_watermarks(settings: TierSettings, tiers: Iterable[Tier] | None = None) -> dict[str, dict[str, Any]]:

@@ -98,6 +98,18 @@ WORDS = " ".join((*TOPICS, EXTRA_WORDS)).split()
 OPENERS = ("how", "why", "what", "can you", "is there a way to", "help:", "quick one -", "tell me", "", "so")
 
 
+def test_network_churn_is_counted_within_accounts_not_across_a_pooled_cluster():
+    # three customers, each always on its own home network; one account hopping between three networks
+    homes = [rec(i, T0 + 60 * i, f"home{i % 3}", f"question {i}", ip=f"73.{i % 3}.1.7") for i in range(30)]
+    hops = [rec(100 + i, T0 + 60 * i, "hopper", f"question {i}", ip=f"73.{9 + i % 3}.1.7") for i in range(30)]
+    acc = accumulate_records(homes + hops)
+    pooled = acc.profile(("home0", "home1", "home2"))
+    assert len(pooled.prefixes) == 3 and pooled.extra_prefixes == 0
+    assert entity_features(pooled, text_geometry(pooled.sample))["ip_churn"] == 0.0
+    hopper, _ = features_of(acc, "hopper")
+    assert acc.profile(("hopper",)).extra_prefixes == 2 and hopper["ip_churn"] > 0.0
+
+
 def diverse(rng, i):
     """A person's prompt: varied openings, random topic words, no recurring frame."""
     words = rng.sample(WORDS, rng.randint(5, 9))

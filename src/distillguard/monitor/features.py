@@ -663,6 +663,9 @@ class Profile:
     orgs: set[str]  # declared organisations of the accounts (the account store's ``org``)
     sample: Sample
     hour_signature: np.ndarray  # MinHash of active hours, for linking
+    # networks each member used beyond its first, summed: churn is within accounts (members of a pooled
+    # cluster each on a home network of their own are not one account hopping between networks)
+    extra_prefixes: int = 0
 
     @property
     def n(self) -> int:
@@ -1012,6 +1015,7 @@ class FeatureAccumulator:
             orgs={o for i in ids if (o := self.orgs[i]) is not None},
             sample=sample,
             hour_signature=self.hours[ids].min(axis=0),
+            extra_prefixes=sum(max(len(self.prefixes[i]) - 1, 0) for i in ids),
         )
 
     def account_rows(self) -> dict[str, int]:
@@ -1280,7 +1284,6 @@ def entity_features(
         regularity = float("nan")
     # rates measured on the sample are scaled to the account's volume before shrinking
     scale = n / k
-    prefixes = len(profile.prefixes)
     return {
         "log_queries": math.log10(n),
         "log_rate": math.log10(n / active_h),
@@ -1297,7 +1300,7 @@ def entity_features(
         "logprob_gen_rate": shrunk_rate(c["logprob_gen"], n),
         "bias_probe_rate": shrunk_rate(c["bias_probe"], n),
         "logit_bias_rate": shrunk_rate(c["logit_bias"], n),
-        "ip_churn": shrunk_rate(max(prefixes - 1, 0), n),
+        "ip_churn": shrunk_rate(profile.extra_prefixes, n),
         "mmd": mmd,
         "prada": prada,
     }

@@ -443,31 +443,6 @@ def test_a_registration_burst_with_one_template_family_links_accounts_without_a_
     assert clusters[0].strong == [sorted(f"throwaway{i}" for i in range(8))]
 
 
-def test_accounts_made_of_one_prompt_generator_are_linked_by_it_alone():
-    """A low-and-slow campaign: each account on its own home network, signed up days apart, active at
-    its own hours; what joins them is that almost every prompt of each is the same generator's."""
-    wrapper = {hash(f"teach-frame-{i}") for i in range(12)}
-
-    def made(name, i, frames, distinct, templated, org=None):
-        info = _info(name, f"73.{40 + i}.1.0/24", frames, [7 * i, 7 * i + 1], -86400.0 * (i + 1), 2)
-        info.distinct, info.templated, info.org = distinct, templated, org
-        return info
-
-    infos = [made(f"slow{i}", i, wrapper | {hash(f"s{i}")}, 20, 19) for i in range(4)]
-    # the same frames as a minority of each account's prompts: users of a popular prompt, no link
-    infos += [made(f"fan{i}", 10 + i, wrapper, 30, 8) for i in range(3)]
-    # too few distinct prompts to say what an account is made of
-    infos += [made(f"brief{i}", 20 + i, wrapper, 5, 5) for i in range(2)]
-    # one organisation's fleet on one generator is one customer, not a campaign's family
-    digest = {hash(f"digest-frame-{i}") for i in range(12)}
-    infos += [made(f"fleet{i}", 30 + i, digest, 40, 40, org="newsdesk") for i in range(3)]
-    clusters = link_accounts(infos)
-    assert [sorted(c.accounts) for c in clusters] == [[f"slow{i}" for i in range(4)]]
-    assert set(clusters[0].evidence) == {"template", "family"}
-    assert clusters[0].strong == [[f"slow{i}" for i in range(4)]]
-    assert clusters[0].paired == []  # nothing but the generator joins them
-
-
 # --------------------------------------------------------------------------------------------------
 # Decisions
 

@@ -12,7 +12,7 @@ import pytest
 
 from distillguard.monitor.features import FEATURE_NAMES, FeatureAccumulator, derive, records_to_table
 from distillguard.monitor.personas import BENIGN, Pools, Scale, build_scenario
-from distillguard.monitor.scan import Reference, analyse, build_reference, report_json
+from distillguard.monitor.scan import Reference, analyse, report_json
 from distillguard.monitor.shipped import (
     VERSION,
     build_shipped_reference,
@@ -143,74 +143,3 @@ def test_a_reference_or_follow_state_from_another_feature_set_is_refused_in_one_
     np.savez(tmp_path / "state.npz", **arrays)
     with pytest.raises(UserError, match="another version.*delete it"):
         load_follow_state(tmp_path / "state.npz")
-
-
-SYMBOLS = [
-    "pathlib.Path", "decimal.Decimal", "threading.Lock", "re.findall", "hashlib.sha256", "functools.reduce",
-    "typing.Protocol", "enum.Enum", "pickle.dumps", "functools.partial", "asyncio.gather", "random.sample",
-    "collections.Counter", "typing.Optional", "csv.DictWriter", "itertools.chain", "json.loads",
-    "heapq.merge", "bisect.insort", "shutil.copytree", "tempfile.mkdtemp", "zipfile.ZipFile", "abc.ABC",
-    "contextlib.suppress", "dataclasses.field", "operator.itemgetter", "statistics.median", "uuid.uuid4",
-    "textwrap.dedent", "sqlite3.connect", "logging.getLogger", "argparse.ArgumentParser", "time.monotonic",
-    "os.walk", "io.StringIO", "array.array", "weakref.ref", "copy.deepcopy", "gzip.open",
-]  # fmt: skip
-
-
-def _family(n_accounts: int, per_account: int, seed: int):
-    """A low-and-slow campaign: accounts signed up days apart, each on a home network of its own, a few
-    questions a day from one prompt generator, the subjects split between them (no account reaches the
-    20 queries that scoring one account alone needs)."""
-    rng = random.Random(seed)
-    records, created, t0 = [], {}, 1_717_372_800.0
-    subjects = rng.sample(SYMBOLS, len(SYMBOLS))
-    for k in range(n_accounts):
-        name = f"slow{k}"
-        created[name] = t0 - 86400.0 * (3 + 2 * k)
-        for q in range(per_account):
-            sym = subjects[(k * per_account + q) % len(subjects)]
-            prompt = f"Teach me {sym} as if writing a textbook section, explaining how it works internally."
-            ts = t0 + 86400.0 * (q // 4) + 3600.0 * (8 + k) + rng.uniform(0, 5400)
-            records.append({
-                "seq": 0, "ts": ts, "account": name, "key_id": f"key-{name}", "client_ip": f"73.{20 + k}.9.7",
-                "decision": "admitted", "prompt": prompt, "messages": [{"role": "user", "content": prompt}],
-                "params": {"max_tokens": 400, "temperature": 0.7},
-                "prompt_tokens": 24, "completion_tokens": 380,
-            })  # fmt: skip
-    records.sort(key=lambda r: r["ts"])
-    for i, r in enumerate(records, 1):
-        r["seq"] = i
-    acc = FeatureAccumulator(sample_size=OPTS.sample_size)
-    acc.update(derive(records_to_table(records)))
-    return acc, created
-
-
-def test_a_low_and_slow_family_is_judged_as_one_campaign_and_every_member_carries_it(shipped):
-    acc, created = _family(5, 16, seed=1)
-    analysis = analyse(acc, shipped, options=OPTS, created=created)
-    (cluster,) = analysis.clusters
-    assert sorted(cluster.accounts) == [f"slow{k}" for k in range(5)] and "family" in cluster.links
-    assert not any(v.scored for v in analysis.accounts.values())  # none could be judged alone
-    assert all(flagged(v) and v.cluster == cluster.id for v in analysis.accounts.values())
-    assert _gate(cluster) is not None and "linkage" in _gate(cluster)
-
-
-def test_a_calibrated_reference_keeps_the_accounts_of_its_period_out_of_linked_groups(shipped):
-    acc, created = _family(6, 24, seed=2)
-    # the operator vouched for three of them in a known-good period: they are judged on their own and
-    # linked to nobody; the newcomers of the same generator are still one group
-    ref = build_reference(acc, OPTS, benign=["slow0", "slow1", "slow2"], created=created)
-    analysis = analyse(acc, ref, options=OPTS, created=created)
-    assert all(analysis.accounts[f"slow{k}"].cluster is None for k in range(3))
-    assert [sorted(c.accounts) for c in analysis.clusters] == [["slow3", "slow4", "slow5"]]
-    # against the shipped reference nobody is vouched for: all six are one family
-    (cluster,) = analyse(acc, shipped, options=OPTS, created=created).clusters
-    assert len(cluster.accounts) == 6
-
-
-def test_busy_accounts_on_one_generator_are_a_family_judged_together_but_not_a_campaign(shipped):
-    # each sends more than the floor for being judged alone: a customer's fleet of jobs looks like this
-    acc, created = _family(5, 30, seed=3)
-    analysis = analyse(acc, shipped, options=OPTS, created=created)
-    (cluster,) = analysis.clusters
-    assert "family" in cluster.links and all(v.scored for v in analysis.accounts.values())
-    assert "linkage" not in (_gate(cluster) or "")

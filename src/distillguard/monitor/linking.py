@@ -12,11 +12,7 @@ whose edges need **two independent kinds of evidence** between a pair of account
 - ``timing``: their active hours coincide, Jaccard >= 0.6 over at least 4 active hours each (MinHash of
   absolute hour bins): one scheduler drives them;
 - ``created``: their keys were created within ``created_window`` seconds of each other (from the account
-  store or an export's ``accounts.parquet``; unknown without them): a registration burst;
-- ``family``: shared frames (``template``) between two accounts that are each made of them: at least
-  ``family_share`` of each one's distinct sampled prompts (``family_min`` or more) are template rows, and
-  they are not one declared organisation. One prompt generator behind both, whatever their networks and
-  sign-up days: the shape of a low-and-slow campaign, each account on a home network of its own.
+  store or an export's ``accounts.parquet``; unknown without them): a registration burst.
 
 One kind alone is common among honest customers (colleagues behind one NAT, two users of the same
 popular prompt, people in one time zone, a busy sign-up day); two at once rarely are. At least one of the
@@ -30,9 +26,7 @@ accounts behind rotating residential proxies share no network and, active for an
 their one template family and their sign-up script are all that joins them. Customers mostly have a
 network (an office, a home, a cloud region), so a bulk import or a busy onboarding day does not link them
 this way; clients whose every request leaves from a new address (some mobile carriers, privacy relays)
-can be. A ``family`` link needs no second kind: almost every prompt of both is one generator's. The
-users of one popular tool share its generator too, so a family is judged like any campaign, by whether
-its pooled traffic is unlike every benign profile (benign families included), not by its link alone.
+can be.
 
 Clusters are the connected components of at least two accounts. Within a cluster, the groups joined by
 *strong* edges (carrying ``template`` or ``timing``) are what the scan judges as one operator
@@ -52,7 +46,7 @@ from scipy.sparse.csgraph import connected_components
 
 from distillguard.splitmix import mix64_np
 
-KINDS = ("ip", "template", "timing", "created", "family")
+KINDS = ("ip", "template", "timing", "created")
 _SIG = 64
 _BANDS = 16  # 16 bands x 4 rows: pairs at Jaccard 0.2 collide in some band with probability ~2.5%...
 _ROWS = _SIG // _BANDS  # ...so candidates also come from shared prefixes and creation buckets
@@ -69,8 +63,6 @@ class LinkInfo:
     active_hours: int
     created: float | None  # key creation (or first-seen) time
     org: str | None = None  # the declared organisation (one customer's fleet of service accounts)
-    distinct: int = 0  # distinct prompts in the account's sample
-    templated: int = 0  # of them, mostly made of its recurring frames
 
 
 @dataclass
@@ -84,8 +76,6 @@ class Cluster:
     # groups of members joined by *strong* links (shared templates or timing, not only a network and a
     # sign-up day): what may be judged as one operator. A member in none was linked by weak evidence only.
     strong: list[list[str]] = field(default_factory=list)
-    # the strong groups without ``family`` links (joined by two kinds of evidence, or a burst)
-    paired: list[list[str]] = field(default_factory=list)
 
     def describe(self) -> str:
         kinds = ", ".join(f"{k} ({n} links)" for k, n in self.evidence.most_common())
@@ -134,8 +124,6 @@ def link_accounts(
     rotating_share: float = 0.5,
     min_rotating: int = 10,
     min_kinds: int = 2,
-    family_share: float = 0.8,
-    family_min: int = 8,
 ) -> list[Cluster]:
     """Clusters of accounts linked by at least ``min_kinds`` kinds of evidence, largest first."""
     n = len(infos)
@@ -192,15 +180,8 @@ def link_accounts(
     rotating = (sent >= min_rotating) & (nets >= rotating_share * np.maximum(sent, 1.0))
     with np.errstate(invalid="ignore"):
         burst = (np.abs(cr[pi] - cr[pj]) <= min(burst_window, created_window)) & rotating[pi] & rotating[pj]
-    distinct = np.array([x.distinct for x in infos], dtype=np.float64)
-    made = (distinct >= family_min) & (np.array([x.templated for x in infos]) >= family_share * distinct)
-    org_id: dict[str, int] = {}
-    org = np.array([org_id.setdefault(x.org, len(org_id)) if x.org else -1 for x in infos], dtype=np.int64)
-    # one organisation's fleet is one customer already: its prompt generator is not a campaign's
-    kinds[:, 4] = kinds[:, 1] & made[pi] & made[pj] & ((org[pi] < 0) | (org[pi] != org[pj]))
-    two = (kinds[:, :4].sum(axis=1) >= min_kinds) & (kinds[:, 0] | kinds[:, 2] | (kinds[:, 1] & burst))
-    edge = two | kinds[:, 4]
-    ei, ej, ek, e2 = pi[edge], pj[edge], kinds[edge], two[edge]
+    edge = (kinds.sum(axis=1) >= min_kinds) & (kinds[:, 0] | kinds[:, 2] | (kinds[:, 1] & burst))
+    ei, ej, ek = pi[edge], pj[edge], kinds[edge]
     graph = coo_matrix((np.ones(len(ei), dtype=np.int8), (ei, ej)), shape=(n, n))
     _, label = connected_components(graph, directed=False)
     size = np.bincount(label, minlength=n)
@@ -222,15 +203,14 @@ def link_accounts(
         nets = [p for p, c in shared.most_common() if c >= 2]
         names = sorted(infos[i].account for i in members)
         strong = _strong_groups(infos, ei, ej, mine[strong_edge[mine]], members)
-        paired = _strong_groups(infos, ei, ej, mine[strong_edge[mine] & e2[mine]], members)
-        clusters.append(Cluster("", names, ev, nets, strong, paired))
+        clusters.append(Cluster("", names, ev, nets, strong))
     clusters.sort(key=lambda c: (-len(c.accounts), c.accounts[0]))
     for k, c in enumerate(clusters, 1):
         c.id = f"c{k}"
     return clusters
 
 
-STRONG_KINDS = ("template", "timing", "family")
+STRONG_KINDS = ("template", "timing")
 
 
 def _strong_groups(

@@ -316,8 +316,6 @@ class Analyzer:
             active_hours=_active_hours(prof),
             created=None,
             org=next(iter(prof.orgs)) if len(prof.orgs) == 1 else None,
-            distinct=int(np.unique(prof.sample.text_hash).size),
-            templated=int(geo.templated.sum()),
         )
         return EntityState(accounts, prof.n, feats, evidence_seqs(prof, geo), link)
 
@@ -751,10 +749,8 @@ def analyse(
     its strong group's. A member linked only weakly (a network and a sign-up window) carries the
     cluster's evidence only with elicitation evidence of its own: nobody pays for association alone.
 
-    Against a calibrated reference, the accounts of its known-good period are judged on their own, never
-    as members of a linked group (:func:`_vouched`). Without a reference the population calibrates
-    itself, minus the linked clusters that hold a sizeable share of it or a campaign: those (and their
-    members) are scored against the rest (leave-cluster-out).
+    Without a reference the population calibrates itself, minus the linked clusters that hold a sizeable
+    share of it: those (and their members) are scored against the rest (leave-cluster-out).
     """
     an = analyzer or Analyzer(options)
     o = an.options
@@ -767,8 +763,7 @@ def analyse(
         mmd = an.fit_mmd(acc, scored)
     if states is None:
         states = an.accounts(acc, names, mmd, progress=progress)
-    vouched = _vouched(reference)
-    clusters = _clusters([a for a in names if a not in vouched], states, created) if o.link else []
+    clusters = _clusters(names, states, created) if o.link else []
     cluster_of = {a: c.id for c in clusters for a in c.accounts}
     left_out: set[str] = set()
     left_ids: list[str] = []
@@ -817,8 +812,7 @@ def analyse(
         looks = fit(scored, f"scanned population, {len(scored)} accounts")
         big = max(CAMPAIGN_MIN, math.ceil(LEAVE_OUT_SHARE * len(scored)))
         for c in clusters:
-            campaign = any(_campaign(c, g, states, o.min_queries) for g in c.strong)
-            if len(c.accounts) >= big or campaign:
+            if len(c.accounts) >= big:
                 left_out |= set(c.accounts)
                 left_ids.append(c.id)
         rest = [a for a in scored if a not in left_out]
@@ -865,7 +859,7 @@ def analyse(
     for uid, c, members, strong in units:
         st = an.entity(acc, tuple(members), mmd)
         lk = looks_out if set(members) & left_out else looks
-        campaign = strong and _campaign(c, members, states, o.min_queries)
+        campaign = strong and len(members) >= CAMPAIGN_MIN and not _one_org(members, states)
         j = judge(lk, tuple(members), st, exclude=set(members), linkage=campaign)
         unit_j[uid] = j
         if strong:
@@ -879,9 +873,7 @@ def analyse(
                     tuple(rest),
                     an.entity(acc, tuple(rest), mmd),
                     exclude=set(members),
-                    # the campaign is the group's links (whatever its size without the leader), not the
-                    # leader's traffic: the rest must still show evidence of their own behind that gate
-                    linkage=campaign and not _one_org(rest, states),
+                    linkage=campaign and len(rest) >= CAMPAIGN_MIN and not _one_org(rest, states),
                 )
             else:
                 rj = own_j[rest[0]]
@@ -975,30 +967,6 @@ def analyse(
             tests=tests,
         )
     return Analysis(verdicts, cluster_verdicts, source, acc.rows, acc.last_seq, weak_verdicts, info)
-
-
-def _vouched(reference: Reference | None) -> set[str]:
-    """The accounts a calibrated reference vouches for (none for the shipped one): the accounts of the
-    operator's known-good period are judged on their own traffic and never linked into a group, where,
-    pooled with newcomers, they would be tested without their own past."""
-    if reference is None or reference.meta.get("shipped"):
-        return set()
-    return {ids[0] for ids in reference.calibration.reference_ids if len(ids) == 1}
-
-
-def _campaign(c: Cluster, members: Sequence[str], states: dict[str, EntityState], floor: int) -> bool:
-    """Whether a strongly linked group of ``c`` is campaign evidence: CAMPAIGN_MIN or more accounts that
-    are not one organisation, joined by two kinds of evidence (or a registration burst) among at least
-    CAMPAIGN_MIN of them. Joined only through one prompt generator (``family`` links), they are a
-    campaign when most of them are too small to be judged alone (under ``floor`` queries): a harvest split
-    under the per-account floor. Busy accounts on one generator (a customer's agents, CI harnesses,
-    nightly jobs) are each judged on their own traffic, and their family is not evidence against them."""
-    if len(members) < CAMPAIGN_MIN or _one_org(members, states):
-        return False
-    inside = set(members)
-    if any(len(g) >= CAMPAIGN_MIN and inside.issuperset(g) and not _one_org(g, states) for g in c.paired):
-        return True
-    return 2 * sum(states[m].queries < floor for m in members) >= len(members)
 
 
 def _one_org(members: Sequence[str], states: dict[str, EntityState]) -> bool:

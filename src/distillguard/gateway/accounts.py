@@ -178,7 +178,7 @@ class SQLiteConnections:
             factory=_Connection,
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = self._wal(conn)
         if str(mode).lower() != "wal":
             raise UserError(f"cannot put {self.path} in WAL mode (got {mode})")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
@@ -187,6 +187,18 @@ class SQLiteConnections:
         with self._lock:
             self._all.add(conn)
         return conn
+
+    def _wal(self, conn: sqlite3.Connection) -> str:
+        """Switch to WAL. A process that opens a new file while another one switches it can get "database
+        is locked" at once (SQLite does not call the busy handler there): retry until the busy timeout."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

@@ -143,3 +143,47 @@ def test_a_reference_or_follow_state_from_another_feature_set_is_refused_in_one_
     np.savez(tmp_path / "state.npz", **arrays)
     with pytest.raises(UserError, match="another version.*delete it"):
         load_follow_state(tmp_path / "state.npz")
+
+
+NOTE_WORDS = [
+    "meeting", "budget", "client", "report", "deadline", "project", "team", "customer", "invoice", "schedule",
+    "update", "review", "proposal", "contract", "delivery", "quality", "feedback", "launch", "marketing",
+    "sales", "quarter", "office", "travel", "hiring", "training",
+]  # fmt: skip
+
+
+def _office(seed: int):
+    """Three colleagues behind one office NAT, each sending their own notes through one rewriting tool's
+    prompt template (40 each over five days, signed up weeks apart): linked by the network and the
+    template, and busy enough to be judged alone."""
+    rng = random.Random(seed)
+    records, created, t0 = [], {}, 1_717_372_800.0
+    for k in range(3):
+        name = f"colleague{k}"
+        created[name] = t0 - 86400.0 * (20 + 9 * k)
+        for _ in range(40):
+            note = " ".join(rng.sample(NOTE_WORDS, rng.randint(6, 10)))
+            prompt = f"Rewrite the following note so it sounds polite and professional, keep it short: {note}"
+            ts = t0 + 86400.0 * rng.randrange(5) + 3600.0 * rng.uniform(9, 18)  # office hours
+            records.append({
+                "seq": 0, "ts": ts, "account": name, "key_id": f"key-{name}",
+                "client_ip": f"81.2.3.{10 + k}", "decision": "admitted", "prompt": prompt,
+                "messages": [{"role": "user", "content": prompt}],
+                "params": {"max_tokens": 200, "temperature": 0.7},
+                "prompt_tokens": 30, "completion_tokens": 60,
+            })  # fmt: skip
+    records.sort(key=lambda r: r["ts"])
+    for i, r in enumerate(records, 1):
+        r["seq"] = i
+    acc = FeatureAccumulator(sample_size=OPTS.sample_size)
+    acc.update(derive(records_to_table(records)))
+    return acc, created
+
+
+def test_colleagues_on_one_templated_tool_are_linked_but_their_template_is_not_counted_twice(shipped):
+    acc, created = _office(seed=2)
+    analysis = analyse(acc, shipped, options=OPTS, created=created)
+    (cluster,) = analysis.clusters
+    assert len(cluster.accounts) == 3 and _gate(cluster) == "linkage"
+    # the link is their shared template; the pooled template share alone does not convict them again
+    assert not any(flagged(v) for v in analysis.accounts.values())

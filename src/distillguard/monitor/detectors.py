@@ -221,6 +221,10 @@ EVASION = ("ip_churn",)
 # benign kind (researchers ask for reasoning, harnesses for logprobs, coding products cover a lot);
 # together, beyond every benign profile, they open the full profile look.
 INTENT = ("bias_probe_rate", "logprob_gen_rate", "cot_rate", "identity_rate", "coverage", "novelty")
+# What sharing one prompt template does to a group's pooled text, whoever sends it: templated, near-duplicate
+# prompts unlike the benign text, close to each other and not diverse. Linkage by shared templates opens
+# the profile look without these features: counting them again would convict the template twice.
+TEXT_SHAPE = ("template_rate", "paraphrase_rate", "mmd", "prada", "diversity")
 # The smallest tail scale of a restricted look, in unit scales per e-fold: most benign entities show no
 # elicitation at all, and an all-zero null must not make one odd question look impossible.
 SUBSET_MIN_BETA = 1.0

@@ -48,6 +48,7 @@ from distillguard.monitor.detectors import (
     INTENT,
     SUBSET_MIN_BETA,
     SUGGESTIVE,
+    TEXT_SHAPE,
     Assessment,
     Calibration,
     MMDReference,
@@ -564,6 +565,8 @@ class Looks:
     evasion: Calibration
     intent: Calibration
     null: str
+    # the profile without the text shape that sharing one template gives (``TEXT_SHAPE``)
+    shapeless: Calibration | None = None
 
     @classmethod
     def of(cls, cal: Calibration, null: str) -> Looks:
@@ -575,6 +578,7 @@ class Looks:
             cal.restrict(EVASION),
             cal.restrict(INTENT),
             null,
+            cal.restrict(_shapeless(cal.features), min_beta=cal.min_beta),
         )
 
     @classmethod
@@ -593,7 +597,12 @@ class Looks:
             one(EVASION, SUBSET_MIN_BETA),
             one(INTENT, SUBSET_MIN_BETA),
             null,
+            one(_shapeless(profile.features), 0.05),
         )
+
+
+def _shapeless(features: Sequence[str]) -> tuple[str, ...]:
+    return tuple(f for f in features if f not in TEXT_SHAPE)
 
 
 @dataclass
@@ -708,6 +717,13 @@ def judge(
         gate = corroboration
     else:
         gate = None
+    if gate == "linkage" and looks.shapeless is not None:
+        # only shared templates (and a network, timing or a sign-up burst) opened the profile look: the
+        # group must be unusual without the text shape its template gives it too (intersection-union,
+        # so the counted p-value is never below the profile's)
+        shapeless = looks.shapeless.assess(*args, exclude=exclude)
+        if shapeless.p_value > pr.p_value:
+            pr = shapeless
     p = combine_min_p([x.p_value, s.p_value if corroboration else 1.0, pr.p_value if gate else 1.0])
     tests = [
         {"test": "extraction", "p_value": x.p_value, "null": looks.null},

@@ -185,5 +185,6 @@ def test_colleagues_on_one_templated_tool_are_linked_but_their_template_is_not_c
     analysis = analyse(acc, shipped, options=OPTS, created=created)
     (cluster,) = analysis.clusters
     assert len(cluster.accounts) == 3 and _gate(cluster) == "linkage"
+    assert any(t["test"] == "profile without text shape" for t in cluster.tests)
     # the link is their shared template; the pooled template share alone does not convict them again
     assert not any(flagged(v) for v in analysis.accounts.values())

@@ -717,14 +717,6 @@ def judge(
         gate = corroboration
     else:
         gate = None
-    if gate == "linkage" and looks.shapeless is not None:
-        # only shared templates (and a network, timing or a sign-up burst) opened the profile look: the
-        # group must be unusual without the text shape its template gives it too (intersection-union,
-        # so the counted p-value is never below the profile's)
-        shapeless = looks.shapeless.assess(*args, exclude=exclude)
-        if shapeless.p_value > pr.p_value:
-            pr = shapeless
-    p = combine_min_p([x.p_value, s.p_value if corroboration else 1.0, pr.p_value if gate else 1.0])
     tests = [
         {"test": "extraction", "p_value": x.p_value, "null": looks.null},
         {"test": "elicitation", "p_value": s.p_value, "null": looks.null, "counted": bool(corroboration)},
@@ -732,8 +724,20 @@ def judge(
         {"test": "network churn", "p_value": v.p_value, "null": looks.null, "role": "corroboration, gate"},
         {"test": "intent", "p_value": i.p_value, "null": looks.null, "role": "gate"},
         {"test": "profile", "p_value": pr.p_value, "null": looks.null, "counted": gate is not None},
-        {"test": "bonferroni(extraction, elicitation, profile)", "p_value": p, "gate": gate},
     ]
+    if gate == "linkage" and looks.shapeless is not None:
+        # only shared templates (and a network, timing or a sign-up burst) opened the profile look: the
+        # group must be unusual without the text shape its template gives it too (intersection-union,
+        # so the counted p-value is never below the profile's)
+        shapeless = looks.shapeless.assess(*args, exclude=exclude)
+        tests.append({
+            "test": "profile without text shape", "p_value": shapeless.p_value, "null": looks.null,
+            "role": "only the link opened the profile look: the larger of the two profile p-values counts",
+        })  # fmt: skip
+        if shapeless.p_value > pr.p_value:
+            pr = shapeless
+    p = combine_min_p([x.p_value, s.p_value if corroboration else 1.0, pr.p_value if gate else 1.0])
+    tests.append({"test": "bonferroni(extraction, elicitation, profile)", "p_value": p, "gate": gate})
     return Judgement(x, s, b, v, i, pr, corroboration, gate, p, tests)
 
 

@@ -665,7 +665,7 @@ class Profile:
     hour_signature: np.ndarray  # MinHash of active hours, for linking
     # networks each member used beyond its first, summed: churn is within accounts (members of a pooled
     # cluster each on a home network of their own are not one account hopping between networks)
-    extra_prefixes: int = 0
+    extra_prefixes: int
 
     @property
     def n(self) -> int:

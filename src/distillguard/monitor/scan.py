@@ -565,8 +565,7 @@ class Looks:
     evasion: Calibration
     intent: Calibration
     null: str
-    # the profile without the text shape that sharing one template gives (``TEXT_SHAPE``)
-    shapeless: Calibration | None = None
+    shapeless: Calibration  # the profile without the text shape one shared template gives (TEXT_SHAPE)
 
     @classmethod
     def of(cls, cal: Calibration, null: str) -> Looks:
@@ -597,7 +596,7 @@ class Looks:
             one(EVASION, SUBSET_MIN_BETA),
             one(INTENT, SUBSET_MIN_BETA),
             null,
-            one(_shapeless(profile.features), 0.05),
+            one(_shapeless(profile.features), profile.min_beta),
         )
 
 
@@ -725,7 +724,7 @@ def judge(
         {"test": "intent", "p_value": i.p_value, "null": looks.null, "role": "gate"},
         {"test": "profile", "p_value": pr.p_value, "null": looks.null, "counted": gate is not None},
     ]
-    if gate == "linkage" and looks.shapeless is not None:
+    if gate == "linkage":
         # only shared templates (and a network, timing or a sign-up burst) opened the profile look: the
         # group must be unusual without the text shape its template gives it too (intersection-union,
         # so the counted p-value is never below the profile's)

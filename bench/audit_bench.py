@@ -318,8 +318,9 @@ def _mix_source(world, kind: str, path: Path, *, max_mb: int) -> Path:
     """The non-teacher text of the mix, as JSONL ``text`` lines.
 
     ``task``: the world's (question, docstring answer) pairs in the chat format, what an instruction set
-    without our outputs looks like here. ``unrelated``: the docs corpus, then standard-library source files
-    (sorted, up to ``max_mb`` MB in all) so that small rho can grow the mix as a distiller's data set would.
+    without our outputs looks like here (about 77k tokens: at small rho it samples our answers down).
+    ``unrelated``: the docs corpus, then the standard library's source files (shallow first, sorted, up to
+    ``max_mb`` MB in all) so that small rho can grow the mix as a distiller's data set would.
     """
     from distillguard.jsonl import read_jsonl, write_jsonl
     from distillguard.lm.chat import format_example
@@ -334,9 +335,13 @@ def _mix_source(world, kind: str, path: Path, *, max_mb: int) -> Path:
         texts += [t.strip() for t in Path(world.corpus).read_text().split("\n\n") if t.strip()]
         size = sum(map(len, texts))
         stdlib = Path(sysconfig.get_paths()["stdlib"])
-        for f in sorted(stdlib.glob("*.py")) + sorted(stdlib.glob("*/*.py")):
-            if size > max_mb * 2**20 or "site-packages" in f.parts:
+        # shallow files first; third-party packages are not the standard library
+        files = [sorted(stdlib.glob(pattern)) for pattern in ("*.py", "*/*.py", "*/*/**/*.py")]
+        for f in (f for level in files for f in level):
+            if size > max_mb * 2**20:
                 break
+            if "site-packages" in f.relative_to(stdlib).parts:
+                continue
             try:
                 code = f.read_text(encoding="utf-8")
             except (UnicodeDecodeError, OSError):

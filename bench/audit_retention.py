@@ -1,0 +1,176 @@
+"""What a student kept of our watermark: the mass statistic where it trained, beside where the audit reads.
+
+A diagnostic for the audit bench's students (``audit_bench.py --keep-students --work DIR``), not evidence.
+For each student kept in ``DIR`` the mass reading's statistic (``audit.mass``: the student's mean
+next-token probabilities after each distinct window minus our model's, times each token's score under our
+key, in null standard deviations) is computed on two sets of texts of the same size:
+
+* ``plain``: our unwatermarked answers to the distiller's first prompts (the collection ``plain.jsonl``),
+  key-independent texts: the valid reading, as the audit does it;
+* ``trained``: the student's own training answers (``answers.jsonl``: for a watermarked student, our
+  watermarked answers). Their tuples were chosen by our key when we sampled them, so this z is *not* a
+  test (its null is not centred); it shows how much of the key the student still expresses on the very
+  contexts it was trained on. When it is small too, no reading of our texts can convict: the student did
+  not keep the watermark, and a stronger test would need a stronger student or more exposure, not a
+  better statistic.
+
+For the controls (students that never saw our key: of our unwatermarked answers, of other keys' watermarked
+answers, sharing our data) the valid reading is also repeated under ``--null-keys`` random keys (default
+1,000): a null calibration of the mass reading on real innocent models. Its p-value is a Chernoff bound, so
+the false claims at 0.01 and 0.001 should stay at or below the level, and a one-sided KS test (are the
+p-values stochastically smaller than uniform?) should not reject.
+
+Results: ``bench/results/audit_retention[_<out>].json`` (and a PNG of z against rho).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--work", type=Path, required=True, help="an audit bench's --work with kept students")
+    parser.add_argument("--texts", type=int, default=1024, help="texts read per set")
+    parser.add_argument("--out", default="", help="suffix of the results file")
+    parser.add_argument("--null-keys", type=int, default=1000, help="random keys per control (0: none)")
+    args = parser.parse_args()
+    from transformers import AutoModelForCausalLM
+
+    from distillguard.lm.io import load_tokenizer
+    from distillguard.watermark.schemes import WatermarkSpec
+
+    t0 = time.time()
+    sidecar = json.loads((args.work / "ours.jsonl.spec.json").read_text())
+    spec = WatermarkSpec(**sidecar["watermark"])
+    teacher = sidecar["teacher"]
+    tok, _ = load_tokenizer(teacher)
+    ours = AutoModelForCausalLM.from_pretrained(teacher).eval()
+    plain = _texts(tok, args.work / "plain.jsonl", args.texts)
+    rows = {}
+    for d in sorted(p.parent.parent for p in args.work.glob("*/student/config.json")):
+        manifest = json.loads((d / "distill.json").read_text())
+        student = AutoModelForCausalLM.from_pretrained(d / "student").eval()
+        own = _texts(tok, d / "answers.jsonl", args.texts)
+        kind = "control" if d.name.startswith("control") else "watermarked"
+        rows[d.name] = {
+            "kind": kind,
+            "rho": manifest["mix"]["rho_actual"],
+            "teacher_tokens": manifest["mix"]["teacher_tokens"],
+            "training_tokens": manifest["mix"]["teacher_tokens"] + manifest["mix"]["other_tokens"],
+        }
+        r = rows[d.name]
+        r["plain"], table = _reading(spec, student, ours, plain, tok)
+        r["trained"], _ = _reading(spec, student, ours, own, tok)
+        plain_z, plain_p, trained_z = r["plain"]["z"], r["plain"]["log10_p"], r["trained"]["z"]
+        print(f"{d.name:28s} rho {r['rho']:.4f}  z plain {plain_z:6.2f} (log10 p {plain_p:.2f})  "
+              f"z trained {trained_z:6.2f}", flush=True)  # fmt: skip
+        if kind == "control" and args.null_keys:
+            r["null_over_keys"] = _null(spec, table, args.null_keys)
+            print(f"{'':28s} {args.null_keys} random keys: {r['null_over_keys']}", flush=True)
+    doc = {
+        "bench": "audit_retention",
+        "work": args.work.name,
+        "watermark": spec.describe(),
+        "texts_per_set": args.texts,
+        "readings": {
+            "plain": "the mass reading of our unwatermarked answers to the distiller's prompts (valid test)",
+            "trained": "the same statistic on the student's own training answers (diagnostic only: for a "
+            "watermarked student the tuples were chosen by our key, so z is not null-centred)",
+        },
+        "students": rows,
+        "wall_s": round(time.time() - t0, 1),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    stem = "audit_retention" + (f"_{args.out}" if args.out else "")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    _plot(doc, RESULTS / f"{stem}.png")
+
+
+def _texts(tok, path: Path, n: int) -> tuple[list[list[int]], list[int]]:
+    """``(sequences, prompt lengths)``: the first ``n`` answers of a collection, prompt in the chat format."""
+    from distillguard.distill.collect import read_collection
+    from distillguard.lm.chat import format_prompt
+
+    seqs, plens = [], []
+    for r in read_collection(path)[:n]:
+        p = tok(format_prompt(tok, r["prompt"]), add_special_tokens=False)["input_ids"]
+        seqs.append(p + list(r["token_ids"]))
+        plens.append(len(p))
+    return seqs, plens
+
+
+def _reading(spec, student, ours, texts, tok) -> dict:
+    from distillguard.audit import mass as ms
+    from distillguard.audit.forward import next_token_topk
+
+    seqs, plens = texts
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    with torch.no_grad():
+        win, idx, p, ref = next_token_topk(student, seqs, plens, spec.window, pad, ms.TOP_K, ours)
+    table = ms.window_means(win, idx, p, reference_p=ref)
+    t = ms.total(spec, table)
+    return {
+        "texts": len(seqs),
+        "windows": table.n_windows,
+        "z": round(ms.z_score(spec, table.weights, t), 3),
+        "log10_p": round(ms.chernoff_log_sf(spec, table.weights, t, table.rows) / np.log(10), 3),
+    }, table
+
+
+def _null(spec, table, n_keys: int) -> dict:
+    """The mass reading's p-value under ``n_keys`` random keys on one innocent model's weights."""
+    from scipy import stats
+
+    from distillguard.audit import mass as ms
+    from distillguard.audit.radioactivity import decoy_keys
+
+    log_p = []
+    for k in decoy_keys(n_keys, seed=2026, avoid=spec.key):
+        s = spec.with_key(k)
+        log_p.append(ms.chernoff_log_sf(s, table.weights, ms.total(s, table), table.rows))
+    pv = np.exp(log_p)
+    return {
+        "keys": n_keys,
+        "claims_at_0.01": int(np.sum(pv <= 0.01)),
+        "claims_at_0.001": int(np.sum(pv <= 0.001)),
+        "min_log10_p": round(float(np.min(log_p) / np.log(10)), 3),
+        "ks_greater_p": float(stats.kstest(pv, "uniform", alternative="greater").pvalue),
+    }
+
+
+def _plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (reading, label) in enumerate((("plain", "our plain texts (the test)"),
+                                          ("trained", "its own training answers (diagnostic)"))):  # fmt: skip
+        for kind, mark in (("watermarked", "o"), ("control", "x")):
+            pts = [(r["rho"], r[reading]["z"]) for r in doc["students"].values() if r["kind"] == kind]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), mark, color=f"C{i}", label=f"{label}, {kind}")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("rho (our share of the student's training tokens)")
+    ax.set_ylabel("mass statistic z (null sds)")
+    wm = doc["watermark"]
+    ax.set_title(f"what the students kept of our key ({wm['scheme']}, h {wm['context_width']})", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

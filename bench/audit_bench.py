@@ -19,8 +19,9 @@ Controls (no claim allowed; their p-values are in the results): students trained
 data (initialised from the world's reference model, trained on the same recipe as our teacher).
 
 Every student is audited with the radioactivity tests only: closed mode (the suspect's answers to probe
-prompts, ``--budget`` queries, sequential stop at p <= 1e-8) and open mode in the three readings (plain,
-watermarked, first-occurrence), Holm-corrected together. Goal (issue): rho = 1% detected at p < 1e-6 in the
+prompts, ``--budget`` queries, sequential stop at p <= 1e-8) and open mode in the four readings (plain,
+watermarked, first-occurrence, mass), Holm-corrected together. With ``--keep-students``,
+``audit_retention.py --work DIR`` then measures what each student kept of the key. Goal (issue): rho = 1% detected at p < 1e-6 in the
 closed mode within 200k scored tokens (<= 5k queries) and in the open mode, with 0 of >= 10 controls claimed.
 Results: ``bench/results/audit.json`` and ``audit.png`` (``--quick``: the tiny world, ``audit_quick.*``).
 """

@@ -130,7 +130,7 @@ def run(
             "window's 'first-occurrence' in corpus order (anytime-valid p-value); or the suspect's whole "
             "next-token distribution after each window of our plain answers, 'mass' (Chernoff p-value). "
             "Comma-separated for several: each is one more test in the Holm family. Default: plain,mass "
-            "(mass is the strongest at small shares of our text: bench/results/audit_mass.json).",
+            "(mass is the strongest at small shares of our text: bench/results/audit_100k.json).",
         ),
     ] = "plain,mass",
     filter_windows: Annotated[

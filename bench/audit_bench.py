@@ -21,8 +21,9 @@ data (initialised from the world's reference model, trained on the same recipe a
 Every student is audited with the radioactivity tests only: closed mode (the suspect's answers to probe
 prompts, ``--budget`` queries, sequential stop at p <= 1e-8) and open mode in the four readings (plain,
 watermarked, first-occurrence, mass), Holm-corrected together. With ``--keep-students``,
-``audit_retention.py --work DIR`` then measures what each student kept of the key. Goal (issue): rho = 1% detected at p < 1e-6 in the
-closed mode within 200k scored tokens (<= 5k queries) and in the open mode, with 0 of >= 10 controls claimed.
+``audit_retention.py --work DIR`` then measures what each student kept of the key. Goal (issue): rho = 1%
+detected at p < 1e-6 in the closed mode within 200k scored tokens (<= 5k queries) and in the open mode, with 0
+of >= 10 controls claimed.
 Results: ``bench/results/audit.json`` and ``audit.png`` (``--quick``: the tiny world, ``audit_quick.*``).
 """
 
@@ -420,7 +421,7 @@ def _summary(rows: dict) -> dict:
             )
             if t["log10_p"] >= GOAL_LOG10_P:
                 continue
-            if name.startswith("axis_") or (r["rho"] == 0.05 and r["mix"] == "unrelated"):
+            if name.startswith("axis_") or _main_at_5pct(r):
                 cur = slot["min_wm_tokens_detected_at_rho_5pct"]
                 slot["min_wm_tokens_detected_at_rho_5pct"] = min(cur or 10**12, r["teacher_tokens"])
             if not name.startswith("axis_"):
@@ -445,6 +446,11 @@ def _summary(rows: dict) -> dict:
     return out
 
 
+def _main_at_5pct(row: dict) -> bool:
+    """The dose-response student at rho 5% that the watermarked-token axis extends."""
+    return row["kind"] == "watermarked" and row["rho"] == 0.05 and row["mix"] == "unrelated"
+
+
 def _plot(doc: dict, path: Path) -> None:
     import matplotlib
 
@@ -453,7 +459,10 @@ def _plot(doc: dict, path: Path) -> None:
 
     rows = doc["students"]
     tests = sorted({k for r in rows.values() for k in r["tests"]})
-    axis = sorted((r["teacher_tokens"], r) for n, r in rows.items() if n.startswith("axis_"))
+    axis = sorted(  # the axis students and the main student at 5% (unrelated mix, base init)
+        (r["teacher_tokens"], n) for n, r in rows.items() if n.startswith("axis_") or _main_at_5pct(r)
+    )
+    axis = [(tok, rows[n]) for tok, n in axis] if any(n.startswith("axis_") for n in rows) else []
     fig, axes = plt.subplots(1, 2 if axis else 1, figsize=(13 if axis else 7, 4.5), squeeze=False)
     ax = axes[0][0]
     for i, k in enumerate(tests):

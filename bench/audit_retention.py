@@ -78,7 +78,6 @@ def main() -> None:
             print(f"{'':28s} {args.null_keys} random keys: {r['null_over_keys']}", flush=True)
     doc = {
         "bench": "audit_retention",
-        "work": args.work.name,
         "watermark": spec.describe(),
         "texts_per_set": args.texts,
         "readings": {

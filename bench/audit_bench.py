@@ -30,6 +30,8 @@ Results: ``bench/results/audit.json`` and ``audit.png`` (``--quick``: the tiny w
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -68,6 +70,11 @@ def main() -> None:
     parser.add_argument("--delta", type=float, default=4.0, help="KGW bias of the teacher's watermark")
     parser.add_argument("--scheme", default="kgw", help="the teacher's watermark scheme (kgw or gumbel)")
     parser.add_argument("--base-steps", type=int, default=None, help="training steps of the base model")
+    parser.add_argument(
+        "--base-shape", default=None, metavar="HIDDEN,LAYERS",
+        help="size of the base model, and so of the students it initialises (default: 2/3 of the teacher's "
+        "width, half its depth)",
+    )  # fmt: skip
     parser.add_argument("--world-root", type=Path, default=None, help="a world built earlier at this root")
     parser.add_argument("--out", default="", help="suffix of the results file (audit_<out>.json)")
     parser.add_argument("--only", nargs="*", default=None, help="train and audit only these students")
@@ -103,14 +110,18 @@ def main() -> None:
     mix_files = {m: _mix_source(world, m, work / f"mix_{m}.jsonl", max_mb=4 if q else 120) for m in mixes}
     init_dirs = {"scratch": "tiny"}
     base_spec, base_dir = work / "base.spec.json", work / "base"
-    if base_spec.is_file() and json.loads(base_spec.read_text()) == {"steps": base_steps, "seed": 7}:
+    shape = _shape(world, args.base_shape)
+    base_what = {"steps": base_steps, "seed": 7, **({"shape": shape} if shape else {})}
+    if base_spec.is_file() and json.loads(base_spec.read_text()) == base_what:
         print(f"== base model kept from an earlier run ({base_dir})", flush=True)
         init_dirs["base"] = str(base_dir)
     else:  # the base model: a student init, and the controls' init
         print(f"== base model ({base_steps} steps on the world's sources)", flush=True)
         base_spec.unlink(missing_ok=True)
-        init_dirs["base"] = str(train_control(world, base_dir, steps=base_steps, seed=7, progress=True))
-        base_spec.write_text(json.dumps({"steps": base_steps, "seed": 7}))
+        init_dirs["base"] = str(
+            train_control(world, base_dir, steps=base_steps, seed=7, shape=shape, progress=True)
+        )
+        base_spec.write_text(json.dumps(base_what))
 
     # one collection per key, large enough for every student; each student takes a prefix of it by tokens.
     # Collected (below) only when a planned student reads it.
@@ -126,8 +137,12 @@ def main() -> None:
         out = work / name
         kept = out / "distill.json"
         if args.keep_students and kept.is_file() and (out / "student" / "config.json").is_file():
-            print(f"== student {name} kept from an earlier run", flush=True)  # --keep-students trained it
-            return json.loads(kept.read_text())
+            manifest = json.loads(kept.read_text())
+            mixed = manifest["mix"].get("source_sha256")  # None without a mix (rho 100%)
+            if mixed is None or mixed == _sha256(mix_files[mix]):
+                print(f"== student {name} kept from an earlier run", flush=True)  # --keep-students trained it
+                return manifest
+            print(f"== student {name} was trained on another mix: training it again", flush=True)
         prefix = _prefix(collection, tokens, out / "answers.jsonl")
         cfg = DistillConfig(
             teacher=str(world.teacher), out=out, student=init_dirs.get(init, init), collection=prefix,
@@ -183,7 +198,8 @@ def main() -> None:
                     "unrelated": "the world's docs corpus and Python standard-library source code",
                 },
                 "inits": {
-                    "base": f"independent base model ({base_steps} steps on the world's sources, never ours)",
+                    "base": f"independent base model ({base_steps} steps on the world's sources, never ours; "
+                    f"shape {shape or 'default: 2/3 of the teacher width, half its depth'})",
                     "scratch": "random initialisation",
                 },
                 "teacher_temperature": 1.0,
@@ -298,6 +314,22 @@ def _collect(world, watermark: dict | None, tokens: int, path: Path, *, seed: in
     if done < tokens:
         print(f"   only {done} completion tokens could be collected (asked {tokens})", flush=True)
     return path
+
+
+def _shape(world, spec: str | None) -> dict | None:
+    """``HIDDEN,LAYERS`` as a model shape (the teacher's head count; a feed-forward of 11/4 the width)."""
+    if not spec:
+        return None
+    from transformers import AutoConfig
+
+    hidden, layers = (int(x) for x in spec.split(","))
+    heads = AutoConfig.from_pretrained(world.teacher, local_files_only=True).num_attention_heads
+    return {"hidden": hidden, "layers": layers, "heads": heads, "intermediate": (hidden * 11 // 4) // 32 * 32}
+
+
+@functools.cache
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _prefix(collection: Path, tokens: int, out: Path) -> Path:

@@ -1,24 +1,26 @@
-"""What a student kept of our watermark: the mass statistic where it trained, beside where the audit reads.
+"""What a student kept of our watermark: the mass statistic on our watermarked texts, beside a valid reading.
 
 A diagnostic for the audit bench's students (``audit_bench.py --keep-students --work DIR``), not evidence.
-For each student kept in ``DIR`` the mass reading's statistic (``audit.mass``: the student's mean
-next-token probabilities after each distinct window minus our model's, times each token's score under our
-key, in null standard deviations) is computed on two sets of texts of the same size:
+For each student kept in ``DIR`` (a folder with ``student/`` and ``distill.json``) the mass reading's
+statistic (``audit.mass``: the student's mean next-token probabilities after each distinct window minus
+our model's, times each token's score under our key, in null standard deviations) is computed on two sets
+of texts of the same size, the same for every student:
 
-* ``plain``: our unwatermarked answers to the distiller's first prompts (the collection ``plain.jsonl``),
-  key-independent texts: the valid reading, as the audit does it;
-* ``trained``: the student's own training answers (``answers.jsonl``: for a watermarked student, our
-  watermarked answers). Their tuples were chosen by our key when we sampled them, so this z is *not* a
-  test (its null is not centred); it shows how much of the key the student still expresses on the very
-  contexts it was trained on. When it is small too, no reading of our texts can convict: the student did
-  not keep the watermark, and a stronger test would need a stronger student or more exposure, not a
-  better statistic.
+* ``plain``: our unwatermarked answers to the distiller's first prompts (the collection ``plain.jsonl``).
+  They do not depend on the key, so this is a valid reading (the audit's own reading generates fresh plain
+  answers to pool prompts instead, so its z differ a little). The students of our unwatermarked answers
+  (``control_plain_*``, ``control_seed*``, ``control_shared_data``) were trained on these very texts.
+* ``watermarked``: our watermarked answers, the first of the collection (``ours.jsonl``): every watermarked
+  student trained on them. Our key chose their tuples when we sampled them, so this z is *not* a test: its
+  offset under H0 is not zero. The controls never trained on them, so their z on the same texts are that
+  offset's baseline. A watermarked student far above them still expresses our key where it was trained;
+  one among them kept nothing that this statistic can see, even there.
 
-For the controls (students that never saw our key: of our unwatermarked answers, of other keys' watermarked
-answers, sharing our data) the valid reading is also repeated under ``--null-keys`` random keys (default
-1,000): a null calibration of the mass reading on real innocent models. Its p-value is a Chernoff bound, so
-the false claims at 0.01 and 0.001 should stay at or below the level, and a one-sided KS test (are the
-p-values stochastically smaller than uniform?) should not reject.
+For the controls (students that never saw our key) the plain reading is also repeated under ``--null-keys``
+random keys (default 1,000, the same keys for every control): a null calibration of the mass reading on
+real innocent models. Its p-value is a Chernoff bound, so the false claims at 0.01 and 0.001 should stay at
+or below the level, and a one-sided KS test (are the p-values stochastically smaller than uniform?) should
+not reject. The controls share our key and texts, so their calibrations are correlated, not replicates.
 
 Results: ``bench/results/audit_retention[_<out>].json`` (and a PNG of z against rho).
 """
@@ -55,11 +57,12 @@ def main() -> None:
     tok, _ = load_tokenizer(teacher)
     ours = AutoModelForCausalLM.from_pretrained(teacher).eval()
     plain = _texts(tok, args.work / "plain.jsonl", args.texts)
+    marked = _texts(tok, args.work / "ours.jsonl", args.texts)
     rows = {}
-    for d in sorted(p.parent.parent for p in args.work.glob("*/student/config.json")):
+    kept = (p.parent.parent for p in args.work.glob("*/student/model.safetensors"))
+    for d in sorted(d for d in kept if (d / "distill.json").is_file()):  # an interrupted student has none
         manifest = json.loads((d / "distill.json").read_text())
         student = AutoModelForCausalLM.from_pretrained(d / "student").eval()
-        own = _texts(tok, d / "answers.jsonl", args.texts)
         kind = "control" if d.name.startswith("control") else "watermarked"
         rows[d.name] = {
             "kind": kind,
@@ -69,10 +72,10 @@ def main() -> None:
         }
         r = rows[d.name]
         r["plain"], table = _reading(spec, student, ours, plain, tok)
-        r["trained"], _ = _reading(spec, student, ours, own, tok)
-        plain_z, plain_p, trained_z = r["plain"]["z"], r["plain"]["log10_p"], r["trained"]["z"]
+        r["watermarked"], _ = _reading(spec, student, ours, marked, tok)
+        plain_z, plain_p, marked_z = r["plain"]["z"], r["plain"]["log10_p"], r["watermarked"]["z"]
         print(f"{d.name:28s} rho {r['rho']:.4f}  z plain {plain_z:6.2f} (log10 p {plain_p:.2f})  "
-              f"z trained {trained_z:6.2f}", flush=True)  # fmt: skip
+              f"z watermarked {marked_z:6.2f}", flush=True)  # fmt: skip
         if kind == "control" and args.null_keys:
             r["null_over_keys"] = _null(spec, table, args.null_keys)
             print(f"{'':28s} {args.null_keys} random keys: {r['null_over_keys']}", flush=True)
@@ -81,9 +84,11 @@ def main() -> None:
         "watermark": spec.describe(),
         "texts_per_set": args.texts,
         "readings": {
-            "plain": "the mass reading of our unwatermarked answers to the distiller's prompts (valid test)",
-            "trained": "the same statistic on the student's own training answers (diagnostic only: for a "
-            "watermarked student the tuples were chosen by our key, so z is not null-centred)",
+            "plain": "the mass reading of our unwatermarked answers to the distiller's first prompts (valid; "
+            "the plain-answer controls trained on these texts)",
+            "watermarked": "the same statistic on our first watermarked answers, which every watermarked "
+            "student trained on (diagnostic only: our key chose their tuples, so z is not null-centred; the "
+            "controls' z on the same texts are its baseline)",
         },
         "students": rows,
         "wall_s": round(time.time() - t0, 1),
@@ -108,7 +113,8 @@ def _texts(tok, path: Path, n: int) -> tuple[list[list[int]], list[int]]:
     return seqs, plens
 
 
-def _reading(spec, student, ours, texts, tok) -> dict:
+def _reading(spec, student, ours, texts, tok):
+    """``(summary, weighted tuples)`` of the mass statistic of ``student`` beside ``ours`` on ``texts``."""
     from distillguard.audit import mass as ms
     from distillguard.audit.forward import next_token_topk
 
@@ -117,6 +123,8 @@ def _reading(spec, student, ours, texts, tok) -> dict:
     with torch.no_grad():
         win, idx, p, ref = next_token_topk(student, seqs, plens, spec.window, pad, ms.TOP_K, ours)
     table = ms.window_means(win, idx, p, reference_p=ref)
+    drop = spec.impl.degenerate(spec, table.windows)  # windows keyed alike under every key (compat mode)
+    table = table.without(drop) if np.any(drop) else table
     t = ms.total(spec, table)
     return {
         "texts": len(seqs),
@@ -154,8 +162,8 @@ def _plot(doc: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (reading, label) in enumerate((("plain", "our plain texts (the test)"),
-                                          ("trained", "its own training answers (diagnostic)"))):  # fmt: skip
+    readings = (("plain", "our plain answers (a valid reading)"), ("watermarked", "our watermarked answers"))
+    for i, (reading, label) in enumerate(readings):
         for kind, mark in (("watermarked", "o"), ("control", "x")):
             pts = [(r["rho"], r[reading]["z"]) for r in doc["students"].values() if r["kind"] == kind]
             if pts:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import json
 import os
 import platform
@@ -44,7 +43,7 @@ from pathlib import Path
 import torch
 
 from distillguard.audit import AuditConfig, run_audit, train_control
-from distillguard.distill.recipe import DistillConfig, run_distill
+from distillguard.distill.recipe import DistillConfig, run_distill, sha256_file
 from distillguard.watermark.schemes import WatermarkSpec
 from distillguard.world import build_world
 
@@ -133,13 +132,15 @@ def main() -> None:
         **{o: ({"key": k, **mark}, wm_tokens) for o, k in zip(others, OTHER_KEYS, strict=False)},
     }
 
+    mix_sha = functools.cache(sha256_file)  # what a kept student's manifest recorded of its mix
+
     def student(name: str, collection: Path, tokens: int, rho: float, mix: str, init: str, seed: int = 0):
         out = work / name
         kept = out / "distill.json"
         if args.keep_students and kept.is_file() and (out / "student" / "config.json").is_file():
             manifest = json.loads(kept.read_text())
             mixed = manifest["mix"].get("source_sha256")  # None without a mix (rho 100%)
-            if mixed is None or mixed == _sha256(mix_files[mix]):
+            if mixed is None or mixed == mix_sha(mix_files[mix]):
                 print(f"== student {name} kept from an earlier run", flush=True)  # --keep-students trained it
                 return manifest
             print(f"== student {name} was trained on another mix: training it again", flush=True)
@@ -327,11 +328,6 @@ def _shape(world, spec: str | None) -> dict | None:
     return {"hidden": hidden, "layers": layers, "heads": heads, "intermediate": (hidden * 11 // 4) // 32 * 32}
 
 
-@functools.cache
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _prefix(collection: Path, tokens: int, out: Path) -> Path:
     """The first records of a collection whose completions add up to at least ``tokens`` tokens."""
     from distillguard.distill.collect import read_collection
@@ -491,10 +487,10 @@ def _plot(doc: dict, path: Path) -> None:
 
     rows = doc["students"]
     tests = sorted({k for r in rows.values() for k in r["tests"]})
-    axis = sorted(  # the axis students and the main student at 5% (unrelated mix, base init)
-        (r["teacher_tokens"], n) for n, r in rows.items() if n.startswith("axis_") or _main_at_5pct(r)
-    )
-    axis = [(tok, rows[n]) for tok, n in axis] if any(n.startswith("axis_") for n in rows) else []
+    axis = []  # the axis students and the main student at 5% that they extend
+    if any(n.startswith("axis_") for n in rows):
+        picked = [r for n, r in rows.items() if n.startswith("axis_") or _main_at_5pct(r)]
+        axis = [(r["teacher_tokens"], r) for r in sorted(picked, key=lambda r: r["teacher_tokens"])]
     fig, axes = plt.subplots(1, 2 if axis else 1, figsize=(13 if axis else 7, 4.5), squeeze=False)
     ax = axes[0][0]
     for i, k in enumerate(tests):

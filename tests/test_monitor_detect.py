@@ -443,6 +443,39 @@ def test_a_registration_burst_with_one_template_family_links_accounts_without_a_
     assert clusters[0].strong == [sorted(f"throwaway{i}" for i in range(8))]
 
 
+def test_small_throwaways_join_their_burst_only_through_its_proxies_and_its_frames():
+    from collections import Counter
+
+    wrapper = {hash(f"cot-frame-{i}") for i in range(20)}
+
+    def rotating(name, i, created, frames, sent=12, shingles=()):  # a new residential /24 per request
+        info = _info(name, None, frames, [i], created, 1)
+        info.prefixes = Counter({f"{80 + i}.{k}.{i}.0/24": 1 for k in range(sent)})
+        info.shingles = set(shingles)
+        return info
+
+    # the campaign: four big throwaways and small ones (3-9 requests: no frames or rotation of their own)
+    infos = [rotating(f"big{i}", i, 1000.0 + 9 * i, wrapper | {hash(f"o{i}")}) for i in range(4)]
+    own = {hash("own-a"), hash("own-b")}  # each small one's prompts: mostly the wrapper's frames
+    infos += [
+        rotating(f"small{i}", 10 + i, 1010.0 + 20 * i, set(), 3 + 2 * i, set(wrapper) | own) for i in range(4)
+    ]
+    # signed up in the burst's minute through a new address per request, asking its own questions
+    infos.append(rotating("bystander", 30, 1020.0, set(), 5, {hash(f"mine-{k}") for k in range(30)}))
+    # the wrapper's frames from a new address per request, signed up an hour later: no burst
+    infos.append(rotating("late", 31, 4600.0, set(), 5, wrapper))
+    # the wrapper's frames, signed up in the burst, five requests from one home network: not a proxy pool
+    home = rotating("home", 32, 1030.0, set(), 5, wrapper)
+    home.prefixes = Counter({"73.9.9.0/24": 5})
+    infos.append(home)
+    # two requests: too few to say anything
+    infos.append(rotating("tiny", 33, 1040.0, set(), 2, wrapper))
+    (c,) = link_accounts(infos)
+    campaign = sorted([f"big{i}" for i in range(4)] + [f"small{i}" for i in range(4)])
+    assert c.accounts == campaign and c.strong == [campaign]
+    assert set(c.evidence) == {"template", "created"}
+
+
 # --------------------------------------------------------------------------------------------------
 # Decisions
 

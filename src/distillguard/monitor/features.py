@@ -1240,6 +1240,18 @@ def text_geometry(sample: Sample, dim: int = 512) -> TextGeometry:
     return TextGeometry(vec, diversity, len(centres), centres, paraphrase, templated, shingles, min_dist)
 
 
+def shingle_hashes(texts: Sequence[str]) -> set[int]:
+    """The stable hashes of every word 4-gram of ``texts`` (the unit of a template frame): what a small
+    account's prompts are made of, to compare with another account's recurring frames."""
+    out: set[int] = set()
+    for text in texts:
+        toks = tokens(text)
+        out.update(
+            stable_hash(" ".join(toks[i : i + SHINGLE])) for i in range(max(0, len(toks) - SHINGLE + 1))
+        )
+    return out
+
+
 def _templates(texts: Sequence[str], repeat: np.ndarray) -> tuple[np.ndarray, set[int]]:
     """Rows mostly covered by word 4-grams that recur in other rows (the frames of a prompt generator).
     Returns the flags and the stable hashes of the recurring frames (for cross-account linking)."""

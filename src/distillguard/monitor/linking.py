@@ -63,6 +63,9 @@ class LinkInfo:
     active_hours: int
     created: float | None  # key creation (or first-seen) time
     org: str | None = None  # the declared organisation (one customer's fleet of service accounts)
+    # every prompt frame (word 4-gram hash) of an account too small to show recurring frames of its own
+    # (fewer than MIN_ROTATING requests): what it can be matched against a burst member's frames with
+    shingles: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -113,6 +116,11 @@ def _pairs(members: Sequence[int], order_key: np.ndarray, width: int = 40) -> np
     return np.stack([np.minimum(x, y), np.maximum(x, y)], axis=1)
 
 
+MIN_ROTATING = 10  # requests an account needs before its own address rotation counts as a proxy pool
+MIN_SMALL = 3  # a smaller account joins a burst only with this many requests, each from its own network
+SMALL_CONTAINMENT = 0.5  # ... and with at least this share of its prompt frames among a member's frames
+
+
 def link_accounts(
     infos: Sequence[LinkInfo],
     *,
@@ -122,7 +130,7 @@ def link_accounts(
     created_window: float = 3 * 3600.0,
     burst_window: float = 300.0,
     rotating_share: float = 0.5,
-    min_rotating: int = 10,
+    min_rotating: int = MIN_ROTATING,
     min_kinds: int = 2,
 ) -> list[Cluster]:
     """Clusters of accounts linked by at least ``min_kinds`` kinds of evidence, largest first."""
@@ -182,6 +190,13 @@ def link_accounts(
         burst = (np.abs(cr[pi] - cr[pj]) <= min(burst_window, created_window)) & rotating[pi] & rotating[pj]
     edge = (kinds.sum(axis=1) >= min_kinds) & (kinds[:, 0] | kinds[:, 2] | (kinds[:, 1] & burst))
     ei, ej, ek = pi[edge], pj[edge], kinds[edge]
+    si, sj = _small_in_burst(infos, cr, sent, nets, rotating, min(burst_window, created_window), min_rotating)
+    if len(si):
+        known = set((ei * n + ej).tolist())
+        new = np.array([k not in known for k in (si * n + sj).tolist()], dtype=bool)
+        sk = np.zeros((int(new.sum()), len(KINDS)), dtype=bool)
+        sk[:, [KINDS.index("template"), KINDS.index("created")]] = True
+        ei, ej, ek = np.concatenate([ei, si[new]]), np.concatenate([ej, sj[new]]), np.concatenate([ek, sk])
     graph = coo_matrix((np.ones(len(ei), dtype=np.int8), (ei, ej)), shape=(n, n))
     _, label = connected_components(graph, directed=False)
     size = np.bincount(label, minlength=n)
@@ -211,6 +226,54 @@ def link_accounts(
 
 
 STRONG_KINDS = ("template", "timing")
+
+
+def _small_in_burst(
+    infos: Sequence[LinkInfo],
+    created: np.ndarray,
+    sent: np.ndarray,
+    nets: np.ndarray,
+    rotating: np.ndarray,
+    window: float,
+    min_rotating: int,
+    width: int = 40,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Template-and-burst edges ``(i, j)`` (``i < j``) for accounts too small to show frames or a rotation
+    of their own: from MIN_SMALL to ``min_rotating - 1`` requests, *each* from a network of its own, a key
+    created within ``window`` of a rotating account's (one of the ``width`` nearest in creation time), and
+    at least SMALL_CONTAINMENT of its prompt frames among that account's recurring frames. A throwaway
+    account of a registration burst that sent three to nine requests through the campaign's proxies and
+    its template; a customer who signed up that minute from home, or asked that template's questions on
+    another day, is not joined."""
+    small = [
+        i
+        for i, x in enumerate(infos)
+        if MIN_SMALL <= sent[i] < min_rotating
+        and nets[i] >= sent[i]
+        and x.shingles
+        and np.isfinite(created[i])
+    ]
+    hubs = np.array([j for j in np.nonzero(rotating)[0] if infos[j].frames and np.isfinite(created[j])])
+    if not small or not len(hubs):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    hubs = hubs[np.argsort(created[hubs], kind="stable")]
+    t = created[hubs]
+    out = []
+    for i in small:
+        lo, hi = (
+            np.searchsorted(t, created[i] - window),
+            np.searchsorted(t, created[i] + window, side="right"),
+        )
+        near = hubs[lo:hi]
+        near = near[np.argsort(np.abs(created[near] - created[i]), kind="stable")[:width]]
+        sh = infos[i].shingles
+        for j in near:
+            if len(sh & infos[int(j)].frames) >= SMALL_CONTAINMENT * len(sh):
+                out.append((min(i, int(j)), max(i, int(j))))
+    if not out:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    pairs = np.array(sorted(set(out)), dtype=np.int64)
+    return pairs[:, 0], pairs[:, 1]
 
 
 def _strong_groups(

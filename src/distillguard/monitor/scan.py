@@ -67,9 +67,10 @@ from distillguard.monitor.features import (
     evidence_seqs,
     hash_vectors,
     records_to_table,
+    shingle_hashes,
     text_geometry,
 )
-from distillguard.monitor.linking import Cluster, LinkInfo, link_accounts
+from distillguard.monitor.linking import MIN_ROTATING, Cluster, LinkInfo, link_accounts
 
 BATCH_ROWS = 65_536
 
@@ -317,6 +318,9 @@ class Analyzer:
             active_hours=_active_hours(prof),
             created=None,
             org=next(iter(prof.orgs)) if len(prof.orgs) == 1 else None,
+            shingles=shingle_hashes(prof.sample.text)
+            if len(accounts) == 1 and prof.n < MIN_ROTATING
+            else set(),
         )
         return EntityState(accounts, prof.n, feats, evidence_seqs(prof, geo), link)
 

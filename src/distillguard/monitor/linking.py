@@ -26,7 +26,10 @@ accounts behind rotating residential proxies share no network and, active for an
 their one template family and their sign-up script are all that joins them. Customers mostly have a
 network (an office, a home, a cloud region), so a bulk import or a busy onboarding day does not link them
 this way; clients whose every request leaves from a new address (some mobile carriers, privacy relays)
-can be.
+can be. A throwaway that sent only 3-9 requests has neither recurring frames nor a rotation count of its
+own: it joins the burst through a rotating member whose key was created within ``burst_window`` of its
+own, when each of its requests came from a network of its own and at least half of its prompts' word
+4-grams are that member's frames (``_small_in_burst``).
 
 Clusters are the connected components of at least two accounts. Within a cluster, the groups joined by
 *strong* edges (carrying ``template`` or ``timing``) are what the scan judges as one operator

@@ -44,7 +44,7 @@ def _rss_mb() -> float:
 def feature_child(path: str, engine: str, workers: int, state_out: str) -> None:
     """In a fresh process: one engine's feature pass; prints its timings, saves its state for the check."""
     from distillguard.monitor.engine import open_engine
-    from distillguard.monitor.scan import save_accumulator
+    from distillguard.monitor.follow import save_accumulator
 
     eng = open_engine(engine, workers=workers)
     t0 = time.time()
@@ -63,10 +63,10 @@ def spark_child(path: str, workers: int, state_out: str) -> None:
     Java 17 runtime; not an engine of the package."""
     from pyspark.sql import SparkSession
 
+    from distillguard.monitor.accumulator import COPY_BITS, MIN_COPY_CHARS
     from distillguard.monitor.engine import claim_slice, fold_slice, plan_slices
-    from distillguard.monitor.features import COPY_BITS, MIN_COPY_CHARS
+    from distillguard.monitor.follow import save_accumulator
     from distillguard.monitor.merge import CopyClaims, finish, merge_into
-    from distillguard.monitor.scan import save_accumulator
 
     os.environ["PYSPARK_PYTHON"] = sys.executable  # the workers import distillguard from this environment
     t0 = time.time()
@@ -113,7 +113,7 @@ def spark_child(path: str, workers: int, state_out: str) -> None:
 def _same(a: Path, b: Path) -> bool:
     import numpy as np
 
-    from distillguard.monitor.scan import load_follow_state
+    from distillguard.monitor.follow import load_follow_state
 
     sa, sb = load_follow_state(a)[0].state(), load_follow_state(b)[0].state()
     for k, x in sa["arrays"].items():

@@ -72,7 +72,8 @@ def actor():
 
 
 def scenario(seed: int, *, campaign: bool, pools, public_templates: bool = False, attacker_net=None):
-    from distillguard.monitor.personas import Scale, build_scenario, random_ip
+    from distillguard.monitor.scenario import Scale, build_scenario
+    from distillguard.monitor.simworld import random_ip
 
     personas = benign_personas()
     if campaign:
@@ -151,11 +152,12 @@ def run_seed(seed: int, root: Path) -> dict:
     from distillguard.intel.jobs import export_bundle, import_bundle
     from distillguard.intel.match import IntelMatcher
     from distillguard.intel.store import IntelStore
+    from distillguard.monitor.accumulator import FeatureAccumulator
     from distillguard.monitor.decisions import Policy
     from distillguard.monitor.evaluate import rate_bounds
-    from distillguard.monitor.features import FeatureAccumulator, derive, ip_prefix
-    from distillguard.monitor.personas import Pools
+    from distillguard.monitor.features import derive, ip_prefix
     from distillguard.monitor.scan import Analyzer, ScanOptions, analyse, ledger_batches, store_created
+    from distillguard.monitor.simworld import Pools
     from distillguard.monitor.synth import synthesize_ledger
 
     pools = Pools.builtin()

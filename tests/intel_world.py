@@ -55,7 +55,7 @@ def provider(root: Path, name: str) -> tuple[dict[str, Any], Path]:
 
 
 def population(seed: int, pools, *, campaign: int = 0, queries: int = 80, leak: bool = False):
-    from distillguard.monitor.personas import Scale, build_scenario
+    from distillguard.monitor.scenario import Scale, build_scenario
 
     personas = dict(BENIGN)
     if campaign:
@@ -76,7 +76,7 @@ def population(seed: int, pools, *, campaign: int = 0, queries: int = 80, leak: 
 
 def move_to(scen, net: str, share: float = 0.5, seed: int = 0):
     """A ``share`` of the campaign's accounts send from ``net`` (the network seen at the other provider)."""
-    from distillguard.monitor.personas import random_ip
+    from distillguard.monitor.simworld import random_ip
 
     rng = random.Random(seed)
     sybils = sorted(a.name for a in scen.accounts if a.persona == "sybil")

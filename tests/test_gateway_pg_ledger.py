@@ -207,7 +207,8 @@ def test_monitor_follow_reads_every_record_of_every_chain_once(postgres_url: str
     are read on the next step: the follower keeps a position per chain, not one in the merged order."""
     from distillguard.gateway.accounts import PostgresAccountStore
     from distillguard.monitor.decisions import DecisionLog, Policy
-    from distillguard.monitor.scan import Follower, ScanOptions
+    from distillguard.monitor.follow import Follower
+    from distillguard.monitor.scan import ScanOptions
     from test_monitor_detect import T0, _population
 
     records = [{k: v for k, v in r.items() if k != "seq"} for r in _population(seed=4)]

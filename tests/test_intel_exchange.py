@@ -14,7 +14,7 @@ import pytest
 
 from cli_run import run_cli
 from distillguard.monitor.features import ip_prefix
-from distillguard.monitor.personas import Pools
+from distillguard.monitor.simworld import Pools
 from intel_world import SECRETS, build, move_to, population, provider
 
 

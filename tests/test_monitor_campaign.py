@@ -14,11 +14,15 @@ from dataclasses import replace
 
 import pytest
 
+from distillguard.monitor.accumulator import FeatureAccumulator
 from distillguard.monitor.decisions import Policy
-from distillguard.monitor.features import FeatureAccumulator, derive, records_to_table
+from distillguard.monitor.features import derive, records_to_table
 from distillguard.monitor.linking import link_accounts
-from distillguard.monitor.personas import CoverageDistiller, Pools, Scale, Scenario, build_scenario
-from distillguard.monitor.scan import ScanOptions, analyse, build_reference, report_json
+from distillguard.monitor.personas import CoverageDistiller
+from distillguard.monitor.report import report_json
+from distillguard.monitor.scan import ScanOptions, analyse, build_reference
+from distillguard.monitor.scenario import Scale, Scenario, build_scenario
+from distillguard.monitor.simworld import Pools
 from distillguard.monitor.synth import event_record
 
 OPTS = ScanOptions(sample_size=128, mmd_null=200)

@@ -15,22 +15,21 @@ from cli_run import run_cli
 from distillguard.gateway.accounts import SQLiteAccountStore
 from distillguard.gateway.ledger import Ledger
 from distillguard.gateway.tiers import get_tier
+from distillguard.monitor.accumulator import FeatureAccumulator, hll_estimate
 from distillguard.monitor.decisions import AccountState, DecisionLog, Policy, apply_decisions, decide, revert
 from distillguard.monitor.detectors import Calibration, MMDReference, prada_w
+from distillguard.monitor.entity import entity_features, text_geometry
 from distillguard.monitor.features import (
     FEATURE_NAMES,
-    FeatureAccumulator,
     derive,
-    entity_features,
     hash_strings,
-    hll_estimate,
     is_cot,
     is_identity,
     records_to_table,
-    text_geometry,
 )
+from distillguard.monitor.follow import Follower
 from distillguard.monitor.linking import LinkInfo, link_accounts, minhash
-from distillguard.monitor.scan import Follower, ScanOptions, analyse
+from distillguard.monitor.scan import ScanOptions, analyse
 
 T0 = 1_717_372_800.0
 TOPICS = (

@@ -13,8 +13,9 @@ import pytest
 
 from cli_run import run_cli
 from distillguard.gateway.ledger import Ledger
-from distillguard.monitor.personas import Pools, Scale, build_scenario
+from distillguard.monitor.scenario import Scale, build_scenario
 from distillguard.monitor.simulate import simulate
+from distillguard.monitor.simworld import Pools
 from distillguard.monitor.synth import read_labels
 from gateway_server import ADMIN_TOKEN, TEST_SECRET, start
 

@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from cli_run import run_cli
+from distillguard.monitor.accumulator import OTHER, FeatureAccumulator, count_bounded
 from distillguard.monitor.engine import open_engine, plan_slices
-from distillguard.monitor.features import OTHER, FeatureAccumulator, count_bounded, records_to_table
+from distillguard.monitor.features import records_to_table
 from distillguard.monitor.merge import CopyClaims, finish, merge_into, slice_accumulator
 from distillguard.monitor.scan import accumulate
 from distillguard.monitor.synth import synthesize_parquet
@@ -253,7 +254,7 @@ def test_a_ledger_database_is_exported_for_the_ray_engine(tmp_path, monkeypatch,
 def test_a_saved_state_packs_its_sampled_texts(tmp_path):
     """The follow state keeps sampled texts as UTF-8 bytes: one long prompt must not size every entry (a
     fixed-width array of 4M samples took 45 GiB at the seed case's scale)."""
-    from distillguard.monitor.scan import load_follow_state, save_accumulator
+    from distillguard.monitor.follow import load_follow_state, save_accumulator
 
     rows = hard_rows(2000, seed=11)
     rows[5]["prompt"] = "déjà vu " * 6000  # 48k characters, not ASCII

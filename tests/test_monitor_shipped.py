@@ -10,15 +10,19 @@ from dataclasses import replace
 
 import pytest
 
-from distillguard.monitor.features import FEATURE_NAMES, FeatureAccumulator, derive, records_to_table
-from distillguard.monitor.personas import BENIGN, Pools, Scale, build_scenario
-from distillguard.monitor.scan import Reference, analyse, report_json
+from distillguard.monitor.accumulator import FeatureAccumulator
+from distillguard.monitor.features import FEATURE_NAMES, derive, records_to_table
+from distillguard.monitor.personas import BENIGN
+from distillguard.monitor.report import report_json
+from distillguard.monitor.scan import Reference, analyse
+from distillguard.monitor.scenario import Scale, build_scenario
 from distillguard.monitor.shipped import (
     VERSION,
     build_shipped_reference,
     load_shipped_reference,
     shipped_path,
 )
+from distillguard.monitor.simworld import Pools
 from distillguard.monitor.synth import event_record
 from test_monitor_campaign import OPTS, by_persona, flagged
 from test_monitor_campaign import mixed as mixed  # a fixture
@@ -101,7 +105,7 @@ def test_the_reference_is_rebuilt_from_the_simulator(tmp_path):
 
 def test_tiers_from_the_shipped_reference_stop_at_the_cap_and_a_calibrated_one_lifts_it(mixed, shipped):
     from distillguard.monitor.decisions import Policy
-    from distillguard.monitor.scan import plan_decisions
+    from distillguard.monitor.report import plan_decisions
 
     _, acc, created, personas = mixed
     analysis = analyse(acc, shipped, options=OPTS, created=created)
@@ -124,7 +128,7 @@ def test_a_reference_or_follow_state_from_another_feature_set_is_refused_in_one_
     import numpy as np
 
     from distillguard.errors import UserError
-    from distillguard.monitor.scan import load_follow_state, save_accumulator
+    from distillguard.monitor.follow import load_follow_state, save_accumulator
 
     old = shipped.calibration.to_dict()
     j = old["features"].index("bias_probe_rate")

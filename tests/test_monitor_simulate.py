@@ -20,15 +20,10 @@ from distillguard.distill.strategies import COT_TEMPLATES
 from distillguard.errors import UserError
 from distillguard.gateway.accounts import SQLiteAccountStore
 from distillguard.gateway.ledger import Ledger, canonical_json, parquet_schema
-from distillguard.monitor.personas import (
-    DAY,
-    PERSONAS,
-    SUPPORT_SYSTEM,
-    Pools,
-    Scale,
-    build_scenario,
-)
+from distillguard.monitor.personas import PERSONAS
+from distillguard.monitor.scenario import Scale, build_scenario
 from distillguard.monitor.simulate import simulate
+from distillguard.monitor.simworld import DAY, SUPPORT_SYSTEM, Pools
 from distillguard.monitor.synth import (
     ledger_params,
     read_labels,

@@ -134,7 +134,8 @@ def export_bundle(
     from distillguard.intel.stix import TLP, build_bundle
     from distillguard.monitor import jobs as mjobs
     from distillguard.monitor.decisions import DecisionLog, Policy
-    from distillguard.monitor.scan import plan_decisions, store_created
+    from distillguard.monitor.report import plan_decisions
+    from distillguard.monitor.scan import store_created
 
     settings = IntelSettings.from_config(config, tlp=tlp or None)
     tlp = settings.tlp

@@ -23,7 +23,8 @@ RETURN_QUERIES = 6  # requests per returning Copycat account at Contoso
 def _contoso_ledger(path: Path, northwind_ledger: Path, secret: bytes, seed: int) -> list[str]:
     """Contoso's customers (synthetic) and Copycat's return: its first requests under fresh names."""
     from distillguard.gateway.ledger import Ledger
-    from distillguard.monitor.personas import BENIGN, SCALES, build_scenario
+    from distillguard.monitor.personas import BENIGN
+    from distillguard.monitor.scenario import SCALES, build_scenario
     from distillguard.monitor.synth import synthesize_ledger
 
     scen = build_scenario("tiny", seed=seed + 77, personas=BENIGN)

@@ -2,17 +2,23 @@
 
 Modules (imported lazily: ``from distillguard.monitor import build_scenario`` loads only what it needs):
 
-* ``personas``: labelled benign and attacker personas as pure, seeded generators of API events
-  (:func:`build_scenario`, :class:`Persona`, :class:`Event`, :data:`SCALES`).
+* ``simworld``: the simulated world: clock, addresses, API events, accounts, content pools.
+* ``personas``: labelled benign and attacker personas as pure, seeded generators of API events.
+* ``scenario``: populations of personas at a scale preset (:func:`build_scenario`, :data:`SCALES`).
 * ``simulate``: replays a scenario against a running gateway over HTTP (``distillguard simulate``).
 * ``synth``: writes a scenario straight into a signed ledger and an account store, or streams a
   50M-row synthetic ledger to Parquet for scale benchmarks.
 * ``sim_cli``: the ``distillguard simulate`` command.
-* ``features``: traffic features per account and per linked cluster over the ledger.
+* ``features``: the feature catalogue and the vectorised derivation of ledger batches.
+* ``accumulator``: the streaming per-account state (counters, sketches, bounded samples).
+* ``entity``: an account's or a linked cluster's feature values and the evidence behind each.
 * ``detectors``: detectors and the benign-calibrated risk score (pure statistics).
 * ``linking``: which accounts are one operator, so a campaign is judged as one.
 * ``decisions``: from risk to the response ladder (hysteresis, cooldown, allowlist, audit trail).
-* ``scan``: batch scans and the live follow loop (ledger or Parquet -> features -> links -> risk -> tiers).
+* ``judge``: which of an entity's tests count, and their combined p-value.
+* ``scan``: batch scans (ledger or Parquet -> features -> links -> risk).
+* ``report``: tier decisions planned from a scan, its JSON report and summary.
+* ``follow``: the live loop (``monitor follow``) that applies tiers as the ledger grows.
 * ``evaluate``: detection quality against labelled traffic (``monitor eval``).
 * ``cli``: ``distillguard monitor ...``.
 """
@@ -23,15 +29,15 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Event": "personas",
+    "Event": "simworld",
     "Persona": "personas",
-    "Pools": "personas",
-    "SCALES": "personas",
-    "Scenario": "personas",
-    "SimAccount": "personas",
-    "SimClock": "personas",
-    "build_scenario": "personas",
-    "load_pools": "personas",
+    "Pools": "simworld",
+    "SCALES": "scenario",
+    "Scenario": "scenario",
+    "SimAccount": "simworld",
+    "SimClock": "simworld",
+    "build_scenario": "scenario",
+    "load_pools": "simworld",
     "SimResult": "simulate",
     "simulate": "simulate",
     "read_labels": "synth",

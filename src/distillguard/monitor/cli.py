@@ -97,7 +97,7 @@ def scan_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Score every account and linked cluster of the ledger; propose (or --apply) tier changes."""
-    from distillguard.monitor.scan import summary_text
+    from distillguard.monitor.report import summary_text
 
     report = jobs.scan(
         load_config(config),
@@ -131,7 +131,8 @@ def follow_cmd(
 ) -> None:
     """Read new ledger records as they arrive, re-score and apply tiers live (until Ctrl-C)."""
     from distillguard.monitor.decisions import DecisionLog, Policy
-    from distillguard.monitor.scan import Follower, summary_text
+    from distillguard.monitor.follow import Follower
+    from distillguard.monitor.report import summary_text
 
     cfg = load_config(config)
     store = jobs.open_store(cfg, create=False)

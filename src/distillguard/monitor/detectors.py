@@ -24,7 +24,7 @@ Three layers:
    answers) and suggestive elicitation (reasoning traces, identity questions, logprobs at all) as binomial
    counts against every benign reference profile's rate (at its 95% upper bound). Most benign entities
    elicit nothing, so this needs no tail extrapolation, and resembling a benign kind on other features
-   cannot cancel it. ``scan.judge`` counts extraction on its own; suggestive elicitation only when
+   cannot cancel it. :func:`judge.judge` counts extraction on its own; suggestive elicitation only when
    breadth (coverage), network churn or a linked campaign corroborates it, because evaluation harnesses
    ask for reasoning and logprobs too; and the full profile score only with intent (the joint look at
    :data:`INTENT`), extraction, corroboration or campaign linkage.

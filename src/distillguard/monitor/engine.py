@@ -145,7 +145,7 @@ class RayEngine:
     parquet_only: bool = True
 
     def accumulate(self, path: Path, *, sample_size: int, progress: Tick | None = None) -> Any:
-        from distillguard.monitor.features import COPY_BITS, MIN_COPY_CHARS, FeatureAccumulator
+        from distillguard.monitor.accumulator import COPY_BITS, MIN_COPY_CHARS, FeatureAccumulator
         from distillguard.monitor.merge import CopyClaims, finish
 
         ray = _ray()

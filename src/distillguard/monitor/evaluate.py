@@ -29,9 +29,11 @@ import numpy as np
 import pyarrow as pa
 
 from distillguard.errors import UserError
+from distillguard.monitor.accumulator import FeatureAccumulator
 from distillguard.monitor.decisions import Policy
-from distillguard.monitor.features import FeatureAccumulator, derive
-from distillguard.monitor.scan import Analysis, Analyzer, Looks, Reference, ScanOptions, analyse, judge
+from distillguard.monitor.features import derive
+from distillguard.monitor.judge import Looks, judge
+from distillguard.monitor.scan import Analysis, Analyzer, Reference, ScanOptions, analyse
 
 GRID = (10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 20000, 50000)
 

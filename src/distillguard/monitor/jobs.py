@@ -260,7 +260,8 @@ def scan(
     """
     from distillguard.intel.match import IntelMatcher
     from distillguard.monitor.decisions import DecisionLog, Policy, apply_decisions
-    from distillguard.monitor.scan import plan_decisions, report_json, store_created
+    from distillguard.monitor.report import plan_decisions, report_json
+    from distillguard.monitor.scan import store_created
 
     policy = Policy.from_config(config)
     opts = scan_options(config)

@@ -7,7 +7,7 @@ whose edges need **two independent kinds of evidence** between a pair of account
 - ``ip``: they send from the same /24 (IPv6 /48) network, among the prefixes carrying at least 10% of
   each account's traffic (a rented block, one proxy pool);
 - ``template``: their recurring prompt frames (word 4-grams that recur within each account's traffic,
-  see ``features.text_geometry``) overlap, Jaccard >= 0.2, found with MinHash + LSH banding so the
+  see ``entity.text_geometry``) overlap, Jaccard >= 0.2, found with MinHash + LSH banding so the
   candidate search stays linear in the number of accounts;
 - ``timing``: their active hours coincide, Jaccard >= 0.6 over at least 4 active hours each (MinHash of
   absolute hour bins): one scheduler drives them;

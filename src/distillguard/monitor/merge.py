@@ -31,18 +31,16 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from distillguard.monitor.features import (
+from distillguard.monitor.accumulator import (
     _MAX_KEYS,
     _MAX_PREFIXES,
-    BIN_SECONDS,
     COPY_BITS,
     MIN_COPY_CHARS,
     OTHER,
     FeatureAccumulator,
     _hash_rank,
-    hash_strings,
-    prompt_keys,
 )
+from distillguard.monitor.features import BIN_SECONDS, hash_strings, prompt_keys
 
 _EMPTY = np.iinfo(np.int64).max
 

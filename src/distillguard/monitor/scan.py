@@ -1,14 +1,18 @@
-"""Batch scans and the live follow loop: ledger (or Parquet export) -> features -> links -> risk -> tiers.
+"""Batch scans: ledger (or Parquet export) -> features -> links -> risk (the live loop is :mod:`follow`).
 
-The analysis (:func:`analyse`) is one function of a :class:`~distillguard.monitor.features.FeatureAccumulator`
-and an optional benign :class:`Reference`; sources only differ in how rows reach the accumulator:
+The analysis (:func:`analyse`) is one function of a
+:class:`~distillguard.monitor.accumulator.FeatureAccumulator` and an optional benign :class:`Reference`;
+sources only differ in how rows reach the accumulator:
 
 - ``--ledger PATH`` (default: the gateway's ledger): ``Ledger.iter_records`` in batches;
 - ``--parquet DIR``: the ``ledger.parquet`` of ``distillguard ledger export`` (or a synthetic one), streamed
   by record batches with only the needed columns (bounded memory; ``accounts.parquet`` beside it, when
   present, gives key-creation times for linking);
-- ``monitor follow``: the accumulator is kept (and persisted under ``home()/monitor/``) and fed only the
-  records after the last ``seq`` it saw.
+- ``monitor follow`` (:mod:`distillguard.monitor.follow`): the accumulator is kept (and persisted under
+  ``home()/monitor/``) and fed only the records after the last ``seq`` it saw.
+
+Each entity is judged by :mod:`distillguard.monitor.judge`; :mod:`distillguard.monitor.report` plans the
+tier decisions and writes the report.
 
 Calibration: with a :class:`Reference` (``monitor calibrate`` on a known-benign period, saved to
 ``home()/monitor/reference.npz`` and used by default) accounts are compared with benign profiles;
@@ -18,11 +22,8 @@ kind of attacker that many accounts share can vouch for itself.
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import signal
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,43 +33,31 @@ import numpy as np
 import pyarrow as pa
 
 from distillguard.errors import UserError
-from distillguard.gateway.tiers import BASE_TIER
-from distillguard.monitor.decisions import (
-    AccountState,
-    Decision,
-    DecisionLog,
-    Policy,
-    apply_decisions,
-    decide,
-)
+from distillguard.monitor.accumulator import FeatureAccumulator, Profile
 from distillguard.monitor.detectors import (
-    BREADTH,
-    EVASION,
-    EXTRACTION,
-    INTENT,
-    SUBSET_MIN_BETA,
-    SUGGESTIVE,
-    TEXT_SHAPE,
     Assessment,
     Calibration,
     MMDReference,
-    RateNull,
     combine_min_p,
     prada_w,
 )
-from distillguard.monitor.features import (
-    COLUMNS,
-    FEATURE_NAMES,
-    FeatureAccumulator,
-    Profile,
+from distillguard.monitor.entity import (
     TextGeometry,
-    derive,
     entity_features,
     evidence_seqs,
-    hash_vectors,
-    records_to_table,
     shingle_hashes,
     text_geometry,
+)
+from distillguard.monitor.features import COLUMNS, FEATURE_NAMES, derive, hash_vectors, records_to_table
+from distillguard.monitor.judge import (
+    CAMPAIGN_MIN,
+    GATE_P,
+    LEAVE_OUT_SHARE,
+    EntityState,
+    Judgement,
+    Looks,
+    judge,
+    unscored,
 )
 from distillguard.monitor.linking import MIN_ROTATING, Cluster, LinkInfo, link_accounts
 
@@ -245,18 +234,6 @@ def accumulate(
 
 # --------------------------------------------------------------------------------------------------
 # Analysis (pure: no files, no store)
-
-
-@dataclass
-class EntityState:
-    """What an analysis keeps of one entity once its features are computed. The sampled texts and their
-    embeddings are not kept: at the seed case's ~65k accounts they would take gigabytes."""
-
-    accounts: tuple[str, ...]
-    queries: int
-    features: dict[str, float]
-    evidence: dict[str, list[int]]
-    link: LinkInfo  # what account linking needs (``created`` is filled in by the caller)
 
 
 # Accounts whose sampled prompts make the MMD reference (pool and per-account null windows): enough for
@@ -540,217 +517,6 @@ class Analysis:
     reference: dict[str, Any] = field(default_factory=dict)  # which reference, and how far to trust it
 
 
-# Looks at one entity (see :func:`analyse`). A look "shows evidence" at GATE_P: it opens the full profile
-# look, and attributes a weakly linked cluster's evidence to a member.
-GATE_P = 0.05
-# A strong group (shared templates or timing) of at least this many accounts is linkage evidence: one
-# template family or one scheduler across a campaign opens the full profile look without other intent.
-CAMPAIGN_MIN = 3
-# Clusters holding at least this share of the scored accounts (and CAMPAIGN_MIN accounts) are left out of
-# a population calibration and scored against the rest: a campaign cannot vouch for itself.
-LEAVE_OUT_SHARE = 0.05
-
-
-@dataclass
-class Looks:
-    """The calibrations one entity is tested against, each with its own null, plus what the null is:
-
-    - ``extraction``: logit_bias sweeps and logprobs over answers as counts (evidence on its own);
-    - ``suggestive``: reasoning-trace, identity and logprob requests as counts (counted when corroborated);
-    - ``breadth`` and ``evasion``: nearest-benign-profile looks at the coverage of the capability space and
-      at network churn (they corroborate; they convict nobody alone);
-    - ``profile``: the full nearest-benign-profile score (counted with intent or campaign evidence).
-    """
-
-    profile: Calibration
-    extraction: RateNull
-    suggestive: RateNull
-    breadth: Calibration
-    evasion: Calibration
-    intent: Calibration
-    null: str
-    shapeless: Calibration  # the profile without the text shape one shared template gives (TEXT_SHAPE)
-
-    @classmethod
-    def of(cls, cal: Calibration, null: str) -> Looks:
-        return cls(
-            cal,
-            RateNull.from_calibration(cal, EXTRACTION),
-            RateNull.from_calibration(cal, SUGGESTIVE),
-            cal.restrict(BREADTH),
-            cal.restrict(EVASION),
-            cal.restrict(INTENT),
-            null,
-            cal.restrict(_shapeless(cal.features), min_beta=cal.min_beta),
-        )
-
-    @classmethod
-    def fit(cls, rows, *, k: int, groups, null: str) -> Looks:
-        def one(features, min_beta):
-            return Calibration.fit(
-                rows, k=k, source="population", groups=groups, features=features, min_beta=min_beta
-            )
-
-        profile = one(None, 0.05)
-        return cls(
-            profile,
-            RateNull.from_calibration(profile, EXTRACTION),
-            RateNull.from_calibration(profile, SUGGESTIVE),
-            one(BREADTH, SUBSET_MIN_BETA),
-            one(EVASION, SUBSET_MIN_BETA),
-            one(INTENT, SUBSET_MIN_BETA),
-            null,
-            one(_shapeless(profile.features), profile.min_beta),
-        )
-
-
-def _shapeless(features: Sequence[str]) -> tuple[str, ...]:
-    return tuple(f for f in features if f not in TEXT_SHAPE)
-
-
-@dataclass
-class Judgement:
-    """One entity's tests. ``p`` is Bonferroni over three: extraction; suggestive elicitation, counted only
-    when ``corroboration`` names breadth, evasion or linkage evidence; and the full profile, counted only
-    when ``gate`` names intent or a campaign: extraction, elicitation with its corroboration, breadth of
-    coverage, or linkage across accounts that are not one declared organisation (an organisation's fleet
-    of templated service accounts on one scheduler is linked and busy, and that is not distillation)."""
-
-    extraction: Assessment
-    suggestive: Assessment
-    breadth: Assessment
-    evasion: Assessment
-    intent: Assessment
-    profile: Assessment
-    corroboration: str | None
-    gate: str | None
-    p: float
-    tests: list[dict[str, Any]]
-
-    @property
-    def own_evidence(self) -> bool:
-        """Extraction, or corroborated elicitation, at the gate level: what lets a weakly linked account
-        carry its cluster's evidence."""
-        if self.extraction.p_value <= GATE_P:
-            return True
-        return self.corroboration is not None and self.suggestive.p_value <= GATE_P
-
-    @property
-    def counted(self) -> list[Assessment]:
-        out = [self.extraction]
-        if self.corroboration is not None:
-            out.append(self.suggestive)
-        if self.gate is not None:
-            out.append(self.profile)
-        return out
-
-    @property
-    def best(self) -> Assessment:
-        return min(self.counted, key=lambda a: a.p_value)
-
-    @property
-    def scored(self) -> bool:
-        return self.profile.scored
-
-    def _name(self, a: Assessment) -> str:
-        if a is self.profile:
-            return "profile"
-        return "extraction" if a is self.extraction else "elicitation"
-
-    def reasons(self, prefix: str = "") -> tuple[list[str], list[dict[str, Any]]]:
-        best = self.best
-        name = self._name(best)
-        head = f"{prefix}test {name}: p={self.p:.2g} ({self.tests[0]['null']})"
-        texts = [head] + [prefix + r["text"] for r in best.reasons]
-        details = [{**r, "test": name} for r in best.reasons]
-        if best is self.profile:
-            texts.insert(1, f"{prefix}profile counted: {self.gate} evidence")
-        elif best is self.suggestive:
-            texts.insert(1, f"{prefix}elicitation counted: corroborated by {self.corroboration}")
-        if self.corroboration is None and self.suggestive.p_value <= GATE_P:
-            texts.append(
-                f"{prefix}elicitation p={self.suggestive.p_value:.2g} not counted: nothing corroborates it "
-                "(no breadth, network churn or linked campaign; benchmarks and researchers ask for "
-                "reasoning and logprobs too)"
-            )
-        if self.gate is None and self.profile.p_value <= GATE_P:
-            texts.append(
-                f"{prefix}profile p={self.profile.p_value:.2g} not counted: no intent evidence "
-                "(template-heavy, high-volume or regular traffic alone is not distillation)"
-            )
-        return texts, details
-
-
-def judge(
-    looks: Looks,
-    accounts: tuple[str, ...],
-    st: EntityState,
-    *,
-    exclude: set[str] = frozenset(),  # type: ignore[assignment]
-    linkage: bool = False,
-) -> Judgement:
-    """Test one entity against ``looks`` (never against itself or ``exclude``d accounts).
-
-    Each look has its own valid p-value; a gate that decides whether a look counts only removes
-    rejections (P[p <= a and gate] <= P[p <= a]), and Bonferroni over the three counted looks keeps the
-    combination valid under any dependence.
-    """
-    args = (accounts, st.queries, st.features, st.evidence)
-    x = looks.extraction.assess(*args, exclude=exclude)
-    s = looks.suggestive.assess(*args, exclude=exclude)
-    b = looks.breadth.assess(*args, exclude=exclude)
-    v = looks.evasion.assess(*args, exclude=exclude)
-    i = looks.intent.assess(*args, exclude=exclude)
-    pr = looks.profile.assess(*args, exclude=exclude)
-    support = [
-        name
-        for name, hit in (
-            ("breadth (coverage)", b.p_value <= GATE_P),
-            ("network churn", v.p_value <= GATE_P),
-            ("linkage", linkage),
-        )
-        if hit
-    ]
-    corroboration = " and ".join(support) or None
-    if x.p_value <= GATE_P:
-        gate: str | None = "extraction"
-    elif i.p_value <= GATE_P:
-        gate = "intent (elicitation, coverage and novelty together)"
-    elif corroboration:
-        gate = corroboration
-    else:
-        gate = None
-    tests = [
-        {"test": "extraction", "p_value": x.p_value, "null": looks.null},
-        {"test": "elicitation", "p_value": s.p_value, "null": looks.null, "counted": bool(corroboration)},
-        {"test": "breadth", "p_value": b.p_value, "null": looks.null, "role": "corroboration, gate"},
-        {"test": "network churn", "p_value": v.p_value, "null": looks.null, "role": "corroboration, gate"},
-        {"test": "intent", "p_value": i.p_value, "null": looks.null, "role": "gate"},
-        {"test": "profile", "p_value": pr.p_value, "null": looks.null, "counted": gate is not None},
-    ]
-    if gate == "linkage":
-        # only shared templates (and a network, timing or a sign-up burst) opened the profile look: the
-        # group must be unusual without the text shape its template gives it too (intersection-union,
-        # so the counted p-value is never below the profile's)
-        shapeless = looks.shapeless.assess(*args, exclude=exclude)
-        tests.append({
-            "test": "profile without text shape", "p_value": shapeless.p_value, "null": looks.null,
-            "role": "only the link opened the profile look: the larger of the two profile p-values counts",
-        })  # fmt: skip
-        if shapeless.p_value > pr.p_value:
-            pr = shapeless
-    p = combine_min_p([x.p_value, s.p_value if corroboration else 1.0, pr.p_value if gate else 1.0])
-    tests.append({"test": "bonferroni(extraction, elicitation, profile)", "p_value": p, "gate": gate})
-    return Judgement(x, s, b, v, i, pr, corroboration, gate, p, tests)
-
-
-def _unscored(accounts: tuple[str, ...], st: EntityState) -> Judgement:
-    a = Assessment(accounts, st.queries, float("nan"), 1.0, 0.0, [], scored=False)
-    return Judgement(
-        a, a, a, a, a, a, None, None, 1.0, [{"test": "none", "p_value": 1.0, "null": "too few queries"}]
-    )
-
-
 def analyse(
     acc: FeatureAccumulator,
     reference: Reference | None = None,
@@ -862,7 +628,7 @@ def analyse(
     for a in names:
         lk = looks_out if a in left_out else looks
         members = member_sets[cluster_of[a]] if a in cluster_of else frozenset()
-        own_j[a] = judge(lk, (a,), states[a], exclude=members) if a in scored else _unscored((a,), states[a])
+        own_j[a] = judge(lk, (a,), states[a], exclude=members) if a in scored else unscored((a,), states[a])
     # units: each strong group of a cluster, and the cluster itself when weak links hold it together
     units: list[tuple[str, Cluster, list[str], bool]] = []  # (id, cluster, members, strong)
     for c in clusters:
@@ -1005,252 +771,3 @@ def _evidence(a: Assessment) -> list[int]:
             if s not in out:
                 out.append(int(s))
     return out[:20]
-
-
-# --------------------------------------------------------------------------------------------------
-# Decisions and output
-
-
-def plan_decisions(
-    analysis: Analysis,
-    policy: Policy,
-    store_tiers: dict[str, str],
-    states: dict[str, AccountState],
-    now: float,
-) -> tuple[list[Decision], dict[str, AccountState], dict[str, str]]:
-    """The tier moves for every account the store knows (pure). Returns decisions, new states and the
-    resulting tier of every analysed account."""
-    decisions: list[Decision] = []
-    new_states = dict(states)
-    tiers: dict[str, str] = {}
-    # against the shipped reference, tiers stop at ``shipped_max_tier``: its p-values hold for benign
-    # traffic like the simulator's, which the deployment's own customers may not be
-    shipped = (analysis.reference or {}).get("source") == "shipped reference"
-    cap = policy.shipped_max_tier if shipped else None
-    for a, v in analysis.accounts.items():
-        cur = store_tiers.get(a)
-        if cur is None:  # not in the store (a Parquet export of another system): report only
-            tiers[a] = policy.target(v.p_value, cap) if a not in policy.allowlist else policy.tiers[0]
-            continue
-        dec, st = decide(a, v.p_value, cur, states.get(a), policy, now, cap)
-        new_states[a] = st
-        tiers[a] = st.tier
-        if dec is not None:
-            dec.cluster = v.cluster
-            dec.reasons = v.reasons[:4]
-            if cap is not None and policy.target(v.p_value) != policy.target(v.p_value, cap):
-                dec.reasons = [f"capped at {cap} (scored against the shipped reference)", *dec.reasons[:3]]
-            dec.seqs = v.evidence
-            decisions.append(dec)
-    return decisions, new_states, tiers
-
-
-def _num(x: float) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(f"{x:.6g}")
-
-
-def report_json(
-    analysis: Analysis,
-    tiers: dict[str, str],
-    *,
-    store_tiers: dict[str, str] | None = None,
-    decisions: list[Decision] | None = None,
-    applied: bool = False,
-    policy: Policy | None = None,
-) -> dict[str, Any]:
-    """``{"accounts": [{"account", "risk", "tier", "cluster", "reasons"}...]}`` (docs/architecture.md)
-    plus p-values, evidence seq ids, cluster entries and the decisions taken (or proposed)."""
-    allow = policy.allowlist if policy else frozenset()
-    accounts = []
-    for v in sorted(analysis.accounts.values(), key=lambda v: (v.p_value, v.account)):
-        accounts.append(
-            {
-                "account": v.account,
-                "risk": _num(v.risk),
-                "tier": tiers.get(v.account, BASE_TIER),
-                "cluster": v.cluster,
-                "reasons": v.reasons[:6],
-                "p_value": _num(v.p_value),
-                "score": _num(v.score),
-                "queries": v.queries,
-                "scored": v.scored,
-                "current_tier": (store_tiers or {}).get(v.account),
-                "allowlisted": v.account in allow,
-                "evidence": v.evidence,
-                "tests": [{k: _num(x) if k == "p_value" else x for k, x in t.items()} for t in v.tests],
-            }
-        )
-    clusters = [
-        {
-            "cluster": c.id,
-            "accounts": c.accounts,
-            "risk": _num(c.risk),
-            "p_value": _num(c.p_value),
-            "score": _num(c.score),
-            "queries": c.queries,
-            "reasons": c.reasons[:6],
-            "evidence": c.evidence,
-            "strong": c.strong,
-        }
-        for c in sorted([*analysis.clusters, *analysis.weak_clusters], key=lambda c: (c.p_value, c.id))
-    ]
-    return {
-        "accounts": accounts,
-        "clusters": clusters,
-        "decisions": [
-            {
-                "account": d.account,
-                "from": d.previous,
-                "to": d.tier,
-                "kind": d.kind,
-                "p_value": _num(d.p_value),
-                "seqs": d.seqs,
-            }
-            for d in decisions or []
-        ],
-        "applied": applied,
-        "calibration": analysis.calibration,
-        "reference": analysis.reference,
-        "rows": analysis.rows,
-        "last_seq": analysis.last_seq,
-    }
-
-
-# --------------------------------------------------------------------------------------------------
-# Persistence of the follow state
-
-
-def save_accumulator(acc: FeatureAccumulator, path: Path, chains: dict[str, int] | None = None) -> None:
-    """Save the accumulator (and a shared ledger's chain positions, in the same file: one atomic write)."""
-    st = acc.state()
-    arrays = dict(st["arrays"])
-    meta = dict(st["meta"], chains=chains) if chains is not None else st["meta"]
-    arrays["meta"] = np.array(json.dumps(meta))
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
-
-
-def load_follow_state(path: Path) -> tuple[FeatureAccumulator, dict[str, int]]:
-    """The saved accumulator and the chain positions saved with it (empty for an embedded ledger)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            arrays = {k: np.array(z[k]) for k in z.files if k != "meta"}
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"{path} is not a monitor follow state ({exc}); delete it to start over") from None
-    chains = {str(k): int(v) for k, v in (meta.pop("chains", None) or {}).items()}
-    try:
-        return FeatureAccumulator.from_state({"arrays": arrays, "meta": meta}), chains
-    except KeyError as exc:
-        raise UserError(
-            f"{path} was written by another version of the monitor (no {exc.args[0]}); delete it to "
-            "re-read the ledger from the start"
-        ) from None
-
-
-@dataclass
-class Follower:
-    """``monitor follow``: read new ledger records, re-score, apply tiers, remember the position.
-
-    The position (last ``seq``) and the accumulator are saved after every iteration under the decisions
-    log's directory, so a restarted follower continues where it stopped instead of re-reading the ledger.
-    """
-
-    ledger_path: Path | str
-    store: Any
-    log: DecisionLog
-    policy: Policy
-    reference: Reference | None = None
-    options: ScanOptions = field(default_factory=ScanOptions)
-    clock: Callable[[], float] = time.time
-    on_report: Callable[[dict[str, Any]], None] | None = None
-
-    def __post_init__(self) -> None:
-        self.state_file = self.log.root / "follow.npz"
-        self.analyzer = Analyzer(self.options)
-        states, extra = self.log.load_state()
-        self.acc = FeatureAccumulator(sample_size=self.options.sample_size)
-        # a shared ledger: the position in each replica's chain (the accumulator's seq numbers the reads)
-        self.chains: dict[str, int] | None = {} if is_database_url(self.ledger_path) else None
-        if self.state_file.is_file() and extra.get("ledger") == source_name(self.ledger_path):
-            self.acc, chains = load_follow_state(self.state_file)
-            self.chains = chains if self.chains is not None else None
-
-    @property
-    def position(self) -> int:
-        return self.acc.last_seq
-
-    def step(self) -> dict[str, Any] | None:
-        """One iteration; returns the report when there was anything new to score."""
-        before = self.acc.rows
-        batches = ledger_batches(self.ledger_path, since_seq=self.acc.last_seq, chains=self.chains)
-        accumulate(batches, self.acc)
-        if self.acc.rows == before:
-            return None
-        try:
-            analysis = analyse(
-                self.acc, self.reference, analyzer=self.analyzer, created=store_created(self.store)
-            )
-        except UserError:  # too few accounts yet to calibrate on the population: read more first
-            return None
-        store_tiers = {a["name"]: a["tier"] for a in self.store.list_accounts()}
-        states, extra = self.log.load_state()
-        decisions, states, tiers = plan_decisions(analysis, self.policy, store_tiers, states, self.clock())
-        apply_decisions(self.store, self.log, decisions)
-        extra.update(ledger=source_name(self.ledger_path), position=self.acc.last_seq)
-        save_accumulator(self.acc, self.state_file, self.chains)
-        self.log.save_state(states, extra)
-        report = report_json(
-            analysis, tiers, store_tiers=store_tiers, decisions=decisions, applied=True, policy=self.policy
-        )
-        if self.on_report is not None:
-            self.on_report(report)
-        return report
-
-    def run(self, interval: float = 10.0, iterations: int | None = None) -> None:
-        """Loop until SIGINT/SIGTERM (or ``iterations`` steps)."""
-        stop = {"now": False}
-
-        def handler(signum: int, frame: Any) -> None:
-            stop["now"] = True
-
-        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            for s in old:
-                signal.signal(s, handler)
-        except ValueError:  # not the main thread: rely on ``iterations``
-            old = {}
-        try:
-            done = 0
-            while not stop["now"]:
-                self.step()
-                done += 1
-                if iterations is not None and done >= iterations:
-                    break
-                deadline = time.monotonic() + interval
-                while not stop["now"] and time.monotonic() < deadline:
-                    time.sleep(min(0.2, interval))
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-
-
-def summary_text(report: dict[str, Any], limit: int = 20) -> str:
-    """A human-readable table of the riskiest accounts."""
-    out = io.StringIO()
-    out.write(
-        f"{len(report['accounts'])} accounts, {len(report['clusters'])} clusters, {report['rows']} rows, "
-        f"calibration: {report['calibration']}\n"
-    )
-    if report.get("reference", {}).get("trust"):
-        out.write(f"reference trust: {report['reference']['trust']}\n")
-    for a in report["accounts"][:limit]:
-        p = a["p_value"]
-        out.write(
-            f"{a['account']:<24} {a['tier']:<10} p={p if p is None else f'{p:.1e}':<8} "
-            f"q={a['queries']:<6} {a['cluster'] or '':<4} {(a['reasons'] or [''])[0][:90]}\n"
-        )
-    for d in report["decisions"]:
-        out.write(f"decision: {d['account']} {d['from']} -> {d['to']} ({d['kind']})\n")
-    return out.getvalue()

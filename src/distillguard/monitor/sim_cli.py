@@ -84,7 +84,8 @@ def simulate_cmd(
     ] = None,
 ) -> None:
     """Replay labelled benign and attacker personas against a gateway (or write them as a ledger)."""
-    from distillguard.monitor.personas import load_pools, resolve_scale
+    from distillguard.monitor.scenario import resolve_scale
+    from distillguard.monitor.simworld import load_pools
 
     show = sys.stderr.isatty() if progress is None else progress
     if synthetic:
@@ -106,7 +107,7 @@ def simulate_cmd(
         raise UserError("give --admin-token (admin API) or --accounts-db (the gateway's store), not both")
     if time_scale is not None and duration is not None:
         raise UserError("give --time-scale or --duration, not both")
-    from distillguard.monitor.personas import build_scenario
+    from distillguard.monitor.scenario import build_scenario
     from distillguard.monitor.simulate import simulate
 
     resolve_scale(scale)
@@ -171,7 +172,8 @@ def _ledger(
     from distillguard.config import load_config
     from distillguard.gateway.accounts import gateway_secret
     from distillguard.gateway.ledger import Ledger
-    from distillguard.monitor.personas import build_scenario, load_pools
+    from distillguard.monitor.scenario import build_scenario
+    from distillguard.monitor.simworld import load_pools
     from distillguard.monitor.synth import synthesize_ledger
 
     pools = load_pools(world)
@@ -208,7 +210,7 @@ def _parquet(
 ) -> None:
     import time
 
-    from distillguard.monitor.personas import load_pools
+    from distillguard.monitor.simworld import load_pools
     from distillguard.monitor.synth import synthesize_parquet
 
     bar = _bar(rows, "rows", show)

@@ -42,15 +42,8 @@ import httpx
 
 from distillguard.errors import UserError
 from distillguard.gateway.accounts import AccountStore
-from distillguard.monitor.personas import (
-    Event,
-    Pools,
-    Scale,
-    Scenario,
-    SimAccount,
-    account_name,
-    build_scenario,
-)
+from distillguard.monitor.scenario import Scale, Scenario, build_scenario
+from distillguard.monitor.simworld import Event, Pools, SimAccount, account_name
 from distillguard.monitor.synth import write_labels
 
 DEAD_CODES = frozenset(

@@ -30,25 +30,22 @@ import numpy as np
 from distillguard.errors import UserError
 from distillguard.gateway.accounts import AccountStore
 from distillguard.gateway.ledger import GENESIS, Ledger, canonical_json, chain_hash, parquet_schema
-from distillguard.monitor.personas import (
+from distillguard.monitor.personas import PERSONAS, TIMEZONES
+from distillguard.monitor.scenario import Scale, Scenario, build_scenario
+from distillguard.monitor.simworld import (
     CI_NETS,
     CLOUD_NETS,
     DAY,
     FLAT_HOURS,
     HUMAN_HOURS,
-    PERSONAS,
     RESIDENTIAL_NETS,
     SIM_START,
-    TIMEZONES,
     UNIVERSITY_NETS,
     WORK_HOURS,
     Event,
     Pools,
-    Scale,
-    Scenario,
     SimAccount,
     SimClock,
-    build_scenario,
     load_pools,
     random_ip,
     random_subnet,

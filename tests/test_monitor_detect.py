@@ -469,10 +469,26 @@ def test_small_throwaways_join_their_burst_only_through_its_proxies_and_its_fram
     infos.append(home)
     # two requests: too few to say anything
     infos.append(rotating("tiny", 33, 1040.0, set(), 2, wrapper))
+    # a handful of shared 4-grams is no template: 5 of its 6, from a new address per request, in the burst
+    infos.append(rotating("few", 34, 1050.0, set(), 4, set(list(wrapper)[:5]) | {hash("mine")}))
     (c,) = link_accounts(infos)
     campaign = sorted([f"big{i}" for i in range(4)] + [f"small{i}" for i in range(4)])
     assert c.accounts == campaign and c.strong == [campaign]
     assert set(c.evidence) == {"template", "created"}
+    # a small account that matches two rotating groups joins the one its prompts match best: no bridge
+    other = {hash(f"other-frame-{i}") for i in range(20)}
+    infos += [rotating(f"relay{i}", 40 + i, 1100.0 + 9 * i, other | {hash(f"r{i}")}) for i in range(2)]
+    infos.append(rotating("between", 45, 1080.0, set(), 5, set(list(wrapper)[:12]) | set(list(other)[:9])))
+    groups = sorted(sorted(g) for c in link_accounts(infos) for g in c.strong)
+    assert groups == [sorted(campaign + ["between"]), ["relay0", "relay1"]]
+    # sharing a network (and a sign-up hour) with the members it matches adds to the template link
+    hubs = [rotating(f"hub{i}", 50 + i, 2000.0 + 9 * i, wrapper) for i in range(3)]
+    for h in hubs:  # a proxy pool with one busy exit among many
+        h.prefixes = Counter({"9.9.9.0/24": 3, **{f"{60 + k}.{h.account}.0.0/24": 1 for k in range(10)}})
+    near = rotating("near", 55, 2005.0, set(), 3, wrapper)
+    near.prefixes = Counter({"9.9.9.0/24": 1, "61.1.1.0/24": 1, "62.2.2.0/24": 1})
+    (c,) = link_accounts([*hubs, near])
+    assert c.strong == [["hub0", "hub1", "hub2", "near"]] and {"ip", "template", "created"} <= set(c.evidence)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,9 +27,11 @@ their one template family and their sign-up script are all that joins them. Cust
 network (an office, a home, a cloud region), so a bulk import or a busy onboarding day does not link them
 this way; clients whose every request leaves from a new address (some mobile carriers, privacy relays)
 can be. A throwaway that sent only 3-9 requests has neither recurring frames nor a rotation count of its
-own: it joins the burst through a rotating member whose key was created within ``burst_window`` of its
-own, when each of its requests came from a network of its own and at least half of its prompts' word
-4-grams are that member's frames (``_small_in_burst``).
+own: it joins the burst through the rotating member whose key was created within ``burst_window`` of its
+own and whose frames its prompts match best, when each of its requests came from a network of its own
+and at least half (and at least 8) of its prompts' word 4-grams are that member's frames
+(``_small_in_burst``). A customer with a few requests from as many networks (home, phone, IPv6) who
+signs up during a campaign's registration and copies most of its prompt frame is joined too.
 
 Clusters are the connected components of at least two accounts. Within a cluster, the groups joined by
 *strong* edges (carrying ``template`` or ``timing``) are what the scan judges as one operator
@@ -122,6 +124,7 @@ def _pairs(members: Sequence[int], order_key: np.ndarray, width: int = 40) -> np
 MIN_ROTATING = 10  # requests an account needs before its own address rotation counts as a proxy pool
 MIN_SMALL = 3  # a smaller account joins a burst only with this many requests, each from its own network
 SMALL_CONTAINMENT = 0.5  # ... and with at least this share of its prompt frames among a member's frames
+SMALL_SHARED = 8  # ... and at least this many of them (a handful of common 4-grams is no template)
 
 
 def link_accounts(
@@ -194,12 +197,21 @@ def link_accounts(
     edge = (kinds.sum(axis=1) >= min_kinds) & (kinds[:, 0] | kinds[:, 2] | (kinds[:, 1] & burst))
     ei, ej, ek = pi[edge], pj[edge], kinds[edge]
     si, sj = _small_in_burst(infos, cr, sent, nets, rotating, min(burst_window, created_window), min_rotating)
-    if len(si):
-        known = set((ei * n + ej).tolist())
-        new = np.array([k not in known for k in (si * n + sj).tolist()], dtype=bool)
-        sk = np.zeros((int(new.sum()), len(KINDS)), dtype=bool)
-        sk[:, [KINDS.index("template"), KINDS.index("created")]] = True
-        ei, ej, ek = np.concatenate([ei, si[new]]), np.concatenate([ej, sj[new]]), np.concatenate([ek, sk])
+    if len(si):  # template and created on top of what the pair already shows (an edge or not)
+        row = {k: r for r, k in enumerate((ei * n + ej).tolist())}
+        ek = ek.copy()
+        add = []
+        for a, b in zip(si.tolist(), sj.tolist(), strict=True):
+            r = row.get(a * n + b)
+            if r is None:
+                add.append((a, b))
+            else:
+                ek[r, [KINDS.index("template"), KINDS.index("created")]] = True
+        if add:
+            sk = np.zeros((len(add), len(KINDS)), dtype=bool)
+            sk[:, [KINDS.index("template"), KINDS.index("created")]] = True
+            xa, xb = (np.array(v, dtype=np.int64) for v in zip(*add, strict=True))
+            ei, ej, ek = np.concatenate([ei, xa]), np.concatenate([ej, xb]), np.concatenate([ek, sk])
     graph = coo_matrix((np.ones(len(ei), dtype=np.int8), (ei, ej)), shape=(n, n))
     _, label = connected_components(graph, directed=False)
     size = np.bincount(label, minlength=n)
@@ -243,36 +255,47 @@ def _small_in_burst(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Template-and-burst edges ``(i, j)`` (``i < j``) for accounts too small to show frames or a rotation
     of their own: from MIN_SMALL to ``min_rotating - 1`` requests, *each* from a network of its own, a key
-    created within ``window`` of a rotating account's (one of the ``width`` nearest in creation time), and
-    at least SMALL_CONTAINMENT of its prompt frames among that account's recurring frames. A throwaway
-    account of a registration burst that sent three to nine requests through the campaign's proxies and
-    its template; a customer who signed up that minute from home, or asked that template's questions on
-    another day, is not joined."""
+    created within ``window`` of a rotating account's (among the ``width`` nearest in creation time, ties
+    by name), and at least SMALL_SHARED of its prompts' word 4-grams, and SMALL_CONTAINMENT of them, among
+    that account's recurring frames. Each small account joins one account, the one its prompts match best
+    (a small account matching two groups does not merge them). A throwaway of a registration burst that
+    sent three to nine requests through the campaign's proxies and its template; a customer who signed up
+    that minute from one home network, or asked that template's questions on another day, is not joined.
+    Someone whose few requests each left from another network (home, phone, IPv6) and copied most of the
+    campaign's prompt frame can be."""
     small = [
         i
         for i, x in enumerate(infos)
         if MIN_SMALL <= sent[i] < min_rotating
         and nets[i] >= sent[i]
-        and x.shingles
+        and len(x.shingles) >= SMALL_SHARED
         and np.isfinite(created[i])
     ]
-    hubs = np.array([j for j in np.nonzero(rotating)[0] if infos[j].frames and np.isfinite(created[j])])
+    hubs = np.array(
+        [
+            j
+            for j in np.nonzero(rotating)[0]
+            if len(infos[j].frames) >= SMALL_SHARED and np.isfinite(created[j])
+        ],
+        dtype=np.int64,
+    )
     if not small or not len(hubs):
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    hubs = hubs[np.argsort(created[hubs], kind="stable")]
+    hubs = hubs[np.lexsort(([infos[j].account for j in hubs], created[hubs]))]
     t = created[hubs]
     out = []
     for i in small:
-        lo, hi = (
-            np.searchsorted(t, created[i] - window),
-            np.searchsorted(t, created[i] + window, side="right"),
-        )
+        lo = np.searchsorted(t, created[i] - window)
+        hi = np.searchsorted(t, created[i] + window, side="right")
         near = hubs[lo:hi]
-        near = near[np.argsort(np.abs(created[near] - created[i]), kind="stable")[:width]]
+        if len(near) > width:  # the nearest in creation time, ties by name (the order of ``hubs``)
+            near = near[np.argsort(np.abs(created[near] - created[i]), kind="stable")[:width]]
         sh = infos[i].shingles
-        for j in near:
-            if len(sh & infos[int(j)].frames) >= SMALL_CONTAINMENT * len(sh):
-                out.append((min(i, int(j)), max(i, int(j))))
+        shared = [(len(sh & infos[int(j)].frames), infos[int(j)].account, int(j)) for j in near]
+        best = max(shared, key=lambda x: (x[0], -created[x[2]], x[1]), default=None)
+        if best is not None and best[0] >= max(SMALL_SHARED, SMALL_CONTAINMENT * len(sh)):
+            j = best[2]
+            out.append((min(i, j), max(i, j)))
     if not out:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     pairs = np.array(sorted(set(out)), dtype=np.int64)

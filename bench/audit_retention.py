@@ -103,28 +103,21 @@ def main() -> None:
 def _texts(tok, path: Path, n: int) -> tuple[list[list[int]], list[int]]:
     """``(sequences, prompt lengths)``: the first ``n`` answers of a collection, prompt in the chat format."""
     from distillguard.distill.collect import read_collection
-    from distillguard.lm.chat import format_prompt
+    from distillguard.lm.chat import prompt_ids
 
-    seqs, plens = [], []
-    for r in read_collection(path)[:n]:
-        p = tok(format_prompt(tok, r["prompt"]), add_special_tokens=False)["input_ids"]
-        seqs.append(p + list(r["token_ids"]))
-        plens.append(len(p))
-    return seqs, plens
+    rows = read_collection(path)[:n]
+    prompts = prompt_ids(tok, [r["prompt"] for r in rows])
+    return [p + list(r["token_ids"]) for p, r in zip(prompts, rows, strict=True)], [len(p) for p in prompts]
 
 
 def _reading(spec, student, ours, texts, tok):
     """``(summary, weighted tuples)`` of the mass statistic of ``student`` beside ``ours`` on ``texts``."""
     from distillguard.audit import mass as ms
-    from distillguard.audit.forward import next_token_topk
 
     seqs, plens = texts
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     with torch.no_grad():
-        win, idx, p, ref = next_token_topk(student, seqs, plens, spec.window, pad, ms.TOP_K, ours)
-    table = ms.window_means(win, idx, p, reference_p=ref)
-    drop = spec.impl.degenerate(spec, table.windows)  # windows keyed alike under every key (compat mode)
-    table = table.without(drop) if np.any(drop) else table
+        table, _ = ms.keyed(spec, ms.read_table(student, ours, seqs, plens, spec.window, pad))
     t = ms.total(spec, table)
     return {
         "texts": len(seqs),

@@ -109,6 +109,23 @@ def window_means(
     return WindowMass(windows[first], counts, rows[keep], tokens[keep], weight[keep])
 
 
+def read_table(suspect, ours, seqs, plens, window: int, pad: int) -> WindowMass:
+    """The suspect's averaged next-token distributions after each distinct ``window``-token window of the
+    continuations of ``seqs`` (each after its ``plens`` prompt tokens), weighted against our model ``ours``
+    (None: the suspect's probabilities alone). One pass of each model; no window is dropped yet."""
+    from distillguard.audit.forward import next_token_topk
+
+    win, idx, p, ref = next_token_topk(suspect, seqs, plens, window, pad, TOP_K, ours)
+    return window_means(win, idx, p, reference_p=ref)
+
+
+def keyed(spec: WatermarkSpec, table: WindowMass) -> tuple[WindowMass, int]:
+    """The table without the windows whose keyed list is the same under every key (compat mode), and how
+    many were left out."""
+    drop = spec.impl.degenerate(spec, table.windows)
+    return (table.without(drop) if np.any(drop) else table), int(np.sum(drop))
+
+
 def total(spec: WatermarkSpec, mass: WindowMass) -> float:
     """The statistic ``T = sum_i weights_i * x_i`` under ``spec``'s key."""
     if not len(mass.tokens):

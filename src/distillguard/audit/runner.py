@@ -40,6 +40,7 @@ from distillguard.audit.marks import extra_marks
 from distillguard.audit.sequential import EProcess
 from distillguard.audit.verdict import TestResult, combine
 from distillguard.errors import UserError
+from distillguard.lm.chat import prompt_ids
 from distillguard.watermark.schemes import WatermarkSpec
 
 TESTS = ("radioactivity", "identity", "provenance")
@@ -539,18 +540,6 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
     }
 
 
-def _prompt_ids(tok, prompts: Sequence[str], cache: dict) -> list[list[int]]:
-    from distillguard.lm.chat import format_prompt
-
-    out = []
-    for p in prompts:
-        ids = cache.get(p)
-        if ids is None:
-            ids = cache[p] = tok(format_prompt(tok, p), add_special_tokens=False)["input_ids"]
-        out.append(ids)
-    return out
-
-
 _OWN_CACHE: dict[tuple, dict] = {}
 _OWN_CACHE_MAX = 4
 
@@ -596,7 +585,7 @@ def _own_texts(
     finally:
         ours.client.watermark = None
     own = {
-        "prompts": _prompt_ids(ours.tokenizer, prompts, {}),
+        "prompts": prompt_ids(ours.tokenizer, prompts, {}),
         "completions": [a.token_ids for a in answers],
         "questions": prompts,
     }
@@ -641,7 +630,7 @@ def _closed_mode(
         answered += len(keep)
         if not keep:
             continue
-        pids = _prompt_ids(tok, [p for p, _ in keep], cache)
+        pids = prompt_ids(tok, [p for p, _ in keep], cache)
         comps = [
             a.token_ids
             if same_vocab and a.token_ids is not None
@@ -809,20 +798,17 @@ def _mass_mode(cfg, suspect: _Asked, ours, spec, seqs, plens, pad: int, log, cac
     """The "mass" reading (audit.mass) of our plain texts: the suspect's averaged next-token distributions
     per distinct window minus our model's, scored under ``spec`` with a Chernoff p-value and decoy keys."""
     from distillguard.audit import mass as ms
-    from distillguard.audit.forward import next_token_topk
 
     key = ("mass", spec.window)
     table = None if cache is None else cache.get(key)
     if table is None:  # the suspect reads the texts once per window width
-        win, idx, p, ref = next_token_topk(suspect.model, seqs, plens, spec.window, pad, ms.TOP_K, ours.model)
-        table = ms.window_means(win, idx, p, reference_p=ref)
+        table = ms.read_table(suspect.model, ours.model, seqs, plens, spec.window, pad)
         if cache is not None:
             cache[key] = table
-    drop = spec.impl.degenerate(spec, table.windows)
-    m = table.without(drop) if np.any(drop) else table
+    m, dropped = ms.keyed(spec, table)
     log(f"radioactivity (open, mass): {m.n_windows} windows, {len(m.tokens)} weighted tuples; decoys")
     decoys = ms.mass_null(spec, m, cfg.decoys, cfg.seed + 2)
-    prep = SimpleNamespace(aggregate_count=m.n_windows, degenerate_corpus=int(np.sum(drop)))
+    prep = SimpleNamespace(aggregate_count=m.n_windows, degenerate_corpus=dropped)
     result = radio.radioactivity_test(
         "open", spec, prep, decoys, reading="mass", null=ms.null_text(spec),
         statistic_name="z: the suspect's extra expected score over our model's, in null sds",

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from distillguard.errors import UserError
-from distillguard.lm.chat import format_example, format_prompt
+from distillguard.lm.chat import format_example, prompt_ids
 from distillguard.lm.train import IGNORE, Piece, encode_examples
 
 
@@ -181,10 +181,10 @@ def greybox_pieces(
             }
             listed.setdefault(token_id, float(e["logprob"]))
             targets.append(listed)
-        prompt_ids = tokenizer(format_prompt(tokenizer, rec["prompt"]), add_special_tokens=False)["input_ids"]
-        ids = prompt_ids + chosen
-        labels = [IGNORE] * len(prompt_ids) + chosen
-        aux = [-1] * len(prompt_ids)
+        (prompt,) = prompt_ids(tokenizer, [rec["prompt"]])
+        ids = prompt + chosen
+        labels = [IGNORE] * len(prompt) + chosen
+        aux = [-1] * len(prompt)
         for listed in targets:
             aux.append(len(rows_ids))
             rows_ids.append(list(listed))

@@ -17,6 +17,20 @@ def format_prompt(tokenizer, question: str) -> str:
     return FALLBACK_TEMPLATE.format(question=question)
 
 
+def prompt_ids(tokenizer, prompts, cache: dict | None = None) -> list[list[int]]:
+    """The token ids of each prompt as the model reads it before its answer (:func:`format_prompt`, no
+    special tokens added); ``cache`` (prompt -> ids) is filled and reused when given."""
+    out = []
+    for p in prompts:
+        ids = None if cache is None else cache.get(p)
+        if ids is None:
+            ids = tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]
+            if cache is not None:
+                cache[p] = ids
+        out.append(ids)
+    return out
+
+
 def format_example(tokenizer, question: str, answer: str) -> tuple[str, str]:
     """``(prompt_text, full_text)`` with ``full_text = prompt_text + answer + eos``.
 

@@ -79,7 +79,7 @@ class LocalModel:
         seed: int | None = None,
     ) -> list[Answer]:
         """Answer several prompts in batches of ``batch_size``; same order as ``prompts``."""
-        from distillguard.lm.chat import format_prompt
+        from distillguard.lm.chat import prompt_ids as chat_ids
 
         if max_tokens < 1:
             raise UserError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -90,7 +90,7 @@ class LocalModel:
         if not prompts:
             return []
         tok = self.tokenizer
-        prompt_ids = [tok(format_prompt(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
+        prompt_ids = chat_ids(tok, prompts)
         with self._lock:
             if temperature == 0:
                 completions = self._greedy(prompt_ids, max_tokens)

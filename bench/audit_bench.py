@@ -435,6 +435,7 @@ def _print_row(name: str, row: dict) -> None:
 def _summary(rows: dict) -> dict:
     """Minimum rho and minimum watermarked tokens detected at p < 1e-6, per test; controls claimed."""
     out: dict = {"controls": 0, "controls_claimed": 0, "control_min_log10_p": None, "per_test": {}}
+    axis_init = next((r["init"] for n, r in rows.items() if n.startswith("axis_")), "base")
     for name, r in rows.items():
         if r["kind"] == "control":
             out["controls"] += 1
@@ -449,7 +450,7 @@ def _summary(rows: dict) -> dict:
             )
             if t["log10_p"] >= GOAL_LOG10_P:
                 continue
-            if name.startswith("axis_") or _main_at_5pct(r):
+            if name.startswith("axis_") or _main_at_5pct(r, axis_init):
                 cur = slot["min_wm_tokens_detected_at_rho_5pct"]
                 slot["min_wm_tokens_detected_at_rho_5pct"] = min(cur or 10**12, r["teacher_tokens"])
             if not name.startswith("axis_"):
@@ -474,9 +475,15 @@ def _summary(rows: dict) -> dict:
     return out
 
 
-def _main_at_5pct(row: dict) -> bool:
-    """The dose-response student at rho 5% that the watermarked-token axis extends."""
-    return row["kind"] == "watermarked" and row["rho"] == 0.05 and row["mix"] == "unrelated"
+def _main_at_5pct(row: dict, init: str) -> bool:
+    """The dose-response student at rho 5% that the watermarked-token axis (students initialised with
+    ``init``) extends."""
+    return (
+        row["kind"] == "watermarked"
+        and row["rho"] == 0.05
+        and row["mix"] == "unrelated"
+        and row["init"] == init
+    )
 
 
 def _plot(doc: dict, path: Path) -> None:
@@ -489,20 +496,29 @@ def _plot(doc: dict, path: Path) -> None:
     tests = sorted({k for r in rows.values() for k in r["tests"]})
     axis = []  # the axis students and the main student at 5% that they extend
     if any(n.startswith("axis_") for n in rows):
-        picked = [r for n, r in rows.items() if n.startswith("axis_") or _main_at_5pct(r)]
+        init = next(r["init"] for n, r in rows.items() if n.startswith("axis_"))
+        picked = [r for n, r in rows.items() if n.startswith("axis_") or _main_at_5pct(r, init)]
         axis = [(r["teacher_tokens"], r) for r in sorted(picked, key=lambda r: r["teacher_tokens"])]
     fig, axes = plt.subplots(1, 2 if axis else 1, figsize=(13 if axis else 7, 4.5), squeeze=False)
     ax = axes[0][0]
+    # one line per test and kind of student: (mix, init) of the watermarked ones, the controls as crosses
+    # (rho 100% has no mix: its point belongs to every mix's line)
+    kinds = sorted({(r["mix"] or "", r["init"]) for r in rows.values() if r["kind"] == "watermarked"})
+    kinds = [(m, ini) for m, ini in kinds if m] or kinds
+    styles = [
+        (("watermarked", m, ini), "o-" if ini == "base" else "s--", f"students, {ini}") for m, ini in kinds
+    ]
+    styles.append((("control", None, None), "x", "controls"))
     for i, k in enumerate(tests):
-        for label, sel in (("watermarked", "o-"), ("control", "x")):
+        for (label, mix, ini), sel, what in styles:
             pts = sorted(
                 (r["rho"], r["tests"][k]["log10_p"])
                 for n, r in rows.items()
                 if r["kind"] == label and k in r["tests"] and not n.startswith("axis_")
-            )
+                and (mix is None or (r["mix"] in (mix, None) and r["init"] == ini))
+            )  # fmt: skip
             if pts:
-                ax.plot(*zip(*pts, strict=True), sel, color=f"C{i}", ms=5, lw=1,
-                        label=f"{k} ({'students' if label == 'watermarked' else 'controls'})")  # fmt: skip
+                ax.plot(*zip(*pts, strict=True), sel, color=f"C{i}", ms=5, lw=1, label=f"{k} ({what})")
     ax.axhline(GOAL_LOG10_P, color="grey", lw=1, ls=":")
     ax.set_xscale("log")
     ax.set_xlabel("rho (our watermarked share of training tokens)")

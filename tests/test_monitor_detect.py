@@ -491,6 +491,29 @@ def test_small_throwaways_join_their_burst_only_through_its_proxies_and_its_fram
     assert c.strong == [["hub0", "hub1", "hub2", "near"]] and {"ip", "template", "created"} <= set(c.evidence)
 
 
+def test_accounts_past_the_prefix_counters_bound_still_count_as_rotating():
+    from collections import Counter
+
+    from distillguard.monitor.accumulator import OTHER
+
+    wrapper = {hash(f"cot-frame-{i}") for i in range(20)}
+
+    def heavy(name, created, networks):  # 600 requests, each from a new /24: 256 kept, the rest bucketed
+        info = _info(name, None, wrapper | {hash(name)}, [1], created, 1)
+        kept = min(networks, 256)
+        info.prefixes = Counter(
+            {f"{k // 256}.{k % 256}.{len(name)}.0/24": 600 // networks for k in range(kept)}
+        )
+        info.prefixes[OTHER] = 600 - sum(info.prefixes.values())
+        return info
+
+    # a burst of heavy throwaways: linked by their template and sign-up script although no counter kept
+    # all their networks; a busy customer on 40 networks signed up with them and using the template is not
+    infos = [heavy(f"heavy{i}", 1000.0 + 20 * i, 600) for i in range(3)] + [heavy("office", 1030.0, 40)]
+    (c,) = link_accounts(infos)
+    assert c.accounts == ["heavy0", "heavy1", "heavy2"] and set(c.evidence) == {"template", "created"}
+
+
 # --------------------------------------------------------------------------------------------------
 # Decisions
 

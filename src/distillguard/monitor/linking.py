@@ -49,6 +49,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from distillguard.monitor.accumulator import OTHER
 from distillguard.splitmix import mix64_np
 
 KINDS = ("ip", "template", "timing", "created")
@@ -101,9 +102,17 @@ def minhash(items: set[int], salt: int = 0x7E3) -> np.ndarray:
         return mix64_np(arr[None, :] + salts[:, None]).min(axis=1)  # row j: the salted hash_ints of j
 
 
+def _networks(c: Counter) -> int:
+    """Distinct networks an account sent from. The accumulator keeps a bounded number of prefixes and
+    counts the requests from the rest under ``"(other)"``; those are counted as a network each (an upper
+    bound, reached only by an account that already used more networks than the counter keeps), or an
+    account with hundreds of requests through rotating proxies could never count as rotating."""
+    return len(c) - (OTHER in c) + c.get(OTHER, 0)
+
+
 def _main_prefixes(c: Counter, share: float = 0.1) -> set[str]:
     total = sum(c.values())
-    return {p for p, n in c.items() if p != "(other)" and total and n >= share * total}
+    return {p for p, n in c.items() if p != OTHER and total and n >= share * total}
 
 
 def _pairs(members: Sequence[int], order_key: np.ndarray, width: int = 40) -> np.ndarray:
@@ -190,7 +199,7 @@ def link_accounts(
         with np.errstate(invalid="ignore"):
             kinds[lo : lo + step, 3] = np.abs(cr[i] - cr[j]) <= created_window  # unknown (nan): False
     sent = np.array([sum(x.prefixes.values()) for x in infos], dtype=np.float64)
-    nets = np.array([len(x.prefixes) for x in infos], dtype=np.float64)
+    nets = np.array([_networks(x.prefixes) for x in infos], dtype=np.float64)
     rotating = (sent >= min_rotating) & (nets >= rotating_share * np.maximum(sent, 1.0))
     with np.errstate(invalid="ignore"):
         burst = (np.abs(cr[pi] - cr[pj]) <= min(burst_window, created_window)) & rotating[pi] & rotating[pj]
@@ -199,7 +208,6 @@ def link_accounts(
     si, sj = _small_in_burst(infos, cr, sent, nets, rotating, min(burst_window, created_window), min_rotating)
     if len(si):  # template and created on top of what the pair already shows (an edge or not)
         row = {k: r for r, k in enumerate((ei * n + ej).tolist())}
-        ek = ek.copy()
         add = []
         for a, b in zip(si.tolist(), sj.tolist(), strict=True):
             r = row.get(a * n + b)
@@ -292,7 +300,8 @@ def _small_in_burst(
             near = near[np.argsort(np.abs(created[near] - created[i]), kind="stable")[:width]]
         sh = infos[i].shingles
         shared = [(len(sh & infos[int(j)].frames), infos[int(j)].account, int(j)) for j in near]
-        best = max(shared, key=lambda x: (x[0], -created[x[2]], x[1]), default=None)
+        # the most shared frames, then the nearest in creation time, then the name
+        best = max(shared, key=lambda x: (x[0], -abs(created[x[2]] - created[i]), x[1]), default=None)
         if best is not None and best[0] >= max(SMALL_SHARED, SMALL_CONTAINMENT * len(sh)):
             j = best[2]
             out.append((min(i, j), max(i, j)))

@@ -435,7 +435,7 @@ def _print_row(name: str, row: dict) -> None:
 def _summary(rows: dict) -> dict:
     """Minimum rho and minimum watermarked tokens detected at p < 1e-6, per test; controls claimed."""
     out: dict = {"controls": 0, "controls_claimed": 0, "control_min_log10_p": None, "per_test": {}}
-    axis_init = next((r["init"] for n, r in rows.items() if n.startswith("axis_")), "base")
+    axis_init = next((r["init"] for n, r in rows.items() if n.startswith("axis_")), None)
     for name, r in rows.items():
         if r["kind"] == "control":
             out["controls"] += 1
@@ -475,15 +475,13 @@ def _summary(rows: dict) -> dict:
     return out
 
 
-def _main_at_5pct(row: dict, init: str) -> bool:
+def _main_at_5pct(row: dict, init: str | None) -> bool:
     """The dose-response student at rho 5% that the watermarked-token axis (students initialised with
-    ``init``) extends."""
+    ``init``; None: any) extends."""
     return (
-        row["kind"] == "watermarked"
-        and row["rho"] == 0.05
-        and row["mix"] == "unrelated"
-        and row["init"] == init
-    )
+        row["kind"] == "watermarked" and row["rho"] == 0.05 and row["mix"] == "unrelated"
+        and init in (None, row["init"])
+    )  # fmt: skip
 
 
 def _plot(doc: dict, path: Path) -> None:
@@ -505,9 +503,12 @@ def _plot(doc: dict, path: Path) -> None:
     # (rho 100% has no mix: its point belongs to every mix's line)
     kinds = sorted({(r["mix"] or "", r["init"]) for r in rows.values() if r["kind"] == "watermarked"})
     kinds = [(m, ini) for m, ini in kinds if m] or kinds
+    several = len({m for m, _ in kinds}) > 1
     styles = [
-        (("watermarked", m, ini), "o-" if ini == "base" else "s--", f"students, {ini}") for m, ini in kinds
-    ]
+        (("watermarked", m, ini), ("o" if m != "task" else "^") + ("-" if ini == "base" else "--"),
+         f"students, {m + ', ' if several else ''}{ini}")
+        for m, ini in kinds
+    ]  # fmt: skip
     styles.append((("control", None, None), "x", "controls"))
     for i, k in enumerate(tests):
         for (label, mix, ini), sel, what in styles:

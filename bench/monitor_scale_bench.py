@@ -85,9 +85,13 @@ def one(accounts: int, rows_per_account: int, work: Path, seed: int, profile: bo
         analyse,
         parquet_batches,
         parquet_created,
-        plan_decisions,
     )
     from distillguard.monitor.synth import synthesize_parquet
+
+    try:
+        from distillguard.monitor.report import plan_decisions
+    except ImportError:  # an older checkout (PYTHONPATH=OLD/src), where scan held it
+        from distillguard.monitor.scan import plan_decisions  # type: ignore[no-redef]
 
     sybils = round(accounts * 24_000 / 65_594)
     benign = accounts - sybils

@@ -40,7 +40,6 @@ from distillguard.audit.marks import extra_marks
 from distillguard.audit.sequential import EProcess
 from distillguard.audit.verdict import TestResult, combine
 from distillguard.errors import UserError
-from distillguard.lm.chat import prompt_ids
 from distillguard.watermark.schemes import WatermarkSpec
 
 TESTS = ("radioactivity", "identity", "provenance")
@@ -560,6 +559,7 @@ def _own_texts(
     Generation is seeded, so the same request gives the same texts; they are memoised in this process
     (a few entries) so that auditing several suspects against one reference generates them once.
     """
+    from distillguard.lm.chat import prompt_ids
     from distillguard.watermark.generate import bind_to_model
 
     n = cfg.own_texts if cfg.own_texts is not None else max(len(pool), 256)
@@ -599,6 +599,7 @@ def _closed_mode(
     cfg, suspect: _Asked, ours: _Asked, spec, pool, n_queries, allowed, stop_p, same_vocab, record, log
 ):
     """Probe the suspect in batches; score its answers as one growing corpus; stop when budgeted and sure."""
+    from distillguard.lm.chat import prompt_ids
     from distillguard.watermark.schemes import token_scores
 
     tok = ours.tokenizer

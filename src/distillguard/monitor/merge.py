@@ -8,7 +8,7 @@ What makes the merged state equal to a single pass over the whole ledger:
   registers a maximum, the active-hours MinHash a minimum, and the bottom-K query sample is the union cut
   back to the K lowest priorities (a priority is a hash of ``seq``, not of arrival).
 - **Bounded sets** (an account's IP prefixes and keys) keep the names of smallest hash
-  (:func:`features.count_bounded`), which does not depend on arrival order either.
+  (:func:`accumulator.count_bounded`), which does not depend on arrival order either.
 - **Time across a slice boundary**: a single pass measures the gap between consecutive queries of an
   account in ``seq`` order, and whether a query opens a new active-time bin. Each accumulator keeps the
   times of its first and last query per account by ``seq`` (``head_ts``, ``tail_ts``) so that the merge
@@ -104,7 +104,7 @@ def slice_accumulator(claims: CopyClaims, sample_size: int) -> FeatureAccumulato
 
 
 def merge_bounded(a: Counter, b: Counter, cap: int) -> Counter:
-    """Two :func:`features.count_bounded` counters as one: the ``cap`` smallest-hash names of both."""
+    """Two :func:`accumulator.count_bounded` counters as one: the ``cap`` smallest-hash names of both."""
     out = Counter({k: v for k, v in a.items() if k != OTHER})
     for k, v in b.items():
         if k != OTHER:

@@ -70,6 +70,10 @@ def main() -> None:
     parser.add_argument("--scheme", default="kgw", help="the teacher's watermark scheme (kgw or gumbel)")
     parser.add_argument("--base-steps", type=int, default=None, help="training steps of the base model")
     parser.add_argument(
+        "--student-seeds", type=int, nargs="*", default=[0],
+        help="training seeds of each watermarked student (replicates; seed 0 is the unsuffixed name)",
+    )  # fmt: skip
+    parser.add_argument(
         "--base-shape", default=None, metavar="HIDDEN,LAYERS",
         help="size of the base model, and so of the students it initialises (default: 2/3 of the teacher's "
         "width, half its depth)",
@@ -158,8 +162,10 @@ def main() -> None:
     for mix in mixes:
         for init in inits:
             for rho in rhos:
-                plan.append(dict(kind="watermarked", name=f"{mix}_{init}_rho{rho:g}", collection=ours,
-                                 tokens=wm_tokens, rho=rho, mix=mix, init=init))  # fmt: skip
+                for seed in args.student_seeds:  # seed 0 keeps the name it always had
+                    name = f"{mix}_{init}_rho{rho:g}" + (f"_seed{seed}" if seed else "")
+                    plan.append(dict(kind="watermarked", name=name, collection=ours, tokens=wm_tokens,
+                                     rho=rho, mix=mix, init=init, seed=seed))  # fmt: skip
     for tokens in axis:
         plan.append(dict(kind="watermarked", name=f"axis_{tokens}", collection=ours, tokens=tokens, rho=0.05,
                          mix=mixes[-1], init=inits[0]))  # fmt: skip

@@ -441,7 +441,7 @@ def _print_row(name: str, row: dict) -> None:
 def _summary(rows: dict) -> dict:
     """Minimum rho and minimum watermarked tokens detected at p < 1e-6, per test; controls claimed."""
     out: dict = {"controls": 0, "controls_claimed": 0, "control_min_log10_p": None, "per_test": {}}
-    axis_init = next((r["init"] for n, r in rows.items() if n.startswith("axis_")), None)
+    axis_init = _axis_init(rows)
     for name, r in rows.items():
         if r["kind"] == "control":
             out["controls"] += 1
@@ -481,6 +481,11 @@ def _summary(rows: dict) -> dict:
     return out
 
 
+def _axis_init(rows: dict) -> str | None:
+    """The initialisation of the watermarked-token axis students (None: there are none)."""
+    return next((r["init"] for n, r in rows.items() if n.startswith("axis_")), None)
+
+
 def _main_at_5pct(row: dict, init: str | None) -> bool:
     """The dose-response student at rho 5% that the watermarked-token axis (students initialised with
     ``init``; None: any) extends."""
@@ -499,8 +504,8 @@ def _plot(doc: dict, path: Path) -> None:
     rows = doc["students"]
     tests = sorted({k for r in rows.values() for k in r["tests"]})
     axis = []  # the axis students and the main student at 5% that they extend
-    if any(n.startswith("axis_") for n in rows):
-        init = next(r["init"] for n, r in rows.items() if n.startswith("axis_"))
+    init = _axis_init(rows)
+    if init is not None:
         picked = [r for n, r in rows.items() if n.startswith("axis_") or _main_at_5pct(r, init)]
         axis = [(r["teacher_tokens"], r) for r in sorted(picked, key=lambda r: r["teacher_tokens"])]
     fig, axes = plt.subplots(1, 2 if axis else 1, figsize=(13 if axis else 7, 4.5), squeeze=False)

@@ -1,12 +1,13 @@
 """The monitor on held-out traffic: populations from ``distillguard heldout`` (written apart from the
 monitor), sent through a real gateway (stub backend, official ``openai`` client, client addresses through the
-trusted ``X-Forwarded-For``), exported, put on the simulated clock and scanned three ways:
+trusted ``X-Forwarded-For``), exported, put on the simulated clock and scanned four ways:
 
 - **cold start, shipped reference** (what a scan does before ``monitor calibrate``): the default reference
   that ships with the package (fitted on the monitor's own simulator, never on held-out traffic);
 - **cold start, --population**: no reference, the monitor calibrates on the scanned population;
 - **own benign period**: a reference fitted on the benign accounts of a separate held-out run (another seed),
-  as ``monitor calibrate`` on a known-good period would.
+  as ``monitor calibrate`` on a known-good period would: added to the shipped reference (its default:
+  the simulated kinds are neighbours, the null is the period's) and alone (``--base none``).
 
 Each run reports per-account TPR/FPR at every rung with exact Clopper-Pearson bounds, campaigns detected,
 whether any evaluation harness or support bot was flagged, and queries to detection per campaign.
@@ -80,13 +81,17 @@ def references(ref_run: Path) -> dict:
     sim = ref_run / "sim" / "ledger.parquet"
     benign = [a for a, x in read_labels(ref_run / "labels.json").items() if x.get("kind") == "benign"]
     opts = ScanOptions()
-    own = build_reference(
-        read(parquet_batches(sim), opts.sample_size), opts, benign=benign, created=parquet_created(sim)
-    )
+    acc, created = read(parquet_batches(sim), opts.sample_size), parquet_created(sim)
+    shipped = load_shipped_reference()
     return {
-        "cold start: shipped reference (default)": load_shipped_reference(),
+        "cold start: shipped reference (default)": shipped,
         "cold start: --population": None,
-        "own benign period": own,
+        "own benign period (calibrate default: added to the shipped reference)": build_reference(
+            acc, opts, benign=benign, created=created, base=shipped
+        ),
+        "own benign period alone (calibrate --base none)": build_reference(
+            acc, opts, benign=benign, created=created
+        ),
     }
 
 

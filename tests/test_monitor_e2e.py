@@ -91,6 +91,7 @@ def test_attackers_end_restricted_or_suspended_and_customers_stay_normal(
         assert code == 0, err
         cal = json.loads(out)
         assert cal["accounts"] >= 25 and Path(cal["reference"]).is_file()
+        assert cal["base"]["shipped"] and cal["base"]["entities"] >= 500  # added to the shipped reference
         # the next period: other customers and five kinds of attacker
         res = simulate(
             gw.base_url,

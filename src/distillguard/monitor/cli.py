@@ -170,6 +170,14 @@ def calibrate_cmd(
         Path | None, typer.Option("--labels", help="labels.json: use only the accounts labelled benign.")
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Where to save (default: the monitor's).")] = None,
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base",
+            help="What the period extends: shipped (the shipped reference's simulated kinds; default, or "
+            "config monitor_calibrate_base), none (the period alone), or a reference file.",
+        ),
+    ] = None,
     engine: EngineOpt = None,
     ray_address: RayAddressOpt = None,
     config: ConfigOpt = None,
@@ -184,12 +192,15 @@ def calibrate_cmd(
         out=out,
         engine=engine,
         address=ray_address,
+        base=base,
         progress=_progress,
     )
     if as_json:
         _print(doc)
     else:
-        typer.echo(f"benign reference of {doc['accounts']} accounts saved to {doc['reference']}")
+        extends = doc.get("base")
+        added = f", added to {extends['what']} ({extends['entities']} entities)" if extends else ""
+        typer.echo(f"benign reference of {doc['accounts']} accounts{added} saved to {doc['reference']}")
 
 
 @app.command("eval")

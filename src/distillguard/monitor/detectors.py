@@ -304,6 +304,9 @@ class Calibration:
     k: int
     source: str
     min_beta: float = 0.05
+    # the first ``neighbours_only`` reference rows are profiles to be compared with but stay out of the null:
+    # an extended base's entities, which are not draws from the deployment's benign traffic
+    neighbours_only: int = 0
 
     # -- fitting --------------------------------------------------------------------------------------
 
@@ -317,6 +320,7 @@ class Calibration:
         groups: Sequence[int] | None = None,
         features: Sequence[str] | None = None,
         min_beta: float = 0.05,
+        neighbours_only: int = 0,
     ) -> Calibration:
         """Fit on ``rows`` = ``(accounts, features)`` of benign reference entities.
 
@@ -325,6 +329,8 @@ class Calibration:
         on the central half only, which a minority of attackers cannot move much; ``groups`` marks rows that
         must not vouch for each other (the linked accounts of one cluster). ``features`` restricts the
         score to a subset (a restricted look, e.g. :data:`ELICITATION`); ``min_beta`` floors its tail scale.
+        The first ``neighbours_only`` rows are profiles only: the null is the leave-one-out scores of the
+        others (against every row), so it is a sample of the traffic the p-values are claimed for.
         """
         if len(rows) < 3:
             raise ValueError("calibration needs at least 3 reference entities")
@@ -340,10 +346,26 @@ class Calibration:
         local = np.nanmedian(diff, axis=0) * 1.4826
         scale = np.maximum(np.where(np.isfinite(local), local, 0.0), units)
         z = (tr - center) / scale
-        cal = cls(names, center, scale, raw, z, ids, np.zeros(0), 0.0, 1.0, 1.0, k, source, min_beta)
+        cal = cls(
+            names,
+            center,
+            scale,
+            raw,
+            z,
+            ids,
+            np.zeros(0),
+            0.0,
+            1.0,
+            1.0,
+            k,
+            source,
+            min_beta,
+            neighbours_only,
+        )
         cal._index = BlockIndex(z, groups=grp)
         # the null is over single accounts (what p-values are quoted for); pooled rows serve as neighbours
-        single = [i for i in range(n) if len(ids[i]) == 1] or list(range(n))
+        vouch = range(min(neighbours_only, n - 1), n)
+        single = [i for i in vouch if len(ids[i]) == 1] or list(vouch)
         if len(single) > NULL_SAMPLE:  # a seeded subsample: the null's quantiles need no more draws
             pick = np.random.default_rng(0).choice(len(single), NULL_SAMPLE, replace=False)
             single = [single[i] for i in np.sort(pick)]
@@ -388,7 +410,12 @@ class Calibration:
                 for i, ids in enumerate(self.reference_ids)
             ]
             cache[key] = Calibration.fit(
-                rows, k=self.k, source=self.source, features=features, min_beta=min_beta
+                rows,
+                k=self.k,
+                source=self.source,
+                features=features,
+                min_beta=min_beta,
+                neighbours_only=self.neighbours_only,
             )
         return cache[key]
 
@@ -514,6 +541,14 @@ class Calibration:
             nearest=self.reference_ids[j] if j >= 0 else None,
         )
 
+    def rows(self) -> list[tuple[tuple[str, ...], dict[str, float]]]:
+        """The reference entities as :meth:`fit` takes them (raw feature values; ``nan`` where unmeasured):
+        what a larger reference is fitted on when it extends this one."""
+        return [
+            (tuple(ids), {f: float(v) for f, v in zip(self.features, row, strict=True)})
+            for ids, row in zip(self.reference_ids, self.reference, strict=True)
+        ]
+
     # -- persistence ----------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -528,6 +563,7 @@ class Calibration:
             "k": self.k,
             "source": self.source,
             "min_beta": self.min_beta,
+            "neighbours_only": self.neighbours_only,
         }
 
     @classmethod
@@ -554,6 +590,7 @@ class Calibration:
             int(d["k"]),
             str(d["source"]),
             float(d.get("min_beta", 0.05)),
+            int(d.get("neighbours_only", 0)),
         )
 
 
@@ -624,18 +661,22 @@ class RateNull:
 
     @classmethod
     def from_calibration(cls, cal: Calibration, features: Sequence[str] = ELICITATION) -> RateNull:
-        """The null of ``features`` (those the reference has: one saved before a feature existed lacks it)."""
+        """The null of ``features`` (those the reference has: one saved before a feature existed lacks it),
+        over the reference's own profiles: an extended base's entities are neighbours of the profile look
+        only (:attr:`Calibration.neighbours_only`), never rates a count is held against."""
         from scipy.stats import beta
 
         features = tuple(f for f in features if f in cal.features)
         cols = [cal.features.index(f) for f in features]
-        lq = cal.reference[:, cal.features.index("log_queries")]
-        sizes = np.array([len(x) for x in cal.reference_ids], dtype=np.float64)
+        own = slice(min(cal.neighbours_only, len(cal.reference_ids) - 1), None)
+        ref, ids = cal.reference[own], cal.reference_ids[own]
+        lq = ref[:, cal.features.index("log_queries")]
+        sizes = np.array([len(x) for x in ids], dtype=np.float64)
         n = np.round(np.where(np.isfinite(lq), 10.0**lq, 1.0) * sizes)
-        rates = np.nan_to_num(cal.reference[:, cols], nan=0.0)
+        rates = np.nan_to_num(ref[:, cols], nan=0.0)
         k = np.clip(np.round(rates * (n[:, None] + 20.0)), 0, n[:, None])
         upper = np.where(k >= n[:, None], 1.0, beta.ppf(0.95, k + 1, np.maximum(n[:, None] - k, 1e-9)))
-        return cls(list(cal.reference_ids), k, n, upper, features)
+        return cls(list(ids), k, n, upper, features)
 
     def _column(self, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Feature ``j``'s distinct upper rates (ascending) with row counts and each row's position among

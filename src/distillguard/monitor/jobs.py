@@ -58,6 +58,29 @@ def load_reference(config: dict[str, Any], path: Path | None, population: bool):
     return Reference.load(default) if default.is_file() else load_shipped_reference()
 
 
+def _shipped():
+    from distillguard.monitor.shipped import load_shipped_reference
+
+    return load_shipped_reference()
+
+
+# What ``calibrate`` adds a known-good period to, by name; any other value is a reference file.
+REFERENCE_BASES: dict[str, Callable[[], Any]] = {"shipped": _shipped, "none": lambda: None}
+
+
+def reference_base(spec: str):
+    """The reference a known-good period extends (``calibrate --base``): ``shipped``, ``none`` or a file."""
+    from distillguard.monitor.scan import Reference
+
+    if spec in REFERENCE_BASES:
+        return REFERENCE_BASES[spec]()
+    if not Path(spec).expanduser().is_file():
+        raise UserError(
+            f"--base must be one of {', '.join(REFERENCE_BASES)} or a reference file, got {spec!r}"
+        )
+    return Reference.load(Path(spec))
+
+
 def shipped_note(ref, policy) -> str:
     """What a scan against the shipped reference tells its user."""
     return (
@@ -211,15 +234,19 @@ def calibrate(
     out: Path | None = None,
     engine: str | None = None,
     address: str | None = None,
+    base: str | None = None,
     progress: Progress = quiet,
 ) -> dict[str, Any]:
     """Fit and save the benign reference on a known-benign ledger; the document ``calibrate --json`` prints.
 
-    With ``labels`` (a simulation's labels.json) only the accounts labelled benign are used.
+    With ``labels`` (a simulation's labels.json) only the accounts labelled benign are used. ``base``
+    (default: config ``monitor_calibrate_base``, else ``shipped``) is what the period extends
+    (:func:`reference_base`; see :func:`~distillguard.monitor.scan.build_reference`).
     """
     from distillguard.monitor.scan import build_reference
     from distillguard.monitor.synth import read_labels
 
+    extends = reference_base(base or MonitorSettings.from_config(config).calibrate_base)
     opts = scan_options(config)
     acc, created = feature_pass(
         config, ledger, parquet, opts.sample_size, engine=engine, address=address, progress=progress
@@ -228,7 +255,7 @@ def calibrate(
     if labels is not None:
         benign = [a for a, x in read_labels(labels).items() if x.get("kind") == "benign"]
     ref = build_reference(
-        acc, opts, benign=benign, created=created, meta={"source": str(ledger or parquet or "")}
+        acc, opts, benign=benign, created=created, meta={"source": str(ledger or parquet or "")}, base=extends
     )
     path = ref.save(out or reference_path(config))
     cal = ref.calibration

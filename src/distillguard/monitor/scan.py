@@ -448,11 +448,20 @@ def build_reference(
     benign: Iterable[str] | None = None,
     created: dict[str, float] | None = None,
     meta: dict[str, Any] | None = None,
+    base: Reference | None = None,
 ) -> Reference:
     """Fit a benign :class:`Reference` on ``acc``'s accounts (or only the ``benign`` ones of them).
 
     Linked benign groups are pooled and added as reference entities too, so a benign team judged as a
     cluster has benign clusters to be compared with.
+
+    With ``base`` (the shipped reference, or an earlier one) the period *extends* it: the base's entities
+    join the period's as profiles to be compared with, and the period's are measured against the base's MMD
+    windows so that every entity's ``mmd`` reads the same baseline. The null stays the period's own: the
+    leave-one-out scores of its entities (against every profile, the base's included), since only they are
+    a sample of this deployment's benign traffic; the base's entities never enter it. What the base adds is
+    neighbours: a benign kind the period holds few of (or none, in a short period) has its like among the
+    base's kinds, and the unit scales rest on hundreds of entities instead of a few dozen.
     """
     an = Analyzer(options)
     o = an.options
@@ -460,14 +469,22 @@ def build_reference(
     names = [a for a in names if acc.c["n"][acc.index[a]] >= o.min_queries]
     if len(names) < 3:
         raise UserError(f"a benign reference needs at least 3 accounts with {o.min_queries}+ queries")
-    mmd = an.fit_mmd(acc, names)
+    mmd = base.mmd if base is not None else an.fit_mmd(acc, names)
     states = an.accounts(acc, names, mmd)
     rows: list[tuple[tuple[str, ...], dict[str, float]]] = [((a,), states[a].features) for a in names]
     if o.link:
         for c in _clusters(names, states, created):
             rows.append((tuple(c.accounts), an.entity(acc, tuple(c.accounts), mmd).features))
-    cal = Calibration.fit(rows, k=o.k_reference, source="reference")
     info = {"accounts": len(names), "entities": len(rows), "rows": acc.rows, **(meta or {})}
+    if base is not None:
+        info["base"] = {
+            "what": base.meta.get("version") or base.meta.get("source") or "reference",
+            "shipped": bool(base.meta.get("shipped")),
+            "accounts": base.meta.get("accounts"),
+            "entities": len(base.calibration.reference_ids),
+        }
+    prior = base.calibration.rows() if base is not None else []
+    cal = Calibration.fit(prior + rows, k=o.k_reference, source="reference", neighbours_only=len(prior))
     return Reference(cal, mmd, info)
 
 
@@ -563,11 +580,20 @@ def analyse(
         looks = Looks.of(reference.calibration, f"{kind}, {n_ref} entities")
         looks_out = looks
         source = "reference"
+        resolution = 1.0 / (len(reference.calibration.null) + 1)
         trust = (
             f"{kind} of {n_ref} entities ({reference.meta.get('accounts', '?')} accounts); profile p-values "
-            f"below {1.0 / (n_ref + 1):.1g} come from a conservatively fitted tail, elicitation p-values "
-            "from binomial counts against every reference profile"
+            f"below {resolution:.1g} come from a conservatively fitted tail, elicitation p-values from "
+            "binomial counts against every reference profile"
         )
+        extends = reference.meta.get("base")
+        if extends:
+            trust = (
+                f"{reference.meta.get('accounts', '?')} accounts of a known-good period added to "
+                f"{'the shipped reference ' if extends.get('shipped') else ''}{extends.get('what')} "
+                f"({extends.get('entities')} entities) as neighbours of the profile look; its p-values and "
+                "the elicitation counts are calibrated on the period's accounts alone. " + trust
+            )
         if shipped:
             trust = (
                 "medium: simulated benign kinds (" + ", ".join(reference.meta.get("kinds", [])) + "), not "
@@ -580,7 +606,7 @@ def analyse(
             "source": "shipped reference" if shipped else "reference",
             "entities": n_ref,
             "trust": trust,
-            **{k: reference.meta[k] for k in ("version", "path") if k in reference.meta},
+            **{k: reference.meta[k] for k in ("version", "path", "base") if k in reference.meta},
         }
     else:
         if len(scored) < 3:

@@ -28,6 +28,9 @@ class MonitorSettings:
     reference: str | None = (
         None  # the benign reference ``calibrate`` saves; None: home()/monitor/reference.npz
     )
+    # what `calibrate` adds a known-good period to: "shipped" (the shipped reference's simulated kinds),
+    # "none" (the period alone) or a reference file (jobs.REFERENCE_BASES)
+    calibrate_base: str = "shipped"
     sample_size: int | None = None  # sampled queries per account (None: ScanOptions' default)
     min_queries: int | None = None  # fewer: reported, never scored alone (None: ScanOptions' default)
     engine: str = "local"  # where the feature pass runs (monitor.engine.ENGINES, checked when opened)

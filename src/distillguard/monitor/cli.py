@@ -162,6 +162,16 @@ def follow_cmd(
     follower.run(interval=interval, iterations=iterations)
 
 
+BaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--base",
+        help="What a known-good period extends: shipped (the shipped reference's simulated kinds; default, "
+        "or config monitor_calibrate_base), none (the period alone), or a reference file.",
+    ),
+]
+
+
 @app.command("calibrate")
 def calibrate_cmd(
     ledger: LedgerOpt = None,
@@ -170,14 +180,7 @@ def calibrate_cmd(
         Path | None, typer.Option("--labels", help="labels.json: use only the accounts labelled benign.")
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Where to save (default: the monitor's).")] = None,
-    base: Annotated[
-        str | None,
-        typer.Option(
-            "--base",
-            help="What the period extends: shipped (the shipped reference's simulated kinds; default, or "
-            "config monitor_calibrate_base), none (the period alone), or a reference file.",
-        ),
-    ] = None,
+    base: BaseOpt = None,
     engine: EngineOpt = None,
     ray_address: RayAddressOpt = None,
     config: ConfigOpt = None,
@@ -216,6 +219,7 @@ def eval_cmd(
         typer.Option("--reference-ledger", help="Fit the benign reference on this (benign) ledger first."),
     ] = None,
     population: PopulationOpt = False,
+    base: BaseOpt = None,
     qtd: Annotated[bool, typer.Option("--qtd/--no-qtd", help="Replay for queries-to-detection.")] = True,
     out: Annotated[Path | None, typer.Option("--out", help="Directory for eval.json and roc.png.")] = None,
     config: ConfigOpt = None,
@@ -237,7 +241,8 @@ def eval_cmd(
         if ref_lab.is_file():
             benign = [a for a, x in read_labels(ref_lab).items() if x.get("kind") == "benign"]
         ref_acc = jobs.read(ledger_batches(reference_ledger), opts.sample_size, _progress)
-        ref = build_reference(ref_acc, opts, benign=benign)
+        extends = jobs.reference_base(cfg, base)
+        ref = build_reference(ref_acc, opts, benign=benign, base=extends)
     else:
         ref = jobs.load_reference(cfg, reference, population)
     batches, created = jobs.open_source(ledger, parquet, cfg)

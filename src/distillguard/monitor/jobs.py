@@ -68,10 +68,12 @@ def _shipped():
 REFERENCE_BASES: dict[str, Callable[[], Any]] = {"shipped": _shipped, "none": lambda: None}
 
 
-def reference_base(spec: str):
-    """The reference a known-good period extends (``calibrate --base``): ``shipped``, ``none`` or a file."""
+def reference_base(config: dict[str, Any], spec: str | None = None):
+    """The reference a known-good period extends (``calibrate --base``, else config
+    ``monitor_calibrate_base``): ``shipped``, ``none`` or a reference file."""
     from distillguard.monitor.scan import Reference
 
+    spec = spec or MonitorSettings.from_config(config).calibrate_base
     if spec in REFERENCE_BASES:
         return REFERENCE_BASES[spec]()
     if not Path(spec).expanduser().is_file():
@@ -246,7 +248,7 @@ def calibrate(
     from distillguard.monitor.scan import build_reference
     from distillguard.monitor.synth import read_labels
 
-    extends = reference_base(base or MonitorSettings.from_config(config).calibrate_base)
+    extends = reference_base(config, base)
     opts = scan_options(config)
     acc, created = feature_pass(
         config, ledger, parquet, opts.sample_size, engine=engine, address=address, progress=progress

@@ -5,11 +5,15 @@ negatives stay normal; a bad ``--base`` is one line and a non-zero exit."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from cli_run import run_cli
-from distillguard.monitor.detectors import Calibration
+from distillguard.errors import UserError
+from distillguard.monitor.detectors import Calibration, RateNull
+from distillguard.monitor.jobs import reference_base
 from distillguard.monitor.report import report_json
 from distillguard.monitor.scan import Reference, analyse, build_reference
 from distillguard.monitor.shipped import VERSION, load_shipped_reference
@@ -27,35 +31,38 @@ def test_the_base_never_enters_the_null_so_a_tight_base_cannot_shrink_the_period
     """Null calibration. H0: the scored entity is a fresh draw of the deployment's benign traffic, of which
     the period's 150 accounts are a sample; the base (600 entities) is a far tighter population (a
     simulator's kinds). The guarantee is over draws of the period and of the account (conformal), so it is
-    checked over 10 periods x 1,000 fresh accounts: with the base as neighbours only, P[p <= a] stays at or
-    below a (+ 3 standard errors); pooling the base into the null, the same draws are rejected at well
-    above a, which is why it is kept out."""
+    checked over 10 periods x 5,000 fresh accounts, down to the levels the tiers act on (1e-3, 1e-4), where
+    p-values come from the fitted tail: with the base as neighbours only (the period's null, centre and unit
+    scales), P[p <= a] stays at or below a (+ 3 standard errors); pooling the base into the null, the same
+    draws are rejected at well above a, which is why it is kept out."""
+    levels = np.array([0.05, 0.01, 1e-3, 1e-4])
 
     def rejection_rates(cal: Calibration, fresh: np.ndarray) -> np.ndarray:
         ps = np.array([
             cal.p_value(cal._knn(cal.z(dict(zip(FEATS, map(float, r), strict=True))), None)[0]) for r in fresh
         ])  # fmt: skip
-        return np.array([(ps <= a).mean() for a in (0.05, 0.01)])
+        return (ps[:, None] <= levels[None, :]).mean(axis=0)
 
-    kept, pooled = np.zeros(2), np.zeros(2)
-    draws = 10
+    kept, pooled = np.zeros(len(levels)), np.zeros(len(levels))
+    draws, per = 10, 5000
     for seed in range(draws):
         rng = np.random.default_rng(seed)
         base = _rows(rng.normal(0.0, 0.05, (600, 3)), "sim")
         period = _rows(rng.normal(0.0, 1.0, (150, 3)), "own")
-        fresh = rng.normal(0.0, 1.0, (1000, 3))
+        fresh = rng.normal(0.0, 1.0, (per, 3))
         cal = Calibration.fit(base + period, features=FEATS, neighbours_only=len(base))
         assert len(cal.null) == len(period) and cal.neighbours_only == len(base)
         kept += rejection_rates(cal, fresh) / draws
-        pooled += rejection_rates(Calibration.fit(base + period, features=FEATS), fresh) / draws
-    n = 1000 * draws
-    for (a, got), bad in zip(((0.05, kept[0]), (0.01, kept[1])), pooled, strict=True):
-        assert got <= a + 3 * np.sqrt(a * (1 - a) / n), (a, got)
-        assert bad > a + 6 * np.sqrt(a * (1 - a) / n), (a, bad)  # the tight base in the null over-rejects
-    # a restricted look and a saved reference keep the rule
+        pooled += rejection_rates(Calibration.fit(base + period, features=FEATS), fresh[:1000]) / draws
+    se = np.sqrt(levels * (1 - levels) / (draws * per))
+    assert (kept <= levels + 3 * se).all(), kept
+    assert (pooled[:2] > levels[:2] + 6 * se[:2] * np.sqrt(per / 1000)).all(), pooled  # pooled over-rejects
+    # a restricted look, the elicitation counts and a saved reference keep the rule
     assert len(cal.restrict(FEATS[:2]).null) == len(period)
     again = Calibration.from_dict(cal.to_dict())
     assert again.neighbours_only == len(base) and np.array_equal(again.null, cal.null)
+    with pytest.raises(ValueError, match="besides its neighbours"):
+        Calibration.fit(base[:10] + period[:2], features=FEATS, neighbours_only=10)
 
 
 def test_a_period_added_to_the_shipped_reference_flags_the_campaign_not_the_harness_or_the_bot(
@@ -68,9 +75,19 @@ def test_a_period_added_to_the_shipped_reference_flags_the_campaign_not_the_harn
     n_base = len(shipped.calibration.reference_ids)
     own = len(ref.calibration.reference_ids) - n_base
     assert ref.calibration.neighbours_only == n_base and own >= 15
-    assert ref.meta["base"]["shipped"] and ref.meta["base"]["what"] == VERSION and "shipped" not in ref.meta
+    base = ref.meta["base"]
+    assert (
+        base["shipped"] and base["what"] == f"the shipped reference {VERSION}" and "shipped" not in ref.meta
+    )
     assert ref.mmd is shipped.mmd  # one MMD baseline for every entity's mmd feature
-    assert len(ref.calibration.null) <= own  # the period's single accounts only
+    singles = sum(len(ids) == 1 for ids in ref.calibration.reference_ids[n_base:])
+    assert len(ref.calibration.null) == singles  # the period's single accounts, none of the base's
+    assert len(RateNull.from_calibration(ref.calibration).ids) == own  # counts against its own profiles
+    # a reference extended again says what it holds
+    again = build_reference(bacc, OPTS, created=bcreated, base=replace_meta(ref, path="older.npz"))
+    assert again.meta["base"]["shipped"] and again.meta["base"]["what"] == (
+        f"older.npz (which extends the shipped reference {VERSION})"
+    )
     ref = Reference.load(ref.save(tmp_path / "ref.npz"))
     assert ref.calibration.neighbours_only == n_base
     analysis = analyse(acc, ref, options=OPTS, created=created)
@@ -79,12 +96,35 @@ def test_a_period_added_to_the_shipped_reference_flags_the_campaign_not_the_harn
     for name in ("eval_harness", "support_bot", "casual_chat"):
         assert not any(flagged(v) for v in by_persona(analysis, personas, name)), name
     info = report_json(analysis, {})["reference"]
-    assert info["source"] == "reference" and info["base"]["what"] == VERSION
-    assert "known-good period added to the shipped reference" in info["trust"]
+    assert info["source"] == "reference" and info["base"]["what"].endswith(VERSION)
+    assert f"known-good period added to the shipped reference {VERSION}" in info["trust"]
+    assert f"{own} entities" in info["trust"] and "enter no null" in info["trust"]
+    nulls = {t["null"] for v in analysis.accounts.values() for t in v.tests if "null" in t}
+    assert f"benign reference, {own} entities (+ {n_base} neighbours)" in nulls
 
 
-@pytest.mark.parametrize("base", ["nonesuch", "/no/such/reference.npz"])
+def replace_meta(ref: Reference, **meta) -> Reference:
+    return Reference(ref.calibration, ref.mmd, {**ref.meta, **meta})
+
+
+@pytest.mark.parametrize("base", ["nonesuch", "/no/such/reference.npz", "truncated", "empty"])
 def test_a_bad_base_is_one_line_and_a_non_zero_exit(tmp_path, capsys, base, monkeypatch):
     monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path))
+    if base in ("truncated", "empty"):  # a file that is not a reference: named, in one line
+        data = Path(load_shipped_reference().meta["path"]).read_bytes()
+        (tmp_path / base).write_bytes(data[:3000] if base == "truncated" else b"")
+        base, expect = str(tmp_path / base), "is not a monitor reference"
+    else:
+        expect = "--base must be one of shipped, none"
     code, out, err = run_cli(["monitor", "calibrate", "--base", base, "--parquet", str(tmp_path)], capsys)
-    assert code != 0 and "--base must be one of shipped, none" in err and len(err.strip().splitlines()) == 1
+    assert code != 0 and expect in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_config_names_the_base_and_eval_refuses_a_base_without_a_period(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path))
+    assert reference_base({"monitor_calibrate_base": "none"}) is None
+    assert reference_base({}).meta["version"] == VERSION  # the default: the shipped reference
+    with pytest.raises(UserError, match="monitor_calibrate_base must be one of"):
+        reference_base({"monitor_calibrate_base": "nonesuch"})
+    code, _, err = run_cli(["monitor", "eval", "--base", "none", "--labels", str(tmp_path / "x")], capsys)
+    assert code != 0 and "give --reference-ledger too" in err and len(err.strip().splitlines()) == 1, err

@@ -234,14 +234,16 @@ def eval_cmd(
     cfg = load_config(config)
     policy = Policy.from_config(cfg)
     opts = jobs.scan_options(cfg)
+    if base is not None and reference_ledger is None:
+        raise UserError("--base is what --reference-ledger's period extends; give --reference-ledger too")
     lab = read_labels(labels)
     if reference_ledger is not None:
+        extends = jobs.reference_base(cfg, base)  # a bad --base fails before the pass over the ledger
         ref_lab = Path(reference_ledger).parent / "labels.json"
         benign = None
         if ref_lab.is_file():
             benign = [a for a, x in read_labels(ref_lab).items() if x.get("kind") == "benign"]
         ref_acc = jobs.read(ledger_batches(reference_ledger), opts.sample_size, _progress)
-        extends = jobs.reference_base(cfg, base)
         ref = build_reference(ref_acc, opts, benign=benign, base=extends)
     else:
         ref = jobs.load_reference(cfg, reference, population)

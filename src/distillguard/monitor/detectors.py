@@ -287,6 +287,17 @@ def prepare_rows(
     return names, raw, tr, center, units, ids, grp, conflicts, z0
 
 
+def _unit_scales(tr: np.ndarray, units: np.ndarray, grp: np.ndarray, conflicts: list, z0: np.ndarray):
+    """Local unit scales: the typical difference between a benign entity and its nearest benign neighbour
+    (within-kind noise), not the spread across kinds, which the nearest-profile comparison absorbs. Each
+    row's nearest allowed neighbour comes from a block index (exact, without comparing all pairs)."""
+    n = len(tr)
+    nn = nearest_allowed(z0, grp, [np.asarray(c, dtype=np.int64) for c in conflicts])
+    nn = np.where(nn >= 0, nn, np.arange(n))  # nobody allowed: no local difference from this row
+    local = np.nanmedian(np.abs(tr - tr[nn]), axis=0) * 1.4826
+    return np.maximum(np.where(np.isfinite(local), local, 0.0), units)
+
+
 @dataclass
 class Calibration:
     """Benign unit scales, reference profiles, and the fitted null of the nearest-benign-profile score."""
@@ -336,15 +347,19 @@ class Calibration:
             raise ValueError("calibration needs at least 3 reference entities")
         names, raw, tr, center, units, ids, grp, conflicts, z0 = prepare_rows(rows, features, groups)
         n = len(rows)
-        # Local unit scales: the typical difference between a benign entity and its nearest benign neighbour
-        # (within-kind noise), not the spread across kinds, which the nearest-profile comparison absorbs.
-        # Each row's nearest allowed neighbour comes from a block index (exact, without comparing all pairs).
         excl = [np.asarray(c, dtype=np.int64) for c in conflicts]
-        nn = nearest_allowed(z0, grp, excl)
-        nn = np.where(nn >= 0, nn, np.arange(n))  # nobody allowed: no local difference from this row
-        diff = np.abs(tr - tr[nn])
-        local = np.nanmedian(diff, axis=0) * 1.4826
-        scale = np.maximum(np.where(np.isfinite(local), local, 0.0), units)
+        if neighbours_only:
+            if n - neighbours_only < 3:
+                raise ValueError("calibration needs at least 3 reference entities besides its neighbours")
+            # the score's geometry is the period's own: its centre and unit scales, with the neighbours placed
+            # in it (a base tighter than the deployment's traffic would shrink the units and reshape the
+            # score's tail, which the null, fitted on the period's rows, would then misread)
+            own = prepare_rows(
+                rows[neighbours_only:], features, None if groups is None else list(groups)[neighbours_only:]
+            )
+            center, scale = own[3], _unit_scales(own[2], units, own[6], own[7], own[8])
+        else:
+            scale = _unit_scales(tr, units, grp, conflicts, z0)
         z = (tr - center) / scale
         cal = cls(
             names,
@@ -364,7 +379,7 @@ class Calibration:
         )
         cal._index = BlockIndex(z, groups=grp)
         # the null is over single accounts (what p-values are quoted for); pooled rows serve as neighbours
-        vouch = range(min(neighbours_only, n - 1), n)
+        vouch = range(neighbours_only, n)
         single = [i for i in vouch if len(ids[i]) == 1] or list(vouch)
         if len(single) > NULL_SAMPLE:  # a seeded subsample: the null's quantiles need no more draws
             pick = np.random.default_rng(0).choice(len(single), NULL_SAMPLE, replace=False)
@@ -668,8 +683,7 @@ class RateNull:
 
         features = tuple(f for f in features if f in cal.features)
         cols = [cal.features.index(f) for f in features]
-        own = slice(min(cal.neighbours_only, len(cal.reference_ids) - 1), None)
-        ref, ids = cal.reference[own], cal.reference_ids[own]
+        ref, ids = cal.reference[cal.neighbours_only :], cal.reference_ids[cal.neighbours_only :]
         lq = ref[:, cal.features.index("log_queries")]
         sizes = np.array([len(x) for x in ids], dtype=np.float64)
         n = np.round(np.where(np.isfinite(lq), 10.0**lq, 1.0) * sizes)

@@ -73,14 +73,18 @@ def reference_base(config: dict[str, Any], spec: str | None = None):
     ``monitor_calibrate_base``): ``shipped``, ``none`` or a reference file."""
     from distillguard.monitor.scan import Reference
 
+    what = "--base" if spec else "monitor_calibrate_base"
     spec = spec or MonitorSettings.from_config(config).calibrate_base
     if spec in REFERENCE_BASES:
         return REFERENCE_BASES[spec]()
-    if not Path(spec).expanduser().is_file():
+    path = Path(spec).expanduser()
+    if not path.is_file():
         raise UserError(
-            f"--base must be one of {', '.join(REFERENCE_BASES)} or a reference file, got {spec!r}"
+            f"{what} must be one of {', '.join(REFERENCE_BASES)} or a reference file, got {spec!r}"
         )
-    return Reference.load(Path(spec))
+    ref = Reference.load(path)
+    ref.meta = {**ref.meta, "path": str(path)}
+    return ref
 
 
 def shipped_note(ref, policy) -> str:

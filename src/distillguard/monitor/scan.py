@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -413,7 +414,7 @@ class Reference:
                     gammas = np.array(z["mmd_gammas"])
                     mmd = MMDReference(windows, gammas, np.array(z["mmd_null"]), int(z["mmd_window"]))
                     mmd._self_terms = [_kernel_mean(_sq_dists(w, w), gammas, True) for w in windows]
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise UserError(
                 f"{path} is not a monitor reference ({exc}); run `distillguard monitor calibrate`"
             ) from None
@@ -469,7 +470,8 @@ def build_reference(
     names = [a for a in names if acc.c["n"][acc.index[a]] >= o.min_queries]
     if len(names) < 3:
         raise UserError(f"a benign reference needs at least 3 accounts with {o.min_queries}+ queries")
-    mmd = base.mmd if base is not None else an.fit_mmd(acc, names)
+    # one MMD baseline for every entity: the base's windows when it has them
+    mmd = base.mmd if base is not None and base.mmd is not None else an.fit_mmd(acc, names)
     states = an.accounts(acc, names, mmd)
     rows: list[tuple[tuple[str, ...], dict[str, float]]] = [((a,), states[a].features) for a in names]
     if o.link:
@@ -477,15 +479,29 @@ def build_reference(
             rows.append((tuple(c.accounts), an.entity(acc, tuple(c.accounts), mmd).features))
     info = {"accounts": len(names), "entities": len(rows), "rows": acc.rows, **(meta or {})}
     if base is not None:
-        info["base"] = {
-            "what": base.meta.get("version") or base.meta.get("source") or "reference",
-            "shipped": bool(base.meta.get("shipped")),
-            "accounts": base.meta.get("accounts"),
-            "entities": len(base.calibration.reference_ids),
-        }
+        info["base"] = base_lineage(base)
     prior = base.calibration.rows() if base is not None else []
     cal = Calibration.fit(prior + rows, k=o.k_reference, source="reference", neighbours_only=len(prior))
     return Reference(cal, mmd, info)
+
+
+def base_lineage(base: Reference) -> dict[str, Any]:
+    """What a reference extends, as its meta records it: a description naming the shipped version or the
+    file (and what that file extended in turn), whether the shipped simulated kinds are in it, its size."""
+    m = base.meta
+    inner = m.get("base") or {}
+    if m.get("shipped"):
+        what = f"the shipped reference {m.get('version')}"
+    else:
+        what = str(m.get("path") or m.get("source") or "a benign reference")
+        if inner:
+            what += f" (which extends {inner.get('what')})"
+    return {
+        "what": what,
+        "shipped": bool(m.get("shipped") or inner.get("shipped")),
+        "accounts": m.get("accounts"),
+        "entities": len(base.calibration.reference_ids),
+    }
 
 
 @dataclass
@@ -574,25 +590,26 @@ def analyse(
     left_out: set[str] = set()
     left_ids: list[str] = []
     if reference is not None:
-        n_ref = len(reference.calibration.reference_ids)
+        cal = reference.calibration
+        n_ref = len(cal.reference_ids)
+        n_own = n_ref - cal.neighbours_only  # the entities the nulls are drawn from
         shipped = bool(reference.meta.get("shipped"))
         kind = "shipped default reference" if shipped else "benign reference"
-        looks = Looks.of(reference.calibration, f"{kind}, {n_ref} entities")
+        extends = reference.meta.get("base")
+        null = f"{kind}, {n_own} entities" + (f" (+ {cal.neighbours_only} neighbours)" if extends else "")
+        looks = Looks.of(cal, null)
         looks_out = looks
         source = "reference"
-        resolution = 1.0 / (len(reference.calibration.null) + 1)
         trust = (
-            f"{kind} of {n_ref} entities ({reference.meta.get('accounts', '?')} accounts); profile p-values "
-            f"below {resolution:.1g} come from a conservatively fitted tail, elicitation p-values from "
-            "binomial counts against every reference profile"
+            f"{kind} of {n_own} entities ({reference.meta.get('accounts', '?')} accounts); profile p-values "
+            f"below {1.0 / (len(cal.null) + 1):.1g} come from a conservatively fitted tail, elicitation "
+            f"p-values from binomial counts against every one of its {n_own} profiles"
         )
-        extends = reference.meta.get("base")
         if extends:
             trust = (
-                f"{reference.meta.get('accounts', '?')} accounts of a known-good period added to "
-                f"{'the shipped reference ' if extends.get('shipped') else ''}{extends.get('what')} "
-                f"({extends.get('entities')} entities) as neighbours of the profile look; its p-values and "
-                "the elicitation counts are calibrated on the period's accounts alone. " + trust
+                f"a known-good period added to {extends.get('what')}: its {cal.neighbours_only} entities are "
+                "neighbours of the profile look (an account is compared with them too) and enter no null. "
+                + trust
             )
         if shipped:
             trust = (

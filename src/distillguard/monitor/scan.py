@@ -458,11 +458,12 @@ def build_reference(
 
     With ``base`` (the shipped reference, or an earlier one) the period *extends* it: the base's entities
     join the period's as profiles to be compared with, and the period's are measured against the base's MMD
-    windows so that every entity's ``mmd`` reads the same baseline. The null stays the period's own: the
-    leave-one-out scores of its entities (against every profile, the base's included), since only they are
-    a sample of this deployment's benign traffic; the base's entities never enter it. What the base adds is
-    neighbours: a benign kind the period holds few of (or none, in a short period) has its like among the
-    base's kinds, and the unit scales rest on hundreds of entities instead of a few dozen.
+    windows so that every entity's ``mmd`` reads the same baseline. Everything else stays the period's own:
+    the null (the leave-one-out scores of its entities, against every profile, the base's included), the
+    score's centre and unit scales, and the profiles elicitation counts are held against, since only its
+    entities are a sample of this deployment's benign traffic (:attr:`Calibration.neighbours_only`). What
+    the base adds is neighbours: a benign kind the period holds few of (or none, in a short period) has
+    its like among the base's kinds.
     """
     an = Analyzer(options)
     o = an.options

@@ -67,7 +67,6 @@ from distillguard.gateway.backends import (
     Prompt,
     StubBackend,
     UpstreamBackend,
-    estimate_tokens,
 )
 from distillguard.gateway.errorpath import RefusalLimiter, as_api_error
 from distillguard.gateway.http_limits import HTTPGuard
@@ -91,21 +90,19 @@ from distillguard.gateway.protocol import (
     sse,
     usage,
 )
+from distillguard.gateway.proxy_mode import ProxyMode
 from distillguard.gateway.quotas import Denied, QuotaStore, open_quota_store
-from distillguard.gateway.request_model import client_text_bytes, definitions, forward_body, render_chat
+from distillguard.gateway.request_model import definitions, render_chat
 from distillguard.gateway.requestctx import (
     CHAT,
     COMPLETIONS,
     MODELS,
     Ctx,
     _check_choices,
-    _choice_text,
     _endpoint_label,
     _model_not_found,
-    _prompt_items,
     _refused,
     _StreamEnd,
-    _usage_of,
 )
 from distillguard.gateway.responses import SSEResponse, error_response, json_response, v1_openapi_paths
 from distillguard.gateway.settings import GatewaySettings
@@ -120,7 +117,7 @@ BIG_BODY = 64 * 1024  # bytes: prompts from bodies above this are tokenised in a
 # The gateway
 
 
-class Gateway:
+class Gateway(ProxyMode):
     """All state of one server: settings, backend, stores, metrics. Routes are thin wrappers around it."""
 
     def __init__(
@@ -720,105 +717,6 @@ class Gateway:
             return
         fin.finished = True
         yield SSE_DONE
-
-    # -- proxy mode ---------------------------------------------------------------------------------
-
-    async def _proxy(self, ctx: Ctx, p: Principal, req: Any, s: Sampling, chat: bool) -> Response:
-        cap = self.settings.max_tokens_cap
-        if s.max_tokens is not None and s.max_tokens > cap:
-            raise APIError(
-                400,
-                f"max_tokens is too large: {s.max_tokens}. The limit is {cap}.",
-                code="invalid_value",
-                param="max_tokens",
-            )
-        max_tokens = s.max_tokens if s.max_tokens is not None else min(s.default_max_tokens or cap, cap)
-        # rebuilt from the validated request, every output bound set to what is reserved below
-        body = forward_body(req, n=s.n, max_tokens=max_tokens, stream=s.stream)
-        if chat:  # every piece of client text: contents, names, tool calls and results, definitions
-            prompt_bound = client_text_bytes(ctx.messages, ctx.tools)
-            n_prompts = 1
-        else:
-            items = _prompt_items(req.prompt)
-            n_prompts = len(items)
-            ctx.prompt = "\n".join(t if isinstance(t, str) else " ".join(map(str, t)) for t in items)
-            prompt_bound = sum(estimate_tokens(t) if isinstance(t, str) else len(t) for t in items) + 1
-        _check_choices(n_prompts, s.n)
-        if prompt_bound > self.settings.max_prompt_tokens:
-            raise APIError(
-                400,
-                f"The prompt may have up to {prompt_bound} tokens, more than the limit of "
-                f"{self.settings.max_prompt_tokens}.",
-                code="context_length_exceeded",
-                param="messages" if chat else "prompt",
-            )
-        reserve = prompt_bound + n_prompts * s.n * max_tokens
-        reservation = await self._reserve(p, reserve, s)
-        ctx.decision = "admitted"
-        path = "/chat/completions" if chat else "/completions"
-        self.metrics.in_flight.inc()
-        if s.stream:
-            fin = _StreamEnd(self, ctx, reservation, lambda: reserve, None)
-            return SSEResponse(
-                self._stream_proxy(ctx, path, body, fin, s, chat),
-                fin,
-                headers={"x-request-id": ctx.request_id},
-            )
-        actual = 0
-        try:
-            data = await self.backend.complete(path, body)
-            pt, ct = _usage_of(data.get("usage"))
-            texts = [_choice_text(c, chat) for c in data.get("choices") or [] if isinstance(c, dict)]
-            ctx.completion = "\n\n".join(texts)
-            ctx.prompt_tokens = pt if pt is not None else prompt_bound
-            ctx.completion_tokens = ct if ct is not None else sum(estimate_tokens(t) for t in texts)
-            actual = ctx.prompt_tokens + ctx.completion_tokens
-        except BaseException:
-            self._commit(reservation, actual)
-            self.metrics.in_flight.dec()
-            raise
-        self.metrics.in_flight.dec()
-        await self._settle(reservation, actual)
-        await self._append(ctx)
-        data["distillguard"] = {"request_id": ctx.request_id, "watermarked": False, "watermark_scheme": None}
-        self._observe(ctx)
-        return json_response(data, ctx.request_id)
-
-    async def _stream_proxy(
-        self, ctx: Ctx, path: str, body: dict, fin: _StreamEnd, s: Sampling, chat: bool
-    ) -> AsyncIterator[bytes]:
-        texts: dict[int, str] = {}
-        try:
-            await self._record_start(ctx)
-            async for chunk in self.backend.stream(path, body):
-                if chunk.get("usage"):
-                    pt, ct = _usage_of(chunk["usage"])
-                    if pt is not None and ct is not None:
-                        ctx.prompt_tokens, ctx.completion_tokens = pt, ct
-                        fin.actual = lambda t=pt + ct: t
-                choices = chunk.get("choices") or []
-                for c in choices:
-                    if isinstance(c, dict) and isinstance(c.get("index"), int):
-                        piece = (c.get("delta") or {}).get("content") if chat else c.get("text")
-                        if isinstance(piece, str):
-                            texts[c["index"]] = texts.get(c["index"], "") + piece
-                            ctx.completion = "\n\n".join(texts[i] for i in sorted(texts))
-                if not choices and chunk.get("usage") and not s.include_usage:
-                    continue  # the usage chunk we asked for ourselves
-                if not s.include_usage:
-                    chunk.pop("usage", None)
-                yield sse(chunk)
-            await fin.settle()
-            async for tail in self._stream_tail(ctx, fin):
-                yield tail
-        except APIError as err:
-            fin.fail(err, None)
-            yield await self._stream_error(ctx, err)
-        except BaseException as exc:
-            fin.fail(exc, None)
-            raise
-        finally:
-            fin()
 
 
 # --------------------------------------------------------------------------------------------------

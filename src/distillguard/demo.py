@@ -299,7 +299,8 @@ def audit_chapter(
     from pathlib import Path
 
     from distillguard.audit.bundle import fingerprint, load_signing_key, summarize, write_bundle
-    from distillguard.audit.runner import AuditConfig, run_audit, train_control
+    from distillguard.audit.controls import train_control
+    from distillguard.audit.runner import AuditConfig, run_audit
     from distillguard.present import print_audit_summary
 
     out_dir = Path(out_dir)

@@ -15,7 +15,7 @@ from typing import Any
 _EXPORTS = {
     "AuditConfig": "runner",
     "run_audit": "runner",
-    "train_control": "runner",
+    "train_control": "controls",
     "TestResult": "verdict",
     "combine": "verdict",
 }

@@ -469,11 +469,12 @@ class Calibration:
         return self.index.orthant_kth(z, self.k, exclude)
 
     def _percentile(self, f_i: int, value: float) -> float:
-        """Fraction of the reference's defined values of feature ``f_i`` at or below ``value``."""
+        """Fraction of the reference's own (not its neighbours') defined values of feature ``f_i`` at or
+        below ``value``."""
         cols = self.__dict__.get("_sorted_cols")
         if cols is None:
             cols = self.__dict__["_sorted_cols"] = [
-                np.sort(c[np.isfinite(c)]) for c in np.asarray(self.reference).T
+                np.sort(c[np.isfinite(c)]) for c in np.asarray(self.reference[self.neighbours_only :]).T
             ]
         col = cols[f_i]
         if not len(col):

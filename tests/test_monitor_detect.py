@@ -494,17 +494,17 @@ def test_small_throwaways_join_their_burst_only_through_its_proxies_and_its_fram
 def test_accounts_past_the_prefix_counters_bound_still_count_as_rotating():
     from collections import Counter
 
-    from distillguard.monitor.accumulator import OTHER
+    from distillguard.monitor.accumulator import OTHER, count_bounded
 
     wrapper = {hash(f"cot-frame-{i}") for i in range(20)}
 
-    def heavy(name, created, networks):  # 600 requests, each from a new /24: 256 kept, the rest bucketed
-        info = _info(name, None, wrapper | {hash(name)}, [1], created, 1)
-        kept = min(networks, 256)
-        info.prefixes = Counter(
-            {f"{k // 256}.{k % 256}.{len(name)}.0/24": 600 // networks for k in range(kept)}
-        )
-        info.prefixes[OTHER] = 600 - sum(info.prefixes.values())
+    def heavy(name, created, networks):  # 600 requests over ``networks`` /24s, counted as the accumulator
+        info = _info(name, None, wrapper | {hash(name)}, [1], created, 1)  # does: 256 kept, the rest bucketed
+        info.prefixes, worst = Counter(), {}
+        for k in range(600):
+            net = k % networks
+            count_bounded(info.prefixes, f"{net // 256}.{net % 256}.{len(name)}.0/24", 1, 256, worst, 0)
+        assert (OTHER in info.prefixes) == (networks > 256)
         return info
 
     # a burst of heavy throwaways: linked by their template and sign-up script although no counter kept
@@ -512,6 +512,33 @@ def test_accounts_past_the_prefix_counters_bound_still_count_as_rotating():
     infos = [heavy(f"heavy{i}", 1000.0 + 20 * i, 600) for i in range(3)] + [heavy("office", 1030.0, 40)]
     (c,) = link_accounts(infos)
     assert c.accounts == ["heavy0", "heavy1", "heavy2"] and set(c.evidence) == {"template", "created"}
+
+
+def test_network_churn_past_the_prefix_counters_bound_is_estimated_not_capped():
+    """An account on rotating proxies with 3,000 requests, each from a /24 of its own, keeps only 256
+    prefixes by name; its churn is the bottom-k estimate of all it used (about 1 per request), not 256 per
+    3,000 requests, which read like a customer on a handful of networks. Under the bound it is exact, and
+    slices of the ledger merged give the same value."""
+    from distillguard.monitor.accumulator import distinct_estimate
+
+    rng = random.Random(3)
+    records, t = [], T0
+    for i in range(3000):
+        t += 1.0
+        ip = f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        records.append(rec(i + 1, t, "rotating", f"explain topic {i} in depth", ip=ip))
+        records.append(rec(3001 + i, t, "office", f"question {i} about our code", ip=f"198.51.{i % 40}.7"))
+    records.sort(key=lambda r: r["seq"])
+    whole, sliced = accumulate_records(records), accumulate_records(records, chunks=7)
+    for acc in (whole, sliced):
+        used = len({r["client_ip"].rsplit(".", 1)[0] for r in records if r["account"] == "rotating"})
+        prof = acc.profile(("rotating",))
+        assert len(prof.prefixes) == 257 and abs(prof.extra_prefixes + 1 - used) / used < 0.15  # 256 + OTHER
+        churn = features_of(acc, "rotating")[0]["ip_churn"]
+        assert churn > 0.8 and churn == pytest.approx(prof.extra_prefixes / (3000 + 20))
+        office = acc.profile(("office",))
+        assert office.extra_prefixes == 39 and distinct_estimate(office.prefixes) == 40.0  # exact
+    assert whole.profile(("rotating",)).extra_prefixes == sliced.profile(("rotating",)).extra_prefixes
 
 
 # --------------------------------------------------------------------------------------------------

@@ -147,8 +147,9 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec(
         "ip_churn",
         0.05,
-        "Distinct /24 (IPv6 /48) prefixes per query: rotating residential proxies give nearly one prefix "
-        "per request; customers run from a few fixed addresses.",
+        "Distinct /24 (IPv6 /48) prefixes per query (past 256 kept per account, a bottom-k estimate): "
+        "rotating residential proxies give nearly one prefix per request; customers run from a few fixed "
+        "addresses.",
     ),
     FeatureSpec(
         "mmd",

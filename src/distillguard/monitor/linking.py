@@ -49,7 +49,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from distillguard.monitor.accumulator import OTHER
+from distillguard.monitor.accumulator import OTHER, distinct_estimate
 from distillguard.splitmix import mix64_np
 
 KINDS = ("ip", "template", "timing", "created")
@@ -102,12 +102,12 @@ def minhash(items: set[int], salt: int = 0x7E3) -> np.ndarray:
         return mix64_np(arr[None, :] + salts[:, None]).min(axis=1)  # row j: the salted hash_ints of j
 
 
-def _networks(c: Counter) -> int:
+def _networks(c: Counter) -> float:
     """Distinct networks an account sent from. The accumulator keeps a bounded number of prefixes and
-    counts the requests from the rest under ``"(other)"``; those are counted as a network each (an upper
-    bound, reached only by an account that already used more networks than the counter keeps), or an
-    account with hundreds of requests through rotating proxies could never count as rotating."""
-    return len(c) - (OTHER in c) + c.get(OTHER, 0)
+    counts the requests from the rest under ``"(other)"``; past that bound the count is estimated from the
+    prefixes kept (:func:`~distillguard.monitor.accumulator.distinct_estimate`), or an account with
+    hundreds of requests through rotating proxies could never count as rotating."""
+    return distinct_estimate(c)
 
 
 def _main_prefixes(c: Counter, share: float = 0.1) -> set[str]:

@@ -518,7 +518,7 @@ def test_network_churn_past_the_prefix_counters_bound_is_estimated_not_capped():
     """An account on rotating proxies with 3,000 requests, each from a /24 of its own, keeps only 256
     prefixes by name; its churn is the bottom-k estimate of all it used (about 1 per request), not 256 per
     3,000 requests, which read like a customer on a handful of networks. Under the bound it is exact, and
-    slices of the ledger merged give the same value."""
+    the ledger fed in seven slices gives the same value (merging slices: test_monitor_engine)."""
     from distillguard.monitor.accumulator import distinct_estimate
 
     rng = random.Random(3)

@@ -95,6 +95,12 @@ def test_a_period_added_to_the_shipped_reference_flags_the_campaign_not_the_harn
     assert flagged(by_persona(analysis, personas, "coverage")[0])
     for name in ("eval_harness", "support_bot", "casual_chat"):
         assert not any(flagged(v) for v in by_persona(analysis, personas, name)), name
+    # a reference fitted before network churn was estimated past the prefix bound says so
+    old = replace_meta(ref, feature_revision=1)
+    assert (
+        "refit it" in report_json(analyse(acc, old, options=OPTS, created=created), {})["reference"]["trust"]
+    )
+    assert "refit it" not in report_json(analysis, {})["reference"]["trust"]
     info = report_json(analysis, {})["reference"]
     assert info["source"] == "reference" and info["base"]["what"].endswith(VERSION)
     assert f"known-good period added to the shipped reference {VERSION}" in info["trust"]
@@ -118,6 +124,15 @@ def test_a_bad_base_is_one_line_and_a_non_zero_exit(tmp_path, capsys, base, monk
         expect = "--base must be one of shipped, none"
     code, out, err = run_cli(["monitor", "calibrate", "--base", base, "--parquet", str(tmp_path)], capsys)
     assert code != 0 and expect in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_calibrate_refuses_to_extend_the_file_it_writes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path))
+    ref = tmp_path / "reference.npz"
+    load_shipped_reference().save(ref)
+    argv = ["monitor", "calibrate", "--base", str(ref), "--out", str(ref), "--parquet", str(tmp_path)]
+    code, _, err = run_cli(argv, capsys)
+    assert code != 0 and "the file this calibration writes" in err and len(err.strip().splitlines()) == 1
 
 
 def test_the_config_names_the_base_and_eval_refuses_a_base_without_a_period(tmp_path, capsys, monkeypatch):

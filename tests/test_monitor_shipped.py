@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from distillguard.monitor.accumulator import FeatureAccumulator
-from distillguard.monitor.features import FEATURE_NAMES, derive, records_to_table
+from distillguard.monitor.features import FEATURE_NAMES, FEATURE_REVISION, derive, records_to_table
 from distillguard.monitor.personas import BENIGN
 from distillguard.monitor.report import report_json
 from distillguard.monitor.scan import Reference, analyse
@@ -37,6 +37,7 @@ def test_the_shipped_reference_loads_offline_and_matches_the_current_features(sh
     assert shipped_path().is_file() and shipped_path().stat().st_size < 1_000_000  # package data, small
     assert tuple(shipped.calibration.features) == FEATURE_NAMES
     assert shipped.meta["version"] == VERSION and shipped.meta["shipped"] is True
+    assert shipped.meta["feature_revision"] == FEATURE_REVISION  # fitted under what the features now mean
     assert shipped.meta["kinds"] == sorted(BENIGN)  # benign kinds only: no attacker in it
     assert shipped.meta["accounts"] >= 500 and shipped.mmd is not None
 

@@ -376,7 +376,8 @@ def monitor_chapter(
     )
     cfg = load_config(config)  # monitor.toml stays with the results for `distillguard monitor --config`
     cal = jobs.calibrate(cfg, ledger=history, labels=mon / "labels.json")
-    console.print(f"benign reference: {cal['accounts']} customer accounts of simulated past traffic")
+    added = f", added to {cal['base']['what']} as neighbours" if cal.get("base") else ""
+    console.print(f"benign reference: {cal['accounts']} customer accounts of simulated past traffic{added}")
     # a plain-JSON copy (numpy scalars become numbers), as results.json stores it
     report = json.loads(json.dumps(jobs.scan(cfg, apply=True), default=jobs.json_default))
     table = Table(title="monitor decisions")

@@ -566,12 +566,15 @@ def distinct_estimate(counter: Counter) -> float:
     """How many distinct names a :func:`count_bounded` counter has seen: exact while it kept them all (no
     :data:`OTHER`); past its cap, the bottom-k estimate ``(k - 1) / h_k`` from the largest kept hash ``h_k``
     scaled to [0, 1) (Bar-Yossef et al. 2002; relative error about ``1 / sqrt(k - 2)``, 6% at the 256
-    prefixes kept). Order-free like the counter, so merged slices give the same estimate."""
+    prefixes kept). Order-free like the counter, so merged slices give the same estimate. Only for one
+    account's counter: a pooled sum of several is not a bottom-k sketch. The hash is public, so an
+    attacker who picks exits whose prefixes hash high can keep the estimate low (README, known evasions)."""
     kept = len(counter) - (OTHER in counter)
     if OTHER not in counter or kept < 2:
         return float(kept)
     h_k = max(_hash_rank(k) for k in counter if k != OTHER) / 2.0**63
-    return min(max(float(kept), (kept - 1) / h_k), float(sum(counter.values())))  # no more than requests
+    # more names than it kept were seen (one went to OTHER), and no more than requests
+    return min(max(kept + 1.0, (kept - 1) / h_k), float(sum(counter.values())))
 
 
 def count_bounded(

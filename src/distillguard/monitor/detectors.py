@@ -14,7 +14,8 @@ Three layers:
    normal: a researcher's step-by-step rate is matched by other researchers, a batch job's volume by other
    batch jobs, but a chain-of-thought harvester is more than every benign profile on rate, volume, pace
    and breadth together.
-3. **A stated false-alarm rate**: the same score is computed leave-one-out for every reference entity; its
+3. **A stated false-alarm rate**: the same score is computed leave-one-out for every reference entity (of
+   an extended reference, every entity of its own period: the base's are neighbours only); its
    upper tail is fitted (peaks over a threshold with an exponential tail, or, when the reference is the
    unlabelled population, a robust fit to its central half) and turned into a p-value = the estimated
    fraction of benign entities scoring at least as high. ``risk = 1 - p``. Tiers are thresholds on ``p``
@@ -22,7 +23,8 @@ Three layers:
 
 4. **Elicitation counts** (:class:`RateNull`): extraction (logit_bias sweeps, logprobs over whole
    answers) and suggestive elicitation (reasoning traces, identity questions, logprobs at all) as binomial
-   counts against every benign reference profile's rate (at its 95% upper bound). Most benign entities
+   counts against every benign reference profile's rate (at its 95% upper bound; of an extended
+   reference, its own period's profiles). Most benign entities
    elicit nothing, so this needs no tail extrapolation, and resembling a benign kind on other features
    cannot cancel it. :func:`judge.judge` counts extraction on its own; suggestive elicitation only when
    breadth (coverage), network churn or a linked campaign corroborates it, because evaluation harnesses

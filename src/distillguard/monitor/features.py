@@ -165,6 +165,9 @@ FEATURES: tuple[FeatureSpec, ...] = (
     ),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+# What the features mean, when a name stays and its reading changes (a reference records the revision it
+# was fitted under): 1, ip_churn capped at the 256 prefixes kept per account; 2, estimated past them.
+FEATURE_REVISION = 2
 # Measured but deliberately not scored: the share of prompts first sent by another account. Customers share
 # common prompts (a product FAQ, popular questions), and who happened to ask first decides who looks like
 # the copier, so it flagged benign support products in testing. It stays in the counters and evidence.

@@ -253,6 +253,13 @@ def calibrate(
     from distillguard.monitor.synth import read_labels
 
     extends = reference_base(config, base)
+    target = Path(out or reference_path(config)).expanduser()
+    held = extends.meta.get("path") if extends is not None else None
+    if held and Path(held).expanduser().resolve() == target.resolve():
+        raise UserError(
+            f"the base reference is {target}, the file this calibration writes: every run would extend the "
+            "last one again; give another --out, or --base shipped|none"
+        )
     opts = scan_options(config)
     acc, created = feature_pass(
         config, ledger, parquet, opts.sample_size, engine=engine, address=address, progress=progress
@@ -263,7 +270,7 @@ def calibrate(
     ref = build_reference(
         acc, opts, benign=benign, created=created, meta={"source": str(ledger or parquet or "")}, base=extends
     )
-    path = ref.save(out or reference_path(config))
+    path = ref.save(target)
     cal = ref.calibration
     return {
         "reference": str(path),

@@ -49,7 +49,14 @@ from distillguard.monitor.entity import (
     shingle_hashes,
     text_geometry,
 )
-from distillguard.monitor.features import COLUMNS, FEATURE_NAMES, derive, hash_vectors, records_to_table
+from distillguard.monitor.features import (
+    COLUMNS,
+    FEATURE_NAMES,
+    FEATURE_REVISION,
+    derive,
+    hash_vectors,
+    records_to_table,
+)
 from distillguard.monitor.judge import (
     CAMPAIGN_MIN,
     GATE_P,
@@ -478,7 +485,13 @@ def build_reference(
     if o.link:
         for c in _clusters(names, states, created):
             rows.append((tuple(c.accounts), an.entity(acc, tuple(c.accounts), mmd).features))
-    info = {"accounts": len(names), "entities": len(rows), "rows": acc.rows, **(meta or {})}
+    info = {
+        "accounts": len(names),
+        "entities": len(rows),
+        "rows": acc.rows,
+        "feature_revision": FEATURE_REVISION,
+        **(meta or {}),
+    }
     if base is not None:
         info["base"] = base_lineage(base)
     prior = base.calibration.rows() if base is not None else []
@@ -611,6 +624,12 @@ def analyse(
                 f"a known-good period added to {extends.get('what')}: its {cal.neighbours_only} entities are "
                 "neighbours of the profile look (an account is compared with them too) and enter no null. "
                 + trust
+            )
+        if reference.meta.get("feature_revision", 1) < FEATURE_REVISION:
+            trust += (
+                "; fitted before network churn was estimated past the 256 prefixes kept per account: an "
+                "account on more networks than that reads higher than its rows did, so refit it with "
+                "`distillguard monitor calibrate`"
             )
         if shipped:
             trust = (

@@ -99,6 +99,7 @@ from distillguard.gateway.requestctx import (
     MODELS,
     Ctx,
     _check_choices,
+    _check_max_tokens,
     _endpoint_label,
     _model_not_found,
     _refused,
@@ -490,13 +491,7 @@ class Gateway(ProxyMode):
                 code="context_length_exceeded",
                 param=param,
             )
-        if s.max_tokens is not None and s.max_tokens > cap:
-            raise APIError(
-                400,
-                f"max_tokens is too large: {s.max_tokens}. The limit is {cap}.",
-                code="invalid_value",
-                param="max_tokens",
-            )
+        _check_max_tokens(s.max_tokens, cap)
         max_tokens = s.max_tokens
         if max_tokens is None:
             max_tokens = max(1, min(s.default_max_tokens or cap, cap, context - longest))

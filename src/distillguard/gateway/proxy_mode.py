@@ -25,6 +25,7 @@ from distillguard.gateway.request_model import client_text_bytes, forward_body
 from distillguard.gateway.requestctx import (
     Ctx,
     _check_choices,
+    _check_max_tokens,
     _choice_text,
     _prompt_items,
     _StreamEnd,
@@ -38,13 +39,7 @@ class ProxyMode:
 
     async def _proxy(self, ctx: Ctx, p: Principal, req: Any, s: Sampling, chat: bool) -> Response:
         cap = self.settings.max_tokens_cap
-        if s.max_tokens is not None and s.max_tokens > cap:
-            raise APIError(
-                400,
-                f"max_tokens is too large: {s.max_tokens}. The limit is {cap}.",
-                code="invalid_value",
-                param="max_tokens",
-            )
+        _check_max_tokens(s.max_tokens, cap)
         max_tokens = s.max_tokens if s.max_tokens is not None else min(s.default_max_tokens or cap, cap)
         # rebuilt from the validated request, every output bound set to what is reserved below
         body = forward_body(req, n=s.n, max_tokens=max_tokens, stream=s.stream)

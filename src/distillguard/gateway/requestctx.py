@@ -158,6 +158,17 @@ def _check_choices(prompts: int, n: int) -> None:
         )
 
 
+def _check_max_tokens(max_tokens: int | None, cap: int) -> None:
+    """The output bound a request may ask for (local and proxy mode alike)."""
+    if max_tokens is not None and max_tokens > cap:
+        raise APIError(
+            400,
+            f"max_tokens is too large: {max_tokens}. The limit is {cap}.",
+            code="invalid_value",
+            param="max_tokens",
+        )
+
+
 def _prompt_items(prompt: Any) -> list:
     if isinstance(prompt, str):
         return [prompt]

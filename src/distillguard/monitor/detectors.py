@@ -289,12 +289,12 @@ def prepare_rows(
     return names, raw, tr, center, units, ids, grp, conflicts, z0
 
 
-def _unit_scales(tr: np.ndarray, units: np.ndarray, grp: np.ndarray, conflicts: list, z0: np.ndarray):
+def _unit_scales(tr: np.ndarray, units: np.ndarray, grp: np.ndarray, excl: list, z0: np.ndarray):
     """Local unit scales: the typical difference between a benign entity and its nearest benign neighbour
     (within-kind noise), not the spread across kinds, which the nearest-profile comparison absorbs. Each
     row's nearest allowed neighbour comes from a block index (exact, without comparing all pairs)."""
     n = len(tr)
-    nn = nearest_allowed(z0, grp, [np.asarray(c, dtype=np.int64) for c in conflicts])
+    nn = nearest_allowed(z0, grp, excl)
     nn = np.where(nn >= 0, nn, np.arange(n))  # nobody allowed: no local difference from this row
     local = np.nanmedian(np.abs(tr - tr[nn]), axis=0) * 1.4826
     return np.maximum(np.where(np.isfinite(local), local, 0.0), units)
@@ -356,12 +356,14 @@ class Calibration:
             # the score's geometry is the period's own: its centre and unit scales, with the neighbours placed
             # in it (a base tighter than the deployment's traffic would shrink the units and reshape the
             # score's tail, which the null, fitted on the period's rows, would then misread)
-            own = prepare_rows(
-                rows[neighbours_only:], features, None if groups is None else list(groups)[neighbours_only:]
+            own_groups = None if groups is None else list(groups)[neighbours_only:]
+            _, _, tr_o, center, _, _, grp_o, conf_o, z0_o = prepare_rows(
+                rows[neighbours_only:], features, own_groups
             )
-            center, scale = own[3], _unit_scales(own[2], units, own[6], own[7], own[8])
+            excl_o = [np.asarray(c, dtype=np.int64) for c in conf_o]
+            scale = _unit_scales(tr_o, units, grp_o, excl_o, z0_o)
         else:
-            scale = _unit_scales(tr, units, grp, conflicts, z0)
+            scale = _unit_scales(tr, units, grp, excl, z0)
         z = (tr - center) / scale
         cal = cls(
             names,
@@ -421,13 +423,8 @@ class Calibration:
             cache = self._restricted = {}
         key = (tuple(features), min_beta)
         if key not in cache:
-            cols = [self.features.index(f) for f in features]
-            rows = [
-                (ids, {f: float(self.reference[i, j]) for f, j in zip(features, cols, strict=True)})
-                for i, ids in enumerate(self.reference_ids)
-            ]
             cache[key] = Calibration.fit(
-                rows,
+                self.rows(),  # fit reads ``features`` of them
                 k=self.k,
                 source=self.source,
                 features=features,

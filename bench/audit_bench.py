@@ -110,7 +110,7 @@ def main() -> None:
     spec = WatermarkSpec(key=BENCH_KEY, **mark)
     work = args.work or Path(tempfile.mkdtemp(prefix="audit-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    mix_files = {m: _mix_source(world, m, work / f"mix_{m}.jsonl", max_mb=4 if q else 120) for m in mixes}
+    mix_files: dict[str, Path] = {}  # written once the plan is known (its smallest rho sizes the source)
     init_dirs = {"scratch": "tiny"}
     base_spec, base_dir = work / "base.spec.json", work / "base"
     shape = _shape(world, args.base_shape)
@@ -247,6 +247,9 @@ def main() -> None:
         rows = json.loads((RESULTS / f"{stem}.json").read_text())["students"]
         print(f"== resuming: {len(rows)} students already audited", flush=True)
     plan = [p for p in plan if p["name"] not in rows]
+    for m in dict.fromkeys(p["mix"] for p in plan if p["rho"] < 1.0):
+        need = max(round(p["tokens"] * (1 - p["rho"]) / p["rho"]) for p in plan if p["mix"] == m)
+        mix_files[m] = _mix_source(world, m, work / f"mix_{m}.jsonl", max_mb=4 if q else 120, need=need)
     for path in dict.fromkeys(p["collection"] for p in plan):  # only what the students left will read
         _collect(world, *sources[path], path, seed=0)
     for p in plan:
@@ -350,13 +353,16 @@ def _prefix(collection: Path, tokens: int, out: Path) -> Path:
     return out
 
 
-def _mix_source(world, kind: str, path: Path, *, max_mb: int) -> Path:
+def _mix_source(world, kind: str, path: Path, *, max_mb: int, need: int = 0) -> Path:
     """The non-teacher text of the mix, as JSONL ``text`` lines.
 
     ``task``: the world's (question, docstring answer) pairs in the chat format, what an instruction set
     without our outputs looks like here (about 77k tokens: at small rho it samples our answers down).
     ``unrelated``: the docs corpus, then the standard library's source files (shallow first, sorted, up to
-    ``max_mb`` MB in all) so that small rho can grow the mix as a distiller's data set would.
+    ``max_mb`` MB in all) so that small rho can grow the mix as a distiller's data set would. The docs and
+    the standard library hold about 15.7M tokens; only where the plan ``need``s more tokens of other text
+    (the 1M-token point at rho 5% needs 19M) does third-party Python source from site-packages (sorted by
+    path) follow, up to what is needed: a source for a plan within the standard library is unchanged.
     """
     from distillguard.jsonl import read_jsonl, write_jsonl
     from distillguard.lm.chat import format_example
@@ -373,17 +379,21 @@ def _mix_source(world, kind: str, path: Path, *, max_mb: int) -> Path:
         stdlib = Path(sysconfig.get_paths()["stdlib"])
         # shallow files first; third-party packages are not the standard library
         files = [sorted(stdlib.glob(pattern)) for pattern in ("*.py", "*/*.py", "*/*/**/*.py")]
-        for f in (f for level in files for f in level):
-            if size > max_mb * 2**20:
-                break
-            if "site-packages" in f.relative_to(stdlib).parts:
-                continue
-            try:
-                code = f.read_text(encoding="utf-8")
-            except (UnicodeDecodeError, OSError):
-                continue
-            texts += [c for c in code.split("\n\n\n") if c.strip()]
-            size += len(code)
+        stdlib_files = [
+            f for level in files for f in level if "site-packages" not in f.relative_to(stdlib).parts
+        ]
+        # about 2.2 characters per token here (34 MB of source and docs gave 15.7M tokens); 2.6 leaves room
+        extra = sorted(Path(sysconfig.get_paths()["purelib"]).glob("**/*.py"))
+        for group, cap in ((stdlib_files, max_mb * 2**20), (extra, min(max_mb * 2**20, need * 2.6))):
+            for f in group:
+                if size > cap:
+                    break
+                try:
+                    code = f.read_text(encoding="utf-8")
+                except (UnicodeDecodeError, OSError):
+                    continue
+                texts += [c for c in code.split("\n\n\n") if c.strip()]
+                size += len(code)
     write_jsonl(path, ({"text": t} for t in texts))
     return path
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -73,8 +74,8 @@ def rec(seq, ts, account, prompt, *, ip="198.51.100.7", params=None, system=None
     }
 
 
-def accumulate_records(records, *, chunks=1, sample_size=64):
-    acc = FeatureAccumulator(sample_size=sample_size, copy_bits=12)
+def accumulate_records(records, *, chunks=1, sample_size=64, sketch_key=None):
+    acc = FeatureAccumulator(sample_size=sample_size, copy_bits=12, sketch_key=sketch_key)
     size = math.ceil(len(records) / chunks)
     for i in range(0, len(records), size):
         acc.update(derive(records_to_table(records[i : i + size])))
@@ -541,6 +542,54 @@ def test_network_churn_past_the_prefix_counters_bound_is_estimated_not_capped():
     assert whole.profile(("rotating",)).extra_prefixes == sliced.profile(("rotating",)).extra_prefixes
 
 
+def _chosen_exits(n: int, key: bytes | None) -> list[str]:
+    """``n`` /24 prefixes an attacker picks from 20 times as many: those ranking highest under ``key``
+    (the public hash: what a client can compute)."""
+    from distillguard.monitor.accumulator import sketch_rank
+
+    rng = random.Random(11)
+    pool = {f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}" for _ in range(20 * n)}
+    return sorted(pool, key=lambda p: sketch_rank(p + ".0/24", key))[-n:]
+
+
+def test_a_secret_sketch_key_takes_the_choice_of_kept_networks_away_from_the_client():
+    """Past 256 networks an account's prefix set keeps those of smallest rank, and the bottom-k estimate
+    reads the largest kept rank. Under the public hash a client can choose exits whose /24s rank high:
+    3,000 of them (one request each) read as a few hundred, churn like a customer on a few networks.
+    Under the installation's secret key it cannot rank them, and the same exits are estimated within the
+    sketch's error; the key is not in the saved state, which refuses another key (and the public rank),
+    and slices ranked under different keys do not merge."""
+    from distillguard.monitor.accumulator import SketchKeyMismatch
+    from distillguard.monitor.merge import merge_into
+
+    exits = _chosen_exits(3000, None)  # what an attacker can compute: the public rank
+    records = [
+        rec(i + 1, T0 + i, "rotating", f"explain topic {i} in depth", ip=f"{p}.{1 + i % 250}")
+        for i, p in enumerate(exits)
+    ]
+    key, other = bytes(range(32)), bytes(range(1, 33))
+    public, keyed = accumulate_records(records), accumulate_records(records, sketch_key=key)
+    gamed = public.profile(("rotating",)).networks
+    assert gamed < 400  # 3,000 networks read as a few hundred under the public rank
+    assert features_of(public, "rotating")[0]["ip_churn"] < 0.15
+    est = keyed.profile(("rotating",)).networks
+    assert abs(est - 3000) / 3000 < 0.2 and features_of(keyed, "rotating")[0]["ip_churn"] > 0.8
+    # the same holds for exits chosen under a key the client guessed wrong
+    assert accumulate_records(records, sketch_key=other).profile(("rotating",)).networks > 2400
+    # the key stays out of the saved state; the state refuses another key, and its estimate survives
+    st = keyed.state()
+    assert key.hex() not in json.dumps(st["meta"]) and st["meta"]["sketch"]
+    assert FeatureAccumulator.from_state(st, key).profile(("rotating",)).networks == est
+    for wrong in (other, None):
+        with pytest.raises(SketchKeyMismatch):
+            FeatureAccumulator.from_state(st, wrong)
+    legacy = public.state()
+    legacy["meta"].pop("sketch")  # saved before keys were recorded: the public rank
+    assert FeatureAccumulator.from_state(legacy).profile(("rotating",)).networks == gamed
+    with pytest.raises(SketchKeyMismatch):
+        merge_into(keyed, accumulate_records(records[:10], sketch_key=other))
+
+
 # --------------------------------------------------------------------------------------------------
 # Decisions
 
@@ -639,6 +688,16 @@ def test_population_scan_flags_the_harvester_and_follow_reads_incrementally(tmp_
     assert store.get_account("harvester")["tier"] != "normal"
     assert {d["account"] for d in report["decisions"]} == {"harvester"}
     assert again.step() is None  # nothing new
+    # a state whose prefix sets were ranked under another sketch key is not continued: the ledger is re-read
+    rekeyed = Follower(
+        lp, store, log, Policy(), options=replace(opts, sketch_key=bytes(32)), clock=lambda: T0
+    )
+    assert rekeyed.position == 0 and rekeyed.acc.sketch_key == bytes(32)
+    rekeyed.step()
+    assert rekeyed.position == len(records)
+    assert Follower(lp, store, log, Policy(), options=replace(opts, sketch_key=bytes(32))).position == len(
+        records
+    )
     store.close()
 
 

@@ -175,20 +175,24 @@ def test_ray_cluster_of_two_nodes_equals_the_local_pass(export):
     from ray.cluster_utils import Cluster
 
     assert len(plan_slices(export, 5000)) == 8
-    local = open_engine("local").accumulate(export, sample_size=32)
+    key = bytes(range(32))  # the installation's sketch key travels to every worker with its task
+    local = open_engine("local").accumulate(export, sample_size=32, sketch_key=key)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
         cluster.add_node(num_cpus=1)
         ray.init(address=cluster.address, log_to_driver=False)
         assert len([n for n in ray.nodes() if n["Alive"]]) == 2
         ticks: list[int] = []
-        remote = open_engine("ray", slice_rows=5000).accumulate(export, sample_size=32, progress=ticks.append)
+        remote = open_engine("ray", slice_rows=5000).accumulate(
+            export, sample_size=32, sketch_key=key, progress=ticks.append
+        )
     finally:
         ray.shutdown()
         cluster.shutdown()
     stored = pq.ParquetFile(export / "ledger.parquet").metadata.num_rows
     assert ticks[-1] == 2 * stored  # each stored row read twice: claims, then features
     same_state(local, remote)
+    assert remote.sketch_key == key
     # the result owns its arrays (not read-only views into Ray's object store) and goes on like a pass
     more = records_to_table(hard_rows(500, seed=4, first_seq=10_000_000))
     accumulate([more], local, workers=1)

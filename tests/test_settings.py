@@ -9,7 +9,7 @@ import pytest
 from distillguard.config import load_config, settings_from_config
 from distillguard.errors import UserError
 from distillguard.monitor.decisions import DecisionLog, Policy
-from distillguard.monitor.jobs import reference_path, scan_options
+from distillguard.monitor.jobs import reference_path, scan_options, sketch_key
 from distillguard.monitor.scan import ScanOptions
 from distillguard.monitor.settings import MonitorSettings
 
@@ -51,6 +51,22 @@ def test_monitor_settings_leave_scan_defaults_to_the_scan(tmp_path, monkeypatch)
     assert MonitorSettings.from_config({"monitor_min_queries": 9}, min_queries=5).min_queries == 5
     with pytest.raises(UserError, match="^monitor_min_queries must be >= 1, got 0$"):
         scan_options({"monitor_min_queries": 0})
+
+
+def test_the_monitor_sketch_key_is_made_once_private_and_shared_by_configuration(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path / "home"))
+    key = sketch_key({})
+    path = tmp_path / "home" / "monitor" / "sketch.key"
+    assert len(key) == 32 and path.read_bytes() == key and path.stat().st_mode & 0o777 == 0o600
+    assert sketch_key({}) == key and scan_options({}).sketch_key == key  # made once, then read
+    assert "sketch_key" not in repr(scan_options({}))  # a secret stays out of logs
+    assert sketch_key({"monitor_dir": str(tmp_path / "m")}) != key  # the state dir's own
+    shared = tmp_path / "shared.key"  # one file for every follower and node reading a ledger
+    shared.write_bytes(b"s" * 32)
+    assert scan_options({"monitor_sketch_key": str(shared)}).sketch_key == b"s" * 32
+    shared.write_bytes(b"short")
+    with pytest.raises(UserError, match="shorter than 16 bytes"):
+        sketch_key({"monitor_sketch_key": str(shared)})
 
 
 def test_policy_from_config_reads_the_policy_fields_once():

@@ -148,7 +148,7 @@ def export_bundle(
     ref = mjobs.load_reference(config, None, False)
     census = Census(Keyring(key), limit=settings.export_sample)
     batches, created = mjobs.open_source(ledger, parquet, config)
-    acc = mjobs.read(census.tap(batches), opts.sample_size)
+    acc = mjobs.read(census.tap(batches), opts)
     store = mjobs.open_store(config, create=False)
     if created is None and store is not None:
         created = store_created(store)

@@ -8,6 +8,7 @@ accounts, never with the number of rows; states merge in ledger order (:mod:`dis
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -95,6 +96,7 @@ class Profile:
     # cluster each on a home network of their own are not one account hopping between networks); past the
     # prefix counter's bound, estimated from what it kept (:func:`distinct_estimate`)
     extra_prefixes: float
+    networks: float  # the members' distinct networks, summed (the same estimate)
 
     @property
     def n(self) -> int:
@@ -115,11 +117,18 @@ class FeatureAccumulator:
     """
 
     def __init__(
-        self, *, sample_size: int = 256, copy_bits: int = COPY_BITS, min_copy_chars: int = MIN_COPY_CHARS
+        self,
+        *,
+        sample_size: int = 256,
+        copy_bits: int = COPY_BITS,
+        min_copy_chars: int = MIN_COPY_CHARS,
+        sketch_key: bytes | None = None,
     ) -> None:
         if sample_size < 8:
             raise ValueError("sample_size must be >= 8")
         self.sample_size = int(sample_size)
+        # ranks the names the bounded prefix and key sets keep (:func:`sketch_rank`); None: the public hash
+        self.sketch_key = sketch_key
         self.min_copy_chars = int(min_copy_chars)
         self.accounts: list[str] = []
         self.index: dict[str, int] = {}
@@ -326,11 +335,13 @@ class FeatureAccumulator:
         for acct, pre, cnt in _distinct_pairs(a, ip_to_pre[b.ip], len(names)):
             name = names[pre]
             if name is not None:
-                count_bounded(self.prefixes[acct], name, cnt, _MAX_PREFIXES, self._worst_prefix, acct)
+                count_bounded(
+                    self.prefixes[acct], name, cnt, _MAX_PREFIXES, self._worst_prefix, acct, self.sketch_key
+                )
         for acct, k, _ in _distinct_pairs(a, b.key, len(b.keys)):
             kid = b.keys[k]
             if kid is not None:
-                add_bounded(self.keys[acct], kid, _MAX_KEYS)
+                add_bounded(self.keys[acct], kid, _MAX_KEYS, self.sketch_key)
         for acct, k, _ in _distinct_pairs(a, b.org, len(b.orgs)):
             if b.orgs[k] is not None:
                 self.orgs[acct] = b.orgs[k]
@@ -420,6 +431,7 @@ class FeatureAccumulator:
             bias_probe=p["bias_probe"][sel].copy(),
             copied=p["copied"][sel].copy(),
         )
+        networks = [distinct_estimate(self.prefixes[i], self.sketch_key) for i in ids]
         prefixes: Counter = Counter()
         keys: set[str] = set()
         for i in ids:
@@ -444,7 +456,8 @@ class FeatureAccumulator:
             orgs={o for i in ids if (o := self.orgs[i]) is not None},
             sample=sample,
             hour_signature=self.hours[ids].min(axis=0),
-            extra_prefixes=sum(max(distinct_estimate(self.prefixes[i]) - 1.0, 0.0) for i in ids),
+            extra_prefixes=sum(max(est - 1.0, 0.0) for est in networks),
+            networks=sum(networks),
         )
 
     def account_rows(self) -> dict[str, int]:
@@ -487,14 +500,25 @@ class FeatureAccumulator:
             "prefixes": [dict(x) for x in self.prefixes],
             "keys": [sorted(x) for x in self.keys],
             "orgs": self.orgs,
+            "sketch": sketch_id(self.sketch_key),
         }
         return {"arrays": arrays, "meta": meta}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> FeatureAccumulator:
+    def from_state(cls, state: dict[str, Any], sketch_key: bytes | None = None) -> FeatureAccumulator:
+        """The accumulator :meth:`state` saved. Its bounded sets were ranked under one sketch key, so
+        ``sketch_key`` must be that key (a state saved before keys were recorded: ``None``, the public
+        rank); another one raises :class:`SketchKeyMismatch` (re-read the ledger instead)."""
         meta, arrays = state["meta"], state["arrays"]
+        if meta.get("sketch") != sketch_id(sketch_key):
+            raise SketchKeyMismatch("the state's prefix sets were ranked under another sketch key")
         copy_bits = int(np.log2(len(arrays["copy_hash"])))
-        acc = cls(sample_size=meta["sample_size"], copy_bits=copy_bits, min_copy_chars=meta["min_copy_chars"])
+        acc = cls(
+            sample_size=meta["sample_size"],
+            copy_bits=copy_bits,
+            min_copy_chars=meta["min_copy_chars"],
+            sketch_key=sketch_key,
+        )
         acc._ids(list(meta["accounts"]))
         n = len(acc.accounts)
         for k in _COUNTERS:
@@ -557,33 +581,59 @@ def _empty_pool() -> dict[str, np.ndarray]:
     }
 
 
+class SketchKeyMismatch(ValueError):
+    """A saved or merged state whose bounded sets were ranked under another sketch key."""
+
+
+def sketch_id(key: bytes | None) -> str | None:
+    """A name for a sketch key that does not reveal it (None: the public rank)."""
+    return None if key is None else hashlib.blake2b(key, digest_size=8, person=b"dg-sketch-id").hexdigest()
+
+
 @functools.lru_cache(maxsize=1 << 16)
-def _hash_rank(name: str) -> int:
-    return stable_hash(name)
+def sketch_rank(name: str, key: bytes | None = None) -> int:
+    """The 63-bit rank by which bounded sets keep names (the smallest ranks are kept).
+
+    With a secret ``key`` (the installation's, :func:`distillguard.monitor.jobs.sketch_key`) it is a keyed
+    BLAKE2b hash, which a client cannot compute: which of its networks an account's set keeps, and so the
+    bottom-k estimate of how many it used, is out of the client's control. ``None`` is the public
+    :func:`stable_hash`: an attacker who knows it can pick proxy exits whose prefixes rank high and keep
+    the estimate low (3,000 such networks read as about 280); it is what a state saved before keys were
+    recorded used."""
+    if key is None:
+        return stable_hash(name)
+    return int.from_bytes(hashlib.blake2b(name.encode("utf-8"), key=key[:64], digest_size=8).digest()) >> 1
 
 
-def distinct_estimate(counter: Counter) -> float:
+def distinct_estimate(counter: Counter, key: bytes | None = None) -> float:
     """How many distinct names a :func:`count_bounded` counter has seen: exact while it kept them all (no
-    :data:`OTHER`); past its cap, the bottom-k estimate ``(k - 1) / h_k`` from the largest kept hash ``h_k``
+    :data:`OTHER`); past its cap, the bottom-k estimate ``(k - 1) / h_k`` from the largest kept rank ``h_k``
     scaled to [0, 1) (Bar-Yossef et al. 2002; relative error about ``1 / sqrt(k - 2)``, 6% at the 256
     prefixes kept). Order-free like the counter, so merged slices give the same estimate. Only for one
-    account's counter: a pooled sum of several is not a bottom-k sketch. The hash is public, so an
-    attacker who picks exits whose prefixes hash high can keep the estimate low (README, known evasions)."""
+    account's counter: a pooled sum of several is not a bottom-k sketch. ``key``: the counter's sketch key
+    (:func:`sketch_rank`)."""
     kept = len(counter) - (OTHER in counter)
     if OTHER not in counter or kept < 2:
         return float(kept)
-    h_k = max(_hash_rank(k) for k in counter if k != OTHER) / 2.0**63
+    h_k = max(sketch_rank(k, key) for k in counter if k != OTHER) / 2.0**63
     # more names than it kept were seen (one went to OTHER), and no more than requests
     return min(max(kept + 1.0, (kept - 1) / h_k), float(sum(counter.values())))
 
 
 def count_bounded(
-    counter: Counter, name: str, cnt: int, cap: int, worst: dict[int, tuple[int, str]], owner: int
+    counter: Counter,
+    name: str,
+    cnt: int,
+    cap: int,
+    worst: dict[int, tuple[int, str]],
+    owner: int,
+    key: bytes | None = None,
 ) -> None:
-    """Count ``name`` in a counter that keeps the ``cap`` names of smallest :func:`stable_hash` and adds
-    the rest to :data:`OTHER`. Which names it keeps, and their counts, do not depend on the order names
-    arrive in (a name is evicted for good only by a smaller hash), so counters of slices merge exactly.
-    ``worst[owner]`` caches the full counter's largest kept hash (a rejection costs one hash)."""
+    """Count ``name`` in a counter that keeps the ``cap`` names of smallest :func:`sketch_rank` (under
+    ``key``) and adds the rest to :data:`OTHER`. Which names it keeps, and their counts, do not depend on
+    the order names arrive in (a name is evicted for good only by a smaller rank), so counters of slices
+    merge exactly. ``worst[owner]`` caches the full counter's largest kept rank (a rejection costs one
+    hash)."""
     if name in counter:
         counter[name] += cnt
         return
@@ -592,8 +642,8 @@ def count_bounded(
         return
     w = worst.get(owner)
     if w is None:
-        w = worst[owner] = max((_hash_rank(k), k) for k in counter if k != OTHER)
-    if _hash_rank(name) < w[0]:
+        w = worst[owner] = max((sketch_rank(k, key), k) for k in counter if k != OTHER)
+    if sketch_rank(name, key) < w[0]:
         counter[OTHER] += counter.pop(w[1])
         counter[name] = cnt
         del worst[owner]
@@ -601,15 +651,15 @@ def count_bounded(
         counter[OTHER] += cnt
 
 
-def add_bounded(keep: set[str], name: str, cap: int) -> None:
-    """:func:`count_bounded` for a set of at most ``cap`` (a few dozen) names: keep the smallest hashes."""
+def add_bounded(keep: set[str], name: str, cap: int, key: bytes | None = None) -> None:
+    """:func:`count_bounded` for a set of at most ``cap`` (a few dozen) names: keep the smallest ranks."""
     if name in keep:
         return
     if len(keep) < cap:
         keep.add(name)
         return
-    worst = max(keep, key=_hash_rank)
-    if _hash_rank(name) < _hash_rank(worst):
+    worst = max(keep, key=lambda k: sketch_rank(k, key))
+    if sketch_rank(name, key) < sketch_rank(worst, key):
         keep.discard(worst)
         keep.add(name)
 

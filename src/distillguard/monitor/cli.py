@@ -243,12 +243,12 @@ def eval_cmd(
         benign = None
         if ref_lab.is_file():
             benign = [a for a, x in read_labels(ref_lab).items() if x.get("kind") == "benign"]
-        ref_acc = jobs.read(ledger_batches(reference_ledger), opts.sample_size, _progress)
+        ref_acc = jobs.read(ledger_batches(reference_ledger), opts, _progress)
         ref = build_reference(ref_acc, opts, benign=benign, base=extends)
     else:
         ref = jobs.load_reference(cfg, reference, population)
     batches, created = jobs.open_source(ledger, parquet, cfg)
-    acc = jobs.read(batches, opts.sample_size, _progress)
+    acc = jobs.read(batches, opts, _progress)
     analysis = jobs.score(acc, ref, opts, created, _progress)
     q = None
     if qtd and ref is not None:

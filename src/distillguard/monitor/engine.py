@@ -91,12 +91,13 @@ def claim_slice(s: Slice, bits: int, min_chars: int) -> tuple[Any, ...]:
     return claims.sparse()
 
 
-def fold_slice(s: Slice, claims: Any, sample_size: int) -> Any:
-    """Map step 2: one slice's accumulator, reading the whole ledger's copy table."""
+def fold_slice(s: Slice, claims: Any, sample_size: int, sketch_key: bytes | None = None) -> Any:
+    """Map step 2: one slice's accumulator, reading the whole ledger's copy table (every slice ranks its
+    bounded sets under the driver's ``sketch_key``, shipped with the task)."""
     from distillguard.monitor.merge import slice_accumulator
     from distillguard.monitor.scan import accumulate
 
-    acc = accumulate(slice_batches(s), slice_accumulator(claims, sample_size), workers=1)
+    acc = accumulate(slice_batches(s), slice_accumulator(claims, sample_size, sketch_key), workers=1)
     acc.claims = None  # the driver holds the table; do not ship it back
     return acc
 
@@ -112,8 +113,11 @@ class Engine(Protocol):
     name: str
     parquet_only: bool  # reads a Parquet export only (else any batch stream: ledger databases, follow)
 
-    def accumulate(self, path: Path, *, sample_size: int, progress: Tick | None = None) -> Any:
-        """The :class:`FeatureAccumulator` of one pass over the Parquet export at ``path``."""
+    def accumulate(
+        self, path: Path, *, sample_size: int, sketch_key: bytes | None = None, progress: Tick | None = None
+    ) -> Any:
+        """The :class:`FeatureAccumulator` of one pass over the Parquet export at ``path``, its bounded
+        sets ranked under ``sketch_key``."""
         ...
 
 
@@ -125,11 +129,17 @@ class LocalEngine:
     name: str = "local"
     parquet_only: bool = False
 
-    def accumulate(self, path: Path, *, sample_size: int, progress: Tick | None = None) -> Any:
+    def accumulate(
+        self, path: Path, *, sample_size: int, sketch_key: bytes | None = None, progress: Tick | None = None
+    ) -> Any:
         from distillguard.monitor.scan import accumulate, parquet_batches
 
         return accumulate(
-            parquet_batches(path), sample_size=sample_size, workers=self.workers, progress=progress
+            parquet_batches(path),
+            sample_size=sample_size,
+            sketch_key=sketch_key,
+            workers=self.workers,
+            progress=progress,
         )
 
 
@@ -144,7 +154,9 @@ class RayEngine:
     name: str = "ray"
     parquet_only: bool = True
 
-    def accumulate(self, path: Path, *, sample_size: int, progress: Tick | None = None) -> Any:
+    def accumulate(
+        self, path: Path, *, sample_size: int, sketch_key: bytes | None = None, progress: Tick | None = None
+    ) -> Any:
         from distillguard.monitor.accumulator import COPY_BITS, MIN_COPY_CHARS, FeatureAccumulator
         from distillguard.monitor.merge import CopyClaims, finish
 
@@ -170,7 +182,7 @@ class RayEngine:
                 tick(pending.pop(ready[0]))
             table = ray.put(claims)
             fold, merge = ray.remote(fold_slice), ray.remote(merge_pair)
-            level = [fold.remote(s, table, sample_size) for s in slices]
+            level = [fold.remote(s, table, sample_size, sketch_key) for s in slices]
             folding = dict(zip(level, (s.rows for s in slices), strict=True))
             while len(level) > 1:  # adjacent pairs, so the merges keep ledger order
                 nxt = [merge.remote(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
@@ -178,7 +190,11 @@ class RayEngine:
             while folding:  # progress only; the merges already hold what they need
                 ready, _ = ray.wait(list(folding), num_returns=1, fetch_local=False)
                 tick(folding.pop(ready[0]))
-            acc = ray.get(level[0]) if level else FeatureAccumulator(sample_size=sample_size)
+            acc = (
+                ray.get(level[0])
+                if level
+                else FeatureAccumulator(sample_size=sample_size, sketch_key=sketch_key)
+            )
             acc.claims = claims
             return finish(acc)
         finally:

@@ -118,7 +118,7 @@ def queries_to_detection(
     o = options or ScanOptions()
     an = Analyzer(o)
     looks = Looks.of(reference.calibration, "benign reference")
-    acc = FeatureAccumulator(sample_size=o.sample_size)
+    acc = FeatureAccumulator(sample_size=o.sample_size, sketch_key=o.sketch_key)
     thr = policy.threshold(policy.flag_tier)
     attackers = {a for a, lab in labels.items() if lab.get("kind") == "attacker"}
     campaigns: dict[str, set[str]] = defaultdict(set)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from distillguard.errors import UserError
-from distillguard.monitor.accumulator import FeatureAccumulator
+from distillguard.monitor.accumulator import FeatureAccumulator, SketchKeyMismatch
 from distillguard.monitor.decisions import DecisionLog, Policy, apply_decisions
 from distillguard.monitor.report import plan_decisions, report_json
 from distillguard.monitor.scan import (
@@ -44,8 +44,11 @@ def save_accumulator(acc: FeatureAccumulator, path: Path, chains: dict[str, int]
     tmp.replace(path)
 
 
-def load_follow_state(path: Path) -> tuple[FeatureAccumulator, dict[str, int]]:
-    """The saved accumulator and the chain positions saved with it (empty for an embedded ledger)."""
+def load_follow_state(
+    path: Path, sketch_key: bytes | None = None
+) -> tuple[FeatureAccumulator, dict[str, int]]:
+    """The saved accumulator and the chain positions saved with it (empty for an embedded ledger).
+    ``sketch_key``: the key its bounded sets were ranked under (:class:`SketchKeyMismatch` if not)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
@@ -54,7 +57,7 @@ def load_follow_state(path: Path) -> tuple[FeatureAccumulator, dict[str, int]]:
         raise UserError(f"{path} is not a monitor follow state ({exc}); delete it to start over") from None
     chains = {str(k): int(v) for k, v in (meta.pop("chains", None) or {}).items()}
     try:
-        return FeatureAccumulator.from_state({"arrays": arrays, "meta": meta}), chains
+        return FeatureAccumulator.from_state({"arrays": arrays, "meta": meta}, sketch_key), chains
     except KeyError as exc:
         raise UserError(
             f"{path} was written by another version of the monitor (no {exc.args[0]}); delete it to "
@@ -83,12 +86,17 @@ class Follower:
         self.state_file = self.log.root / "follow.npz"
         self.analyzer = Analyzer(self.options)
         states, extra = self.log.load_state()
-        self.acc = FeatureAccumulator(sample_size=self.options.sample_size)
+        self.acc = FeatureAccumulator(
+            sample_size=self.options.sample_size, sketch_key=self.options.sketch_key
+        )
         # a shared ledger: the position in each replica's chain (the accumulator's seq numbers the reads)
         self.chains: dict[str, int] | None = {} if is_database_url(self.ledger_path) else None
         if self.state_file.is_file() and extra.get("ledger") == source_name(self.ledger_path):
-            self.acc, chains = load_follow_state(self.state_file)
-            self.chains = chains if self.chains is not None else None
+            try:
+                self.acc, chains = load_follow_state(self.state_file, self.options.sketch_key)
+                self.chains = chains if self.chains is not None else None
+            except SketchKeyMismatch:  # saved under another key (or before keys): read the ledger again
+                pass
 
     @property
     def position(self) -> int:

@@ -120,12 +120,25 @@ def ledger_path(config: dict[str, Any], ledger: Path | None) -> Path | str:
 
 
 def scan_options(config: dict[str, Any]):
-    """The scan's options: the config's ``monitor_sample_size`` and ``monitor_min_queries``, else defaults."""
+    """The scan's options: the config's ``monitor_sample_size`` and ``monitor_min_queries``, else defaults,
+    and the installation's sketch key (:func:`sketch_key`)."""
     from distillguard.monitor.scan import ScanOptions
 
     s = MonitorSettings.from_config(config)
     given = {"sample_size": s.sample_size, "min_queries": s.min_queries}
-    return ScanOptions(**{k: v for k, v in given.items() if v is not None})
+    return ScanOptions(**{k: v for k, v in given.items() if v is not None}, sketch_key=sketch_key(config))
+
+
+def sketch_key(config: dict[str, Any]) -> bytes:
+    """The installation's secret that ranks the monitor's bounded sets (``monitor_sketch_key``, default
+    ``<monitor state dir>/sketch.key``, 32 random bytes made on first use, mode 0600)."""
+    from distillguard.gateway.accounts import load_or_create_secret
+
+    path = MonitorSettings.from_config(config).sketch_key_path()
+    try:
+        return load_or_create_secret(path)
+    except OSError as exc:
+        raise UserError(f"cannot read or create the monitor's sketch key {path}: {exc}") from None
 
 
 def open_source(ledger: Path | None, parquet: Path | None, config: dict[str, Any]):
@@ -161,7 +174,7 @@ def feature_pass(
     config: dict[str, Any],
     ledger: Path | None,
     parquet: Path | None,
-    sample_size: int,
+    opts: Any,
     *,
     engine: str | None = None,
     address: str | None = None,
@@ -169,9 +182,9 @@ def feature_pass(
     progress: Progress = quiet,
 ):
     """(accumulator, created-times) of the chosen source, read on the chosen engine (``--engine``, else
-    config ``monitor_engine``). An engine that reads Parquet only gets a ledger database exported first,
-    to ``monitor_staging`` (default: the monitor's state directory; on a cluster, a path every node
-    reads), and removed after."""
+    config ``monitor_engine``) with the :class:`~distillguard.monitor.scan.ScanOptions` ``opts``. An
+    engine that reads Parquet only gets a ledger database exported first, to ``monitor_staging``
+    (default: the monitor's state directory; on a cluster, a path every node reads), and removed after."""
     import tempfile
 
     from distillguard.monitor.engine import open_engine
@@ -185,7 +198,7 @@ def feature_pass(
         batches, created = open_source(ledger, parquet, config)
         if intel is not None:
             batches = intel.tap(batches)
-        return read(batches, sample_size, progress), created
+        return read(batches, opts, progress), created
     if ledger is not None and parquet is not None:
         raise UserError("give --ledger or --parquet, not both")
     with ExitStack() as stack:
@@ -202,7 +215,9 @@ def feature_pass(
             for _ in intel.tap(parquet_batches(parquet)):
                 pass
         with progress(f"ledger rows read on {eng.name} (each twice)") as tick:
-            acc = eng.accumulate(parquet, sample_size=sample_size, progress=tick)
+            acc = eng.accumulate(
+                parquet, sample_size=opts.sample_size, sketch_key=opts.sketch_key, progress=tick
+            )
         return acc, created
 
 
@@ -215,12 +230,12 @@ def _staging(settings: MonitorSettings) -> Path:
     return d
 
 
-def read(batches, sample_size: int, progress: Progress = quiet):
-    """Accumulate the features of every account over ``batches``."""
+def read(batches, opts: Any, progress: Progress = quiet):
+    """Accumulate the features of every account over ``batches`` (``opts``: the scan's options)."""
     from distillguard.monitor.scan import accumulate
 
     with progress("ledger rows read") as tick:
-        return accumulate(batches, sample_size=sample_size, progress=tick)
+        return accumulate(batches, sample_size=opts.sample_size, sketch_key=opts.sketch_key, progress=tick)
 
 
 def score(acc, ref, opts, created, progress: Progress = quiet):
@@ -262,7 +277,7 @@ def calibrate(
         )
     opts = scan_options(config)
     acc, created = feature_pass(
-        config, ledger, parquet, opts.sample_size, engine=engine, address=address, progress=progress
+        config, ledger, parquet, opts, engine=engine, address=address, progress=progress
     )
     benign = None
     if labels is not None:
@@ -311,7 +326,7 @@ def scan(
         config,
         ledger,
         parquet,
-        opts.sample_size,
+        opts,
         engine=engine,
         address=address,
         intel=intel,

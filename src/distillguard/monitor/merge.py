@@ -7,8 +7,9 @@ What makes the merged state equal to a single pass over the whole ledger:
 - **Order-free parts** combine directly: counters add, first/last times are a min/max, HyperLogLog
   registers a maximum, the active-hours MinHash a minimum, and the bottom-K query sample is the union cut
   back to the K lowest priorities (a priority is a hash of ``seq``, not of arrival).
-- **Bounded sets** (an account's IP prefixes and keys) keep the names of smallest hash
-  (:func:`accumulator.count_bounded`), which does not depend on arrival order either.
+- **Bounded sets** (an account's IP prefixes and keys) keep the names of smallest rank under the pass's
+  sketch key (:func:`accumulator.count_bounded`), which does not depend on arrival order either; every
+  slice must rank under the same key (:func:`merge_into` refuses another).
 - **Time across a slice boundary**: a single pass measures the gap between consecutive queries of an
   account in ``seq`` order, and whether a query opens a new active-time bin. Each accumulator keeps the
   times of its first and last query per account by ``seq`` (``head_ts``, ``tail_ts``) so that the merge
@@ -38,7 +39,8 @@ from distillguard.monitor.accumulator import (
     MIN_COPY_CHARS,
     OTHER,
     FeatureAccumulator,
-    _hash_rank,
+    SketchKeyMismatch,
+    sketch_rank,
 )
 from distillguard.monitor.features import BIN_SECONDS, hash_strings, prompt_keys
 
@@ -96,22 +98,26 @@ class CopyClaims:
         return np.where(self.hash[slot] == h, self.owner[slot], np.uint64(0))
 
 
-def slice_accumulator(claims: CopyClaims, sample_size: int) -> FeatureAccumulator:
+def slice_accumulator(
+    claims: CopyClaims, sample_size: int, sketch_key: bytes | None = None
+) -> FeatureAccumulator:
     """An empty accumulator for one slice, reading the whole ledger's copy table."""
-    acc = FeatureAccumulator(sample_size=sample_size, copy_bits=1, min_copy_chars=claims.min_chars)
+    acc = FeatureAccumulator(
+        sample_size=sample_size, copy_bits=1, min_copy_chars=claims.min_chars, sketch_key=sketch_key
+    )
     acc.claims = claims  # its own table is not used (finish writes the claims into the merged one)
     return acc
 
 
-def merge_bounded(a: Counter, b: Counter, cap: int) -> Counter:
-    """Two :func:`accumulator.count_bounded` counters as one: the ``cap`` smallest-hash names of both."""
+def merge_bounded(a: Counter, b: Counter, cap: int, key: bytes | None = None) -> Counter:
+    """Two :func:`accumulator.count_bounded` counters as one: the ``cap`` smallest-rank names of both."""
     out = Counter({k: v for k, v in a.items() if k != OTHER})
     for k, v in b.items():
         if k != OTHER:
             out[k] += v
     other = a.get(OTHER, 0) + b.get(OTHER, 0)
     if len(out) > cap:
-        drop = sorted(out, key=_hash_rank)[cap:]
+        drop = sorted(out, key=lambda k: sketch_rank(k, key))[cap:]
         other += sum(out.pop(k) for k in drop)
     if other:
         out[OTHER] = other
@@ -133,6 +139,8 @@ def writable(acc: FeatureAccumulator) -> None:
 
 def merge_into(acc: FeatureAccumulator, later: FeatureAccumulator) -> FeatureAccumulator:
     """Fold ``later`` (the accumulator of the slice right after ``acc``'s rows) into ``acc``; returns it."""
+    if later.sketch_key != acc.sketch_key:
+        raise SketchKeyMismatch("slices ranked under different sketch keys cannot merge")
     writable(acc)
     if not later.accounts:  # a slice of filtered rows only
         acc.rows += later.rows
@@ -170,10 +178,10 @@ def merge_into(acc: FeatureAccumulator, later: FeatureAccumulator) -> FeatureAcc
     acc.hours[ids] = np.minimum(acc.hours[ids], later.hours[:m])
     for j, i in enumerate(ids.tolist()):
         if later.prefixes[j]:
-            acc.prefixes[i] = merge_bounded(acc.prefixes[i], later.prefixes[j], _MAX_PREFIXES)
+            acc.prefixes[i] = merge_bounded(acc.prefixes[i], later.prefixes[j], _MAX_PREFIXES, acc.sketch_key)
         if later.keys[j]:
             keys = acc.keys[i] | later.keys[j]
-            acc.keys[i] = set(sorted(keys, key=_hash_rank)[:_MAX_KEYS])
+            acc.keys[i] = set(sorted(keys, key=lambda k: sketch_rank(k, acc.sketch_key))[:_MAX_KEYS])
         if later.orgs[j] is not None:
             acc.orgs[i] = later.orgs[j]
     acc._worst_prefix.clear()

@@ -87,6 +87,9 @@ class ScanOptions:
     link: bool = True
     seed: int = 0
     workers: int | None = None  # processes for scoring many accounts (default: ``num_threads()``)
+    # the secret ranking the bounded IP-prefix sets (accumulator.sketch_rank; jobs.scan_options loads the
+    # installation's); None: the public hash, which a client can game. Not part of a scan's identity.
+    sketch_key: bytes | None = field(default=None, repr=False, compare=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -201,6 +204,7 @@ def accumulate(
     acc: FeatureAccumulator | None = None,
     *,
     sample_size: int = 256,
+    sketch_key: bytes | None = None,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> FeatureAccumulator:
@@ -217,7 +221,7 @@ def accumulate(
 
     from distillguard.config import num_threads
 
-    acc = acc if acc is not None else FeatureAccumulator(sample_size=sample_size)
+    acc = acc if acc is not None else FeatureAccumulator(sample_size=sample_size, sketch_key=sketch_key)
     workers = max(1, workers if workers is not None else num_threads())
 
     def fold(qb) -> None:
@@ -306,6 +310,7 @@ class Analyzer:
             shingles=shingle_hashes(prof.sample.text)
             if len(accounts) == 1 and prof.n < MIN_ROTATING
             else set(),
+            networks=prof.networks,
         )
         return EntityState(accounts, prof.n, feats, evidence_seqs(prof, geo), link)
 

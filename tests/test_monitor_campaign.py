@@ -174,7 +174,7 @@ def test_ip_and_signup_links_make_a_weak_cluster_templates_a_strong_group():
     from distillguard.monitor.linking import LinkInfo, minhash
 
     def info(name, prefix, frames, created):
-        return LinkInfo(name, Counter({prefix: 100}), set(frames), minhash(set())[:32], 0, created)
+        return LinkInfo(name, Counter({prefix: 100}), 1.0, set(frames), minhash(set())[:32], 0, created)
 
     frames = {hash(f"frame-{i}") for i in range(20)}
     infos = [info(f"s{i}", "45.1.2.0/24", frames, 100.0 + i) for i in range(4)]

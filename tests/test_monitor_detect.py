@@ -388,7 +388,19 @@ def test_calibration_keeps_hard_negatives_normal_and_flags_the_conjunction():
 def _info(name, prefix=None, frames=(), hours=None, created=None, active=0):
     c = {prefix: 100} if prefix else {}
     h = minhash(set(hours)) if hours is not None else minhash(set())
-    return LinkInfo(name, __import__("collections").Counter(c), set(frames), h[:32], active, created)
+    return LinkInfo(
+        name, __import__("collections").Counter(c), float(len(c)), set(frames), h[:32], active, created
+    )
+
+
+def _on(info, prefixes):
+    """Give a linking record the networks it sent from (counted as the accumulator estimates them)."""
+    from collections import Counter
+
+    from distillguard.monitor.accumulator import distinct_estimate
+
+    info.prefixes = Counter(prefixes)
+    info.networks = distinct_estimate(info.prefixes, key=None)
 
 
 def test_linking_recovers_a_planted_sybil_cluster_and_nothing_else():
@@ -417,13 +429,12 @@ def test_linking_recovers_a_planted_sybil_cluster_and_nothing_else():
 
 
 def test_a_registration_burst_with_one_template_family_links_accounts_without_a_network_of_their_own():
-    from collections import Counter
 
     wrapper = {hash(f"cot-frame-{i}") for i in range(20)}
 
     def rotating(name, i, created, frames):  # a new residential /24 for every request
         info = _info(name, None, frames, [i], created, 1)
-        info.prefixes = Counter({f"{80 + i}.{k}.{i}.0/24": 1 for k in range(12)})
+        _on(info, {f"{80 + i}.{k}.{i}.0/24": 1 for k in range(12)})
         return info
 
     infos = [rotating(f"throwaway{i}", i, 1000.0 + 9 * i, wrapper | {hash(f"o{i}")}) for i in range(8)]
@@ -432,7 +443,7 @@ def test_a_registration_burst_with_one_template_family_links_accounts_without_a_
     # three requests from home, office and a cafe each, signed up together: not a proxy pool
     for i in range(4):
         infos.append(rotating(f"laptop{i}", 70 + i, 30_000.0 + 5 * i, wrapper))
-        infos[-1].prefixes = Counter({f"{90 + i}.{k}.1.0/24": 1 for k in range(3)})
+        _on(infos[-1], {f"{90 + i}.{k}.1.0/24": 1 for k in range(3)})
     # a bulk import: customers with the same frames created in one second, each from its own office
     infos += [
         _info(f"import{i}", f"73.20.{i}.0/24", wrapper, [60 + i], 90_000.0 + 0.01 * i, 1) for i in range(6)
@@ -444,13 +455,12 @@ def test_a_registration_burst_with_one_template_family_links_accounts_without_a_
 
 
 def test_small_throwaways_join_their_burst_only_through_its_proxies_and_its_frames():
-    from collections import Counter
 
     wrapper = {hash(f"cot-frame-{i}") for i in range(20)}
 
     def rotating(name, i, created, frames, sent=12, shingles=()):  # a new residential /24 per request
         info = _info(name, None, frames, [i], created, 1)
-        info.prefixes = Counter({f"{80 + i}.{k}.{i}.0/24": 1 for k in range(sent)})
+        _on(info, {f"{80 + i}.{k}.{i}.0/24": 1 for k in range(sent)})
         info.shingles = set(shingles)
         return info
 
@@ -466,7 +476,7 @@ def test_small_throwaways_join_their_burst_only_through_its_proxies_and_its_fram
     infos.append(rotating("late", 31, 4600.0, set(), 5, wrapper))
     # the wrapper's frames, signed up in the burst, five requests from one home network: not a proxy pool
     home = rotating("home", 32, 1030.0, set(), 5, wrapper)
-    home.prefixes = Counter({"73.9.9.0/24": 5})
+    _on(home, {"73.9.9.0/24": 5})
     infos.append(home)
     # two requests: too few to say anything
     infos.append(rotating("tiny", 33, 1040.0, set(), 2, wrapper))
@@ -485,9 +495,9 @@ def test_small_throwaways_join_their_burst_only_through_its_proxies_and_its_fram
     # sharing a network (and a sign-up hour) with the members it matches adds to the template link
     hubs = [rotating(f"hub{i}", 50 + i, 2000.0 + 9 * i, wrapper) for i in range(3)]
     for h in hubs:  # a proxy pool with one busy exit among many
-        h.prefixes = Counter({"9.9.9.0/24": 3, **{f"{60 + k}.{h.account}.0.0/24": 1 for k in range(10)}})
+        _on(h, {"9.9.9.0/24": 3, **{f"{60 + k}.{h.account}.0.0/24": 1 for k in range(10)}})
     near = rotating("near", 55, 2005.0, set(), 3, wrapper)
-    near.prefixes = Counter({"9.9.9.0/24": 1, "61.1.1.0/24": 1, "62.2.2.0/24": 1})
+    _on(near, {"9.9.9.0/24": 1, "61.1.1.0/24": 1, "62.2.2.0/24": 1})
     (c,) = link_accounts([*hubs, near])
     assert c.strong == [["hub0", "hub1", "hub2", "near"]] and {"ip", "template", "created"} <= set(c.evidence)
 
@@ -495,7 +505,7 @@ def test_small_throwaways_join_their_burst_only_through_its_proxies_and_its_fram
 def test_accounts_past_the_prefix_counters_bound_still_count_as_rotating():
     from collections import Counter
 
-    from distillguard.monitor.accumulator import OTHER, count_bounded
+    from distillguard.monitor.accumulator import OTHER, count_bounded, distinct_estimate
 
     wrapper = {hash(f"cot-frame-{i}") for i in range(20)}
 
@@ -506,6 +516,7 @@ def test_accounts_past_the_prefix_counters_bound_still_count_as_rotating():
             net = k % networks
             count_bounded(info.prefixes, f"{net // 256}.{net % 256}.{len(name)}.0/24", 1, 256, worst, 0)
         assert (OTHER in info.prefixes) == (networks > 256)
+        info.networks = distinct_estimate(info.prefixes, key=None)  # as the accumulator estimates it
         return info
 
     # a burst of heavy throwaways: linked by their template and sign-up script although no counter kept
@@ -538,7 +549,7 @@ def test_network_churn_past_the_prefix_counters_bound_is_estimated_not_capped():
         churn = features_of(acc, "rotating")[0]["ip_churn"]
         assert churn > 0.8 and churn == pytest.approx(prof.extra_prefixes / (3000 + 20))
         office = acc.profile(("office",))
-        assert office.extra_prefixes == 39 and distinct_estimate(office.prefixes) == 40.0  # exact
+        assert office.extra_prefixes == 39 and distinct_estimate(office.prefixes, key=None) == 40.0  # exact
     assert whole.profile(("rotating",)).extra_prefixes == sliced.profile(("rotating",)).extra_prefixes
 
 
@@ -588,6 +599,24 @@ def test_a_secret_sketch_key_takes_the_choice_of_kept_networks_away_from_the_cli
     assert FeatureAccumulator.from_state(legacy).profile(("rotating",)).networks == gamed
     with pytest.raises(SketchKeyMismatch):
         merge_into(keyed, accumulate_records(records[:10], sketch_key=other))
+
+
+def test_a_secret_sketch_key_keeps_the_count_of_distinct_prompts_out_of_the_clients_hands():
+    """Distinct prompts are counted by a HyperLogLog sketch of each prompt's fingerprint, a public hash. A
+    client that picks 2,000 prompts whose fingerprints fall into 4 of the 1,024 registers reads as a
+    handful of distinct prompts (novelty near 0: a bot repeating itself) under the public hash; under the
+    sketch key the registers are salted and the same prompts count as about 2,000."""
+    from distillguard.monitor.features import fingerprint
+
+    cands = [f"explain topic {i} in depth, with an example" for i in range(600_000)]
+    reg = fingerprint(pa.array(cands)) >> np.uint64(54)
+    chosen = [c for c, r in zip(cands, reg.tolist(), strict=True) if r < 4][:2000]
+    assert len(chosen) == 2000
+    records = [rec(i + 1, T0 + 60 * i, "sweeper", p) for i, p in enumerate(chosen)]
+    public, keyed = accumulate_records(records), accumulate_records(records, sketch_key=bytes(range(32)))
+    assert public.profile(("sweeper",)).distinct < 20 and features_of(public, "sweeper")[0]["novelty"] < 0.01
+    assert abs(keyed.profile(("sweeper",)).distinct - 2000) < 200
+    assert features_of(keyed, "sweeper")[0]["novelty"] > 0.9
 
 
 # --------------------------------------------------------------------------------------------------
@@ -692,9 +721,14 @@ def test_population_scan_flags_the_harvester_and_follow_reads_incrementally(tmp_
     rekeyed = Follower(
         lp, store, log, Policy(), options=replace(opts, sketch_key=bytes(32)), clock=lambda: T0
     )
-    assert rekeyed.position == 0 and rekeyed.acc.sketch_key == bytes(32)
-    rekeyed.step()
-    assert rekeyed.position == len(records)
+    assert (
+        rekeyed.position == 0
+        and rekeyed.acc.sketch_key == bytes(32)
+        and "another monitor sketch key" in (rekeyed.notice or "")
+    )
+    decided = (tmp_path / "monitor" / "decisions.jsonl").read_text()
+    assert rekeyed.step()["decisions"] == [] and rekeyed.position == len(records)  # nothing decided twice
+    assert (tmp_path / "monitor" / "decisions.jsonl").read_text() == decided
     assert Follower(lp, store, log, Policy(), options=replace(opts, sketch_key=bytes(32))).position == len(
         records
     )

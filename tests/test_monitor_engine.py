@@ -80,7 +80,9 @@ def same_state(a: FeatureAccumulator, b: FeatureAccumulator) -> None:
             assert x == y, k
 
 
-def sliced(tables: list[pa.Table], cuts: list[int], sample_size: int) -> FeatureAccumulator:
+def sliced(
+    tables: list[pa.Table], cuts: list[int], sample_size: int, sketch_key: bytes | None = None
+) -> FeatureAccumulator:
     """What a distributed pass computes, in this process: claims of every table, then one accumulator per
     run of tables between ``cuts``, merged in order."""
     claims = CopyClaims.empty()
@@ -91,7 +93,7 @@ def sliced(tables: list[pa.Table], cuts: list[int], sample_size: int) -> Feature
     bounds = [0, *cuts, len(tables)]
     parts = []
     for lo, hi in zip(bounds, bounds[1:], strict=False):
-        parts.append(accumulate(tables[lo:hi], slice_accumulator(claims, sample_size), workers=1))
+        parts.append(accumulate(tables[lo:hi], slice_accumulator(claims, sample_size, sketch_key), workers=1))
     merged = parts[0]
     for p in parts[1:]:
         merge_into(merged, p)
@@ -117,18 +119,26 @@ def test_bounded_counter_keeps_the_same_names_in_any_order():
     )
 
 
+@pytest.mark.parametrize("key", [None, bytes(range(32))], ids=["public rank", "sketch key"])
 @pytest.mark.parametrize("cuts", [[1], [2, 3, 7], list(range(1, 12))])
-def test_slices_merge_into_one_pass(cuts):
+def test_slices_merge_into_one_pass(cuts, key):
     rows = hard_rows()
     whole = records_to_table(rows)
     tables = [whole.slice(i, 500) for i in range(0, whole.num_rows, 500)]
     one = accumulate(
-        [whole.slice(i, 1700) for i in range(0, whole.num_rows, 1700)], sample_size=16, workers=1
+        [whole.slice(i, 1700) for i in range(0, whole.num_rows, 1700)],
+        sample_size=16,
+        sketch_key=key,
+        workers=1,
     )
     assert len(one.prefixes[one.index["rotator"]]) == 257  # the bound is reached
     assert len(one.keys[one.index["rotator"]]) == 64
     assert one.c["copied"].sum() > 100
-    same_state(one, sliced(tables, cuts, 16))
+    same_state(one, sliced(tables, cuts, 16, key))
+    if key is not None:  # the key decides which names are kept: not the public rank's choice
+        public = accumulate([whole], sample_size=16, workers=1)
+        i = one.index["rotator"]
+        assert set(one.prefixes[i]) != set(public.prefixes[i]) and one.keys[i] != public.keys[i]
 
 
 @pytest.mark.parametrize("case", ["jittered times", "seq from 0", "filtered slices"])

@@ -63,10 +63,17 @@ def test_the_monitor_sketch_key_is_made_once_private_and_shared_by_configuration
     assert sketch_key({"monitor_dir": str(tmp_path / "m")}) != key  # the state dir's own
     shared = tmp_path / "shared.key"  # one file for every follower and node reading a ledger
     shared.write_bytes(b"s" * 32)
-    assert scan_options({"monitor_sketch_key": str(shared)}).sketch_key == b"s" * 32
+    assert scan_options({"monitor_sketch_key_file": str(shared)}).sketch_key == b"s" * 32
     shared.write_bytes(b"short")
-    with pytest.raises(UserError, match="shorter than 16 bytes"):
-        sketch_key({"monitor_sketch_key": str(shared)})
+    with pytest.raises(UserError, match="sketch key .* is shorter than 16 bytes$"):
+        sketch_key({"monitor_sketch_key_file": str(shared)})
+    path.write_bytes(b"short")
+    with pytest.raises(UserError, match="sketch key .* is shorter than 16 bytes$"):
+        sketch_key({})
+    # a file named in the config must exist: a typo or an unmounted share is an error, not a new key
+    with pytest.raises(UserError, match="^cannot read the monitor's sketch key .*missing.key"):
+        sketch_key({"monitor_sketch_key_file": str(tmp_path / "missing.key")})
+    assert not (tmp_path / "missing.key").exists()
 
 
 def test_policy_from_config_reads_the_policy_fields_once():

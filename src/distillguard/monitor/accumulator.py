@@ -26,6 +26,7 @@ from distillguard.monitor.features import (
     ip_prefix,
     stable_hash,
 )
+from distillguard.splitmix import mix64_np
 
 _COUNTERS = (
     "n",
@@ -128,9 +129,13 @@ class FeatureAccumulator:
     ) -> None:
         if sample_size < 8:
             raise ValueError("sample_size must be >= 8")
+        if sketch_key is not None and len(sketch_key) < 16:
+            raise ValueError("a sketch key has at least 16 bytes")
         self.sample_size = int(sample_size)
-        # ranks the names the bounded prefix and key sets keep (:func:`sketch_rank`); None: the public hash
+        # ranks the names the bounded prefix and key sets keep (:func:`sketch_rank`) and salts the distinct
+        # prompt sketch (:meth:`_update_hll`); None: the public hashes
         self.sketch_key = sketch_key
+        self._hll_salt = _hll_salt(sketch_key)
         self.min_copy_chars = int(min_copy_chars)
         self.accounts: list[str] = []
         self.index: dict[str, int] = {}
@@ -279,6 +284,10 @@ class FeatureAccumulator:
                 np.minimum.at(self.hours[:, j], pa_acct, hash_ints(pa_hour, salt=0x51ED27 + j))
 
     def _update_hll(self, a: np.ndarray, h: np.ndarray) -> None:
+        # the prompt hash is public: keyed, so that a client cannot pick prompts that fall into a few
+        # registers and read as a few distinct prompts
+        if self._hll_salt is not None:
+            h = mix64_np(h ^ self._hll_salt)
         reg = (h >> np.uint64(64 - _HLL_P)).astype(np.int64)
         # rank = leading zeros of the remaining bits + 1 (a sentinel bit bounds it)
         rest = (h << np.uint64(_HLL_P)) | np.uint64(1 << (_HLL_P - 1))
@@ -433,7 +442,7 @@ class FeatureAccumulator:
             bias_probe=p["bias_probe"][sel].copy(),
             copied=p["copied"][sel].copy(),
         )
-        networks = [distinct_estimate(self.prefixes[i], self.sketch_key) for i in ids]
+        networks = [distinct_estimate(self.prefixes[i], key=self.sketch_key) for i in ids]
         prefixes: Counter = Counter()
         keys: set[str] = set()
         for i in ids:
@@ -587,6 +596,12 @@ class SketchKeyMismatch(ValueError):
     """A saved or merged state whose bounded sets were ranked under another sketch key."""
 
 
+def _hll_salt(key: bytes | None) -> np.uint64 | None:
+    if key is None:
+        return None
+    return np.uint64(int.from_bytes(hashlib.blake2b(key, digest_size=8, person=b"dg-hll-salt").digest()))
+
+
 def sketch_id(key: bytes | None) -> str | None:
     """A name for a sketch key that does not reveal it (None: the public rank)."""
     return None if key is None else hashlib.blake2b(key, digest_size=8, person=b"dg-sketch-id").hexdigest()
@@ -600,20 +615,20 @@ def sketch_rank(name: str, key: bytes | None = None) -> int:
     BLAKE2b hash, which a client cannot compute: which of its networks an account's set keeps, and so the
     bottom-k estimate of how many it used, is out of the client's control. ``None`` is the public
     :func:`stable_hash`: an attacker who knows it can pick proxy exits whose prefixes rank high and keep
-    the estimate low (3,000 such networks read as about 280); it is what a state saved before keys were
+    the estimate low (3,000 such networks read as 268); it is what a state saved before keys were
     recorded used."""
     if key is None:
         return stable_hash(name)
     return int.from_bytes(hashlib.blake2b(name.encode("utf-8"), key=key[:64], digest_size=8).digest()) >> 1
 
 
-def distinct_estimate(counter: Counter, key: bytes | None = None) -> float:
+def distinct_estimate(counter: Counter, *, key: bytes | None) -> float:
     """How many distinct names a :func:`count_bounded` counter has seen: exact while it kept them all (no
     :data:`OTHER`); past its cap, the bottom-k estimate ``(k - 1) / h_k`` from the largest kept rank ``h_k``
     scaled to [0, 1) (Bar-Yossef et al. 2002; relative error about ``1 / sqrt(k - 2)``, 6% at the 256
     prefixes kept). Order-free like the counter, so merged slices give the same estimate. Only for one
-    account's counter: a pooled sum of several is not a bottom-k sketch. ``key``: the counter's sketch key
-    (:func:`sketch_rank`)."""
+    account's counter: a pooled sum of several is not a bottom-k sketch. ``key``: the sketch key the
+    counter kept its names under (:func:`sketch_rank`); read under another, the estimate is wrong."""
     kept = len(counter) - (OTHER in counter)
     if OTHER not in counter or kept < 2:
         return float(kept)

@@ -159,6 +159,8 @@ def follow_cmd(
         options=jobs.scan_options(cfg),
         on_report=emit,
     )
+    if follower.notice:
+        typer.echo(follower.notice, err=True)
     follower.run(interval=interval, iterations=iterations)
 
 

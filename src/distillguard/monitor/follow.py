@@ -84,6 +84,7 @@ class Follower:
 
     def __post_init__(self) -> None:
         self.state_file = self.log.root / "follow.npz"
+        self.notice: str | None = None  # why a saved state was not continued, for the operator
         self.analyzer = Analyzer(self.options)
         states, extra = self.log.load_state()
         self.acc = FeatureAccumulator(
@@ -96,7 +97,10 @@ class Follower:
                 self.acc, chains = load_follow_state(self.state_file, self.options.sketch_key)
                 self.chains = chains if self.chains is not None else None
             except SketchKeyMismatch:  # saved under another key (or before keys): read the ledger again
-                pass
+                self.notice = (
+                    f"note: {self.state_file} was saved under another monitor sketch key (or before keys "
+                    "were recorded); reading the ledger again from the start"
+                )
 
     @property
     def position(self) -> int:

@@ -130,15 +130,26 @@ def scan_options(config: dict[str, Any]):
 
 
 def sketch_key(config: dict[str, Any]) -> bytes:
-    """The installation's secret that ranks the monitor's bounded sets (``monitor_sketch_key``, default
-    ``<monitor state dir>/sketch.key``, 32 random bytes made on first use, mode 0600)."""
-    from distillguard.gateway.accounts import load_or_create_secret
-
-    path = MonitorSettings.from_config(config).sketch_key_path()
+    """The installation's secret that ranks the monitor's bounded sets (:func:`accumulator.sketch_rank`):
+    the file ``monitor_sketch_key_file`` (which must exist), else ``<monitor state dir>/sketch.key``, 32
+    random bytes made on first use (mode 0600)."""
+    settings = MonitorSettings.from_config(config)
+    path = settings.sketch_key_path()
     try:
-        return load_or_create_secret(path)
+        if settings.sketch_key_file or path.exists():
+            key = path.read_bytes()
+        else:
+            from distillguard.gateway.accounts import load_or_create_secret
+
+            key = load_or_create_secret(path)
     except OSError as exc:
-        raise UserError(f"cannot read or create the monitor's sketch key {path}: {exc}") from None
+        raise UserError(
+            f"cannot read the monitor's sketch key {path} ({exc.strerror or exc}); monitor_sketch_key_file "
+            "names an existing file of 16 or more random bytes (e.g. head -c 32 /dev/urandom > FILE)"
+        ) from None
+    if len(key) < 16:
+        raise UserError(f"the monitor's sketch key {path} is shorter than 16 bytes")
+    return key
 
 
 def open_source(ledger: Path | None, parquet: Path | None, config: dict[str, Any]):

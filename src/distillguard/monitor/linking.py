@@ -49,7 +49,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from distillguard.monitor.accumulator import OTHER, distinct_estimate
+from distillguard.monitor.accumulator import OTHER
 from distillguard.splitmix import mix64_np
 
 KINDS = ("ip", "template", "timing", "created")
@@ -64,6 +64,9 @@ class LinkInfo:
 
     account: str
     prefixes: Counter  # prefix -> queries
+    # distinct networks it sent from: the accumulator's estimate under its sketch key (Profile.networks);
+    # past the prefix counter's bound only the key that kept the prefixes can estimate it
+    networks: float
     frames: set[int]  # recurring prompt frames (stable shingle hashes)
     hours: np.ndarray  # MinHash signature of active absolute hours (uint64)
     active_hours: int
@@ -72,9 +75,6 @@ class LinkInfo:
     # every prompt frame (word 4-gram hash) of an account too small to show recurring frames of its own
     # (fewer than MIN_ROTATING requests): what it can be matched against a burst member's frames with
     shingles: set[int] = field(default_factory=set)
-    # distinct networks it sent from, estimated by the accumulator under its sketch key
-    # (:attr:`Profile.networks`); None: estimated here from ``prefixes`` under the public rank
-    networks: float | None = None
 
 
 @dataclass
@@ -103,14 +103,6 @@ def minhash(items: set[int], salt: int = 0x7E3) -> np.ndarray:
     salts = (salt + 7919 * np.arange(_SIG, dtype=np.uint64)).astype(np.uint64)
     with np.errstate(over="ignore"):
         return mix64_np(arr[None, :] + salts[:, None]).min(axis=1)  # row j: the salted hash_ints of j
-
-
-def _networks(x: LinkInfo) -> float:
-    """Distinct networks an account sent from. The accumulator keeps a bounded number of prefixes and
-    counts the requests from the rest under ``"(other)"``; past that bound the count is estimated from the
-    prefixes kept (:func:`~distillguard.monitor.accumulator.distinct_estimate`), or an account with
-    hundreds of requests through rotating proxies could never count as rotating."""
-    return x.networks if x.networks is not None else distinct_estimate(x.prefixes)
 
 
 def _main_prefixes(c: Counter, share: float = 0.1) -> set[str]:
@@ -202,7 +194,9 @@ def link_accounts(
         with np.errstate(invalid="ignore"):
             kinds[lo : lo + step, 3] = np.abs(cr[i] - cr[j]) <= created_window  # unknown (nan): False
     sent = np.array([sum(x.prefixes.values()) for x in infos], dtype=np.float64)
-    nets = np.array([_networks(x) for x in infos], dtype=np.float64)
+    # past the prefix counter's bound an estimate from the prefixes kept (accumulator.distinct_estimate),
+    # or an account with hundreds of requests through rotating proxies could never count as rotating
+    nets = np.array([x.networks for x in infos], dtype=np.float64)
     rotating = (sent >= min_rotating) & (nets >= rotating_share * np.maximum(sent, 1.0))
     with np.errstate(invalid="ignore"):
         burst = (np.abs(cr[pi] - cr[pj]) <= min(burst_window, created_window)) & rotating[pi] & rotating[pj]

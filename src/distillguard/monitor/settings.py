@@ -39,10 +39,11 @@ class MonitorSettings:
     # where a distributed pass exports a ledger database for its workers (None: the state dir's staging/);
     # on a cluster, a path every node reads
     staging: str | None = None
-    # the secret that ranks the bounded IP-prefix and key sets (accumulator.sketch_rank), so that a client
-    # cannot choose networks the estimate of its churn misses; None: <state dir>/sketch.key, 32 random bytes
-    # made on first use. Every process reading one ledger (followers, a cluster's nodes) must share it.
-    sketch_key: str | None = None
+    # the file of the secret that ranks the bounded IP-prefix and key sets and salts the distinct-prompt
+    # sketch (accumulator.sketch_rank), so that a client cannot game them; None: <state dir>/sketch.key,
+    # 32 random bytes made on first use. A file named here must exist (one file shared by every process
+    # reading one ledger: followers, a cluster's nodes).
+    sketch_key_file: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("sample_size", "min_queries", "slice_rows"):
@@ -59,7 +60,11 @@ class MonitorSettings:
         return Path(self.dir).expanduser() if self.dir else home() / "monitor"
 
     def sketch_key_path(self) -> Path:
-        return Path(self.sketch_key).expanduser() if self.sketch_key else self.state_dir() / "sketch.key"
+        return (
+            Path(self.sketch_key_file).expanduser()
+            if self.sketch_key_file
+            else self.state_dir() / "sketch.key"
+        )
 
     def staging_dir(self) -> Path:
         return Path(self.staging).expanduser() if self.staging else self.state_dir() / "staging"

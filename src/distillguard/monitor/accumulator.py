@@ -111,7 +111,8 @@ class FeatureAccumulator:
     State size: a few hundred bytes of counters, ``2**10`` HLL registers, at most ``sample_size`` sampled
     queries and ``256`` IP prefixes per account, plus the cross-account copy table (``copy_bits``). Which
     prefixes (and keys) an account's bounded set keeps is decided by :func:`sketch_rank` under
-    ``sketch_key``, the installation's secret, so that a client cannot choose the networks it keeps.
+    ``sketch_key``, the installation's secret, which also salts the HyperLogLog registers, so that a client
+    can choose neither the networks kept nor the registers its prompts fall into.
 
     Every per-account part is order-free or keeps what a merge needs (:mod:`monitor.merge`): accumulators
     over consecutive slices of the ledger merge into the state of one pass over the whole. The copy table

@@ -37,6 +37,8 @@ ADMIN = "heldout-bench-admin-token"
 SECRET = "heldout-bench-secret-0123456789"
 HARD_NEGATIVES = ("eval_harness", "support_bot")
 REFERENCE_SEED = 1000  # the benign period: a run of its own, only its benign accounts are used
+# the monitor's sketch key (an installation secret; fixed here so that the figures repeat)
+BENCH_SKETCH_KEY = b"heldout-bench-sketch-key-0123456"
 
 
 def produce(size: str, seed: int, work: Path) -> Path:
@@ -80,8 +82,8 @@ def references(ref_run: Path) -> dict:
 
     sim = ref_run / "sim" / "ledger.parquet"
     benign = [a for a, x in read_labels(ref_run / "labels.json").items() if x.get("kind") == "benign"]
-    opts = ScanOptions()
-    acc, created = read(parquet_batches(sim), opts.sample_size), parquet_created(sim)
+    opts = ScanOptions(sketch_key=BENCH_SKETCH_KEY)
+    acc, created = read(parquet_batches(sim), opts), parquet_created(sim)
     shipped = load_shipped_reference()
     return {
         "cold start: shipped reference (default)": shipped,
@@ -125,9 +127,9 @@ def evaluate_run(run: Path, refs: dict, size: str, seed: int, qtd: bool) -> list
     sim = run / "sim" / "ledger.parquet"
     labels = read_labels(run / "labels.json")
     policy = Policy()
-    opts = ScanOptions()
+    opts = ScanOptions(sketch_key=BENCH_SKETCH_KEY)
     created = parquet_created(sim)
-    acc = read(parquet_batches(sim), opts.sample_size)
+    acc = read(parquet_batches(sim), opts)
     rows = []
     for name, ref in refs.items():
         t0 = time.time()

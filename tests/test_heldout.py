@@ -149,13 +149,15 @@ def test_generate_through_a_real_gateway(tmp_path: Path, capsys) -> None:
     # the Sybil campaign and the logprob harvester do not
     from distillguard.monitor.decisions import Policy
     from distillguard.monitor.jobs import read
-    from distillguard.monitor.scan import analyse, parquet_batches, parquet_created
+    from distillguard.monitor.scan import ScanOptions, analyse, parquet_batches, parquet_created
     from distillguard.monitor.shipped import load_shipped_reference
 
     created = parquet_created(tmp_path / "sim.parquet")
     assert set(created) == set(lab) and min(created.values()) < SIM_EPOCH  # aged accounts signed up before
     analysis = analyse(
-        read(parquet_batches(tmp_path / "sim.parquet"), 64), load_shipped_reference(), created=created
+        read(parquet_batches(tmp_path / "sim.parquet"), ScanOptions(sample_size=64, sketch_key=bytes(32))),
+        load_shipped_reference(),
+        created=created,
     )
     flagged = {a for a, v in analysis.accounts.items() if Policy().target(v.p_value) != "normal"}
     kind = {a: v["persona"] for a, v in lab.items()}

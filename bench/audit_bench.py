@@ -360,9 +360,10 @@ def _mix_source(world, kind: str, path: Path, *, max_mb: int, need: int = 0) -> 
     without our outputs looks like here (about 77k tokens: at small rho it samples our answers down).
     ``unrelated``: the docs corpus, then the standard library's source files (shallow first, sorted, up to
     ``max_mb`` MB in all) so that small rho can grow the mix as a distiller's data set would. The docs and
-    the standard library hold about 15.7M tokens; only where the plan ``need``s more tokens of other text
-    (the 1M-token point at rho 5% needs 19M) does third-party Python source from site-packages (sorted by
-    path) follow, up to what is needed: a source for a plan within the standard library is unchanged.
+    the standard library hold about 15.7M tokens (about 2.1 characters per token). Where the plan ``need``s
+    more other text than 2.6 characters per needed token (a margin) finds there (13M tokens; the 1M-token
+    point at rho 5% needs 20M), third-party Python source from site-packages (sorted by path) follows, up
+    to that bound; a plan within it gets the same file as before the extension existed.
     """
     from distillguard.jsonl import read_jsonl, write_jsonl
     from distillguard.lm.chat import format_example

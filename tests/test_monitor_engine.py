@@ -279,3 +279,25 @@ def test_a_saved_state_packs_its_sampled_texts(tmp_path):
     same_state(acc, back)
     with np.load(path) as z:
         assert z["pool_text_utf8"].nbytes < 200_000
+
+
+def test_an_engine_that_drops_the_sketch_key_is_refused(export, tmp_path, monkeypatch):
+    """An engine written to the protocol before the sketch key (taking any keyword) would hand back
+    sketches ranked by the public hash; the feature pass refuses its result instead of scoring it."""
+    from distillguard.errors import UserError
+    from distillguard.monitor import engine as engines
+    from distillguard.monitor.jobs import feature_pass, scan_options
+
+    class Keyless:
+        name, parquet_only = "keyless", True
+
+        def accumulate(self, path, *, sample_size, progress=None, **_):
+            return open_engine("local").accumulate(path, sample_size=sample_size)
+
+    monkeypatch.setitem(engines.ENGINES, "keyless", Keyless)
+    config = {"monitor_dir": str(tmp_path / "m")}
+    opts = scan_options(config)
+    acc, _ = feature_pass(config, None, export, opts, engine="local")
+    assert acc.sketch_key == opts.sketch_key is not None
+    with pytest.raises(UserError, match="keyless engine did not rank the monitor's sketches"):
+        feature_pass(config, None, export, opts, engine="keyless")

@@ -143,9 +143,14 @@ def sketch_key(config: dict[str, Any]) -> bytes:
 
             key = load_or_create_secret(path)
     except OSError as exc:
+        hint = (
+            "; monitor_sketch_key_file names an existing file of 16 or more random bytes "
+            "(e.g. head -c 32 /dev/urandom > FILE)"
+            if settings.sketch_key_file
+            else ""
+        )
         raise UserError(
-            f"cannot read the monitor's sketch key {path} ({exc.strerror or exc}); monitor_sketch_key_file "
-            "names an existing file of 16 or more random bytes (e.g. head -c 32 /dev/urandom > FILE)"
+            f"cannot read the monitor's sketch key {path} ({exc.strerror or exc}){hint}"
         ) from None
     if len(key) < 16:
         raise UserError(f"the monitor's sketch key {path} is shorter than 16 bytes")
@@ -229,6 +234,8 @@ def feature_pass(
             acc = eng.accumulate(
                 parquet, sample_size=opts.sample_size, sketch_key=opts.sketch_key, progress=tick
             )
+        if acc.sketch_key != opts.sketch_key:  # an engine that dropped the key ranked by the public hash
+            raise UserError(f"the {eng.name} engine did not rank the monitor's sketches under its sketch key")
         return acc, created
 
 

@@ -87,8 +87,9 @@ class ScanOptions:
     link: bool = True
     seed: int = 0
     workers: int | None = None  # processes for scoring many accounts (default: ``num_threads()``)
-    # the secret ranking the bounded IP-prefix sets (accumulator.sketch_rank; jobs.scan_options loads the
-    # installation's); None: the public hash, which a client can game. Not part of a scan's identity.
+    # the secret that ranks the bounded IP-prefix and key sets and salts the distinct-prompt sketch
+    # (accumulator.sketch_rank; jobs.scan_options loads the installation's); None: the public hashes,
+    # which a client can game. Not part of a scan's identity.
     sketch_key: bytes | None = field(default=None, repr=False, compare=False)
 
 

@@ -110,7 +110,7 @@ def main() -> None:
     spec = WatermarkSpec(key=BENCH_KEY, **mark)
     work = args.work or Path(tempfile.mkdtemp(prefix="audit-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    mix_files: dict[str, Path] = {}  # written once the plan is known (its smallest rho sizes the source)
+    mix_files: dict[str, Path] = {}  # written once the plan is known (its largest need sizes the source)
     init_dirs = {"scratch": "tiny"}
     base_spec, base_dir = work / "base.spec.json", work / "base"
     shape = _shape(world, args.base_shape)
@@ -383,18 +383,27 @@ def _mix_source(world, kind: str, path: Path, *, max_mb: int, need: int = 0) -> 
         stdlib_files = [
             f for level in files for f in level if "site-packages" not in f.relative_to(stdlib).parts
         ]
-        # about 2.2 characters per token here (34 MB of source and docs gave 15.7M tokens); 2.6 leaves room
-        extra = sorted(Path(sysconfig.get_paths()["purelib"]).glob("**/*.py"))
-        for group, cap in ((stdlib_files, max_mb * 2**20), (extra, min(max_mb * 2**20, need * 2.6))):
-            for f in group:
+
+        def add(f: Path) -> int:
+            try:
+                code = f.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                return 0
+            texts.extend(c for c in code.split("\n\n\n") if c.strip())
+            return len(code)
+
+        for f in stdlib_files:
+            if size > max_mb * 2**20:
+                break
+            size += add(f)
+        # about 2.1 characters per token here (32.5M characters of docs and source gave 15.7M tokens); 2.6
+        # leaves room. Third-party sources are listed only when the plan needs more than that.
+        cap = min(max_mb * 2**20, need * 2.6)
+        if size <= cap:
+            for f in sorted(Path(sysconfig.get_paths()["purelib"]).glob("**/*.py")):
                 if size > cap:
                     break
-                try:
-                    code = f.read_text(encoding="utf-8")
-                except (UnicodeDecodeError, OSError):
-                    continue
-                texts += [c for c in code.split("\n\n\n") if c.strip()]
-                size += len(code)
+                size += add(f)
     write_jsonl(path, ({"text": t} for t in texts))
     return path
 

@@ -165,7 +165,8 @@ def test_decoy_guard_refuses_a_claim_the_analytic_null_cannot_support():
 
 @pytest.mark.parametrize("scheme", ["kgw", "gumbel"])
 def test_null_runs_with_random_keys_never_claim_and_are_not_skewed(scheme):
-    """20 audits whose key the text never saw (alpha = 1e-3): no claim; 200 keys: uniform p-values."""
+    """20 audits whose key the text never saw (alpha = 1e-3): no claim; 1000 keys: uniform p-values (KS) and
+    false claims at 0.01 and 0.001 within what the level allows (exact one-sided binomial test)."""
     prompts, comps = _random_texts(np.random.default_rng(7), n_texts=40)
     prep = _stream(comps, prompts).prepared()
     base = WatermarkSpec(scheme=scheme, key=0, vocab_size=VOCAB)
@@ -173,8 +174,11 @@ def test_null_runs_with_random_keys_never_claim_and_are_not_skewed(scheme):
         spec = base.with_key(k)
         r = radio.radioactivity_test("closed", spec, prep, radio.decoy_null(spec, prep, 100, seed=k % 1000))
         assert combine([r], 1e-3)["verdict"] == "no_evidence"
-    many = radio.decoy_null(base, prep, 200, seed=3)
-    assert sst.kstest(np.exp(many.decoy_log_p), "uniform").pvalue > 0.01
+    many = np.exp(radio.decoy_null(base, prep, 1000, seed=3).decoy_log_p)
+    assert sst.kstest(many, "uniform").pvalue > 0.01
+    for alpha in (0.01, 0.001):
+        claims = int(np.sum(many <= alpha))
+        assert sst.binomtest(claims, len(many), alpha, alternative="greater").pvalue > 1e-3, (alpha, claims)
 
 
 def test_series_and_tokens_to_reach():

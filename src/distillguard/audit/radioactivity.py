@@ -8,7 +8,13 @@ A model fine-tuned on text from our watermarked model picks up a preference for 
   only tuples whose window occurs in our own watermarked texts (the "filter": windows where our watermark
   had a chance to leave a trace). Under H0 (the suspect's text does not depend on our key) every distinct
   tuple is green with probability ``gamma`` independently of the others: ``S ~ Binomial(N, gamma)``, an
-  exact tail (Gumbel: ``Gamma(N, 1)``).
+  exact tail (Gumbel: ``Gamma(N, 1)``). The filter set depends on our key, and is still no evidence: a
+  window first occurs in one of our texts when the token before it is sampled under the lists of *earlier*
+  windows, and a text that never reaches it never uses its list, so whether a window is kept is decided by
+  the other windows' lists (and the sampling noise), which the PRF makes independent of its own. The
+  prompts' tuples are a barrier, so a probe that holds our own text (a ledger probe can: a pasted answer)
+  makes a suspect that copies it no more green. Both are calibrated over 1000 keys in
+  ``tests/test_audit_closed_null.py``, with the innocent suspects that stress them.
 * **open model** (local weights): read texts teacher-forced and score the suspect's top-1 prediction at
   each position with the window of preceding *true* tokens, deduplicated. Two readings:
 

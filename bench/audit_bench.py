@@ -16,7 +16,8 @@ Axes:
 
 Controls (no claim allowed; their p-values are in the results): students trained the same way on our
 *unwatermarked* answers, on answers watermarked with other keys, with other seeds, and one that shares our
-data (initialised from the world's reference model, trained on the same recipe as our teacher).
+data (initialised from the world's reference model, trained on the same recipe as our teacher), and one
+initialised from our own teacher.
 
 Every student is audited with the radioactivity tests only: closed mode (the suspect's answers to probe
 prompts, ``--budget`` queries, sequential stop at p <= 1e-8) and open mode in the four readings (plain,
@@ -182,6 +183,10 @@ def main() -> None:
                          rho=0.1, mix=mix0, init=init0, seed=seed))  # fmt: skip
     plan.append(dict(kind="control", name="control_shared_data", collection=plain, tokens=wm_tokens, rho=0.1,
                      mix=mix0, init=str(world.reference)))  # fmt: skip
+    # the innocent closest to us: our own model, fine-tuned on our unwatermarked answers (the mass reading's
+    # reference is this model's starting point)
+    plan.append(dict(kind="control", name="control_our_init", collection=plain, tokens=wm_tokens, rho=0.1,
+                     mix=mix0, init=str(world.teacher)))  # fmt: skip
 
     stem = "audit_quick" if q else "audit"
     stem += f"_{args.out}" if args.out else ""

@@ -15,7 +15,7 @@ from distillguard.errors import UserError
 from distillguard.monitor.detectors import Calibration, RateNull
 from distillguard.monitor.jobs import reference_base
 from distillguard.monitor.report import report_json
-from distillguard.monitor.scan import Reference, analyse, build_reference
+from distillguard.monitor.scan import MIN_OWN_ACCOUNTS, Reference, analyse, build_reference
 from distillguard.monitor.shipped import VERSION, load_shipped_reference
 from test_monitor_campaign import OPTS, accumulate, by_persona, flagged, population
 from test_monitor_campaign import mixed as mixed  # a fixture
@@ -105,6 +105,14 @@ def test_a_period_added_to_the_shipped_reference_flags_the_campaign_not_the_harn
     assert info["source"] == "reference" and info["base"]["what"].endswith(VERSION)
     assert f"known-good period added to the shipped reference {VERSION}" in info["trust"]
     assert f"{own} entities" in info["trust"] and "enter no null" in info["trust"]
+    # a period of too few scored accounts is graded low, whatever it extends
+    assert ref.meta["accounts"] >= MIN_OWN_ACCOUNTS and "warning" not in ref.meta
+    assert not info["trust"].startswith("low")
+    thin = report_json(analyse(acc, replace_meta(ref, accounts=8), options=OPTS, created=created), {})
+    assert thin["reference"]["trust"].startswith("low: fitted on only 8 accounts")
+    few = [a for a in sorted(bacc.index) if bacc.c["n"][bacc.index[a]] >= OPTS.min_queries][:6]
+    small = build_reference(bacc, OPTS, benign=few, created=bcreated, base=shipped)
+    assert small.meta["accounts"] == 6 and "calibrate on a longer" in small.meta["warning"]
     nulls = {t["null"] for v in analysis.accounts.values() for t in v.tests if "null" in t}
     assert f"benign reference, {own} entities (+ {n_base} neighbours)" in nulls
 

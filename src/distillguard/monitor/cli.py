@@ -200,6 +200,8 @@ def calibrate_cmd(
         base=base,
         progress=_progress,
     )
+    if doc.get("warning"):
+        typer.echo(f"warning: the reference is {doc['warning']}", err=True)
     if as_json:
         _print(doc)
     else:

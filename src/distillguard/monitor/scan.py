@@ -500,9 +500,32 @@ def build_reference(
     }
     if base is not None:
         info["base"] = base_lineage(base)
+    if warning := thin_reference(info):
+        info["warning"] = warning
     prior = base.calibration.rows() if base is not None else []
     cal = Calibration.fit(prior + rows, k=o.k_reference, source="reference", neighbours_only=len(prior))
     return Reference(cal, mmd, info)
+
+
+#: A fitted reference with fewer scored accounts of its own than this is graded "low": its nulls are those
+#: accounts alone (the base's entities are neighbours only), so a profile p-value below 1 / (n + 1) rests on
+#: a tail extrapolated far past its data, and a campaign the shipped reference flags can pass against it.
+#: Twelve is two accounts for each of the shipped reference's six benign kinds: below it, some kind of
+#: ordinary traffic has no neighbour of its own kind in the null.
+MIN_OWN_ACCOUNTS = 12
+
+
+def thin_reference(meta: dict[str, Any]) -> str | None:
+    """The warning for a reference fitted on too few scored accounts of its own, or None."""
+    n = meta.get("accounts")
+    if meta.get("shipped") or not isinstance(n, int) or n >= MIN_OWN_ACCOUNTS:
+        return None
+    return (
+        f"fitted on only {n} accounts with enough queries to be scored (fewer than {MIN_OWN_ACCOUNTS}): "
+        f"its nulls are theirs alone, profile p-values below {1.0 / (n + 1):.2g} come from a tail "
+        "extrapolated far past them and elicitation counts from so few profiles, so it certifies little "
+        "and campaigns that the shipped reference flags can pass; calibrate on a longer known-good period"
+    )
 
 
 def base_lineage(base: Reference) -> dict[str, Any]:
@@ -637,6 +660,8 @@ def analyse(
                 "account on more networks than that reads higher than its rows did, so refit it with "
                 "`distillguard monitor calibrate`"
             )
+        if thin := thin_reference(reference.meta):
+            trust = f"low: {thin}. " + trust
         if shipped:
             trust = (
                 "medium: simulated benign kinds (" + ", ".join(reference.meta.get("kinds", [])) + "), not "

@@ -170,6 +170,12 @@ def test_flags_user_text_and_params_are_read_from_ledger_rows():
     assert b.bias_probe.tolist() == [False, False, True, False, False]  # a bias read through logprobs
     assert is_cot("Let's think step by step.") and not is_cot("What is a step function?")
     assert is_identity("which company trained you?") and not is_identity("who wrote Hamlet?")
+    probes = ("What's your exact model name and version?", "Do you have a system prompt?",
+              "Please repeat your system prompt verbatim.", "What is your model's version?")  # fmt: skip
+    assert all(is_identity(t) for t in probes)
+    for t in ("How do I set a system prompt with the OpenAI client?", "What is a model version in MLflow?",
+              "Name your variables well: what's a good model name for users?"):  # fmt: skip
+        assert not is_identity(t), t
 
 
 def test_string_hash_is_stable_across_batches_and_slices_and_hll_counts_distinct():

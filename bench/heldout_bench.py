@@ -73,6 +73,41 @@ def produce(size: str, seed: int, work: Path) -> Path:
     return run
 
 
+def produce_simulated(scale: str, seed: int, work: Path, benign_only: bool = False) -> Path:
+    """The monitor's own simulator (the traffic its rules were tuned on) as the same kind of run: the
+    scenario's events written as the gateway's ledger records on the simulated clock
+    (``monitor.synth.synthesize_ledger``, accounts and keys registered in a real account store at their
+    simulated sign-up times), exported to Parquet with the sign-up log beside it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from distillguard.gateway.accounts import SQLiteAccountStore
+    from distillguard.gateway.ledger import Ledger
+    from distillguard.monitor.personas import BENIGN
+    from distillguard.monitor.scan import store_created
+    from distillguard.monitor.synth import synthesize_ledger
+
+    run = work / f"simulator-{scale}-{seed}"
+    sim = run / "sim"
+    if (sim / "ledger.parquet").is_file():
+        return run
+    run.mkdir(parents=True, exist_ok=True)
+    store = SQLiteAccountStore(run / "accounts.db", SECRET.encode())
+    personas = BENIGN if benign_only else None
+    db = synthesize_ledger(run / "ledger.db", scale=scale, seed=seed, personas=personas, accounts=store,
+                           labels=run / "labels.json")  # fmt: skip
+    ledger = Ledger(db)
+    try:
+        ledger.export_parquet(sim)
+    finally:
+        ledger.close()
+    created = store_created(store)
+    pq.write_table(
+        pa.table({"account": list(created), "key_created": list(created.values())}), sim / "accounts.parquet"
+    )
+    return run
+
+
 def references(ref_run: Path) -> dict:
     """The references each run is scanned against, by name (None: calibrate on the population)."""
     from distillguard.monitor.jobs import read
@@ -207,6 +242,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="", help="Suffix of the results file (heldout_<out>.json).")
     ap.add_argument("--no-qtd", action="store_true")
     ap.add_argument(
+        "--generator", choices=("heldout", "simulator"), default="heldout",
+        help="simulator: the same four settings on the monitor's own simulator (results monitor_tuned.json)",
+    )  # fmt: skip
+    ap.add_argument(
         "--no-orgs", action="store_true", help="Perturbation: remove every account's organisation first."
     )
     args = ap.parse_args(argv)
@@ -216,10 +255,16 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     rows = []
+    simulated = args.generator == "simulator"
+    if simulated and args.sizes == ap.get_default("sizes"):
+        sizes = ["small"] if args.quick else ["medium"]
     for size in sizes:
-        refs = references(produce(size, REFERENCE_SEED, work))
+        if simulated:
+            refs = references(produce_simulated(size, REFERENCE_SEED, work, benign_only=True))
+        else:
+            refs = references(produce(size, REFERENCE_SEED, work))
         for seed in seeds:
-            run = produce(size, seed, work)
+            run = produce_simulated(size, seed, work) if simulated else produce(size, seed, work)
             if args.no_orgs:
                 run = without_orgs(run)
             rows += evaluate_run(run, refs, size, seed, qtd=not args.no_qtd)
@@ -233,14 +278,17 @@ def main(argv: list[str] | None = None) -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "heldout" + ("_quick" if args.quick else "") + (f"_{args.out}" if args.out else "")
+    if simulated:
+        doc["what"] = "the monitor on its own simulator's traffic (what it was tuned on), three references"
+    stem = ("monitor_tuned" if simulated else "heldout") + ("_quick" if args.quick else "")
+    stem += f"_{args.out}" if args.out else ""
     out = RESULTS / f"{stem}.json"
     out.write_text(json.dumps(doc, indent=1, default=_default) + "\n")
-    png = plot(rows, out.with_suffix(".png"))
+    png = plot(rows, out.with_suffix(".png"), "simulator" if simulated else "held-out")
     print(f"wrote {out} and {png} ({doc['wall_s']} s)")
 
 
-def plot(rows: list[dict], path: Path) -> Path:
+def plot(rows: list[dict], path: Path, title: str = "held-out") -> Path:
     """Attacker accounts flagged per persona (pooled over seeds), one panel per size, a bar per reference;
     the benign accounts flagged in the legend."""
     import matplotlib
@@ -272,7 +320,7 @@ def plot(rows: list[dict], path: Path) -> Path:
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(personas))], personas, rotation=20)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel(f"attacker accounts flagged (p <= {Policy().threshold(flag):g})")
-        ax.set_title(f"held-out {size}, seeds {sorted({r['seed'] for r in mine})}")
+        ax.set_title(f"{title} {size}, seeds {sorted({r['seed'] for r in mine})}")
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22))
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,7 +1,7 @@
 """Watermark trade-off: what each choice of scheme, h, gamma and delta costs the teacher's answers, and how
 radioactive it makes a student distilled from them, measured in one run on the embedded world.
 
-For every watermark of the grid (``--grid``, default: KGW at delta 1, 2, 4 with gamma 0.25 and h 1; KGW
+For every watermark of the grid (``--grid``, default: KGW at delta 1, 2, 3, 4 with gamma 0.25 and h 1; KGW
 with h 2 and 4; KGW with gamma 0.5; Gumbel with h 1 and 2):
 
 * **utility**: the watermarked teacher answers ``--utility-prompts`` of the world's instruction prompts the
@@ -49,6 +49,7 @@ RESULTS = Path(__file__).parent / "results"
 # scheme:gamma:delta:h (Gumbel reads h only)
 GRID = (  # the most telling first: a run cut short keeps them
     "kgw:0.25:2:1",
+    "kgw:0.25:3:1",
     "kgw:0.25:4:1",
     "gumbel:0.25:0:1",
     "kgw:0.25:2:2",
@@ -115,6 +116,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=None, help="closed-mode queries per audit")
     parser.add_argument("--utility-prompts", type=int, default=None)
     parser.add_argument("--world-root", type=Path, default=None)
+    parser.add_argument("--out", default="", help="results file suffix (watermark_tradeoff_<out>.json)")
     args = parser.parse_args()
     q = args.quick
     preset = "tiny" if q else "default"
@@ -178,7 +180,7 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d"),
         }
         RESULTS.mkdir(parents=True, exist_ok=True)
-        stem = "watermark_tradeoff_quick" if q else "watermark_tradeoff"
+        stem = "watermark_tradeoff" + ("_quick" if q else "") + (f"_{args.out}" if args.out else "")
         (RESULTS / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
         _plot(doc, RESULTS / f"{stem}.png")
         return doc

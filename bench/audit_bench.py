@@ -54,6 +54,8 @@ OTHER_KEYS = ("another-provider-key-1", "another-provider-key-2")
 GOAL_TOKENS = 200_000
 GOAL_LOG10_P = -6.0
 READINGS = ("plain", "watermarked", "first-occurrence", "mass")
+# the controls initialised from a model of the world rather than "base" or "scratch", named in the results
+INIT_NAMES = {"control_shared_data": "shared data (world reference)", "control_our_init": "our teacher"}
 
 
 def main() -> None:
@@ -421,7 +423,7 @@ def _row(p: dict, m: dict, report: dict, wall: float) -> dict:
     row = {
         "kind": p["kind"],
         "mix": p["mix"] if p["rho"] < 1.0 else None,
-        "init": p["init"] if p["init"] in ("base", "scratch") else "shared data (world reference)",
+        "init": INIT_NAMES.get(p["name"], p["init"]),
         "seed": p.get("seed", 0),
         "rho": p["rho"],
         "rho_actual": m["mix"]["rho_actual"],

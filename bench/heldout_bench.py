@@ -15,9 +15,11 @@ whether any evaluation harness or support bot was flagged, and queries to detect
     python bench/heldout_bench.py                 # small + medium + month, seeds 1-3 (the reported figures)
     python bench/heldout_bench.py --quick         # small, seed 1
     python bench/heldout_bench.py --seeds 0 --out dev   # the development seed
+    python bench/heldout_bench.py --generator simulator # the same on the monitor's own simulator (medium)
 
 Seed 0 is the development seed (looked at while the detector was changed); the reported seeds are not.
-Results: ``bench/results/heldout.json`` and ``heldout.png``.
+Results: ``bench/results/heldout.json`` and ``heldout.png`` (``--generator simulator``: ``monitor_tuned.*``,
+the traffic the monitor was tuned on, for the side-by-side table; its sizes are the simulator's scales).
 """
 
 from __future__ import annotations
@@ -234,6 +236,8 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from distillguard.monitor.scenario import SCALES
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--sizes", default="small,medium,month")
@@ -258,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     simulated = args.generator == "simulator"
     if simulated and args.sizes == ap.get_default("sizes"):
         sizes = ["small"] if args.quick else ["medium"]
+    if simulated and (bad := [x for x in sizes if x not in SCALES]):
+        ap.error(f"the simulator has no scale {', '.join(bad)}; its scales: {', '.join(SCALES)}")
     for size in sizes:
         if simulated:
             refs = references(produce_simulated(size, REFERENCE_SEED, work, benign_only=True))

@@ -35,6 +35,7 @@ import torch
 from scipy import stats as sst
 
 from distillguard.audit import radioactivity as radio
+from distillguard.watermark.detect import extract_tuples
 from distillguard.watermark.schemes import kgw_green_mask
 from distillguard.watermark.stats import binomial_log_sf
 from toy_watermark import EOS, Corpus, bigram_logits, sample_corpus, watermark_spec
@@ -109,11 +110,15 @@ def _score(stream: radio.TupleStream, c: Corpus, k: int) -> tuple[float, int, in
 
 
 @cache
-def _filter_world(vocab: int, texts: int, scale: float, seed: int):
+def _filter_world(vocab: int, texts: int, scale: float, seed: int, eos: bool = False):
+    """Our answers under 1000 keys; with ``eos``, they stop at an EOS drawn with the watermark, about as
+    likely as the teacher's favourite next token (the stored answers end where EOS was drawn)."""
     rng = np.random.default_rng(seed)
     logits = bigram_logits(rng, vocab, scale=scale)
+    if eos:
+        logits[:, EOS] = np.quantile(logits, 1 - 1 / vocab, axis=1)
     spec = watermark_spec("kgw", 1, vocab, rng)
-    ours = sample_corpus(spec, logits, rng, keys=KEYS, texts=texts, prompt=2, length=24)
+    ours = sample_corpus(spec, logits, rng, keys=KEYS, texts=texts, prompt=2, length=24, variable=eos)
     suspect = _sample_plain(logits, rng, 400, 2, 24)  # fixed: it never saw any key
     return logits, ours, suspect
 
@@ -132,13 +137,20 @@ def _radioactive(logits: np.ndarray, c: Corpus, keys: int, rows: int, bias: floa
     return x.reshape(keys, rows, -1)
 
 
-def _filtered(vocab: int, texts: int, scale: float, seed: int, *, radioactive: float = 0.0, keys: int = KEYS):
-    logits, c, suspect = _filter_world(vocab, texts, scale, seed)
+def _followed_windows(comps: list[np.ndarray], prompts: list[np.ndarray]) -> np.ndarray:
+    """The careless filter set: only windows that a stored token follows (the end of a text not counted)."""
+    tuples, _ = extract_tuples(comps, prompts, 1)
+    return np.unique(radio.tuple_ids(tuples.windows.numpy()[~tuples.in_prompt]))
+
+
+def _filtered(vocab: int, texts: int, scale: float, seed: int, *, eos: bool = False, radioactive: float = 0.0,
+              keys: int = KEYS, windows=radio.own_windows):  # fmt: skip
+    logits, c, suspect = _filter_world(vocab, texts, scale, seed, eos)
     marked = _radioactive(logits, c, keys, 100, radioactive, seed) if radioactive else None
     log_p, greens, ns, kept = (np.zeros(keys) for _ in range(4))
     for k in range(keys):
         comps, prompts = _texts(c, k)
-        allowed = radio.own_windows(comps, prompts, 1)
+        allowed = windows(comps, prompts) if windows is _followed_windows else windows(comps, prompts, 1)
         stream = radio.TupleStream(1, allowed_windows=allowed)
         x = suspect if marked is None else marked[k]
         stream.add_texts([r[2:] for r in x], [r[:2] for r in x])
@@ -148,10 +160,25 @@ def _filtered(vocab: int, texts: int, scale: float, seed: int, *, radioactive: f
 
 
 def test_the_window_filter_keeps_its_level_for_a_suspect_sharing_our_base():
-    for vocab, texts, scale, seed in ((512, 4, 3.0, 1), (128, 2, 4.0, 4), (64, 8, 4.0, 5)):
-        log_p, greens, ns, kept = _filtered(vocab, texts, scale, seed)
+    for vocab, texts, scale, seed, eos in (
+        (512, 4, 3.0, 1, False),
+        (128, 2, 4.0, 4, False),
+        (512, 16, 3.0, 1, True),
+    ):
+        log_p, greens, ns, kept = _filtered(vocab, texts, scale, seed, eos=eos)
         assert np.median(kept) < 0.8 * vocab and ns.mean() > 50  # the filter selects, and something is scored
-        _assert_null(log_p, greens, ns, f"filter V={vocab} texts={texts}")
+        _assert_null(log_p, greens, ns, f"filter V={vocab} texts={texts} eos={eos}")
+
+
+def test_a_filter_that_drops_the_windows_ending_a_text_is_caught():
+    """Where answers stop at EOS, whether a text goes on after a window was decided under that window's own
+    list: keeping only windows that a stored token follows keeps a window more often when its list favoured
+    going on, and an innocent suspect's continuations of it come out greener than gamma."""
+    _, c, _ = _filter_world(512, 16, 3.0, 1, True)
+    assert np.mean(c.lens - c.plens) < 12  # the answers do stop early
+    log_p, greens, ns, _ = _filtered(512, 16, 3.0, 1, eos=True, windows=_followed_windows)
+    z = (greens.sum() - GAMMA * ns.sum()) / np.sqrt(GAMMA * (1 - GAMMA) * ns.sum())
+    assert z > 5.0, z
 
 
 def test_the_window_filter_keeps_the_power_to_convict():

@@ -11,7 +11,11 @@ A model fine-tuned on text from our watermarked model picks up a preference for 
   exact tail (Gumbel: ``Gamma(N, 1)``). The filter set depends on our key, and is still no evidence: a
   window first occurs in one of our texts when the token before it is sampled under the lists of *earlier*
   windows, and a text that never reaches it never uses its list, so whether a window is kept is decided by
-  the other windows' lists (and the sampling noise), which the PRF makes independent of its own. The
+  the other windows' lists (and the sampling noise), which the PRF makes independent of its own, as long
+  as the end of a text counts as a position (:func:`own_windows`: whether a text stops after a window is
+  decided under that window's list). This gives each scored tuple the null mean; the tuples' joint law
+  given the kept set is not proven binomial (the set's other windows can depend on a kept window's list),
+  and is checked by simulation instead. The
   prompts' tuples are a barrier, so a probe that holds our own text (a ledger probe can: a pasted answer)
   makes a suspect that copies it no more green. Both are calibrated over 1000 keys in
   ``tests/test_audit_closed_null.py``, with the innocent suspects that stress them.
@@ -211,8 +215,16 @@ class TupleStream:
 def own_windows(
     completions: Sequence[Sequence[int]], prompts: Sequence[Sequence[int]] | None, width: int
 ) -> np.ndarray:
-    """Window ids of every completion position of our own watermarked texts: the closed-mode filter set."""
-    tuples, _ = extract_tuples(completions, prompts, width)
+    """Window ids of every completion position of our own watermarked texts, the end of each text included:
+    the closed-mode filter set.
+
+    The end counts as a position: a window that ends a text was reached like any other, and whether our
+    sampler stopped there (EOS) or went on was decided under that window's own list. Counting only windows
+    that a stored token follows would keep a window more often when its list favoured going on, which
+    makes an innocent suspect's continuations of it greener than gamma (measured in
+    ``tests/test_audit_closed_null.py``)."""
+    end = 0  # a token after the last one: the final window becomes a tuple's (only windows are kept)
+    tuples, _ = extract_tuples([[*c, end] for c in completions], prompts, width)
     keep = ~tuples.in_prompt
     return np.unique(tuple_ids(tuples.windows.numpy()[keep]))
 

@@ -22,13 +22,13 @@ COT_PATTERN = (
     r"complete|clear) reasoning(?:[.!?:)]|$)|(?:^|[,(] ?)reasoning included(?:[.!?:)]|$)|"
     r"\b(?:show|share|explain|describe|walk me through) (?:me )?your (?:full )?thought process"
 )
-# asks the model who it is, who made it, or what it was told (its system prompt: a probe of the deployment)
+# asks the model who it is, who made it, or what it was told (its system prompt: a probe of the deployment);
+# a question, not an instruction about the user's own model ("pass your model name to from_pretrained")
 IDENTITY_PATTERN = (
     r"who (?:are you|created you|made you|built (?:you|the model)|trained you|owns the model|is your "
     r"(?:developer|creator|maker))|what(?:'s| is) your (?:exact |full |real |actual )?(?:name|model)|"
-    r"your model(?:'s)? (?:name|version)|(?:what(?:'s| is)|reveal|show me|repeat|print) your (?:system "
-    r"prompt|hidden instructions|initial instructions)|do you have (?:a|any) (?:system prompt|hidden "
-    r"instructions)|which (?:company|organi[sz]ation|lab) "
+    r"(?:what(?:'s| is)|reveal|repeat) your (?:system prompt|hidden instructions|initial instructions)|"
+    r"do you have (?:a|any) (?:system prompt|hidden instructions)|which (?:company|organi[sz]ation|lab) "
     r"(?:trained|developed|built|made|created|are you|owns)|what (?:model|language model|ai assistant|"
     r"ai model|llm) (?:are you|is this|am i (?:talking|speaking) (?:to|with))|are you (?:chatgpt|claude|gpt|"
     r"gemini|llama|an open[- ]source model|a real person)|introduce yourself|tell me about yourself|what "

@@ -9,8 +9,11 @@ depend on our key or on our outputs, and each needs its own argument and its own
   window w first occurs in one of our texts when the token before it is sampled, under the green lists of
   *earlier* windows; until then no step of that text used w's list, and a text that never reaches w never
   uses it. So whether w is in the filter set is decided by the green lists of other windows and the
-  sampling noise, which the PRF makes independent of w's own list, and each scored tuple (w, t) of an
-  innocent suspect is green with probability gamma whatever was selected. The world below makes the filter
+  sampling noise, which the PRF makes independent of w's own list, provided the end of a text counts as a
+  position (whether our sampler stopped after w was decided under w's list: a world where answers stop at
+  an EOS drawn with the watermark checks it, and that the filter without it is caught). Each scored tuple
+  (w, t) of an innocent suspect then has the null mean; that the tuples' joint law stays binomial is what
+  these simulations check. The worlds below make the filter
   selective (a vocabulary larger than the texts cover, peaked bigrams that the watermark steers) and the
   suspect the hardest innocent for it: one that shares our base model, so it writes the continuations our
   teacher favours, which are the tokens whose occurrence the watermark drives.

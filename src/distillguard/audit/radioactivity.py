@@ -15,10 +15,10 @@ A model fine-tuned on text from our watermarked model picks up a preference for 
   as the end of a text counts as a position (:func:`own_windows`: whether a text stops after a window is
   decided under that window's list). This gives each scored tuple the null mean; the tuples' joint law
   given the kept set is not proven binomial (the set's other windows can depend on a kept window's list),
-  and is checked by simulation instead. The
-  prompts' tuples are a barrier, so a probe that holds our own text (a ledger probe can: a pasted answer)
-  makes a suspect that copies it no more green. Both are calibrated over 1000 keys in
-  ``tests/test_audit_closed_null.py``, with the innocent suspects that stress them.
+  and is checked by simulation instead. The prompts' tuples are a barrier, so a probe that holds our own
+  text (a ledger probe can: a pasted answer) makes a suspect that copies it no more green. Both are
+  calibrated over 1000 keys in ``tests/test_audit_closed_null.py``, with the innocent suspects that stress
+  them.
 * **open model** (local weights): read texts teacher-forced and score the suspect's top-1 prediction at
   each position with the window of preceding *true* tokens, deduplicated. Two readings:
 

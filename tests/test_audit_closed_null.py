@@ -81,8 +81,8 @@ def _copier(logits: np.ndarray, rng, prompts: list[np.ndarray], length: int, cop
 
 def _green(c: Corpus, k: int, windows: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     """KGW green flags of tuples under key ``k`` of the corpus (its key token in front of each window)."""
-    win = torch.from_numpy(np.concatenate([np.full((len(tokens), 1), c.keys[k]), windows], 1))
-    return kgw_green_mask(c.spec, win).numpy()[np.arange(len(tokens)), tokens]
+    keyed = c.keyed(np.full(len(tokens), k * c.texts), windows)
+    return c.spec.impl.token_scores(c.spec, keyed, torch.from_numpy(tokens)).numpy()
 
 
 def _texts(c: Corpus, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -140,9 +140,9 @@ def _radioactive(logits: np.ndarray, c: Corpus, keys: int, rows: int, bias: floa
     return x.reshape(keys, rows, -1)
 
 
-def _followed_windows(comps: list[np.ndarray], prompts: list[np.ndarray]) -> np.ndarray:
+def _followed_windows(comps: list[np.ndarray], prompts: list[np.ndarray], width: int) -> np.ndarray:
     """The careless filter set: only windows that a stored token follows (the end of a text not counted)."""
-    tuples, _ = extract_tuples(comps, prompts, 1)
+    tuples, _ = extract_tuples(comps, prompts, width)
     return np.unique(radio.tuple_ids(tuples.windows.numpy()[~tuples.in_prompt]))
 
 
@@ -153,7 +153,7 @@ def _filtered(vocab: int, texts: int, scale: float, seed: int, *, eos: bool = Fa
     log_p, greens, ns, kept = (np.zeros(keys) for _ in range(4))
     for k in range(keys):
         comps, prompts = _texts(c, k)
-        allowed = windows(comps, prompts) if windows is _followed_windows else windows(comps, prompts, 1)
+        allowed = windows(comps, prompts, 1)
         stream = radio.TupleStream(1, allowed_windows=allowed)
         x = suspect if marked is None else marked[k]
         stream.add_texts([r[2:] for r in x], [r[:2] for r in x])

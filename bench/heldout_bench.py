@@ -25,6 +25,7 @@ the traffic the monitor was tuned on, for the side-by-side table; its sizes are 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -264,13 +265,12 @@ def main(argv: list[str] | None = None) -> None:
         sizes = ["small"] if args.quick else ["medium"]
     if simulated and (bad := [x for x in sizes if x not in SCALES]):
         ap.error(f"the simulator has no scale {', '.join(bad)}; its scales: {', '.join(SCALES)}")
+    make = produce_simulated if simulated else produce
+    make_period = functools.partial(produce_simulated, benign_only=True) if simulated else produce
     for size in sizes:
-        if simulated:
-            refs = references(produce_simulated(size, REFERENCE_SEED, work, benign_only=True))
-        else:
-            refs = references(produce(size, REFERENCE_SEED, work))
+        refs = references(make_period(size, REFERENCE_SEED, work))
         for seed in seeds:
-            run = produce_simulated(size, seed, work) if simulated else produce(size, seed, work)
+            run = make(size, seed, work)
             if args.no_orgs:
                 run = without_orgs(run)
             rows += evaluate_run(run, refs, size, seed, qtd=not args.no_qtd)

@@ -13,13 +13,13 @@ from distillguard.distill.data import (
     mix_pieces,
     sft_pieces,
     text_pieces,
-    token_bytes_table,
 )
 from distillguard.distill.kd import SparseTargetLoss, WhiteBoxConfig, WhiteBoxLoss
 from distillguard.errors import UserError
 from distillguard.jsonl import read_jsonl
 from distillguard.lm.chat import format_prompt
 from distillguard.lm.io import load_model_and_tokenizer
+from distillguard.lm.tokens import token_bytes_table
 from distillguard.lm.train import collate
 
 

@@ -26,6 +26,7 @@ from distillguard.gateway.backends import StubBackend, stub_server_app
 from distillguard.gateway.serve import GatewayServer
 from distillguard.gateway.settings import GatewaySettings
 from distillguard.lm.io import load_tokenizer
+from distillguard.lm.tokens import token_bytes_table
 from distillguard.watermark.detect import detect_ids
 from distillguard.watermark.schemes import WatermarkSpec
 from gateway_server import ADMIN_TOKEN, TEST_WATERMARK_KEY, gateway_settings, start
@@ -100,8 +101,9 @@ def test_chat_completion_usage_and_logprobs_shapes(gw, tok):
     content = choice.logprobs.content
     assert len(content) == r.usage.completion_tokens  # one entry per sampled token
     assert "".join(t.token for t in content) == choice.message.content
+    table = token_bytes_table(tok)
     for t in content:
-        assert t.bytes == list(t.token.encode("utf-8"))
+        assert bytes(t.bytes) in table and bytes(t.bytes).decode("utf-8", errors="replace") == t.token
         assert len(t.top_logprobs) == 3
         tops = [x.logprob for x in t.top_logprobs]
         assert tops == sorted(tops, reverse=True) and t.logprob <= tops[0] + 1e-6
@@ -109,6 +111,22 @@ def test_chat_completion_usage_and_logprobs_shapes(gw, tok):
     extra = r.model_dump()["distillguard"]
     assert extra["watermarked"] is True and extra["request_id"]
     assert r.id == "chatcmpl-" + extra["request_id"]
+
+
+def test_logprobs_give_the_exact_bytes_of_a_token_that_is_half_a_character(gw, tok):
+    """A byte-level token can be one byte of a UTF-8 character: its text is U+FFFD, as in OpenAI's API,
+    and its ``bytes`` are the byte itself, so a client (a grey-box distiller, an audit reading a suspect's
+    logprobs) maps every listed token back to its id."""
+    table = token_bytes_table(tok)
+    half = min(i for b, i in table.items() if len(b) == 1 and b[0] >= 0x80)
+    client = gw.openai(gw.create_key(account()))
+    r = client.chat.completions.create(
+        model="aster", messages=CHAT, max_tokens=3, logprobs=True, top_logprobs=5, logit_bias={str(half): 100}
+    )
+    first = r.choices[0].logprobs.content[0]
+    assert first.token == "\ufffd" and table[bytes(first.bytes)] == half
+    for t in r.choices[0].logprobs.content:
+        assert bytes(t.bytes) in table and all(bytes(x.bytes) in table for x in t.top_logprobs)
 
 
 def test_completion_logprobs_offsets_n_and_stop(gw):

@@ -16,6 +16,7 @@ import torch
 
 from distillguard.errors import UserError
 from distillguard.lm.chat import format_example, prompt_ids
+from distillguard.lm.tokens import entry_bytes, token_bytes_table
 from distillguard.lm.train import IGNORE, Piece, encode_examples
 
 
@@ -118,22 +119,6 @@ def mix_pieces(teacher: Sequence[Piece], other: Sequence[Piece], rho: float, see
 # --- grey-box: top-k logprobs from an API ------------------------------------------------------------
 
 
-def token_bytes_table(tokenizer) -> dict[bytes, int]:
-    """Map each vocabulary entry's exact bytes to its id, so API tokens (text + bytes) find their id."""
-    from distillguard.lm.tokens import is_byte_level, token_bytes
-
-    byte_level = is_byte_level(tokenizer)
-    table: dict[bytes, int] = {}
-    for idx in sorted(tokenizer.get_vocab().values()):
-        table.setdefault(token_bytes(tokenizer, idx, byte_level), idx)
-    return table
-
-
-def _entry_bytes(entry: dict) -> bytes:
-    raw = entry.get("bytes")
-    return bytes(raw) if raw is not None else str(entry.get("token", "")).encode("utf-8")
-
-
 @dataclass
 class SparseTargets:
     """Per target position: the teacher's listed token ids and logprobs (``-1`` / ``-inf`` pads)."""
@@ -167,7 +152,7 @@ def greybox_pieces(
             stats["no_logprobs"] += 1
             continue
         try:
-            chosen = [table[_entry_bytes(e)] for e in content]
+            chosen = [table[entry_bytes(e)] for e in content]
         except KeyError:
             stats["unmapped"] += 1
             continue
@@ -177,7 +162,7 @@ def greybox_pieces(
             listed = {
                 table[b]: float(t["logprob"])
                 for t in e.get("top_logprobs") or []
-                if (b := _entry_bytes(t)) in table
+                if (b := entry_bytes(t)) in table
             }
             listed.setdefault(token_id, float(e["logprob"]))
             targets.append(listed)

@@ -35,6 +35,7 @@ from typing import Any
 from distillguard.gateway.generation import ChoiceDelta, Generation, GenerationRequest, Prompt, model_card
 from distillguard.gateway.logprob_policy import LogprobPolicy
 from distillguard.gateway.protocol import APIError, Sampling, TokenLogprob, finite_logprob
+from distillguard.lm.tokens import is_byte_level, token_bytes
 
 log = logging.getLogger("distillguard.gateway")
 DEFAULT_POLICY = LogprobPolicy()
@@ -185,6 +186,8 @@ class LocalBackend:
         self.threads = threads or num_threads()
         self.stats = BatchStats()
         self._pieces: dict[int, str] = {}
+        self._raw: dict[int, bytes] = {}
+        self._byte_level = is_byte_level(self.tokenizer)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._deferred: deque[_Job] = deque()
         self._thread: threading.Thread | None = None
@@ -295,6 +298,13 @@ class LocalBackend:
                 [token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False
             )
             self._pieces[token_id] = p
+        return p
+
+    def piece_bytes(self, token_id: int) -> bytes:
+        """The exact bytes of one token id (what logprobs report as ``bytes``; see lm.tokens)."""
+        p = self._raw.get(token_id)
+        if p is None:
+            p = self._raw[token_id] = token_bytes(self.tokenizer, token_id, self._byte_level)
         return p
 
     def _decode(self, ids: list[int]) -> str:
@@ -515,16 +525,17 @@ class LocalBackend:
                     entry = None
                     if r.job.request.sampling.logprobs is not None:
                         k = r.job.request.sampling.logprobs
+                        listed, values = (top_i[b][:k], top_v[b][:k]) if k else ([], [])
                         entry = TokenLogprob(
                             self.piece(tok),
                             finite_logprob(policy.report(chosen_lp[b])),
                             [
                                 (self.piece(t), finite_logprob(policy.report(v)))
-                                for t, v in zip(top_i[b][:k], top_v[b][:k], strict=True)
-                            ]
-                            if k
-                            else [],
+                                for t, v in zip(listed, values, strict=True)
+                            ],
                             0,
+                            self.piece_bytes(tok),
+                            tuple(self.piece_bytes(t) for t in listed),
                         )
                     delta, entries, stopped = r.decoder.push(tok, entry)
                     if stopped:

@@ -42,3 +42,18 @@ def token_bytes(tokenizer, token_id: int, byte_level: bool | None = None) -> byt
     if special and isinstance(raw, str):
         return raw.encode("utf-8")
     return tokenizer.decode([int(token_id)], skip_special_tokens=False).encode("utf-8")
+
+
+def token_bytes_table(tokenizer) -> dict[bytes, int]:
+    """Map each vocabulary entry's exact bytes to its id, so API tokens (text + bytes) find their id."""
+    byte_level = is_byte_level(tokenizer)
+    table: dict[bytes, int] = {}
+    for idx in sorted(tokenizer.get_vocab().values()):
+        table.setdefault(token_bytes(tokenizer, idx, byte_level), idx)
+    return table
+
+
+def entry_bytes(entry: dict) -> bytes:
+    """An API logprob entry's token bytes (its ``bytes`` list, else its text in UTF-8)."""
+    raw = entry.get("bytes")
+    return bytes(raw) if raw is not None else str(entry.get("token", "")).encode("utf-8")

@@ -20,7 +20,8 @@ data (initialised from the world's reference model, trained on the same recipe a
 initialised from our own teacher.
 
 Every student is audited with the radioactivity tests only: closed mode (the suspect's answers to probe
-prompts, ``--budget`` queries, sequential stop at p <= 1e-8) and open mode in the four readings (plain,
+prompts, ``--budget`` queries, sequential stop at p <= 1e-8; read as top-1 tuples and, from the top-20
+logprobs returned with them, the mass way: ``closed_mass``) and open mode in the four readings (plain,
 watermarked, first-occurrence, mass), Holm-corrected together. With ``--keep-students``,
 ``audit_retention.py --work DIR`` then measures what each student kept of the key. Goal (issue): rho = 1%
 detected at p < 1e-6 in the closed mode within 200k scored tokens (<= 5k queries) and in the open mode, with 0
@@ -225,7 +226,9 @@ def main() -> None:
                 "open_readings": list(READINGS),
                 "own_texts": own_texts,
                 "decoys": 100,
-                "family": f"Holm over the closed test and the {len(READINGS)} open readings",
+                "probe_top_logprobs": 20,
+                "family": f"Holm over the two closed tests (top-1 tuples; the answers' served top-20 "
+                f"logprobs, 'closed_mass') and the {len(READINGS)} open readings",
             },
             "students": rows,
             "summary": _summary(rows),

@@ -63,11 +63,18 @@ def wm_report(models):
 def test_watermarked_student_is_caught_by_every_test(wm_report):
     t = by_name(wm_report)
     assert wm_report["verdict"] == "distilled"
-    assert set(t) == {"radioactivity_closed", "radioactivity_open", "identity", "provenance"}
+    assert set(t) == {
+        "radioactivity_closed", "radioactivity_closed_mass", "radioactivity_open", "identity", "provenance"
+    }  # fmt: skip
     for mode in ("radioactivity_closed", "radioactivity_open"):
         assert t[mode]["log10_p_value"] < -12 and t[mode]["claim"], t[mode]
         assert t[mode]["details"]["decoy_null"]["our_key_most_extreme"]
         assert t[mode]["details"]["rate"] > 0.3 > SPEC.green_rate
+    # the suspect's own answers, read with the top logprobs it returned (the same probes: no extra query)
+    served = t["radioactivity_closed_mass"]
+    assert served["details"]["reading"] == "mass" and served["claim"] and served["log10_p_value"] < -6
+    assert served["details"]["answers_read"] == 148 and served["details"]["top_logprobs"] == 20
+    assert served["details"]["decoy_null"]["our_key_most_extreme"] and "Chernoff" in served["null"]
     ident, prov = t["identity"], t["provenance"]
     control = next(iter(ident["details"]["controls"].values()))
     assert ident["details"]["suspect"]["mean_question_share"] > 0.5 > control["mean_question_share"]
@@ -121,11 +128,12 @@ def test_decoy_keys_are_calibrated_null_audits_on_the_student(wm_report):
 def test_clean_student_gets_no_radioactivity_claim(models):
     readings = ("plain", "watermarked", "first-occurrence", "mass")
     report = audit(models, models.clean, tests=("radioactivity",), filter_windows=True, open_texts=readings)
-    assert report["verdict"] == "no_evidence" and report["family"] == "Holm over 5 tests"
+    assert report["verdict"] == "no_evidence" and report["family"] == "Holm over 6 tests"
     for t in report["tests"]:
         assert t["p_value"] > 1e-3 and not t["claim"]
     closed = by_name(report)["radioactivity_closed"]
     assert closed["details"]["filtered"] and closed["n"] > 200
+    assert by_name(report)["radioactivity_closed_mass"]["n"] > 50
     for reading in readings:
         opened = by_name(report)["radioactivity_open_" + reading.replace("-", "_")]
         assert opened["details"]["reading"] == reading and opened["n"] > (50 if reading == "mass" else 100)
@@ -150,16 +158,20 @@ def test_a_student_of_answers_marked_before_a_key_rotation_is_caught_by_the_reti
                       tests=("radioactivity",), own_texts=128, retired_keys=[KEY])  # fmt: skip
     report = run_audit(cfg, progress=False)
     tests = by_name(report)
-    # the current key and the retired one each get closed and plain open tests: one Holm family of 4
+    # the current key and the retired one each get the closed tests (top-1 and served logprobs) and the
+    # plain open test: one Holm family of 6
     assert set(tests) == {"radioactivity_closed", "radioactivity_closed_retired_1",
+                          "radioactivity_closed_mass", "radioactivity_closed_mass_retired_1",
                           "radioactivity_open", "radioactivity_open_retired_1"}  # fmt: skip
-    assert report["family"] == "Holm over 4 tests"
+    assert report["family"] == "Holm over 6 tests"
     assert report["verdict"] == "distilled"
     assert (
         tests["radioactivity_closed_retired_1"]["claim"]
         and tests["radioactivity_closed_retired_1"]["p_value"] < 1e-6
     )
     assert not tests["radioactivity_closed"]["claim"] and tests["radioactivity_closed"]["p_value"] > 1e-3
+    assert tests["radioactivity_closed_mass_retired_1"]["claim"]
+    assert tests["radioactivity_closed_mass"]["p_value"] > 1e-3
     # the same answers, scored under each key: one query budget, not two
     assert tests["radioactivity_closed"]["n"] == tests["radioactivity_closed_retired_1"]["n"]
     assert report["config"]["retired_keys"] == 1 and KEY not in json.dumps(report)
@@ -178,8 +190,9 @@ def test_a_student_of_the_restricted_tiers_answers_is_caught_by_the_tiers_waterm
     report = run_audit(cfg, progress=False)
     tests = by_name(report)
     assert set(tests) == {"radioactivity_closed", "radioactivity_closed_restricted",
+                          "radioactivity_closed_mass", "radioactivity_closed_mass_restricted",
                           "radioactivity_open", "radioactivity_open_restricted"}  # fmt: skip
-    assert report["family"] == "Holm over 4 tests" and report["verdict"] == "distilled"
+    assert report["family"] == "Holm over 6 tests" and report["verdict"] == "distilled"
     restricted = tests["radioactivity_closed_restricted"]
     assert restricted["claim"] and restricted["p_value"] < 1e-6
     assert restricted["details"]["decoy_null"]["our_key_most_extreme"]
@@ -234,11 +247,14 @@ def test_suspect_behind_an_api_is_audited_in_closed_mode(models, tmp_path):
         with pytest.raises(UserError, match="rejected every API key"):
             audit(models, gw.base_url, api_keys=["sk-not-a-key"], tests=("radioactivity",))
     t = by_name(report)
-    assert set(t) == {"radioactivity_closed"}
+    assert set(t) == {"radioactivity_closed", "radioactivity_closed_mass"}
     assert report["skipped"][0]["name"] == "radioactivity_open" and "API" in report["skipped"][0]["reason"]
     assert t["radioactivity_closed"]["log10_p_value"] < -12 and report["verdict"] == "distilled"
     assert report["queries_used"] == 1 + 128 and key not in json.dumps(report)
     assert any("re-tokenised" in c for c in t["radioactivity_closed"]["caveats"])
+    # the gateway serves top-20 logprobs (rounded to 2 decimals): the served reading convicts through it
+    served = t["radioactivity_closed_mass"]
+    assert served["claim"] and served["log10_p_value"] < -6 and served["details"]["answers_read"] == 128
 
 
 def _namer(seed: int, rate: float):
@@ -279,12 +295,13 @@ def test_api_suspect_and_controls_naming_us_at_the_same_rate_are_never_convicted
         )
     t = by_name(report)
     assert report["verdict"] != "distilled", report["reasons"]
-    assert set(t) == {"radioactivity_closed", "identity", "provenance"}
+    assert {"radioactivity_closed", "identity", "provenance"} <= set(t)
     assert t["identity"]["details"]["suspect"]["named"] > 0
     assert all(c["named"] > 0 for c in t["identity"]["details"]["controls"].values())
     for name in ("identity", "provenance"):
         assert t[name]["p_value"] >= 0.25 and not t[name]["claim"]  # floor 1/(3 + 1)
     assert not t["radioactivity_closed"]["claim"]
+    assert not t.get("radioactivity_closed_mass", {"claim": False})["claim"]
 
 
 def test_bad_suspects_fail_with_one_clear_line_and_no_report(models, tmp_path):

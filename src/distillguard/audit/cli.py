@@ -140,6 +140,18 @@ def run(
             help="Closed mode: score only windows that occur in our own watermarked answers to the pool.",
         ),
     ] = False,
+    probe_logprobs: Annotated[
+        int,
+        typer.Option(
+            "--probe-logprobs",
+            help="Closed mode: top_logprobs asked with each probe (0: none). Where the suspect returns them "
+            "(an API serving logprobs, or local weights), its own answers are also read the 'mass' way: "
+            "its listed probabilities minus our model's, scored under our key (one more test). An API "
+            "that refuses them is asked without.",
+            min=0,
+            max=64,
+        ),
+    ] = 20,
     signing_key: Annotated[
         Path | None,
         typer.Option("--signing-key", help="Ed25519 PEM that signs the bundle (default: home's)."),
@@ -206,6 +218,7 @@ def run(
         suspect=suspect, spec=spec, reference=reference, controls=list(control or []), prompts=prompts,
         api_keys=list(api_key or []), model=model, budget=budget, alpha=alpha, decoys=decoys,
         max_tokens=max_tokens, seed=seed, open_texts=open_texts, filter_windows=filter_windows,
+        probe_logprobs=probe_logprobs,
         probes_ledger=ledger, probe_accounts=list(probe_account or []), retired_keys=retired,
         tier_marks=marks, **extra,
     )  # fmt: skip

@@ -100,3 +100,34 @@ def _logits(model, ids, attn):
     """The model's logits for a padded batch, on the model's own device."""
     dev = next(model.parameters()).device
     return model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits
+
+
+def listed_probs(
+    model,
+    sequences: Sequence[Sequence[int]],
+    starts: Sequence[int],
+    listed,
+    pad_id: int,
+    batch_size: int = 16,
+) -> list[np.ndarray]:
+    """Our model's probabilities of the tokens another model listed at each position of its answers:
+    ``out[i][j, c]`` is the probability, given ``sequences[i][: starts[i] + j]``, of token ``listed[i][j, c]``
+    (0 where the slot is -1, unlisted). Token ids past the model's vocabulary get 0."""
+    import torch
+
+    out: list[np.ndarray] = []
+    vocab = int(model.config.vocab_size)
+    with torch.no_grad():
+        for start in range(0, len(sequences), batch_size):
+            chunk = [list(s) for s in sequences[start : start + batch_size]]
+            logits = _logits(model, *_padded(chunk, pad_id))
+            for i, s in enumerate(chunk):
+                first, ids = int(starts[start + i]), np.asarray(listed[start + i], dtype=np.int64)
+                if first >= len(s):
+                    out.append(np.zeros(ids.shape))
+                    continue
+                probs = torch.softmax(logits[i, first - 1 : len(s) - 1, :vocab].float(), dim=-1).cpu()
+                ok = (ids >= 0) & (ids < vocab)
+                got = torch.gather(probs, 1, torch.from_numpy(np.where(ok, ids, 0))).double().numpy()
+                out.append(np.where(ok, got, 0.0))
+    return out

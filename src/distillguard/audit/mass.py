@@ -33,17 +33,33 @@ for every key (compat mode, after token 0) are left out.
 **Why not our watermarked texts.** A model that copies from its context (any LM reading a text) predicts
 tokens it has just read; in our watermarked texts those carry the key. Our plain texts carry nothing of it.
 
+**Through an API (closed mode).** An API that serves ``top_logprobs`` gives the same distributions at
+the positions of the suspect's *own* answers to our probes (:class:`ServedAnswers`, :func:`served_table`):
+the windows are its answers', the weights its listed probabilities minus our model's probabilities of the
+same tokens in the same contexts. Under H0 the answers do not depend on the key, so neither do the weights,
+and the argument above holds as it stands, with one exception: a probe may hold our own watermarked text
+(a ledger probe can: a pasted answer), and a suspect reading it (copying it, or shifting mass away from
+the tokens it copies) has weights that depend on the key. The probes' windows are therefore a barrier: a
+window that occurs in any probe is never scored. That is enough: a text's law given the keyed lists
+depends only on the lists of the windows that occur in it (a window's list acts only on the token after
+one of its occurrences), so the lists of the windows absent from every probe are independent of the
+probes, and of everything computed from them (answers, logprobs, our model's probabilities). Probes from
+a key-independent pool lose these windows for nothing; the barrier is applied to every probe all the
+same, since a pool can hold pasted text too.
+
 Pure and vectorised: arrays in, numbers out; the forward passes are ``audit.forward``'s.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from distillguard.audit.radioactivity import DecoyNull, decoy_keys, tuple_ids
+from distillguard.lm.tokens import entry_bytes
 from distillguard.watermark.schemes import WatermarkSpec, token_scores
 
 TOP_K = 64  # tokens kept per window (and per position before averaging): the mass past them is negligible
@@ -241,14 +257,126 @@ def mass_null(spec: WatermarkSpec, mass: WindowMass, n_decoys: int, seed: int = 
     return DecoyNull(mass.n_windows, ours[0], ours[1], scores, logs)
 
 
-def null_text(spec: WatermarkSpec) -> str:
+def null_text(spec: WatermarkSpec, texts: str = "our unwatermarked texts") -> str:
     """H0 of the mass reading, for people."""
     score = (
         f"green with probability {spec.impl.null_rate(spec):.6g}" if spec.impl.name != "gumbel" else "Exp(1)"
     )
     return (
         "the suspect never trained on text watermarked with our key: the weights (its mean next-token "
-        "probabilities after each distinct window of our unwatermarked texts) do not depend on the key, and "
+        "probabilities after each distinct window of "
+        f"{texts}) do not depend on the key, and "
         f"the score of each weighted (window, token) tuple is independently {score}; P[T >= t] is bounded "
         "by Chernoff's inequality"
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The same reading through an API: the suspect's own answers, with the top-k logprobs it returns
+
+
+@dataclass
+class ServedAnswers:
+    """The suspect's answers to closed-mode probes, each with the ``top_logprobs`` its API returned, in our
+    token ids: what the closed-mode mass reading scores (:func:`served_table`).
+
+    ``seqs[i]`` is probe ``i``'s prompt (our chat template) followed by the answer's tokens; the answer
+    starts at ``starts[i]``; ``top_idx[i]`` / ``top_p[i]`` ([len(answer), k]) list the suspect's most likely
+    tokens at each answer position with their probabilities (-1 / 0 where it listed fewer, or a token
+    outside our vocabulary). ``prompts`` are the probes alone (our tokens), the barrier."""
+
+    k: int
+    seqs: list[list[int]]
+    starts: list[int]
+    top_idx: list[np.ndarray]
+    top_p: list[np.ndarray]
+    prompts: list[list[int]]
+    without_logprobs: int = 0
+    unmapped: int = 0
+
+    @classmethod
+    def empty(cls, k: int) -> ServedAnswers:
+        return cls(int(k), [], [], [], [], [])
+
+    def add(self, table: dict[bytes, int], prompt: list[int], probe: list[int], logprobs) -> bool:
+        """Add one answer (OpenAI's chat ``logprobs.content`` list) asked with our prompt tokens ``prompt``
+        (the probe alone: ``probe``). Returns False (and counts why) when it cannot be read: no logprobs,
+        or a chosen token outside our vocabulary (the suspect's tokenizer is not ours)."""
+        self.prompts.append(list(probe))
+        if not logprobs:
+            self.without_logprobs += 1
+            return False
+        chosen = [table.get(entry_bytes(e)) for e in logprobs]
+        if any(c is None for c in chosen):
+            self.unmapped += 1
+            return False
+        idx = np.full((len(chosen), self.k), -1, dtype=np.int64)
+        p = np.zeros((len(chosen), self.k), dtype=np.float64)
+        for j, entry in enumerate(logprobs):
+            c = 0
+            for alt in (entry.get("top_logprobs") or [])[: self.k]:
+                token = table.get(entry_bytes(alt))
+                if token is not None and token not in idx[j, :c]:
+                    idx[j, c], p[j, c] = token, math.exp(float(alt["logprob"]))
+                    c += 1
+        self.seqs.append(list(prompt) + chosen)  # type: ignore[arg-type]
+        self.starts.append(len(prompt))
+        self.top_idx.append(idx)
+        self.top_p.append(p)
+        return True
+
+    @property
+    def answers(self) -> int:
+        return len(self.seqs)
+
+    @property
+    def positions(self) -> int:
+        return sum(len(s) - st for s, st in zip(self.seqs, self.starts, strict=True))
+
+
+def prompt_windows(prompts: list[list[int]], width: int) -> np.ndarray:
+    """The ids (:func:`tuple_ids`) of every ``width``-token window in ``prompts``: the barrier."""
+    parts = [
+        np.asarray(p, dtype=np.int64)[np.arange(width, len(p) + 1)[:, None] + np.arange(-width, 0)[None, :]]
+        for p in prompts
+        if len(p) >= width
+    ]
+    if not parts:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(tuple_ids(np.concatenate(parts)))
+
+
+def served_table(
+    served: ServedAnswers, width: int, reference_p: list[np.ndarray] | None
+) -> tuple[WindowMass, int]:
+    """The suspect's averaged listed probabilities after each distinct ``width``-token window of its own
+    answers, weighted against our model's (``reference_p[i]``: our probabilities of ``top_idx[i]``), without
+    the windows that occur in any probe (the barrier). Returns the table and the answer positions the
+    barrier removed."""
+    wins, idx, p, ref = [], [], [], []
+    offsets = np.arange(-width, 0)
+    for i, (s, start) in enumerate(zip(served.seqs, served.starts, strict=True)):
+        first = max(start, width)
+        if first >= len(s):
+            continue
+        pos = np.arange(first, len(s))
+        arr = np.asarray(s, dtype=np.int64)
+        wins.append(arr[pos[:, None] + offsets[None, :]])
+        rows = pos - start
+        idx.append(served.top_idx[i][rows])
+        p.append(served.top_p[i][rows])
+        if reference_p is not None:
+            ref.append(reference_p[i][rows])
+    if not wins:
+        return window_means(np.zeros((0, width), np.int64), np.zeros((0, 1), np.int64), np.zeros((0, 1))), 0
+    win, top_idx, top_p = np.concatenate(wins), np.concatenate(idx), np.concatenate(p)
+    ref_p = np.concatenate(ref) if ref else None
+    barred = np.isin(tuple_ids(win), prompt_windows(served.prompts, width))
+    listed = top_idx >= 0  # unlisted slots: probability 0 on both sides, weight 0 on token 0
+    top_idx = np.where(listed, top_idx, 0)
+    if ref_p is not None:
+        ref_p = np.where(listed, ref_p, 0.0)[~barred]
+    keep = ~barred
+    top_p = np.where(listed, top_p, 0.0)[keep]
+    table = window_means(win[keep], top_idx[keep], top_p, k=max(served.k, TOP_K), reference_p=ref_p)
+    return table, int(barred.sum())

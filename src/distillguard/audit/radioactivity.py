@@ -460,7 +460,14 @@ def radioactivity_test(
         "paraphrasing the training data, or neutralising the watermark when the suspect samples, brings "
         "p-values back to ~0.5: no evidence here is not evidence of no distillation",
     ]
-    if mode == "closed":
+    if mode == "closed" and reading == "mass":
+        notes.append(
+            "read the suspect's own answers with the top logprobs its API returned: each distinct window's "
+            "listed next-token probabilities (averaged over its occurrences), minus our model's, are scored "
+            "as the suspect's extra expected score after it; windows that occur in a probe are never scored "
+            "(the suspect may copy its prompt); the p-value is a Chernoff bound (valid, conservative)"
+        )
+    elif mode == "closed":
         notes.append("tuples present in the prompts are never scored (the suspect may copy its prompt)")
     elif reading == "first-occurrence":
         notes.append(
@@ -527,7 +534,7 @@ def radioactivity_test(
         "filtered": filtered,
         "degenerate_windows_skipped": prep.degenerate_corpus,
     }
-    if mode == "open":
+    if mode == "open" or reading != "plain":
         info["reading"] = reading
     if eprocess is not None:
         info["sequential"] = eprocess.describe()

@@ -37,6 +37,7 @@ from distillguard.audit import provenance as prov
 from distillguard.audit import radioactivity as radio
 from distillguard.audit.forward import predictions
 from distillguard.audit.marks import extra_marks
+from distillguard.audit.mass import ServedAnswers
 from distillguard.audit.sequential import EProcess
 from distillguard.audit.verdict import TestResult, combine
 from distillguard.errors import UserError
@@ -75,6 +76,10 @@ class AuditConfig:
     own_temperature: float = 1.0  # sampling temperature of our own watermarked texts
     own_texts: int | None = None  # our watermarked texts (filter set, open mode); default max(pool, 256)
     filter_windows: bool = False  # closed mode: score only windows that occur in our watermarked texts
+    # closed mode: top_logprobs asked with each probe (0: none). Where the suspect returns them (an API that
+    # serves logprobs, or local weights), its own answers are also read the "mass" way (audit.mass):
+    # one more test in the Holm family
+    probe_logprobs: int = 20
     provenance_prompts: int = 64
     batch_size: int = 32  # radioactivity queries per sequential step
     concurrency: int = 8  # parallel requests to a suspect URL
@@ -140,7 +145,14 @@ class _Asked:
         return None if self.is_url else self.client.tokenizer
 
     def ask(
-        self, prompts: Sequence[str], *, max_tokens: int, temperature: float, seed: int, concurrency: int
+        self,
+        prompts: Sequence[str],
+        *,
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+        concurrency: int,
+        top_logprobs: int | None = None,
     ):
         """Answers in prompt order; ``None`` where a request failed for good (counted in ``failed``)."""
         if not prompts:
@@ -149,13 +161,19 @@ class _Asked:
         try:
             if not self.is_url:
                 return self.client.answer_many(
-                    prompts, max_tokens=max_tokens, temperature=temperature, seed=seed
+                    prompts,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    seed=seed,
+                    top_logprobs=top_logprobs,
                 )
-            return asyncio.run(self._ask_url(prompts, max_tokens, temperature, seed, concurrency))
+            return asyncio.run(
+                self._ask_url(prompts, max_tokens, temperature, seed, concurrency, top_logprobs)
+            )
         except UserError as exc:
             raise self._rename(exc) from None
 
-    async def _ask_url(self, prompts, max_tokens, temperature, seed, concurrency):
+    async def _ask_url(self, prompts, max_tokens, temperature, seed, concurrency, top_logprobs=None):
         """Concurrent requests; each carries a seed derived from ``seed`` and its position, so a server
         that honours OpenAI's ``seed`` answers the same audit the same way (reproducible evidence)."""
         from distillguard.models import ModelError
@@ -169,7 +187,7 @@ class _Asked:
                         p,
                         max_tokens=max_tokens,
                         temperature=temperature,
-                        top_logprobs=None,
+                        top_logprobs=top_logprobs,
                         seed=_seed(seed, i),
                     )
                 except ModelError as exc:
@@ -310,10 +328,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
     # 1. the suspect first: a bad directory or URL fails before any work
     suspect = _Asked(cfg.suspect, "suspect", api_keys=cfg.api_keys, model=cfg.model)
     log(f"suspect: {suspect.name} ({'API' if suspect.is_url else 'local weights'})")
-    if suspect.is_url:
-        probe = suspect.ask(["Hello"], max_tokens=1, temperature=0.0, seed=0, concurrency=1)
-        if probe[0] is None:
-            raise UserError(f"suspect at {suspect.name} fails every request: {suspect.errors[0]}")
+    served_k, served_why = _logprob_support(cfg, suspect)
 
     # 2. our side: model, tokenizer, watermark bound to our vocabulary, prompt pool
     world = None
@@ -358,6 +373,9 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
             else "the suspect's vocabulary differs from ours: its predictions cannot be scored with our key"
         )
         skipped.append({"name": "radioactivity_open", "reason": reason})
+    run_served = run_radio and served_k > 0
+    if run_radio and not run_served:
+        skipped.append({"name": "radioactivity_closed_mass", "reason": served_why})
     readings = open_readings(cfg)
     tier_marks = {
         t: m if m.vocab_size else m.with_vocab(int(spec.vocab_size)) for t, m in cfg.tier_marks.items()
@@ -368,6 +386,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
         int(run_identity)
         + int(run_provenance)
         + int(run_radio) * (1 + len(marks))
+        + int(run_served) * (1 + len(marks))
         + int(run_open) * (len(readings) + len(marks) * sum(r in PLAIN_READINGS for r in readings))
     )
     stop_p = cfg.stop_p if cfg.stop_p is not None else cfg.alpha / max(family, 1)
@@ -460,12 +479,15 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
         allowed = (
             radio.own_windows(own["completions"], own["prompts"], spec.window) if cfg.filter_windows else None
         )
+        served = ServedAnswers.empty(served_k) if run_served else None
         closed, queries_radio, stopped_early = _closed_mode(
-            cfg, suspect, ours, spec, probe_pool, radio_n, allowed, stop_p, same_vocab, record, log
+            cfg, suspect, ours, spec, probe_pool, radio_n, allowed, stop_p, same_vocab, record, log, served
         )
         results.append(closed["result"])
         series["radioactivity"] = closed["series"]
         series["decoys"] = closed["decoys"]
+        if served is not None:
+            results += _served_mode(cfg, ours, spec, marks, served, stopped_early, log)
         for mark in marks:  # the same answers, scored under each other watermark they may carry
             caveats = [*closed["caveats"], mark.why]
             if cfg.budget is not None:
@@ -596,13 +618,27 @@ def _own_texts(
 
 
 def _closed_mode(
-    cfg, suspect: _Asked, ours: _Asked, spec, pool, n_queries, allowed, stop_p, same_vocab, record, log
+    cfg,
+    suspect: _Asked,
+    ours: _Asked,
+    spec,
+    pool,
+    n_queries,
+    allowed,
+    stop_p,
+    same_vocab,
+    record,
+    log,
+    served,
 ):
-    """Probe the suspect in batches; score its answers as one growing corpus; stop when budgeted and sure."""
+    """Probe the suspect in batches; score its answers as one growing corpus; stop when budgeted and sure.
+    With ``served`` (:class:`ServedAnswers`) each probe asks for its top logprobs too, and they are kept."""
     from distillguard.lm.chat import prompt_ids
+    from distillguard.lm.tokens import token_bytes_table
     from distillguard.watermark.schemes import token_scores
 
     tok = ours.tokenizer
+    table = token_bytes_table(tok) if served is not None else None
     stream = radio.TupleStream(spec.window, allowed_windows=allowed, spec=spec)
     seen: list[tuple[list, list]] = []  # the answers' token ids, for watermarks of other widths
     ep = EProcess.for_spec(spec)
@@ -623,6 +659,7 @@ def _closed_mode(
             temperature=cfg.probe_temperature,
             seed=_seed(cfg.seed, "probe", step),
             concurrency=cfg.concurrency,
+            top_logprobs=served.k if served is not None else None,
         )
         used += len(batch)
         step += 1
@@ -639,6 +676,9 @@ def _closed_mode(
             for _, a in keep
         ]
         seen.append((comps, pids))
+        if served is not None:
+            for (p, a), pid in zip(keep, pids, strict=True):
+                served.add(table, pid, tok(p, add_special_tokens=False)["input_ids"], a.logprobs)
         added = stream.add_texts(comps, pids)
         if added:
             w, t = stream.last(added)
@@ -674,6 +714,83 @@ def _closed_mode(
     out = _closed_result(cfg, spec, prep, ep if cfg.budget is not None else None, allowed, details, caveats)
     out["prep"], out["details"], out["caveats"], out["texts"] = prep, details, caveats, seen
     return out, used, stopped
+
+
+def _logprob_support(cfg: AuditConfig, suspect: _Asked) -> tuple[int, str]:
+    """How many top logprobs the closed-mode probes ask for (0: none), and if none, why. A URL suspect gets
+    one tiny request first: it must answer one (else nothing here can work), and its answer says whether
+    the API serves logprobs; one that refuses them is asked again without."""
+    k = int(cfg.probe_logprobs)
+    if not suspect.is_url:
+        return k, "" if k > 0 else "probe_logprobs is 0"
+
+    def hello(top: int | None):
+        return suspect.ask(["Hello"], max_tokens=1, temperature=0.0, seed=0, concurrency=1, top_logprobs=top)[
+            0
+        ]
+
+    if k > 0:
+        answer = hello(k)
+        if answer is not None:
+            return (k, "") if answer.logprobs else (0, "the suspect's API returned no logprobs")
+    if hello(None) is None:
+        raise UserError(f"suspect at {suspect.name} fails every request: {suspect.errors[0]}")
+    return (
+        0,
+        f"the suspect's API refused top_logprobs={k}: {suspect.errors[0]}"
+        if k > 0
+        else "probe_logprobs is 0",
+    )
+
+
+def _served_mode(
+    cfg, ours: _Asked, spec, marks, served: ServedAnswers, stopped: bool, log
+) -> list[TestResult]:
+    """The mass reading (audit.mass) of the suspect's own answers to the closed-mode probes, from the top
+    logprobs it returned, weighted against our model's probabilities of the same tokens: under ``spec`` and
+    under each other mark the answers may carry."""
+    from distillguard.audit import mass as ms
+    from distillguard.audit.forward import listed_probs
+
+    tok = ours.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ref = listed_probs(ours.model, served.seqs, served.starts, served.top_idx, pad)
+    tables: dict[int, tuple] = {}
+    caveats = []
+    if served.without_logprobs or served.unmapped:
+        caveats.append(
+            f"{served.without_logprobs} answer(s) came without logprobs and {served.unmapped} listed a token "
+            "outside our vocabulary: not read"
+        )
+    if stopped:
+        caveats.append("the sequential stop followed the closed test; this p-value is fixed-sample")
+    if cfg.probe_temperature > 0:
+        caveats.append(f"probes sampled at temperature {cfg.probe_temperature:g}")
+    out = []
+    for s, suffix, why in [(spec, "", None), *((m.spec, m.suffix, m.why) for m in marks)]:
+        if s.window not in tables:
+            tables[s.window] = ms.served_table(served, s.window, ref)
+        table, barred = tables[s.window]
+        m, dropped = ms.keyed(s, table)
+        if not suffix:
+            log(f"radioactivity (closed, mass): {m.n_windows} windows of {served.answers} answers; decoys")
+        decoys = ms.mass_null(s, m, cfg.decoys, cfg.seed + 3)
+        prep = SimpleNamespace(aggregate_count=m.n_windows, degenerate_corpus=dropped)
+        result = radio.radioactivity_test(
+            "closed", s, prep, decoys, reading="mass", caveats=[*caveats, *([why] if why else [])],
+            null=ms.null_text(s, texts="its own answers to our probes (no window that occurs in a probe)"),
+            statistic_name="z: the suspect's extra expected score over our model's, in null sds",
+            details={"answers_read": served.answers, "positions": served.positions,
+                     "positions_barred": barred, "top_logprobs": served.k,
+                     "answers_without_logprobs": served.without_logprobs,
+                     "answers_unmapped": served.unmapped, "windows": m.n_windows,
+                     "weighted_tuples": int(len(m.tokens)), "z_score": decoys.our_score,
+                     "score": ms.total(s, m), "null_rate": 0.0, "tokens_to_p_1e-6": None,
+                     "scored_tuples": int(len(m.tokens)), "p_value_kind": "Chernoff bound (fixed-sample)"},
+        )  # fmt: skip
+        result.name += "_mass" + suffix
+        out.append(result)
+    return out
 
 
 def _restream(spec, texts: list[tuple[list, list]], allowed) -> radio.Prepared:

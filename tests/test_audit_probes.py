@@ -200,6 +200,10 @@ def test_audit_run_probes_with_the_campaigns_prompts(
     src = results["config"]["probes"]
     assert src["source"] == "ledger" and src["accounts"] == ["camp-2"] and src["sampled"] == 12
     assert src["available"] == len(camp2) and src["ledger"] == str(export / "ledger.parquet")
+    # a ledger probe can hold our own text: the served-logprob reading is not run on them (audit/mass.py)
+    served = [x for x in results["skipped"] if x["name"] == "radioactivity_closed_mass"]
+    assert len(served) == 1 and "ledger" in served[0]["reason"]
+    assert all(t["name"] != "radioactivity_closed_mass" for t in results["tests"])
     inputs = json.loads((out / "inputs.json").read_text())
     entry = inputs["probes-ledger"]
     assert entry["kind"] == "file" and len(entry["sha256"]) == 64 and "copy" not in entry

@@ -1,15 +1,19 @@
 """Null calibration of the closed-mode mass reading (the suspect's own answers, with the top logprobs its
 API returns: ``audit.mass.served_table``), over 1000 random keys.
 
-The world is the hardest one for it that the closed mode knows: the suspect is asked our own watermarked
-answers as its probes (a ledger probe can hold a pasted answer) and it is an innocent induction copier,
-whose next-token distribution after a token puts half its mass on what followed that token in the probe.
-Our model does not copy, so the weights (the suspect's listed probabilities minus ours) are large exactly
-on the tuples our key made green. The probes' windows are the barrier (never scored): with it the level
-holds (``audit.mass``'s argument: a window absent from every probe has a list the probes do not depend
-on); without it the same copier is convicted. One-sided KS against U(0, 1) (fails below 0.01), false
-claims at alpha 0.01 and 0.001 (exact one-sided binomial test, fails below 1e-3). A suspect that learnt
-each key's lists (the teacher's logits plus a green bias) is convicted through the same reading.
+The reading's null needs probes that do not depend on our key (our prompt pool), and the runner never
+reads served logprobs with probes from a ledger (``audit.mass``: a pasted fragment's first token was chosen
+under a window the probe does not show). The barriers (windows that occur in a probe; the first positions
+of each answer, whose windows reach into the chat template) defend a pool that holds our text by mistake.
+The world below is such a pool, the hardest case for them: the probes are our own watermarked answers,
+*whole* (their prompt included, so every window that chose a token of them is in them), and the suspect
+is an innocent induction copier whose next-token distribution after a token puts half its mass on what
+followed that token in the probe. Our model does not copy, so the weights (the suspect's listed
+probabilities minus ours) are large exactly on the tuples our key made green. With the barrier the level
+holds; without it the same copier is convicted. One-sided KS against U(0, 1) (fails below 0.01; weak
+against the Chernoff bound's conservatism, so the keys' mean z is checked too), false claims at alpha
+0.01 and 0.001 (exact one-sided binomial test, fails below 1e-3). A suspect that learnt each key's lists
+(the teacher's logits plus a green bias) is convicted through the same reading.
 """
 
 from __future__ import annotations
@@ -162,5 +166,24 @@ def test_served_answers_map_api_tokens_to_our_ids():
     served.top_idx = [np.array([[4, 3], [3, 5], [4, -1]])]
     served.top_p = [np.array([[0.6, 0.3], [0.5, 0.2], [0.9, 0.0]])]
     table_, barred = ms.served_table(served, 1, None)
-    assert barred == 2  # the windows 9 and 4 (positions 1 and 3); window 3 (position 2) is read
+    # position 1's window (9) is the prompt's: never read; window 4 (position 3) occurs in a probe: barred;
+    # window 3 (position 2) is read
+    assert barred == 1
     assert table_.windows.tolist() == [[3]] and sorted(table_.tokens.tolist()) == [3, 5]
+
+
+def test_served_answers_count_and_skip_what_a_hostile_api_writes():
+    table = {b"a": 5, b"b": 6}
+    served = ms.ServedAnswers.empty(2)
+    good = {"token": "a", "logprob": -0.5, "bytes": [97], "top_logprobs": [{"token": "b", "logprob": -1.0}]}
+    for bad in (
+        {**good, "top_logprobs": [{"token": "b", "logprob": float("nan")}]},
+        {**good, "top_logprobs": [{"token": "b", "logprob": 3.0}]},  # a probability above 1
+        {**good, "top_logprobs": [{"token": "b"}]},
+        {**good, "bytes": [97, 300]},
+        "a",
+        {**good, "top_logprobs": [None]},
+    ):
+        assert not served.add(table, [1], [1], [good, bad])
+    assert served.malformed == 6 and served.answers == 0
+    assert served.add(table, [1], [1], [good]) and served.answers == 1

@@ -108,26 +108,47 @@ def listed_probs(
     starts: Sequence[int],
     listed,
     pad_id: int,
-    batch_size: int = 16,
+    max_cells: int = 64_000_000,
 ) -> list[np.ndarray]:
     """Our model's probabilities of the tokens another model listed at each position of its answers:
     ``out[i][j, c]`` is the probability, given ``sequences[i][: starts[i] + j]``, of token ``listed[i][j, c]``
-    (0 where the slot is -1, unlisted). Token ids past the model's vocabulary get 0."""
+    (0 where the slot is -1, unlisted). Token ids past the model's vocabulary get 0.
+
+    A text longer than the model's context is read through its last ``context`` tokens (answer positions
+    cut off with the prompt get 0). Texts go through in batches of at most ``max_cells`` logits (batch x
+    length x vocabulary: 256 MB of float32), so a long probe or a large vocabulary never holds more."""
     import torch
 
     out: list[np.ndarray] = []
     vocab = int(model.config.vocab_size)
+    context = getattr(model.config, "max_position_embeddings", None) or getattr(
+        model.config, "n_positions", None
+    )
+    seqs, firsts = [], []
+    for s, first in zip(sequences, starts, strict=True):
+        cut = max(0, len(s) - int(context)) if context else 0
+        seqs.append(list(s)[cut:])
+        firsts.append(int(first) - cut)  # may be <= 0: those answer positions lost their context
+    i = 0
     with torch.no_grad():
-        for start in range(0, len(sequences), batch_size):
-            chunk = [list(s) for s in sequences[start : start + batch_size]]
+        while i < len(seqs):
+            n = 1
+            while (
+                i + n < len(seqs) and (n + 1) * max(len(s) for s in seqs[i : i + n + 1]) * vocab <= max_cells
+            ):
+                n += 1
+            chunk = seqs[i : i + n]
             logits = _logits(model, *_padded(chunk, pad_id))
-            for i, s in enumerate(chunk):
-                first, ids = int(starts[start + i]), np.asarray(listed[start + i], dtype=np.int64)
-                if first >= len(s):
-                    out.append(np.zeros(ids.shape))
-                    continue
-                probs = torch.softmax(logits[i, first - 1 : len(s) - 1, :vocab].float(), dim=-1).cpu()
-                ok = (ids >= 0) & (ids < vocab)
-                got = torch.gather(probs, 1, torch.from_numpy(np.where(ok, ids, 0))).double().numpy()
-                out.append(np.where(ok, got, 0.0))
+            for b, s in enumerate(chunk):
+                first, ids = firsts[i + b], np.asarray(listed[i + b], dtype=np.int64)
+                got = np.zeros(ids.shape)
+                lo = max(first, 1)  # the first answer position read (its context kept)
+                if lo < len(s):
+                    probs = torch.softmax(logits[b, lo - 1 : len(s) - 1, :vocab].float(), dim=-1).cpu()
+                    rows = ids[lo - first :]
+                    ok = (rows >= 0) & (rows < vocab)
+                    vals = torch.gather(probs, 1, torch.from_numpy(np.where(ok, rows, 0))).double().numpy()
+                    got[lo - first :] = np.where(ok, vals, 0.0)
+                out.append(got)
+            i += n
     return out

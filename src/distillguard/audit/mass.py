@@ -37,15 +37,20 @@ tokens it has just read; in our watermarked texts those carry the key. Our plain
 the positions of the suspect's *own* answers to our probes (:class:`ServedAnswers`, :func:`served_table`):
 the windows are its answers', the weights its listed probabilities minus our model's probabilities of the
 same tokens in the same contexts. Under H0 the answers do not depend on the key, so neither do the weights,
-and the argument above holds as it stands, with one exception: a probe may hold our own watermarked text
-(a ledger probe can: a pasted answer), and a suspect reading it (copying it, or shifting mass away from
-the tokens it copies) has weights that depend on the key. The probes' windows are therefore a barrier: a
-window that occurs in any probe is never scored. That is enough: a text's law given the keyed lists
-depends only on the lists of the windows that occur in it (a window's list acts only on the token after
-one of its occurrences), so the lists of the windows absent from every probe are independent of the
-probes, and of everything computed from them (answers, logprobs, our model's probabilities). Probes from
-a key-independent pool lose these windows for nothing; the barrier is applied to every probe all the
-same, since a pool can hold pasted text too.
+and the argument above holds as it stands, **provided the probes do not depend on the key** either (our
+pool of prompts). A probe that holds our own watermarked text (a ledger probe can: a pasted answer) breaks
+that: a suspect that copies from it puts weight on what our key chose. Windows that occur in a probe are
+barred, and so are the first ``h`` positions of each answer (their windows hold the chat template, after
+which our own answers were generated), but that is not enough: the first token of a fragment pasted from
+the middle of an answer was chosen under the list of the window before it, which the probe does not show,
+and a suspect that restarts the fragment anywhere puts weight on that token after every window, that one
+included. A review's simulation of the template case (a copier that repeats a pasted answer, h = 2)
+found 6.5% false claims at 0.01. So the runner reads served logprobs only with probes from the pool, never
+from a ledger; the barriers stay as a defence for a pool that holds pasted text by mistake.
+
+The sequential stop of the closed mode is driven by our key's scores of the same answers: when it stops
+early, which answers were read depends on the key, and the served p-value under that key is not counted
+(under another key, a retired one, it is independent of the stop).
 
 Pure and vectorised: arrays in, numbers out; the forward passes are ``audit.forward``'s.
 """
@@ -293,6 +298,7 @@ class ServedAnswers:
     prompts: list[list[int]]
     without_logprobs: int = 0
     unmapped: int = 0
+    malformed: int = 0
 
     @classmethod
     def empty(cls, k: int) -> ServedAnswers:
@@ -306,24 +312,37 @@ class ServedAnswers:
         if not logprobs:
             self.without_logprobs += 1
             return False
-        chosen = [table.get(entry_bytes(e)) for e in logprobs]
+        try:  # a hostile API writes this JSON: anything but well-formed entries is counted and skipped
+            chosen = [table.get(entry_bytes(e)) for e in logprobs]
+            listed = [
+                [(table.get(entry_bytes(alt)), _prob(alt["logprob"])) for alt in e.get("top_logprobs") or []]
+                for e in logprobs
+            ]
+        except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
+            self.malformed += 1
+            return False
         if any(c is None for c in chosen):
             self.unmapped += 1
             return False
         idx = np.full((len(chosen), self.k), -1, dtype=np.int64)
         p = np.zeros((len(chosen), self.k), dtype=np.float64)
-        for j, entry in enumerate(logprobs):
+        for j, alts in enumerate(listed):
             c = 0
-            for alt in (entry.get("top_logprobs") or [])[: self.k]:
-                token = table.get(entry_bytes(alt))
+            for token, prob in alts:
+                if c == self.k:
+                    break
                 if token is not None and token not in idx[j, :c]:
-                    idx[j, c], p[j, c] = token, math.exp(float(alt["logprob"]))
+                    idx[j, c], p[j, c] = token, prob
                     c += 1
         self.seqs.append(list(prompt) + chosen)  # type: ignore[arg-type]
         self.starts.append(len(prompt))
         self.top_idx.append(idx)
         self.top_p.append(p)
         return True
+
+    def bar(self, probes) -> None:
+        """Probes asked without an answer (failed requests): barriers all the same."""
+        self.prompts.extend(list(p) for p in probes)
 
     @property
     def answers(self) -> int:
@@ -332,6 +351,14 @@ class ServedAnswers:
     @property
     def positions(self) -> int:
         return sum(len(s) - st for s, st in zip(self.seqs, self.starts, strict=True))
+
+
+def _prob(logprob) -> float:
+    """A listed logprob as a probability; anything that is not a finite number <= 0 is malformed."""
+    x = float(logprob)
+    if not math.isfinite(x) or x > 1e-6:
+        raise ValueError(f"not a logprob: {logprob!r}")
+    return math.exp(min(x, 0.0))
 
 
 def prompt_windows(prompts: list[list[int]], width: int) -> np.ndarray:
@@ -351,12 +378,13 @@ def served_table(
 ) -> tuple[WindowMass, int]:
     """The suspect's averaged listed probabilities after each distinct ``width``-token window of its own
     answers, weighted against our model's (``reference_p[i]``: our probabilities of ``top_idx[i]``), without
-    the windows that occur in any probe (the barrier). Returns the table and the answer positions the
-    barrier removed."""
+    the windows that occur in any probe (the barrier) and those that reach back into the prompt (the
+    first ``width`` positions: their windows hold the chat template's tokens, after which our own answers
+    were generated too). Returns the table and the answer positions the barrier removed."""
     wins, idx, p, ref = [], [], [], []
     offsets = np.arange(-width, 0)
     for i, (s, start) in enumerate(zip(served.seqs, served.starts, strict=True)):
-        first = max(start, width)
+        first = start + width  # windows inside the answer: never the chat template's tokens
         if first >= len(s):
             continue
         pos = np.arange(first, len(s))

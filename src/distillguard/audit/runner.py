@@ -328,7 +328,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
     # 1. the suspect first: a bad directory or URL fails before any work
     suspect = _Asked(cfg.suspect, "suspect", api_keys=cfg.api_keys, model=cfg.model)
     log(f"suspect: {suspect.name} ({'API' if suspect.is_url else 'local weights'})")
-    served_k, served_why = _logprob_support(cfg, suspect)
+    served_k, served_why = _logprob_support(cfg, suspect, "radioactivity" in tests)
 
     # 2. our side: model, tokenizer, watermark bound to our vocabulary, prompt pool
     world = None
@@ -373,6 +373,15 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
             else "the suspect's vocabulary differs from ours: its predictions cannot be scored with our key"
         )
         skipped.append({"name": "radioactivity_open", "reason": reason})
+    if ledger is not None and served_k:  # see audit.mass: the served reading needs key-independent probes
+        served_k, served_why = (
+            0,
+            (
+                "the probes come from a ledger: a probe can hold a fragment of our watermarked text, "
+                "whose first token was chosen under the list of a window the probe does not show; the "
+                "served reading's null needs probes that do not depend on our key (audit/mass.py)"
+            ),
+        )
     run_served = run_radio and served_k > 0
     if run_radio and not run_served:
         skipped.append({"name": "radioactivity_closed_mass", "reason": served_why})
@@ -665,6 +674,12 @@ def _closed_mode(
         step += 1
         record("radioactivity", "suspect", batch, answers)
         keep = [(p, a) for p, a in zip(batch, answers, strict=True) if a is not None]
+        if served is not None:  # every probe is a barrier, answered or not (a stateful suspect read it)
+            served.bar(
+                tok(p, add_special_tokens=False)["input_ids"]
+                for p, a in zip(batch, answers, strict=True)
+                if a is None
+            )
         answered += len(keep)
         if not keep:
             continue
@@ -716,31 +731,29 @@ def _closed_mode(
     return out, used, stopped
 
 
-def _logprob_support(cfg: AuditConfig, suspect: _Asked) -> tuple[int, str]:
+def _logprob_support(cfg: AuditConfig, suspect: _Asked, radioactivity: bool) -> tuple[int, str]:
     """How many top logprobs the closed-mode probes ask for (0: none), and if none, why. A URL suspect gets
     one tiny request first: it must answer one (else nothing here can work), and its answer says whether
-    the API serves logprobs; one that refuses them is asked again without."""
-    k = int(cfg.probe_logprobs)
+    the API serves logprobs (at least one alternative per token). An API that refuses ``k`` is asked for
+    OpenAI's maximum (20) if ``k`` was more, then without."""
+    k = int(cfg.probe_logprobs) if radioactivity else 0
     if not suspect.is_url:
         return k, "" if k > 0 else "probe_logprobs is 0"
 
     def hello(top: int | None):
-        return suspect.ask(["Hello"], max_tokens=1, temperature=0.0, seed=0, concurrency=1, top_logprobs=top)[
-            0
-        ]
+        asked = suspect.ask(["Hello"], max_tokens=1, temperature=0.0, seed=0, concurrency=1, top_logprobs=top)
+        return asked[0]
 
-    if k > 0:
-        answer = hello(k)
+    for top in dict.fromkeys(t for t in (k, min(k, 20)) if t > 0):
+        answer = hello(top)
         if answer is not None:
-            return (k, "") if answer.logprobs else (0, "the suspect's API returned no logprobs")
+            listed = bool(answer.logprobs) and all(e.get("top_logprobs") for e in answer.logprobs)
+            return (top, "") if listed else (0, "the suspect's API returned no top_logprobs")
     if hello(None) is None:
-        raise UserError(f"suspect at {suspect.name} fails every request: {suspect.errors[0]}")
-    return (
-        0,
-        f"the suspect's API refused top_logprobs={k}: {suspect.errors[0]}"
-        if k > 0
-        else "probe_logprobs is 0",
-    )
+        raise UserError(f"suspect at {suspect.name} fails every request: {suspect.errors[-1]}")
+    if k <= 0:
+        return 0, "probe_logprobs is 0"
+    return 0, f"the suspect's API refused top_logprobs={k}: {suspect.errors[0]}"
 
 
 def _served_mode(
@@ -762,8 +775,6 @@ def _served_mode(
             f"{served.without_logprobs} answer(s) came without logprobs and {served.unmapped} listed a token "
             "outside our vocabulary: not read"
         )
-    if stopped:
-        caveats.append("the sequential stop followed the closed test; this p-value is fixed-sample")
     if cfg.probe_temperature > 0:
         caveats.append(f"probes sampled at temperature {cfg.probe_temperature:g}")
     out = []
@@ -789,6 +800,17 @@ def _served_mode(
                      "scored_tuples": int(len(m.tokens)), "p_value_kind": "Chernoff bound (fixed-sample)"},
         )  # fmt: skip
         result.name += "_mass" + suffix
+        if stopped and s.key == spec.key:
+            # which answers were read depends on our key's scores when the sequential test stopped early
+            # (under another key it does not): the p-value of the answers read is not valid, so none counts
+            result.log_p, result.claim_allowed = 0.0, False
+            result.refusal = "the closed test stopped early under this key"
+            result.caveats.append(
+                "not counted (p set to 1): the closed test stopped early under this key, so which answers "
+                "were read depends on the key's scores"
+            )
+        elif stopped:
+            result.caveats.append("the sequential stop followed another key; this p-value is fixed-sample")
         out.append(result)
     return out
 

@@ -41,7 +41,7 @@ from distillguard.audit import radioactivity as radio
 from distillguard.watermark.detect import extract_tuples
 from distillguard.watermark.schemes import kgw_green_mask
 from distillguard.watermark.stats import binomial_log_sf
-from toy_watermark import EOS, Corpus, bigram_logits, sample_corpus, watermark_spec
+from toy_watermark import EOS, Corpus, bigram_logits, pasted_world, sample_corpus, watermark_spec
 
 KEYS, GAMMA = 1000, 0.25
 
@@ -191,11 +191,7 @@ def test_the_window_filter_keeps_the_power_to_convict():
 
 @cache
 def _ledger_world():
-    rng = np.random.default_rng(11)
-    vocab = 256
-    logits = bigram_logits(rng, vocab, scale=2.0)
-    spec = watermark_spec("kgw", 1, vocab, rng)
-    ours = sample_corpus(spec, logits, rng, keys=KEYS, texts=6, prompt=2, length=24)
+    logits, ours, rng = pasted_world(KEYS)
     answers = []  # the suspect asked our watermarked answers (prompt + completion) as its probes
     for k in range(KEYS):
         comps, prompts = _texts(ours, k)

@@ -27,7 +27,7 @@ from scipy import stats as sst
 from distillguard.audit import mass as ms
 from distillguard.lm.tokens import entry_bytes
 from distillguard.watermark.schemes import kgw_green_mask
-from toy_watermark import EOS, Corpus, bigram_logits, sample_corpus, watermark_spec
+from toy_watermark import EOS, Corpus, pasted_world
 
 KEYS, TEXTS, LISTED = 1000, 6, 20
 
@@ -70,11 +70,7 @@ def _ours(teacher: np.ndarray, seq: np.ndarray, start: int, idx: np.ndarray) -> 
 
 @cache
 def _world():
-    rng = np.random.default_rng(11)
-    vocab = 256
-    teacher = bigram_logits(rng, vocab, scale=2.0)
-    spec = watermark_spec("kgw", 1, vocab, rng)
-    ours = sample_corpus(spec, teacher, rng, keys=KEYS, texts=TEXTS, prompt=2, length=24)
+    teacher, ours, _ = pasted_world(KEYS, TEXTS)
     return teacher, ours
 
 

@@ -283,3 +283,12 @@ def per_key_log_p(c: Corpus, cand: Candidates, values: np.ndarray) -> np.ndarray
     best = np.zeros(keys)
     np.maximum.at(best, group, log_e)
     return -best
+
+
+def pasted_world(keys: int, texts: int = 6):
+    """Our watermarked answers (a bigram teacher over 256 tokens, KGW h 1) under ``keys`` keys, ``texts``
+    each: the probes of the worlds where a ledger probe holds our own text. Returns (logits, corpus)."""
+    rng = np.random.default_rng(11)
+    logits = bigram_logits(rng, 256, scale=2.0)
+    spec = watermark_spec("kgw", 1, 256, rng)
+    return logits, sample_corpus(spec, logits, rng, keys=keys, texts=texts, prompt=2, length=24), rng

@@ -34,6 +34,7 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
+import pytest
 import torch
 from scipy import stats as sst
 
@@ -222,3 +223,44 @@ def test_ledger_probes_holding_our_answers_keep_the_level_for_a_copier():
     z = (greens.sum() - GAMMA * ns.sum()) / np.sqrt(GAMMA * (1 - GAMMA) * ns.sum())
     claims = int(np.sum(log_p <= np.log(0.01)))
     assert z > 5.0 and sst.binomtest(claims, KEYS, 0.01, alternative="greater").pvalue < 1e-3
+
+
+def _restarter(logits: np.ndarray, rng, probes: list[np.ndarray], length: int, restart: float):
+    """An innocent suspect that, after any token, restarts the probe from its first token with probability
+    ``restart`` and copies it on from there; else it samples the unwatermarked teacher."""
+    out = []
+    for p in probes:
+        seq, last, at = [], int(p[-1]), None
+        for _ in range(length):
+            if at is not None and at < len(p):
+                nxt, at = int(p[at]), at + 1
+            elif rng.random() < restart:
+                nxt, at = int(p[0]), 1
+            else:
+                z = logits[last].copy()
+                z[EOS] = -np.inf
+                nxt, at = int(np.argmax(z + rng.gumbel(size=z.shape))), None
+            seq.append(nxt)
+            last = nxt
+        out.append(np.array(seq, dtype=np.int64))
+    return out
+
+
+@pytest.mark.parametrize("cut", [0, 8])
+def test_ledger_probes_holding_fragments_of_our_answers_keep_the_level_for_a_restarting_copier(cut):
+    """A probe that holds a fragment of our answer without the token before it (the answer pasted alone,
+    ``cut`` 0, or from its middle): the fragment's first token was chosen under the list of a window the
+    probe does not show, so the barrier cannot remove the tuple (that window, that token). A suspect that
+    restarts the fragment after any token writes it. The level still holds: one such tuple per fragment,
+    against the conservatism of everything else the copier writes (tokens our sampler did not pick)."""
+    logits, c, _ = pasted_world(KEYS)
+    rng = np.random.default_rng(23)
+    log_p, greens, ns = (np.zeros(KEYS) for _ in range(3))
+    for k in range(KEYS):
+        comps, _ = _texts(c, k)
+        probes = [q[cut:] for q in comps if len(q) > cut + 1]
+        stream = radio.TupleStream(1)
+        stream.add_texts(_restarter(logits, rng, probes, 48, restart=0.1), probes)
+        log_p[k], greens[k], ns[k] = _score(stream, c, k)
+    assert ns.min() > 20
+    _assert_null(log_p, greens, ns, f"ledger fragments from {cut}, restarting copier")

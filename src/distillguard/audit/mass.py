@@ -44,9 +44,12 @@ barred, and so are the first ``h`` positions of each answer (their windows hold 
 which our own answers were generated), but that is not enough: the first token of a fragment pasted from
 the middle of an answer was chosen under the list of the window before it, which the probe does not show,
 and a suspect that restarts the fragment anywhere puts weight on that token after every window, that one
-included. A review's simulation of the template case (a copier that repeats a pasted answer, h = 2)
-found 6.5% false claims at 0.01. So the runner reads served logprobs only with probes from the pool, never
-from a ledger; the barriers stay as a defence for a pool that holds pasted text by mistake.
+included. A review's simulation of the template case alone (a copier that repeats a whole pasted answer,
+h = 2, before the template's windows were barred) found 6.5% false claims at 0.01. So the runner reads
+served logprobs only with probes from the pool, never from a ledger; the barriers stay as a defence for
+a pool that holds pasted text by mistake. (The top-1 closed reading keeps its level with such fragments:
+``tests/test_audit_closed_null.py``; a weighted sum has no such margin, since the weights can be
+negative.)
 
 The sequential stop of the closed mode is driven by our key's scores of the same answers: when it stops
 early, which answers were read depends on the key, and the served p-value under that key is not counted

@@ -770,10 +770,10 @@ def _served_mode(
     ref = listed_probs(ours.model, served.seqs, served.starts, served.top_idx, pad)
     tables: dict[int, tuple] = {}
     caveats = []
-    if served.without_logprobs or served.unmapped:
+    if served.without_logprobs or served.unmapped or served.malformed:
         caveats.append(
-            f"{served.without_logprobs} answer(s) came without logprobs and {served.unmapped} listed a token "
-            "outside our vocabulary: not read"
+            f"not read: {served.without_logprobs} answer(s) without logprobs, {served.unmapped} with a token "
+            f"outside our vocabulary, {served.malformed} with malformed logprobs"
         )
     if cfg.probe_temperature > 0:
         caveats.append(f"probes sampled at temperature {cfg.probe_temperature:g}")
@@ -794,7 +794,8 @@ def _served_mode(
             details={"answers_read": served.answers, "positions": served.positions,
                      "positions_barred": barred, "top_logprobs": served.k,
                      "answers_without_logprobs": served.without_logprobs,
-                     "answers_unmapped": served.unmapped, "windows": m.n_windows,
+                     "answers_unmapped": served.unmapped, "answers_malformed": served.malformed,
+                     "windows": m.n_windows,
                      "weighted_tuples": int(len(m.tokens)), "z_score": decoys.our_score,
                      "score": ms.total(s, m), "null_rate": 0.0, "tokens_to_p_1e-6": None,
                      "scored_tuples": int(len(m.tokens)), "p_value_kind": "Chernoff bound (fixed-sample)"},

@@ -380,7 +380,8 @@ def served_table(
     served: ServedAnswers, width: int, reference_p: list[np.ndarray] | None
 ) -> tuple[WindowMass, int]:
     """The suspect's averaged listed probabilities after each distinct ``width``-token window of its own
-    answers, weighted against our model's (``reference_p[i]``: our probabilities of ``top_idx[i]``), without
+    answers, weighted against our model's (``reference_p[i]``: our probabilities of ``top_idx[i]``, 0 in
+    unlisted slots, as :func:`~distillguard.audit.forward.listed_probs` gives them), without
     the windows that occur in any probe (the barrier) and those that reach back into the prompt (the
     first ``width`` positions: their windows hold the chat template's tokens, after which our own answers
     were generated too). Returns the table and the answer positions the barrier removed."""
@@ -401,13 +402,9 @@ def served_table(
     if not wins:
         return window_means(np.zeros((0, width), np.int64), np.zeros((0, 1), np.int64), np.zeros((0, 1))), 0
     win, top_idx, top_p = np.concatenate(wins), np.concatenate(idx), np.concatenate(p)
-    ref_p = np.concatenate(ref) if ref else None
-    barred = np.isin(tuple_ids(win), prompt_windows(served.prompts, width))
-    listed = top_idx >= 0  # unlisted slots: probability 0 on both sides, weight 0 on token 0
-    top_idx = np.where(listed, top_idx, 0)
-    if ref_p is not None:
-        ref_p = np.where(listed, ref_p, 0.0)[~barred]
-    keep = ~barred
-    top_p = np.where(listed, top_p, 0.0)[keep]
-    table = window_means(win[keep], top_idx[keep], top_p, k=max(served.k, TOP_K), reference_p=ref_p)
-    return table, int(barred.sum())
+    keep = ~np.isin(tuple_ids(win), prompt_windows(served.prompts, width))
+    ref_p = np.concatenate(ref)[keep] if ref else None
+    # unlisted slots (-1) hold probability 0 on both sides (ServedAnswers, listed_probs): weight 0 on token 0
+    top_idx = np.maximum(top_idx, 0)
+    table = window_means(win[keep], top_idx[keep], top_p[keep], k=max(served.k, TOP_K), reference_p=ref_p)
+    return table, int((~keep).sum())

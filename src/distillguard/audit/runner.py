@@ -328,7 +328,14 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
     # 1. the suspect first: a bad directory or URL fails before any work
     suspect = _Asked(cfg.suspect, "suspect", api_keys=cfg.api_keys, model=cfg.model)
     log(f"suspect: {suspect.name} ({'API' if suspect.is_url else 'local weights'})")
-    served_k, served_why = _logprob_support(cfg, suspect, "radioactivity" in tests)
+    # the served reading needs probes that do not depend on our key (audit.mass): never ledger probes
+    served_k, served_why = _logprob_support(cfg, suspect, "radioactivity" in tests and ledger is None)
+    if ledger is not None and cfg.probe_logprobs > 0:
+        served_why = (
+            "the probes come from a ledger: a probe can hold a fragment of our watermarked text, whose first "
+            "token was chosen under the list of a window the probe does not show; the served reading's null "
+            "needs probes that do not depend on our key (audit/mass.py)"
+        )
 
     # 2. our side: model, tokenizer, watermark bound to our vocabulary, prompt pool
     world = None
@@ -373,15 +380,6 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> dict:
             else "the suspect's vocabulary differs from ours: its predictions cannot be scored with our key"
         )
         skipped.append({"name": "radioactivity_open", "reason": reason})
-    if ledger is not None and served_k:  # see audit.mass: the served reading needs key-independent probes
-        served_k, served_why = (
-            0,
-            (
-                "the probes come from a ledger: a probe can hold a fragment of our watermarked text, "
-                "whose first token was chosen under the list of a window the probe does not show; the "
-                "served reading's null needs probes that do not depend on our key (audit/mass.py)"
-            ),
-        )
     run_served = run_radio and served_k > 0
     if run_radio and not run_served:
         skipped.append({"name": "radioactivity_closed_mass", "reason": served_why})
@@ -675,11 +673,9 @@ def _closed_mode(
         record("radioactivity", "suspect", batch, answers)
         keep = [(p, a) for p, a in zip(batch, answers, strict=True) if a is not None]
         if served is not None:  # every probe is a barrier, answered or not (a stateful suspect read it)
-            served.bar(
-                tok(p, add_special_tokens=False)["input_ids"]
-                for p, a in zip(batch, answers, strict=True)
-                if a is None
-            )
+            probe_ids = tok(batch, add_special_tokens=False)["input_ids"]
+            served.bar(q for q, a in zip(probe_ids, answers, strict=True) if a is None)
+            answered_ids = [q for q, a in zip(probe_ids, answers, strict=True) if a is not None]
         answered += len(keep)
         if not keep:
             continue
@@ -692,8 +688,8 @@ def _closed_mode(
         ]
         seen.append((comps, pids))
         if served is not None:
-            for (p, a), pid in zip(keep, pids, strict=True):
-                served.add(table, pid, tok(p, add_special_tokens=False)["input_ids"], a.logprobs)
+            for (_, a), pid, q in zip(keep, pids, answered_ids, strict=True):
+                served.add(table, pid, q, a.logprobs)
         added = stream.add_texts(comps, pids)
         if added:
             w, t = stream.last(added)
@@ -731,12 +727,12 @@ def _closed_mode(
     return out, used, stopped
 
 
-def _logprob_support(cfg: AuditConfig, suspect: _Asked, radioactivity: bool) -> tuple[int, str]:
+def _logprob_support(cfg: AuditConfig, suspect: _Asked, wanted: bool) -> tuple[int, str]:
     """How many top logprobs the closed-mode probes ask for (0: none), and if none, why. A URL suspect gets
     one tiny request first: it must answer one (else nothing here can work), and its answer says whether
     the API serves logprobs (at least one alternative per token). An API that refuses ``k`` is asked for
     OpenAI's maximum (20) if ``k`` was more, then without."""
-    k = int(cfg.probe_logprobs) if radioactivity else 0
+    k = int(cfg.probe_logprobs) if wanted else 0
     if not suspect.is_url:
         return k, "" if k > 0 else "probe_logprobs is 0"
 

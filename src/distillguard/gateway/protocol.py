@@ -282,8 +282,8 @@ class TokenLogprob:
     offset: int  # character offset of the token within the choice's text
     # exact bytes of the token and of each ``top`` entry (a byte-level token can be half a UTF-8
     # character, which ``token`` shows as U+FFFD): what lets a client map them back to token ids
-    raw: bytes | None = None
-    top_raw: tuple[bytes, ...] = ()
+    raw: bytes
+    top_raw: tuple[bytes, ...]
 
 
 def chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
@@ -293,10 +293,10 @@ def chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
             {
                 "token": e.token,
                 "logprob": e.logprob,
-                "bytes": list(e.raw if e.raw is not None else e.token.encode("utf-8")),
+                "bytes": list(e.raw),
                 "top_logprobs": [
-                    {"token": t, "logprob": lp, "bytes": list(raw if raw is not None else t.encode("utf-8"))}
-                    for (t, lp), raw in zip(e.top, e.top_raw or [None] * len(e.top), strict=True)
+                    {"token": t, "logprob": lp, "bytes": list(raw)}
+                    for (t, lp), raw in zip(e.top, e.top_raw, strict=True)
                 ],
             }
             for e in entries

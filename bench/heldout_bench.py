@@ -44,14 +44,14 @@ REFERENCE_SEED = 1000  # the benign period: a run of its own, only its benign ac
 BENCH_SKETCH_KEY = b"heldout-bench-sketch-key-0123456"
 
 
-def produce(size: str, seed: int, work: Path) -> Path:
+def produce(size: str, seed: int, work: Path, generator: str = "heldout") -> Path:
     """Send the held-out population through a stub gateway once; return the retimed export directory."""
     from distillguard.gateway.serve import GatewayServer
     from distillguard.gateway.settings import GatewaySettings
     from distillguard.heldout.drive import generate
     from distillguard.heldout.retime import retime
 
-    run = work / f"{size}-{seed}"
+    run = work / (f"{size}-{seed}" if generator == "heldout" else f"{generator}-{size}-{seed}")
     sim = run / "sim"
     if (sim / "ledger.parquet").is_file():
         return run
@@ -65,7 +65,7 @@ def produce(size: str, seed: int, work: Path) -> Path:
     url = server.start()
     try:
         t0 = time.time()
-        summary = generate(url, ADMIN, run, size, seed, duration=0.0, concurrency=8)
+        summary = generate(url, ADMIN, run, size, seed, duration=0.0, concurrency=8, generator=generator)
         print(f"  {size}-{seed}: {summary['requests']} requests in {time.time() - t0:.0f} s", flush=True)
         from distillguard.gateway.app import gateway_of
 
@@ -247,8 +247,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="", help="Suffix of the results file (heldout_<out>.json).")
     ap.add_argument("--no-qtd", action="store_true")
     ap.add_argument(
-        "--generator", choices=("heldout", "simulator"), default="heldout",
-        help="simulator: the same four settings on the monitor's own simulator (results monitor_tuned.json)",
+        "--generator", choices=("heldout", "heldout2", "simulator"), default="heldout",
+        help="heldout2: the second held-out generator (results heldout2.json); simulator: the same four "
+        "settings on the monitor's own simulator (results monitor_tuned.json)",
     )  # fmt: skip
     ap.add_argument(
         "--no-orgs", action="store_true", help="Perturbation: remove every account's organisation first."
@@ -265,8 +266,11 @@ def main(argv: list[str] | None = None) -> None:
         sizes = ["small"] if args.quick else ["medium"]
     if simulated and (bad := [x for x in sizes if x not in SCALES]):
         ap.error(f"the simulator has no scale {', '.join(bad)}; its scales: {', '.join(SCALES)}")
-    make = produce_simulated if simulated else produce
-    make_period = functools.partial(produce_simulated, benign_only=True) if simulated else produce
+    if simulated:
+        make = produce_simulated
+        make_period = functools.partial(produce_simulated, benign_only=True)
+    else:
+        make = make_period = functools.partial(produce, generator=args.generator)
     for size in sizes:
         refs = references(make_period(size, REFERENCE_SEED, work))
         for seed in seeds:
@@ -286,11 +290,13 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if simulated:
         doc["what"] = "the monitor on its own simulator's traffic (what it was tuned on), three references"
-    stem = ("monitor_tuned" if simulated else "heldout") + ("_quick" if args.quick else "")
+    stem = {"simulator": "monitor_tuned"}.get(args.generator, args.generator)
+    stem += "_quick" if args.quick else ""
     stem += f"_{args.out}" if args.out else ""
     out = RESULTS / f"{stem}.json"
     out.write_text(json.dumps(doc, indent=1, default=_default) + "\n")
-    png = plot(rows, out.with_suffix(".png"), "simulator" if simulated else "held-out")
+    title = {"simulator": "simulator", "heldout2": "held-out (second)"}.get(args.generator, "held-out")
+    png = plot(rows, out.with_suffix(".png"), title)
     print(f"wrote {out} and {png} ({doc['wall_s']} s)")
 
 

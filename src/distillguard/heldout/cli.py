@@ -34,6 +34,9 @@ def generate_cmd(
     prompts: Path = typer.Option(None, help="A world prompt pool (JSONL with `api`) for the API names."),
     model: str = typer.Option(None, help="Model id (default: the first the gateway lists)."),
     max_tokens_cap: int = typer.Option(None, min=1, help="Clip every request's max_tokens (small models)."),
+    generator: str = typer.Option(
+        "heldout", help="heldout (the first generator) or heldout2 (a second one, written apart from both)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
     """Create a labelled population's accounts and send its traffic through a real gateway."""
@@ -51,6 +54,7 @@ def generate_cmd(
         model=model,
         max_tokens_cap=max_tokens_cap,
         log=None if json_out else (lambda m: typer.echo(m, err=True)),
+        generator=generator,
     )
     if json_out:
         typer.echo(json.dumps(summary, sort_keys=True))

@@ -30,12 +30,11 @@ from typing import Any
 
 from distillguard.errors import UserError
 from distillguard.heldout import words
-from distillguard.heldout.population import DAY, SIZES, Account, build_population, check_size, labels
-from distillguard.heldout.traffic import Request, plan_traffic
+from distillguard.heldout.plan import DAY, Account, Request, labels, open_generator
 
 SIM_EPOCH = 1767571200.0  # 2026-01-05 00:00 UTC, a Monday: simulated time 0
 HISTORY_SHARE = 0.1  # share of the wall-clock duration given to the sign-ups before the period
-DEFAULT_DURATION = {"small": 60.0, "medium": 900.0, "month": 3600.0}
+DEFAULT_DURATION = {"small": 60.0, "medium": 900.0, "month": 3600.0}  # other sizes: 900 s
 KEY_LIMITS = {"rpm": 1_000_000, "tpm": 1_000_000_000, "daily_tokens": 1_000_000_000_000}
 
 
@@ -224,24 +223,26 @@ def generate(
     model: str | None = None,
     max_tokens_cap: int | None = None,
     log: Any = None,
+    generator: str = "heldout",
 ) -> dict[str, Any]:
     """Create the population's accounts and send its traffic through the gateway at ``gateway`` (base URL),
     writing ``labels.json``, ``population.json``, ``schedule.jsonl`` and ``generation.json`` into ``out``.
 
     The gateway must trust this client's address for ``X-Forwarded-For`` (``--trusted-proxy``), or every
-    request is recorded from one address. Returns the summary written to ``generation.json``.
+    request is recorded from one address. ``generator`` names the population and traffic generator
+    (:data:`distillguard.heldout.plan.GENERATORS`). Returns the summary written to ``generation.json``.
     """
-    check_size(size)
+    gen = open_generator(generator)
+    spec = gen.check_size(size)
     if not admin_token:
         raise UserError("an admin token is needed to create the population's accounts")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    accounts = build_population(size, seed)
-    plan = plan_traffic(accounts, size, seed, load_apis(prompts))
-    end = SIZES[size]["days"] * DAY
-    clock = Clock(
-        min(a.signup for a in accounts), end, DEFAULT_DURATION[size] if duration is None else duration
-    )
+    accounts = gen.build_population(size, seed)
+    plan = gen.plan_traffic(accounts, size, seed, load_apis(prompts))
+    end = spec["days"] * DAY
+    duration = DEFAULT_DURATION.get(size, 900.0) if duration is None else duration
+    clock = Clock(min(a.signup for a in accounts), end, duration)
     by_name = {a.name: a for a in accounts}
     (out / "labels.json").write_text(json.dumps(labels(accounts), indent=1, sort_keys=True) + "\n")
 
@@ -315,6 +316,7 @@ def generate(
             f.write(json.dumps(row, sort_keys=True) + "\n")
 
     population = {
+        "generator": generator,
         "size": size,
         "seed": seed,
         "clock": clock.describe(),
@@ -328,6 +330,7 @@ def generate(
     lags.sort()
     summary = {
         "gateway": driver.base,
+        "generator": generator,
         "model": driver.model,
         "size": size,
         "seed": seed,

@@ -16,13 +16,11 @@ are before it (accounts that existed already).
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from distillguard.errors import UserError
 from distillguard.heldout import words
-
-DAY = 86400.0
+from distillguard.heldout.plan import DAY, Account, labels  # noqa: F401 (labels re-exported)
 
 # observed period and the sign-up history before it, per size; "counts" names the size whose account counts
 # a size uses ("month": as many accounts of each kind as "medium", over 30 days; a population of its own,
@@ -150,35 +148,6 @@ RESIDENTIAL_NETS = (24, 47, 67, 71, 73, 76, 86, 92, 98, 109, 176, 188)
 CLOUD_NETS = ("34.82", "35.199", "3.91", "52.14", "18.205", "13.57")
 
 
-@dataclass
-class Account:
-    """One account of the population and its label."""
-
-    name: str
-    kind: str
-    label: str
-    campaign: str | None
-    group: str | None  # a benign organisation or class the account belongs to
-    org: str | None
-    signup: float  # simulated seconds from the period's start
-    ips: list[str]  # stable addresses (empty for rotating ones)
-    tz: float  # hours east of UTC, for human rhythms
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def label_entry(self) -> dict[str, Any]:
-        # ``monitor eval`` reads the class from "kind" and the behaviour from "persona"
-        return {
-            "label": self.label,
-            "kind": self.label,
-            "persona": self.kind,
-            "campaign": self.campaign,
-            "group": self.group,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def check_size(size: str) -> dict[str, Any]:
     if size not in SIZES:
         raise UserError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
@@ -293,9 +262,3 @@ def build_population(size: str = "small", seed: int = 0) -> list[Account]:
                 Account(name, kind, cfg["label"], campaign, group, org, round(signup, 3), ips, tz, extra)
             )
     return accounts
-
-
-def labels(accounts: list[Account]) -> dict[str, dict[str, Any]]:
-    """``labels.json``: account -> {"label" and "kind" ("benign" or "attacker"), "persona" (the kind of
-    account in :data:`KINDS`), "campaign" (attackers' campaign id, else None), "group"}."""
-    return {a.name: a.label_entry() for a in accounts}

@@ -11,24 +11,11 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
 from distillguard.heldout import words
-from distillguard.heldout.population import DAY, KINDS, SIZES, Account, residential_ip
-
-
-@dataclass
-class Request:
-    t: float  # simulated seconds from the period's start
-    account: str
-    ip: str
-    endpoint: str  # "chat" or "completions"
-    body: dict[str, Any]
-    stream: bool = False
-    followup: bool = False
-    session: int = 0
-    meta: dict[str, Any] = field(default_factory=dict)
+from distillguard.heldout.plan import DAY, Account, Generator, Request
+from distillguard.heldout.population import KINDS, SIZES, build_population, residential_ip
 
 
 def _poisson(rng: random.Random, lam: float) -> int:
@@ -399,3 +386,6 @@ def plan_traffic(accounts: list[Account], size: str, seed: int, apis: list[str])
             out.append(Request(round(t, 3), acct.name, ip, endpoint, body, stream, followup, session))
     out.sort(key=lambda r: (r.t, r.account))
     return out
+
+
+GENERATOR = Generator("heldout", SIZES, build_population, plan_traffic)

@@ -180,6 +180,33 @@ def test_flags_user_text_and_params_are_read_from_ledger_rows():
         assert not is_identity(t), t
 
 
+def test_reasoning_requests_are_read_in_what_the_client_wrote_not_in_the_models_earlier_replies():
+    from distillguard.gateway.request_model import render_chat
+
+    def chat(seq, *messages):
+        entries = [{"role": r, "content": c} for r, c in messages]
+        return {**rec(seq, T0 + seq, "bot", "x"), "prompt": render_chat(entries, None), "messages": entries}
+
+    offer = "You can do that from Settings. Would you like step-by-step instructions?"
+    rows = [
+        # a support bot's history: the offer is the model's reply, the customer asks something else
+        chat(1, ("system", "You are Fitloop's support assistant."), ("user", "How do I reset my password?"),
+             ("assistant", offer), ("user", "why was my card declined")),
+        # the same history, and the customer does ask for steps
+        chat(2, ("user", "How do I reset my password?"), ("assistant", offer),
+             ("user", "yes, step by step please")),
+        # a system prompt that demands reasoning, and a developer one
+        chat(3, ("system", "Always show your full reasoning."), ("user", "hi"), ("assistant", "hello"),
+             ("user", "what is heapq?")),
+        chat(4, ("developer", "Think step by step."), ("user", "what is heapq?")),
+        # a tool loop: the tool's output after the user's turn is not the client's request either
+        chat(5, ("user", "summarise the changelog"), ("assistant", "calling the tool"),
+             ("tool", "1. install it step by step 2. ...")),
+    ]  # fmt: skip
+    b = derive(records_to_table(rows))
+    assert b.cot.tolist() == [False, True, True, True, False]
+
+
 def test_string_hash_is_stable_across_batches_and_slices_and_hll_counts_distinct():
     texts = [f"prompt number {i % 3000}" for i in range(6000)]
     whole = hash_strings(pa.array(texts, pa.large_string()))

@@ -489,6 +489,29 @@ def _last_user_turn(prompt: pa.Array) -> pa.Array:
     return pc.replace_with_mask(prompt, has, last)
 
 
+# what follows a user turn in a rendered chat: the model's turns (and the tool results it asked for)
+_REPLY_RE = r"\n(?:assistant|tool|function): "
+_HEAD_RE = r"^(?:system|developer): "
+
+
+def _first_part(arr: pa.Array, pattern: str) -> pa.Array:
+    parts = pc.split_pattern_regex(arr, pattern=pattern, max_splits=1)
+    return pc.list_element(parts, 0)
+
+
+def _asked_text(prompt: pa.Array, text: pa.Array) -> pa.Array:
+    """What the client itself wrote to steer this answer: the system (or developer) turn that opens a chat,
+    and the last user turn up to the model's reply or tool results after it. Earlier replies are the
+    model's words, not a request ("Would you like step-by-step instructions?" in a support bot's history
+    asks the customer, not the model), and are not read for request patterns."""
+    user = _first_part(text, _REPLY_RE)
+    opens = pc.match_substring_regex(prompt, _HEAD_RE)
+    if not pc.any(opens).as_py():
+        return user
+    both = pc.binary_join_element_wise(_first_part(prompt, _USER_SEP), user, pa.scalar("\n", user.type))
+    return pc.if_else(opens, both, user)
+
+
 def _encode(arr: pa.Array) -> tuple[np.ndarray, list]:
     enc = pc.dictionary_encode(arr, null_encoding="encode")
     if isinstance(enc, pa.ChunkedArray):
@@ -569,8 +592,8 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
         text=text,
         text_hash=fingerprint(text),
         text_len=lens,
-        # reasoning elicitation may sit in the system prompt ("always show your full reasoning"): whole prompt
-        cot=ends_flag(prompt, COT_PATTERN),
+        # reasoning elicitation may sit in the system prompt ("always show your full reasoning")
+        cot=ends_flag(_asked_text(prompt, text), COT_PATTERN),
         identity=ends_flag(text, IDENTITY_PATTERN),
         logprobs=logprobs,
         logit_bias=logit_bias,

@@ -22,6 +22,7 @@ from distillguard.monitor.detectors import Calibration, MMDReference, prada_w
 from distillguard.monitor.entity import entity_features, text_geometry
 from distillguard.monitor.features import (
     FEATURE_NAMES,
+    FIXED_NETWORKS,
     derive,
     hash_strings,
     is_cot,
@@ -99,15 +100,22 @@ OPENERS = ("how", "why", "what", "can you", "is there a way to", "help:", "quick
 
 
 def test_network_churn_is_counted_within_accounts_not_across_a_pooled_cluster():
-    # three customers, each always on its own home network; one account hopping between three networks
+    # three customers, each always on its own home network; one on home, office and phone networks; one
+    # account hopping between six networks
     homes = [rec(i, T0 + 60 * i, f"home{i % 3}", f"question {i}", ip=f"73.{i % 3}.1.7") for i in range(30)]
-    hops = [rec(100 + i, T0 + 60 * i, "hopper", f"question {i}", ip=f"73.{9 + i % 3}.1.7") for i in range(30)]
-    acc = accumulate_records(homes + hops)
+    hops = [rec(100 + i, T0 + 60 * i, "hopper", f"question {i}", ip=f"73.{9 + i % 6}.1.7") for i in range(30)]
+    three = [rec(200 + i, T0 + 60 * i, "commuter", f"question {i}", ip=f"81.{i % 3}.1.7") for i in range(30)]
+    # a throwaway whose every request comes from a proxy exit of its own: none of them is its own network
+    once = [rec(300 + i, T0 + 60 * i, "throwaway", f"question {i}", ip=f"45.{i}.1.7") for i in range(5)]
+    acc = accumulate_records(homes + hops + three + once)
     pooled = acc.profile(("home0", "home1", "home2"))
     assert len(pooled.prefixes) == 3 and pooled.extra_prefixes == 0
     assert entity_features(pooled, text_geometry(pooled.sample))["ip_churn"] == 0.0
     hopper, _ = features_of(acc, "hopper")
-    assert acc.profile(("hopper",)).extra_prefixes == 2 and hopper["ip_churn"] > 0.0
+    assert acc.profile(("hopper",)).extra_prefixes == 6 - FIXED_NETWORKS and hopper["ip_churn"] > 0.0
+    commuter, _ = features_of(acc, "commuter")
+    assert acc.profile(("commuter",)).extra_prefixes == 0 and commuter["ip_churn"] == 0.0
+    assert acc.profile(("throwaway",)).extra_prefixes == 4  # every network past its first
 
 
 def diverse(rng, i):
@@ -580,11 +588,13 @@ def test_network_churn_past_the_prefix_counters_bound_is_estimated_not_capped():
     for acc in (whole, sliced):
         used = len({r["client_ip"].rsplit(".", 1)[0] for r in records if r["account"] == "rotating"})
         prof = acc.profile(("rotating",))
-        assert len(prof.prefixes) == 257 and abs(prof.extra_prefixes + 1 - used) / used < 0.15  # 256 + OTHER
+        assert len(prof.prefixes) == 257  # 256 + OTHER
+        assert abs(prof.extra_prefixes + 1 - used) / used < 0.15  # a network per request: one its own
         churn = features_of(acc, "rotating")[0]["ip_churn"]
         assert churn > 0.8 and churn == pytest.approx(prof.extra_prefixes / (3000 + 20))
         office = acc.profile(("office",))
-        assert office.extra_prefixes == 39 and distinct_estimate(office.prefixes, key=None) == 40.0  # exact
+        assert distinct_estimate(office.prefixes, key=None) == 40.0  # exact
+        assert office.extra_prefixes == 40 - FIXED_NETWORKS
     assert whole.profile(("rotating",)).extra_prefixes == sliced.profile(("rotating",)).extra_prefixes
 
 

@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 
 from distillguard.monitor.accumulator import FeatureAccumulator
+from distillguard.monitor.decisions import Policy
 from distillguard.monitor.features import FEATURE_NAMES, FEATURE_REVISION, derive, records_to_table
 from distillguard.monitor.personas import BENIGN
 from distillguard.monitor.report import report_json
@@ -51,8 +52,14 @@ def test_a_cold_start_against_the_shipped_reference_flags_the_campaign_not_the_h
     assert len(sybils) / len(analysis.accounts) >= 0.4 and all(flagged(v) for v in sybils)
     (dist,) = by_persona(analysis, personas, "coverage")
     assert flagged(dist) and dist.p_own < 1e-6
-    for name in ("eval_harness", "support_bot", "casual_chat"):
+    for name in ("eval_harness", "support_bot"):
         assert not any(flagged(v) for v in by_persona(analysis, personas, name)), name
+    # casual users: none past the first rung, and at most one of the 26 on it. One asks the model who it is
+    # in 3 of its 35 questions, at a regular pace: p 8e-4 against this reference (1.4e-3 against the one
+    # fitted before network churn forgave a person's own networks, whose noise widened the null); a large
+    # simulated population (3,150 benign accounts) has none below p 0.01 (README, "Held-out traffic")
+    casual = [Policy().target(v.p_value) for v in by_persona(analysis, personas, "casual_chat")]
+    assert casual.count("normal") >= len(casual) - 1 and set(casual) <= {"normal", "throttled"}
     ref = report_json(analysis, {})["reference"]
     assert ref["source"] == "shipped reference" and ref["version"] == VERSION
     assert ref["trust"].startswith("medium") and "calibrate" in ref["trust"]
@@ -105,7 +112,6 @@ def test_the_reference_is_rebuilt_from_the_simulator(tmp_path):
 
 
 def test_tiers_from_the_shipped_reference_stop_at_the_cap_and_a_calibrated_one_lifts_it(mixed, shipped):
-    from distillguard.monitor.decisions import Policy
     from distillguard.monitor.report import plan_decisions
 
     _, acc, created, personas = mixed
@@ -157,22 +163,25 @@ NOTE_WORDS = [
 ]  # fmt: skip
 
 
-def _office(seed: int):
+def _office(seed: int, away: float = 0.0):
     """Three colleagues behind one office NAT, each sending their own notes through one rewriting tool's
     prompt template (40 each over five days, signed up weeks apart): linked by the network and the
-    template, and busy enough to be judged alone."""
+    template, and busy enough to be judged alone. ``away``: the share of each one's requests sent from
+    their own home or phone network instead."""
     rng = random.Random(seed)
     records, created, t0 = [], {}, 1_717_372_800.0
     for k in range(3):
         name = f"colleague{k}"
         created[name] = t0 - 86400.0 * (20 + 9 * k)
+        elsewhere = [f"{rng.randrange(11, 99)}.{rng.randrange(256)}.{rng.randrange(256)}.7" for _ in range(2)]
         for _ in range(40):
             note = " ".join(rng.sample(NOTE_WORDS, rng.randint(6, 10)))
             prompt = f"Rewrite the following note so it sounds polite and professional, keep it short: {note}"
             ts = t0 + 86400.0 * rng.randrange(5) + 3600.0 * rng.uniform(9, 18)  # office hours
             records.append({
                 "seq": 0, "ts": ts, "account": name, "key_id": f"key-{name}",
-                "client_ip": f"81.2.3.{10 + k}", "decision": "admitted", "prompt": prompt,
+                "client_ip": f"81.2.3.{10 + k}" if rng.random() >= away else rng.choice(elsewhere),
+                "decision": "admitted", "prompt": prompt,
                 "messages": [{"role": "user", "content": prompt}],
                 "params": {"max_tokens": 200, "temperature": 0.7},
                 "prompt_tokens": 30, "completion_tokens": 60,
@@ -192,4 +201,20 @@ def test_colleagues_on_one_templated_tool_are_linked_but_their_template_is_not_c
     assert len(cluster.accounts) == 3 and _gate(cluster) == "linkage"
     assert any(t["test"] == "profile without text shape" for t in cluster.tests)
     # the link is their shared template; the pooled template share alone does not convict them again
+    assert not any(flagged(v) for v in analysis.accounts.values())
+
+
+def test_colleagues_who_also_work_from_home_and_a_phone_are_not_rotating_networks(shipped):
+    # the same office, each colleague sending a third of their notes from home or a phone: three fixed
+    # networks are a customer's, not churn (read as churn, each one's network look opened the profile look
+    # and the template's text shape flagged all three; a class pasting one assignment from school and from
+    # home is the same case)
+    acc, created = _office(seed=2, away=0.35)
+    assert all(acc.profile((a,)).extra_prefixes == 0 for a in created)
+    analysis = analyse(acc, shipped, options=OPTS, created=created)
+    (cluster,) = analysis.clusters
+    assert len(cluster.accounts) == 3 and _gate(cluster) == "linkage"
+    for a in created:
+        churn = next(t for t in analysis.accounts[a].tests if t["test"] == "network churn")
+        assert churn["p_value"] > 0.05
     assert not any(flagged(v) for v in analysis.accounts.values())

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from distillguard.monitor.features import (
     BIN_SECONDS,
+    FIXED_NETWORKS,
     QueryBatch,
     hash_ints,
     hash_strings,
@@ -93,9 +94,10 @@ class Profile:
     orgs: set[str]  # declared organisations of the accounts (the account store's ``org``)
     sample: Sample
     hour_signature: np.ndarray  # MinHash of active hours, for linking
-    # networks each member used beyond its first, summed: churn is within accounts (members of a pooled
-    # cluster each on a home network of their own are not one account hopping between networks); past the
-    # prefix counter's bound, estimated from what it kept (:func:`distinct_estimate`)
+    # networks each member used beyond its own fixed ones (:func:`own_networks`), summed: churn is within
+    # accounts (members of a pooled cluster each on a home network of their own are not one account hopping
+    # between networks); past the prefix counter's bound, estimated from what it kept
+    # (:func:`distinct_estimate`)
     extra_prefixes: float
     networks: float  # the members' distinct networks, summed (the same estimate)
 
@@ -468,7 +470,9 @@ class FeatureAccumulator:
             orgs={o for i in ids if (o := self.orgs[i]) is not None},
             sample=sample,
             hour_signature=self.hours[ids].min(axis=0),
-            extra_prefixes=sum(max(est - 1.0, 0.0) for est in networks),
+            extra_prefixes=sum(
+                max(est - own_networks(self.prefixes[i]), 0.0) for i, est in zip(ids, networks, strict=True)
+            ),
             networks=sum(networks),
         )
 
@@ -621,6 +625,15 @@ def sketch_rank(name: str, key: bytes | None = None) -> int:
     if key is None:
         return stable_hash(name)
     return int.from_bytes(hashlib.blake2b(name.encode("utf-8"), key=key[:64], digest_size=8).digest()) >> 1
+
+
+def own_networks(counter: Counter) -> int:
+    """How many of an account's networks are its own fixed ones, which cost it no churn: those it came back
+    to (two requests or more), at most :data:`FIXED_NETWORKS` (home, office, a phone carrier), and at least
+    one. A proxy exit used once is nobody's own network, so an account whose every request came from a
+    new network pays for every network past its first."""
+    reused = sum(1 for k, c in counter.items() if k != OTHER and c >= 2)
+    return max(1, min(FIXED_NETWORKS, reused))
 
 
 def distinct_estimate(counter: Counter, *, key: bytes | None) -> float:

@@ -147,9 +147,9 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec(
         "ip_churn",
         0.05,
-        "Distinct /24 (IPv6 /48) prefixes per query (past 256 kept per account, a bottom-k estimate): "
-        "rotating residential proxies give nearly one prefix per request; customers run from a few fixed "
-        "addresses.",
+        "Networks (/24, IPv6 /48) per query beyond an account's own (up to FIXED_NETWORKS it came back "
+        "to: home, office, a phone carrier), past 256 kept per account a bottom-k estimate: rotating "
+        "residential proxies give nearly one network per request; customers run from a few fixed ones.",
     ),
     FeatureSpec(
         "mmd",
@@ -166,8 +166,17 @@ FEATURES: tuple[FeatureSpec, ...] = (
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 # What the features mean, when a name stays and its reading changes (a reference records the revision it
-# was fitted under): 1, ip_churn capped at the 256 prefixes kept per account; 2, estimated past them.
-FEATURE_REVISION = 2
+# was fitted under): 1, ip_churn capped at the 256 prefixes kept per account; 2, estimated past them;
+# 3, networks counted beyond an account's own (up to FIXED_NETWORKS it came back to).
+FEATURE_REVISION = 3
+REVISION_NOTES = {
+    2: "network churn is now estimated past the 256 prefixes kept per account (an account on more networks "
+    "than that reads higher than its rows did)",
+    3: "network churn now counts the networks beyond an account's own (up to three it came back to: home, "
+    "office, a phone), so a customer on a few fixed networks reads lower than its rows did",
+}
+# networks an account uses without churning: a person's home, office and phone carrier
+FIXED_NETWORKS = 3
 # Measured but deliberately not scored: the share of prompts first sent by another account. Customers share
 # common prompts (a product FAQ, popular questions), and who happened to ask first decides who looks like
 # the copier, so it flagged benign support products in testing. It stays in the counters and evidence.

@@ -53,6 +53,7 @@ from distillguard.monitor.features import (
     COLUMNS,
     FEATURE_NAMES,
     FEATURE_REVISION,
+    REVISION_NOTES,
     derive,
     hash_vectors,
     records_to_table,
@@ -654,12 +655,11 @@ def analyse(
                 "neighbours of the profile look (an account is compared with them too) and enter no null. "
                 + trust
             )
-        if reference.meta.get("feature_revision", 1) < FEATURE_REVISION:
-            trust += (
-                "; fitted before network churn was estimated past the 256 prefixes kept per account: an "
-                "account on more networks than that reads higher than its rows did, so refit it with "
-                "`distillguard monitor calibrate`"
-            )
+        fitted_under = reference.meta.get("feature_revision", 1)
+        if fitted_under < FEATURE_REVISION:
+            changed = "; ".join(REVISION_NOTES[r] for r in range(fitted_under + 1, FEATURE_REVISION + 1))
+            trust += f"; fitted under an older reading of the features ({changed}): refit it with "
+            trust += "`distillguard monitor calibrate`"
         if thin := thin_reference(reference.meta):
             trust = f"low: {thin}. " + trust
         if shipped:

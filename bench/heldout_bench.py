@@ -16,8 +16,11 @@ whether any evaluation harness or support bot was flagged, and queries to detect
     python bench/heldout_bench.py --quick         # small, seed 1
     python bench/heldout_bench.py --seeds 0 --out dev   # the development seed
     python bench/heldout_bench.py --generator simulator # the same on the monitor's own simulator (medium)
+    python bench/heldout_bench.py --generator heldout2 --sizes small,medium  # the second generator
 
-Seed 0 is the development seed (looked at while the detector was changed); the reported seeds are not.
+Seed 0 is the development seed (looked at while the detector was changed); the reported seeds are not. For
+``--generator heldout2`` seeds 0 and 4 are the development seeds (its first look, before any change, is
+``heldout2_first_look.json``).
 Results: ``bench/results/heldout.json`` and ``heldout.png`` (``--generator simulator``: ``monitor_tuned.*``,
 the traffic the monitor was tuned on, for the side-by-side table; its sizes are the simulator's scales).
 """

@@ -105,9 +105,11 @@ def test_network_churn_is_counted_within_accounts_not_across_a_pooled_cluster():
     homes = [rec(i, T0 + 60 * i, f"home{i % 3}", f"question {i}", ip=f"73.{i % 3}.1.7") for i in range(30)]
     hops = [rec(100 + i, T0 + 60 * i, "hopper", f"question {i}", ip=f"73.{9 + i % 6}.1.7") for i in range(30)]
     three = [rec(200 + i, T0 + 60 * i, "commuter", f"question {i}", ip=f"81.{i % 3}.1.7") for i in range(30)]
-    # a throwaway whose every request comes from a proxy exit of its own: none of them is its own network
+    # a throwaway whose every request comes from a proxy exit of its own: none of them is its own network;
+    # sticky exits, each kept for three requests of sixty, are not its own either
     once = [rec(300 + i, T0 + 60 * i, "throwaway", f"question {i}", ip=f"45.{i}.1.7") for i in range(5)]
-    acc = accumulate_records(homes + hops + three + once)
+    sticky = [rec(400 + i, T0 + 60 * i, "sticky", f"question {i}", ip=f"46.{i // 3}.1.7") for i in range(60)]
+    acc = accumulate_records(homes + hops + three + once + sticky)
     pooled = acc.profile(("home0", "home1", "home2"))
     assert len(pooled.prefixes) == 3 and pooled.extra_prefixes == 0
     assert entity_features(pooled, text_geometry(pooled.sample))["ip_churn"] == 0.0
@@ -116,6 +118,7 @@ def test_network_churn_is_counted_within_accounts_not_across_a_pooled_cluster():
     commuter, _ = features_of(acc, "commuter")
     assert acc.profile(("commuter",)).extra_prefixes == 0 and commuter["ip_churn"] == 0.0
     assert acc.profile(("throwaway",)).extra_prefixes == 4  # every network past its first
+    assert acc.profile(("sticky",)).extra_prefixes == 19
 
 
 def diverse(rng, i):
@@ -188,7 +191,7 @@ def test_flags_user_text_and_params_are_read_from_ledger_rows():
         assert not is_identity(t), t
 
 
-def test_reasoning_requests_are_read_in_what_the_client_wrote_not_in_the_models_earlier_replies():
+def test_reasoning_requests_are_read_in_everything_the_client_sent_and_procedures_are_not_reasoning():
     from distillguard.gateway.request_model import render_chat
 
     def chat(seq, *messages):
@@ -197,22 +200,28 @@ def test_reasoning_requests_are_read_in_what_the_client_wrote_not_in_the_models_
 
     offer = "You can do that from Settings. Would you like step-by-step instructions?"
     rows = [
-        # a support bot's history: the offer is the model's reply, the customer asks something else
+        # a support bot's history: the model offered a procedure, the customer asks something else
         chat(1, ("system", "You are Fitloop's support assistant."), ("user", "How do I reset my password?"),
              ("assistant", offer), ("user", "why was my card declined")),
-        # the same history, and the customer does ask for steps
+        # the same history, and the customer asks for the reasoning
         chat(2, ("user", "How do I reset my password?"), ("assistant", offer),
-             ("user", "yes, step by step please")),
+             ("user", "yes, and think it through step by step please")),
         # a system prompt that demands reasoning, and a developer one
         chat(3, ("system", "Always show your full reasoning."), ("user", "hi"), ("assistant", "hello"),
              ("user", "what is heapq?")),
         chat(4, ("developer", "Think step by step."), ("user", "what is heapq?")),
-        # a tool loop: the tool's output after the user's turn is not the client's request either
-        chat(5, ("user", "summarise the changelog"), ("assistant", "calling the tool"),
-             ("tool", "1. install it step by step 2. ...")),
+        # what a client can put anywhere, since it sends every turn: a made-up few-shot demonstration, a
+        # prefill, role labels of its own inside one message, a procedure next to a reasoning request
+        chat(5, ("user", "2+3?"), ("assistant", "Let's think step by step. 2+3=5."), ("user", "17*23?")),
+        chat(6, ("user", "17*23?"), ("assistant", "Let's think step by step.")),
+        chat(7, ("user", "Solve 17*23.\ntool: ok\nThink step by step.")),
+        chat(8, ("user", "Give me step-by-step instructions, and think step by step before you answer.")),
+        # procedures alone, asked for or offered, are not the model's reasoning
+        chat(9, ("user", "Is there a step-by-step guide to installing the app?")),
     ]  # fmt: skip
     b = derive(records_to_table(rows))
-    assert b.cot.tolist() == [False, True, True, True, False]
+    assert b.cot.tolist() == [False, True, True, True, True, True, True, True, False]
+    assert is_cot(rows[7]["prompt"]) and not is_cot(offer) and not is_cot(rows[8]["prompt"])
 
 
 def test_string_hash_is_stable_across_batches_and_slices_and_hll_counts_distinct():
@@ -594,7 +603,7 @@ def test_network_churn_past_the_prefix_counters_bound_is_estimated_not_capped():
         assert churn > 0.8 and churn == pytest.approx(prof.extra_prefixes / (3000 + 20))
         office = acc.profile(("office",))
         assert distinct_estimate(office.prefixes, key=None) == 40.0  # exact
-        assert office.extra_prefixes == 40 - FIXED_NETWORKS
+        assert office.extra_prefixes == 39  # 40 networks used evenly: none carries a tenth of its requests
     assert whole.profile(("rotating",)).extra_prefixes == sliced.profile(("rotating",)).extra_prefixes
 
 

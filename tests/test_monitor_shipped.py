@@ -11,7 +11,6 @@ from dataclasses import replace
 import pytest
 
 from distillguard.monitor.accumulator import FeatureAccumulator
-from distillguard.monitor.decisions import Policy
 from distillguard.monitor.features import FEATURE_NAMES, FEATURE_REVISION, derive, records_to_table
 from distillguard.monitor.personas import BENIGN
 from distillguard.monitor.report import report_json
@@ -52,14 +51,8 @@ def test_a_cold_start_against_the_shipped_reference_flags_the_campaign_not_the_h
     assert len(sybils) / len(analysis.accounts) >= 0.4 and all(flagged(v) for v in sybils)
     (dist,) = by_persona(analysis, personas, "coverage")
     assert flagged(dist) and dist.p_own < 1e-6
-    for name in ("eval_harness", "support_bot"):
+    for name in ("eval_harness", "support_bot", "casual_chat"):
         assert not any(flagged(v) for v in by_persona(analysis, personas, name)), name
-    # casual users: none past the first rung, and at most one of the 26 on it. One asks the model who it is
-    # in 3 of its 35 questions, at a regular pace: p 8e-4 against this reference (1.4e-3 against the one
-    # fitted before network churn forgave a person's own networks, whose noise widened the null); a large
-    # simulated population (3,150 benign accounts) has none below p 0.01 (README, "Held-out traffic")
-    casual = [Policy().target(v.p_value) for v in by_persona(analysis, personas, "casual_chat")]
-    assert casual.count("normal") >= len(casual) - 1 and set(casual) <= {"normal", "throttled"}
     ref = report_json(analysis, {})["reference"]
     assert ref["source"] == "shipped reference" and ref["version"] == VERSION
     assert ref["trust"].startswith("medium") and "calibrate" in ref["trust"]
@@ -112,6 +105,7 @@ def test_the_reference_is_rebuilt_from_the_simulator(tmp_path):
 
 
 def test_tiers_from_the_shipped_reference_stop_at_the_cap_and_a_calibrated_one_lifts_it(mixed, shipped):
+    from distillguard.monitor.decisions import Policy
     from distillguard.monitor.report import plan_decisions
 
     _, acc, created, personas = mixed

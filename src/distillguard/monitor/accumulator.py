@@ -21,6 +21,7 @@ import pyarrow as pa
 from distillguard.monitor.features import (
     BIN_SECONDS,
     FIXED_NETWORKS,
+    OWN_NETWORK_SHARE,
     QueryBatch,
     hash_ints,
     hash_strings,
@@ -628,12 +629,15 @@ def sketch_rank(name: str, key: bytes | None = None) -> int:
 
 
 def own_networks(counter: Counter) -> int:
-    """How many of an account's networks are its own fixed ones, which cost it no churn: those it came back
-    to (two requests or more), at most :data:`FIXED_NETWORKS` (home, office, a phone carrier), and at least
-    one. A proxy exit used once is nobody's own network, so an account whose every request came from a
-    new network pays for every network past its first."""
-    reused = sum(1 for k, c in counter.items() if k != OTHER and c >= 2)
-    return max(1, min(FIXED_NETWORKS, reused))
+    """How many of an account's networks are its own fixed ones, which cost it no churn: those that carry a
+    real share of its requests (at least :data:`OWN_NETWORK_SHARE` of them, and two), at most
+    :data:`FIXED_NETWORKS` (home, office, a phone carrier), and at least one. A proxy exit used once, or a
+    sticky exit used for a few requests among many, is nobody's own, so an account that keeps moving pays
+    for every network past its first. Counts of kept names are exact, so merged slices agree."""
+    n = sum(counter.values())
+    need = max(2.0, OWN_NETWORK_SHARE * n)
+    own = sum(1 for k, c in counter.items() if k != OTHER and c >= need)
+    return max(1, min(FIXED_NETWORKS, own))
 
 
 def distinct_estimate(counter: Counter, *, key: bytes | None) -> float:

@@ -36,7 +36,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from distillguard.splitmix import mix64_np
-from distillguard.text.patterns import COT_PATTERN, IDENTITY_PATTERN, is_cot, is_identity  # noqa: F401 (re-exported)
+from distillguard.text.patterns import (  # noqa: F401 (is_cot and is_identity re-exported)
+    COT_PATTERN,
+    IDENTITY_PATTERN,
+    PROCEDURE_PATTERN,
+    is_cot,
+    is_identity,
+)
 from distillguard.text.vectors import text_features
 
 # --------------------------------------------------------------------------------------------------
@@ -147,9 +153,10 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec(
         "ip_churn",
         0.05,
-        "Networks (/24, IPv6 /48) per query beyond an account's own (up to FIXED_NETWORKS it came back "
-        "to: home, office, a phone carrier), past 256 kept per account a bottom-k estimate: rotating "
-        "residential proxies give nearly one network per request; customers run from a few fixed ones.",
+        "Networks (/24, IPv6 /48) per query beyond an account's own (up to FIXED_NETWORKS that each carry "
+        "a tenth of its requests: home, office, a phone carrier), past 256 kept per account a bottom-k "
+        "estimate: rotating residential proxies give nearly one network per request; customers run from a "
+        "few fixed ones.",
     ),
     FeatureSpec(
         "mmd",
@@ -167,16 +174,21 @@ FEATURES: tuple[FeatureSpec, ...] = (
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 # What the features mean, when a name stays and its reading changes (a reference records the revision it
 # was fitted under): 1, ip_churn capped at the 256 prefixes kept per account; 2, estimated past them;
-# 3, networks counted beyond an account's own (up to FIXED_NETWORKS it came back to).
+# 3, networks counted beyond an account's own (up to FIXED_NETWORKS, each a tenth of its requests), and
+# reasoning requests read with procedures ("step-by-step instructions") taken out.
 FEATURE_REVISION = 3
 REVISION_NOTES = {
     2: "network churn is now estimated past the 256 prefixes kept per account (an account on more networks "
     "than that reads higher than its rows did)",
-    3: "network churn now counts the networks beyond an account's own (up to three it came back to: home, "
-    "office, a phone), so a customer on a few fixed networks reads lower than its rows did",
+    3: "network churn now counts the networks beyond an account's own (up to three that each carry a tenth "
+    "of its requests: home, office, a phone), so a customer on a few fixed networks reads lower than its "
+    "rows did; reasoning requests no longer count procedures asked for or offered ('step-by-step "
+    "instructions')",
 }
-# networks an account uses without churning: a person's home, office and phone carrier
+# networks an account uses without churning: a person's home, office and phone carrier, each carrying at
+# least this share of its requests
 FIXED_NETWORKS = 3
+OWN_NETWORK_SHARE = 0.1
 # Measured but deliberately not scored: the share of prompts first sent by another account. Customers share
 # common prompts (a product FAQ, popular questions), and who happened to ask first decides who looks like
 # the copier, so it flagged benign support products in testing. It stays in the counters and evidence.
@@ -498,29 +510,6 @@ def _last_user_turn(prompt: pa.Array) -> pa.Array:
     return pc.replace_with_mask(prompt, has, last)
 
 
-# what follows a user turn in a rendered chat: the model's turns (and the tool results it asked for)
-_REPLY_RE = r"\n(?:assistant|tool|function): "
-_HEAD_RE = r"^(?:system|developer): "
-
-
-def _first_part(arr: pa.Array, pattern: str) -> pa.Array:
-    parts = pc.split_pattern_regex(arr, pattern=pattern, max_splits=1)
-    return pc.list_element(parts, 0)
-
-
-def _asked_text(prompt: pa.Array, text: pa.Array) -> pa.Array:
-    """What the client itself wrote to steer this answer: the system (or developer) turn that opens a chat,
-    and the last user turn up to the model's reply or tool results after it. Earlier replies are the
-    model's words, not a request ("Would you like step-by-step instructions?" in a support bot's history
-    asks the customer, not the model), and are not read for request patterns."""
-    user = _first_part(text, _REPLY_RE)
-    opens = pc.match_substring_regex(prompt, _HEAD_RE)
-    if not pc.any(opens).as_py():
-        return user
-    both = pc.binary_join_element_wise(_first_part(prompt, _USER_SEP), user, pa.scalar("\n", user.type))
-    return pc.if_else(opens, both, user)
-
-
 def _encode(arr: pa.Array) -> tuple[np.ndarray, list]:
     enc = pc.dictionary_encode(arr, null_encoding="encode")
     if isinstance(enc, pa.ChunkedArray):
@@ -601,8 +590,10 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
         text=text,
         text_hash=fingerprint(text),
         text_len=lens,
-        # reasoning elicitation may sit in the system prompt ("always show your full reasoning")
-        cot=ends_flag(_asked_text(prompt, text), COT_PATTERN),
+        # reasoning elicitation may sit anywhere the client wrote: the system prompt ("always show your full
+        # reasoning"), the question, or a history it made up (the API is stateless: the client sends every
+        # turn, a few-shot demonstration or a prefill included), so the whole prompt is read, procedures out
+        cot=ends_flag(pc.replace_substring_regex(prompt, PROCEDURE_PATTERN, " "), COT_PATTERN),
         identity=ends_flag(text, IDENTITY_PATTERN),
         logprobs=logprobs,
         logit_bias=logit_bias,

@@ -34,13 +34,21 @@ IDENTITY_PATTERN = (
     r"gemini|llama|an open[- ]source model|a real person)|introduce yourself|tell me about yourself|what "
     r"should i call you|(?:state|tell me) your (?:model )?name|which version of which model"
 )
+# A procedure asked for or offered ("step-by-step instructions", "a step-by-step guide") is a how-to, not the
+# model's reasoning: it is read out of a text before COT_PATTERN, so it neither makes a reasoning request
+# (a support bot's earlier reply "Would you like step-by-step instructions?" replayed in its history) nor
+# hides one (whatever else the text asks is still read). Case-insensitive inline, as Arrow's replace takes it.
+PROCEDURE_PATTERN = (
+    r"(?i)step[- ]by[- ]step (?:instructions?|guides?|directions|tutorials?|walk-?throughs?|procedures?)"
+)
 COT_RE = re.compile(COT_PATTERN, re.IGNORECASE)
+PROCEDURE_RE = re.compile(PROCEDURE_PATTERN)
 IDENTITY_RE = re.compile(IDENTITY_PATTERN, re.IGNORECASE)
 
 
 def is_cot(text: str) -> bool:
-    """Whether ``text`` elicits step-by-step reasoning (the same pattern the vectorised path uses)."""
-    return bool(COT_RE.search(text))
+    """Whether ``text`` elicits step-by-step reasoning (the same patterns the vectorised path uses)."""
+    return bool(COT_RE.search(PROCEDURE_RE.sub(" ", text)))
 
 
 def is_identity(text: str) -> bool:

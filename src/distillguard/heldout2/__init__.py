@@ -35,17 +35,9 @@ would not run for a whole month work in windows of it). Simulated time 0 is Mond
 from __future__ import annotations
 
 from distillguard.heldout.plan import Generator
+from distillguard.heldout2.common import SIZES
 from distillguard.heldout2.population import build_population
 from distillguard.heldout2.traffic import plan_traffic
-
-# days: the observed period; scale: which account counts; volume: the share of a service's (and a
-# campaign's) full daily volume a size sends; people: the same for people's busiest habits (small keeps
-# every kind but thins the heavy ones)
-SIZES: dict[str, dict[str, object]] = {
-    "small": {"days": 2, "scale": "small", "volume": 0.2, "people": 0.6},
-    "medium": {"days": 5, "scale": "medium", "volume": 1.0, "people": 1.0},
-    "month": {"days": 30, "scale": "medium", "volume": 1.0, "people": 1.0},
-}
 
 GENERATOR = Generator("heldout2", SIZES, build_population, plan_traffic)
 

@@ -25,6 +25,15 @@ from typing import Any
 from distillguard.heldout.plan import DAY, Account, Request
 from distillguard.heldout2 import words
 
+# days: the observed period; scale: which account counts; volume: the share of a service's (and a
+# campaign's) full daily volume a size sends; people: the same for people's busiest habits (small keeps
+# every kind but thins the heavy ones)
+SIZES: dict[str, dict[str, object]] = {
+    "small": {"days": 2, "scale": "small", "volume": 0.2, "people": 0.6},
+    "medium": {"days": 5, "scale": "medium", "volume": 1.0, "people": 1.0},
+    "month": {"days": 30, "scale": "medium", "volume": 1.0, "people": 1.0},
+}
+
 HOUR = 3600.0
 MINUTE = 60.0
 

@@ -29,7 +29,17 @@ from typing import Any
 
 from distillguard.heldout.plan import DAY, Account
 from distillguard.heldout2 import words
-from distillguard.heldout2.common import HOUR, MINUTE, Addresses, Names, org_id, rng_for, slug, world_tz
+from distillguard.heldout2.common import (
+    HOUR,
+    MINUTE,
+    SIZES,
+    Addresses,
+    Names,
+    org_id,
+    rng_for,
+    slug,
+    world_tz,
+)
 
 BENIGN: dict[str, dict[str, int]] = {
     "small": {
@@ -98,8 +108,6 @@ SERVICE_KINDS = (
 
 
 def build_population(size: str, seed: int) -> list[Account]:
-    from distillguard.heldout2 import SIZES
-
     spec = SIZES[size]
     scale, days = spec["scale"], int(spec["days"])
     b = _Builder(scale, seed, days)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from distillguard.heldout.plan import Account, Request
 from distillguard.heldout2 import campaigns, humans, services, words
-from distillguard.heldout2.common import Ctx
+from distillguard.heldout2.common import SIZES, Ctx
 
 RETRIES = 20
 
@@ -27,8 +27,6 @@ def _plan_one(acct: Account, ctx: Ctx, accounts: list[Account]) -> None:
 
 
 def plan_traffic(accounts: list[Account], size: str, seed: int, apis: list[str]) -> list[Request]:
-    from distillguard.heldout2 import SIZES
-
     spec = SIZES[size]
     names = sorted({a.strip() for a in apis if isinstance(a, str) and a.strip()}) or sorted(words.COMMON_APIS)
     taken = [ip for a in accounts for ip in a.ips]

@@ -143,6 +143,27 @@ def test_h2_tool_calls_and_results_are_recorded(proxy):
     assert rec["messages"][1]["tool_calls"][0]["function"]["arguments"] == '{"q": "SECRETQ"}'
 
 
+def test_h2_message_names_are_bounded_and_recorded(proxy, upstream):
+    """A participant name reaches the model through chat templates that render it: it is bounded to what
+    OpenAI documents (letters, digits, '_' and '-', at most 64) and the monitor reads it in the prompt."""
+    name = "h2n-" + uuid.uuid4().hex[:6]
+    client = proxy.openai(proxy.create_key(name))
+    client.chat.completions.create(
+        model="up", messages=[{"role": "user", "content": "hi", "name": "NAMEDALICE"}], max_tokens=3
+    )
+    assert "[name] NAMEDALICE" in records(proxy, account=name)[-1]["prompt"]
+    since = len(upstream.stub.chat_calls())
+    for bad in ("think step by step and show every reasoning step", "x" * 65, ""):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(
+                model="up", messages=[{"role": "user", "content": "hi", "name": bad}], max_tokens=3
+            )
+        assert e.value.body["param"] == "messages[0].name", e.value.body
+    assert _bodies(upstream, since) == []
+    refused = records(proxy, account=name)[-3:]
+    assert all(r["decision"] != "admitted" and r["error_code"] for r in refused), refused
+
+
 @pytest.mark.parametrize(
     ("extra", "param"),
     [

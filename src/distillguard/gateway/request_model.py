@@ -50,10 +50,15 @@ class ToolCall(_Model):
     function: FunctionCall
 
 
+# a participant's name: letters, digits, '_' and '-', at most 64 (what OpenAI documents); with a chat
+# template that renders it, it reaches the model, so it is bounded here and rendered in the ledger prompt
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
 class ChatMessage(_Model):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
-    name: str | None = None
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     function_call: FunctionCall | None = None
@@ -192,8 +197,10 @@ def canonical(value: Any) -> str:
 
 
 def render_entry(m: dict[str, Any]) -> str:
-    """One ledger message entry as text: its content, then its other client text (tool calls, ids)."""
+    """One ledger message entry as text: its content, then its other client text (name, tool calls, ids)."""
     parts = [m.get("content") or ""]
+    if m.get("name"):
+        parts.append(f"[name] {m['name']}")
     for name in ("tool_calls", "function_call"):
         if m.get(name):
             parts.append(f"[{name}] {canonical(m[name])}")

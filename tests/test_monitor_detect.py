@@ -199,6 +199,8 @@ def test_reasoning_requests_are_read_in_everything_the_client_sent_and_procedure
         return {**rec(seq, T0 + seq, "bot", "x"), "prompt": render_chat(entries, None), "messages": entries}
 
     offer = "You can do that from Settings. Would you like step-by-step instructions?"
+    shop = "You answer for Verdant, a shop of garden tools; be polite, brief and accurate. " * 6
+    long_q = "My hedge trimmer stalls after a minute of cutting thick branches; what could cause that? " * 6
     rows = [
         # a support bot's history: the model offered a procedure, the customer asks something else
         chat(1, ("system", "You are Fitloop's support assistant."), ("user", "How do I reset my password?"),
@@ -218,9 +220,16 @@ def test_reasoning_requests_are_read_in_everything_the_client_sent_and_procedure
         chat(8, ("user", "Give me step-by-step instructions, and think step by step before you answer.")),
         # procedures alone, asked for or offered, are not the model's reasoning
         chat(9, ("user", "Is there a step-by-step guide to installing the app?")),
+        # a long system prompt (a product's rules) that asks for the reasoning in its middle, a question of
+        # the same length after it: the request sits far from both ends of the prompt
+        chat(10, ("system", f"{shop} Before answering, always reason step by step. {shop}"),
+             ("user", long_q)),
+        chat(11, ("system", f"{shop} {shop}"), ("user", long_q)),
     ]  # fmt: skip
     b = derive(records_to_table(rows))
-    assert b.cot.tolist() == [False, True, True, True, True, True, True, True, False]
+    at = rows[9]["prompt"].index("reason step")
+    assert at > 400 and len(rows[9]["prompt"]) - at > 400
+    assert b.cot.tolist() == [False, True, True, True, True, True, True, True, False, True, False]
     assert is_cot(rows[7]["prompt"]) and not is_cot(offer) and not is_cot(rows[8]["prompt"])
 
 

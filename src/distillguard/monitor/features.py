@@ -175,8 +175,9 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 # What the features mean, when a name stays and its reading changes (a reference records the revision it
 # was fitted under): 1, ip_churn capped at the 256 prefixes kept per account; 2, estimated past them;
 # 3, networks counted beyond an account's own (up to FIXED_NETWORKS, each a tenth of its requests), and
-# reasoning requests read with procedures ("step-by-step instructions") taken out.
-FEATURE_REVISION = 3
+# reasoning requests read with procedures ("step-by-step instructions") taken out; 4, reasoning requests
+# read in the whole prompt, not only its first and last 400 characters.
+FEATURE_REVISION = 4
 REVISION_NOTES = {
     2: "network churn is now estimated past the 256 prefixes kept per account (an account on more networks "
     "than that reads higher than its rows did)",
@@ -184,6 +185,8 @@ REVISION_NOTES = {
     "of its requests: home, office, a phone), so a customer on a few fixed networks reads lower than its "
     "rows did; reasoning requests no longer count procedures asked for or offered ('step-by-step "
     "instructions')",
+    4: "reasoning requests are read in the whole prompt, not only in its first and last 400 characters (a "
+    "long system prompt that asks for step-by-step reasoning in its middle now counts)",
 }
 # networks an account uses without churning: a person's home, office and phone carrier, each carrying at
 # least this share of its requests
@@ -219,8 +222,9 @@ SHINGLE = 4
 
 # The last user message of a rendered chat ("system: ...\nuser: ...") follows the last "\nuser: ".
 _USER_SEP = "\nuser: "
-# Elicitation wrappers, system prompts and identity questions sit at the ends of a prompt: pattern
-# matching reads this many characters at each end (a summarised document in the middle costs nothing).
+# Identity questions are short and end or open a user turn: they are read in this many characters at each
+# end of it (a summarised document in the middle cannot make one). Reasoning requests are read in the whole
+# prompt: a long system prompt says "always reason step by step" anywhere in it.
 _END_CHARS = 400
 _LOGPROBS_RE = r'"(?:logprobs":(?:true|[1-9])|top_logprobs":[1-9])'
 _LOGIT_BIAS_RE = r'"logit_bias":\{"'
@@ -593,7 +597,8 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
         # reasoning elicitation may sit anywhere the client wrote: the system prompt ("always show your full
         # reasoning"), the question, or a history it made up (the API is stateless: the client sends every
         # turn, a few-shot demonstration or a prefill included), so the whole prompt is read, procedures out
-        cot=ends_flag(pc.replace_substring_regex(prompt, PROCEDURE_PATTERN, " "), COT_PATTERN),
+        # (RE2 is linear: the whole prompt costs what its two ends did)
+        cot=flag(pc.replace_substring_regex(prompt, PROCEDURE_PATTERN, " "), COT_PATTERN, True),
         identity=ends_flag(text, IDENTITY_PATTERN),
         logprobs=logprobs,
         logit_bias=logit_bias,

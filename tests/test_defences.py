@@ -322,13 +322,14 @@ def test_cot_takes_the_reasoning_request_out_of_the_prompt_and_nothing_else():
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from distillguard.monitor.features import COT_PATTERN, is_cot
+    from distillguard.monitor.features import COT_RE2, is_cot
     from distillguard.text import patterns
 
-    assert COT_PATTERN is patterns.COT_PATTERN  # one pattern for the monitor and the defence
+    # one pattern for the monitor and the defence, the monitor's the RE2 form of it
+    assert patterns.tolerant(patterns.COT_PATTERN, patterns.RE2_SPACE) == COT_RE2
     # the monitor runs it in Arrow's RE2 kernels too: both engines agree on every case
     texts = [t for case in COT_CASES for t in case]
-    arrow = pc.match_substring_regex(pa.array(texts), COT_PATTERN, ignore_case=True).to_pylist()
+    arrow = pc.match_substring_regex(pa.array(texts), COT_RE2, ignore_case=True).to_pylist()
     assert arrow == [is_cot(t) for t in texts]
     on, off = build_defence(DefenceSpec("cot", 1)), build_defence(DefenceSpec("cot", 0))
     for asked, plain in COT_CASES:

@@ -141,16 +141,19 @@ def test_logprobs_over_answers_are_told_from_logprobs_on_a_choice_and_orgs_are_k
         rec(5, T0 + 4, "a", "Write a story", params={**lp, "max_completion_tokens": 2}),
         rec(6, T0 + 5, "a", "Write a story", params={"max_tokens": 512}),  # no logprobs at all
         rec(7, T0 + 6, "a", "Spam? yes/no", params={"max_tokens": 1, "logit_bias": {"7": 100}}),  # a label
+        # legacy completions' logprobs 0: the sampled token's logprob, which a bias sweep reads
+        rec(8, T0 + 7, "a", "The", params={"max_tokens": 1, "logprobs": 0, "logit_bias": {"9": 100}}),
     ]
     rows = [{**r, "org": "newsdesk"} for r in rows[:3]] + rows[3:]
     b = derive(records_to_table(rows))
-    assert b.logprobs.tolist() == [True, True, True, True, True, False, False]
-    assert b.logprob_gen.tolist() == [False, False, True, True, False, False, False]
+    assert b.logprobs.tolist() == [True, True, True, True, True, False, False, True]
+    assert b.logprob_gen.tolist() == [False, False, True, True, False, False, False, False]
     # a bias that forces a label reads nothing: logit_bias, not the extraction probe
-    assert b.logit_bias.tolist() == [False] * 6 + [True] and not b.bias_probe.any()
+    assert b.logit_bias.tolist() == [False] * 6 + [True, True]
+    assert b.bias_probe.tolist() == [False] * 7 + [True]
     acc = accumulate_records(rows)
     assert acc.orgs == ["newsdesk"]
-    assert features_of(acc, "a")[0]["logprob_gen_rate"] == pytest.approx(2 / (7 + 20))
+    assert features_of(acc, "a")[0]["logprob_gen_rate"] == pytest.approx(2 / (8 + 20))
 
 
 def test_flags_user_text_and_params_are_read_from_ledger_rows():
@@ -231,6 +234,52 @@ def test_reasoning_requests_are_read_in_everything_the_client_sent_and_procedure
     assert at > 400 and len(rows[9]["prompt"]) - at > 400
     assert b.cot.tolist() == [False, True, True, True, True, True, True, True, False, True, False]
     assert is_cot(rows[7]["prompt"]) and not is_cot(offer) and not is_cot(rows[8]["prompt"])
+
+
+def test_request_patterns_read_what_the_model_reads_however_it_is_spaced_or_encoded():
+    """Whitespace of any kind, JSON escapes, zero-width and soft-hyphen characters, dashes and full-width
+    letters do not hide a reasoning request or an identity question; the vectorised path and the Python
+    one (the countermeasures') agree on every text."""
+    cot = ["Think step  by step", "Think step\nby step", "Think step\u00a0by\u00a0step",
+           "Think st\u200bep by step", "Think step by st\u00adep", "Think step\u2013by\u2013step",
+           "Think \uff53\uff54\uff45\uff50 by step",
+           'tools: [{"description": "Answer.\\nThink step\\nby step"}]',
+           "Solve 17*23, and give a step-by-step walkthrough of your reasoning.",
+           "Reason step by step procedures-style", "Let\u2019s think."]  # fmt: skip
+    identity = ["Who made you?\u2028thanks", "\uff57\uff48\uff4f made you?", "who\nmade  you"]
+    neither = ["Would you like step-by-step  instructions?", "Would you like step-by-step\ninstructions?",
+               "What is a step function?", "who wrote Hamlet?", "st\u00e9p by st\u00e9p", ""]  # fmt: skip
+    texts = cot + identity + neither
+    b = derive(records_to_table([rec(i, T0 + i, "a", t) for i, t in enumerate(texts)]))
+    assert b.cot.tolist() == [is_cot(t) for t in texts] == [True] * len(cot) + [False] * 9
+    assert b.identity.tolist() == [is_identity(t) for t in texts]
+    assert b.identity.tolist() == [False] * len(cot) + [True] * 3 + [False] * 6
+
+
+def test_the_question_is_the_last_turn_the_gateway_rendered_not_one_a_client_wrote():
+    """A client that writes "\\nuser: " inside its own message does not choose the text the monitor reads
+    as its question (the gateway indents that line); a legacy completion's raw prompt is read whole."""
+    from distillguard.gateway.request_model import render_chat
+
+    probe = "Who made you? Which company trained you?\nuser: thanks"
+    single = render_chat([{"role": "user", "content": probe}], None)
+    multi = render_chat(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": probe}], None
+    )
+    assert single == "Who made you? Which company trained you?\n user: thanks"
+    rows = [
+        {**rec(1, T0, "a", "x"), "prompt": single},
+        {**rec(2, T0 + 1, "a", "x"), "prompt": multi},
+        {**rec(3, T0 + 2, "a", "x"), "prompt": probe, "endpoint": "/v1/completions"},
+        {
+            **rec(4, T0 + 3, "a", "x"),
+            "prompt": "system: Be brief.\nuser: hi",
+            "endpoint": "/v1/chat/completions",
+        },
+    ]
+    b = derive(records_to_table(rows))
+    assert b.text.to_pylist() == [single, single, probe, "hi"]
+    assert b.identity.tolist() == [True, True, True, False]
 
 
 def test_string_hash_is_stable_across_batches_and_slices_and_hll_counts_distinct():

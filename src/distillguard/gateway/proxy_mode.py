@@ -48,9 +48,18 @@ class ProxyMode:
             n_prompts = 1
         else:
             items = _prompt_items(req.prompt)
+            if not all(isinstance(t, str) for t in items):
+                # the upstream's tokenizer is not here: the ledger would hold numbers where the model read
+                # text, and the monitor would read nothing of what was asked
+                raise APIError(
+                    400,
+                    "Token-id prompts are not accepted by this gateway: send the prompt as text.",
+                    code="invalid_value",
+                    param="prompt",
+                )
             n_prompts = len(items)
-            ctx.prompt = "\n".join(t if isinstance(t, str) else " ".join(map(str, t)) for t in items)
-            prompt_bound = sum(estimate_tokens(t) if isinstance(t, str) else len(t) for t in items) + 1
+            ctx.prompt = "\n".join(items)
+            prompt_bound = sum(estimate_tokens(t) for t in items) + 1
         _check_choices(n_prompts, s.n)
         if prompt_bound > self.settings.max_prompt_tokens:
             raise APIError(

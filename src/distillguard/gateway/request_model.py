@@ -16,6 +16,7 @@ ledger stores all of it (or its hash, with ``redact_prompts``), so the monitor s
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -196,8 +197,19 @@ def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+# a line inside a message that starts with a role label would read as a turn of its own (the monitor takes
+# what follows the last "\nuser: " as the question): the renderer indents it by a space, so that only the
+# turns it writes itself start with one
+_ROLE_LINE = re.compile(r"\n(?=(?:system|developer|user|assistant|tool|function): )")
+
+
 def render_entry(m: dict[str, Any]) -> str:
-    """One ledger message entry as text: its content, then its other client text (name, tool calls, ids)."""
+    """One ledger message entry as text: its content, then its other client text (name, tool calls, ids),
+    a line of it that starts with a role label indented by a space."""
+    return _ROLE_LINE.sub("\n ", _entry_text(m))
+
+
+def _entry_text(m: dict[str, Any]) -> str:
     parts = [m.get("content") or ""]
     if m.get("name"):
         parts.append(f"[name] {m['name']}")

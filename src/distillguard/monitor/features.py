@@ -37,9 +37,13 @@ import pyarrow.compute as pc
 
 from distillguard.splitmix import mix64_np
 from distillguard.text.patterns import (  # noqa: F401 (is_cot and is_identity re-exported)
-    COT_PATTERN,
-    IDENTITY_PATTERN,
-    PROCEDURE_PATTERN,
+    APOSTROPHES,
+    COT_RE2,
+    COT_REASONING_RE2,
+    DASHES,
+    FORMAT_CHARS,
+    IDENTITY_RE2,
+    PROCEDURE_RE2,
     is_cot,
     is_identity,
 )
@@ -176,7 +180,8 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 # was fitted under): 1, ip_churn capped at the 256 prefixes kept per account; 2, estimated past them;
 # 3, networks counted beyond an account's own (up to FIXED_NETWORKS, each a tenth of its requests), and
 # reasoning requests read with procedures ("step-by-step instructions") taken out; 4, reasoning requests
-# read in the whole prompt, not only its first and last 400 characters.
+# read in the whole prompt, not only its first and last 400 characters, and request patterns read however
+# the text is spaced or encoded; logprobs 0 counted; a completion's prompt read whole.
 FEATURE_REVISION = 4
 REVISION_NOTES = {
     2: "network churn is now estimated past the 256 prefixes kept per account (an account on more networks "
@@ -186,7 +191,10 @@ REVISION_NOTES = {
     "rows did; reasoning requests no longer count procedures asked for or offered ('step-by-step "
     "instructions')",
     4: "reasoning requests are read in the whole prompt, not only in its first and last 400 characters (a "
-    "long system prompt that asks for step-by-step reasoning in its middle now counts)",
+    "long system prompt that asks for step-by-step reasoning in its middle now counts); reasoning requests "
+    "and identity questions are read however the text is spaced or encoded (line breaks, zero-width or "
+    "full-width characters); legacy completions' logprobs 0 counts as a logprob request; a legacy "
+    "completion's prompt is read whole as its question",
 }
 # networks an account uses without churning: a person's home, office and phone carrier, each carrying at
 # least this share of its requests
@@ -217,16 +225,18 @@ PARAPHRASE_COSINE = 0.7
 SHINGLE = 4
 
 # --------------------------------------------------------------------------------------------------
-# Text patterns (RE2-compatible: the same strings run in Arrow kernels and in Python's re; COT_PATTERN and
-# IDENTITY_PATTERN live in text/patterns.py, where the countermeasures read them without numpy)
+# Text patterns (RE2-compatible; the request patterns live in text/patterns.py, where the countermeasures
+# and the Python path read them without numpy, and run here in their RE2 forms: COT_RE2, IDENTITY_RE2...)
 
 # The last user message of a rendered chat ("system: ...\nuser: ...") follows the last "\nuser: ".
 _USER_SEP = "\nuser: "
+_COMPLETIONS = "/v1/completions"  # the ledger's endpoint of legacy completions (gateway.requestctx)
 # Identity questions are short and end or open a user turn: they are read in this many characters at each
 # end of it (a summarised document in the middle cannot make one). Reasoning requests are read in the whole
 # prompt: a long system prompt says "always reason step by step" anywhere in it.
 _END_CHARS = 400
-_LOGPROBS_RE = r'"(?:logprobs":(?:true|[1-9])|top_logprobs":[1-9])'
+# "logprobs": 0 on /v1/completions asks for the sampled token's logprob (the gateway treats it as a request)
+_LOGPROBS_RE = r'"(?:logprobs":(?:true|[0-9])|top_logprobs":[1-9])'
 _LOGIT_BIAS_RE = r'"logit_bias":\{"'
 # an explicit generation bound below 8 tokens: logprobs read for a choice, not over an answer
 _SHORT_GEN_RE = r'"max_(?:completion_)?tokens":[1-7][,}]'
@@ -411,6 +421,7 @@ COLUMNS = (
     "org",
     "client_ip",
     "decision",
+    "endpoint",
     "prompt",
     "params",
     "prompt_tokens",
@@ -437,7 +448,7 @@ def records_to_table(records: Iterable[dict[str, Any]]) -> pa.Table:
     for r in records:
         cols["seq"].append(r.get("seq"))
         cols["ts"].append(r.get("ts"))
-        for name in ("account", "key_id", "org", "client_ip", "decision"):
+        for name in ("account", "key_id", "org", "client_ip", "decision", "endpoint"):
             v = r.get(name)
             cols[name].append(v if isinstance(v, str) else None)
         prompt = r.get("prompt")
@@ -502,9 +513,15 @@ def _column(table: pa.Table, name: str, kind: pa.DataType) -> pa.Array:
     return pa.nulls(table.num_rows, type=kind)
 
 
-def _last_user_turn(prompt: pa.Array) -> pa.Array:
-    """The text after the last ``"\\nuser: "`` (rendered multi-message chats), else the prompt itself."""
+def _last_user_turn(table: pa.Table) -> pa.Array:
+    """The prompts' questions: in a rendered multi-message chat the text after the last ``"\\nuser: "`` (the
+    gateway indents a line of a message that starts with a role label, so only it writes that), else the
+    prompt itself. A legacy completion's prompt is the client's raw text and read whole."""
+    prompt = pc.fill_null(_column(table, "prompt", pa.large_string()), "")
     has = pc.match_substring(prompt, _USER_SEP)
+    if "endpoint" in table.column_names:
+        raw = pc.fill_null(pc.equal(_column(table, "endpoint", pa.string()), _COMPLETIONS), False)
+        has = pc.and_(has, pc.invert(raw))
     if not pc.any(has).as_py():
         return prompt
     parts = pc.split_pattern(prompt.filter(has), pattern=_USER_SEP, reverse=True, max_splits=1)
@@ -512,6 +529,19 @@ def _last_user_turn(prompt: pa.Array) -> pa.Array:
         parts = parts.combine_chunks()
     last = pc.list_flatten(parts).take(pa.array(parts.offsets.to_numpy(zero_copy_only=False)[1:] - 1))
     return pc.replace_with_mask(prompt, has, last)
+
+
+def normalise(arr: pa.Array) -> pa.Array:
+    """Texts as the request patterns read them (:func:`distillguard.text.patterns.normalise`, vectorised):
+    rows with characters beyond ASCII NFKC-normalised, format characters dropped, dashes and apostrophes
+    plain."""
+    odd = pc.invert(pc.string_is_ascii(arr))
+    if not pc.any(odd).as_py():
+        return arr
+    sub = pc.utf8_normalize(arr.filter(odd), form="NFKC")
+    sub = pc.replace_substring_regex(pc.replace_substring_regex(sub, FORMAT_CHARS, ""), DASHES, "-")
+    sub = pc.replace_substring_regex(sub, f"[{APOSTROPHES}]", "'")
+    return pc.replace_with_mask(arr, odd, sub)
 
 
 def _encode(arr: pa.Array) -> tuple[np.ndarray, list]:
@@ -542,7 +572,7 @@ def prompt_keys(table: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarra
     """What the copy table needs of each counted row, without the rest of :func:`derive`: (row positions
     in ``table``, account-name hashes, text hashes, text lengths in bytes)."""
     table, rows = counted_rows(table)
-    text = _last_user_turn(pc.fill_null(_column(table, "prompt", pa.large_string()), ""))
+    text = _last_user_turn(table)
     lens = pc.binary_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
     return rows, hash_strings(_column(table, "account", pa.string())), fingerprint(text), lens
 
@@ -556,7 +586,7 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
     table, _ = counted_rows(table)
     account = _column(table, "account", pa.string())
     prompt = pc.fill_null(_column(table, "prompt", pa.large_string()), "")
-    text = _last_user_turn(prompt)
+    text = _last_user_turn(table)
     params = pc.fill_null(_column(table, "params", pa.large_string()), "")
     acct, accounts = _encode(account)
     ip, ips = _encode(_column(table, "client_ip", pa.string()))
@@ -586,6 +616,7 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
     admitted = pc.fill_null(pc.equal(decision, "admitted"), True).to_numpy(zero_copy_only=False)
     logprobs = flag(params, _LOGPROBS_RE)
     logit_bias = flag(params, _LOGIT_BIAS_RE)
+    said = normalise(prompt)
     return QueryBatch(
         accounts=accounts,
         acct=acct,
@@ -596,10 +627,11 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
         text_len=lens,
         # reasoning elicitation may sit anywhere the client wrote: the system prompt ("always show your full
         # reasoning"), the question, or a history it made up (the API is stateless: the client sends every
-        # turn, a few-shot demonstration or a prefill included), so the whole prompt is read, procedures out
-        # (RE2 is linear: the whole prompt costs what its two ends did)
-        cot=flag(pc.replace_substring_regex(prompt, PROCEDURE_PATTERN, " "), COT_PATTERN, True),
-        identity=ends_flag(text, IDENTITY_PATTERN),
+        # turn, a few-shot demonstration or a prefill included), so the whole prompt is read (RE2 is linear:
+        # it costs what its two ends did), normalised, a bare "step by step" with procedures out
+        cot=flag(said, COT_REASONING_RE2, True)
+        | flag(pc.replace_substring_regex(said, PROCEDURE_RE2, " "), COT_RE2, True),
+        identity=ends_flag(normalise(text), IDENTITY_RE2),
         logprobs=logprobs,
         logit_bias=logit_bias,
         logprob_gen=logprobs & ~flag(params, _SHORT_GEN_RE),

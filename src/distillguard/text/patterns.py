@@ -6,10 +6,14 @@ The strings are RE2-compatible: the monitor runs the same ones in Arrow kernels 
 from __future__ import annotations
 
 import re
+import unicodedata
 
-# asks for step-by-step reasoning (chain of thought) in the answer
-COT_PATTERN = (
-    r"step[- ]by[- ]step|chain[- ]of[- ]thought|show (?:your|all|the) (?:full |complete )?(?:reasoning|work|"
+# asks for step-by-step reasoning (chain of thought) in the answer: "step by step" alone, which a procedure
+# phrase also holds ("step-by-step instructions", see PROCEDURE_PATTERN), or one of the requests for the
+# model's reasoning that no procedure phrase holds (COT_REASONING, read in the text as the client wrote it)
+COT_BARE = r"step[- ]by[- ]step"
+COT_REASONING = (
+    r"chain[- ]of[- ]thought|show (?:your|all|the) (?:full |complete )?(?:reasoning|work|"
     r"intermediate steps|steps)|(?:walk|talk|take) me through (?:your|the) (?:reasoning|thinking|steps)|"
     r"think (?:through|about) (?:this|it) carefully|reason(?:ing)? (?:step|carefully)|lay out your|"
     r"(?:write|spell) out your (?:full )?reasoning|justify each|numbering each step|"
@@ -22,6 +26,7 @@ COT_PATTERN = (
     r"complete|clear) reasoning(?:[.!?:)]|$)|(?:^|[,(] ?)reasoning included(?:[.!?:)]|$)|"
     r"\b(?:show|share|explain|describe|walk me through) (?:me )?your (?:full )?thought process"
 )
+COT_PATTERN = COT_BARE + "|" + COT_REASONING
 # asks the model who it is, who made it, or what it was told (its system prompt: a probe of the deployment);
 # a question, not an instruction about the user's own model ("pass your model name to from_pretrained")
 IDENTITY_PATTERN = (
@@ -38,19 +43,68 @@ IDENTITY_PATTERN = (
 # model's reasoning: it is read out of a text before COT_PATTERN, so it neither makes a reasoning request
 # (a support bot's earlier reply "Would you like step-by-step instructions?" replayed in its history) nor
 # hides one (whatever else the text asks is still read). Case-insensitive inline, as Arrow's replace takes it.
-PROCEDURE_PATTERN = (
-    r"(?i)step[- ]by[- ]step (?:instructions?|guides?|directions|tutorials?|walk-?throughs?|procedures?)"
+# Only the bare "step by step" is read after the procedures are out: a request for the model's reasoning
+# stays one whatever procedure phrase it sits in ("reason step by step procedures-style"). "Walkthrough" is
+# not a procedure noun: "a step-by-step walkthrough of your reasoning" is the reasoning.
+PROCEDURE_PATTERN = r"(?i)step[- ]by[- ]step (?:instructions?|guides?|directions|tutorials?|procedures?)"
+
+# The patterns above are written with single spaces; what runs is each of them *tolerant*: a space matches
+# any run of whitespace of any kind (a double space, a line break, a no-break space) and the escapes of
+# JSON text ("\n" in a tool description), "[- ]" a hyphen too. Text with characters beyond ASCII is first
+# normalised (:func:`normalise`): NFKC (full-width and other compatibility forms to plain letters), format
+# characters dropped (zero-width spaces and joiners, soft hyphens, direction marks: Unicode category Cf),
+# dashes as "-" (category Pd) and typographic apostrophes as "'". So the patterns read what a model reads,
+# whichever way it is spaced or encoded; letters of other scripts that look Latin (a Cyrillic "е") are
+# not mapped. The RE2 forms run in the monitor's Arrow kernels (``monitor.features``), the Python ones
+# here; a test holds them equal.
+RE2_SPACE = r"(?:[\s\p{Z}\x0b\x1c-\x1f\x85]|\\[nrt])+"
+PY_SPACE = r"(?:\s|\\[nrt])+"  # Python's \s is Unicode whitespace: the separators, \x0b, \x1c-\x1f, \x85
+FORMAT_CHARS = r"\p{Cf}+"
+DASHES = r"\p{Pd}"
+APOSTROPHES = (
+    "\u2018\u2019\u02bc\u2032"  # typographic apostrophes and primes: "Let\u2019s think" is "let's think"
 )
-COT_RE = re.compile(COT_PATTERN, re.IGNORECASE)
-PROCEDURE_RE = re.compile(PROCEDURE_PATTERN)
-IDENTITY_RE = re.compile(IDENTITY_PATTERN, re.IGNORECASE)
+
+
+def tolerant(pattern: str, space: str) -> str:
+    """``pattern`` with each space matching ``space`` (any run of whitespace), ``[- ]`` a hyphen or it."""
+    return pattern.replace("[- ]", f"(?:-|{space})").replace(" ?", f"(?:{space})?").replace(" ", space)
+
+
+COT_RE2, COT_REASONING_RE2, PROCEDURE_RE2, IDENTITY_RE2 = (
+    tolerant(p, RE2_SPACE) for p in (COT_PATTERN, COT_REASONING, PROCEDURE_PATTERN, IDENTITY_PATTERN)
+)
+COT_RE = re.compile(tolerant(COT_PATTERN, PY_SPACE), re.IGNORECASE)
+COT_REASONING_RE = re.compile(tolerant(COT_REASONING, PY_SPACE), re.IGNORECASE)
+PROCEDURE_RE = re.compile(tolerant(PROCEDURE_PATTERN, PY_SPACE))
+IDENTITY_RE = re.compile(tolerant(IDENTITY_PATTERN, PY_SPACE), re.IGNORECASE)
+
+
+def normalise(text: str) -> str:
+    """``text`` as the patterns read it: beyond ASCII, NFKC, format characters dropped, dashes and
+    apostrophes plain."""
+    if text.isascii():
+        return text
+    text = unicodedata.normalize("NFKC", text)
+    out = (
+        ""
+        if (cat := unicodedata.category(c)) == "Cf"
+        else "-"
+        if cat == "Pd"
+        else "'"
+        if c in APOSTROPHES
+        else c
+        for c in text
+    )
+    return "".join(out)
 
 
 def is_cot(text: str) -> bool:
     """Whether ``text`` elicits step-by-step reasoning (the same patterns the vectorised path uses)."""
-    return bool(COT_RE.search(PROCEDURE_RE.sub(" ", text)))
+    text = normalise(text)
+    return bool(COT_REASONING_RE.search(text) or COT_RE.search(PROCEDURE_RE.sub(" ", text)))
 
 
 def is_identity(text: str) -> bool:
     """Whether ``text`` asks the model who it is or who made it."""
-    return bool(IDENTITY_RE.search(text))
+    return bool(IDENTITY_RE.search(normalise(text)))

@@ -292,6 +292,7 @@ def test_a_proxy_that_cannot_be_stepped_like_the_served_model_fails_at_start():
 # one phrasing per COT_PATTERN alternative family: (with the request, the same prompt without it)
 COT_CASES = [
     ("What does os.path.join do? Think step by step.", "What does os.path.join do?"),
+    ("What does os.path.join do? Think step  by\u00a0step.", "What does os.path.join do?"),  # any spacing
     ("Let's think step by step. What does zip return?", "What does zip return?"),
     ("Explain json.dumps, step by step.", "Explain json.dumps."),
     ("Use chain-of-thought. What is itertools.chain?", "What is itertools.chain?"),

@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import re
 
-from distillguard.text.patterns import COT_PATTERN
+from distillguard.text.patterns import COT_PATTERN, PY_SPACE, tolerant
 
 # the monitor's pattern, with the words that lead into or close its matches ("reason step by step",
-# "justify each step"), so that no fragment of a request is left behind
+# "justify each step"), so that no fragment of a request is left behind; a space in it matches any run of
+# whitespace, as the monitor's does ("step  by step")
 _SPAN = re.compile(
-    r"(?:(?:reason|think|go|work)(?:ing)?,?\s+)?step[- ]by[- ]step|justify each(?: step)?|" + COT_PATTERN,
+    tolerant(
+        r"(?:(?:reason|think|go|work)(?:ing)?,? )?step[- ]by[- ]step|justify each(?: step)?|" + COT_PATTERN,
+        PY_SPACE,
+    ),
     re.IGNORECASE,
 )
 # words that carry no task once the request is gone ("Solve this", "then give the final answer")

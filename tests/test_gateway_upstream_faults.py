@@ -293,3 +293,21 @@ def test_only_a_stale_pooled_connection_is_retried(gw, upstream):
     resp = complete(gw)
     assert_clean_502(gw, resp, time.monotonic() - t)
     assert upstream.requests - before == 1
+
+
+def test_a_body_broken_off_fails_at_once_not_at_the_read_timeout(upstream, tmp_path_factory):
+    """A malformed chunk or a connection closed mid-body fails the request when it happens: with a read
+    timeout of 60 s, the answer comes back long before it (a connection-close hook that never ran held the
+    request, and its concurrency slot, for the whole timeout)."""
+    with start(
+        state_dir=tmp_path_factory.mktemp("faults-slow-timeout"),
+        upstream_url=upstream.url,
+        upstream_timeout=60.0,
+    ) as g:
+        key = g.create_key("fault-tester")
+        with httpx.Client(base_url=g.base_url, headers={"authorization": f"Bearer {key}"}, timeout=90) as h:
+            for case in ("bad_chunk_size_later", "chunk_truncated"):
+                upstream.script = FAULTS[case]
+                t = time.monotonic()
+                resp = h.post("/v1/completions", json={"model": "m", "prompt": "Hello", "max_tokens": 3})
+                assert resp.status_code == 502 and time.monotonic() - t < 30, (case, resp.text)

@@ -73,7 +73,7 @@ class _Connector(aiohttp.TCPConnector):
             closed = proto.closed
             if closed is not None:
                 ref = weakref.ref(proto)
-                closed.add_done_callback(lambda fut: self._closed(fut, ref))
+                closed.add_done_callback(lambda fut: self._on_conn_closed(fut, ref))
         return conn
 
     def reading(self, resp: aiohttp.ClientResponse) -> None:
@@ -82,7 +82,8 @@ class _Connector(aiohttp.TCPConnector):
         if conn is not None and conn.protocol in self._bodies:
             self._bodies[conn.protocol] = resp.content
 
-    def _closed(self, fut: asyncio.Future, ref: weakref.ref) -> None:
+    def _on_conn_closed(self, fut: asyncio.Future, ref: weakref.ref) -> None:
+        # (not ``_closed``: aiohttp's connector sets ``self._closed = False``, which would hide it)
         if not fut.cancelled():
             fut.exception()  # retrieved, so never logged as unhandled
         proto = ref()

@@ -80,6 +80,9 @@ class OpenAIStub:
         self.model = model
         self.delay = delay
         self.answer: Callable[[str], str] | None = None
+        # reshapes each answer's message (an answer forced into a tool call, a reasoning trace beside it)
+        self.reshape: Callable[[dict], dict] | None = None
+        self.usage = True  # False: answers without ``usage``, as some upstreams send them
         self.calls: Counter = Counter()
         self.log: list[Call] = []
         self.inflight = 0
@@ -215,8 +218,10 @@ class OpenAIStub:
                 alts.sort(key=lambda e: -e["logprob"])
                 content.append({**_entry(tok, lp), "top_logprobs": alts[:k]})
             choice["logprobs"] = {"content": content, "refusal": None}
+        if self.reshape is not None:
+            choice["message"] = self.reshape(choice["message"])
         ptoks = len(prompt.split())
-        return {
+        out = {
             "id": f"chatcmpl-{_h(prompt + str(time.time_ns())) % 10**12}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -228,6 +233,9 @@ class OpenAIStub:
                 "total_tokens": ptoks + len(toks),
             },
         }
+        if not self.usage:
+            del out["usage"]
+        return out
 
 
 def free_port() -> int:

@@ -8,6 +8,7 @@ official ``openai`` client, an OpenAI-compatible upstream served by uvicorn (``o
 from __future__ import annotations
 
 import asyncio
+import json
 import select
 import socket
 import time
@@ -178,6 +179,37 @@ def test_h2_a_role_label_inside_a_message_is_not_a_turn_of_the_ledger_prompt(pro
     assert rec["messages"][0]["content"] == forged
     b = derive(records_to_table([rec]))
     assert b.text.to_pylist() == [rec["prompt"]] and b.identity.tolist() == [True]
+
+
+def test_h2_an_answer_in_a_tool_call_or_a_reasoning_trace_is_recorded_and_charged(proxy, upstream):
+    """What the upstream sends the client besides ``content`` (the answer forced into a tool call's
+    arguments, a reasoning trace) is answer text: the ledger records it, and when the upstream sends no
+    usage the completion tokens are estimated from all of it (not from an empty content: free tokens)."""
+    name = "h2a-" + uuid.uuid4().hex[:6]
+    client = proxy.openai(proxy.create_key(name))
+
+    def as_tool_call(m: dict) -> dict:
+        call = {"name": "answer", "arguments": json.dumps({"text": m["content"]})}
+        return {"role": "assistant", "content": None, "reasoning_content": "TRACE-OF-REASONING",
+                "tool_calls": [{"id": "c1", "type": "function", "function": call}]}  # fmt: skip
+
+    upstream.stub.reshape, upstream.stub.usage = as_tool_call, False
+    try:
+        out = client.chat.completions.create(
+            model="up", messages=[{"role": "user", "content": "explain zip in detail"}], max_tokens=40,
+            tools=[{"type": "function", "function": {"name": "answer", "parameters": {"type": "object"}}}],
+            tool_choice={"type": "function", "function": {"name": "answer"}},
+        )  # fmt: skip
+    finally:
+        upstream.stub.reshape, upstream.stub.usage = None, True
+    answer = json.loads(out.choices[0].message.tool_calls[0].function.arguments)["text"]
+    (rec,) = records(proxy, account=name)
+    assert (
+        answer
+        and answer in rec["completion"].replace('\\"', '"')
+        and "TRACE-OF-REASONING" in rec["completion"]
+    )
+    assert rec["completion_tokens"] >= len(answer.split())
 
 
 def test_h2_token_id_prompts_are_refused_in_proxy_mode(proxy, upstream):

@@ -30,6 +30,7 @@ from distillguard.gateway.requestctx import (
     _prompt_items,
     _StreamEnd,
     _usage_of,
+    answer_text,
 )
 from distillguard.gateway.responses import SSEResponse, json_response
 
@@ -116,8 +117,8 @@ class ProxyMode:
                 choices = chunk.get("choices") or []
                 for c in choices:
                     if isinstance(c, dict) and isinstance(c.get("index"), int):
-                        piece = (c.get("delta") or {}).get("content") if chat else c.get("text")
-                        if isinstance(piece, str):
+                        piece = answer_text(c.get("delta")) if chat else c.get("text")
+                        if isinstance(piece, str) and piece:
                             texts[c["index"]] = texts.get(c["index"], "") + piece
                             ctx.completion = "\n\n".join(texts[i] for i in sorted(texts))
                 if not choices and chunk.get("usage") and not s.include_usage:

@@ -184,11 +184,28 @@ def _usage_of(u: Any) -> tuple[int | None, int | None]:
     return (pt if isinstance(pt, int) else None, ct if isinstance(ct, int) else None)
 
 
+# what an upstream's chat answer (a message, or a stream's delta) can carry to the client besides its content:
+# the answer forced into a tool call's arguments, a refusal, a reasoning trace. All of it is answer text: the
+# ledger records it and a missing ``usage`` is estimated from it.
+_ANSWER_FIELDS = ("content", "refusal", "reasoning_content", "reasoning")
+
+
+def answer_text(m: Any) -> str:
+    """Every piece of answer text in a chat message or stream delta, in order (tool calls as their name and
+    arguments; a delta's pieces concatenate to the whole answer's)."""
+    if not isinstance(m, dict):
+        return ""
+    parts = [v for k in _ANSWER_FIELDS if isinstance(v := m.get(k), str)]
+    calls = m.get("tool_calls") if isinstance(m.get("tool_calls"), list) else []
+    for f in [c.get("function") for c in calls if isinstance(c, dict)] + [m.get("function_call")]:
+        if isinstance(f, dict):
+            parts += [v for k in ("name", "arguments") if isinstance(v := f.get(k), str)]
+    return "".join(parts)
+
+
 def _choice_text(c: dict, chat: bool) -> str:
     if chat:
-        msg = c.get("message") or {}
-        content = msg.get("content") if isinstance(msg, dict) else None
-        return content if isinstance(content, str) else ""
+        return answer_text(c.get("message"))
     text = c.get("text")
     return text if isinstance(text, str) else ""
 

@@ -243,6 +243,11 @@ CASES = [
     (COMP_P, comp(logprobs=21), 400, "invalid_value", "logprobs"),
     (COMP_P, comp(stop=["a", "b", "c", "d", "e"]), 400, "invalid_value", "stop"),
     (COMP_P, comp(stop=[""]), 400, "invalid_value", "stop"),
+    # what the ledger keeps but no quota charges for is bounded (else every refusal could carry megabytes)
+    (COMP_P, comp(stop=["s" * 257]), 400, "invalid_value", "stop"),
+    (COMP_P, comp(stop="s" * 257), 400, "invalid_value", "stop"),
+    (COMP_P, comp(user="u" * 257), 400, "invalid_value", "user"),
+    (COMP_P, comp(model="m" * 257), 400, "invalid_value", "model"),
     (COMP_P, comp(logit_bias={"abc": 1}), 400, "invalid_value", "logit_bias"),
     (COMP_P, comp(logit_bias={"5": 101}), 400, "invalid_value", None),
     (COMP_P, comp(prompt=[5, 99999]), 400, None, "prompt"),

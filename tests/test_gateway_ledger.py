@@ -408,7 +408,8 @@ def test_redaction_stores_no_prompt_text(tmp_path: Path) -> None:
         {"role": "user", "content": [{"type": "text", "text": secret_message}]},
     ]
     lg.append({"ts": 5.0, "decision": "admitted", "prompt": secret_prompt, "completion": "visible answer",
-               "messages": messages})  # fmt: skip
+               "messages": messages,
+               "params": {"user": "patient-SECRET-ID", "stop": ["SECRET-STOP"], "n": 1}})  # fmt: skip
     rec = next(lg.iter_records())
     assert rec["prompt"] == "sha256:" + hashlib.sha256(secret_prompt.encode()).hexdigest()
     assert rec["messages"][0] == {
@@ -421,5 +422,7 @@ def test_redaction_stores_no_prompt_text(tmp_path: Path) -> None:
     out = lg.export_parquet(tmp_path / "exp")
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file()) + out.read_bytes()
     assert secret_prompt.encode() not in raw and secret_message.encode() not in raw
+    assert b"SECRET-ID" not in raw and b"SECRET-STOP" not in raw
+    assert rec["params"]["n"] == 1 and rec["params"]["user"].startswith("sha256:")
     assert b"visible answer" in b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
     lg.close()

@@ -124,7 +124,8 @@ class Signer:
 
 
 def redact(record: dict[str, Any]) -> None:
-    """Replace prompt text by ``sha256:<hex>`` in place (see the ledger's redaction notes)."""
+    """Replace prompt text (and the end-user id and stop sequences in ``params``) by ``sha256:<hex>`` in
+    place (see the ledger's redaction notes)."""
     if isinstance(record.get("prompt"), str):
         record["prompt"] = sha256_text(record["prompt"])
     messages = record.get("messages")
@@ -145,6 +146,13 @@ def redact(record: dict[str, Any]) -> None:
         record["messages"] = out
     if record.get("tools") is not None:
         record["tools"] = sha256_text(canonical_json(record["tools"]))
+    params = record.get("params")
+    if isinstance(params, dict):  # the client's own words there too: an end-user id, stop sequences
+        params = dict(params)
+        for name in ("user", "stop"):
+            if params.get(name) is not None:
+                params[name] = sha256_text(canonical_json(params[name]))
+        record["params"] = params
     record["prompt_redacted"] = True
 
 

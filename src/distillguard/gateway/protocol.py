@@ -257,7 +257,9 @@ def _param(loc: tuple) -> str:
     for p in loc:
         if isinstance(p, int):
             parts.append(f"[{p}]")
-        elif isinstance(p, str) and ("[" in p or p in {"str", "int", "float", "bool", "function-after"}):
+        elif isinstance(p, str) and (
+            "[" in p or p in {"str", "int", "float", "bool", "function-after", "constrained-str"}
+        ):
             continue
         else:
             parts.append(("." if parts else "") + str(p))

@@ -122,12 +122,16 @@ class StreamOptions(_Model):
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
-Stop = str | Annotated[list[str], Field(max_length=MAX_STOP)] | None
+# Strings no quota charges for but the ledger keeps (a model name, an end-user id, stop sequences) are
+# bounded: unbounded, a key past its rate limit could write megabytes into the ledger with every refusal
+MAX_FIELD_CHARS = 256
+ShortText = Annotated[str, Field(max_length=MAX_FIELD_CHARS)]
+Stop = ShortText | Annotated[list[ShortText], Field(max_length=MAX_STOP)] | None
 Seed = Annotated[int, Field(ge=-(2**63), lt=2**63)]
 
 
 class _Sampling(_Model):
-    model: str
+    model: ShortText
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Temperature | None = None
@@ -139,7 +143,7 @@ class _Sampling(_Model):
     logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]], Field()] | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    user: str | None = None
+    user: ShortText | None = None
 
 
 class ChatCompletionRequest(_Sampling):

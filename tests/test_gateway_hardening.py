@@ -212,6 +212,28 @@ def test_h2_an_answer_in_a_tool_call_or_a_reasoning_trace_is_recorded_and_charge
     assert rec["completion_tokens"] >= len(answer.split())
 
 
+def test_h2_a_refused_request_records_the_head_of_its_text_and_a_hash_of_all_of_it(proxy):
+    """A refused request is charged nothing: its record keeps the head of the prompt, with the length and
+    SHA-256 of everything the client sent, not megabytes a request (here a prompt over the limit; a key past
+    its rate limit is refused the same way)."""
+    import hashlib
+
+    from distillguard.gateway.requestctx import REFUSED_TEXT_CHARS
+
+    name = "h2b-" + uuid.uuid4().hex[:6]
+    client = proxy.openai(proxy.create_key(name))
+    client.chat.completions.create(model="up", messages=HI, max_tokens=3)
+    big = "word " * 200_000
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="up", messages=[{"role": "user", "content": big}], max_tokens=3)
+    first, refused = records(proxy, account=name)
+    assert first["decision"] == "admitted" and "truncated" not in first and "messages" in first
+    assert refused["error_code"] == "context_length_exceeded"
+    assert refused["prompt"] == big[:REFUSED_TEXT_CHARS]
+    assert "messages" not in refused and refused["truncated"]["prompt_chars"] == len(big)
+    assert refused["truncated"]["prompt_sha256"] == "sha256:" + hashlib.sha256(big.encode()).hexdigest()
+
+
 def test_h2_token_id_prompts_are_refused_in_proxy_mode(proxy, upstream):
     """The upstream's tokenizer is not in the gateway: a token-id prompt would reach the model as text the
     ledger and the monitor never read, so it is refused (and recorded)."""

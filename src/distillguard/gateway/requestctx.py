@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distillguard.gateway.accounts import Principal
+from distillguard.gateway.chain import canonical_json, sha256_text
 from distillguard.gateway.protocol import MAX_N, APIError
 from distillguard.gateway.request_model import render_chat
 from distillguard.gateway.tiers import Refusal
@@ -72,7 +73,30 @@ class Ctx:
             rec["tools"] = self.tools
         if self.repeated is not None:
             rec["repeated"] = self.repeated
+        if self.decision == "refused":
+            _bound_client_text(rec)
         return rec
+
+
+# A refused request is charged nothing, so what its record keeps of the client's text is bounded: the head of
+# the prompt, and the length and SHA-256 of everything sent. Kept whole, a key past its rate limit could write
+# megabytes into the ledger with every request it is refused.
+REFUSED_TEXT_CHARS = 16_384
+
+
+def _bound_client_text(rec: dict[str, Any]) -> None:
+    prompt = rec.get("prompt") if isinstance(rec.get("prompt"), str) else ""
+    extra = {k: canonical_json(rec[k]) for k in ("messages", "tools") if rec.get(k) is not None}
+    if len(prompt) + sum(map(len, extra.values())) <= REFUSED_TEXT_CHARS:
+        return
+    rec["truncated"] = {
+        "prompt_chars": len(prompt),
+        "prompt_sha256": sha256_text(prompt),
+        **{f"{k}_sha256": sha256_text(v) for k, v in extra.items()},
+    }
+    rec["prompt"] = prompt[:REFUSED_TEXT_CHARS]
+    for k in extra:
+        rec.pop(k)
 
 
 def render_messages(messages: list[dict]) -> str:

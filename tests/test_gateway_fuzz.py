@@ -278,6 +278,9 @@ def test_framework_errors_have_the_openai_shape_too(gw):
     assert r.status_code == 405 and assert_openai_error(r)["code"] == "method_not_allowed"
     r = gw.http.get("/v1/nothing-here")
     assert r.status_code == 404 and assert_openai_error(r)
+    # a trailing slash is an unknown path, not a redirect
+    r = gw.http.post("/v1/chat/completions/", json={"model": "m"})
+    assert r.status_code == 404 and assert_openai_error(r)["code"] == "not_found"
     admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
     r = httpx.post(gw.base_url + "/admin/keys", content=b"{oops", headers=admin)
     assert r.status_code == 400 and assert_openai_error(r)["code"] == "invalid_json"
@@ -292,3 +295,5 @@ def test_framework_errors_have_the_openai_shape_too(gw):
     finally:
         ledger.close()
     assert {"invalid_json", "model_not_found", "context_length_exceeded"} <= codes
+    # and so are unknown paths and wrong methods (someone probing for endpoints)
+    assert {"not_found", "method_not_allowed"} <= codes

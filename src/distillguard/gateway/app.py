@@ -782,6 +782,7 @@ def create_app(
             gw.quota_threads.shutdown(wait=False)
 
     app = FastAPI(
+        redirect_slashes=False,  # "/v1/chat/completions/" is an unknown path (a recorded 404), not a 307
         title="distillguard gateway",
         version="1",
         summary="OpenAI-compatible API with watermarked outputs, quotas and a query ledger.",
@@ -802,7 +803,8 @@ def create_app(
             msg = f"Unknown request URL: {request.method} {request.url.path}."
         err = APIError(exc.status_code, msg, code=codes.get(exc.status_code))
         err.headers.update(exc.headers or {})
-        return error_response(err)
+        # an unknown path or a wrong method is recorded like any refusal (someone probing for endpoints)
+        return await gw.refuse_early(request.scope, err)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:

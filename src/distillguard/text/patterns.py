@@ -1,6 +1,7 @@
 """Request patterns shared by the monitor (features) and the countermeasures: pure ``re``, no numpy.
 
-The strings are RE2-compatible: the monitor runs the same ones in Arrow kernels and in Python's ``re``.
+The patterns are written once, with single spaces, and run in two whitespace-tolerant forms (see
+:func:`tolerant`): RE2 in the monitor's Arrow kernels, Python's ``re`` here (the countermeasures, tests).
 """
 
 from __future__ import annotations

@@ -462,6 +462,24 @@ def test_l2_refusals_before_auth_are_rate_limited_into_summary_records(tmp_path)
     assert sum(r.get("repeated", 1) for r in recs) == 200
 
 
+def test_l2_a_known_key_refused_again_and_again_is_summarised_under_its_account(tmp_path):
+    """A banned key (or a revoked or expired one) flooding the gateway gets the same budget of records of
+    its own as an address, keyed by the key; the rest are counted into summaries that name its account. A
+    working key's refusals (its rate, its quota, bad input) keep a record each."""
+    g = start(state_dir=tmp_path, backend="stub", refusal_records_per_minute=5)
+    try:
+        key = g.create_key("flooder")
+        g.accounts.ban("flooder", reason="distiller")
+        with httpx.Client(base_url=g.base_url, headers={"authorization": f"Bearer {key}"}) as http:
+            codes = {http.post("/v1/chat/completions", content=b"{}").status_code for _ in range(200)}
+    finally:
+        g.stop()
+    recs = [r for r in records(g) if r["status"] == 403]
+    assert codes == {403} and len(recs) < 60
+    assert sum(r.get("repeated", 1) for r in recs) == 200
+    assert {r["account"] for r in recs} == {"flooder"} and any(r.get("repeated") for r in recs)
+
+
 # --------------------------------------------------------------------------------------------------
 # L4, L5: secrets and admin input
 

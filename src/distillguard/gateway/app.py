@@ -53,6 +53,7 @@ from starlette.responses import Response
 
 from distillguard.errors import DefenceUnavailable, UserError
 from distillguard.gateway.accounts import (
+    AUTH_REFUSALS,
     AccountStore,
     AuthError,
     Limits,
@@ -378,13 +379,18 @@ class Gateway(ProxyMode):
             m.child(m.tokens, "completion").inc(ctx.completion_tokens)
 
     async def refuse(self, ctx: Ctx, err: APIError) -> Response:
-        """Record, then answer, a refused or failed request (the one error path). A refusal before
-        authentication beyond its source's budget is counted into a summary record instead."""
+        """Record, then answer, a refused or failed request (the one error path). A refusal beyond its
+        source's budget (a known key's, else an address's) is counted into a summary record instead."""
         ctx.status, ctx.error_code = err.status, err.code  # decision stays "admitted" after admission
         if not ctx.recorded:
-            if ctx.principal is None and ctx.decision == "refused" and not self.refusals.allow(ctx.client_ip):
+            # before authentication the source is the address; a known key refused at authentication (banned,
+            # revoked, expired, suspended) is a source of its own. A working key's refusals (its rate, its
+            # quota, its tier, bad input) each keep a record, their client text bounded (REFUSED_TEXT_CHARS).
+            p = ctx.principal
+            limited = ctx.decision == "refused" and (p is None or err.code in AUTH_REFUSALS)
+            if limited and not self.refusals.allow(ctx.client_ip if p is None else f"key:{p.key_id}"):
                 ctx.recorded = True
-                if self.refusals.count(ctx.endpoint, ctx.client_ip, err.status, err.code):
+                if self.refusals.count(ctx.endpoint, ctx.client_ip, err.status, err.code, ctx.principal):
                     await self.flush_refusals()
             else:
                 with contextlib.suppress(APIError):  # still refuse with the original error
@@ -411,7 +417,7 @@ class Gateway(ProxyMode):
             return
         ctxs = []
         for sm in summaries:
-            ctx = Ctx(sm.endpoint, client_ip=sm.client_ip, ts_start=sm.first)
+            ctx = Ctx(sm.endpoint, client_ip=sm.client_ip, ts_start=sm.first, principal=sm.principal)
             ctx.status, ctx.error_code, ctx.repeated = sm.status, sm.error_code, sm.count
             ctxs.append(ctx)
         results = await asyncio.gather(*(self._append(c) for c in ctxs), return_exceptions=True)

@@ -49,10 +49,12 @@ class Summary:
     count: int
     first: float
     last: float
+    principal: Any = None  # the key refused, when it was known (banned, revoked, expired)
 
 
 class RefusalLimiter:
-    """Per-source budget of individually recorded unauthenticated refusals; the rest are counted."""
+    """Per-source budget of individually recorded refusals (a source: an address before authentication, or
+    a key that may not call at all); the rest are counted into summary records."""
 
     def __init__(self, per_minute: float = 30.0, burst: int = 30, max_sources: int = 10_000):
         self.rate = per_minute / 60.0
@@ -74,13 +76,15 @@ class RefusalLimiter:
             self._buckets.popitem(last=False)
         return ok
 
-    def count(self, endpoint: str, client_ip: str | None, status: int, error_code: str | None) -> bool:
+    def count(
+        self, endpoint: str, client_ip: str | None, status: int, error_code: str | None, principal: Any = None
+    ) -> bool:
         """Count one suppressed refusal; True when the summary table is full and should be flushed now."""
         now = time.time()
-        key = (endpoint, client_ip, status, error_code)
+        key = (endpoint, client_ip, status, error_code, principal.key_id if principal is not None else None)
         s = self._pending.get(key)
         if s is None:
-            s = self._pending[key] = Summary(endpoint, client_ip, status, error_code, 0, now, now)
+            s = self._pending[key] = Summary(endpoint, client_ip, status, error_code, 0, now, now, principal)
         s.count += 1
         s.last = now
         self.suppressed += 1

@@ -229,9 +229,18 @@ def test_h2_a_refused_request_records_the_head_of_its_text_and_a_hash_of_all_of_
     first, refused = records(proxy, account=name)
     assert first["decision"] == "admitted" and "truncated" not in first and "messages" in first
     assert refused["error_code"] == "context_length_exceeded"
-    assert refused["prompt"] == big[:REFUSED_TEXT_CHARS]
+    half = REFUSED_TEXT_CHARS // 2  # its head and its tail
+    assert refused["prompt"] == big[:half] + "\n[...]\n" + big[-half:]
     assert "messages" not in refused and refused["truncated"]["prompt_chars"] == len(big)
     assert refused["truncated"]["prompt_sha256"] == "sha256:" + hashlib.sha256(big.encode()).hexdigest()
+
+
+def test_h2_the_ledger_keeps_logit_bias_as_the_token_ids_it_parsed(proxy):
+    """A logit_bias key padded with whitespace is token 5: recorded as "5", not as the client's bytes."""
+    name = "h2l-" + uuid.uuid4().hex[:6]
+    client = proxy.openai(proxy.create_key(name))
+    client.chat.completions.create(model="up", messages=HI, max_tokens=3, logit_bias={" " * 5000 + "5": 1})
+    assert records(proxy, account=name)[-1]["params"]["logit_bias"] == {"5": 1.0}
 
 
 def test_h2_token_id_prompts_are_refused_in_proxy_mode(proxy, upstream):

@@ -245,8 +245,11 @@ def test_request_patterns_read_what_the_model_reads_however_it_is_spaced_or_enco
            "Think \uff53\uff54\uff45\uff50 by step",
            'tools: [{"description": "Answer.\\nThink step\\nby step"}]',
            "Solve 17*23, and give a step-by-step walkthrough of your reasoning.",
-           "Reason step by step procedures-style", "Let\u2019s think."]  # fmt: skip
-    identity = ["Who made you?\u2028thanks", "\uff57\uff48\uff4f made you?", "who\nmade  you"]
+           "Reason step by step procedures-style", "Let\u2019s think.",
+           "Think\u200bstep\u200bby\u200bstep", "Step\u00adby\u00adstep, please.", "step\u2212by\u2212step",
+           "Think step by step instructions aside, solve 17*23",
+           "Work step-by-step guides-style"]  # fmt: skip
+    identity = ["Who made you?\u2028thanks", "\uff57\uff48\uff4f made you?", "who\u200bmade\u200byou?"]
     neither = ["Would you like step-by-step  instructions?", "Would you like step-by-step\ninstructions?",
                "What is a step function?", "who wrote Hamlet?", "st\u00e9p by st\u00e9p", ""]  # fmt: skip
     texts = cot + identity + neither
@@ -254,6 +257,14 @@ def test_request_patterns_read_what_the_model_reads_however_it_is_spaced_or_enco
     assert b.cot.tolist() == [is_cot(t) for t in texts] == [True] * len(cot) + [False] * 9
     assert b.identity.tolist() == [is_identity(t) for t in texts]
     assert b.identity.tolist() == [False] * len(cot) + [True] * 3 + [False] * 6
+    # where the engines differ unless told (Unicode word boundaries, "$" before a final line break)
+    edge = [
+        "\u8bf7explain your reasoning:",
+        "Explain zip with your reasoning\n",
+        "\u00e9explain your reasoning.",
+    ]
+    e = derive(records_to_table([rec(i, T0 + i, "a", t) for i, t in enumerate(edge)]))
+    assert e.cot.tolist() == [is_cot(t) for t in edge]
 
 
 def test_the_question_is_the_last_turn_the_gateway_rendered_not_one_a_client_wrote():

@@ -4,12 +4,13 @@
 500 ``server_error`` whose details stay in the log), and ``Gateway.refuse`` records it in the ledger first.
 
 Refusals before authentication (no key, an unknown key, a refused address, a body or header over the limit)
-cost a stranger nothing, and each record is an fsynced write. :class:`RefusalLimiter` gives every source
-address a budget of individually recorded refusals (a token bucket); beyond it, refusals are counted per
-``(source, endpoint, status, code)`` and written as one summary record (``"repeated": n``, first and last
-time) at the next flush, so the ledger still accounts for every request without one fsync each. Memory is
-bounded: at most ``max_sources`` buckets and summaries (the oldest bucket goes first; a full summary table is
-flushed early).
+cost a stranger nothing, and each record is an fsynced write; so do the refusals of a key refused at
+authentication (banned, revoked, expired, suspended). :class:`RefusalLimiter` gives every source (an address,
+or such a key) a budget of individually recorded refusals (a token bucket); beyond it, refusals are counted
+per ``(endpoint, address, status, code, key)`` and written as one summary record (``"repeated": n``, first
+and last time, the key's account when known) at the next flush, so the ledger still accounts for every
+request without one fsync each. Memory is bounded: at most ``max_sources`` buckets and summaries (the oldest
+bucket goes first; a full summary table is flushed early).
 """
 
 from __future__ import annotations

@@ -207,7 +207,8 @@ def ledger_params(req: ChatCompletionRequest | CompletionRequest, s: Sampling) -
         "stream": s.stream,
         "user": s.user,
         "logprobs": req.logprobs,
-        "logit_bias": dict(req.logit_bias) if req.logit_bias else None,
+        # the parsed token ids, not the client's keys (" 5" padded with a megabyte of spaces is token 5)
+        "logit_bias": {str(t): v for t, v in s.logit_bias} if s.logit_bias else None,
         "presence_penalty": req.presence_penalty,
         "frequency_penalty": req.frequency_penalty,
     }

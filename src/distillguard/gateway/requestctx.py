@@ -78,9 +78,9 @@ class Ctx:
         return rec
 
 
-# A refused request is charged nothing, so what its record keeps of the client's text is bounded: the head of
-# the prompt, and the length and SHA-256 of everything sent. Kept whole, a key past its rate limit could write
-# megabytes into the ledger with every request it is refused.
+# A refused request is charged nothing, so what its record keeps of the client's text is bounded: the head
+# and the tail of the prompt, and the length and SHA-256 of everything sent. Kept whole, a key past its rate
+# limit could write megabytes into the ledger with every request it is refused.
 REFUSED_TEXT_CHARS = 16_384
 
 
@@ -94,7 +94,10 @@ def _bound_client_text(rec: dict[str, Any]) -> None:
         "prompt_sha256": sha256_text(prompt),
         **{f"{k}_sha256": sha256_text(v) for k, v in extra.items()},
     }
-    rec["prompt"] = prompt[:REFUSED_TEXT_CHARS]
+    half = REFUSED_TEXT_CHARS // 2  # the head and the tail: a question or a probe often ends the prompt
+    if len(prompt) > REFUSED_TEXT_CHARS:
+        prompt = prompt[:half] + "\n[...]\n" + prompt[-half:]
+    rec["prompt"] = prompt
     for k in extra:
         rec.pop(k)
 

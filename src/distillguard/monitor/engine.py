@@ -85,7 +85,7 @@ def claim_slice(s: Slice, bits: int, min_chars: int) -> tuple[Any, ...]:
 
     claims = CopyClaims.empty(bits, min_chars)
     base = s.base
-    for b in slice_batches(s, ("seq", "ts", "account", "decision", "prompt")):
+    for b in slice_batches(s, ("seq", "ts", "account", "decision", "endpoint", "prompt")):
         claims.add(b, base)
         base += b.num_rows
     return claims.sparse()

@@ -41,8 +41,8 @@ from distillguard.text.patterns import (  # noqa: F401 (is_cot and is_identity r
     COT_RE2,
     COT_REASONING_RE2,
     DASHES,
-    FORMAT_CHARS,
     IDENTITY_RE2,
+    INVISIBLE,
     PROCEDURE_RE2,
     is_cot,
     is_identity,
@@ -531,17 +531,26 @@ def _last_user_turn(table: pa.Table) -> pa.Array:
     return pc.replace_with_mask(prompt, has, last)
 
 
-def normalise(arr: pa.Array) -> pa.Array:
+def normalise(arr: pa.Array, invisible: str = "") -> pa.Array:
     """Texts as the request patterns read them (:func:`distillguard.text.patterns.normalise`, vectorised):
-    rows with characters beyond ASCII NFKC-normalised, format characters dropped, dashes and apostrophes
-    plain."""
+    rows with characters beyond ASCII NFKC-normalised, dashes and apostrophes plain, invisible characters
+    as ``invisible``."""
     odd = pc.invert(pc.string_is_ascii(arr))
     if not pc.any(odd).as_py():
         return arr
     sub = pc.utf8_normalize(arr.filter(odd), form="NFKC")
-    sub = pc.replace_substring_regex(pc.replace_substring_regex(sub, FORMAT_CHARS, ""), DASHES, "-")
+    sub = pc.replace_substring_regex(pc.replace_substring_regex(sub, INVISIBLE, invisible), DASHES, "-")
     sub = pc.replace_substring_regex(sub, f"[{APOSTROPHES}]", "'")
     return pc.replace_with_mask(arr, odd, sub)
+
+
+def readings(arr: pa.Array) -> list[pa.Array]:
+    """The texts the patterns read (:func:`distillguard.text.patterns.readings`): normalised, and a second
+    time with invisible characters as spaces when some row has one."""
+    out = [normalise(arr)]
+    if pc.any(pc.match_substring_regex(arr, INVISIBLE)).as_py():
+        out.append(normalise(arr, " "))
+    return out
 
 
 def _encode(arr: pa.Array) -> tuple[np.ndarray, list]:
@@ -616,7 +625,7 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
     admitted = pc.fill_null(pc.equal(decision, "admitted"), True).to_numpy(zero_copy_only=False)
     logprobs = flag(params, _LOGPROBS_RE)
     logit_bias = flag(params, _LOGIT_BIAS_RE)
-    said = normalise(prompt)
+    said = readings(prompt)
     return QueryBatch(
         accounts=accounts,
         acct=acct,
@@ -629,9 +638,15 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
         # reasoning"), the question, or a history it made up (the API is stateless: the client sends every
         # turn, a few-shot demonstration or a prefill included), so the whole prompt is read (RE2 is linear:
         # it costs what its two ends did), normalised, a bare "step by step" with procedures out
-        cot=flag(said, COT_REASONING_RE2, True)
-        | flag(pc.replace_substring_regex(said, PROCEDURE_RE2, " "), COT_RE2, True),
-        identity=ends_flag(normalise(text), IDENTITY_RE2),
+        cot=np.any(
+            [
+                flag(t, COT_REASONING_RE2, True)
+                | flag(pc.replace_substring_regex(t, PROCEDURE_RE2, " "), COT_RE2, True)
+                for t in said
+            ],
+            axis=0,
+        ),
+        identity=np.any([ends_flag(t, IDENTITY_RE2) for t in readings(text)], axis=0),
         logprobs=logprobs,
         logit_bias=logit_bias,
         logprob_gen=logprobs & ~flag(params, _SHORT_GEN_RE),

@@ -14,6 +14,7 @@ import unicodedata
 # model's reasoning that no procedure phrase holds (COT_REASONING, read in the text as the client wrote it)
 COT_BARE = r"step[- ]by[- ]step"
 COT_REASONING = (
+    r"(?:think|work|go|reason)(?:ing)?,? (?:it |this )?step[- ]by[- ]step|"
     r"chain[- ]of[- ]thought|show (?:your|all|the) (?:full |complete )?(?:reasoning|work|"
     r"intermediate steps|steps)|(?:walk|talk|take) me through (?:your|the) (?:reasoning|thinking|steps)|"
     r"think (?:through|about) (?:this|it) carefully|reason(?:ing)? (?:step|carefully)|lay out your|"
@@ -52,16 +53,19 @@ PROCEDURE_PATTERN = r"(?i)step[- ]by[- ]step (?:instructions?|guides?|directions
 # The patterns above are written with single spaces; what runs is each of them *tolerant*: a space matches
 # any run of whitespace of any kind (a double space, a line break, a no-break space) and the escapes of
 # JSON text ("\n" in a tool description), "[- ]" a hyphen too. Text with characters beyond ASCII is first
-# normalised (:func:`normalise`): NFKC (full-width and other compatibility forms to plain letters), format
-# characters dropped (zero-width spaces and joiners, soft hyphens, direction marks: Unicode category Cf),
-# dashes as "-" (category Pd) and typographic apostrophes as "'". So the patterns read what a model reads,
-# whichever way it is spaced or encoded; letters of other scripts that look Latin (a Cyrillic "е") are
-# not mapped. The RE2 forms run in the monitor's Arrow kernels (``monitor.features``), the Python ones
-# here; a test holds them equal.
+# normalised (:func:`normalise`): NFKC (full-width and other compatibility forms to plain letters), dashes
+# and the minus sign as "-", typographic apostrophes as "'", and invisible characters (format characters
+# such as zero-width spaces and joiners, soft hyphens and direction marks, variation selectors, fillers)
+# read both ways: dropped ("st\u200bep") and as spaces ("think\u200bstep"). So the patterns read what a
+# model reads, whichever way it is spaced or encoded; letters of other scripts that look Latin (a
+# Cyrillic "е") are not mapped. The RE2 forms run in the monitor's Arrow kernels (``monitor.features``),
+# the Python ones here (word boundaries ASCII and "$" the end of the text, as in RE2); a test holds them
+# equal on its strings. The two engines' Unicode tables can differ for code points newer than Python's.
 RE2_SPACE = r"(?:[\s\p{Z}\x0b\x1c-\x1f\x85]|\\[nrt])+"
 PY_SPACE = r"(?:\s|\\[nrt])+"  # Python's \s is Unicode whitespace: the separators, \x0b, \x1c-\x1f, \x85
-FORMAT_CHARS = r"\p{Cf}+"
-DASHES = r"\p{Pd}"
+_FILLERS = "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180e\u180f\u3164\uffa0"
+INVISIBLE = r"[\p{Cf}" + "".join(f"\\x{{{ord(c):04x}}}" for c in _FILLERS) + r"\x{fe00}-\x{fe0f}]+"
+DASHES = r"[\p{Pd}\x{2212}]"
 APOSTROPHES = (
     "\u2018\u2019\u02bc\u2032"  # typographic apostrophes and primes: "Let\u2019s think" is "let's think"
 )
@@ -72,26 +76,35 @@ def tolerant(pattern: str, space: str) -> str:
     return pattern.replace("[- ]", f"(?:-|{space})").replace(" ?", f"(?:{space})?").replace(" ", space)
 
 
+def _python(pattern: str) -> str:
+    """The Python form: tolerant, with RE2's ASCII word boundaries and its "$" (the end of the text)."""
+    return tolerant(pattern, PY_SPACE).replace(r"\b", r"(?a:\b)").replace("$", r"\Z")
+
+
 COT_RE2, COT_REASONING_RE2, PROCEDURE_RE2, IDENTITY_RE2 = (
     tolerant(p, RE2_SPACE) for p in (COT_PATTERN, COT_REASONING, PROCEDURE_PATTERN, IDENTITY_PATTERN)
 )
-COT_RE = re.compile(tolerant(COT_PATTERN, PY_SPACE), re.IGNORECASE)
-COT_REASONING_RE = re.compile(tolerant(COT_REASONING, PY_SPACE), re.IGNORECASE)
-PROCEDURE_RE = re.compile(tolerant(PROCEDURE_PATTERN, PY_SPACE))
-IDENTITY_RE = re.compile(tolerant(IDENTITY_PATTERN, PY_SPACE), re.IGNORECASE)
+COT_RE = re.compile(_python(COT_PATTERN), re.IGNORECASE)
+COT_REASONING_RE = re.compile(_python(COT_REASONING), re.IGNORECASE)
+PROCEDURE_RE = re.compile(_python(PROCEDURE_PATTERN))
+IDENTITY_RE = re.compile(_python(IDENTITY_PATTERN), re.IGNORECASE)
 
 
-def normalise(text: str) -> str:
-    """``text`` as the patterns read it: beyond ASCII, NFKC, format characters dropped, dashes and
-    apostrophes plain."""
+def _invisible(c: str) -> bool:
+    return unicodedata.category(c) == "Cf" or c in _FILLERS or "\ufe00" <= c <= "\ufe0f"
+
+
+def normalise(text: str, invisible: str = "") -> str:
+    """``text`` as the patterns read it: beyond ASCII, NFKC, dashes and apostrophes plain, invisible
+    characters as ``invisible`` (dropped, or read as a space)."""
     if text.isascii():
         return text
     text = unicodedata.normalize("NFKC", text)
     out = (
-        ""
-        if (cat := unicodedata.category(c)) == "Cf"
+        invisible
+        if _invisible(c)
         else "-"
-        if cat == "Pd"
+        if unicodedata.category(c) == "Pd" or c == "\u2212"
         else "'"
         if c in APOSTROPHES
         else c
@@ -100,12 +113,19 @@ def normalise(text: str) -> str:
     return "".join(out)
 
 
+def readings(text: str) -> list[str]:
+    """The texts the patterns read: ``text`` normalised, twice when it has invisible characters."""
+    out = [normalise(text)]
+    if not text.isascii() and any(_invisible(c) for c in text):
+        out.append(normalise(text, " "))
+    return out
+
+
 def is_cot(text: str) -> bool:
     """Whether ``text`` elicits step-by-step reasoning (the same patterns the vectorised path uses)."""
-    text = normalise(text)
-    return bool(COT_REASONING_RE.search(text) or COT_RE.search(PROCEDURE_RE.sub(" ", text)))
+    return any(COT_REASONING_RE.search(t) or COT_RE.search(PROCEDURE_RE.sub(" ", t)) for t in readings(text))
 
 
 def is_identity(text: str) -> bool:
     """Whether ``text`` asks the model who it is or who made it."""
-    return bool(IDENTITY_RE.search(normalise(text)))
+    return any(IDENTITY_RE.search(t) for t in readings(text))

@@ -293,6 +293,8 @@ def test_a_proxy_that_cannot_be_stepped_like_the_served_model_fails_at_start():
 COT_CASES = [
     ("What does os.path.join do? Think step by step.", "What does os.path.join do?"),
     ("What does os.path.join do? Think step  by\u00a0step.", "What does os.path.join do?"),  # any spacing
+    ("What does zip return? Think st\u200bep by step.", "What does zip return?"),  # invisible characters
+    ("What does zip return? Let\u2019s think step by step.", "What does zip return?"),
     ("Let's think step by step. What does zip return?", "What does zip return?"),
     ("Explain json.dumps, step by step.", "Explain json.dumps."),
     ("Use chain-of-thought. What is itertools.chain?", "What is itertools.chain?"),
@@ -323,14 +325,14 @@ def test_cot_takes_the_reasoning_request_out_of_the_prompt_and_nothing_else():
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from distillguard.monitor.features import COT_RE2, is_cot
+    from distillguard.monitor.features import COT_RE2, is_cot, normalise
     from distillguard.text import patterns
 
     # one pattern for the monitor and the defence, the monitor's the RE2 form of it
     assert patterns.tolerant(patterns.COT_PATTERN, patterns.RE2_SPACE) == COT_RE2
     # the monitor runs it in Arrow's RE2 kernels too: both engines agree on every case
     texts = [t for case in COT_CASES for t in case]
-    arrow = pc.match_substring_regex(pa.array(texts), COT_RE2, ignore_case=True).to_pylist()
+    arrow = pc.match_substring_regex(normalise(pa.array(texts)), COT_RE2, ignore_case=True).to_pylist()
     assert arrow == [is_cot(t) for t in texts]
     on, off = build_defence(DefenceSpec("cot", 1)), build_defence(DefenceSpec("cot", 0))
     for asked, plain in COT_CASES:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from distillguard.text.patterns import COT_PATTERN, PY_SPACE, tolerant
+from distillguard.text.patterns import COT_PATTERN, PY_SPACE, readings, tolerant
 
 # the monitor's pattern, with the words that lead into or close its matches ("reason step by step",
 # "justify each step"), so that no fragment of a request is left behind; a space in it matches any run of
@@ -49,6 +49,10 @@ _TRAILING = re.compile(r"\s+(?:and|then|so|or)$", re.IGNORECASE)
 
 def strip_reasoning_requests(text: str) -> str:
     """``text`` without its requests for step-by-step reasoning (the module docstring says how)."""
+    if not text.isascii():
+        # a request written with invisible, full-width or typographic characters ("st\u200bep by step",
+        # "Let\u2019s think") is found in the text as the monitor reads it, which the model then gets instead
+        text = next((t for t in readings(text) if _SPAN.search(t)), text)
     if not _SPAN.search(text):
         return text
     lead = text[: len(text) - len(text.lstrip())]

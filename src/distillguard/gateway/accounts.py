@@ -80,12 +80,6 @@ class Principal:
         return self.models is None or model in self.models
 
 
-# the error codes of a key refused at authentication: it may not call at all (a suspended tier included)
-AUTH_REFUSALS = frozenset(
-    {"invalid_api_key", "key_revoked", "key_expired", "account_banned", "account_suspended", "unknown_tier"}
-)
-
-
 class AuthError(Exception):
     """Authentication or authorization refused; the server maps it to an OpenAI-style error body.
 

@@ -53,7 +53,6 @@ from starlette.responses import Response
 
 from distillguard.errors import DefenceUnavailable, UserError
 from distillguard.gateway.accounts import (
-    AUTH_REFUSALS,
     AccountStore,
     AuthError,
     Limits,
@@ -260,11 +259,13 @@ class Gateway(ProxyMode):
             if who is not None:  # a known key refused (revoked, banned, ...): the ledger names who it was
                 key_id, acct, org, tier = who
                 ctx.principal = Principal(key_id, acct, org, tier, Limits(), Limits(), None, None)
+                ctx.refused_at_auth = True
             raise APIError(exc.status, exc.message, code=exc.code) from None
         ctx.principal = principal
         # the store asks the tier too (suspended accounts never get here); double-check the policy
         refusal = get_tier(principal.tier).refuse_account(principal.account)
         if refusal is not None:
+            ctx.refused_at_auth = True
             raise _refused(refusal)
         return principal
 
@@ -387,7 +388,7 @@ class Gateway(ProxyMode):
             # revoked, expired, suspended) is a source of its own. A working key's refusals (its rate, its
             # quota, its tier, bad input) each keep a record, their client text bounded (REFUSED_TEXT_CHARS).
             p = ctx.principal
-            limited = ctx.decision == "refused" and (p is None or err.code in AUTH_REFUSALS)
+            limited = ctx.decision == "refused" and (p is None or ctx.refused_at_auth)
             if limited and not self.refusals.allow(ctx.client_ip if p is None else f"key:{p.key_id}"):
                 ctx.recorded = True
                 if self.refusals.count(ctx.endpoint, ctx.client_ip, err.status, err.code, ctx.principal):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -204,7 +204,9 @@ def canonical(value: Any) -> str:
 # a line inside a message that starts with a role label would read as a turn of its own (the monitor takes
 # what follows the last "\nuser: " as the question): the renderer indents it by a space, so that only the
 # turns it writes itself start with one
-_ROLE_LINE = re.compile(r"\n(?=(?:system|developer|user|assistant|tool|function): )")
+_ROLE_LINE = re.compile(
+    r"\n(?=(?:" + "|".join(get_args(ChatMessage.model_fields["role"].annotation)) + "): )"
+)
 
 
 def render_entry(m: dict[str, Any]) -> str:

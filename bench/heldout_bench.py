@@ -1,13 +1,14 @@
 """The monitor on held-out traffic: populations from ``distillguard heldout`` (written apart from the
 monitor), sent through a real gateway (stub backend, official ``openai`` client, client addresses through the
-trusted ``X-Forwarded-For``), exported, put on the simulated clock and scanned four ways:
+trusted ``X-Forwarded-For``), exported, put on the simulated clock and scanned five ways:
 
 - **cold start, shipped reference** (what a scan does before ``monitor calibrate``): the default reference
   that ships with the package (fitted on the monitor's own simulator, never on held-out traffic);
 - **cold start, --population**: no reference, the monitor calibrates on the scanned population;
 - **own benign period**: a reference fitted on the benign accounts of a separate held-out run (another seed),
-  as ``monitor calibrate`` on a known-good period would: added to the shipped reference (its default:
-  the simulated kinds are neighbours, the null is the period's) and alone (``--base none``).
+  as ``monitor calibrate`` on a known-good period would: its default (a period this size keeps the shipped
+  reference's null, its accounts are neighbours), with the period's own null (``--null period``: the
+  simulated kinds are neighbours), and alone (``--base none``).
 
 Each run reports per-account TPR/FPR at every rung with exact Clopper-Pearson bounds, campaigns detected,
 whether any evaluation harness or support bot was flagged, and queries to detection per campaign.
@@ -129,8 +130,11 @@ def references(ref_run: Path) -> dict:
     return {
         "cold start: shipped reference (default)": shipped,
         "cold start: --population": None,
-        "own benign period (calibrate default: added to the shipped reference)": build_reference(
+        "own benign period (calibrate default: the shipped null, the period as neighbours)": build_reference(
             acc, opts, benign=benign, created=created, base=shipped
+        ),
+        "own benign period's own null (calibrate --null period)": build_reference(
+            acc, opts, benign=benign, created=created, base=shipped, null="period"
         ),
         "own benign period alone (calibrate --base none)": build_reference(
             acc, opts, benign=benign, created=created
@@ -251,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-qtd", action="store_true")
     ap.add_argument(
         "--generator", choices=("heldout", "heldout2", "simulator"), default="heldout",
-        help="heldout2: the second held-out generator (results heldout2.json); simulator: the same four "
+        help="heldout2: the second held-out generator (results heldout2.json); simulator: the same five "
         "settings on the monitor's own simulator (results monitor_tuned.json)",
     )  # fmt: skip
     ap.add_argument(
@@ -283,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
             rows += evaluate_run(run, refs, size, seed, qtd=not args.no_qtd)
     doc = {
         "bench": "heldout",
-        "what": "the monitor on held-out traffic through a real gateway, three references",
+        "what": "the monitor on held-out traffic through a real gateway, five references",
         "rows": rows,
         "summary": summarise(rows),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -292,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     if simulated:
-        doc["what"] = "the monitor on its own simulator's traffic (what it was tuned on), three references"
+        doc["what"] = "the monitor on its own simulator's traffic (what it was tuned on), five references"
     stem = {"simulator": "monitor_tuned"}.get(args.generator, args.generator)
     stem += "_quick" if args.quick else ""
     stem += f"_{args.out}" if args.out else ""

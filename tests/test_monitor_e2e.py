@@ -92,11 +92,20 @@ def test_attackers_end_restricted_or_suspended_and_customers_stay_normal(
         cal = json.loads(out)
         assert cal["accounts"] >= 25 and Path(cal["reference"]).is_file()
         assert cal["base"]["shipped"] and cal["base"]["entities"] >= 500  # added to the shipped reference
+        # a period this short keeps the shipped null (tiers capped), and says how its accounts fare on it
+        assert cal["null"] == "base" and cal["capped"] and cal["check"]["accounts"] >= 20
+        # the period's own null: the full ladder, which the rest of this test applies
+        argv = ["monitor", "calibrate", "--config", str(config), "--json", "--null", "period"]
+        code, out, err = run_cli(argv, capsys)
+        assert code == 0, err
+        cal = json.loads(out)
+        assert cal["null"] == "period" and "capped" not in cal
         assert "warning" not in cal and "warning" not in err
-        # a period of a few accounts is saved, and called what it is
+        # a period of a few accounts as its own null is saved, and called what it is
         few = dict(list(read_labels(tmp_path / "ref" / "labels.json").items())[:8])
         (tmp_path / "few.json").write_text(json.dumps(few))
         argv = ["monitor", "calibrate", "--config", str(config), "--labels", str(tmp_path / "few.json")]
+        argv += ["--null", "period"]
         code, out, err = run_cli([*argv, "--out", str(tmp_path / "few.npz")], capsys)
         assert code == 0 and "warning: the reference is fitted on only" in err and "saved" in out, err
         # the next period: other customers and five kinds of attacker

@@ -71,7 +71,7 @@ def test_a_period_added_to_the_shipped_reference_flags_the_campaign_not_the_harn
     pools, acc, created, personas = mixed
     shipped = load_shipped_reference()
     bacc, bcreated = accumulate(population(pools, seed=5, attackers=False))
-    ref = build_reference(bacc, OPTS, created=bcreated, base=shipped)
+    ref = build_reference(bacc, OPTS, created=bcreated, base=shipped, null="period")
     n_base = len(shipped.calibration.reference_ids)
     own = len(ref.calibration.reference_ids) - n_base
     assert ref.calibration.neighbours_only == n_base and own >= 15
@@ -84,7 +84,9 @@ def test_a_period_added_to_the_shipped_reference_flags_the_campaign_not_the_harn
     assert len(ref.calibration.null) == singles  # the period's single accounts, none of the base's
     assert len(RateNull.from_calibration(ref.calibration).ids) == own  # counts against its own profiles
     # a reference extended again says what it holds
-    again = build_reference(bacc, OPTS, created=bcreated, base=replace_meta(ref, path="older.npz"))
+    again = build_reference(
+        bacc, OPTS, created=bcreated, base=replace_meta(ref, path="older.npz"), null="period"
+    )
     assert again.meta["base"]["shipped"] and again.meta["base"]["what"] == (
         f"older.npz (which extends the shipped reference {VERSION})"
     )
@@ -111,7 +113,7 @@ def test_a_period_added_to_the_shipped_reference_flags_the_campaign_not_the_harn
     thin = report_json(analyse(acc, replace_meta(ref, accounts=8), options=OPTS, created=created), {})
     assert thin["reference"]["trust"].startswith("low: fitted on only 8 accounts")
     few = [a for a in sorted(bacc.index) if bacc.c["n"][bacc.index[a]] >= OPTS.min_queries][:6]
-    small = build_reference(bacc, OPTS, benign=few, created=bcreated, base=shipped)
+    small = build_reference(bacc, OPTS, benign=few, created=bcreated, base=shipped, null="period")
     assert small.meta["accounts"] == 6 and "calibrate on a longer" in small.meta["warning"]
     nulls = {t["null"] for v in analysis.accounts.values() for t in v.tests if "null" in t}
     assert f"benign reference, {own} entities (+ {n_base} neighbours)" in nulls
@@ -150,4 +152,119 @@ def test_the_config_names_the_base_and_eval_refuses_a_base_without_a_period(tmp_
     with pytest.raises(UserError, match="monitor_calibrate_base must be one of"):
         reference_base({"monitor_calibrate_base": "nonesuch"})
     code, _, err = run_cli(["monitor", "eval", "--base", "none", "--labels", str(tmp_path / "x")], capsys)
+    assert code != 0 and "give --reference-ledger too" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_period_added_as_neighbours_of_the_base_null_only_raises_p_values():
+    """Null calibration of ``--null base`` (:meth:`Calibration.extended`). H0: the scored entity is a fresh
+    draw of the base's benign traffic (600 entities). The period (120 entities) holds a kind the base lacks
+    (60 at (3, 3, 3)) and 60 like the base. Over 5 bases x 5,000 fresh draws, P[p <= a] stays at or below a
+    (+ 3 standard errors) at 0.05, 0.01 and 1e-3, and every p-value is at least the base's (more neighbours
+    can only shorten the distance to the nearest one): the period flags nothing the base would not. A fresh
+    account of the period's kind, which the base alone flags, is cleared."""
+    levels = np.array([0.05, 0.01, 1e-3])
+    draws, per = 5, 5000
+    rates = np.zeros(len(levels))
+
+    def ps(cal: Calibration, x: np.ndarray) -> np.ndarray:
+        return np.array([
+            cal.p_value(cal._knn(cal.z(dict(zip(FEATS, map(float, r), strict=True))), None)[0]) for r in x
+        ])  # fmt: skip
+
+    for seed in range(draws):
+        rng = np.random.default_rng(100 + seed)
+        base = Calibration.fit(_rows(rng.normal(0.0, 1.0, (600, 3)), "sim"), features=FEATS)
+        kind = rng.normal(6.0, 0.3, (60, 3))
+        cal = base.extended(_rows(np.vstack([kind, rng.normal(0.0, 1.0, (60, 3))]), "own"))
+        assert cal.added == 120 and np.array_equal(cal.null, base.null) and cal.tail_beta == base.tail_beta
+        fresh = rng.normal(0.0, 1.0, (per, 3))
+        p_ext, p_base = ps(cal, fresh), ps(base, fresh)
+        assert (p_ext >= p_base).all()
+        rates += (p_ext[:, None] <= levels[None, :]).mean(axis=0) / draws
+        own_kind = rng.normal(6.0, 0.3, (200, 3))
+        p_kind, p_kind_base = ps(cal, own_kind), ps(base, own_kind)
+        assert (p_kind >= p_kind_base).all()
+        assert (p_kind_base <= 1e-3).mean() > 0.9 and (p_kind <= 1e-3).mean() < 0.05
+    se = np.sqrt(levels * (1 - levels) / (draws * per))
+    assert (rates <= levels + 3 * se).all(), rates
+    # a restricted look keeps the base's null and adds the period again; a saved reference keeps both
+    sub = cal.restrict(FEATS[:2])
+    assert sub.added == 120 and np.array_equal(sub.null, base.restrict(FEATS[:2]).null)
+    again = Calibration.from_dict(cal.to_dict())
+    assert again.added == 120 and np.array_equal(again.reference, cal.reference, equal_nan=True)
+    assert np.array_equal(ps(again, own_kind[:20]), p_kind[:20])
+
+
+@pytest.fixture(scope="module")
+def period(mixed):
+    pools, *_ = mixed
+    return accumulate(population(pools, seed=5, attackers=False))
+
+
+def test_the_default_keeps_a_small_periods_base_null_clears_its_kinds_and_flags_nothing_new(
+    mixed, period, tmp_path
+):
+    from distillguard.monitor.decisions import Policy
+    from distillguard.monitor.detectors import Stricter
+    from distillguard.monitor.judge import Looks
+    from distillguard.monitor.report import plan_decisions
+
+    _, acc, created, personas = mixed
+    bacc, bcreated = period
+    shipped = load_shipped_reference()
+    ref = build_reference(bacc, OPTS, created=bcreated, base=shipped)  # auto: a period of ~30 accounts
+    n_base = len(shipped.calibration.reference_ids)
+    cal = ref.calibration
+    assert ref.meta["null"] == "base" and ref.meta["capped"] and cal.neighbours_only == 0
+    assert cal.added == len(cal.reference_ids) - n_base == ref.meta["entities"]
+    assert np.array_equal(cal.null, shipped.calibration.null)  # the shipped reference's null
+    singles = sum(len(ids) == 1 for ids in cal.reference_ids[n_base:])
+    check = ref.meta["check"]
+    assert check["accounts"] == singles and set(check["flagged"]) == {"0.05", "0.01", "0.001"}
+    looks = Looks.of(cal, "x")
+    assert isinstance(looks.suggestive, Stricter)  # counts held against the period's rates too
+    assert [len(n.ids) for n in looks.suggestive.nulls] == [n_base, len(cal.reference_ids) - n_base]
+    ref = Reference.load(ref.save(tmp_path / "ref.npz"))
+    assert ref.calibration.added == cal.added and ref.meta["null"] == "base"
+    analysis = analyse(acc, ref, options=OPTS, created=created)
+    alone = analyse(acc, shipped, options=OPTS, created=created)
+    # no account is flagged that the shipped reference alone would not flag
+    for a, v in analysis.accounts.items():
+        assert v.p_value >= alone.accounts[a].p_value * (1 - 1e-9), (a, v.p_value, alone.accounts[a].p_value)
+    assert all(flagged(v) for v in by_persona(analysis, personas, "sybil"))
+    assert flagged(by_persona(analysis, personas, "coverage")[0])
+    for name in ("eval_harness", "support_bot", "casual_chat"):
+        assert not any(flagged(v) for v in by_persona(analysis, personas, name)), name
+    info = report_json(analysis, {})["reference"]
+    assert info["capped"] and info["trust"].startswith("medium")
+    assert "known-good period's" in info["trust"] and "checked on the period" in info["trust"]
+    nulls = {t["null"] for v in analysis.accounts.values() for t in v.tests if "null" in t}
+    null = f"the shipped reference {VERSION}, {n_base} entities (+ {cal.added} known-good neighbours)"
+    assert null in nulls
+    # its null is the shipped one, so automatic tiers stop where the shipped reference's do
+    _, _, tiers = plan_decisions(analysis, Policy(), {a: "normal" for a in analysis.accounts}, {}, 0.0)
+    assert set(tiers.values()) == {"normal", "throttled"}
+
+
+def test_auto_takes_the_periods_own_null_once_it_is_long_and_a_bad_null_is_one_line(
+    period, tmp_path, capsys, monkeypatch
+):
+    import distillguard.monitor.scan as scan
+
+    bacc, bcreated = period
+    shipped = load_shipped_reference()
+    monkeypatch.setattr(scan, "PERIOD_NULL_MIN", 10)  # a "long" period, at test size
+    ref = build_reference(bacc, OPTS, created=bcreated, base=shipped)
+    assert ref.meta["null"] == "period" and ref.calibration.neighbours_only > 0 and "capped" not in ref.meta
+    assert build_reference(bacc, OPTS, created=bcreated).meta["null"] == "period"  # no base: its own
+    with pytest.raises(UserError, match="--null base needs a base"):
+        build_reference(bacc, OPTS, created=bcreated, null="base")
+    monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path))
+    for argv, expect in (
+        (["--null", "nonesuch"], "--null must be one of auto, base, period"),
+        (["--null", "base", "--base", "none"], "--null base needs a base"),
+    ):
+        code, _, err = run_cli(["monitor", "calibrate", *argv, "--parquet", str(tmp_path)], capsys)
+        assert code != 0 and expect in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli(["monitor", "eval", "--null", "base", "--labels", str(tmp_path / "x")], capsys)
     assert code != 0 and "give --reference-ledger too" in err and len(err.strip().splitlines()) == 1, err

@@ -148,8 +148,8 @@ def follow_cmd(
 
     policy = Policy.from_config(cfg)
     ref = jobs.load_reference(cfg, reference, population)
-    if ref is not None and ref.meta.get("shipped"):
-        typer.echo(jobs.shipped_note(ref, policy), err=True)
+    if ref is not None and (note := jobs.shipped_note(ref, policy)):
+        typer.echo(note, err=True)
     follower = Follower(
         ledger_path=jobs.ledger_path(cfg, ledger),
         store=store,
@@ -174,6 +174,17 @@ BaseOpt = Annotated[
 ]
 
 
+NullOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--null",
+        help="Whose null the p-values come from: base (the base's, the period's accounts its neighbours: "
+        "flags nothing the base would not), period (the period's own: needs a long one), or auto (period "
+        "from 999 scored accounts, else base; default, or config monitor_calibrate_null).",
+    ),
+]
+
+
 @app.command("calibrate")
 def calibrate_cmd(
     ledger: LedgerOpt = None,
@@ -183,6 +194,7 @@ def calibrate_cmd(
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Where to save (default: the monitor's).")] = None,
     base: BaseOpt = None,
+    null: NullOpt = None,
     engine: EngineOpt = None,
     ray_address: RayAddressOpt = None,
     config: ConfigOpt = None,
@@ -198,6 +210,7 @@ def calibrate_cmd(
         engine=engine,
         address=ray_address,
         base=base,
+        null=null,
         progress=_progress,
     )
     if doc.get("warning"):
@@ -208,6 +221,15 @@ def calibrate_cmd(
         extends = doc.get("base")
         added = f", added to {extends['what']} ({extends['entities']} entities)" if extends else ""
         typer.echo(f"benign reference of {doc['accounts']} accounts{added} saved to {doc['reference']}")
+        if doc.get("null") == "base":
+            check = doc.get("check") or {}
+            typer.echo(
+                f"p-values against {extends['what']}'s null, the period's accounts its neighbours "
+                f"(--null base); checked on the period: {check.get('flagged', {}).get('0.001')} of its "
+                f"{check.get('accounts')} accounts, each judged without its own record, at p <= 0.001"
+            )
+        else:
+            typer.echo("p-values against the period's own null (--null period)")
 
 
 @app.command("eval")
@@ -224,6 +246,7 @@ def eval_cmd(
     ] = None,
     population: PopulationOpt = False,
     base: BaseOpt = None,
+    null: NullOpt = None,
     qtd: Annotated[bool, typer.Option("--qtd/--no-qtd", help="Replay for queries-to-detection.")] = True,
     out: Annotated[Path | None, typer.Option("--out", help="Directory for eval.json and roc.png.")] = None,
     config: ConfigOpt = None,
@@ -232,23 +255,28 @@ def eval_cmd(
     """Per-persona TPR/FPR, campaign detection, queries-to-detection, confusion table, ROC plot."""
     from distillguard.monitor.decisions import Policy
     from distillguard.monitor.evaluate import evaluate, queries_to_detection
-    from distillguard.monitor.scan import build_reference, ledger_batches
+    from distillguard.monitor.scan import build_reference, check_null, ledger_batches
+    from distillguard.monitor.settings import MonitorSettings
     from distillguard.monitor.synth import read_labels
 
     cfg = load_config(config)
     policy = Policy.from_config(cfg)
     opts = jobs.scan_options(cfg)
-    if base is not None and reference_ledger is None:
-        raise UserError("--base is what --reference-ledger's period extends; give --reference-ledger too")
+    if (base is not None or null is not None) and reference_ledger is None:
+        raise UserError(
+            "--base and --null say how --reference-ledger's period is used; give --reference-ledger too"
+        )
     lab = read_labels(labels)
     if reference_ledger is not None:
         extends = jobs.reference_base(cfg, base)  # a bad --base fails before the pass over the ledger
+        null = null or MonitorSettings.from_config(cfg).calibrate_null
+        check_null(null, extends)
         ref_lab = Path(reference_ledger).parent / "labels.json"
         benign = None
         if ref_lab.is_file():
             benign = [a for a, x in read_labels(ref_lab).items() if x.get("kind") == "benign"]
         ref_acc = jobs.read(ledger_batches(reference_ledger), opts, _progress)
-        ref = build_reference(ref_acc, opts, benign=benign, base=extends)
+        ref = build_reference(ref_acc, opts, benign=benign, base=extends, null=null)
     else:
         ref = jobs.load_reference(cfg, reference, population)
     batches, created = jobs.open_source(ledger, parquet, cfg)

@@ -320,6 +320,9 @@ class Calibration:
     # the first ``neighbours_only`` reference rows are profiles to be compared with but stay out of the null:
     # an extended base's entities, which are not draws from the deployment's benign traffic
     neighbours_only: int = 0
+    # the last ``added`` rows are a known-good period's entities placed in this calibration's geometry as
+    # neighbours only (:meth:`extended`): the null, centre and unit scales stay those of the rows before them
+    added: int = 0
 
     # -- fitting --------------------------------------------------------------------------------------
 
@@ -417,21 +420,56 @@ class Calibration:
         self.tail_beta = max(beta * upper, self.min_beta)
 
     def restrict(self, features: Sequence[str], *, min_beta: float = SUBSET_MIN_BETA) -> Calibration:
-        """The same reference, scored on ``features`` only (refitted from the stored raw profiles)."""
+        """The same reference, scored on ``features`` only (refitted from the stored raw profiles; rows
+        :meth:`extended` added are added again to the refitted look)."""
         cache = getattr(self, "_restricted", None)
         if cache is None:
             cache = self._restricted = {}
         key = (tuple(features), min_beta)
         if key not in cache:
-            cache[key] = Calibration.fit(
-                self.rows(),  # fit reads ``features`` of them
+            rows = self.rows()
+            core = len(rows) - self.added
+            cal = Calibration.fit(
+                rows[:core],  # fit reads ``features`` of them
                 k=self.k,
                 source=self.source,
                 features=features,
                 min_beta=min_beta,
                 neighbours_only=self.neighbours_only,
             )
+            cache[key] = cal.extended(rows[core:]) if self.added else cal
         return cache[key]
+
+    def extended(self, rows: Sequence[tuple[tuple[str, ...], dict[str, float]]]) -> Calibration:
+        """This calibration with ``rows`` (a known-good period's entities) added as neighbours only.
+
+        The null, its tail, the centre and the unit scales stay this calibration's; the rows are placed in
+        its geometry and an entity is compared with them too. The score is the distance to the nearest
+        allowed profile, which more profiles can only shorten, so every p-value is at least this
+        calibration's: an extended calibration clears entities that resemble the period's, and flags none
+        that this one does not. Its p-values hold where this calibration's do (for the shipped reference:
+        benign traffic like the simulator's, less the kinds the period shows)."""
+        if not rows:
+            return self
+        raw = np.array([[r[1].get(f, np.nan) for f in self.features] for r in rows], dtype=np.float64)
+        tr = np.column_stack([_transform(f, raw[:, j]) for j, f in enumerate(self.features)])
+        return Calibration(
+            self.features,
+            self.center,
+            self.scale,
+            np.vstack([self.reference, raw]),
+            np.vstack([self.reference_z, (tr - self.center) / self.scale]),
+            [*self.reference_ids, *(tuple(r[0]) for r in rows)],
+            self.null,
+            self.tail_u,
+            self.tail_p,
+            self.tail_beta,
+            self.k,
+            self.source,
+            self.min_beta,
+            self.neighbours_only,
+            self.added + len(rows),
+        )
 
     # -- scoring --------------------------------------------------------------------------------------
 
@@ -579,6 +617,7 @@ class Calibration:
             "source": self.source,
             "min_beta": self.min_beta,
             "neighbours_only": self.neighbours_only,
+            "added": self.added,
         }
 
     @classmethod
@@ -606,6 +645,7 @@ class Calibration:
             str(d["source"]),
             float(d.get("min_beta", 0.05)),
             int(d.get("neighbours_only", 0)),
+            int(d.get("added", 0)),
         )
 
 
@@ -675,15 +715,20 @@ class RateNull:
     features: tuple[str, ...] = ELICITATION
 
     @classmethod
-    def from_calibration(cls, cal: Calibration, features: Sequence[str] = ELICITATION) -> RateNull:
+    def from_calibration(
+        cls, cal: Calibration, features: Sequence[str] = ELICITATION, *, added: bool = False
+    ) -> RateNull:
         """The null of ``features`` (those the reference has: one saved before a feature existed lacks it),
         over the reference's own profiles: an extended base's entities are neighbours of the profile look
-        only (:attr:`Calibration.neighbours_only`), never rates a count is held against."""
+        only (:attr:`Calibration.neighbours_only`), never rates a count is held against. With ``added``,
+        over the rows :meth:`Calibration.extended` added instead (a known-good period's)."""
         from scipy.stats import beta
 
         features = tuple(f for f in features if f in cal.features)
         cols = [cal.features.index(f) for f in features]
-        ref, ids = cal.reference[cal.neighbours_only :], cal.reference_ids[cal.neighbours_only :]
+        end = len(cal.reference_ids) - cal.added
+        lo, hi = (end, len(cal.reference_ids)) if added else (cal.neighbours_only, end)
+        ref, ids = cal.reference[lo:hi], cal.reference_ids[lo:hi]
         lq = ref[:, cal.features.index("log_queries")]
         sizes = np.array([len(x) for x in ids], dtype=np.float64)
         n = np.round(np.where(np.isfinite(lq), 10.0**lq, 1.0) * sizes)
@@ -783,3 +828,14 @@ class RateNull:
         reasons.sort(key=lambda r: r["p_value"])
         p = min(1.0, len(self.features) * best)
         return Assessment(tuple(accounts), n, -math.log10(max(p, 1e-300)), p, 1.0 - p, reasons[:4])
+
+
+@dataclass
+class Stricter:
+    """One look held against several nulls (a reference's and a known-good period's elicitation rates):
+    the largest p-value counts, which is valid wherever any one of the nulls holds."""
+
+    nulls: tuple[RateNull, ...]
+
+    def assess(self, *args: Any, **kwargs: Any) -> Assessment:
+        return max((n.assess(*args, **kwargs) for n in self.nulls), key=lambda a: a.p_value)

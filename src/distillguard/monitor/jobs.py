@@ -87,14 +87,23 @@ def reference_base(config: dict[str, Any], spec: str | None = None):
     return ref
 
 
-def shipped_note(ref, policy) -> str:
-    """What a scan against the shipped reference tells its user."""
-    return (
-        f"note: scored against the shipped default reference ({ref.meta.get('version')}: simulated benign "
-        f"kinds, not this deployment's traffic), so tiers stop at {policy.shipped_max_tier!r} "
-        "(monitor_shipped_max_tier); fit your own with `distillguard monitor calibrate` on a known-good "
-        "period"
-    )
+def shipped_note(ref, policy) -> str | None:
+    """What a scan against the shipped reference's null tells its user (None for a null of its own)."""
+    if ref.meta.get("shipped"):
+        return (
+            f"note: scored against the shipped default reference ({ref.meta.get('version')}: simulated "
+            f"benign kinds, not this deployment's traffic), so tiers stop at {policy.shipped_max_tier!r} "
+            "(monitor_shipped_max_tier); fit your own with `distillguard monitor calibrate` on a known-good "
+            "period"
+        )
+    if ref.meta.get("capped"):
+        return (
+            f"note: p-values against the null of {(ref.meta.get('base') or {}).get('what')}, with a "
+            f"known-good period's accounts as neighbours, so tiers stop at {policy.shipped_max_tier!r} "
+            "(monitor_shipped_max_tier); `distillguard monitor calibrate --null period` on a long known-good "
+            "period gives a null of your own"
+        )
+    return None
 
 
 def open_store(config: dict[str, Any], create: bool):
@@ -274,18 +283,22 @@ def calibrate(
     engine: str | None = None,
     address: str | None = None,
     base: str | None = None,
+    null: str | None = None,
     progress: Progress = quiet,
 ) -> dict[str, Any]:
     """Fit and save the benign reference on a known-benign ledger; the document ``calibrate --json`` prints.
 
     With ``labels`` (a simulation's labels.json) only the accounts labelled benign are used. ``base``
     (default: config ``monitor_calibrate_base``, else ``shipped``) is what the period extends
-    (:func:`reference_base`; see :func:`~distillguard.monitor.scan.build_reference`).
+    (:func:`reference_base`), ``null`` (default: config ``monitor_calibrate_null``, else ``auto``) whose
+    null its p-values are drawn from (see :func:`~distillguard.monitor.scan.build_reference`).
     """
-    from distillguard.monitor.scan import build_reference
+    from distillguard.monitor.scan import build_reference, check_null
     from distillguard.monitor.synth import read_labels
 
     extends = reference_base(config, base)
+    null = null or MonitorSettings.from_config(config).calibrate_null
+    check_null(null, extends)  # before the pass over the ledger
     target = Path(out or reference_path(config)).expanduser()
     held = extends.meta.get("path") if extends is not None else None
     if held and Path(held).expanduser().resolve() == target.resolve():
@@ -301,14 +314,20 @@ def calibrate(
     if labels is not None:
         benign = [a for a, x in read_labels(labels).items() if x.get("kind") == "benign"]
     ref = build_reference(
-        acc, opts, benign=benign, created=created, meta={"source": str(ledger or parquet or "")}, base=extends
+        acc,
+        opts,
+        benign=benign,
+        created=created,
+        meta={"source": str(ledger or parquet or "")},
+        base=extends,
+        null=null,
     )
     path = ref.save(target)
     cal = ref.calibration
     return {
         "reference": str(path),
         **ref.meta,
-        "null": {"u": cal.tail_u, "p_u": cal.tail_p, "beta": cal.tail_beta},
+        "tail": {"u": cal.tail_u, "p_u": cal.tail_p, "beta": cal.tail_beta},
         "score_at_p": {f"{p:g}": cal.score_for_p(p) for p in (1e-3, 1e-4, 1e-6)},
     }
 
@@ -362,8 +381,8 @@ def scan(
             "over unlinked accounts can still vouch for itself; fit a reference with "
             "`distillguard monitor calibrate`"
         )
-    elif warn is not None and ref.meta.get("shipped"):
-        warn(shipped_note(ref, policy))
+    elif warn is not None and (note := shipped_note(ref, policy)):
+        warn(note)
     analysis = score(acc, ref, opts, created, progress)
     if intel is not None:
         analysis = intel.apply(analysis, policy)

@@ -24,6 +24,7 @@ from distillguard.monitor.detectors import (
     Assessment,
     Calibration,
     RateNull,
+    Stricter,
     combine_min_p,
 )
 from distillguard.monitor.linking import LinkInfo
@@ -64,8 +65,8 @@ class Looks:
     """
 
     profile: Calibration
-    extraction: RateNull
-    suggestive: RateNull
+    extraction: RateNull | Stricter
+    suggestive: RateNull | Stricter
     breadth: Calibration
     evasion: Calibration
     intent: Calibration
@@ -74,10 +75,16 @@ class Looks:
 
     @classmethod
     def of(cls, cal: Calibration, null: str) -> Looks:
+        def rates(features: tuple[str, ...]) -> RateNull | Stricter:
+            # a known-good period added as neighbours (Calibration.extended) also holds counts against its
+            # own rates: what the deployment's benign accounts ask for is never evidence
+            own = RateNull.from_calibration(cal, features)
+            return Stricter((own, RateNull.from_calibration(cal, features, added=True))) if cal.added else own
+
         return cls(
             cal,
-            RateNull.from_calibration(cal, EXTRACTION),
-            RateNull.from_calibration(cal, SUGGESTIVE),
+            rates(EXTRACTION),
+            rates(SUGGESTIVE),
             cal.restrict(BREADTH),
             cal.restrict(EVASION),
             cal.restrict(INTENT),

@@ -27,10 +27,10 @@ def plan_decisions(
     decisions: list[Decision] = []
     new_states = dict(states)
     tiers: dict[str, str] = {}
-    # against the shipped reference, tiers stop at ``shipped_max_tier``: its p-values hold for benign
+    # against the shipped reference's null, tiers stop at ``shipped_max_tier``: its p-values hold for benign
     # traffic like the simulator's, which the deployment's own customers may not be
-    shipped = (analysis.reference or {}).get("source") == "shipped reference"
-    cap = policy.shipped_max_tier if shipped else None
+    capped = bool((analysis.reference or {}).get("capped"))
+    cap = policy.shipped_max_tier if capped else None
     for a, v in analysis.accounts.items():
         cur = store_tiers.get(a)
         if cur is None:  # not in the store (a Parquet export of another system): report only
@@ -43,7 +43,8 @@ def plan_decisions(
             dec.cluster = v.cluster
             dec.reasons = v.reasons[:4]
             if cap is not None and policy.target(v.p_value) != policy.target(v.p_value, cap):
-                dec.reasons = [f"capped at {cap} (scored against the shipped reference)", *dec.reasons[:3]]
+                why = f"capped at {cap} (scored against the shipped reference's null)"
+                dec.reasons = [why, *dec.reasons[:3]]
             dec.seqs = v.evidence
             decisions.append(dec)
     return decisions, new_states, tiers

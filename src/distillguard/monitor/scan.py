@@ -464,20 +464,30 @@ def build_reference(
     created: dict[str, float] | None = None,
     meta: dict[str, Any] | None = None,
     base: Reference | None = None,
+    null: str = "auto",
 ) -> Reference:
     """Fit a benign :class:`Reference` on ``acc``'s accounts (or only the ``benign`` ones of them).
 
     Linked benign groups are pooled and added as reference entities too, so a benign team judged as a
     cluster has benign clusters to be compared with.
 
-    With ``base`` (the shipped reference, or an earlier one) the period *extends* it: the base's entities
-    join the period's as profiles to be compared with, and the period's are measured against the base's MMD
-    windows so that every entity's ``mmd`` reads the same baseline. Everything else stays the period's own:
-    the null (the leave-one-out scores of its entities, against every profile, the base's included), the
-    score's centre and unit scales, and the profiles elicitation counts are held against, since only its
-    entities are a sample of this deployment's benign traffic (:attr:`Calibration.neighbours_only`). What
-    the base adds is neighbours: a benign kind the period holds few of (or none, in a short period) has
-    its like among the base's kinds.
+    With ``base`` (the shipped reference, or an earlier one) the period *extends* it, and ``null``
+    (:data:`REFERENCE_NULLS`) says whose null the p-values are drawn from:
+
+    - ``period``: the period's own (:func:`period_null`): the base's entities are neighbours only, and the
+      null, the score's centre and unit scales and the elicitation rates are the period's, since only its
+      entities are a sample of this deployment's benign traffic. Valid for traffic like the period's, but
+      a p-value below ``1 / (n + 1)`` over ``n`` scored accounts rests on an extrapolated tail.
+    - ``base``: the base's (:func:`base_null`): the period's entities are added to it as neighbours only
+      (:meth:`Calibration.extended`), so an account like one of the deployment's known-good ones is
+      cleared, and no account is flagged that the base alone would not flag. The p-values hold where the
+      base's do (for the shipped reference, benign traffic like its simulated kinds), and automatic tiers
+      stop where the base's do. The period is checked against it (:func:`period_check`).
+    - ``auto`` (default): ``period`` once the period has :data:`PERIOD_NULL_MIN` scored accounts (enough
+      for the flag threshold's p-value by rank alone), else ``base``.
+
+    Either way the period's entities are measured against the base's MMD windows, so that every entity's
+    ``mmd`` reads the same baseline.
     """
     an = Analyzer(options)
     o = an.options
@@ -485,6 +495,9 @@ def build_reference(
     names = [a for a in names if acc.c["n"][acc.index[a]] >= o.min_queries]
     if len(names) < 3:
         raise UserError(f"a benign reference needs at least 3 accounts with {o.min_queries}+ queries")
+    check_null(null, base)
+    if null == "auto":
+        null = "period" if base is None or len(names) >= PERIOD_NULL_MIN else "base"
     # one MMD baseline for every entity: the base's windows when it has them
     mmd = base.mmd if base is not None and base.mmd is not None else an.fit_mmd(acc, names)
     states = an.accounts(acc, names, mmd)
@@ -497,15 +510,65 @@ def build_reference(
         "entities": len(rows),
         "rows": acc.rows,
         "feature_revision": FEATURE_REVISION,
+        "null": null,
         **(meta or {}),
     }
     if base is not None:
         info["base"] = base_lineage(base)
-    if warning := thin_reference(info):
+    cal = REFERENCE_NULLS[null](base.calibration if base is not None else None, rows, o.k_reference)
+    if null == "base":
+        info["capped"] = bool(base.meta.get("shipped") or base.meta.get("capped"))  # type: ignore[union-attr]
+        info["check"] = period_check(cal, rows)
+    elif warning := thin_reference(info):
         info["warning"] = warning
-    prior = base.calibration.rows() if base is not None else []
-    cal = Calibration.fit(prior + rows, k=o.k_reference, source="reference", neighbours_only=len(prior))
     return Reference(cal, mmd, info)
+
+
+def period_null(base: Calibration | None, rows: list, k: int) -> Calibration:
+    """The period's own null, the base's entities its neighbours (see :func:`build_reference`)."""
+    prior = base.rows() if base is not None else []
+    return Calibration.fit(prior + rows, k=k, source="reference", neighbours_only=len(prior))
+
+
+def base_null(base: Calibration | None, rows: list, k: int) -> Calibration:
+    """The base's null, the period's entities its neighbours (see :func:`build_reference`)."""
+    assert base is not None
+    return base.extended(rows)
+
+
+#: Whose null a known-good period's reference draws its p-values from (``calibrate --null``).
+REFERENCE_NULLS: dict[str, Callable[[Calibration | None, list, int], Calibration]] = {
+    "base": base_null,
+    "period": period_null,
+}
+
+
+def check_null(null: str, base: Reference | None) -> None:
+    """A clear error for a null :func:`build_reference` cannot draw from."""
+    if null not in ("auto", *REFERENCE_NULLS):
+        raise UserError(f"--null must be one of auto, {', '.join(REFERENCE_NULLS)}, got {null!r}")
+    if base is None and null == "base":
+        raise UserError("--null base needs a base to extend (--base shipped or a reference file)")
+
+
+#: ``--null auto`` takes the period's own null from this many scored accounts: by rank alone its p-values
+#: then reach 1e-3, the first rung's threshold.
+PERIOD_NULL_MIN = 999
+
+
+def period_check(cal: Calibration, rows: list) -> dict[str, Any]:
+    """The period's own accounts judged against ``cal``, each without its own record (leave-one-out): how
+    many a scan would call unusual at each level. An account of a kind the period shows once has no
+    neighbour of its kind left, as a new customer of a new kind would not: what the base's null says
+    about this deployment's benign traffic where the period cannot vouch for it."""
+    looks = Looks.of(cal, "period check")
+    ps = []
+    for ids, f in rows:
+        if len(ids) == 1:
+            queries = int(round(10 ** f.get("log_queries", 0.0)))
+            ps.append(judge(looks, tuple(ids), EntityState(tuple(ids), queries, f, {}, None)).p)  # type: ignore[arg-type]
+    arr = np.asarray(ps)
+    return {"accounts": len(arr), "flagged": {f"{a:g}": int((arr <= a).sum()) for a in (0.05, 0.01, 1e-3)}}
 
 
 #: A fitted reference with fewer scored accounts of its own than this is graded "low": its nulls are those
@@ -594,6 +657,73 @@ class Analysis:
     reference: dict[str, Any] = field(default_factory=dict)  # which reference, and how far to trust it
 
 
+def reference_info(reference: Reference) -> dict[str, Any]:
+    """What a scan says about its reference: its source, size, the null its p-values are drawn from, how
+    much to trust them, and whether automatic tiers stop at ``monitor_shipped_max_tier`` (``capped``)."""
+    cal, meta = reference.calibration, reference.meta
+    n_ref = len(cal.reference_ids)
+    n_null = n_ref - cal.neighbours_only - cal.added  # the entities the nulls are drawn from
+    shipped = bool(meta.get("shipped"))
+    extends = meta.get("base")
+    kind = "shipped default reference" if shipped else "benign reference"
+    if cal.added:
+        null = f"{extends.get('what')}, {n_null} entities (+ {cal.added} known-good neighbours)"
+    else:
+        null = f"{kind}, {n_null} entities" + (f" (+ {cal.neighbours_only} neighbours)" if extends else "")
+    trust = (
+        f"{kind} of {n_null} entities ({meta.get('accounts', '?')} accounts); profile p-values "
+        f"below {1.0 / (len(cal.null) + 1):.1g} come from a conservatively fitted tail, elicitation "
+        f"p-values from binomial counts against every one of its {n_null} profiles"
+    )
+    if cal.added:
+        check = meta.get("check") or {}
+        flagged = (check.get("flagged") or {}).get("0.001")
+        trust = (
+            f"{'medium' if meta.get('capped') else 'as its base'}: the null is {extends.get('what')}'s "
+            f"({n_null} entities); a known-good period's {cal.added} entities ({meta.get('accounts', '?')} "
+            "accounts) are neighbours, so an account like one of them is cleared, and none is flagged that "
+            "the base alone would not flag; the p-values hold where the base's do"
+            + (", so automatic tiers stop at monitor_shipped_max_tier" if meta.get("capped") else "")
+            + (
+                f"; checked on the period: {flagged} of its {check.get('accounts')} accounts, each judged "
+                "without its own record, at p <= 0.001 (a kind the period shows once is judged as the base "
+                "judges it)"
+                if flagged is not None
+                else ""
+            )
+            + "; `monitor calibrate --null period` draws the null from the period itself (needs a long one)"
+        )
+    elif extends:
+        trust = (
+            f"a known-good period added to {extends.get('what')}: its {cal.neighbours_only} entities are "
+            "neighbours of the profile look (an account is compared with them too) and enter no null. "
+            + trust
+        )
+    fitted_under = meta.get("feature_revision", 1)
+    if fitted_under < FEATURE_REVISION:
+        changed = "; ".join(REVISION_NOTES[r] for r in range(fitted_under + 1, FEATURE_REVISION + 1))
+        trust += f"; fitted under an older reading of the features ({changed}): refit it with "
+        trust += "`distillguard monitor calibrate`"
+    if thin := thin_reference(meta):
+        trust = f"low: {thin}. " + trust
+    if shipped:
+        trust = (
+            "medium: simulated benign kinds (" + ", ".join(meta.get("kinds", [])) + "), not "
+            "this deployment's traffic, and a campaign cannot vouch for itself against it; a benign kind "
+            "of your own that asks for more than all of these can look unusual, so automatic tiers stop "
+            "at monitor_shipped_max_tier; run `distillguard monitor calibrate` on a known-good period. "
+            + trust
+        )
+    return {
+        "source": "shipped reference" if shipped else "reference",
+        "entities": n_ref,
+        "null": null,
+        "trust": trust,
+        "capped": shipped or bool(meta.get("capped")),
+        **{k: meta[k] for k in ("version", "path", "base") if k in meta},
+    }
+
+
 def analyse(
     acc: FeatureAccumulator,
     reference: Reference | None = None,
@@ -635,47 +765,10 @@ def analyse(
     left_ids: list[str] = []
     if reference is not None:
         cal = reference.calibration
-        n_ref = len(cal.reference_ids)
-        n_own = n_ref - cal.neighbours_only  # the entities the nulls are drawn from
-        shipped = bool(reference.meta.get("shipped"))
-        kind = "shipped default reference" if shipped else "benign reference"
-        extends = reference.meta.get("base")
-        null = f"{kind}, {n_own} entities" + (f" (+ {cal.neighbours_only} neighbours)" if extends else "")
-        looks = Looks.of(cal, null)
+        info = reference_info(reference)
+        looks = Looks.of(cal, info.pop("null"))
         looks_out = looks
         source = "reference"
-        trust = (
-            f"{kind} of {n_own} entities ({reference.meta.get('accounts', '?')} accounts); profile p-values "
-            f"below {1.0 / (len(cal.null) + 1):.1g} come from a conservatively fitted tail, elicitation "
-            f"p-values from binomial counts against every one of its {n_own} profiles"
-        )
-        if extends:
-            trust = (
-                f"a known-good period added to {extends.get('what')}: its {cal.neighbours_only} entities are "
-                "neighbours of the profile look (an account is compared with them too) and enter no null. "
-                + trust
-            )
-        fitted_under = reference.meta.get("feature_revision", 1)
-        if fitted_under < FEATURE_REVISION:
-            changed = "; ".join(REVISION_NOTES[r] for r in range(fitted_under + 1, FEATURE_REVISION + 1))
-            trust += f"; fitted under an older reading of the features ({changed}): refit it with "
-            trust += "`distillguard monitor calibrate`"
-        if thin := thin_reference(reference.meta):
-            trust = f"low: {thin}. " + trust
-        if shipped:
-            trust = (
-                "medium: simulated benign kinds (" + ", ".join(reference.meta.get("kinds", [])) + "), not "
-                "this deployment's traffic, and a campaign cannot vouch for itself against it; a benign kind "
-                "of your own that asks for more than all of these can look unusual, so automatic tiers stop "
-                "at monitor_shipped_max_tier; run `distillguard monitor calibrate` on a known-good period. "
-                + trust
-            )
-        info = {
-            "source": "shipped reference" if shipped else "reference",
-            "entities": n_ref,
-            "trust": trust,
-            **{k: reference.meta[k] for k in ("version", "path", "base") if k in reference.meta},
-        }
     else:
         if len(scored) < 3:
             raise UserError(

@@ -31,6 +31,9 @@ class MonitorSettings:
     # what `calibrate` adds a known-good period to: "shipped" (the shipped reference's simulated kinds),
     # "none" (the period alone) or a reference file (jobs.REFERENCE_BASES)
     calibrate_base: str = "shipped"
+    # whose null a calibrated reference's p-values are drawn from: "auto", "base" or "period"
+    # (scan.REFERENCE_NULLS, scan.build_reference)
+    calibrate_null: str = "auto"
     sample_size: int | None = None  # sampled queries per account (None: ScanOptions' default)
     min_queries: int | None = None  # fewer: reported, never scored alone (None: ScanOptions' default)
     engine: str = "local"  # where the feature pass runs (monitor.engine.ENGINES, checked when opened)

@@ -227,9 +227,10 @@ def calibrate_cmd(
                 f"p-values against {extends['what']}'s null, the period's accounts its neighbours "
                 f"(--null base); checked on the period: {check.get('flagged', {}).get('0.001')} of its "
                 f"{check.get('accounts')} accounts, each judged without its own record, at p <= 0.001"
+                + ("; tiers stop at monitor_shipped_max_tier" if doc.get("capped") else "")
             )
         else:
-            typer.echo("p-values against the period's own null (--null period)")
+            typer.echo("p-values against the period's own null")
 
 
 @app.command("eval")

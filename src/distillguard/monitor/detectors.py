@@ -15,7 +15,9 @@ Three layers:
    batch jobs, but a chain-of-thought harvester is more than every benign profile on rate, volume, pace
    and breadth together.
 3. **A stated false-alarm rate**: the same score is computed leave-one-out for every reference entity (of
-   an extended reference, every entity of its own period: the base's are neighbours only); its
+   a reference extended by a known-good period, every entity of the period when the period's own null is
+   used, the base's then neighbours only; every entity of the base when its null is kept, the period's
+   then neighbours only: :meth:`Calibration.extended`); its
    upper tail is fitted (peaks over a threshold with an exponential tail, or, when the reference is the
    unlabelled population, a robust fit to its central half) and turned into a p-value = the estimated
    fraction of benign entities scoring at least as high. ``risk = 1 - p``. Tiers are thresholds on ``p``
@@ -24,7 +26,8 @@ Three layers:
 4. **Elicitation counts** (:class:`RateNull`): extraction (logit_bias sweeps, logprobs over whole
    answers) and suggestive elicitation (reasoning traces, identity questions, logprobs at all) as binomial
    counts against every benign reference profile's rate (at its 95% upper bound; of an extended
-   reference, its own period's profiles). Most benign entities
+   reference, the profiles of whichever null it keeps, and with the base's null kept the period's too,
+   the larger p-value counting). Most benign entities
    elicit nothing, so this needs no tail extrapolation, and resembling a benign kind on other features
    cannot cancel it. :func:`judge.judge` counts extraction on its own; suggestive elicitation only when
    breadth (coverage), network churn or a linked campaign corroborates it, because evaluation harnesses
@@ -427,28 +430,56 @@ class Calibration:
             cache = self._restricted = {}
         key = (tuple(features), min_beta)
         if key not in cache:
-            rows = self.rows()
-            core = len(rows) - self.added
-            cal = Calibration.fit(
-                rows[:core],  # fit reads ``features`` of them
-                k=self.k,
-                source=self.source,
-                features=features,
-                min_beta=min_beta,
-                neighbours_only=self.neighbours_only,
-            )
-            cache[key] = cal.extended(rows[core:]) if self.added else cal
+            if self.added:
+                added = self.rows()[len(self.reference_ids) - self.added :]
+                cache[key] = self.core().restrict(features, min_beta=min_beta).extended(added)
+            else:
+                cache[key] = Calibration.fit(
+                    self.rows(),  # fit reads ``features`` of them
+                    k=self.k,
+                    source=self.source,
+                    features=features,
+                    min_beta=min_beta,
+                    neighbours_only=self.neighbours_only,
+                )
         return cache[key]
+
+    def core(self) -> Calibration:
+        """This calibration without the rows :meth:`extended` added: the base it extends (kept once)."""
+        if not self.added:
+            return self
+        core = self.__dict__.get("_core")
+        if core is None:
+            n = len(self.reference_ids) - self.added
+            core = self.__dict__["_core"] = Calibration(
+                self.features,
+                self.center,
+                self.scale,
+                self.reference[:n],
+                self.reference_z[:n],
+                list(self.reference_ids[:n]),
+                self.null,
+                self.tail_u,
+                self.tail_p,
+                self.tail_beta,
+                self.k,
+                self.source,
+                self.min_beta,
+                self.neighbours_only,
+            )
+        return core
 
     def extended(self, rows: Sequence[tuple[tuple[str, ...], dict[str, float]]]) -> Calibration:
         """This calibration with ``rows`` (a known-good period's entities) added as neighbours only.
 
         The null, its tail, the centre and the unit scales stay this calibration's; the rows are placed in
-        its geometry and an entity is compared with them too. The score is the distance to the nearest
-        allowed profile, which more profiles can only shorten, so every p-value is at least this
-        calibration's: an extended calibration clears entities that resemble the period's, and flags none
-        that this one does not. Its p-values hold where this calibration's do (for the shipped reference:
-        benign traffic like the simulator's, less the kinds the period shows)."""
+        its geometry and an entity is compared with them too. The score is the distance to the ``k``-th
+        nearest allowed profile, which more profiles can only shorten, so every look's p-value is at least
+        this calibration's, and an entity that resembles one of the period's is cleared. Its p-values hold
+        where this calibration's do (for the shipped reference: benign traffic like the simulator's, less
+        the kinds the period shows). A scan takes each verdict's p-value as the larger of its p-values
+        against the two (:func:`~distillguard.monitor.scan.analyse`), so that the way it combines looks
+        cannot flag what the base alone would not."""
         if not rows:
             return self
         raw = np.array([[r[1].get(f, np.nan) for f in self.features] for r in rows], dtype=np.float64)
@@ -506,13 +537,12 @@ class Calibration:
         return self.index.orthant_kth(z, self.k, exclude)
 
     def _percentile(self, f_i: int, value: float) -> float:
-        """Fraction of the reference's own (not its neighbours') defined values of feature ``f_i`` at or
+        """Fraction of the null's entities' (not the neighbours') defined values of feature ``f_i`` at or
         below ``value``."""
         cols = self.__dict__.get("_sorted_cols")
         if cols is None:
-            cols = self.__dict__["_sorted_cols"] = [
-                np.sort(c[np.isfinite(c)]) for c in np.asarray(self.reference[self.neighbours_only :]).T
-            ]
+            own = self.reference[self.neighbours_only : len(self.reference_ids) - self.added]
+            cols = self.__dict__["_sorted_cols"] = [np.sort(c[np.isfinite(c)]) for c in np.asarray(own).T]
         col = cols[f_i]
         if not len(col):
             return float("nan")

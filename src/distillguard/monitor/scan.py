@@ -480,11 +480,13 @@ def build_reference(
       a p-value below ``1 / (n + 1)`` over ``n`` scored accounts rests on an extrapolated tail.
     - ``base``: the base's (:func:`base_null`): the period's entities are added to it as neighbours only
       (:meth:`Calibration.extended`), so an account like one of the deployment's known-good ones is
-      cleared, and no account is flagged that the base alone would not flag. The p-values hold where the
-      base's do (for the shipped reference, benign traffic like its simulated kinds), and automatic tiers
-      stop where the base's do. The period is checked against it (:func:`period_check`).
-    - ``auto`` (default): ``period`` once the period has :data:`PERIOD_NULL_MIN` scored accounts (enough
-      for the flag threshold's p-value by rank alone), else ``base``.
+      cleared, and no account is flagged that the base alone would not flag (:func:`analyse` keeps each
+      verdict's larger p-value against the two). The p-values hold where the base's do (for the shipped
+      reference, benign traffic like its simulated kinds), and automatic tiers stop where the base's do.
+      The period is checked against it (:func:`period_check`). The score's ``k`` is the base's.
+    - ``auto`` (default): ``period`` once the period has as many scored accounts as the base's null has
+      draws, or :data:`PERIOD_NULL_MIN` (enough for the first rung's p-value by rank alone), else
+      ``base``.
 
     Either way the period's entities are measured against the base's MMD windows, so that every entity's
     ``mmd`` reads the same baseline.
@@ -497,7 +499,8 @@ def build_reference(
         raise UserError(f"a benign reference needs at least 3 accounts with {o.min_queries}+ queries")
     check_null(null, base)
     if null == "auto":
-        null = "period" if base is None or len(names) >= PERIOD_NULL_MIN else "base"
+        enough = min(PERIOD_NULL_MIN, len(base.calibration.null)) if base is not None else 0
+        null = "period" if len(names) >= enough else "base"
     # one MMD baseline for every entity: the base's windows when it has them
     mmd = base.mmd if base is not None and base.mmd is not None else an.fit_mmd(acc, names)
     states = an.accounts(acc, names, mmd)
@@ -517,7 +520,10 @@ def build_reference(
         info["base"] = base_lineage(base)
     cal = REFERENCE_NULLS[null](base.calibration if base is not None else None, rows, o.k_reference)
     if null == "base":
-        info["capped"] = bool(base.meta.get("shipped") or base.meta.get("capped"))  # type: ignore[union-attr]
+        assert base is not None
+        info["capped"] = bool(base.meta.get("shipped") or base.meta.get("capped"))
+        # the null and its geometry were fitted under the base's reading of the features
+        info["feature_revision"] = min(FEATURE_REVISION, base.meta.get("feature_revision", 1))
         info["check"] = period_check(cal, rows)
     elif warning := thin_reference(info):
         info["warning"] = warning
@@ -551,22 +557,26 @@ def check_null(null: str, base: Reference | None) -> None:
         raise UserError("--null base needs a base to extend (--base shipped or a reference file)")
 
 
-#: ``--null auto`` takes the period's own null from this many scored accounts: by rank alone its p-values
-#: then reach 1e-3, the first rung's threshold.
+#: ``--null auto`` takes the period's own null from this many scored accounts (or as many as the base's null
+#: has draws): by rank its p-values then reach about 1e-3, the first rung's threshold.
 PERIOD_NULL_MIN = 999
 
 
 def period_check(cal: Calibration, rows: list) -> dict[str, Any]:
-    """The period's own accounts judged against ``cal``, each without its own record (leave-one-out): how
-    many a scan would call unusual at each level. An account of a kind the period shows once has no
-    neighbour of its kind left, as a new customer of a new kind would not: what the base's null says
-    about this deployment's benign traffic where the period cannot vouch for it."""
+    """The period's own accounts judged against ``cal`` on their own looks, each without its record and
+    those of the accounts linked to it (leave-one-out, as a scan judges an account of a linked group): how
+    many would be called unusual at each level. An account of a kind the period shows once has no
+    neighbour of its kind left, as a new customer of a new kind would not: what the base's null says about
+    this deployment's benign traffic where the period cannot vouch for it. A linked group's own look is
+    not in it."""
     looks = Looks.of(cal, "period check")
+    linked = {a: frozenset(ids) for ids, _ in rows if len(ids) > 1 for a in ids}
     ps = []
     for ids, f in rows:
         if len(ids) == 1:
             queries = int(round(10 ** f.get("log_queries", 0.0)))
-            ps.append(judge(looks, tuple(ids), EntityState(tuple(ids), queries, f, {}, None)).p)  # type: ignore[arg-type]
+            st = EntityState(tuple(ids), queries, f, {}, None)  # type: ignore[arg-type]
+            ps.append(judge(looks, tuple(ids), st, exclude=linked.get(ids[0], frozenset())).p)
     arr = np.asarray(ps)
     return {"accounts": len(arr), "flagged": {f"{a:g}": int((arr <= a).sum()) for a in (0.05, 0.01, 1e-3)}}
 
@@ -603,12 +613,15 @@ def base_lineage(base: Reference) -> dict[str, Any]:
         what = str(m.get("path") or m.get("source") or "a benign reference")
         if inner:
             what += f" (which extends {inner.get('what')})"
-    return {
+    out = {
         "what": what,
         "shipped": bool(m.get("shipped") or inner.get("shipped")),
         "accounts": m.get("accounts"),
         "entities": len(base.calibration.reference_ids),
     }
+    if warning := m.get("warning") or thin_reference(m):
+        out["warning"] = warning
+    return out
 
 
 @dataclass
@@ -664,10 +677,11 @@ def reference_info(reference: Reference) -> dict[str, Any]:
     n_ref = len(cal.reference_ids)
     n_null = n_ref - cal.neighbours_only - cal.added  # the entities the nulls are drawn from
     shipped = bool(meta.get("shipped"))
-    extends = meta.get("base")
+    extends = meta.get("base") or {}
+    base_what = extends.get("what", "the base reference")
     kind = "shipped default reference" if shipped else "benign reference"
     if cal.added:
-        null = f"{extends.get('what')}, {n_null} entities (+ {cal.added} known-good neighbours)"
+        null = f"{base_what}, {n_null} entities (+ {cal.added} known-good neighbours)"
     else:
         null = f"{kind}, {n_null} entities" + (f" (+ {cal.neighbours_only} neighbours)" if extends else "")
     trust = (
@@ -679,10 +693,9 @@ def reference_info(reference: Reference) -> dict[str, Any]:
         check = meta.get("check") or {}
         flagged = (check.get("flagged") or {}).get("0.001")
         trust = (
-            f"{'medium' if meta.get('capped') else 'as its base'}: the null is {extends.get('what')}'s "
-            f"({n_null} entities); a known-good period's {cal.added} entities ({meta.get('accounts', '?')} "
-            "accounts) are neighbours, so an account like one of them is cleared, and none is flagged that "
-            "the base alone would not flag; the p-values hold where the base's do"
+            f"the null is {base_what}'s ({n_null} entities); {cal.added} entities of known-good traffic "
+            "are neighbours, so an account like one of them is cleared, and none is flagged that the base "
+            "alone would not flag; the p-values hold where the base's do"
             + (", so automatic tiers stop at monitor_shipped_max_tier" if meta.get("capped") else "")
             + (
                 f"; checked on the period: {flagged} of its {check.get('accounts')} accounts, each judged "
@@ -693,6 +706,10 @@ def reference_info(reference: Reference) -> dict[str, Any]:
             )
             + "; `monitor calibrate --null period` draws the null from the period itself (needs a long one)"
         )
+        if extends.get("warning"):
+            trust = f"low: its base is {extends['warning']}. " + trust
+        elif meta.get("capped"):
+            trust = "medium: " + trust
     elif extends:
         trust = (
             f"a known-good period added to {extends.get('what')}: its {cal.neighbours_only} entities are "
@@ -704,7 +721,7 @@ def reference_info(reference: Reference) -> dict[str, Any]:
         changed = "; ".join(REVISION_NOTES[r] for r in range(fitted_under + 1, FEATURE_REVISION + 1))
         trust += f"; fitted under an older reading of the features ({changed}): refit it with "
         trust += "`distillguard monitor calibrate`"
-    if thin := thin_reference(meta):
+    if not cal.added and (thin := thin_reference(meta)):
         trust = f"low: {thin}. " + trust
     if shipped:
         trust = (
@@ -942,7 +959,31 @@ def analyse(
             features=st.features,
             tests=tests,
         )
-    return Analysis(verdicts, cluster_verdicts, source, acc.rows, acc.last_seq, weak_verdicts, info)
+    analysis = Analysis(verdicts, cluster_verdicts, source, acc.rows, acc.last_seq, weak_verdicts, info)
+    if reference is not None and reference.calibration.added:
+        # a known-good period added as neighbours only clears: every look's p-value is at least the base's,
+        # but which member leads a group, and whether a weakly linked one carries its cluster, depend on
+        # them; so each verdict keeps the larger of its p-values against the reference and its base alone
+        base = Reference(reference.calibration.core(), reference.mmd, {})
+        alone = analyse(acc, base, options=o, analyzer=an, created=created, states=states)
+        _no_lower(analysis, alone)
+    return analysis
+
+
+def _no_lower(analysis: Analysis, alone: Analysis) -> None:
+    """Raise each verdict's p-value to ``alone``'s where it is larger (the same accounts and clusters)."""
+    by_id = {c.id: c for c in [*alone.clusters, *alone.weak_clusters]}
+    pairs = [(v, alone.accounts[a]) for a, v in analysis.accounts.items()]
+    pairs += [(c, by_id[c.id]) for c in [*analysis.clusters, *analysis.weak_clusters] if c.id in by_id]
+    for v, b in pairs:
+        v.tests.append(
+            {"test": "against the base reference alone", "p_value": b.p_value, "null": "the base's",
+             "combined": "max: a known-good period only clears"}
+        )  # fmt: skip
+        if b.p_value > v.p_value:
+            v.p_value, v.risk = b.p_value, 1.0 - b.p_value
+            why = f"p={b.p_value:.2g} against the base reference alone (the larger counts)"
+            v.reasons = [why, *v.reasons]
 
 
 def _one_org(members: Sequence[str], states: dict[str, EntityState]) -> bool:

@@ -1,7 +1,11 @@
-"""A known-good period added to the shipped reference (``monitor calibrate``'s default, ``--base``): the
-shipped entities are neighbours, never the null; p-values stay calibrated on the period's own accounts
-even when the base is far tighter than the deployment's traffic; the campaign still adds up and the hard
-negatives stay normal; a bad ``--base`` is one line and a non-zero exit."""
+"""A known-good period on top of the shipped reference (``monitor calibrate``, ``--base``, ``--null``).
+
+With the period's own null (``--null period``) the shipped entities are neighbours, never the null: p-values
+stay calibrated on the period's own accounts even when the base is far tighter than the deployment's
+traffic, the campaign still adds up and the hard negatives stay normal. With the base's null (``--null
+base``, the default for a short period) the period's accounts are neighbours only: every p-value is at
+least the base's, so nothing is flagged that the base alone would not flag, and the period's kinds are
+cleared. A bad ``--base`` or ``--null`` is one line and a non-zero exit."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -451,21 +451,12 @@ class Calibration:
         core = self.__dict__.get("_core")
         if core is None:
             n = len(self.reference_ids) - self.added
-            core = self.__dict__["_core"] = Calibration(
-                self.features,
-                self.center,
-                self.scale,
-                self.reference[:n],
-                self.reference_z[:n],
-                list(self.reference_ids[:n]),
-                self.null,
-                self.tail_u,
-                self.tail_p,
-                self.tail_beta,
-                self.k,
-                self.source,
-                self.min_beta,
-                self.neighbours_only,
+            core = self.__dict__["_core"] = replace(
+                self,
+                reference=self.reference[:n],
+                reference_z=self.reference_z[:n],
+                reference_ids=list(self.reference_ids[:n]),
+                added=0,
             )
         return core
 
@@ -484,22 +475,12 @@ class Calibration:
             return self
         raw = np.array([[r[1].get(f, np.nan) for f in self.features] for r in rows], dtype=np.float64)
         tr = np.column_stack([_transform(f, raw[:, j]) for j, f in enumerate(self.features)])
-        return Calibration(
-            self.features,
-            self.center,
-            self.scale,
-            np.vstack([self.reference, raw]),
-            np.vstack([self.reference_z, (tr - self.center) / self.scale]),
-            [*self.reference_ids, *(tuple(r[0]) for r in rows)],
-            self.null,
-            self.tail_u,
-            self.tail_p,
-            self.tail_beta,
-            self.k,
-            self.source,
-            self.min_beta,
-            self.neighbours_only,
-            self.added + len(rows),
+        return replace(
+            self,
+            reference=np.vstack([self.reference, raw]),
+            reference_z=np.vstack([self.reference_z, (tr - self.center) / self.scale]),
+            reference_ids=[*self.reference_ids, *(tuple(r[0]) for r in rows)],
+            added=self.added + len(rows),
         )
 
     # -- scoring --------------------------------------------------------------------------------------

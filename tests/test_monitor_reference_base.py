@@ -18,8 +18,9 @@ from cli_run import run_cli
 from distillguard.errors import UserError
 from distillguard.monitor.detectors import Calibration, RateNull
 from distillguard.monitor.jobs import reference_base
+from distillguard.monitor.reference import MIN_OWN_ACCOUNTS, Reference
 from distillguard.monitor.report import report_json
-from distillguard.monitor.scan import MIN_OWN_ACCOUNTS, Reference, analyse, build_reference
+from distillguard.monitor.scan import analyse, build_reference
 from distillguard.monitor.shipped import VERSION, load_shipped_reference
 from test_monitor_campaign import OPTS, accumulate, by_persona, flagged, population
 from test_monitor_campaign import mixed as mixed  # a fixture

@@ -256,7 +256,8 @@ def eval_cmd(
     """Per-persona TPR/FPR, campaign detection, queries-to-detection, confusion table, ROC plot."""
     from distillguard.monitor.decisions import Policy
     from distillguard.monitor.evaluate import evaluate, queries_to_detection
-    from distillguard.monitor.scan import build_reference, check_null, ledger_batches
+    from distillguard.monitor.reference import check_null
+    from distillguard.monitor.scan import build_reference, ledger_batches
     from distillguard.monitor.settings import MonitorSettings
     from distillguard.monitor.synth import read_labels
 

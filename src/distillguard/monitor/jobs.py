@@ -293,7 +293,8 @@ def calibrate(
     (:func:`reference_base`), ``null`` (default: config ``monitor_calibrate_null``, else ``auto``) whose
     null its p-values are drawn from (see :func:`~distillguard.monitor.scan.build_reference`).
     """
-    from distillguard.monitor.scan import build_reference, check_null
+    from distillguard.monitor.reference import check_null
+    from distillguard.monitor.scan import build_reference
     from distillguard.monitor.synth import read_labels
 
     extends = reference_base(config, base)

@@ -9,6 +9,7 @@ cleared. A bad ``--base`` or ``--null`` is one line and a non-zero exit."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from distillguard.monitor.detectors import Calibration, RateNull
 from distillguard.monitor.jobs import reference_base
 from distillguard.monitor.reference import MIN_OWN_ACCOUNTS, Reference
 from distillguard.monitor.report import report_json
-from distillguard.monitor.scan import analyse, build_reference
+from distillguard.monitor.scan import _no_lower, analyse, build_reference
 from distillguard.monitor.shipped import VERSION, load_shipped_reference
 from test_monitor_campaign import OPTS, accumulate, by_persona, flagged, population
 from test_monitor_campaign import mixed as mixed  # a fixture
@@ -244,11 +245,17 @@ def test_the_default_keeps_a_small_periods_base_null_clears_its_kinds_and_flags_
     assert flagged(by_persona(analysis, personas, "coverage")[0])
     for name in ("eval_harness", "support_bot", "casual_chat"):
         assert not any(flagged(v) for v in by_persona(analysis, personas, name)), name
-    alone_tests = [
-        [t for t in v.tests if t["test"] == "against the base reference alone"]
-        for v in analysis.accounts.values()
-    ]
-    assert all(len(t) == 1 for t in alone_tests)
+    for v in analysis.accounts.values():  # each verdict names the other p-value it was held against
+        assert sum(t["test"].startswith("against the ") for t in v.tests) == 1
+    # where the period would lower a p-value, the verdict against the base alone is kept whole
+    ext = analyse(acc, ref, options=OPTS, created=created)
+    low = next(a for a, v in alone.accounts.items() if v.cluster is not None and v.p_value < 1)
+    lowered = replace(ext.accounts[low], p_value=alone.accounts[low].p_value / 10, cluster="elsewhere")
+    ext.accounts[low] = lowered
+    _no_lower(ext, alone)
+    kept = ext.accounts[low]
+    assert kept is alone.accounts[low] and kept.cluster == alone.accounts[low].cluster != "elsewhere"
+    assert "against the base reference alone: the larger counts" in ext.accounts[low].reasons[0]
     info = report_json(analysis, {})["reference"]
     assert info["capped"] and info["trust"].startswith("medium")
     assert "entities of known-good traffic" in info["trust"] and "checked on the period" in info["trust"]
@@ -279,6 +286,17 @@ def test_auto_takes_the_periods_own_null_once_it_is_long_and_a_bad_null_is_one_l
     assert build_reference(bacc, OPTS, created=bcreated).meta["null"] == "period"  # no base: its own
     with pytest.raises(UserError, match="--null base needs a base"):
         build_reference(bacc, OPTS, created=bcreated, null="base")
+    # a reference that keeps the shipped null is not extended on it again; on a null of its own, it can be,
+    # and a short period on the shipped null is no thin base
+    monkeypatch.setattr(scan, "PERIOD_NULL_MIN", 999)
+    on_shipped = build_reference(bacc, OPTS, created=bcreated, base=shipped)
+    assert on_shipped.meta["null"] == "base"
+    for null in ("base", "auto"):
+        with pytest.raises(UserError, match="keeps its own base's null"):
+            build_reference(bacc, OPTS, created=bcreated, base=on_shipped, null=null)
+    few = replace_meta(on_shipped, accounts=8)
+    again = build_reference(bacc, OPTS, created=bcreated, base=few, null="period")
+    assert "warning" not in again.meta["base"] and again.calibration.added == 0
     monkeypatch.setenv("DISTILLGUARD_HOME", str(tmp_path))
     for argv, expect in (
         (["--null", "nonesuch"], "--null must be one of auto, base, period"),

@@ -179,8 +179,9 @@ NullOpt = Annotated[
     typer.Option(
         "--null",
         help="Whose null the p-values come from: base (the base's, the period's accounts its neighbours: "
-        "flags nothing the base would not), period (the period's own: needs a long one), or auto (period "
-        "from 999 scored accounts, else base; default, or config monitor_calibrate_null).",
+        "no p-value below the base's alone), period (the period's own: needs a long one), or auto (period "
+        "from 999 scored accounts, or as many as the base's null has draws when fewer, 617 for the shipped "
+        "one; else base; default, or config monitor_calibrate_null).",
     ),
 ]
 
@@ -226,7 +227,8 @@ def calibrate_cmd(
             typer.echo(
                 f"p-values against {extends['what']}'s null, the period's accounts its neighbours "
                 f"(--null base); checked on the period: {check.get('flagged', {}).get('0.001')} of its "
-                f"{check.get('accounts')} accounts, each judged without its own record, at p <= 0.001"
+                f"{check.get('accounts')} accounts, each judged without its own record and its linked "
+                "accounts', at p <= 0.001"
                 + ("; tiers stop at monitor_shipped_max_tier" if doc.get("capped") else "")
             )
         else:

@@ -96,15 +96,25 @@ REFERENCE_NULLS: dict[str, Callable[[Calibration | None, list, int], Calibration
 
 
 def check_null(null: str, base: Reference | None) -> None:
-    """A clear error for a null :func:`build_reference` cannot draw from."""
+    """A clear error for a null :func:`build_reference` cannot draw from (``null`` as given, or as
+    ``auto`` resolved it). A base that keeps its own base's null cannot be extended with ``--null base``:
+    one period's neighbours would dilute the other's elicitation rates, and a scan checks its p-values
+    against the null's owner alone, which is the shipped reference, not that base."""
     if null not in ("auto", *REFERENCE_NULLS):
         raise UserError(f"--null must be one of auto, {', '.join(REFERENCE_NULLS)}, got {null!r}")
     if base is None and null == "base":
         raise UserError("--null base needs a base to extend (--base shipped or a reference file)")
+    if base is not None and null == "base" and base.calibration.added:
+        raise UserError(
+            f"{base.meta.get('path') or 'the base'} keeps its own base's null (it was calibrated with --null "
+            "base), so it cannot be extended on that null again: calibrate on the periods together with "
+            "--base shipped, or give --null period"
+        )
 
 
-#: ``--null auto`` takes the period's own null from this many scored accounts (or as many as the base's null
-#: has draws): by rank its p-values then reach about 1e-3, the first rung's threshold.
+#: ``--null auto`` takes the period's own null from this many scored accounts, or from as many as the
+#: base's null has draws when that is fewer (617 for the shipped reference): by rank alone its p-values
+#: then reach about 1/(n + 1), 1e-3 at 999, as fine as the base's own.
 PERIOD_NULL_MIN = 999
 
 
@@ -165,7 +175,8 @@ def base_lineage(base: Reference) -> dict[str, Any]:
         "accounts": m.get("accounts"),
         "entities": len(base.calibration.reference_ids),
     }
-    if warning := m.get("warning") or thin_reference(m):
+    # a base that keeps its own base's null is not graded on its period's size
+    if warning := m.get("warning") or (thin_reference(m) if m.get("null") != "base" else None):
         out["warning"] = warning
     return out
 
@@ -194,13 +205,14 @@ def reference_info(reference: Reference) -> dict[str, Any]:
         flagged = (check.get("flagged") or {}).get("0.001")
         trust = (
             f"the null is {base_what}'s ({n_null} entities); {cal.added} entities of known-good traffic "
-            "are neighbours, so an account like one of them is cleared, and none is flagged that the base "
-            "alone would not flag; the p-values hold where the base's do"
+            "are neighbours, so an account like one of them is cleared, and no p-value is below the one "
+            "against the base alone (a scan flags nothing the base would not); the p-values hold where the "
+            "base's do"
             + (", so automatic tiers stop at monitor_shipped_max_tier" if meta.get("capped") else "")
             + (
                 f"; checked on the period: {flagged} of its {check.get('accounts')} accounts, each judged "
-                "without its own record, at p <= 0.001 (a kind the period shows once is judged as the base "
-                "judges it)"
+                "without its own record and those of the accounts linked to it, at p <= 0.001 (one of a "
+                "kind the period shows once has no neighbour of its kind left)"
                 if flagged is not None
                 else ""
             )

@@ -425,19 +425,22 @@ def build_reference(
     With ``base`` (the shipped reference, or an earlier one) the period *extends* it, and ``null``
     (:data:`REFERENCE_NULLS`) says whose null the p-values are drawn from:
 
-    - ``period``: the period's own (:func:`period_null`): the base's entities are neighbours only, and the
-      null, the score's centre and unit scales and the elicitation rates are the period's, since only its
-      entities are a sample of this deployment's benign traffic. Valid for traffic like the period's, but
-      a p-value below ``1 / (n + 1)`` over ``n`` scored accounts rests on an extrapolated tail.
-    - ``base``: the base's (:func:`base_null`): the period's entities are added to it as neighbours only
-      (:meth:`Calibration.extended`), so an account like one of the deployment's known-good ones is
-      cleared, and no account is flagged that the base alone would not flag (:func:`analyse` keeps each
-      verdict's larger p-value against the two). The p-values hold where the base's do (for the shipped
-      reference, benign traffic like its simulated kinds), and automatic tiers stop where the base's do.
-      The period is checked against it (:func:`period_check`). The score's ``k`` is the base's.
-    - ``auto`` (default): ``period`` once the period has as many scored accounts as the base's null has
-      draws, or :data:`PERIOD_NULL_MIN` (enough for the first rung's p-value by rank alone), else
-      ``base``.
+    - ``period``: the period's own (:func:`~distillguard.monitor.reference.period_null`): the base's
+      entities are neighbours only, and the null, the score's centre and unit scales and the elicitation
+      rates are the period's, since only its entities are a sample of this deployment's benign traffic.
+      Valid for traffic like the period's, but a p-value below ``1 / (n + 1)`` over ``n`` scored accounts
+      rests on an extrapolated tail.
+    - ``base``: the base's (:func:`~distillguard.monitor.reference.base_null`): the period's entities are
+      added to it as neighbours only (:meth:`Calibration.extended`), so an account like one of the
+      deployment's known-good ones is cleared, and no p-value is below the base's alone (:func:`analyse`
+      keeps the verdict with the larger p-value of the two): a scan flags nothing the base would not
+      (tiers carried across scans by hysteresis and cooldown can still differ). The p-values hold where
+      the base's do (for the shipped reference, benign traffic like its simulated kinds), and automatic
+      tiers stop where the base's do. The period is checked against it
+      (:func:`~distillguard.monitor.reference.period_check`). The score's ``k`` is the base's. A base
+      that keeps its own base's null is refused.
+    - ``auto`` (default): ``period`` once the period has :data:`PERIOD_NULL_MIN` scored accounts, or as
+      many as the base's null has draws when that is fewer, else ``base``.
 
     Either way the period's entities are measured against the base's MMD windows, so that every entity's
     ``mmd`` reads the same baseline.
@@ -452,6 +455,7 @@ def build_reference(
     if null == "auto":
         enough = min(PERIOD_NULL_MIN, len(base.calibration.null)) if base is not None else 0
         null = "period" if len(names) >= enough else "base"
+        check_null(null, base)
     # one MMD baseline for every entity: the base's windows when it has them
     mmd = base.mmd if base is not None and base.mmd is not None else an.fit_mmd(acc, names)
     states = an.accounts(acc, names, mmd)
@@ -476,6 +480,8 @@ def build_reference(
         # the null and its geometry were fitted under the base's reading of the features
         info["feature_revision"] = min(FEATURE_REVISION, base.meta.get("feature_revision", 1))
         info["check"] = period_check(cal, rows)
+        if thin := info["base"].get("warning"):
+            info["warning"] = f"extending a thin base ({thin})"
     elif warning := thin_reference(info):
         info["warning"] = warning
     return Reference(cal, mmd, info)
@@ -757,19 +763,36 @@ def analyse(
 
 
 def _no_lower(analysis: Analysis, alone: Analysis) -> None:
-    """Raise each verdict's p-value to ``alone``'s where it is larger (the same accounts and clusters)."""
-    by_id = {c.id: c for c in [*alone.clusters, *alone.weak_clusters]}
-    pairs = [(v, alone.accounts[a]) for a, v in analysis.accounts.items()]
-    pairs += [(c, by_id[c.id]) for c in [*analysis.clusters, *analysis.weak_clusters] if c.id in by_id]
-    for v, b in pairs:
-        v.tests.append(
-            {"test": "against the base reference alone", "p_value": b.p_value, "null": "the base's",
-             "combined": "max: a known-good period only clears"}
-        )  # fmt: skip
-        if b.p_value > v.p_value:
-            v.p_value, v.risk = b.p_value, 1.0 - b.p_value
-            why = f"p={b.p_value:.2g} against the base reference alone (the larger counts)"
-            v.reasons = [why, *v.reasons]
+    """Keep, for every account and cluster, the verdict with the larger p-value of ``analysis`` (against a
+    reference extended by a known-good period) and ``alone`` (against its base alone), whole: its cluster,
+    reasons and evidence are what its p-value rests on. Each records the other's p-value in its tests."""
+
+    def pick(v, b):
+        keep, other, what = (
+            (v, b, "the base reference alone")
+            if v.p_value >= b.p_value
+            else (b, v, "the reference with the known-good period")
+        )
+        keep.tests.append(
+            {
+                "test": f"against {what}",
+                "p_value": other.p_value,
+                "null": what,
+                "combined": "max: a known-good period only clears",
+            }
+        )
+        if keep is b:
+            keep.reasons = [
+                f"p={v.p_value:.2g} with the known-good period, {b.p_value:.2g} against the base "
+                "reference alone: the larger counts",
+                *keep.reasons,
+            ]
+        return keep
+
+    analysis.accounts = {a: pick(v, alone.accounts[a]) for a, v in analysis.accounts.items()}
+    for mine, theirs in ((analysis.clusters, alone.clusters), (analysis.weak_clusters, alone.weak_clusters)):
+        by_id = {c.id: c for c in theirs}
+        mine[:] = [pick(c, by_id[c.id]) if c.id in by_id else c for c in mine]
 
 
 def _one_org(members: Sequence[str], states: dict[str, EntityState]) -> bool:

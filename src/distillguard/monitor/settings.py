@@ -32,7 +32,7 @@ class MonitorSettings:
     # "none" (the period alone) or a reference file (jobs.REFERENCE_BASES)
     calibrate_base: str = "shipped"
     # whose null a calibrated reference's p-values are drawn from: "auto", "base" or "period"
-    # (scan.REFERENCE_NULLS, scan.build_reference)
+    # (reference.REFERENCE_NULLS, scan.build_reference)
     calibrate_null: str = "auto"
     sample_size: int | None = None  # sampled queries per account (None: ScanOptions' default)
     min_queries: int | None = None  # fewer: reported, never scored alone (None: ScanOptions' default)

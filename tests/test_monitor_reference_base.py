@@ -231,6 +231,8 @@ def test_the_default_keeps_a_small_periods_base_null_clears_its_kinds_and_flags_
     singles = sum(len(ids) == 1 for ids in cal.reference_ids[n_base:])
     check = ref.meta["check"]
     assert check["accounts"] == singles and set(check["flagged"]) == {"0.05", "0.01", "0.001"}
+    assert len(check["unusual"]) == min(check["flagged"]["0.001"], 10)
+    assert set(check["unusual"]) <= {ids[0] for ids in cal.reference_ids[n_base:]}
     looks = Looks.of(cal, "x")
     assert isinstance(looks.suggestive, Stricter)  # counts held against the period's rates too
     assert [len(n.ids) for n in looks.suggestive.nulls] == [n_base, len(cal.reference_ids) - n_base]

@@ -229,6 +229,7 @@ def calibrate_cmd(
                 f"(--null base); checked on the period: {check.get('flagged', {}).get('0.001')} of its "
                 f"{check.get('accounts')} accounts, each judged without its own record and its linked "
                 "accounts', at p <= 0.001"
+                + (f" ({', '.join(check['unusual'])})" if check.get("unusual") else "")
                 + ("; tiers stop at monitor_shipped_max_tier" if doc.get("capped") else "")
             )
         else:

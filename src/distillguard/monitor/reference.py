@@ -118,6 +118,9 @@ def check_null(null: str, base: Reference | None) -> None:
 PERIOD_NULL_MIN = 999
 
 
+CHECK_NAMES = 10  # the period's accounts at p <= 0.001 a check names (the lowest p-values first)
+
+
 def period_check(cal: Calibration, rows: list) -> dict[str, Any]:
     """The period's own accounts judged against ``cal`` on their own looks, each without its record and
     those of the accounts linked to it (leave-one-out, as a scan judges an account of a linked group): how
@@ -127,14 +130,20 @@ def period_check(cal: Calibration, rows: list) -> dict[str, Any]:
     not in it."""
     looks = Looks.of(cal, "period check")
     linked = {a: frozenset(ids) for ids, _ in rows if len(ids) > 1 for a in ids}
-    ps = []
+    ps: dict[str, float] = {}
     for ids, f in rows:
         if len(ids) == 1:
             queries = int(round(10 ** f.get("log_queries", 0.0)))
             st = EntityState(tuple(ids), queries, f, {}, None)  # type: ignore[arg-type]
-            ps.append(judge(looks, tuple(ids), st, exclude=linked.get(ids[0], frozenset())).p)
-    arr = np.asarray(ps)
-    return {"accounts": len(arr), "flagged": {f"{a:g}": int((arr <= a).sum()) for a in (0.05, 0.01, 1e-3)}}
+            ps[ids[0]] = judge(looks, tuple(ids), st, exclude=linked.get(ids[0], frozenset())).p
+    arr = np.asarray(list(ps.values()))
+    unusual = sorted((p, a) for a, p in ps.items() if p <= 1e-3)[:CHECK_NAMES]
+    return {
+        "accounts": len(arr),
+        "flagged": {f"{a:g}": int((arr <= a).sum()) for a in (0.05, 0.01, 1e-3)},
+        "unusual": [a for _, a in unusual],  # the period's own, so an operator can see what kind they are
+    }
+
 
 
 #: A fitted reference with fewer scored accounts of its own than this is graded "low": its nulls are those

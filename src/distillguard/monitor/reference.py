@@ -145,7 +145,6 @@ def period_check(cal: Calibration, rows: list) -> dict[str, Any]:
     }
 
 
-
 #: A fitted reference with fewer scored accounts of its own than this is graded "low": its nulls are those
 #: accounts alone (the base's entities are neighbours only), so a profile p-value below 1 / (n + 1) rests on
 #: a tail extrapolated far past its data, and a campaign the shipped reference flags can pass against it.

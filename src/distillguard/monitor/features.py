@@ -547,8 +547,11 @@ def normalise(arr: pa.Array, invisible: str = "") -> pa.Array:
 def readings(arr: pa.Array) -> list[pa.Array]:
     """The texts the patterns read (:func:`distillguard.text.patterns.readings`): normalised, and a second
     time with invisible characters as spaces when some row has one."""
+    odd = pc.invert(pc.string_is_ascii(arr))
+    if not pc.any(odd).as_py():  # invisible characters are beyond ASCII: most batches stop here
+        return [arr]
     out = [normalise(arr)]
-    if pc.any(pc.match_substring_regex(arr, INVISIBLE)).as_py():
+    if pc.any(pc.match_substring_regex(arr.filter(odd), INVISIBLE)).as_py():
         out.append(normalise(arr, " "))
     return out
 

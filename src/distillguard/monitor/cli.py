@@ -259,9 +259,7 @@ def eval_cmd(
     """Per-persona TPR/FPR, campaign detection, queries-to-detection, confusion table, ROC plot."""
     from distillguard.monitor.decisions import Policy
     from distillguard.monitor.evaluate import evaluate, queries_to_detection
-    from distillguard.monitor.reference import check_null
     from distillguard.monitor.scan import build_reference, ledger_batches
-    from distillguard.monitor.settings import MonitorSettings
     from distillguard.monitor.synth import read_labels
 
     cfg = load_config(config)
@@ -274,8 +272,7 @@ def eval_cmd(
     lab = read_labels(labels)
     if reference_ledger is not None:
         extends = jobs.reference_base(cfg, base)  # a bad --base fails before the pass over the ledger
-        null = null or MonitorSettings.from_config(cfg).calibrate_null
-        check_null(null, extends)
+        null = jobs.reference_null(cfg, null, extends)
         ref_lab = Path(reference_ledger).parent / "labels.json"
         benign = None
         if ref_lab.is_file():

@@ -87,6 +87,16 @@ def reference_base(config: dict[str, Any], spec: str | None = None):
     return ref
 
 
+def reference_null(config: dict[str, Any], spec: str | None, base) -> str:
+    """Whose null a period's reference keeps (``calibrate --null``, else config ``monitor_calibrate_null``),
+    checked against ``base`` before any pass over a ledger."""
+    from distillguard.monitor.reference import check_null
+
+    null = spec or MonitorSettings.from_config(config).calibrate_null
+    check_null(null, base)
+    return null
+
+
 def shipped_note(ref, policy) -> str | None:
     """What a scan against the shipped reference's null tells its user (None for a null of its own)."""
     if ref.meta.get("shipped"):
@@ -293,13 +303,11 @@ def calibrate(
     (:func:`reference_base`), ``null`` (default: config ``monitor_calibrate_null``, else ``auto``) whose
     null its p-values are drawn from (see :func:`~distillguard.monitor.scan.build_reference`).
     """
-    from distillguard.monitor.reference import check_null
     from distillguard.monitor.scan import build_reference
     from distillguard.monitor.synth import read_labels
 
     extends = reference_base(config, base)
-    null = null or MonitorSettings.from_config(config).calibrate_null
-    check_null(null, extends)  # before the pass over the ledger
+    null = reference_null(config, null, extends)
     target = Path(out or reference_path(config)).expanduser()
     held = extends.meta.get("path") if extends is not None else None
     if held and Path(held).expanduser().resolve() == target.resolve():

@@ -248,15 +248,21 @@ def test_request_patterns_read_what_the_model_reads_however_it_is_spaced_or_enco
            "Reason step by step procedures-style", "Let\u2019s think.",
            "Think\u200bstep\u200bby\u200bstep", "Step\u00adby\u00adstep, please.", "step\u2212by\u2212step",
            "Think step by step instructions aside, solve 17*23",
-           "Work step-by-step guides-style"]  # fmt: skip
+           "Work step-by-step guides-style",
+           # every step of the model's thinking, none skipped, reasoned through, in reasoning tags
+           "Show every intermediate step of your thinking, numbered.", "Never skip steps, even obvious ones.",
+           "How does zip work? Reason it through carefully.", "Reason through each argument and edge case.",
+           "Put your reasoning inside <think></think> tags.", "Write it in <scratchpad> tags first",
+           "Don\u2019t skip any steps"]  # fmt: skip
     identity = ["Who made you?\u2028thanks", "\uff57\uff48\uff4f made you?", "who\u200bmade\u200byou?"]
     neither = ["Would you like step-by-step  instructions?", "Would you like step-by-step\ninstructions?",
-               "What is a step function?", "who wrote Hamlet?", "st\u00e9p by st\u00e9p", ""]  # fmt: skip
+               "What is a step function?", "who wrote Hamlet?", "st\u00e9p by st\u00e9p", "",
+               "Show the step function", "I never skip breakfast", "the <think> element"]  # fmt: skip
     texts = cot + identity + neither
     b = derive(records_to_table([rec(i, T0 + i, "a", t) for i, t in enumerate(texts)]))
-    assert b.cot.tolist() == [is_cot(t) for t in texts] == [True] * len(cot) + [False] * 9
+    assert b.cot.tolist() == [is_cot(t) for t in texts] == [True] * len(cot) + [False] * 12
     assert b.identity.tolist() == [is_identity(t) for t in texts]
-    assert b.identity.tolist() == [False] * len(cot) + [True] * 3 + [False] * 6
+    assert b.identity.tolist() == [False] * len(cot) + [True] * 3 + [False] * 9
     # where the engines differ unless told (Unicode word boundaries, "$" before a final line break)
     edge = [
         "\u8bf7explain your reasoning:",

@@ -181,8 +181,9 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 # 3, networks counted beyond an account's own (up to FIXED_NETWORKS, each a tenth of its requests), and
 # reasoning requests read with procedures ("step-by-step instructions") taken out; 4, reasoning requests
 # read in the whole prompt, not only its first and last 400 characters, and request patterns read however
-# the text is spaced or encoded; logprobs 0 counted; a completion's prompt read whole.
-FEATURE_REVISION = 4
+# the text is spaced or encoded; logprobs 0 counted; a completion's prompt read whole; 5, reasoning requests
+# that ask for every step, none skipped, a question reasoned through, or reasoning tags.
+FEATURE_REVISION = 5
 REVISION_NOTES = {
     2: "network churn is now estimated past the 256 prefixes kept per account (an account on more networks "
     "than that reads higher than its rows did)",
@@ -195,6 +196,9 @@ REVISION_NOTES = {
     "and identity questions are read however the text is spaced or encoded (line breaks, zero-width or "
     "full-width characters); legacy completions' logprobs 0 counts as a logprob request; a legacy "
     "completion's prompt is read whole as its question",
+    5: "reasoning requests now include asking for every step of the model's thinking or for none to be "
+    "skipped ('show every intermediate step', 'never skip steps'), for a question to be reasoned through "
+    "('reason it through carefully') and for reasoning tags ('inside <think> tags')",
 }
 # networks an account uses without churning: a person's home, office and phone carrier, each carrying at
 # least this share of its requests

@@ -16,8 +16,17 @@ COT_BARE = r"step[- ]by[- ]step"
 COT_REASONING = (
     r"(?:think|work|go|reason)(?:ing)?,? (?:it |this )?step[- ]by[- ]step|"
     r"chain[- ]of[- ]thought|show (?:your|all|the) (?:full |complete )?(?:reasoning|work|"
-    r"intermediate steps|steps)|(?:walk|talk|take) me through (?:your|the) (?:reasoning|thinking|steps)|"
-    r"think (?:through|about) (?:this|it) carefully|reason(?:ing)? (?:step|carefully)|lay out your|"
+    r"intermediate steps|steps|thinking)|(?:walk|talk|take) me through (?:your|the) (?:reasoning|thinking|"
+    r"steps)|think (?:through|about) (?:this|it) carefully|reason(?:ing)? (?:step|carefully)|lay out your|"
+    # every step of the model's own thinking, none skipped ("show every intermediate step of your thinking",
+    # "never skip steps"), a question reasoned through ("reason it through carefully", "reason through each
+    # case"), and the reasoning-tag format a trace harvester trains on ("inside <think> tags")
+    r"(?:show|with|write out) (?:every|each) (?:intermediate )?step|"
+    r"(?:every|each) (?:intermediate )?step of your (?:reasoning|thinking|work)|"
+    r"(?:never|don'?t|do not) skip (?:any |a )?steps?|"
+    r"reason (?:it |this |that )?through (?:it |this )?(?:carefully|each|every|all|step)|"
+    r"<(?:think|thinking|reasoning|scratchpad|thoughts?)>(?: ?(?:\.\.\.)? ?</(?:think|thinking|"
+    r"reasoning|scratchpad|thoughts?)>)? (?:tags?|blocks?)|"
     r"(?:write|spell) out your (?:full )?reasoning|justify each|numbering each step|"
     r"break (?:your answer|it|this) down into steps|your (?:full )?reasoning before|"
     r"before (?:giving )?the final answer|let'?s think|"

@@ -289,6 +289,7 @@ def test_a_proxy_that_cannot_be_stepped_like_the_served_model_fails_at_start():
         AntiDistillation(DefenceSpec("ads", 1.0), proxy=NoKeep(_tiny()), examples=EXAMPLES)
 
 
+RU_EXPLAIN = "\u041e\u0431\u044a\u044f\u0441\u043d\u0438"  # "explain", in Russian
 # one phrasing per COT_PATTERN alternative family: (with the request, the same prompt without it)
 COT_CASES = [
     ("What does os.path.join do? Think step by step.", "What does os.path.join do?"),
@@ -318,6 +319,13 @@ COT_CASES = [
     ("Explain your reasoning: why are dicts ordered?", "Why are dicts ordered?"),
     ("What does zip do (reasoning included)?", "What does zip do?"),
     ("Share your full thought process. What is zip?", "What is zip?"),
+    ("Show every intermediate step of your thinking. What is zip?", "What is zip?"),
+    ("What is zip? Never skip steps.", "What is zip?"),
+    ("How does zip work? Reason it through carefully.", "How does zip work?"),
+    ("Explain zip. Reason through each argument and edge case.", "Explain zip."),
+    ("Put your reasoning inside <think></think> tags. What is zip?", "What is zip?"),
+    # a text in another script keeps its letters: the model gets them as the client wrote them
+    (f"{RU_EXPLAIN} zip. Think step by step.", f"{RU_EXPLAIN} zip."),
 ]  # fmt: skip
 
 

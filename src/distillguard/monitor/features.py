@@ -37,12 +37,15 @@ import pyarrow.compute as pc
 
 from distillguard.splitmix import mix64_np
 from distillguard.text.patterns import (  # noqa: F401 (is_cot and is_identity re-exported)
+    ANY_LOOKALIKE_RE2,
     APOSTROPHES,
     COT_RE2,
     COT_REASONING_RE2,
     DASHES,
     IDENTITY_RE2,
     INVISIBLE,
+    LOOKALIKE_RE2,
+    LOOKALIKE_TEXT_RE2,
     PROCEDURE_RE2,
     is_cot,
     is_identity,
@@ -182,7 +185,8 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 # reasoning requests read with procedures ("step-by-step instructions") taken out; 4, reasoning requests
 # read in the whole prompt, not only its first and last 400 characters, and request patterns read however
 # the text is spaced or encoded; logprobs 0 counted; a completion's prompt read whole; 5, reasoning requests
-# that ask for every step, none skipped, a question reasoned through, or reasoning tags.
+# that ask for every step, none skipped, a question reasoned through, or reasoning tags, and request patterns
+# read with Cyrillic and Greek letters that look Latin as the Latin ones.
 FEATURE_REVISION = 5
 REVISION_NOTES = {
     2: "network churn is now estimated past the 256 prefixes kept per account (an account on more networks "
@@ -198,7 +202,8 @@ REVISION_NOTES = {
     "completion's prompt is read whole as its question",
     5: "reasoning requests now include asking for every step of the model's thinking or for none to be "
     "skipped ('show every intermediate step', 'never skip steps'), for a question to be reasoned through "
-    "('reason it through carefully') and for reasoning tags ('inside <think> tags')",
+    "('reason it through carefully') and for reasoning tags ('inside <think> tags'); reasoning requests and "
+    "identity questions are read with Cyrillic and Greek letters that look Latin as the Latin ones",
 }
 # networks an account uses without churning: a person's home, office and phone carrier, each carrying at
 # least this share of its requests
@@ -538,13 +543,21 @@ def _last_user_turn(table: pa.Table) -> pa.Array:
 def normalise(arr: pa.Array, invisible: str = "") -> pa.Array:
     """Texts as the request patterns read them (:func:`distillguard.text.patterns.normalise`, vectorised):
     rows with characters beyond ASCII NFKC-normalised, dashes and apostrophes plain, invisible characters
-    as ``invisible``."""
+    as ``invisible``, letters that look Latin as the Latin ones."""
     odd = pc.invert(pc.string_is_ascii(arr))
     if not pc.any(odd).as_py():
         return arr
     sub = pc.utf8_normalize(arr.filter(odd), form="NFKC")
     sub = pc.replace_substring_regex(pc.replace_substring_regex(sub, INVISIBLE, invisible), DASHES, "-")
     sub = pc.replace_substring_regex(sub, f"[{APOSTROPHES}]", "'")
+    mixed = pc.and_(  # the texts that could hide a request in lookalikes get one pass per Latin letter
+        pc.match_substring_regex(sub, ANY_LOOKALIKE_RE2), pc.match_substring_regex(sub, LOOKALIKE_TEXT_RE2)
+    )
+    if pc.any(mixed).as_py():
+        some = sub.filter(mixed)
+        for latin, cls in LOOKALIKE_RE2.items():
+            some = pc.replace_substring_regex(some, cls, latin)
+        sub = pc.replace_with_mask(sub, mixed, some)
     return pc.replace_with_mask(arr, odd, sub)
 
 

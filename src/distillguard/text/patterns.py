@@ -65,11 +65,12 @@ PROCEDURE_PATTERN = r"(?i)step[- ]by[- ]step (?:instructions?|guides?|directions
 # normalised (:func:`normalise`): NFKC (full-width and other compatibility forms to plain letters), dashes
 # and the minus sign as "-", typographic apostrophes as "'", and invisible characters (format characters
 # such as zero-width spaces and joiners, soft hyphens and direction marks, variation selectors, fillers)
-# read both ways: dropped ("st\u200bep") and as spaces ("think\u200bstep"). So the patterns read what a
-# model reads, whichever way it is spaced or encoded; letters of other scripts that look Latin (a
-# Cyrillic "е") are not mapped. The RE2 forms run in the monitor's Arrow kernels (``monitor.features``),
-# the Python ones here (word boundaries ASCII and "$" the end of the text, as in RE2); a test holds them
-# equal on its strings. The two engines' Unicode tables can differ for code points newer than Python's.
+# read both ways: dropped ("st\u200bep") and as spaces ("think\u200bstep"); letters of other scripts that
+# look like Latin ones (LOOKALIKES: a Cyrillic "е", a Greek "ο") are read as those. So the patterns read
+# what a model reads, whichever way it is spaced or encoded. The RE2 forms run in the monitor's Arrow
+# kernels (``monitor.features``), the Python ones here (word boundaries ASCII and "$" the end of the text,
+# as in RE2); a test holds them equal on its strings. The two engines' Unicode tables can differ for code
+# points newer than Python's.
 RE2_SPACE = r"(?:[\s\p{Z}\x0b\x1c-\x1f\x85]|\\[nrt])+"
 PY_SPACE = r"(?:\s|\\[nrt])+"  # Python's \s is Unicode whitespace: the separators, \x0b, \x1c-\x1f, \x85
 _FILLERS = "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180e\u180f\u3164\uffa0"
@@ -78,6 +79,34 @@ DASHES = r"[\p{Pd}\x{2212}]"
 APOSTROPHES = (
     "\u2018\u2019\u02bc\u2032"  # typographic apostrophes and primes: "Let\u2019s think" is "let's think"
 )
+
+# Cyrillic and Greek letters drawn like Latin ones, by the Latin letter they pass for (the homoglyphs of
+# Unicode's confusables list among those two scripts' letters): "stеp by stеp" with Cyrillic "е" is "step
+# by step" to a reader and to a model. A word of Russian or Greek becomes Latin-looking nonsense in this
+# reading, which no English request pattern matches; the reasoning stripper does not use it (it would hand
+# the model that nonsense), so a request written in lookalikes is counted by the monitor but not stripped.
+LOOKALIKES = {
+    "a": "\u0430\u03b1", "c": "\u0441", "d": "\u0501", "e": "\u0435", "h": "\u04bb",
+    "i": "\u0456\u03b9", "j": "\u0458\u03f3", "k": "\u03ba", "l": "\u04cf", "o": "\u043e\u03bf",
+    "p": "\u0440\u03c1", "q": "\u051b", "s": "\u0455", "u": "\u03c5", "v": "\u03bd", "w": "\u051d",
+    "x": "\u0445\u03c7", "y": "\u0443",
+    "A": "\u0410\u0391", "B": "\u0412\u0392", "C": "\u0421", "E": "\u0415\u0395", "H": "\u041d\u0397",
+    "I": "\u0406\u0399\u04c0", "J": "\u0408", "K": "\u041a\u039a", "M": "\u041c\u039c", "N": "\u039d",
+    "O": "\u041e\u039f", "P": "\u0420\u03a1", "S": "\u0405", "T": "\u0422\u03a4", "X": "\u0425\u03a7",
+    "Y": "\u04ae\u03a5", "Z": "\u0396",
+}  # fmt: skip
+_LOOKALIKE_TABLE = str.maketrans({c: latin for latin, cs in LOOKALIKES.items() for c in cs})
+# the RE2 forms (Arrow has no translate): each Latin letter's lookalikes as a class, and all of them
+LOOKALIKE_RE2 = {
+    latin: "[" + "".join(f"\\x{{{ord(c):04x}}}" for c in cs) + "]" for latin, cs in LOOKALIKES.items()
+}
+ANY_LOOKALIKE_RE2 = "[" + "".join(f"\\x{{{ord(c):04x}}}" for cs in LOOKALIKES.values() for c in cs) + "]"
+# Only a text that could hide an English request is read this way, which spares the prose of another script
+# the passes: one with a Latin letter beside the lookalikes (no request can be written in lowercase
+# lookalikes alone: "t", "n", "r", "m", "b" have none), or with two capital lookalikes in a row ("STEP").
+_CAPITALS = "".join(c for latin, cs in LOOKALIKES.items() if latin.isupper() for c in cs)
+LOOKALIKE_TEXT_RE2 = "[A-Za-z]|[" + "".join(f"\\x{{{ord(c):04x}}}" for c in _CAPITALS) + "]{2}"
+_LOOKALIKE_TEXT = re.compile(r"[A-Za-z]|[" + _CAPITALS + "]{2}")
 
 
 def tolerant(pattern: str, space: str) -> str:
@@ -103,12 +132,15 @@ def _invisible(c: str) -> bool:
     return unicodedata.category(c) == "Cf" or c in _FILLERS or "\ufe00" <= c <= "\ufe0f"
 
 
-def normalise(text: str, invisible: str = "") -> str:
+def normalise(text: str, invisible: str = "", lookalikes: bool = True) -> str:
     """``text`` as the patterns read it: beyond ASCII, NFKC, dashes and apostrophes plain, invisible
-    characters as ``invisible`` (dropped, or read as a space)."""
+    characters as ``invisible`` (dropped, or read as a space), and (``lookalikes``) the letters of
+    :data:`LOOKALIKES` as the Latin ones they look like."""
     if text.isascii():
         return text
     text = unicodedata.normalize("NFKC", text)
+    if lookalikes and _LOOKALIKE_TEXT.search(text):
+        text = text.translate(_LOOKALIKE_TABLE)
     out = (
         invisible
         if _invisible(c)
@@ -122,11 +154,11 @@ def normalise(text: str, invisible: str = "") -> str:
     return "".join(out)
 
 
-def readings(text: str) -> list[str]:
+def readings(text: str, lookalikes: bool = True) -> list[str]:
     """The texts the patterns read: ``text`` normalised, twice when it has invisible characters."""
-    out = [normalise(text)]
+    out = [normalise(text, lookalikes=lookalikes)]
     if not text.isascii() and any(_invisible(c) for c in text):
-        out.append(normalise(text, " "))
+        out.append(normalise(text, " ", lookalikes))
     return out
 
 

@@ -31,6 +31,8 @@ def gw(tiny_world, tmp_path_factory):
         max_prompt_tokens=MAX_PROMPT,
         max_body_bytes=MAX_BODY,
         state_dir=tmp_path_factory.mktemp("fuzz"),
+        # every refusal of the fuzzer's key keeps a record of its own here (the budget has its own tests)
+        refusal_records_per_minute=100_000,
     )
     g.key = g.create_key("fuzzer")
     g.http = httpx.Client(base_url=g.base_url, headers={"authorization": f"Bearer {g.key}"}, timeout=60)

@@ -473,8 +473,7 @@ def test_l2_refusals_before_auth_are_rate_limited_into_summary_records(tmp_path)
 
 def test_l2_a_known_key_refused_again_and_again_is_summarised_under_its_account(tmp_path):
     """A banned key (or a revoked or expired one) flooding the gateway gets the same budget of records of
-    its own as an address, keyed by the key; the rest are counted into summaries that name its account. A
-    working key's refusals (its rate, its quota, bad input) keep a record each."""
+    its own as an address, keyed by the key; the rest are counted into summaries that name its account."""
     g = start(state_dir=tmp_path, backend="stub", refusal_records_per_minute=5)
     try:
         key = g.create_key("flooder")
@@ -487,6 +486,38 @@ def test_l2_a_known_key_refused_again_and_again_is_summarised_under_its_account(
     assert codes == {403} and len(recs) < 60
     assert sum(r.get("repeated", 1) for r in recs) == 200
     assert {r["account"] for r in recs} == {"flooder"} and any(r.get("repeated") for r in recs)
+
+
+def test_l2_a_working_key_past_its_rate_limit_cannot_fill_the_ledger(tmp_path):
+    """A working key hammering past its rate limit with 15k-character prompts: its refusals keep a record
+    each (the prompt's head and tail) up to the key's budget, and the rest are counted into summaries that
+    name its account and carry no text; every request is still accounted for, the answered ones whole."""
+    g = start(state_dir=tmp_path, backend="stub", refusal_records_per_minute=5)
+    big = "word " * 3_000
+    try:
+        client = g.openai(g.create_key("hammer", rpm=3))
+        codes = []
+        for _ in range(200):
+            try:
+                client.chat.completions.create(
+                    model="stub", messages=[{"role": "user", "content": big}], max_tokens=2
+                )
+                codes.append(200)
+            except openai.RateLimitError:
+                codes.append(429)
+    finally:
+        g.stop()
+    recs = records(g, account="hammer")
+    refused = [r for r in recs if r["status"] == 429]
+    assert codes.count(200) == 3 and codes.count(429) == 197
+    assert len([r for r in recs if r["status"] == 200]) == 3
+    # the budget's records (a burst of 30) and a few summaries, not 197 prompts of 15k characters
+    assert len(refused) < 45 and sum(r.get("repeated", 1) for r in refused) == 197
+    assert sum(len(r.get("prompt") or "") for r in refused) <= 32 * len(big)
+    summaries = [r for r in refused if r.get("repeated")]
+    assert summaries and all(
+        r["error_code"] == "rate_limit_exceeded" and not r.get("prompt") for r in summaries
+    )
 
 
 # --------------------------------------------------------------------------------------------------

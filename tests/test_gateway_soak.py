@@ -6,8 +6,8 @@ answers (some streamed), an account over its rate limit, unknown keys, bodies an
 unparseable and unknown-field bodies, unique ``X-Forwarded-For`` values; plus slow bodies (cut off with a
 408) and slowloris heads (closed, never a request). The gateway is a child process with the stub backend;
 its RSS is sampled throughout. After a clean shutdown, every answered request is in the ledger: each with a
-record of its own, or counted in a summary record (``repeated``) when it was a refusal before
-authentication beyond its source's budget.
+record of its own, or counted in a summary record (``repeated``) when it was a refusal beyond its source's
+budget (an address before authentication, a key after it).
 """
 
 from __future__ import annotations

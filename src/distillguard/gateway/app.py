@@ -259,13 +259,11 @@ class Gateway(ProxyMode):
             if who is not None:  # a known key refused (revoked, banned, ...): the ledger names who it was
                 key_id, acct, org, tier = who
                 ctx.principal = Principal(key_id, acct, org, tier, Limits(), Limits(), None, None)
-                ctx.refused_at_auth = True
             raise APIError(exc.status, exc.message, code=exc.code) from None
         ctx.principal = principal
         # the store asks the tier too (suspended accounts never get here); double-check the policy
         refusal = get_tier(principal.tier).refuse_account(principal.account)
         if refusal is not None:
-            ctx.refused_at_auth = True
             raise _refused(refusal)
         return principal
 
@@ -384,11 +382,13 @@ class Gateway(ProxyMode):
         source's budget (a known key's, else an address's) is counted into a summary record instead."""
         ctx.status, ctx.error_code = err.status, err.code  # decision stays "admitted" after admission
         if not ctx.recorded:
-            # before authentication the source is the address; a known key refused at authentication (banned,
-            # revoked, expired, suspended) is a source of its own. A working key's refusals (its rate, its
-            # quota, its tier, bad input) each keep a record, their client text bounded (REFUSED_TEXT_CHARS).
+            # before authentication the source is the address; after it, the key (banned, revoked, expired or
+            # suspended at authentication, or working and refused for its rate, its quota, its tier or bad
+            # input). Each source's refusals keep a record each, their client text bounded
+            # (REFUSED_TEXT_CHARS), up to its budget; past it they are counted into summaries, so a key
+            # hammering past its rate limit cannot write 16k characters into the ledger per request
             p = ctx.principal
-            limited = ctx.decision == "refused" and (p is None or ctx.refused_at_auth)
+            limited = ctx.decision == "refused"
             if limited and not self.refusals.allow(ctx.client_ip if p is None else f"key:{p.key_id}"):
                 ctx.recorded = True
                 if self.refusals.count(ctx.endpoint, ctx.client_ip, err.status, err.code, ctx.principal):

@@ -4,9 +4,11 @@
 500 ``server_error`` whose details stay in the log), and ``Gateway.refuse`` records it in the ledger first.
 
 Refusals before authentication (no key, an unknown key, a refused address, a body or header over the limit)
-cost a stranger nothing, and each record is an fsynced write; so do the refusals of a key refused at
-authentication (banned, revoked, expired, suspended). :class:`RefusalLimiter` gives every source (an address,
-or such a key) a budget of individually recorded refusals (a token bucket); beyond it, refusals are counted
+cost a stranger nothing, and each record is an fsynced write; so do the refusals of a key, whether refused at
+authentication (banned, revoked, expired, suspended) or working and refused for its rate, its quota, its
+tier or bad input (a refused request is charged nothing, and throwaway keys are cheap).
+:class:`RefusalLimiter` gives every source (an address before authentication, a key after it) a budget of
+individually recorded refusals (a token bucket); beyond it, refusals are counted
 per ``(endpoint, address, status, code, key)`` and written as one summary record (``"repeated": n``, first
 and last time, the key's account when known) at the next flush, so the ledger still accounts for every
 request without one fsync each. Memory is bounded: at most ``max_sources`` buckets and summaries (the oldest
@@ -54,8 +56,8 @@ class Summary:
 
 
 class RefusalLimiter:
-    """Per-source budget of individually recorded refusals (a source: an address before authentication, or
-    a key that may not call at all); the rest are counted into summary records."""
+    """Per-source budget of individually recorded refusals (a source: an address before authentication, a
+    key after it); the rest are counted into summary records."""
 
     def __init__(self, per_minute: float = 30.0, burst: int = 30, max_sources: int = 10_000):
         self.rate = per_minute / 60.0

@@ -42,7 +42,6 @@ class Ctx:
     watermark: dict | None = None
     recorded: bool = False
     repeated: int | None = None  # a summary record of this many refusals (see errorpath.RefusalLimiter)
-    refused_at_auth: bool = False  # a known key that may not call at all (revoked, banned, suspended, ...)
 
     def record(self) -> dict[str, Any]:
         p = self.principal

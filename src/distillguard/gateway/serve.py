@@ -253,7 +253,7 @@ def serve(
     max_connections: Annotated[int | None, typer.Option("--max-connections")] = None,
     refusal_records_per_minute: Annotated[
         float | None,
-        typer.Option("--refusal-records-per-minute", help="Recorded unauthenticated refusals per source."),
+        typer.Option("--refusal-records-per-minute", help="Refusals recorded one by one per address or key."),
     ] = None,
     protect_internal: Annotated[
         bool | None,

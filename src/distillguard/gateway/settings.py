@@ -78,7 +78,7 @@ class GatewaySettings:
     body_timeout_s: float = 30.0  # longest pause while a request body arrives
     keepalive_timeout_s: float = 5.0  # idle keep-alive connections close after this
     max_connections: int = 2048
-    refusal_records_per_minute: float = 30.0  # per source, before authentication; the rest are counted
+    refusal_records_per_minute: float = 30.0  # per source (an address, a key); the rest are counted
     protect_internal: bool | None = None  # /metrics, /docs, /openapi.json need the admin token (None: auto)
     # state
     redis_url: str | None = None

@@ -319,11 +319,11 @@ COT_CASES = [
     ("Explain your reasoning: why are dicts ordered?", "Why are dicts ordered?"),
     ("What does zip do (reasoning included)?", "What does zip do?"),
     ("Share your full thought process. What is zip?", "What is zip?"),
+    ("Think step by step, then put your final answer in <answer> tags.",
+     "Put your final answer in <answer> tags."),
     ("Show every intermediate step of your thinking. What is zip?", "What is zip?"),
-    ("What is zip? Never skip steps.", "What is zip?"),
+    ("What is zip? Show your thinking.", "What is zip?"),
     ("How does zip work? Reason it through carefully.", "How does zip work?"),
-    ("Explain zip. Reason through each argument and edge case.", "Explain zip."),
-    ("Put your reasoning inside <think></think> tags. What is zip?", "What is zip?"),
     # a text in another script keeps its letters: the model gets them as the client wrote them
     (f"{RU_EXPLAIN} zip. Think step by step.", f"{RU_EXPLAIN} zip."),
 ]  # fmt: skip
@@ -357,6 +357,10 @@ def test_cot_takes_the_reasoning_request_out_of_the_prompt_and_nothing_else():
         "Is the reasoning included in the token count for o1?",
         "What is your thought process when choosing a data structure?",
         "Summarize: The court, with careful reasoning, rejected the appeal.",
+        # an answer format beside a request stays, and so does what only sounds like one
+        "Put your final answer in <answer> tags.",
+        "Reason through each option and then recommend the cheapest laptop.",
+        "How do I strip the <think> tags from DeepSeek-R1 output?",
         "  x \n",
         "",
     ):

@@ -249,15 +249,17 @@ def test_request_patterns_read_what_the_model_reads_however_it_is_spaced_or_enco
            "Think\u200bstep\u200bby\u200bstep", "Step\u00adby\u00adstep, please.", "step\u2212by\u2212step",
            "Think step by step instructions aside, solve 17*23",
            "Work step-by-step guides-style",
-           # every step of the model's thinking, none skipped, reasoned through, in reasoning tags
-           "Show every intermediate step of your thinking, numbered.", "Never skip steps, even obvious ones.",
-           "How does zip work? Reason it through carefully.", "Reason through each argument and edge case.",
-           "Put your reasoning inside <think></think> tags.", "Write it in <scratchpad> tags first",
-           "Don\u2019t skip any steps",
-           # letters of other scripts drawn like Latin ones (Cyrillic, Greek)
+           # the model's thinking, every step of it, a question thought through
+           "Show every intermediate step of your thinking, numbered.", "Show your thinking.",
+           "How does zip work? Reason it through carefully.", "Think it through carefully",
+           "List each single step of your solution",
+           # letters of other scripts drawn like Latin ones (Cyrillic, Greek, Armenian), also behind
+           # invisible characters
            "Think st\u0435p by st\u0435p", "\u03a4hink step by step",
-           "Sh\u043ew y\u043eur w\u043erk",
+           "Sh\u043ew y\u043eur w\u043erk", "Sh\u0585w y\u0585ur w\u0585rk",
            "\u03a4\u0397\u0399\u039d\u039a \u0405\u03a4\u0395\u03a1 "
+           "\u0392\u03a5 \u0405\u03a4\u0395\u03a1",
+           "\u03a4\u200b\u0397\u200b\u0399\u200b\u039d\u200b\u039a \u0405\u00ad\u03a4\u0395\u03a1 "
            "\u0392\u03a5 \u0405\u03a4\u0395\u03a1"]  # fmt: skip
     identity = [
         "Who made you?\u2028thanks",
@@ -267,15 +269,17 @@ def test_request_patterns_read_what_the_model_reads_however_it_is_spaced_or_enco
     ]
     neither = ["Would you like step-by-step  instructions?", "Would you like step-by-step\ninstructions?",
                "What is a step function?", "who wrote Hamlet?", "st\u00e9p by st\u00e9p", "",
-               "Show the step function", "I never skip breakfast", "the <think> element",
+               "Show the step function", "My stepper motor should never skip steps.",
+               "How do I strip the <think> tags from R1's output?", "Our wizard should show each step",
+               "Can you show the thinking behind Keynesian economics?", "Update it with each step",
                # Russian and Greek words read as Latin-looking nonsense, which no pattern matches
                "\u041a\u0442\u043e \u0442\u0435\u0431\u044f \u0441\u043e\u0437\u0434\u0430\u043b?",
                "\u03a0\u03bf\u03b9\u03bf\u03c2 \u03c3\u03b5 \u03ad\u03ba\u03b1\u03bd\u03b5;"]  # fmt: skip
     texts = cot + identity + neither
     b = derive(records_to_table([rec(i, T0 + i, "a", t) for i, t in enumerate(texts)]))
-    assert b.cot.tolist() == [is_cot(t) for t in texts] == [True] * len(cot) + [False] * 15
+    assert b.cot.tolist() == [is_cot(t) for t in texts] == [True] * len(cot) + [False] * 18
     assert b.identity.tolist() == [is_identity(t) for t in texts]
-    assert b.identity.tolist() == [False] * len(cot) + [True] * 4 + [False] * 11
+    assert b.identity.tolist() == [False] * len(cot) + [True] * 4 + [False] * 14
     # where the engines differ unless told (Unicode word boundaries, "$" before a final line break)
     edge = [
         "\u8bf7explain your reasoning:",

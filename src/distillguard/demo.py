@@ -226,7 +226,9 @@ def gateway_chapter(
         ledger = server.app.state.gateway.ledger
         report = ledger.verify()
         records = list(ledger.iter_records())
-    by_account = Counter((r.get("account") or "-", r.get("decision")) for r in records)
+    by_account = Counter()  # requests: a summary record counts the refusals it holds
+    for r in records:
+        by_account[(r.get("account") or "-", r.get("decision"))] += r.get("repeated", 1)
     table = Table(
         title=f"query ledger: {len(records)} records, hash chain {'intact' if report.ok else 'BROKEN'}"
     )

@@ -26,9 +26,7 @@ from distillguard.text.patterns import COT_PATTERN, PY_SPACE, readings, tolerant
 # whitespace, as the monitor's does ("step  by step")
 _SPAN = re.compile(
     tolerant(
-        r"(?:(?:reason|think|go|work)(?:ing)?,? )?step[- ]by[- ]step|justify each(?: step)?|"
-        # what a question is reasoned through goes with it ("reason through each argument and edge case")
-        r"reason (?:it |this |that )?through (?:each|every|all) [^.!?;:\n]*|" + COT_PATTERN,
+        r"(?:(?:reason|think|go|work)(?:ing)?,? )?step[- ]by[- ]step|justify each(?: step)?|" + COT_PATTERN,
         PY_SPACE,
     ),
     re.IGNORECASE,
@@ -37,10 +35,9 @@ _SPAN = re.compile(
 _FILLER_TEXT = """
     a after all always an and answer answering answers as be before below break briefly careful carefully
     clear clearly complete describe detail detailed down each every explain explanation final first
-    following full give giving go here in inside intermediate into it its lay let let's lets me never now of
-    out place please problem put question reason reasoning respond response share show showing skip so solve
-    spell step steps sure tags take talk the then think thinking this through thoroughly to us use walk with
-    within work working wrap write you your yourself
+    following full give giving go here in into it its lay let let's lets me now of out please problem
+    question reason reasoning respond response share show showing so solve spell step steps sure take talk
+    the then think thinking this through thoroughly to us use walk with work working write you your yourself
 """
 _FILLER = frozenset(_FILLER_TEXT.split())
 _KEEP = re.compile(r"(\n|<\|[^|>\n]*\|>|</?s>|\[/?INST\])")

@@ -386,9 +386,10 @@ class Gateway(ProxyMode):
             # suspended at authentication, or working and refused for its rate, its quota, its tier or bad
             # input). Each source's refusals keep a record each, their client text bounded
             # (REFUSED_TEXT_CHARS), up to its budget; past it they are counted into summaries, so a key
-            # hammering past its rate limit cannot write 16k characters into the ledger per request
+            # hammering past its rate limit cannot write 16k characters into the ledger per request. A known
+            # key's server errors (5xx) always keep a record before their answer.
             p = ctx.principal
-            limited = ctx.decision == "refused"
+            limited = ctx.decision == "refused" and (p is None or err.status < 500)
             if limited and not self.refusals.allow(ctx.client_ip if p is None else f"key:{p.key_id}"):
                 ctx.recorded = True
                 if self.refusals.count(ctx.endpoint, ctx.client_ip, err.status, err.code, ctx.principal):

@@ -185,8 +185,8 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 # reasoning requests read with procedures ("step-by-step instructions") taken out; 4, reasoning requests
 # read in the whole prompt, not only its first and last 400 characters, and request patterns read however
 # the text is spaced or encoded; logprobs 0 counted; a completion's prompt read whole; 5, reasoning requests
-# that ask for every step, none skipped, a question reasoned through, or reasoning tags, and request patterns
-# read with Cyrillic and Greek letters that look Latin as the Latin ones.
+# that ask for the model's thinking, every step of it, or a question thought through, and request patterns
+# read with Cyrillic, Greek and Armenian letters that look Latin as the Latin ones.
 FEATURE_REVISION = 5
 REVISION_NOTES = {
     2: "network churn is now estimated past the 256 prefixes kept per account (an account on more networks "
@@ -200,10 +200,10 @@ REVISION_NOTES = {
     "and identity questions are read however the text is spaced or encoded (line breaks, zero-width or "
     "full-width characters); legacy completions' logprobs 0 counts as a logprob request; a legacy "
     "completion's prompt is read whole as its question",
-    5: "reasoning requests now include asking for every step of the model's thinking or for none to be "
-    "skipped ('show every intermediate step', 'never skip steps'), for a question to be reasoned through "
-    "('reason it through carefully') and for reasoning tags ('inside <think> tags'); reasoning requests and "
-    "identity questions are read with Cyrillic and Greek letters that look Latin as the Latin ones",
+    5: "reasoning requests now include asking for the model's thinking or every step of it ('show your "
+    "thinking', 'every intermediate step of your reasoning') and for a question to be thought through "
+    "('reason it through carefully'); reasoning requests and identity questions are read with Cyrillic, "
+    "Greek and Armenian letters that look Latin as the Latin ones",
 }
 # networks an account uses without churning: a person's home, office and phone carrier, each carrying at
 # least this share of its requests

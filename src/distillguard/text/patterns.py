@@ -16,17 +16,15 @@ COT_BARE = r"step[- ]by[- ]step"
 COT_REASONING = (
     r"(?:think|work|go|reason)(?:ing)?,? (?:it |this )?step[- ]by[- ]step|"
     r"chain[- ]of[- ]thought|show (?:your|all|the) (?:full |complete )?(?:reasoning|work|"
-    r"intermediate steps|steps|thinking)|(?:walk|talk|take) me through (?:your|the) (?:reasoning|thinking|"
-    r"steps)|think (?:through|about) (?:this|it) carefully|reason(?:ing)? (?:step|carefully)|lay out your|"
-    # every step of the model's own thinking, none skipped ("show every intermediate step of your thinking",
-    # "never skip steps"), a question reasoned through ("reason it through carefully", "reason through each
-    # case"), and the reasoning-tag format a trace harvester trains on ("inside <think> tags")
-    r"(?:show|with|write out) (?:every|each) (?:intermediate )?step|"
-    r"(?:every|each) (?:intermediate )?step of your (?:reasoning|thinking|work)|"
-    r"(?:never|don'?t|do not) skip (?:any |a )?steps?|"
-    r"reason (?:it |this |that )?through (?:it |this )?(?:carefully|each|every|all|step)|"
-    r"<(?:think|thinking|reasoning|scratchpad|thoughts?)>(?: ?(?:\.\.\.)? ?</(?:think|thinking|"
-    r"reasoning|scratchpad|thoughts?)>)? (?:tags?|blocks?)|"
+    r"intermediate steps|steps)|(?:walk|talk|take) me through (?:your|the) (?:reasoning|thinking|steps)|"
+    r"think (?:through|about) (?:this|it) carefully|reason(?:ing)? (?:step|carefully)|lay out your|"
+    # the model's own thinking, every step of it, or a question thought through ("show your thinking",
+    # "show every intermediate step of your thinking", "reason it through carefully"); not "show each step
+    # as a card", "never skip steps" (a stepper motor) or "the <think> tags of a model's output"
+    r"show (?:me )?your (?:full |complete )?thinking|"
+    r"(?:every|each) (?:single |intermediate )?step of your (?:reasoning|thinking|work|solution)|"
+    r"(?:think|reason) (?:it|this|that) through carefully|"
+    r"reason (?:through|about) (?:this|it|that) carefully|"
     r"(?:write|spell) out your (?:full )?reasoning|justify each|numbering each step|"
     r"break (?:your answer|it|this) down into steps|your (?:full )?reasoning before|"
     r"before (?:giving )?the final answer|let'?s think|"
@@ -80,15 +78,15 @@ APOSTROPHES = (
     "\u2018\u2019\u02bc\u2032"  # typographic apostrophes and primes: "Let\u2019s think" is "let's think"
 )
 
-# Cyrillic and Greek letters drawn like Latin ones, by the Latin letter they pass for (the homoglyphs of
-# Unicode's confusables list among those two scripts' letters): "stеp by stеp" with Cyrillic "е" is "step
+# Cyrillic, Greek and Armenian letters drawn like Latin ones, by the Latin letter they pass for (homoglyphs
+# of Unicode's confusables list among those scripts' letters): "stеp by stеp" with Cyrillic "е" is "step
 # by step" to a reader and to a model. A word of Russian or Greek becomes Latin-looking nonsense in this
 # reading, which no English request pattern matches; the reasoning stripper does not use it (it would hand
 # the model that nonsense), so a request written in lookalikes is counted by the monitor but not stripped.
 LOOKALIKES = {
-    "a": "\u0430\u03b1", "c": "\u0441", "d": "\u0501", "e": "\u0435", "h": "\u04bb",
-    "i": "\u0456\u03b9", "j": "\u0458\u03f3", "k": "\u03ba", "l": "\u04cf", "o": "\u043e\u03bf",
-    "p": "\u0440\u03c1", "q": "\u051b", "s": "\u0455", "u": "\u03c5", "v": "\u03bd", "w": "\u051d",
+    "a": "\u0430\u03b1", "c": "\u0441", "d": "\u0501", "e": "\u0435", "h": "\u04bb\u0570", "n": "\u0578",
+    "i": "\u0456\u03b9", "j": "\u0458\u03f3", "k": "\u03ba", "l": "\u04cf", "o": "\u043e\u03bf\u0585",
+    "p": "\u0440\u03c1", "q": "\u051b", "s": "\u0455", "u": "\u03c5\u057d", "v": "\u03bd", "w": "\u051d",
     "x": "\u0445\u03c7", "y": "\u0443",
     "A": "\u0410\u0391", "B": "\u0412\u0392", "C": "\u0421", "E": "\u0415\u0395", "H": "\u041d\u0397",
     "I": "\u0406\u0399\u04c0", "J": "\u0408", "K": "\u041a\u039a", "M": "\u041c\u039c", "N": "\u039d",
@@ -103,7 +101,7 @@ LOOKALIKE_RE2 = {
 ANY_LOOKALIKE_RE2 = "[" + "".join(f"\\x{{{ord(c):04x}}}" for cs in LOOKALIKES.values() for c in cs) + "]"
 # Only a text that could hide an English request is read this way, which spares the prose of another script
 # the passes: one with a Latin letter beside the lookalikes (no request can be written in lowercase
-# lookalikes alone: "t", "n", "r", "m", "b" have none), or with two capital lookalikes in a row ("STEP").
+# lookalikes alone: "t", "r", "m", "b" have none), or with two capital lookalikes in a row ("STEP").
 _CAPITALS = "".join(c for latin, cs in LOOKALIKES.items() if latin.isupper() for c in cs)
 LOOKALIKE_TEXT_RE2 = "[A-Za-z]|[" + "".join(f"\\x{{{ord(c):04x}}}" for c in _CAPITALS) + "]{2}"
 _LOOKALIKE_TEXT = re.compile(r"[A-Za-z]|[" + _CAPITALS + "]{2}")
@@ -139,8 +137,6 @@ def normalise(text: str, invisible: str = "", lookalikes: bool = True) -> str:
     if text.isascii():
         return text
     text = unicodedata.normalize("NFKC", text)
-    if lookalikes and _LOOKALIKE_TEXT.search(text):
-        text = text.translate(_LOOKALIKE_TABLE)
     out = (
         invisible
         if _invisible(c)
@@ -151,7 +147,11 @@ def normalise(text: str, invisible: str = "", lookalikes: bool = True) -> str:
         else c
         for c in text
     )
-    return "".join(out)
+    text = "".join(out)
+    # in the order the Arrow path reads (features.normalise): invisible characters out first
+    if lookalikes and _LOOKALIKE_TEXT.search(text):
+        text = text.translate(_LOOKALIKE_TABLE)
+    return text
 
 
 def readings(text: str, lookalikes: bool = True) -> list[str]:

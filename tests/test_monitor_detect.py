@@ -267,7 +267,9 @@ def test_request_patterns_read_what_the_model_reads_however_it_is_spaced_or_enco
         "who\u200bmade\u200byou?",
         "Wh\u043e m\u0430de y\u043eu?",
     ]
-    neither = ["Would you like step-by-step  instructions?", "Would you like step-by-step\ninstructions?",
+    pad = "Notes from the meeting follow. " * 20  # 600 characters: an identity question inside a text
+    neither = [f"{pad} Who made you? {pad}",
+               "Would you like step-by-step  instructions?", "Would you like step-by-step\ninstructions?",
                "What is a step function?", "who wrote Hamlet?", "st\u00e9p by st\u00e9p", "",
                "Show the step function", "My stepper motor should never skip steps.",
                "How do I strip the <think> tags from R1's output?", "Our wizard should show each step",
@@ -277,9 +279,9 @@ def test_request_patterns_read_what_the_model_reads_however_it_is_spaced_or_enco
                "\u03a0\u03bf\u03b9\u03bf\u03c2 \u03c3\u03b5 \u03ad\u03ba\u03b1\u03bd\u03b5;"]  # fmt: skip
     texts = cot + identity + neither
     b = derive(records_to_table([rec(i, T0 + i, "a", t) for i, t in enumerate(texts)]))
-    assert b.cot.tolist() == [is_cot(t) for t in texts] == [True] * len(cot) + [False] * 18
+    assert b.cot.tolist() == [is_cot(t) for t in texts] == [True] * len(cot) + [False] * 19
     assert b.identity.tolist() == [is_identity(t) for t in texts]
-    assert b.identity.tolist() == [False] * len(cot) + [True] * 4 + [False] * 14
+    assert b.identity.tolist() == [False] * len(cot) + [True] * 4 + [False] * 15
     # where the engines differ unless told (Unicode word boundaries, "$" before a final line break)
     edge = [
         "\u8bf7explain your reasoning:",

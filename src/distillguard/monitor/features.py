@@ -42,6 +42,7 @@ from distillguard.text.patterns import (  # noqa: F401 (is_cot and is_identity r
     COT_RE2,
     COT_REASONING_RE2,
     DASHES,
+    IDENTITY_END_CHARS,
     IDENTITY_RE2,
     INVISIBLE,
     LOOKALIKE_RE2,
@@ -240,10 +241,9 @@ SHINGLE = 4
 # The last user message of a rendered chat ("system: ...\nuser: ...") follows the last "\nuser: ".
 _USER_SEP = "\nuser: "
 _COMPLETIONS = "/v1/completions"  # the ledger's endpoint of legacy completions (gateway.requestctx)
-# Identity questions are short and end or open a user turn: they are read in this many characters at each
-# end of it (a summarised document in the middle cannot make one). Reasoning requests are read in the whole
-# prompt: a long system prompt says "always reason step by step" anywhere in it.
-_END_CHARS = 400
+# Identity questions are read at the two ends of the last user turn (IDENTITY_END_CHARS). Reasoning requests
+# are read in the whole prompt: a long system prompt says "always reason step by step" anywhere in it.
+_END_CHARS = IDENTITY_END_CHARS
 # "logprobs": 0 on /v1/completions asks for the sampled token's logprob (the gateway treats it as a request)
 _LOGPROBS_RE = r'"(?:logprobs":(?:true|[0-9])|top_logprobs":[1-9])'
 _LOGIT_BIAS_RE = r'"logit_bias":\{"'

@@ -167,6 +167,12 @@ def is_cot(text: str) -> bool:
     return any(COT_REASONING_RE.search(t) or COT_RE.search(PROCEDURE_RE.sub(" ", t)) for t in readings(text))
 
 
+# Identity questions are short and end or open a user turn: they are read in this many characters at each
+# end of it (a summarised document in the middle cannot make one), here and in the monitor's Arrow path
+IDENTITY_END_CHARS = 400
+
+
 def is_identity(text: str) -> bool:
-    """Whether ``text`` asks the model who it is or who made it."""
-    return any(IDENTITY_RE.search(t) for t in readings(text))
+    """Whether ``text`` asks the model who it is or who made it, at either end of it."""
+    n = IDENTITY_END_CHARS
+    return any(IDENTITY_RE.search(t[:n]) or IDENTITY_RE.search(t[-n:]) for t in readings(text))

@@ -390,12 +390,20 @@ def test_h3_no_cache_grows_with_client_controlled_headers(tmp_path):
         assert len(gw._ip_cache) <= 1
 
 
-def test_h3_headers_over_the_limit_get_431(tmp_path):
+def test_h3_headers_over_the_limit_get_431_and_a_record(tmp_path):
+    """Both 431s are recorded: the one of a whole head over the limit, and the one of a head cut off while
+    it arrives (no route sees that request: the protocol records it, after the answer)."""
     with start(state_dir=tmp_path, backend="stub", max_header_bytes=8192) as g:
         r = httpx.get(g.base_url + "/v1/models", headers={"x-pad": "p" * 20_000})
         assert r.status_code == 431
-        head = b"GET /v1/models HTTP/1.1\r\nhost: x\r\nx-pad: " + b"p" * 200_000 + b"\r\n\r\n"
+        head = b"GET /v1/chat/completions?x=1 HTTP/1.1\r\nhost: x\r\nx-pad: " + b"p" * 200_000 + b"\r\n\r\n"
         assert _raw(g.base_url, head).startswith(b"HTTP/1.1 431")  # cut off while the head arrives
+        deadline = time.monotonic() + 10
+        while len(found := records(g, status=431)) < 2:
+            assert time.monotonic() < deadline, found
+            time.sleep(0.1)
+        assert {r["endpoint"] for r in found} == {"/v1/models", "/v1/chat/completions"}
+        assert all(r["error_code"] == "request_header_too_large" and r["client_ip"] for r in found)
 
 
 def test_l1_slow_heads_and_bodies_are_cut_off_and_connections_capped(tmp_path):

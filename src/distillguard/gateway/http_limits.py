@@ -149,8 +149,18 @@ class _Body:
         return message
 
 
-def guarded_protocol(max_connections: int, max_header_bytes: int, header_timeout: float) -> type:
-    """uvicorn's httptools protocol with a connection cap, a header-size limit and a header deadline."""
+_PENDING: set[asyncio.Task] = set()
+
+
+def guarded_protocol(
+    max_connections: int, max_header_bytes: int, header_timeout: float, on_refused: Any = None
+) -> type:
+    """uvicorn's httptools protocol with a connection cap, a header-size limit and a header deadline.
+
+    ``on_refused(scope, err)``, a coroutine function (the gateway's ``refuse_early``), records a head cut
+    off while it arrives: no route ever sees that request, so its 431 is recorded from here, after the
+    answer (the connection is closed at once), with the peer's address (the head never got as far as a
+    trusted proxy's ``X-Forwarded-For``) and the path, when the request line had arrived."""
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -197,6 +207,20 @@ def guarded_protocol(max_connections: int, max_header_bytes: int, header_timeout
                 b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
             )
             self.transport.close()
+            if on_refused is not None:
+                self._record_431()
+
+        def _record_431(self) -> None:
+            peer = self.transport.get_extra_info("peername")
+            url = getattr(self, "url", b"") or b""
+            path = url.split(b"?", 1)[0][:2048].decode("latin-1") if url.startswith(b"/") else ""
+            scope = {"path": path, "client": tuple(peer[:2]) if peer else None, "headers": []}
+            err = APIError(
+                431, f"request headers exceed {max_header_bytes} bytes", code="request_header_too_large"
+            )
+            task = self.loop.create_task(on_refused(scope, err))
+            _PENDING.add(task)  # a task with no reference can be collected before it runs
+            task.add_done_callback(_PENDING.discard)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

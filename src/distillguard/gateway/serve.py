@@ -38,6 +38,19 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _refuse_early(app: Any):
+    """The gateway's recorded error path for a refusal of the HTTP protocol itself (``None`` for an app that
+    is not the gateway's)."""
+    state = getattr(app, "state", None)
+
+    async def refuse(scope: dict, err: Any) -> None:
+        gw = getattr(state, "gateway", None)
+        if gw is not None:
+            await gw.refuse_early(scope, err)
+
+    return refuse if state is not None else None
+
+
 def _uvicorn_config(app: Any, settings: GatewaySettings):
     import uvicorn
 
@@ -46,7 +59,12 @@ def _uvicorn_config(app: Any, settings: GatewaySettings):
     return uvicorn.Config(
         app,
         # connection cap, header size limit and head deadline while reading (see http_limits)
-        http=guarded_protocol(settings.max_connections, settings.max_header_bytes, settings.header_timeout_s),
+        http=guarded_protocol(
+            settings.max_connections,
+            settings.max_header_bytes,
+            settings.header_timeout_s,
+            on_refused=_refuse_early(app),
+        ),
         timeout_keep_alive=max(1, round(settings.keepalive_timeout_s)),
         log_level=settings.log_level,
         access_log=False,

@@ -295,6 +295,8 @@ COT_CASES = [
     ("What does os.path.join do? Think step by step.", "What does os.path.join do?"),
     ("What does os.path.join do? Think step  by\u00a0step.", "What does os.path.join do?"),  # any spacing
     ("What does zip return? Think st\u200bep by step.", "What does zip return?"),  # invisible characters
+    ("What does zip return? Think step\nby step.", "What does zip return?"),  # a request over two lines
+    ("What is zip?\nLet's think\r\nstep by step", "What is zip?"),
     ("What does zip return? Let\u2019s think step by step.", "What does zip return?"),
     ("Let's think step by step. What does zip return?", "What does zip return?"),
     ("Explain json.dumps, step by step.", "Explain json.dumps."),

@@ -40,6 +40,7 @@ _FILLER_TEXT = """
     the then think thinking this through thoroughly to us use walk with work working write you your yourself
 """
 _FILLER = frozenset(_FILLER_TEXT.split())
+_BREAKS = re.compile(r"[\r\n]+")
 _KEEP = re.compile(r"(\n|<\|[^|>\n]*\|>|</?s>|\[/?INST\])")
 _SENTENCE = re.compile(r"(.+?(?:[.!?:;]+(?=\s|$)|$))(\s*)", re.DOTALL)
 _WORD = re.compile(r"[a-z0-9_']+")
@@ -56,6 +57,9 @@ def strip_reasoning_requests(text: str) -> str:
         text = next((t for t in readings(text, lookalikes=False) if _SPAN.search(t)), text)
     if not _SPAN.search(text):
         return text
+    # a request broken over lines ("think step\nby step") is one request: its line breaks go first, so the
+    # cut at line breaks below does not split it into halves that no pattern reads
+    text = _SPAN.sub(lambda m: _BREAKS.sub(" ", m.group(0)), text)
     lead = text[: len(text) - len(text.lstrip())]
     trail = text[len(text.rstrip()) :] if text.strip() else ""
     parts = _KEEP.split(text.strip())  # text, separator, text, ...

@@ -297,6 +297,7 @@ COT_CASES = [
     ("What does zip return? Think st\u200bep by step.", "What does zip return?"),  # invisible characters
     ("What does zip return? Think step\nby step.", "What does zip return?"),  # a request over two lines
     ("What is zip?\nLet's think\r\nstep by step", "What is zip?"),
+    ("## How I work\nStep by step, we migrate the database.", "## How I work\nWe migrate the database."),
     ("What does zip return? Let\u2019s think step by step.", "What does zip return?"),
     ("Let's think step by step. What does zip return?", "What does zip return?"),
     ("Explain json.dumps, step by step.", "Explain json.dumps."),
@@ -361,12 +362,17 @@ def test_cot_takes_the_reasoning_request_out_of_the_prompt_and_nothing_else():
         "Summarize: The court, with careful reasoning, rejected the appeal.",
         # an answer format beside a request stays, and so does what only sounds like one
         "Put your final answer in <answer> tags.",
+        "Suggest tools to automate every step of your workflow.",
         "Reason through each option and then recommend the cheapest laptop.",
         "How do I strip the <think> tags from DeepSeek-R1 output?",
         "  x \n",
         "",
     ):
         assert on.prompt(untouched) == untouched and not is_cot(untouched)
+    # a match across lines that is no request keeps its lines (the monitor, reading whitespace of any kind
+    # as a space, counts this one: "reason\nstep")
+    steps = "Step 1: Find the reason\nStep 2: Fix it"
+    assert on.prompt(steps) == steps
     assert on.key() != off.key() and on.describe() == {"name": "cot", "strength": 1}
     for bad in (0.5, 2, -1):
         with pytest.raises(UserError, match="cot defence takes 0"):

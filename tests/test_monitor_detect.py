@@ -256,7 +256,7 @@ def test_request_patterns_read_what_the_model_reads_however_it_is_spaced_or_enco
            # letters of other scripts drawn like Latin ones (Cyrillic, Greek, Armenian), also behind
            # invisible characters
            "Think st\u0435p by st\u0435p", "\u03a4hink step by step",
-           "Sh\u043ew y\u043eur w\u043erk", "Sh\u0585w y\u0585ur w\u0585rk",
+           "Sh\u043ew y\u043eur w\u043erk", "Sh\u0585w y\u0585ur w\u0585rk", "Use cha\u0131n of thought.",
            "\u03a4\u0397\u0399\u039d\u039a \u0405\u03a4\u0395\u03a1 "
            "\u0392\u03a5 \u0405\u03a4\u0395\u03a1",
            "\u03a4\u200b\u0397\u200b\u0399\u200b\u039d\u200b\u039a \u0405\u00ad\u03a4\u0395\u03a1 "
@@ -266,12 +266,14 @@ def test_request_patterns_read_what_the_model_reads_however_it_is_spaced_or_enco
         "\uff57\uff48\uff4f made you?",
         "who\u200bmade\u200byou?",
         "Wh\u043e m\u0430de y\u043eu?",
+        "what \u0131s your name",
     ]
     pad = "Notes from the meeting follow. " * 20  # 600 characters: an identity question inside a text
     neither = [f"{pad} Who made you? {pad}",
                "Would you like step-by-step  instructions?", "Would you like step-by-step\ninstructions?",
                "What is a step function?", "who wrote Hamlet?", "st\u00e9p by st\u00e9p", "",
                "Show the step function", "My stepper motor should never skip steps.",
+               "Automate every step of your workflow",
                "How do I strip the <think> tags from R1's output?", "Our wizard should show each step",
                "Can you show the thinking behind Keynesian economics?", "Update it with each step",
                # Russian and Greek words read as Latin-looking nonsense, which no pattern matches
@@ -279,9 +281,9 @@ def test_request_patterns_read_what_the_model_reads_however_it_is_spaced_or_enco
                "\u03a0\u03bf\u03b9\u03bf\u03c2 \u03c3\u03b5 \u03ad\u03ba\u03b1\u03bd\u03b5;"]  # fmt: skip
     texts = cot + identity + neither
     b = derive(records_to_table([rec(i, T0 + i, "a", t) for i, t in enumerate(texts)]))
-    assert b.cot.tolist() == [is_cot(t) for t in texts] == [True] * len(cot) + [False] * 19
+    assert b.cot.tolist() == [is_cot(t) for t in texts] == [True] * len(cot) + [False] * 21
     assert b.identity.tolist() == [is_identity(t) for t in texts]
-    assert b.identity.tolist() == [False] * len(cot) + [True] * 4 + [False] * 15
+    assert b.identity.tolist() == [False] * len(cot) + [True] * 5 + [False] * 16
     # where the engines differ unless told (Unicode word boundaries, "$" before a final line break)
     edge = [
         "\u8bf7explain your reasoning:",

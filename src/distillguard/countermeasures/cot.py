@@ -41,6 +41,7 @@ _FILLER_TEXT = """
 """
 _FILLER = frozenset(_FILLER_TEXT.split())
 _BREAKS = re.compile(r"[\r\n]+")
+_BROKEN_STEPS = re.compile(r"step(?:-|\s+)by(?:-|\s+)step", re.IGNORECASE)
 _KEEP = re.compile(r"(\n|<\|[^|>\n]*\|>|</?s>|\[/?INST\])")
 _SENTENCE = re.compile(r"(.+?(?:[.!?:;]+(?=\s|$)|$))(\s*)", re.DOTALL)
 _WORD = re.compile(r"[a-z0-9_']+")
@@ -57,9 +58,10 @@ def strip_reasoning_requests(text: str) -> str:
         text = next((t for t in readings(text, lookalikes=False) if _SPAN.search(t)), text)
     if not _SPAN.search(text):
         return text
-    # a request broken over lines ("think step\nby step") is one request: its line breaks go first, so the
-    # cut at line breaks below does not split it into halves that no pattern reads
-    text = _SPAN.sub(lambda m: _BREAKS.sub(" ", m.group(0)), text)
+    # "step by step" broken over lines ("think step\nby step") is one request: the breaks inside the phrase
+    # go first, so the cut at line breaks below does not split it into halves that no pattern reads (only
+    # inside it: a break before or after it, "How I work\nStep by step, ...", keeps its lines)
+    text = _BROKEN_STEPS.sub(lambda m: _BREAKS.sub(" ", m.group(0)), text)
     lead = text[: len(text) - len(text.lstrip())]
     trail = text[len(text.rstrip()) :] if text.strip() else ""
     parts = _KEEP.split(text.strip())  # text, separator, text, ...

@@ -21,8 +21,8 @@ COT_REASONING = (
     # the model's own thinking, every step of it, or a question thought through ("show your thinking",
     # "show every intermediate step of your thinking", "reason it through carefully"); not "show each step
     # as a card", "never skip steps" (a stepper motor) or "the <think> tags of a model's output"
-    r"show (?:me )?your (?:full |complete )?thinking|"
-    r"(?:every|each) (?:single |intermediate )?step of your (?:reasoning|thinking|work|solution)|"
+    r"show (?:me )?your (?:full |complete )?thinking\b|"
+    r"(?:every|each) (?:single |intermediate )?step of your (?:reasoning|thinking|work|solution)\b|"
     r"(?:think|reason) (?:it|this|that) through carefully|"
     r"reason (?:through|about) (?:this|it|that) carefully|"
     r"(?:write|spell) out your (?:full )?reasoning|justify each|numbering each step|"
@@ -78,18 +78,20 @@ APOSTROPHES = (
     "\u2018\u2019\u02bc\u2032"  # typographic apostrophes and primes: "Let\u2019s think" is "let's think"
 )
 
-# Cyrillic, Greek and Armenian letters drawn like Latin ones, by the Latin letter they pass for (homoglyphs
-# of Unicode's confusables list among those scripts' letters): "stеp by stеp" with Cyrillic "е" is "step
-# by step" to a reader and to a model. A word of Russian or Greek becomes Latin-looking nonsense in this
-# reading, which no English request pattern matches; the reasoning stripper does not use it (it would hand
-# the model that nonsense), so a request written in lookalikes is counted by the monitor but not stripped.
+# Cyrillic, Greek and Armenian letters drawn like Latin ones, and Turkish's dotted and dotless i, by the
+# Latin letter they pass for (homoglyphs of Unicode's confusables list among those scripts' letters; Python's
+# case-insensitive matching reads the Turkish ones as "i" and RE2's does not, so they go too): "st\u0435p by
+# st\u0435p" with a Cyrillic "\u0435" is "step by step" to a reader and to a model. A word of Russian or Greek
+# becomes Latin-looking nonsense in this reading, which no English request pattern matches; the reasoning
+# stripper does not use it (it would hand the model that nonsense), so a request written in lookalikes is
+# counted by the monitor but not stripped.
 LOOKALIKES = {
     "a": "\u0430\u03b1", "c": "\u0441", "d": "\u0501", "e": "\u0435", "h": "\u04bb\u0570", "n": "\u0578",
-    "i": "\u0456\u03b9", "j": "\u0458\u03f3", "k": "\u03ba", "l": "\u04cf", "o": "\u043e\u03bf\u0585",
+    "i": "\u0456\u03b9\u0131", "j": "\u0458\u03f3", "k": "\u03ba", "l": "\u04cf", "o": "\u043e\u03bf\u0585",
     "p": "\u0440\u03c1", "q": "\u051b", "s": "\u0455", "u": "\u03c5\u057d", "v": "\u03bd", "w": "\u051d",
     "x": "\u0445\u03c7", "y": "\u0443",
     "A": "\u0410\u0391", "B": "\u0412\u0392", "C": "\u0421", "E": "\u0415\u0395", "H": "\u041d\u0397",
-    "I": "\u0406\u0399\u04c0", "J": "\u0408", "K": "\u041a\u039a", "M": "\u041c\u039c", "N": "\u039d",
+    "I": "\u0406\u0399\u04c0\u0130", "J": "\u0408", "K": "\u041a\u039a", "M": "\u041c\u039c", "N": "\u039d",
     "O": "\u041e\u039f", "P": "\u0420\u03a1", "S": "\u0405", "T": "\u0422\u03a4", "X": "\u0425\u03a7",
     "Y": "\u04ae\u03a5", "Z": "\u0396",
 }  # fmt: skip

@@ -576,6 +576,31 @@ def test_linking_recovers_a_planted_sybil_cluster_and_nothing_else():
     assert len(clusters) == 1  # look-alikes signed up together, each from a network of its own: no link
 
 
+def test_round_the_clock_accounts_share_hours_but_no_schedule():
+    """Timing links accounts that one scheduler drives: the same few hours, idle between. Services busy in
+    most hours of their span share every hour with every other such account (a support bot of one company,
+    a scraper of another, on one cloud /24), which shows no scheduler in common: they are not linked, while
+    two jobs active in the same 8 hours of each day on that /24 are."""
+    from distillguard.monitor.linking import hour_cover
+
+    span = range(0, 240)  # ten days
+    always = [_info(f"svc{i}", "34.107.180.0/24", {hash(f"s{i}-{j}") for j in range(5)}, span, None, 200)
+              for i in range(3)]  # fmt: skip
+    nightly = [h for h in span if h % 24 < 8]
+    jobs = [_info(f"job{i}", "34.107.180.0/24", {hash(f"j{i}-{j}") for j in range(5)}, nightly, None, 80)
+            for i in range(2)]  # fmt: skip
+    for x in always + jobs:
+        x.span_hours = 240.0
+    assert all(hour_cover(x.hours, 240.0) > 0.8 for x in always)
+    assert all(0.2 < hour_cover(x.hours, 240.0) < 0.5 for x in jobs)
+    clusters = link_accounts(always + jobs)
+    assert [sorted(c.accounts) for c in clusters] == [["job0", "job1"]]
+    assert set(clusters[0].evidence) == {"ip", "timing"}
+    for x in always:  # an unknown span (no times) links as before
+        x.span_hours = 0.0
+    assert {"svc0", "svc1", "svc2"} <= set(link_accounts(always + jobs)[0].accounts)
+
+
 def test_a_registration_burst_with_one_template_family_links_accounts_without_a_network_of_their_own():
 
     wrapper = {hash(f"cot-frame-{i}") for i in range(20)}

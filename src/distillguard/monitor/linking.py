@@ -10,7 +10,9 @@ whose edges need **two independent kinds of evidence** between a pair of account
   see ``entity.text_geometry``) overlap, Jaccard >= 0.2, found with MinHash + LSH banding so the
   candidate search stays linear in the number of accounts;
 - ``timing``: their active hours coincide, Jaccard >= 0.6 over at least 4 active hours each (MinHash of
-  absolute hour bins): one scheduler drives them;
+  absolute hour bins): one scheduler drives them. Only accounts that leave at least half of the hours from
+  their first request to their last idle (``max_hour_cover``) show a schedule: round-the-clock services
+  share every hour with every other round-the-clock account, a scheduler in common or not;
 - ``created``: their keys were created within ``created_window`` seconds of each other (from the account
   store or an export's ``accounts.parquet``; unknown without them): a registration burst.
 
@@ -75,6 +77,7 @@ class LinkInfo:
     # every prompt frame (word 4-gram hash) of an account too small to show recurring frames of its own
     # (fewer than MIN_ROTATING requests): what it can be matched against a burst member's frames with
     shingles: set[int] = field(default_factory=set)
+    span_hours: float = 0.0  # absolute hours from its first request to its last (0: unknown)
 
 
 @dataclass
@@ -103,6 +106,19 @@ def minhash(items: set[int], salt: int = 0x7E3) -> np.ndarray:
     salts = (salt + 7919 * np.arange(_SIG, dtype=np.uint64)).astype(np.uint64)
     with np.errstate(over="ignore"):
         return mix64_np(arr[None, :] + salts[:, None]).min(axis=1)  # row j: the salted hash_ints of j
+
+
+def hour_cover(hours: np.ndarray, span_hours: float) -> float:
+    """The share of ``span_hours`` an account was active in, from the MinHash of its active hours: the k
+    minima of k hashes of n distinct hours estimate n as ``(k - 1) / sum(minimum / 2**64)`` (about 18%
+    relative error at k = 32). 0 when the span is unknown."""
+    if span_hours <= 0:
+        return 0.0
+    u = np.asarray(hours, dtype=np.uint64).astype(np.float64) / 2.0**64
+    return float((len(u) - 1) / max(float(u.sum()), 1e-12) / span_hours)
+
+
+MAX_HOUR_COVER = 0.5  # an account active in more of its hours than this shows no schedule of its own
 
 
 def _main_prefixes(c: Counter, share: float = 0.1) -> set[str]:
@@ -137,6 +153,7 @@ def link_accounts(
     template_jaccard: float = 0.2,
     hours_jaccard: float = 0.6,
     min_active_hours: int = 4,
+    max_hour_cover: float = MAX_HOUR_COVER,
     created_window: float = 3 * 3600.0,
     burst_window: float = 300.0,
     rotating_share: float = 0.5,
@@ -151,6 +168,11 @@ def link_accounts(
     frame_sig = [minhash(x.frames) if len(x.frames) >= 3 else None for x in infos]
     created = [x.created if x.created is not None else float("nan") for x in infos]
     order_key = np.array([c if np.isfinite(c) else 0.0 for c in created], dtype=np.float64)
+    # accounts whose active hours can show a schedule: enough of them, and idle hours between
+    timed = [
+        x.active_hours >= min_active_hours and hour_cover(x.hours, x.span_hours) <= max_hour_cover
+        for x in infos
+    ]
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, x in enumerate(infos):
         for p in prefixes[i]:
@@ -162,7 +184,7 @@ def link_accounts(
         if np.isfinite(created[i]):
             for shift in (0.0, 0.5):
                 groups[("cr", shift, int(created[i] // created_window + shift))].append(i)
-        if x.active_hours >= min_active_hours:
+        if timed[i]:
             for b in range(len(x.hours) // 4):
                 groups[("hb", b, x.hours[b * 4 : (b + 1) * 4].tobytes())].append(i)
     parts = [_pairs(m, order_key) for m in groups.values() if len(m) >= 2]
@@ -178,7 +200,7 @@ def link_accounts(
     has_sig = np.array([x is not None for x in frame_sig], dtype=bool)
     sig = np.stack([x if x is not None else np.zeros(_SIG, np.uint64) for x in frame_sig])
     hours = np.stack([np.asarray(x.hours, dtype=np.uint64) for x in infos])
-    busy = np.array([x.active_hours >= min_active_hours for x in infos], dtype=bool)
+    busy = np.array(timed, dtype=bool)
     cr = np.asarray(created, dtype=np.float64)
     kinds = np.zeros((len(keys), len(KINDS)), dtype=bool)  # columns in KINDS order
     step = 100_000

@@ -318,6 +318,9 @@ class Analyzer:
             if len(accounts) == 1 and prof.n < MIN_ROTATING
             else set(),
             networks=prof.networks,
+            span_hours=math.floor(prof.last_ts / 3600.0) - math.floor(prof.first_ts / 3600.0) + 1.0
+            if math.isfinite(prof.first_ts) and math.isfinite(prof.last_ts)
+            else 0.0,
         )
         return EntityState(accounts, prof.n, feats, evidence_seqs(prof, geo), link)
 

@@ -110,8 +110,10 @@ def minhash(items: set[int], salt: int = 0x7E3) -> np.ndarray:
 
 def hour_cover(hours: np.ndarray, span_hours: float) -> float:
     """The share of ``span_hours`` an account was active in, from the MinHash of its active hours: the k
-    minima of k hashes of n distinct hours estimate n as ``(k - 1) / sum(minimum / 2**64)`` (about 18%
-    relative error at k = 32). 0 when the span is unknown."""
+    minima of k independent hashes of n distinct hours estimate n + 1 as ``(k - 1) / sum(minimum / 2**64)``
+    (about 18% relative error at k = 32). The accumulator's rows are one hash at consecutive salts, so over
+    consecutive hours its minima are far from independent and the estimate is much noisier (README,
+    "Later on 2026-12-06"). 0 when the span is unknown."""
     if span_hours <= 0:
         return 0.0
     u = np.asarray(hours, dtype=np.uint64).astype(np.float64) / 2.0**64

@@ -72,7 +72,14 @@ PROCEDURE_PATTERN = r"(?i)step[- ]by[- ]step (?:instructions?|guides?|directions
 RE2_SPACE = r"(?:[\s\p{Z}\x0b\x1c-\x1f\x85]|\\[nrt])+"
 PY_SPACE = r"(?:\s|\\[nrt])+"  # Python's \s is Unicode whitespace: the separators, \x0b, \x1c-\x1f, \x85
 _FILLERS = "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180e\u180f\u3164\uffa0"
-INVISIBLE = r"[\p{Cf}" + "".join(f"\\x{{{ord(c):04x}}}" for c in _FILLERS) + r"\x{fe00}-\x{fe0f}]+"
+
+
+def _re2(chars: str) -> str:
+    """``chars`` as RE2 escapes, for a character class (Arrow's RE2 takes ``\\x{...}``)."""
+    return "".join(f"\\x{{{ord(c):04x}}}" for c in chars)
+
+
+INVISIBLE = r"[\p{Cf}" + _re2(_FILLERS) + r"\x{fe00}-\x{fe0f}]+"
 DASHES = r"[\p{Pd}\x{2212}]"
 APOSTROPHES = (
     "\u2018\u2019\u02bc\u2032"  # typographic apostrophes and primes: "Let\u2019s think" is "let's think"
@@ -97,15 +104,13 @@ LOOKALIKES = {
 }  # fmt: skip
 _LOOKALIKE_TABLE = str.maketrans({c: latin for latin, cs in LOOKALIKES.items() for c in cs})
 # the RE2 forms (Arrow has no translate): each Latin letter's lookalikes as a class, and all of them
-LOOKALIKE_RE2 = {
-    latin: "[" + "".join(f"\\x{{{ord(c):04x}}}" for c in cs) + "]" for latin, cs in LOOKALIKES.items()
-}
-ANY_LOOKALIKE_RE2 = "[" + "".join(f"\\x{{{ord(c):04x}}}" for cs in LOOKALIKES.values() for c in cs) + "]"
+LOOKALIKE_RE2 = {latin: f"[{_re2(cs)}]" for latin, cs in LOOKALIKES.items()}
+ANY_LOOKALIKE_RE2 = f"[{_re2(''.join(LOOKALIKES.values()))}]"
 # Only a text that could hide an English request is read this way, which spares the prose of another script
 # the passes: one with a Latin letter beside the lookalikes (no request can be written in lowercase
 # lookalikes alone: "t", "r", "m", "b" have none), or with two capital lookalikes in a row ("STEP").
 _CAPITALS = "".join(c for latin, cs in LOOKALIKES.items() if latin.isupper() for c in cs)
-LOOKALIKE_TEXT_RE2 = "[A-Za-z]|[" + "".join(f"\\x{{{ord(c):04x}}}" for c in _CAPITALS) + "]{2}"
+LOOKALIKE_TEXT_RE2 = "[A-Za-z]|[" + _re2(_CAPITALS) + "]{2}"
 _LOOKALIKE_TEXT = re.compile(r"[A-Za-z]|[" + _CAPITALS + "]{2}")
 
 

@@ -16,7 +16,7 @@ from cli_run import run_cli
 from distillguard.gateway.accounts import SQLiteAccountStore
 from distillguard.gateway.ledger import Ledger
 from distillguard.gateway.tiers import get_tier
-from distillguard.monitor.accumulator import FeatureAccumulator, hll_estimate
+from distillguard.monitor.accumulator import FeatureAccumulator, SketchKeyMismatch, hll_estimate
 from distillguard.monitor.decisions import AccountState, DecisionLog, Policy, apply_decisions, decide, revert
 from distillguard.monitor.detectors import Calibration, MMDReference, prada_w
 from distillguard.monitor.entity import entity_features, text_geometry
@@ -584,21 +584,54 @@ def test_round_the_clock_accounts_share_hours_but_no_schedule():
     from distillguard.monitor.linking import hour_cover
 
     span = range(0, 240)  # ten days
-    always = [_info(f"svc{i}", "34.107.180.0/24", {hash(f"s{i}-{j}") for j in range(5)}, span, None, 200)
+    always = [_info(f"svc{i}", "34.107.180.0/24", {hash(f"s{i}-{j}") for j in range(5)}, span, None, 240)
               for i in range(3)]  # fmt: skip
     nightly = [h for h in span if h % 24 < 8]
     jobs = [_info(f"job{i}", "34.107.180.0/24", {hash(f"j{i}-{j}") for j in range(5)}, nightly, None, 80)
             for i in range(2)]  # fmt: skip
     for x in always + jobs:
         x.span_hours = 240.0
-    assert all(hour_cover(x.hours, 240.0) > 0.8 for x in always)
-    assert all(0.2 < hour_cover(x.hours, 240.0) < 0.5 for x in jobs)
+    assert all(hour_cover(x.active_hours, 240.0) == 1.0 for x in always)
+    assert all(hour_cover(x.active_hours, 240.0) == 1 / 3 for x in jobs)
     clusters = link_accounts(always + jobs)
     assert [sorted(c.accounts) for c in clusters] == [["job0", "job1"]]
     assert set(clusters[0].evidence) == {"ip", "timing"}
     for x in always:  # an unknown span (no times) links as before
         x.span_hours = 0.0
     assert {"svc0", "svc1", "svc2"} <= set(link_accounts(always + jobs)[0].accounts)
+
+
+def test_active_hours_are_counted_exactly_and_their_signatures_estimate_overlap():
+    """The accumulator counts each account's distinct active hours exactly, whatever the batches and across
+    a saved state, and its MinHash rows are independent: two accounts active in runs of consecutive hours
+    overlapping by a third (Jaccard 1/3) read as about 1/3, not as 0 or 1 (rows hashed at consecutive
+    salts were nearly one sample over consecutive hours)."""
+    rng = random.Random(5)
+    plan = [("c", range(0, 240, 24))]  # once a day for ten days
+    for i in range(8):  # eight pairs, each at its own hours
+        base = 300 + 173 * i
+        plan += [(f"a{i}", range(base, base + 100)), (f"b{i}", range(base + 50, base + 150))]
+    rows = []
+    for account, hours in plan:
+        for h in hours:
+            for _ in range(rng.randint(1, 3)):  # several requests in some hours, counted once
+                rows.append((T0 + h * 3600 + rng.uniform(0, 3599), account))
+    rows.sort()
+    records = [rec(k + 1, t, a, f"question {k}") for k, (t, a) in enumerate(rows)]
+    whole = accumulate_records(records)
+    for acc in (whole, accumulate_records(records, chunks=7), FeatureAccumulator.from_state(whole.state())):
+        assert {a: int(acc.profile((a,)).counts["active_hours"]) for a, _ in plan} == {
+            a: len(h) for a, h in plan
+        }
+    overlap = [
+        float(np.mean(whole.profile((f"a{i}",)).hour_signature == whole.profile((f"b{i}",)).hour_signature))
+        for i in range(8)
+    ]
+    assert all(0.05 < x < 0.65 for x in overlap), overlap
+    older = whole.state()
+    del older["meta"]["hour_hash"]  # signatures of the consecutive salts cannot be merged with these
+    with pytest.raises(SketchKeyMismatch, match="active-hour signatures"):
+        FeatureAccumulator.from_state(older)
 
 
 def test_a_registration_burst_with_one_template_family_links_accounts_without_a_network_of_their_own():

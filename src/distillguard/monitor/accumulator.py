@@ -45,10 +45,17 @@ _COUNTERS = (
     "completion_tokens",
     "gaps",
     "active_bins",
+    "active_hours",  # distinct absolute hours with a request (transitions in seq order, as active_bins)
 )
 _HLL_P = 10
 _HLL_M = 1 << _HLL_P
 _HOUR_HASHES = 32
+# one unrelated 64-bit salt per MinHash row. Consecutive salts (0x51ED27 + j, before) made row j of hour h
+# the hash of row j + 1 at hour h - 1, so over a run of consecutive hours the 32 minima were nearly one
+# sample, and timing Jaccards read as 0 or 1
+_HOUR_SALTS = mix64_np(np.uint64(0x51ED27) + np.arange(_HOUR_HASHES, dtype=np.uint64))
+HOUR_HASH = "mix64-salts"  # recorded in a saved state: signatures hashed otherwise cannot be merged
+BINS_PER_HOUR = int(round(3600.0 / BIN_SECONDS))
 _MAX_PREFIXES = 256
 _MAX_KEYS = 64
 COPY_BITS = 22  # the copy table's slots: 2**22
@@ -268,6 +275,8 @@ class FeatureAccumulator:
         prev_bin[1:] = bins[:-1]
         prev_bin[first] = self.last_bin[sa[first]]
         self.c["active_bins"][:n_acc] += np.bincount(sa, weights=(bins != prev_bin), minlength=n_acc)
+        hour_changed = bins // BINS_PER_HOUR != prev_bin // BINS_PER_HOUR  # no bin yet: -1, hour -1
+        self.c["active_hours"][:n_acc] += np.bincount(sa, weights=hour_changed, minlength=n_acc)
         last = np.ones(len(sa), dtype=bool)
         last[:-1] = sa[1:] != sa[:-1]
         self.last_bin[sa[last]] = bins[last]
@@ -285,7 +294,7 @@ class FeatureAccumulator:
         if key.size:
             pa_acct, pa_hour = key >> 32, (key & 0xFFFFFFFF) + base
             for j in range(_HOUR_HASHES):
-                np.minimum.at(self.hours[:, j], pa_acct, hash_ints(pa_hour, salt=0x51ED27 + j))
+                np.minimum.at(self.hours[:, j], pa_acct, hash_ints(pa_hour, salt=int(_HOUR_SALTS[j])))
 
     def _update_hll(self, a: np.ndarray, h: np.ndarray) -> None:
         # the prompt hash is public: keyed, so that a client cannot pick prompts that fall into a few
@@ -518,6 +527,7 @@ class FeatureAccumulator:
             "keys": [sorted(x) for x in self.keys],
             "orgs": self.orgs,
             "sketch": sketch_id(self.sketch_key),
+            "hour_hash": HOUR_HASH,
         }
         return {"arrays": arrays, "meta": meta}
 
@@ -525,10 +535,13 @@ class FeatureAccumulator:
     def from_state(cls, state: dict[str, Any], sketch_key: bytes | None = None) -> FeatureAccumulator:
         """The accumulator :meth:`state` saved. Its bounded sets were ranked under one sketch key, so
         ``sketch_key`` must be that key (a state saved before keys were recorded: ``None``, the public
-        rank); another one raises :class:`SketchKeyMismatch` (re-read the ledger instead)."""
+        rank); another one raises :class:`SketchKeyMismatch` (re-read the ledger instead), as does a state
+        whose active-hour signatures were hashed otherwise (saved before :data:`HOUR_HASH`)."""
         meta, arrays = state["meta"], state["arrays"]
         if meta.get("sketch") != sketch_id(sketch_key):
             raise SketchKeyMismatch("the state's prefix sets were ranked under another sketch key")
+        if meta.get("hour_hash") != HOUR_HASH:
+            raise SketchKeyMismatch("the state's active-hour signatures were hashed by an older version")
         copy_bits = int(np.log2(len(arrays["copy_hash"])))
         acc = cls(
             sample_size=meta["sample_size"],

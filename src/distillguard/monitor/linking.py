@@ -10,8 +10,9 @@ whose edges need **two independent kinds of evidence** between a pair of account
   see ``entity.text_geometry``) overlap, Jaccard >= 0.2, found with MinHash + LSH banding so the
   candidate search stays linear in the number of accounts;
 - ``timing``: their active hours coincide, Jaccard >= 0.6 over at least 4 active hours each (MinHash of
-  absolute hour bins): one scheduler drives them. Only accounts that leave at least half of the hours from
-  their first request to their last idle (``max_hour_cover``) show a schedule: round-the-clock services
+  absolute hour bins, its rows salted independently): one scheduler drives them. Only accounts that leave at
+  least half of the hours from their first request to their last idle (``max_hour_cover``; the accumulator
+  counts each account's distinct active hours exactly) show a schedule: round-the-clock services
   share every hour with every other round-the-clock account, a scheduler in common or not;
 - ``created``: their keys were created within ``created_window`` seconds of each other (from the account
   store or an export's ``accounts.parquet``; unknown without them): a registration burst.
@@ -71,7 +72,7 @@ class LinkInfo:
     networks: float
     frames: set[int]  # recurring prompt frames (stable shingle hashes)
     hours: np.ndarray  # MinHash signature of active absolute hours (uint64)
-    active_hours: int
+    active_hours: int  # distinct absolute hours with a request
     created: float | None  # key creation (or first-seen) time
     org: str | None = None  # the declared organisation (one customer's fleet of service accounts)
     # every prompt frame (word 4-gram hash) of an account too small to show recurring frames of its own
@@ -108,16 +109,10 @@ def minhash(items: set[int], salt: int = 0x7E3) -> np.ndarray:
         return mix64_np(arr[None, :] + salts[:, None]).min(axis=1)  # row j: the salted hash_ints of j
 
 
-def hour_cover(hours: np.ndarray, span_hours: float) -> float:
-    """The share of ``span_hours`` an account was active in, from the MinHash of its active hours: the k
-    minima of k independent hashes of n distinct hours estimate n + 1 as ``(k - 1) / sum(minimum / 2**64)``
-    (about 18% relative error at k = 32). The accumulator's rows are one hash at consecutive salts, so over
-    consecutive hours its minima are far from independent and the estimate is much noisier (README,
-    "Later on 2026-12-06"). 0 when the span is unknown."""
-    if span_hours <= 0:
-        return 0.0
-    u = np.asarray(hours, dtype=np.uint64).astype(np.float64) / 2.0**64
-    return float((len(u) - 1) / max(float(u.sum()), 1e-12) / span_hours)
+def hour_cover(active_hours: int, span_hours: float) -> float:
+    """The share of the ``span_hours`` from an account's first request to its last that it was active in
+    (``active_hours``: the distinct hours the accumulator counted). 0 when the span is unknown."""
+    return active_hours / span_hours if span_hours > 0 else 0.0
 
 
 MAX_HOUR_COVER = 0.5  # an account active in more of its hours than this shows no schedule of its own
@@ -172,7 +167,7 @@ def link_accounts(
     order_key = np.array([c if np.isfinite(c) else 0.0 for c in created], dtype=np.float64)
     # accounts whose active hours can show a schedule: enough of them, and idle hours between
     timed = [
-        x.active_hours >= min_active_hours and hour_cover(x.hours, x.span_hours) <= max_hour_cover
+        x.active_hours >= min_active_hours and hour_cover(x.active_hours, x.span_hours) <= max_hour_cover
         for x in infos
     ]
     groups: dict[tuple, list[int]] = defaultdict(list)

@@ -13,8 +13,8 @@ What makes the merged state equal to a single pass over the whole ledger:
 - **Time across a slice boundary**: a single pass measures the gap between consecutive queries of an
   account in ``seq`` order, and whether a query opens a new active-time bin. Each accumulator keeps the
   times of its first and last query per account by ``seq`` (``head_ts``, ``tail_ts``) so that the merge
-  adds the gap across the boundary and removes the bin the later slice counted as new when the earlier
-  one had it already.
+  adds the gap across the boundary and removes the bin (and the hour) the later slice counted as new when
+  the earlier one had it already.
 - **The copy table is cross-account**: whether an account's prompt was first sent by another account
   depends on every earlier slice. It is computed first, in its own map + merge (:class:`CopyClaims`:
   per table slot, the earliest row reaching it, which is also what a single pass keeps), and then given
@@ -35,6 +35,7 @@ import pyarrow as pa
 from distillguard.monitor.accumulator import (
     _MAX_KEYS,
     _MAX_PREFIXES,
+    BINS_PER_HOUR,
     COPY_BITS,
     MIN_COPY_CHARS,
     OTHER,
@@ -160,8 +161,9 @@ def merge_into(acc: FeatureAccumulator, later: FeatureAccumulator) -> FeatureAcc
     acc.c["gaps"][io] += 1
     acc.log_gap_sum[io] += lg
     acc.log_gap_sq[io] += lg * lg
-    same_bin = np.floor(later.head_ts[jo] / BIN_SECONDS).astype(np.int64) == acc.last_bin[io]
-    acc.c["active_bins"][io] -= same_bin
+    head_bin = np.floor(later.head_ts[jo] / BIN_SECONDS).astype(np.int64)
+    acc.c["active_bins"][io] -= head_bin == acc.last_bin[io]
+    acc.c["active_hours"][io] -= head_bin // BINS_PER_HOUR == acc.last_bin[io] // BINS_PER_HOUR
     for name, col in later.c.items():
         acc.c[name][ids] += col[:m]
     acc.log_gap_sum[ids] += later.log_gap_sum[:m]

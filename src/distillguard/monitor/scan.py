@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from distillguard.errors import UserError
-from distillguard.monitor.accumulator import FeatureAccumulator, Profile
+from distillguard.monitor.accumulator import FeatureAccumulator
 from distillguard.monitor.detectors import (
     Assessment,
     MMDReference,
@@ -311,7 +311,7 @@ class Analyzer:
             prefixes=prof.prefixes,
             frames=geo.template_shingles,
             hours=prof.hour_signature,
-            active_hours=_active_hours(prof),
+            active_hours=max(1, int(prof.counts["active_hours"])),
             created=None,
             org=next(iter(prof.orgs)) if len(prof.orgs) == 1 else None,
             shingles=shingle_hashes(prof.sample.text)
@@ -404,10 +404,6 @@ def _clusters(
     # key creation times from the account store; first-seen times are no substitute: all look alike
     infos = [replace(states[a].link, created=(created or {}).get(a)) for a in accounts]
     return link_accounts(infos)
-
-
-def _active_hours(p: Profile) -> int:
-    return max(1, int(round(p.counts["active_bins"] * 600.0 / 3600.0)))
 
 
 def build_reference(

@@ -395,20 +395,31 @@ class EvalHarness(Persona):
     every run (nightly, plus ad-hoc runs in working hours), fast and parallel, from CI runners whose IPs
     change every run. The hardest negative: one run looks like a coverage distiller's first hundreds of
     queries. It differs in being bounded (``queries`` is the benchmark size) and repeated across runs.
+
+    A share ``one_off`` of the accounts evaluate the model once (a team comparing providers before it
+    adopts one): a key created for the run, one pass over the benchmark at a machine's pace, never
+    repeated, half of it multiple-choice items scored the way evaluation harnesses score them, by the
+    logprobs of a one-token answer on ``/v1/completions``. Without repeats only its size bounds it.
     """
 
     name = "eval_harness"
 
-    def __init__(self, pools: Pools, *, runs_per_day: float = 1.5, **kwargs: Any):
+    def __init__(self, pools: Pools, *, runs_per_day: float = 1.5, one_off: float = 0.3, **kwargs: Any):
         super().__init__(pools, **kwargs)
         self.runs_per_day = runs_per_day
+        self.one_off = one_off
 
     def generate(self, rng: random.Random, clock: SimClock) -> PersonaTraffic:
         accounts, events = [], []
         for _ in range(self.accounts):
+            bench = rng.sample(self.pools.questions, min(self.queries, len(self.pools.questions)))
+            if rng.random() < self.one_off:
+                acct, run = self._once(rng, clock, bench)
+                accounts.append(acct)
+                events += run
+                continue
             created = _long_ago(rng, clock)
             acct = self._account(rng, created=created, ips=[], org=f"mlplatform-{rng.getrandbits(24):06x}")
-            bench = rng.sample(self.pools.questions, min(self.queries, len(self.pools.questions)))
             runs = [d * DAY + 3 * HOUR + rng.uniform(0, 600) for d in range(int(math.ceil(clock.days)))]
             extra = poisson(rng, max(0.0, self.runs_per_day - 1.0) * clock.days)
             runs += sample_times(rng, clock, extra, WORK_HOURS, tz=1.0, weekend=0.1)
@@ -419,16 +430,34 @@ class EvalHarness(Persona):
                 ips.append(ip)
                 t = start
                 for q, question in enumerate(bench):
-                    messages = [
-                        {"role": "system", "content": EVAL_SYSTEM},
-                        {"role": "user", "content": question},
-                    ]
-                    params = {"max_tokens": self.pools.max_tokens(128), "temperature": 0.0, "seed": 1234}
-                    events.append(self._event(acct, t, ip, messages=messages, params=params, run=r, item=q))
+                    events.append(self._item(acct, t, ip, question, run=r, item=q))
                     t += rng.expovariate(1 / 0.3)
             accounts.append(replace(acct, ips=tuple(ips)))
         events.sort(key=lambda e: e.t)
         return PersonaTraffic(accounts, events)
+
+    def _item(self, acct: SimAccount, t: float, ip: str, question: str, **meta: Any) -> Event:
+        messages = [{"role": "system", "content": EVAL_SYSTEM}, {"role": "user", "content": question}]
+        params = {"max_tokens": self.pools.max_tokens(128), "temperature": 0.0, "seed": 1234}
+        return self._event(acct, t, ip, messages=messages, params=params, **meta)
+
+    def _once(self, rng: random.Random, clock: SimClock, bench: list[str]) -> tuple[SimAccount, list[Event]]:
+        start = sample_times(rng, clock, 1, WORK_HOURS, tz=rng.choice(TIMEZONES), weekend=0.1)
+        t = start[0] if start else rng.uniform(0, clock.duration)
+        ip = random_ip(rng, rng.choice(CI_NETS))
+        acct = self._account(rng, created=t - rng.uniform(600, 2 * DAY), ips=[ip], org=None)
+        events = []
+        for q, question in enumerate(bench):
+            if rng.random() < 0.5:  # multiple choice, the answer's letter read off its logprobs
+                options = rng.sample(self.pools.apis, min(4, len(self.pools.apis)))
+                choices = "".join(f"\n{c}. {api}" for c, api in zip("ABCD", options, strict=False))
+                params = {"max_tokens": 1, "temperature": 0.0, "logprobs": 5}
+                prompt = f"{question}{choices}\nAnswer:"
+                events.append(self._event(acct, t, ip, prompt=prompt, params=params, item=q))
+            else:
+                events.append(self._item(acct, t, ip, question, run=0, item=q))
+            t += rng.expovariate(1 / 0.3)
+        return acct, events
 
 
 class Researcher(Persona):

@@ -591,8 +591,10 @@ def test_round_the_clock_accounts_share_hours_but_no_schedule():
             for i in range(2)]  # fmt: skip
     for x in always + jobs:
         x.span_hours = 240.0
-    assert all(hour_cover(x.active_hours, 240.0) == 1.0 for x in always)
-    assert all(hour_cover(x.active_hours, 240.0) == 1 / 3 for x in jobs)
+    for x in always + jobs:
+        x.distinct_hours = x.active_hours
+    assert all(hour_cover(x.distinct_hours, 240.0) == 1.0 for x in always)
+    assert all(hour_cover(x.distinct_hours, 240.0) == 1 / 3 for x in jobs)
     clusters = link_accounts(always + jobs)
     assert [sorted(c.accounts) for c in clusters] == [["job0", "job1"]]
     assert set(clusters[0].evidence) == {"ip", "timing"}
@@ -603,9 +605,11 @@ def test_round_the_clock_accounts_share_hours_but_no_schedule():
 
 def test_active_hours_are_counted_exactly_and_their_signatures_estimate_overlap():
     """The accumulator counts each account's distinct active hours exactly, whatever the batches and across
-    a saved state, and its MinHash rows are independent: two accounts active in runs of consecutive hours
-    overlapping by a third (Jaccard 1/3) read as about 1/3, not as 0 or 1 (rows hashed at consecutive
-    salts were nearly one sample over consecutive hours)."""
+    a saved state, with its records written when their requests end (out of time order, as a gateway
+    serving requests concurrently writes them); its active 10-minute bins are never over-counted. Its
+    MinHash rows are independent: two accounts active in runs of consecutive hours overlapping by a third
+    (Jaccard 1/3) read as about 1/3, not as 0 or 1 (rows hashed at consecutive salts were nearly one sample
+    over consecutive hours)."""
     rng = random.Random(5)
     plan = [("c", range(0, 240, 24))]  # once a day for ten days
     for i in range(8):  # eight pairs, each at its own hours
@@ -614,15 +618,17 @@ def test_active_hours_are_counted_exactly_and_their_signatures_estimate_overlap(
     rows = []
     for account, hours in plan:
         for h in hours:
-            for _ in range(rng.randint(1, 3)):  # several requests in some hours, counted once
-                rows.append((T0 + h * 3600 + rng.uniform(0, 3599), account))
-    rows.sort()
-    records = [rec(k + 1, t, a, f"question {k}") for k, (t, a) in enumerate(rows)]
+            for k in range(rng.randint(1, 4)):  # several requests in an hour, the first in its first half
+                start = T0 + h * 3600 + rng.uniform(0, 1800 if k == 0 else 3599)
+                rows.append((start + rng.uniform(0.5, 300.0), start, account))
+    rows.sort()  # the order their requests ended in
+    records = [rec(k + 1, start, a, f"question {k}") for k, (_, start, a) in enumerate(rows)]
+    bins = {a: len({math.floor(t / 600) for _, t, b in rows if b == a}) for a, _ in plan}
     whole = accumulate_records(records)
     for acc in (whole, accumulate_records(records, chunks=7), FeatureAccumulator.from_state(whole.state())):
-        assert {a: int(acc.profile((a,)).counts["active_hours"]) for a, _ in plan} == {
-            a: len(h) for a, h in plan
-        }
+        counts = {a: acc.profile((a,)).counts for a, _ in plan}
+        assert {a: int(c["active_hours"]) for a, c in counts.items()} == {a: len(h) for a, h in plan}
+        assert all(0.9 * bins[a] <= c["active_bins"] <= bins[a] for a, c in counts.items())
     overlap = [
         float(np.mean(whole.profile((f"a{i}",)).hour_signature == whole.profile((f"b{i}",)).hour_signature))
         for i in range(8)

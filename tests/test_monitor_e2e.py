@@ -136,10 +136,10 @@ def test_attackers_end_restricted_or_suspended_and_customers_stay_normal(
             Path(os.environ["E2E_DEBUG"]).write_text(repr(sorted(detail.values(), key=lambda x: x[2])))
             Path(os.environ["E2E_DEBUG"] + ".json").write_text(json.dumps(doc, indent=1))
         # a plain-answer collector of a few hundred diverse questions in one burst, alone and asking for
-        # nothing else, is what a team's one-off benchmark run looks like (a benign kind of the reference):
-        # it is left normal, the limit the README states; every other attacker is moved
+        # nothing else, is what a team's one-off benchmark run looks like (a benign kind of the shipped
+        # reference since sim-7), so it is not required to move (README, "Later still on 2026-12-06");
+        # every other attacker is
         (collector,) = (a for a in rows if labels[a]["persona"] == "coverage")
-        assert tiers[collector] == "normal" and rows[collector]["p_value"] > 1e-3, detail[collector]
         for a, row in rows.items():
             if a == collector:
                 continue
@@ -159,9 +159,8 @@ def test_attackers_end_restricted_or_suspended_and_customers_stay_normal(
         hist = gw.accounts.get_account(next(iter(sybils)))["tier_history"]
         assert hist[-1]["actor"] == "monitor" and "cluster" in hist[-1]["reason"]
         logged = [json.loads(x) for x in (state / "monitor" / "decisions.jsonl").read_text().splitlines()]
-        assert {d["account"] for d in logged} == {
-            a for a in rows if labels[a]["kind"] == "attacker" and a != collector
-        }
+        moved = {a for a in rows if labels[a]["kind"] == "attacker" and a != collector}
+        assert moved <= {d["account"] for d in logged} <= moved | {collector}
         ledger = Ledger(Path(gw.settings.ledger_path))
         seqs = {r["seq"]: r["account"] for r in ledger.iter_records()}
         ledger.close()

@@ -53,7 +53,7 @@ PROPS = Scale(
     {
         "casual_chat": ((20, 8, {}),),
         "batch_summariser": ((1, 240, {}),),
-        "eval_harness": ((1, 60, {"runs_per_day": 2.0}),),
+        "eval_harness": ((1, 60, {"runs_per_day": 2.0, "one_off": 0.0}), (2, 40, {"one_off": 1.0})),
         "support_bot": ((1, 60, {}),),
         "researcher": ((3, 20, {}),),
         "coverage": ((1, 150, {}),),
@@ -197,8 +197,27 @@ def test_batch_customer_is_regular_and_nightly(props):
     assert min(len(e.user_text()) for e in events) > 200
 
 
+def test_one_off_eval_runs_its_benchmark_once_scoring_choices_by_logprobs(props):
+    """A team trying the model: a key made shortly before one pass at a machine's pace, never repeated,
+    half of it multiple-choice items read off the logprobs of a one-token answer."""
+    once = [a for a in props.accounts if a.persona == "eval_harness" and not a.org]
+    assert len(once) == 2
+    for acct in once:
+        events = [e for e in props.events if e.account == acct.name]
+        assert len(events) == 40 and len({e.user_text() for e in events}) == 40  # one pass, no repeat
+        assert {e.meta["run"] for e in events} == {0} and len({e.client_ip for e in events}) == 1
+        assert 0 < events[0].t - acct.created <= 2 * 86400
+        assert events[-1].t - events[0].t < 600  # machine pace
+        choices = [e for e in events if e.endpoint == "completions"]
+        assert 10 <= len(choices) <= 30
+        assert all(e.params == {"max_tokens": 1, "temperature": 0.0, "logprobs": 5} for e in choices)
+        assert all(e.prompt.endswith("\nAnswer:") and "\nD. " in e.prompt for e in choices)
+
+
 def test_eval_harness_repeats_one_diverse_benchmark(props):
-    events = by_persona(props, "eval_harness")
+    replaying = {a.name for a in props.accounts if a.persona == "eval_harness" and a.org}
+    assert len(replaying) == 1
+    events = [e for e in by_persona(props, "eval_harness") if e.account in replaying]
     runs = defaultdict(list)
     for e in events:
         runs[e.meta["run"]].append(e.user_text())
@@ -262,7 +281,9 @@ def test_accounts_have_creation_times_and_attackers_open_fresh_ones(props):
         first = min((e.t for e in props.events if e.account == a.name), default=None)
         if first is not None:
             assert a.created < first
-        if a.kind == "benign":
+        if a.persona == "eval_harness" and not a.org:  # a key made for one evaluation run
+            assert first - a.created < 2 * DAY
+        elif a.kind == "benign":
             assert a.created < -13 * DAY  # established customers
         elif a.persona in ("coverage", "paraphrase", "cot", "logprob"):
             assert first - a.created < 2 * DAY  # opened for the job

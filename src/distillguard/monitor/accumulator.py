@@ -56,6 +56,8 @@ _HOUR_HASHES = 32
 _HOUR_SALTS = mix64_np(np.uint64(0x51ED27) + np.arange(_HOUR_HASHES, dtype=np.uint64))
 HOUR_HASH = "mix64-salts"  # recorded in a saved state: signatures hashed otherwise cannot be merged
 BINS_PER_HOUR = int(round(3600.0 / BIN_SECONDS))
+HEAD_BINS = 8
+assert BINS_PER_HOUR * BIN_SECONDS == 3600.0, "active hours are counted from whole bins"
 _MAX_PREFIXES = 256
 _MAX_KEYS = 64
 COPY_BITS = 22  # the copy table's slots: 2**22
@@ -156,9 +158,12 @@ class FeatureAccumulator:
         self.c: dict[str, np.ndarray] = {}
         self.first_ts = self.last_ts = self.log_gap_sum = self.log_gap_sq = np.zeros(0)
         self.head_ts = self.tail_ts = np.zeros(0)  # times of each account's first and last row by seq
-        self.first_seq = self.last_seq_acct = self.last_bin = np.zeros(0, dtype=np.int64)
+        self.first_seq = self.last_seq_acct = self.top_bin = np.zeros(0, dtype=np.int64)
         self.hll = np.zeros((0, _HLL_M), dtype=np.uint8)
         self.hours = np.zeros((0, _HOUR_HASHES), dtype=np.uint64)
+        # each account's first HEAD_BINS new bins (-1: none yet), what a merge needs to know which of a later
+        # slice's new bins a single pass would have found already seen (see merge.merge_into)
+        self.head_bins = np.zeros((0, HEAD_BINS), dtype=np.int64)
         self.prefixes: list[Counter] = []
         self.keys: list[set[str]] = []
         self.orgs: list[str | None] = []  # each account's declared organisation (an account has one)
@@ -198,9 +203,10 @@ class FeatureAccumulator:
         self.tail_ts = pad(self.tail_ts, np.nan)
         self.first_seq = pad(self.first_seq, 0)
         self.last_seq_acct = pad(self.last_seq_acct, 0)
-        self.last_bin = pad(self.last_bin, -1)
+        self.top_bin = pad(self.top_bin, -1)
         self.hll = pad(self.hll, 0)
         self.hours = pad(self.hours, np.iinfo(np.uint64).max)
+        self.head_bins = pad(self.head_bins, -1)
         self._thresh = pad(self._thresh, np.iinfo(np.uint64).max)
         self._cap = cap
 
@@ -270,16 +276,20 @@ class FeatureAccumulator:
         self.c["gaps"][:n_acc] += np.bincount(ga, minlength=n_acc)
         self.log_gap_sum[:n_acc] += np.bincount(ga, weights=lg, minlength=n_acc)
         self.log_gap_sq[:n_acc] += np.bincount(ga, weights=lg * lg, minlength=n_acc)
+        # a bin (an hour) is new to an account when it is later than every bin the account had before it by
+        # seq: a record stamped when its request started is written when it ends, so concurrent requests
+        # reach the ledger out of time order, and counting every change of bin counted one bin many times
+        # (a bin whose every request is written after one of a later bin is missed instead: rare)
         bins = np.floor(sts / BIN_SECONDS).astype(np.int64)
-        prev_bin = np.empty_like(bins)
-        prev_bin[1:] = bins[:-1]
-        prev_bin[first] = self.last_bin[sa[first]]
-        self.c["active_bins"][:n_acc] += np.bincount(sa, weights=(bins != prev_bin), minlength=n_acc)
-        hour_changed = bins // BINS_PER_HOUR != prev_bin // BINS_PER_HOUR  # no bin yet: -1, hour -1
-        self.c["active_hours"][:n_acc] += np.bincount(sa, weights=hour_changed, minlength=n_acc)
+        before = np.maximum(_running_max_before(sa, bins, first), self.top_bin[sa])
+        new_bin = bins > before
+        self.c["active_bins"][:n_acc] += np.bincount(sa, weights=new_bin, minlength=n_acc)
+        self._note_head_bins(sa[new_bin], bins[new_bin])
+        new_hour = bins // BINS_PER_HOUR > before // BINS_PER_HOUR  # no bin yet: -1, hour -1
+        self.c["active_hours"][:n_acc] += np.bincount(sa, weights=new_hour, minlength=n_acc)
         last = np.ones(len(sa), dtype=bool)
         last[:-1] = sa[1:] != sa[:-1]
-        self.last_bin[sa[last]] = bins[last]
+        self.top_bin[sa[last]] = np.maximum(before[last], bins[last])
         self.tail_ts[sa[last]] = sts[last]
         np.minimum.at(self.first_ts, sa, sts)
         np.maximum.at(self.last_ts, sa, sts)
@@ -295,6 +305,17 @@ class FeatureAccumulator:
             pa_acct, pa_hour = key >> 32, (key & 0xFFFFFFFF) + base
             for j in range(_HOUR_HASHES):
                 np.minimum.at(self.hours[:, j], pa_acct, hash_ints(pa_hour, salt=int(_HOUR_SALTS[j])))
+
+    def _note_head_bins(self, a: np.ndarray, bins: np.ndarray) -> None:
+        """Append new bins (grouped by account, rising within each) to their accounts' first HEAD_BINS."""
+        if not len(a):
+            return
+        first = np.ones(len(a), dtype=bool)
+        first[1:] = a[1:] != a[:-1]
+        idx = np.arange(len(a))
+        rank = idx - np.maximum.accumulate(np.where(first, idx, 0)) + (self.head_bins[a] >= 0).sum(axis=1)
+        keep = rank < HEAD_BINS
+        self.head_bins[a[keep], rank[keep]] = bins[keep]
 
     def _update_hll(self, a: np.ndarray, h: np.ndarray) -> None:
         # the prompt hash is public: keyed, so that a client cannot pick prompts that fall into a few
@@ -506,7 +527,8 @@ class FeatureAccumulator:
             tail_ts=self.tail_ts[:n],
             first_seq=self.first_seq[:n],
             last_seq_acct=self.last_seq_acct[:n],
-            last_bin=self.last_bin[:n],
+            top_bin=self.top_bin[:n],
+            head_bins=self.head_bins[:n],
             hll=self.hll[:n],
             hours=self.hours[:n],
             copy_hash=self._copy_hash,
@@ -553,12 +575,13 @@ class FeatureAccumulator:
         n = len(acc.accounts)
         for k in _COUNTERS:
             acc.c[k][:n] = arrays[f"c_{k}"]
-        for name in ("first_ts", "last_ts", "log_gap_sum", "log_gap_sq", "first_seq", "last_bin", "hll"):
+        for name in ("first_ts", "last_ts", "log_gap_sum", "log_gap_sq", "first_seq", "top_bin", "hll"):
             getattr(acc, name)[:n] = arrays[name]
         acc.last_seq_acct[:n] = arrays["last_seq_acct"]
         acc.head_ts[:n] = arrays.get("head_ts", arrays["first_ts"])  # older states: a row was there
         acc.tail_ts[:n] = arrays.get("tail_ts", arrays["last_ts"])
         acc.hours[:n] = arrays["hours"]
+        acc.head_bins[:n] = arrays["head_bins"]
         acc._copy_hash = np.array(arrays["copy_hash"], dtype=np.uint64)
         acc._copy_owner = np.array(arrays["copy_owner"], dtype=np.int32)
         pool = {k: np.asarray(arrays[f"pool_{k}"]) for k in _empty_pool() if k != "text"}
@@ -576,6 +599,19 @@ class FeatureAccumulator:
         acc.keys = [set(x) for x in meta["keys"]]
         acc.orgs = list(meta.get("orgs") or [None] * n)
         return acc
+
+
+def _running_max_before(sa: np.ndarray, values: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """For rows grouped by ``sa`` (ascending, ``first`` marking each group's first row): the largest of the
+    group's earlier ``values`` (-1 for a group's first row). Values are non-negative."""
+    if not len(values):
+        return values.copy()
+    base = int(values.min())
+    acc = np.maximum.accumulate((sa.astype(np.int64) << 32) | (values - base))
+    out = np.full(len(values), -1, dtype=np.int64)
+    out[1:] = (acc[:-1] & 0xFFFFFFFF) + base
+    out[first] = -1
+    return out
 
 
 def _pack_texts(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -96,10 +96,14 @@ class Follower:
             try:
                 self.acc, chains = load_follow_state(self.state_file, self.options.sketch_key)
                 self.chains = chains if self.chains is not None else None
-            except SketchKeyMismatch:  # saved under another key (or before keys): read the ledger again
+            except SketchKeyMismatch as exc:  # another key, or an older version's: read the ledger again
+                why = (
+                    "by an older version (its active-hour signatures were hashed otherwise)"
+                    if "active-hour" in str(exc)
+                    else "under another monitor sketch key (or before keys were recorded)"
+                )
                 self.notice = (
-                    f"note: {self.state_file} was saved under another monitor sketch key (or before keys "
-                    "were recorded); reading the ledger again from the start"
+                    f"note: {self.state_file} was saved {why}; reading the ledger again from the start"
                 )
 
     @property

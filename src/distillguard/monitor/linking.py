@@ -72,13 +72,14 @@ class LinkInfo:
     networks: float
     frames: set[int]  # recurring prompt frames (stable shingle hashes)
     hours: np.ndarray  # MinHash signature of active absolute hours (uint64)
-    active_hours: int  # distinct absolute hours with a request
+    active_hours: int  # hours of activity: its active 10-minute bins / 6 (a volume floor for timing)
     created: float | None  # key creation (or first-seen) time
     org: str | None = None  # the declared organisation (one customer's fleet of service accounts)
     # every prompt frame (word 4-gram hash) of an account too small to show recurring frames of its own
     # (fewer than MIN_ROTATING requests): what it can be matched against a burst member's frames with
     shingles: set[int] = field(default_factory=set)
     span_hours: float = 0.0  # absolute hours from its first request to its last (0: unknown)
+    distinct_hours: int = 0  # distinct absolute hours with a request (of one account; 0: unknown)
 
 
 @dataclass
@@ -109,10 +110,10 @@ def minhash(items: set[int], salt: int = 0x7E3) -> np.ndarray:
         return mix64_np(arr[None, :] + salts[:, None]).min(axis=1)  # row j: the salted hash_ints of j
 
 
-def hour_cover(active_hours: int, span_hours: float) -> float:
+def hour_cover(distinct_hours: int, span_hours: float) -> float:
     """The share of the ``span_hours`` from an account's first request to its last that it was active in
-    (``active_hours``: the distinct hours the accumulator counted). 0 when the span is unknown."""
-    return active_hours / span_hours if span_hours > 0 else 0.0
+    (``distinct_hours``, as the accumulator counts them). 0 when the span is unknown."""
+    return float(distinct_hours) / span_hours if span_hours > 0 else 0.0
 
 
 MAX_HOUR_COVER = 0.5  # an account active in more of its hours than this shows no schedule of its own
@@ -167,7 +168,7 @@ def link_accounts(
     order_key = np.array([c if np.isfinite(c) else 0.0 for c in created], dtype=np.float64)
     # accounts whose active hours can show a schedule: enough of them, and idle hours between
     timed = [
-        x.active_hours >= min_active_hours and hour_cover(x.active_hours, x.span_hours) <= max_hour_cover
+        x.active_hours >= min_active_hours and hour_cover(x.distinct_hours, x.span_hours) <= max_hour_cover
         for x in infos
     ]
     groups: dict[tuple, list[int]] = defaultdict(list)

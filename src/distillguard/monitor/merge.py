@@ -37,13 +37,14 @@ from distillguard.monitor.accumulator import (
     _MAX_PREFIXES,
     BINS_PER_HOUR,
     COPY_BITS,
+    HEAD_BINS,
     MIN_COPY_CHARS,
     OTHER,
     FeatureAccumulator,
     SketchKeyMismatch,
     sketch_rank,
 )
-from distillguard.monitor.features import BIN_SECONDS, hash_strings, prompt_keys
+from distillguard.monitor.features import hash_strings, prompt_keys
 
 _EMPTY = np.iinfo(np.int64).max
 
@@ -161,9 +162,22 @@ def merge_into(acc: FeatureAccumulator, later: FeatureAccumulator) -> FeatureAcc
     acc.c["gaps"][io] += 1
     acc.log_gap_sum[io] += lg
     acc.log_gap_sq[io] += lg * lg
-    head_bin = np.floor(later.head_ts[jo] / BIN_SECONDS).astype(np.int64)
-    acc.c["active_bins"][io] -= head_bin == acc.last_bin[io]
-    acc.c["active_hours"][io] -= head_bin // BINS_PER_HOUR == acc.last_bin[io] // BINS_PER_HOUR
+    # a bin (an hour) is new when it is later than every earlier one: the later slice counted its first
+    # new bins against its own rows only, so those at or before the earlier slice's latest bin come off
+    # (exact while fewer than HEAD_BINS of them are: the ledger's disorder is seconds to minutes)
+    heads, top = later.head_bins[jo], acc.top_bin[io][:, None]
+    seen_bin = (heads >= 0) & (heads <= top)
+    acc.c["active_bins"][io] -= seen_bin.sum(axis=1)
+    hours = heads // BINS_PER_HOUR
+    opens = np.ones(heads.shape, dtype=bool)  # the first new bin of each of its hours (bins rise in a row)
+    opens[:, 1:] = hours[:, 1:] != hours[:, :-1]
+    acc.c["active_hours"][io] -= ((heads >= 0) & (hours <= top // BINS_PER_HOUR) & opens).sum(axis=1)
+    # the merged accounts' first new bins: the earlier slice's, then the later one's past its latest bin
+    for i, j in zip(io.tolist(), jo.tolist(), strict=True):
+        ext = later.head_bins[j][later.head_bins[j] > acc.top_bin[i]]
+        own = acc.head_bins[i][acc.head_bins[i] >= 0]
+        row = np.concatenate([own, ext])[:HEAD_BINS]
+        acc.head_bins[i, : len(row)] = row
     for name, col in later.c.items():
         acc.c[name][ids] += col[:m]
     acc.log_gap_sum[ids] += later.log_gap_sum[:m]
@@ -171,11 +185,13 @@ def merge_into(acc: FeatureAccumulator, later: FeatureAccumulator) -> FeatureAcc
     acc.first_ts[ids] = np.minimum(acc.first_ts[ids], later.first_ts[:m])
     acc.last_ts[ids] = np.maximum(acc.last_ts[ids], later.last_ts[:m])
     new = ids[~old]
+    unseen = (acc.head_bins[ids] < 0).all(axis=1)  # accounts the earlier slice has no row of
+    acc.head_bins[ids[unseen]] = later.head_bins[:m][unseen]
     acc.first_seq[new] = later.first_seq[:m][~old]
     acc.head_ts[new] = later.head_ts[:m][~old]
     acc.tail_ts[ids] = later.tail_ts[:m]
     acc.last_seq_acct[ids] = later.last_seq_acct[:m]
-    acc.last_bin[ids] = later.last_bin[:m]
+    acc.top_bin[ids] = np.maximum(acc.top_bin[ids], later.top_bin[:m])
     acc.hll[ids] = np.maximum(acc.hll[ids], later.hll[:m])
     acc.hours[ids] = np.minimum(acc.hours[ids], later.hours[:m])
     for j, i in enumerate(ids.tolist()):

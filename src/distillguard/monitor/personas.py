@@ -406,20 +406,25 @@ class EvalHarness(Persona):
 
     def __init__(self, pools: Pools, *, runs_per_day: float = 1.5, one_off: float = 0.3, **kwargs: Any):
         super().__init__(pools, **kwargs)
+        if not 0.0 <= one_off <= 1.0:
+            raise UserError(f"{self.name}: one_off is a share in [0, 1], got {one_off}")
         self.runs_per_day = runs_per_day
         self.one_off = one_off
 
     def generate(self, rng: random.Random, clock: SimClock) -> PersonaTraffic:
         accounts, events = [], []
         for _ in range(self.accounts):
+            created = _long_ago(rng, clock)
+            acct = self._account(rng, created=created, ips=[], org=f"mlplatform-{rng.getrandbits(24):06x}")
             bench = rng.sample(self.pools.questions, min(self.queries, len(self.pools.questions)))
-            if rng.random() < self.one_off:
-                acct, run = self._once(rng, clock, bench)
+            once = random.Random(
+                f"one-off:{acct.name}"
+            )  # its own stream: the others' traffic stays as it was
+            if once.random() < self.one_off:
+                acct, run = self._once(once, clock, acct, bench)
                 accounts.append(acct)
                 events += run
                 continue
-            created = _long_ago(rng, clock)
-            acct = self._account(rng, created=created, ips=[], org=f"mlplatform-{rng.getrandbits(24):06x}")
             runs = [d * DAY + 3 * HOUR + rng.uniform(0, 600) for d in range(int(math.ceil(clock.days)))]
             extra = poisson(rng, max(0.0, self.runs_per_day - 1.0) * clock.days)
             runs += sample_times(rng, clock, extra, WORK_HOURS, tz=1.0, weekend=0.1)
@@ -441,11 +446,14 @@ class EvalHarness(Persona):
         params = {"max_tokens": self.pools.max_tokens(128), "temperature": 0.0, "seed": 1234}
         return self._event(acct, t, ip, messages=messages, params=params, **meta)
 
-    def _once(self, rng: random.Random, clock: SimClock, bench: list[str]) -> tuple[SimAccount, list[Event]]:
+    def _once(
+        self, rng: random.Random, clock: SimClock, acct: SimAccount, bench: list[str]
+    ) -> tuple[SimAccount, list[Event]]:
         start = sample_times(rng, clock, 1, WORK_HOURS, tz=rng.choice(TIMEZONES), weekend=0.1)
         t = start[0] if start else rng.uniform(0, clock.duration)
         ip = random_ip(rng, rng.choice(CI_NETS))
-        acct = self._account(rng, created=t - rng.uniform(600, 2 * DAY), ips=[ip], org=None)
+        created = t - rng.uniform(600, 2 * DAY)
+        acct = replace(acct, created=created, key_created=(created,), ips=(ip,), org=None)
         events = []
         for q, question in enumerate(bench):
             if rng.random() < 0.5:  # multiple choice, the answer's letter read off its logprobs
@@ -453,7 +461,7 @@ class EvalHarness(Persona):
                 choices = "".join(f"\n{c}. {api}" for c, api in zip("ABCD", options, strict=False))
                 params = {"max_tokens": 1, "temperature": 0.0, "logprobs": 5}
                 prompt = f"{question}{choices}\nAnswer:"
-                events.append(self._event(acct, t, ip, prompt=prompt, params=params, item=q))
+                events.append(self._event(acct, t, ip, prompt=prompt, params=params, run=0, item=q))
             else:
                 events.append(self._item(acct, t, ip, question, run=0, item=q))
             t += rng.expovariate(1 / 0.3)

@@ -47,6 +47,7 @@ from distillguard.monitor.entity import (
     text_geometry,
 )
 from distillguard.monitor.features import (
+    BIN_SECONDS,
     COLUMNS,
     FEATURE_REVISION,
     derive,
@@ -311,7 +312,8 @@ class Analyzer:
             prefixes=prof.prefixes,
             frames=geo.template_shingles,
             hours=prof.hour_signature,
-            active_hours=max(1, int(prof.counts["active_hours"])),
+            active_hours=max(1, int(round(prof.counts["active_bins"] * BIN_SECONDS / 3600.0))),
+            distinct_hours=int(prof.counts["active_hours"]) if len(accounts) == 1 else 0,
             created=None,
             org=next(iter(prof.orgs)) if len(prof.orgs) == 1 else None,
             shingles=shingle_hashes(prof.sample.text)

@@ -45,7 +45,7 @@ _COUNTERS = (
     "completion_tokens",
     "gaps",
     "active_bins",
-    "active_hours",  # distinct absolute hours with a request (transitions in seq order, as active_bins)
+    "active_hours",  # distinct absolute hours with a request (counted as active_bins: see _update_time)
 )
 _HLL_P = 10
 _HLL_M = 1 << _HLL_P
@@ -54,9 +54,14 @@ _HOUR_HASHES = 32
 # the hash of row j + 1 at hour h - 1, so over a run of consecutive hours the 32 minima were nearly one
 # sample, and timing Jaccards read as 0 or 1
 _HOUR_SALTS = mix64_np(np.uint64(0x51ED27) + np.arange(_HOUR_HASHES, dtype=np.uint64))
-HOUR_HASH = "mix64-salts"  # recorded in a saved state: signatures hashed otherwise cannot be merged
+# what a saved state records of how its time state was computed: a state of another revision (the hour
+# signatures of consecutive salts, bins counted at every change) cannot be continued or merged
+STATE_REVISION = "hours-2"
 BINS_PER_HOUR = int(round(3600.0 / BIN_SECONDS))
-HEAD_BINS = 8
+# each account's first new bins kept for merges: a merge is exact while fewer than this many of a later
+# slice's (or merged run's) new bins fall at or before the earlier part's latest bin, with their hours
+# within that bin's hour (the ledger's disorder is seconds to minutes; 32 bins are five hours)
+HEAD_BINS = 32
 assert BINS_PER_HOUR * BIN_SECONDS == 3600.0, "active hours are counted from whole bins"
 _MAX_PREFIXES = 256
 _MAX_KEYS = 64
@@ -127,7 +132,8 @@ class FeatureAccumulator:
     can choose neither the networks kept nor the registers its prompts fall into.
 
     Every per-account part is order-free or keeps what a merge needs (:mod:`monitor.merge`): accumulators
-    over consecutive slices of the ledger merge into the state of one pass over the whole. The copy table
+    over consecutive slices of the ledger merge into the state of one pass over the whole (active-time
+    counts under :data:`HEAD_BINS`' condition). The copy table
     is the one cross-account part: a distributed pass computes it first (:class:`monitor.merge.CopyClaims`)
     and hands it to every slice's accumulator as ``claims``.
     """
@@ -549,7 +555,7 @@ class FeatureAccumulator:
             "keys": [sorted(x) for x in self.keys],
             "orgs": self.orgs,
             "sketch": sketch_id(self.sketch_key),
-            "hour_hash": HOUR_HASH,
+            "time_state": STATE_REVISION,
         }
         return {"arrays": arrays, "meta": meta}
 
@@ -557,13 +563,13 @@ class FeatureAccumulator:
     def from_state(cls, state: dict[str, Any], sketch_key: bytes | None = None) -> FeatureAccumulator:
         """The accumulator :meth:`state` saved. Its bounded sets were ranked under one sketch key, so
         ``sketch_key`` must be that key (a state saved before keys were recorded: ``None``, the public
-        rank); another one raises :class:`SketchKeyMismatch` (re-read the ledger instead), as does a state
-        whose active-hour signatures were hashed otherwise (saved before :data:`HOUR_HASH`)."""
+        rank); another one raises :class:`SketchKeyMismatch` (re-read the ledger instead), and a state of
+        another :data:`STATE_REVISION` raises :class:`StateRevisionMismatch`."""
         meta, arrays = state["meta"], state["arrays"]
         if meta.get("sketch") != sketch_id(sketch_key):
             raise SketchKeyMismatch("the state's prefix sets were ranked under another sketch key")
-        if meta.get("hour_hash") != HOUR_HASH:
-            raise SketchKeyMismatch("the state's active-hour signatures were hashed by an older version")
+        if meta.get("time_state") != STATE_REVISION:
+            raise StateRevisionMismatch("the state's active hours were counted by another version")
         copy_bits = int(np.log2(len(arrays["copy_hash"])))
         acc = cls(
             sample_size=meta["sample_size"],
@@ -602,14 +608,14 @@ class FeatureAccumulator:
 
 
 def _running_max_before(sa: np.ndarray, values: np.ndarray, first: np.ndarray) -> np.ndarray:
-    """For rows grouped by ``sa`` (ascending, ``first`` marking each group's first row): the largest of the
-    group's earlier ``values`` (-1 for a group's first row). Values are non-negative."""
+    """For rows grouped by ``sa`` (ascending account indices, ``first`` marking each group's first row):
+    the largest of the group's earlier ``values`` (-1 for a group's first row)."""
     if not len(values):
         return values.copy()
-    base = int(values.min())
-    acc = np.maximum.accumulate((sa.astype(np.int64) << 32) | (values - base))
+    uniq, rank = np.unique(values, return_inverse=True)  # ranks fit the low 32 bits whatever the values
+    acc = np.maximum.accumulate((sa.astype(np.int64) << 32) | rank.astype(np.int64))
     out = np.full(len(values), -1, dtype=np.int64)
-    out[1:] = (acc[:-1] & 0xFFFFFFFF) + base
+    out[1:] = uniq[acc[:-1] & 0xFFFFFFFF]
     out[first] = -1
     return out
 
@@ -649,6 +655,11 @@ def _empty_pool() -> dict[str, np.ndarray]:
 
 class SketchKeyMismatch(ValueError):
     """A saved or merged state whose bounded sets were ranked under another sketch key."""
+
+
+class StateRevisionMismatch(SketchKeyMismatch):
+    """A saved state whose time state another version computed (see :data:`STATE_REVISION`): like a state
+    of another sketch key, it cannot be continued, and the ledger is read again."""
 
 
 def _hll_salt(key: bytes | None) -> np.uint64 | None:

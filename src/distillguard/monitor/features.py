@@ -641,6 +641,7 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
 
     seq = pc.fill_null(_column(table, "seq", pa.int64()), 0).to_numpy(zero_copy_only=False)
     ts = pc.fill_null(_column(table, "ts", pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+    ts = np.where(np.isfinite(ts), ts, 0.0)  # a time that is no time reads as a missing one
     lens = pc.binary_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
     admitted = pc.fill_null(pc.equal(decision, "admitted"), True).to_numpy(zero_copy_only=False)
     logprobs = flag(params, _LOGPROBS_RE)

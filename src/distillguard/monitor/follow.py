@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from distillguard.errors import UserError
-from distillguard.monitor.accumulator import FeatureAccumulator, SketchKeyMismatch
+from distillguard.monitor.accumulator import FeatureAccumulator, SketchKeyMismatch, StateRevisionMismatch
 from distillguard.monitor.decisions import DecisionLog, Policy, apply_decisions
 from distillguard.monitor.report import plan_decisions, report_json
 from distillguard.monitor.scan import (
@@ -98,8 +98,8 @@ class Follower:
                 self.chains = chains if self.chains is not None else None
             except SketchKeyMismatch as exc:  # another key, or an older version's: read the ledger again
                 why = (
-                    "by an older version (its active-hour signatures were hashed otherwise)"
-                    if "active-hour" in str(exc)
+                    "by another version of the monitor (its active hours were counted otherwise)"
+                    if isinstance(exc, StateRevisionMismatch)
                     else "under another monitor sketch key (or before keys were recorded)"
                 )
                 self.notice = (

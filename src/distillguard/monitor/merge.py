@@ -11,17 +11,21 @@ What makes the merged state equal to a single pass over the whole ledger:
   sketch key (:func:`accumulator.count_bounded`), which does not depend on arrival order either; every
   slice must rank under the same key (:func:`merge_into` refuses another).
 - **Time across a slice boundary**: a single pass measures the gap between consecutive queries of an
-  account in ``seq`` order, and whether a query opens a new active-time bin. Each accumulator keeps the
-  times of its first and last query per account by ``seq`` (``head_ts``, ``tail_ts``) so that the merge
-  adds the gap across the boundary and removes the bin (and the hour) the later slice counted as new when
-  the earlier one had it already.
+  account in ``seq`` order, and counts an active-time bin (and hour) when a query's is later than every
+  earlier one's. Each accumulator keeps the times of its first and last query per account by ``seq``
+  (``head_ts``, ``tail_ts``), its latest bin (``top_bin``) and its first new bins (``head_bins``), so
+  that the merge adds the gap across the boundary and takes off the bins (and hours) the later part
+  counted as new that a single pass had seen already: exact while fewer than
+  :data:`~distillguard.monitor.accumulator.HEAD_BINS` of them are (32 bins: hours of disorder in the
+  ledger's times, which a gateway's concurrency makes seconds to minutes).
 - **The copy table is cross-account**: whether an account's prompt was first sent by another account
   depends on every earlier slice. It is computed first, in its own map + merge (:class:`CopyClaims`:
   per table slot, the earliest row reaching it, which is also what a single pass keeps), and then given
   read-only to every slice's accumulator.
 
-Integer and hash state is equal bit for bit; the floating-point sums of log gaps are added in another
-order, so they agree to rounding (``tests/test_monitor_engine.py`` checks both).
+Integer and hash state is equal bit for bit (the time counts under the condition above); the
+floating-point sums of log gaps are added in another order, so they agree to rounding
+(``tests/test_monitor_engine.py`` checks both, merging slices in order and as a tree).
 """
 
 from __future__ import annotations
@@ -162,9 +166,9 @@ def merge_into(acc: FeatureAccumulator, later: FeatureAccumulator) -> FeatureAcc
     acc.c["gaps"][io] += 1
     acc.log_gap_sum[io] += lg
     acc.log_gap_sq[io] += lg * lg
-    # a bin (an hour) is new when it is later than every earlier one: the later slice counted its first
-    # new bins against its own rows only, so those at or before the earlier slice's latest bin come off
-    # (exact while fewer than HEAD_BINS of them are: the ledger's disorder is seconds to minutes)
+    # a bin (an hour) is new when it is later than every earlier one: the later part counted its first
+    # new bins against its own rows only, so those at or before the earlier part's latest bin come off
+    # (exact under HEAD_BINS' condition: the ledger's disorder is seconds to minutes)
     heads, top = later.head_bins[jo], acc.top_bin[io][:, None]
     seen_bin = (heads >= 0) & (heads <= top)
     acc.c["active_bins"][io] -= seen_bin.sum(axis=1)

@@ -417,9 +417,7 @@ class EvalHarness(Persona):
             created = _long_ago(rng, clock)
             acct = self._account(rng, created=created, ips=[], org=f"mlplatform-{rng.getrandbits(24):06x}")
             bench = rng.sample(self.pools.questions, min(self.queries, len(self.pools.questions)))
-            once = random.Random(
-                f"one-off:{acct.name}"
-            )  # its own stream: the others' traffic stays as it was
+            once = random.Random(f"one-off:{acct.name}")  # a one-off run draws on a stream of its own
             if once.random() < self.one_off:
                 acct, run = self._once(once, clock, acct, bench)
                 accounts.append(acct)

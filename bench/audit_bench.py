@@ -23,7 +23,10 @@ Every student is audited with the radioactivity tests only: closed mode (the sus
 prompts, ``--budget`` queries, sequential stop at p <= 1e-8; read as top-1 tuples and, from the top-20
 logprobs returned with them, the mass way: ``closed_mass``) and open mode in the four readings (plain,
 watermarked, first-occurrence, mass), Holm-corrected together. With ``--keep-students``,
-``audit_retention.py --work DIR`` then measures what each student kept of the key. Goal (issue): rho = 1%
+``audit_retention.py --work DIR`` then measures what each student kept of the key. A student that trains
+for hours (rho 1% with a million of our tokens: about 254k steps) can be trained over several runs:
+``--checkpoint-every N --work DIR`` saves its training state every N steps in DIR, and the same command
+run again resumes it where it stopped (model, optimiser, data order and RNGs). Goal (issue): rho = 1%
 detected at p < 1e-6 in the closed mode within 200k scored tokens (<= 5k queries) and in the open mode, with 0
 of >= 10 controls claimed.
 Results: ``bench/results/audit.json`` and ``audit.png`` (``--quick``: the tiny world, ``audit_quick.*``).
@@ -90,10 +93,16 @@ def main() -> None:
         "--work", type=Path, default=None, help="keep collections here and reuse them (default: a temp dir)"
     )
     parser.add_argument(
+        "--checkpoint-every", type=int, default=0, metavar="STEPS",
+        help="save each student's training state in --work every STEPS steps; a rerun resumes it",
+    )  # fmt: skip
+    parser.add_argument(
         "--keep-students", action="store_true",
         help="keep each student's weights in --work, and audit the students kept there without training them",
     )  # fmt: skip
     args, _ = parser.parse_known_args()
+    if args.checkpoint_every < 0 or (args.checkpoint_every and args.work is None):
+        parser.error("--checkpoint-every takes a number of steps >= 1 and needs --work (it resumes there)")
     q = args.quick
     preset = "tiny" if q else "default"
     rhos = args.rhos or ([1.0, 0.1, 0.01] if q else [1.0, 0.1, 0.05, 0.01, 0.005])
@@ -157,7 +166,7 @@ def main() -> None:
             teacher=str(world.teacher), out=out, student=init_dirs.get(init, init), collection=prefix,
             prompts=world.instructions,
             mix=mix_files[mix] if rho < 1.0 else None, rho=rho, epochs=args.epochs, seed=seed,
-            checkpoint_every=0,
+            checkpoint_every=args.checkpoint_every, resume=args.checkpoint_every > 0,
         )  # fmt: skip
         print(f"== student {name}", flush=True)
         return run_distill(cfg, progress=True, log=lambda msg: print(msg, flush=True))

@@ -130,7 +130,8 @@ def test_logprobs_give_the_exact_bytes_of_a_token_that_is_half_a_character(gw, t
 
 
 def test_completion_logprobs_offsets_n_and_stop(gw):
-    client = gw.openai(gw.create_key(account()))
+    name = account()
+    client = gw.openai(gw.create_key(name))
     prompt = "Question: What does json.dumps do?\nAnswer:"
     r = client.completions.create(
         model="aster", prompt=prompt, max_tokens=12, n=3, logprobs=2, stop=["."], temperature=1.0, seed=3
@@ -150,6 +151,13 @@ def test_completion_logprobs_offsets_n_and_stop(gw):
         total += len(lp.tokens)
     # tokens that completed a stop string are generated (and billed) but not returned
     assert r.usage.completion_tokens >= total
+    # the ledger counts the answers asked for (a batch's prompts are joined into one text, which hides them)
+    r = client.completions.create(model="aster", prompt=["The os module", "The re module"], max_tokens=4, n=2)
+    assert len(r.choices) == 4
+    one, batch = records_for(gw, account=name)
+    assert one["choices"] == 3 and batch["choices"] == 4 and batch["prompt"] == "The os module\nThe re module"
+    client.completions.create(model="aster", prompt="The os module", max_tokens=2)
+    assert "choices" not in records_for(gw, account=name)[-1]  # one answer: nothing to count
 
 
 def test_greedy_is_the_top_logprob_and_seed_is_deterministic(gw):

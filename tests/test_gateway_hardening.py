@@ -256,8 +256,9 @@ def test_h2_token_id_prompts_are_refused_in_proxy_mode(proxy, upstream):
     assert _bodies(upstream, since) == []
     assert [r["error_code"] for r in records(proxy, account=name)] == ["invalid_value"] * 3
     with pytest.raises(openai.NotFoundError):  # text goes through (this upstream serves chat only)
-        client.completions.create(model="up", prompt=["a question", "another"], max_tokens=3)
-    assert records(proxy, account=name)[-1]["prompt"] == "a question\nanother"
+        client.completions.create(model="up", prompt=["a question", "another"], max_tokens=3, n=2)
+    last = records(proxy, account=name)[-1]
+    assert last["prompt"] == "a question\nanother" and last["choices"] == 4  # two prompts, two answers each
 
 
 @pytest.mark.parametrize(

@@ -535,11 +535,11 @@ class Gateway(ProxyMode):
         if not chat:
             ctx.prompt = "\n".join(pr.text for pr in prompts)
         _check_choices(len(prompts), s.n)
+        ctx.choices = rows = len(prompts) * s.n
         max_tokens = self._resolve_max_tokens(
             s, prompts, backend.context_length, "messages" if chat else "prompt"
         )
         prompt_tokens = sum(len(pr.ids) for pr in prompts)
-        rows = len(prompts) * s.n
         spec = self._watermark_for(get_tier(p.tier))
         ctx.watermark = spec.describe() if spec is not None else None
         ctx.prompt_tokens = prompt_tokens

@@ -62,6 +62,7 @@ class ProxyMode:
             ctx.prompt = "\n".join(items)
             prompt_bound = sum(estimate_tokens(t) for t in items) + 1
         _check_choices(n_prompts, s.n)
+        ctx.choices = n_prompts * s.n
         if prompt_bound > self.settings.max_prompt_tokens:
             raise APIError(
                 400,

@@ -42,6 +42,9 @@ class Ctx:
     watermark: dict | None = None
     recorded: bool = False
     repeated: int | None = None  # a summary record of this many refusals (see errorpath.RefusalLimiter)
+    # the answers a request asks for, its prompts times ``n``; recorded when more than one (a batched
+    # completion's prompts are joined into one ``prompt`` text, which would hide how many it held)
+    choices: int | None = None
 
     def record(self) -> dict[str, Any]:
         p = self.principal
@@ -73,6 +76,8 @@ class Ctx:
             rec["tools"] = self.tools
         if self.repeated is not None:
             rec["repeated"] = self.repeated
+        if self.choices is not None and self.choices > 1:
+            rec["choices"] = self.choices
         if self.decision == "refused":
             _bound_client_text(rec)
         return rec

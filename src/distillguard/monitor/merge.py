@@ -41,7 +41,6 @@ from distillguard.monitor.accumulator import (
     _MAX_PREFIXES,
     BINS_PER_HOUR,
     COPY_BITS,
-    HEAD_BINS,
     MIN_COPY_CHARS,
     OTHER,
     FeatureAccumulator,
@@ -177,11 +176,8 @@ def merge_into(acc: FeatureAccumulator, later: FeatureAccumulator) -> FeatureAcc
     opens[:, 1:] = hours[:, 1:] != hours[:, :-1]
     acc.c["active_hours"][io] -= ((heads >= 0) & (hours <= top // BINS_PER_HOUR) & opens).sum(axis=1)
     # the merged accounts' first new bins: the earlier slice's, then the later one's past its latest bin
-    for i, j in zip(io.tolist(), jo.tolist(), strict=True):
-        ext = later.head_bins[j][later.head_bins[j] > acc.top_bin[i]]
-        own = acc.head_bins[i][acc.head_bins[i] >= 0]
-        row = np.concatenate([own, ext])[:HEAD_BINS]
-        acc.head_bins[i, : len(row)] = row
+    past = heads > top
+    acc._note_head_bins(np.repeat(io, past.sum(axis=1)), heads[past])
     for name, col in later.c.items():
         acc.c[name][ids] += col[:m]
     acc.log_gap_sum[ids] += later.log_gap_sum[:m]

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from distillguard.errors import UserError
-from distillguard.monitor.accumulator import FeatureAccumulator
+from distillguard.monitor.accumulator import BINS_PER_HOUR, FeatureAccumulator
 from distillguard.monitor.detectors import (
     Assessment,
     MMDReference,
@@ -47,7 +47,6 @@ from distillguard.monitor.entity import (
     text_geometry,
 )
 from distillguard.monitor.features import (
-    BIN_SECONDS,
     COLUMNS,
     FEATURE_REVISION,
     derive,
@@ -312,7 +311,7 @@ class Analyzer:
             prefixes=prof.prefixes,
             frames=geo.template_shingles,
             hours=prof.hour_signature,
-            active_hours=max(1, int(round(prof.counts["active_bins"] * BIN_SECONDS / 3600.0))),
+            active_hours=max(1, int(round(prof.counts["active_bins"] / BINS_PER_HOUR))),
             distinct_hours=int(prof.counts["active_hours"]) if len(accounts) == 1 else 0,
             created=None,
             org=next(iter(prof.orgs)) if len(prof.orgs) == 1 else None,

@@ -636,7 +636,7 @@ def test_active_hours_are_counted_exactly_and_their_signatures_estimate_overlap(
     assert all(0.05 < x < 0.65 for x in overlap), overlap
     older = whole.state()
     del older["meta"]["time_state"]  # signatures of the consecutive salts cannot be merged with these
-    with pytest.raises(SketchKeyMismatch, match="active hours were counted by another version"):
+    with pytest.raises(SketchKeyMismatch, match="counts were made by another version"):
         FeatureAccumulator.from_state(older)
 
 

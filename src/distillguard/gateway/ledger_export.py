@@ -17,8 +17,10 @@ _ROWS_PER_TABLE = 10_000
 
 def parquet_schema():
     """The Arrow schema of the ledgers' ``export_parquet``, one row per record: the query fields as columns,
-    nested fields (``params``, ``messages``, ``watermark``) as canonical JSON text, the full canonical record
-    and its hashes. Synthetic Parquet ledgers and the monitor's readers use this one schema."""
+    nested fields (``params``, ``messages``, ``watermark``) as canonical JSON text, the answers a request
+    asked for when more than one (``choices``: its prompts times ``n``) and the refusals a summary record
+    stands for (``repeated``), the full canonical record and its hashes. Synthetic Parquet ledgers and the
+    monitor's readers use this one schema."""
     import pyarrow as pa
 
     s, i, f = pa.string(), pa.int64(), pa.float64()
@@ -28,7 +30,7 @@ def parquet_schema():
             ("key_id", s), ("org", s), ("client_ip", s), ("endpoint", s), ("model", s), ("decision", s),
             ("tier", s), ("status", i), ("error_code", s), ("prompt_tokens", i), ("completion_tokens", i),
             ("tokens", i), ("prompt", s), ("completion", s), ("params", s), ("messages", s), ("watermark", s),
-            ("record", s), ("prev_hash", s), ("hash", s),
+            ("choices", i), ("repeated", i), ("record", s), ("prev_hash", s), ("hash", s),
         ]
     )  # fmt: skip
 

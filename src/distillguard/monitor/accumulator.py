@@ -31,7 +31,8 @@ from distillguard.monitor.features import (
 from distillguard.splitmix import mix64_np
 
 _COUNTERS = (
-    "n",
+    "n",  # queries, each counted as the answers it got (features.QueryBatch.answers)
+    "requests",  # ledger rows: a batched or n > 1 request is one
     "admitted",
     "cot",
     "identity",
@@ -56,7 +57,7 @@ _HOUR_HASHES = 32
 _HOUR_SALTS = mix64_np(np.uint64(0x51ED27) + np.arange(_HOUR_HASHES, dtype=np.uint64))
 # what a saved state records of how its time state was computed: a state of another revision (the hour
 # signatures of consecutive salts, bins counted at every change) cannot be continued or merged
-STATE_REVISION = "hours-2"
+STATE_REVISION = "answers-1"  # hours-2, then queries counted as the answers they got
 BINS_PER_HOUR = int(round(3600.0 / BIN_SECONDS))
 # each account's first new bins kept for merges: a merge is exact while fewer than this many of a later
 # slice's (or merged run's) new bins fall at or before the earlier part's latest bin, with their hours
@@ -241,19 +242,23 @@ class FeatureAccumulator:
             return
         a = self._ids(batch.accounts)[batch.acct]
         c = self.c
+        # a request's flags hold for each answer it got: n = 5 reasoning traces are five (a batched
+        # completion's flags read its prompts joined, so one prompt asking counts for the batch)
+        answers = batch.answers.astype(np.float64)
         for name, values in (
-            ("n", None),
-            ("admitted", batch.admitted),
-            ("cot", batch.cot),
-            ("identity", batch.identity),
-            ("logprobs", batch.logprobs),
-            ("logit_bias", batch.logit_bias),
-            ("logprob_gen", batch.logprob_gen),
-            ("bias_probe", batch.bias_probe),
+            ("n", answers),
+            ("requests", None),
+            ("admitted", batch.admitted * answers),
+            ("cot", batch.cot * answers),
+            ("identity", batch.identity * answers),
+            ("logprobs", batch.logprobs * answers),
+            ("logit_bias", batch.logit_bias * answers),
+            ("logprob_gen", batch.logprob_gen * answers),
+            ("bias_probe", batch.bias_probe * answers),
             ("prompt_tokens", batch.prompt_tokens),
             ("completion_tokens", batch.completion_tokens),
         ):
-            w = None if values is None else values.astype(np.float64)
+            w = None if values is None else np.asarray(values, dtype=np.float64)
             c[name][: len(self.accounts)] += np.bincount(a, weights=w, minlength=len(self.accounts))
         self._update_time(a, batch)
         self._update_hll(a, batch.text_hash)
@@ -569,7 +574,7 @@ class FeatureAccumulator:
         if meta.get("sketch") != sketch_id(sketch_key):
             raise SketchKeyMismatch("the state's prefix sets were ranked under another sketch key")
         if meta.get("time_state") != STATE_REVISION:
-            raise StateRevisionMismatch("the state's active hours were counted by another version")
+            raise StateRevisionMismatch("the state's counts were made by another version")
         copy_bits = int(np.log2(len(arrays["copy_hash"])))
         acc = cls(
             sample_size=meta["sample_size"],

@@ -70,8 +70,9 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec(
         "log_queries",
         0.15,
-        "log10 of the number of queries. Distillation needs volume; alone it is weak (batch customers "
-        "are bigger), so it only counts together with what the volume is spent on.",
+        "log10 of the number of queries, each counted as the answers it got (a batched completion's "
+        "prompts times n): what a distiller collects. Distillation needs volume; alone it is weak (batch "
+        "customers are bigger), so it only counts together with what the volume is spent on.",
     ),
     FeatureSpec(
         "log_rate",
@@ -94,8 +95,8 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec(
         "novelty",
         0.05,
-        "Distinct prompts / queries (HyperLogLog). A distiller never asks twice; an evaluation harness "
-        "replays one fixed benchmark every run.",
+        "Distinct prompts / requests (HyperLogLog; a batched completion's prompts are one text). A "
+        "distiller never asks twice; an evaluation harness replays one fixed benchmark every run.",
     ),
     FeatureSpec(
         "coverage",
@@ -187,8 +188,9 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 # read in the whole prompt, not only its first and last 400 characters, and request patterns read however
 # the text is spaced or encoded; logprobs 0 counted; a completion's prompt read whole; 5, reasoning requests
 # that ask for the model's thinking, every step of it, or a question thought through, and request patterns
-# read with Cyrillic, Greek and Armenian letters that look Latin as the Latin ones.
-FEATURE_REVISION = 5
+# read with Cyrillic, Greek and Armenian letters that look Latin as the Latin ones; 6, queries counted as
+# the answers they got (a batched completion's prompts times n), novelty per request.
+FEATURE_REVISION = 6
 REVISION_NOTES = {
     2: "network churn is now estimated past the 256 prefixes kept per account (an account on more networks "
     "than that reads higher than its rows did)",
@@ -205,6 +207,9 @@ REVISION_NOTES = {
     "thinking', 'every intermediate step of your reasoning') and for a question to be thought through "
     "('reason it through carefully'); reasoning requests and identity questions are read with Cyrillic, "
     "Greek and Armenian letters that look Latin as the Latin ones",
+    6: "a query now counts as the answers it got (a batched completion's prompts times n: 128 answers in "
+    "one request read as 128 queries, not one), so volume, rates and request shares are per answer; "
+    "novelty is distinct prompts per request",
 }
 # networks an account uses without churning: a person's home, office and phone carrier, each carrying at
 # least this share of its requests
@@ -249,6 +254,12 @@ _LOGPROBS_RE = r'"(?:logprobs":(?:true|[0-9])|top_logprobs":[1-9])'
 _LOGIT_BIAS_RE = r'"logit_bias":\{"'
 # an explicit generation bound below 8 tokens: logprobs read for a choice, not over an answer
 _SHORT_GEN_RE = r'"max_(?:completion_)?tokens":[1-7][,}]'
+# the most answers one request can get (the gateway's MAX_N: prompts times ``n``); a record claiming more
+# (a Parquet export is not necessarily ours) counts as this many
+MAX_CHOICES = 128
+# ``n`` in canonical params JSON (sorted keys, no spaces: a key starts after "{" or ","): the answers a chat
+# request asked for, in a ledger written before records carried ``choices``
+_N_RE = r'(?:^|[{,])"n":(?P<n>[0-9]{1,6})[,}]'
 
 _STOPWORD_TEXT = """
 a about above after again against all am an and any are as at be because been before being below
@@ -435,6 +446,7 @@ COLUMNS = (
     "params",
     "prompt_tokens",
     "completion_tokens",
+    "choices",
 )
 _LARGE = ("prompt", "params")  # texts as large_string, the layout derive reads (64-bit offsets)
 
@@ -467,7 +479,7 @@ def records_to_table(records: Iterable[dict[str, Any]]) -> pa.Table:
         cols["prompt"].append(prompt)
         params = r.get("params")
         cols["params"].append(canonical_json(params) if isinstance(params, dict) else None)
-        for name in ("prompt_tokens", "completion_tokens"):
+        for name in ("prompt_tokens", "completion_tokens", "choices"):
             v = r.get(name)
             cols[name].append(v if isinstance(v, int) and not isinstance(v, bool) else None)
     return pa.table(cols, schema=records_schema())
@@ -500,6 +512,9 @@ class QueryBatch:
     logprob_gen: np.ndarray
     bias_probe: np.ndarray
     admitted: np.ndarray
+    # answers each query got: its ``choices`` (prompts times ``n``) when admitted, else 1 (int64, 1 to
+    # MAX_CHOICES). A batched completion or a chat with ``n`` > 1 is that many answers to distil from
+    answers: np.ndarray
     ips: list[str | None]  # distinct client IPs; ``ip`` indexes into it
     ip: np.ndarray  # int32
     keys: list[str | None]
@@ -644,6 +659,7 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
     ts = np.where(np.isfinite(ts), ts, 0.0)  # a time that is no time reads as a missing one
     lens = pc.binary_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
     admitted = pc.fill_null(pc.equal(decision, "admitted"), True).to_numpy(zero_copy_only=False)
+    answers = _answers(table, params, admitted)
     logprobs = flag(params, _LOGPROBS_RE)
     logit_bias = flag(params, _LOGIT_BIAS_RE)
     said = readings(prompt)
@@ -673,6 +689,7 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
         logprob_gen=logprobs & ~flag(params, _SHORT_GEN_RE),
         bias_probe=logprobs & logit_bias,
         admitted=admitted.astype(bool),
+        answers=answers,
         ips=ips,
         ip=ip,
         keys=keys,
@@ -682,6 +699,17 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
         prompt_tokens=ints("prompt_tokens"),
         completion_tokens=ints("completion_tokens"),
     )
+
+
+def _answers(table: pa.Table, params: pa.Array, admitted: np.ndarray) -> np.ndarray:
+    """The answers each row's request got: its recorded ``choices``, else the ``n`` of its params (a ledger
+    written before records carried ``choices``, which cannot tell a batched completion's prompts), else 1;
+    bounded by MAX_CHOICES. A refused request got none and counts as one query, as before."""
+    choices = _column(table, "choices", pa.int64())
+    n = pc.struct_field(pc.extract_regex(params, _N_RE), "n")
+    n = pc.cast(pc.if_else(pc.is_valid(n), n, "1"), pa.int64())
+    got = pc.fill_null(pc.coalesce(choices, n), 1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.where(admitted, np.clip(got, 1, MAX_CHOICES), 1)
 
 
 def ip_prefix(ip: str | None) -> str | None:

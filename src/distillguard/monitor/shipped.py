@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-VERSION = "sim-7"
+VERSION = "sim-8"
 SCALE = "large"
 SEEDS = (101,)
 # ``volume_rows`` > 0 adds the benign accounts of a synthetic month (``synth.synthesize_parquet``:

@@ -204,6 +204,8 @@ def event_record(
     }
     if event.endpoint == "chat":
         rec["messages"] = [dict(m) for m in event.messages or ()]
+    if params["n"] > 1:
+        rec["choices"] = params["n"]  # as the gateway records a request for more than one answer
     return rec
 
 
@@ -671,6 +673,8 @@ def synthesize_parquet(
             "params": banked_column(cat["params"], bank_idx),
             "messages": banked_column(cat["messages"], bank_idx, bank_no_messages[bank_idx]),
             "watermark": const["watermark"].take(zeros),
+            "choices": pa.array(np.where(nn > 1, nn, 0), mask=nn <= 1, type=pa.int64()),
+            "repeated": pa.nulls(n, pa.int64()),
         }
         if records:
             cols["record"], cols["prev_hash"], cols["hash"], prev = _chain_records(cols, n, seq, prev)
@@ -725,11 +729,14 @@ def _chain_records(cols: dict[str, Any], n: int, seq: int, prev: str) -> tuple[A
     params = cols["params"].to_pylist()
     messages = cols["messages"].to_pylist()
     watermark = json.loads(cols["watermark"][0].as_py())
+    choices = cols["choices"].to_pylist()
     texts, prevs, hashes = [], [], []
     for i in range(n):
         rec = {name: plain[name][i] for name in _RECORD_FIELDS}
         rec["params"] = json.loads(params[i])
         rec["watermark"] = watermark
+        if choices[i] is not None:
+            rec["choices"] = choices[i]
         if messages[i] is not None:
             rec["messages"] = json.loads(messages[i])
         rec["seq"] = seq + i + 1

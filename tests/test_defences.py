@@ -369,10 +369,11 @@ def test_cot_takes_the_reasoning_request_out_of_the_prompt_and_nothing_else():
         "",
     ):
         assert on.prompt(untouched) == untouched and not is_cot(untouched)
-    # a match across lines that is no request keeps its lines (the monitor, reading whitespace of any kind
-    # as a space, counts this one: "reason\nstep")
+    # a list whose line ends in "reason" before "Step 2" is no request, here or in the monitor (which reads
+    # whitespace of any kind as a space); "reasoning steps" is one
     steps = "Step 1: Find the reason\nStep 2: Fix it"
-    assert on.prompt(steps) == steps
+    assert on.prompt(steps) == steps and not is_cot(steps) and not is_cot("The reason step 2 fails is a typo.")
+    assert is_cot("List your reasoning steps.") and is_cot("Show each reasoning step, then answer.")
     assert on.key() != off.key() and on.describe() == {"name": "cot", "strength": 1}
     for bad in (0.5, 2, -1):
         with pytest.raises(UserError, match="cot defence takes 0"):

@@ -189,7 +189,8 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 # the text is spaced or encoded; logprobs 0 counted; a completion's prompt read whole; 5, reasoning requests
 # that ask for the model's thinking, every step of it, or a question thought through, and request patterns
 # read with Cyrillic, Greek and Armenian letters that look Latin as the Latin ones; 6, queries counted as
-# the answers they got (a batched completion's prompts times n), novelty per request.
+# the answers they got (a batched completion's prompts times n), novelty per request, and "reason step"
+# no longer a reasoning request ("reasoning steps" is).
 FEATURE_REVISION = 6
 REVISION_NOTES = {
     2: "network churn is now estimated past the 256 prefixes kept per account (an account on more networks "
@@ -209,7 +210,8 @@ REVISION_NOTES = {
     "Greek and Armenian letters that look Latin as the Latin ones",
     6: "a query now counts as the answers it got (a batched completion's prompts times n: 128 answers in "
     "one request read as 128 queries, not one), so volume, rates and request shares are per answer; "
-    "novelty is distinct prompts per request",
+    "novelty is distinct prompts per request; 'reason step' is no longer a reasoning request (a list's "
+    "'Find the reason' before 'Step 2' on the next line was one), 'reasoning steps' is",
 }
 # networks an account uses without churning: a person's home, office and phone carrier, each carrying at
 # least this share of its requests

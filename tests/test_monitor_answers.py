@@ -1,5 +1,6 @@
-"""A query counts as the answers it got: a batched completion's prompts times ``n`` (the gateway records it as
-``choices``), so a distiller cannot hide its volume, or stay under the scan's minimum, by batching."""
+"""Volume counts a batched completion's prompts (the gateway records its prompts times ``n`` as ``choices``),
+so a distiller cannot hide its volume, or stay under the scan's minimum, by batching; rates and tests stay
+per request (one decision of the client's each), so ``n`` answers to one prompt are one."""
 
 from __future__ import annotations
 
@@ -14,53 +15,55 @@ from distillguard.monitor.scan import ScanOptions, analyse
 from test_monitor_detect import T0, _population, accumulate_records, features_of, rec
 
 
-def test_answers_are_read_from_choices_else_from_n_and_are_bounded():
+def _batch(seq, ts, account, prompts, **extra):
+    return {**rec(seq, ts, account, "\n".join(prompts)), "endpoint": "/v1/completions", "messages": None,
+            "choices": len(prompts), **extra}  # fmt: skip
+
+
+def test_prompts_are_read_from_choices_over_n_and_are_bounded():
     assert MAX_CHOICES == MAX_N  # the gateway's bound on prompts times n
     rows = [
-        rec(1, T0, "a", "q1"),  # one answer
-        rec(2, T0 + 1, "a", "q2", params={"n": 5}),  # a ledger written before records carried choices
-        {**rec(3, T0 + 2, "a", "q3\nq4\nq5"), "endpoint": "/v1/completions", "choices": 3},
-        {**rec(4, T0 + 3, "a", "q6"), "choices": 10**9},  # not ours to believe past the gateway's bound
-        {**rec(5, T0 + 4, "a", "q7", params={"n": 8}), "decision": "refused"},  # refused: no answers
-        # an "n" inside a string value is no parameter
-        rec(6, T0 + 5, "a", "q8", params={"stop": ['"n":9,']}),
+        rec(1, T0, "a", "q1"),  # one prompt
+        {**rec(2, T0 + 1, "a", "q2", params={"n": 5}), "choices": 5},  # five answers to one prompt
+        _batch(3, T0 + 2, "a", ["q3", "q4", "q5"]),
+        {**_batch(4, T0 + 3, "a", ["q6", "q7"], params={"n": 2}), "choices": 4},  # two prompts, n = 2
+        {**rec(5, T0 + 4, "a", "q8"), "choices": 10**9},  # not ours to believe past the gateway's bound
+        {**_batch(6, T0 + 5, "a", ["q9", "q10"]), "decision": "refused"},  # refused: nothing asked
+        {**_batch(7, T0 + 6, "a", ["q11", "q12"]), "status": 499},  # the client hung up: no answers
+        rec(8, T0 + 7, "a", "q13", params={"stop": ['"n":9,']}),  # an "n" in a string is no parameter
     ]
     b = derive(records_to_table(rows))
-    assert b.answers.tolist() == [1, 5, 3, MAX_CHOICES, 1, 1]
+    assert b.prompts.tolist() == [1, 1, 3, 2, MAX_CHOICES, 1, 1, 1]
     acc = accumulate_records(rows)
-    assert acc.c["n"][0] == 1 + 5 + 3 + MAX_CHOICES + 1 + 1 and acc.c["requests"][0] == 6
-    assert acc.c["admitted"][0] == 1 + 5 + 3 + MAX_CHOICES + 1
+    assert acc.c["prompts"][0] == 1 + 1 + 3 + 2 + MAX_CHOICES + 1 + 1 + 1 and acc.c["n"][0] == 8
 
 
-def test_rates_count_answers_and_novelty_counts_requests():
-    # ten chat requests for n = 4 reasoning traces each, every prompt new
-    rows = [
-        rec(k + 1, T0 + 30 * k, "a", f"Explain step by step how topic {k} works.", params={"n": 4})
+def test_volume_counts_prompts_and_rates_count_requests():
+    # ten batched completions of 4 prompts, each batch asking for reasoning; ten single chat prompts with
+    # n = 8 answers each, which add volume to nothing: one prompt each
+    ask = "Explain step by step how topic {}.{} works."
+    rows = [_batch(k + 1, T0 + 30 * k, "a", [ask.format(k, j) for j in range(4)]) for k in range(10)]
+    rows += [
+        {**rec(11 + k, T0 + 400 + 30 * k, "a", f"What is {k}?", params={"n": 8}), "choices": 8}
         for k in range(10)
     ]
-    rows += [rec(11 + k, T0 + 400 + 30 * k, "a", f"What is {k}?") for k in range(10)]
     feats, _ = features_of(accumulate_records(rows), "a")
     assert feats["log_queries"] == pytest.approx(math.log10(50))
-    assert feats["cot_rate"] == pytest.approx(40 / (50 + 20))  # 40 of the 50 answers are reasoning traces
-    assert feats["novelty"] == pytest.approx(1.0, abs=0.05)  # twenty distinct prompts in twenty requests
+    assert feats["cot_rate"] == pytest.approx(10 / (20 + 20))  # 10 of 20 requests, whatever their size
+    assert feats["novelty"] == pytest.approx(1.0, abs=0.05)  # twenty distinct texts in twenty requests
 
 
-def _batched(records, *, record_choices: bool):
-    """``_population``'s harvester sending its 60 reasoning prompts as 10 batched completions of 6."""
+def _batched(records, *, record_choices: bool, size: int = 6):
+    """``_population``'s harvester sending its 60 reasoning prompts as batched completions of ``size``."""
     out = [r for r in records if r["account"] != "harvester"]
     mine = [r for r in records if r["account"] == "harvester"]
-    for k in range(0, len(mine), 6):
-        part = mine[k : k + 6]
-        row = {
-            **part[0],
-            "endpoint": "/v1/completions",
-            "prompt": "\n".join(r["prompt"] for r in part),
-            "messages": None,
-            "prompt_tokens": sum(r["prompt_tokens"] for r in part),
-            "completion_tokens": sum(r["completion_tokens"] for r in part),
-        }
-        if record_choices:
-            row["choices"] = len(part)
+    for k in range(0, len(mine), size):
+        part = mine[k : k + size]
+        row = _batch(
+            0, part[0]["ts"], "harvester", [r["prompt"] for r in part], client_ip=part[0]["client_ip"]
+        )
+        if not record_choices:
+            del row["choices"]
         out.append(row)
     out.sort(key=lambda r: r["ts"])
     return [{**r, "seq": k + 1} for k, r in enumerate(out)]
@@ -79,3 +82,6 @@ def test_a_harvester_that_batches_its_prompts_is_scored_and_flagged():
     assert any("cot_rate" in r for r in v.reasons)
     benign = np.array([x.p_value for a, x in seen.accounts.items() if a != "harvester"])
     assert benign.min() > 1e-3
+    # one request is one decision however many prompts it holds: 60 prompts in 3 requests are not scored
+    few = analyse(accumulate_records(_batched(base, record_choices=True, size=20)), options=opts)
+    assert few.accounts["harvester"].queries == 60 and not few.accounts["harvester"].scored

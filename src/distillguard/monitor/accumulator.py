@@ -31,8 +31,8 @@ from distillguard.monitor.features import (
 from distillguard.splitmix import mix64_np
 
 _COUNTERS = (
-    "n",  # queries, each counted as the answers it got (features.QueryBatch.answers)
-    "requests",  # ledger rows: a batched or n > 1 request is one
+    "n",  # requests: the unit of every rate and test (one decision of the client's each)
+    "prompts",  # the prompts they asked answers for: a batched completion's each (its volume)
     "admitted",
     "cot",
     "identity",
@@ -57,7 +57,7 @@ _HOUR_HASHES = 32
 _HOUR_SALTS = mix64_np(np.uint64(0x51ED27) + np.arange(_HOUR_HASHES, dtype=np.uint64))
 # what a saved state records of how its time state was computed: a state of another revision (the hour
 # signatures of consecutive salts, bins counted at every change) cannot be continued or merged
-STATE_REVISION = "answers-1"  # hours-2, then queries counted as the answers they got
+STATE_REVISION = "prompts-1"  # hours-2, then a batched completion's prompts counted
 BINS_PER_HOUR = int(round(3600.0 / BIN_SECONDS))
 # each account's first new bins kept for merges: a merge is exact while fewer than this many of a later
 # slice's (or merged run's) new bins fall at or before the earlier part's latest bin, with their hours
@@ -119,7 +119,13 @@ class Profile:
 
     @property
     def n(self) -> int:
+        """Requests (ledger rows)."""
         return int(self.counts["n"])
+
+    @property
+    def queries(self) -> int:
+        """Prompts asked: a batched completion's each (what volume reads)."""
+        return int(self.counts.get("prompts", self.counts["n"]))
 
 
 class FeatureAccumulator:
@@ -242,23 +248,20 @@ class FeatureAccumulator:
             return
         a = self._ids(batch.accounts)[batch.acct]
         c = self.c
-        # a request's flags hold for each answer it got: n = 5 reasoning traces are five (a batched
-        # completion's flags read its prompts joined, so one prompt asking counts for the batch)
-        answers = batch.answers.astype(np.float64)
         for name, values in (
-            ("n", answers),
-            ("requests", None),
-            ("admitted", batch.admitted * answers),
-            ("cot", batch.cot * answers),
-            ("identity", batch.identity * answers),
-            ("logprobs", batch.logprobs * answers),
-            ("logit_bias", batch.logit_bias * answers),
-            ("logprob_gen", batch.logprob_gen * answers),
-            ("bias_probe", batch.bias_probe * answers),
+            ("n", None),
+            ("prompts", batch.prompts),
+            ("admitted", batch.admitted),
+            ("cot", batch.cot),
+            ("identity", batch.identity),
+            ("logprobs", batch.logprobs),
+            ("logit_bias", batch.logit_bias),
+            ("logprob_gen", batch.logprob_gen),
+            ("bias_probe", batch.bias_probe),
             ("prompt_tokens", batch.prompt_tokens),
             ("completion_tokens", batch.completion_tokens),
         ):
-            w = None if values is None else np.asarray(values, dtype=np.float64)
+            w = None if values is None else values.astype(np.float64)
             c[name][: len(self.accounts)] += np.bincount(a, weights=w, minlength=len(self.accounts))
         self._update_time(a, batch)
         self._update_hll(a, batch.text_hash)

@@ -116,8 +116,8 @@ def entity_features(
 ) -> dict[str, float]:
     """The oriented feature values of :data:`FEATURES` for one entity (``nan`` where undefined)."""
     c = profile.counts
-    n = max(c["n"], 1.0)  # answers
-    req = max(c.get("requests", n), 1.0)
+    n = max(c["n"], 1.0)  # requests: the unit of the rates
+    q = max(float(profile.queries), 1.0)  # prompts: a batched completion's each (volume)
     s = profile.sample
     k = max(len(s), 1)
     active_h = max(c["active_bins"], 1.0) * BIN_SECONDS / 3600.0
@@ -131,12 +131,11 @@ def entity_features(
     # rates measured on the sample are scaled to the account's volume before shrinking
     scale = n / k
     return {
-        "log_queries": math.log10(n),
-        "log_rate": math.log10(n / active_h),
+        "log_queries": math.log10(q),
+        "log_rate": math.log10(q / active_h),
         "duty_cycle": (c["active_bins"] / profile.span_bins) if profile.span_bins >= 6 else float("nan"),
         "regularity": regularity,
-        # distinct prompts per request (a batched completion's prompts are one text, n > 1 asks one prompt)
-        "novelty": min(1.0, profile.distinct / req) if req >= 5 else float("nan"),
+        "novelty": min(1.0, profile.distinct / n) if n >= 5 else float("nan"),
         "coverage": math.log2(1 + geometry.coverage_topics),
         "diversity": geometry.diversity if len(s) >= 5 else float("nan"),
         "paraphrase_rate": shrunk_rate(geometry.paraphrase.sum() * scale, n),

@@ -33,7 +33,7 @@ from distillguard.monitor.accumulator import FeatureAccumulator
 from distillguard.monitor.decisions import Policy
 from distillguard.monitor.features import derive
 from distillguard.monitor.judge import Looks, judge
-from distillguard.monitor.scan import Analysis, Analyzer, Reference, ScanOptions, analyse
+from distillguard.monitor.scan import Analysis, Analyzer, Reference, ScanOptions, analyse, scorable
 
 GRID = (10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 20000, 50000)
 
@@ -131,14 +131,14 @@ def queries_to_detection(
     camp_seen: dict[str, int] = {}
 
     def check() -> None:
-        counts = acc.c["n"]
+        counts = acc.c["prompts"]
         for a in attackers:
             i = acc.index.get(a)
             if i is None or a in acct_done:
                 continue
             n = int(counts[i])
             g = _grid_index(n)
-            if g > acct_seen.get(a, 0) and n >= o.min_queries:
+            if g > acct_seen.get(a, 0) and scorable(acc, a, o.min_queries):
                 acct_seen[a] = g
                 st = an.entity(acc, (a,), reference.mmd)
                 if judge(looks, (a,), st).p <= thr:
@@ -182,7 +182,7 @@ def queries_to_detection(
             q = camp_done.get(c)
         else:
             q = acct_done.get(next(iter(members)))
-        total = int(sum(acc.c["n"][acc.index[m]] for m in members if m in acc.index))
+        total = int(sum(acc.c["prompts"][acc.index[m]] for m in members if m in acc.index))
         camp_out[c] = {"accounts": len(members), "queries": total, "queries_to_detection": q}
     return {"grid": list(GRID), "per_persona": out_persona, "campaigns": camp_out}
 

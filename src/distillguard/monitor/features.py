@@ -70,9 +70,9 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec(
         "log_queries",
         0.15,
-        "log10 of the number of queries, each counted as the answers it got (a batched completion's "
-        "prompts times n): what a distiller collects. Distillation needs volume; alone it is weak (batch "
-        "customers are bigger), so it only counts together with what the volume is spent on.",
+        "log10 of the number of queries, a batched completion's prompts each counted (the gateway records "
+        "them as choices). Distillation needs volume; alone it is weak (batch customers are bigger), so it "
+        "only counts together with what the volume is spent on.",
     ),
     FeatureSpec(
         "log_rate",
@@ -95,8 +95,8 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec(
         "novelty",
         0.05,
-        "Distinct prompts / requests (HyperLogLog; a batched completion's prompts are one text). A "
-        "distiller never asks twice; an evaluation harness replays one fixed benchmark every run.",
+        "Distinct prompts / requests (HyperLogLog). A distiller never asks twice; an evaluation harness "
+        "replays one fixed benchmark every run.",
     ),
     FeatureSpec(
         "coverage",
@@ -188,9 +188,9 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 # read in the whole prompt, not only its first and last 400 characters, and request patterns read however
 # the text is spaced or encoded; logprobs 0 counted; a completion's prompt read whole; 5, reasoning requests
 # that ask for the model's thinking, every step of it, or a question thought through, and request patterns
-# read with Cyrillic, Greek and Armenian letters that look Latin as the Latin ones; 6, queries counted as
-# the answers they got (a batched completion's prompts times n), novelty per request, and "reason step"
-# no longer a reasoning request ("reasoning steps" is).
+# read with Cyrillic, Greek and Armenian letters that look Latin as the Latin ones; 6, volume counts a
+# batched completion's prompts, and "reason step" is no longer a reasoning request ("your reasoning
+# steps" is).
 FEATURE_REVISION = 6
 REVISION_NOTES = {
     2: "network churn is now estimated past the 256 prefixes kept per account (an account on more networks "
@@ -208,10 +208,9 @@ REVISION_NOTES = {
     "thinking', 'every intermediate step of your reasoning') and for a question to be thought through "
     "('reason it through carefully'); reasoning requests and identity questions are read with Cyrillic, "
     "Greek and Armenian letters that look Latin as the Latin ones",
-    6: "a query now counts as the answers it got (a batched completion's prompts times n: 128 answers in "
-    "one request read as 128 queries, not one), so volume, rates and request shares are per answer; "
-    "novelty is distinct prompts per request; 'reason step' is no longer a reasoning request (a list's "
-    "'Find the reason' before 'Step 2' on the next line was one), 'reasoning steps' is",
+    6: "volume (log_queries, log_rate) counts each prompt of a batched completion (128 prompts in one "
+    "request read as 128 queries, not one); 'reason step' is no longer a reasoning request (a list's "
+    "'Find the reason' before 'Step 2' on the next line was one), 'your reasoning steps' is",
 }
 # networks an account uses without churning: a person's home, office and phone carrier, each carrying at
 # least this share of its requests
@@ -259,8 +258,8 @@ _SHORT_GEN_RE = r'"max_(?:completion_)?tokens":[1-7][,}]'
 # the most answers one request can get (the gateway's MAX_N: prompts times ``n``); a record claiming more
 # (a Parquet export is not necessarily ours) counts as this many
 MAX_CHOICES = 128
-# ``n`` in canonical params JSON (sorted keys, no spaces: a key starts after "{" or ","): the answers a chat
-# request asked for, in a ledger written before records carried ``choices``
+# ``n`` in canonical params JSON (sorted keys, no spaces: a key starts after "{" or ","; a string's quotes
+# are escaped): the answers asked for each prompt
 _N_RE = r'(?:^|[{,])"n":(?P<n>[0-9]{1,6})[,}]'
 
 _STOPWORD_TEXT = """
@@ -449,6 +448,7 @@ COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
     "choices",
+    "status",
 )
 _LARGE = ("prompt", "params")  # texts as large_string, the layout derive reads (64-bit offsets)
 
@@ -481,7 +481,7 @@ def records_to_table(records: Iterable[dict[str, Any]]) -> pa.Table:
         cols["prompt"].append(prompt)
         params = r.get("params")
         cols["params"].append(canonical_json(params) if isinstance(params, dict) else None)
-        for name in ("prompt_tokens", "completion_tokens", "choices"):
+        for name in ("prompt_tokens", "completion_tokens", "choices", "status"):
             v = r.get(name)
             cols[name].append(v if isinstance(v, int) and not isinstance(v, bool) else None)
     return pa.table(cols, schema=records_schema())
@@ -514,9 +514,8 @@ class QueryBatch:
     logprob_gen: np.ndarray
     bias_probe: np.ndarray
     admitted: np.ndarray
-    # answers each query got: its ``choices`` (prompts times ``n``) when admitted, else 1 (int64, 1 to
-    # MAX_CHOICES). A batched completion or a chat with ``n`` > 1 is that many answers to distil from
-    answers: np.ndarray
+    # the prompts each request asked answers for (int64, 1 to MAX_CHOICES): a batched completion's, else 1
+    prompts: np.ndarray
     ips: list[str | None]  # distinct client IPs; ``ip`` indexes into it
     ip: np.ndarray  # int32
     keys: list[str | None]
@@ -661,7 +660,7 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
     ts = np.where(np.isfinite(ts), ts, 0.0)  # a time that is no time reads as a missing one
     lens = pc.binary_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
     admitted = pc.fill_null(pc.equal(decision, "admitted"), True).to_numpy(zero_copy_only=False)
-    answers = _answers(table, params, admitted)
+    prompts = _prompts(table, params, admitted)
     logprobs = flag(params, _LOGPROBS_RE)
     logit_bias = flag(params, _LOGIT_BIAS_RE)
     said = readings(prompt)
@@ -691,7 +690,7 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
         logprob_gen=logprobs & ~flag(params, _SHORT_GEN_RE),
         bias_probe=logprobs & logit_bias,
         admitted=admitted.astype(bool),
-        answers=answers,
+        prompts=prompts,
         ips=ips,
         ip=ip,
         keys=keys,
@@ -703,15 +702,19 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
     )
 
 
-def _answers(table: pa.Table, params: pa.Array, admitted: np.ndarray) -> np.ndarray:
-    """The answers each row's request got: its recorded ``choices``, else the ``n`` of its params (a ledger
-    written before records carried ``choices``, which cannot tell a batched completion's prompts), else 1;
-    bounded by MAX_CHOICES. A refused request got none and counts as one query, as before."""
+def _prompts(table: pa.Table, params: pa.Array, admitted: np.ndarray) -> np.ndarray:
+    """The prompts each row's request asked answers for: its recorded ``choices`` (prompts times ``n``) over
+    its ``n``, when it was admitted and answered (a status below 400; a client that hung up got nothing);
+    else 1. A ledger written before records carried ``choices`` reads 1: a batched completion's prompts
+    are joined into one text there, and nothing tells how many it held. ``n`` answers to one prompt are
+    one prompt: one decision of the client's, as its flags, timing and text are."""
     choices = _column(table, "choices", pa.int64())
     n = pc.struct_field(pc.extract_regex(params, _N_RE), "n")
-    n = pc.cast(pc.if_else(pc.is_valid(n), n, "1"), pa.int64())
-    got = pc.fill_null(pc.coalesce(choices, n), 1).to_numpy(zero_copy_only=False).astype(np.int64)
-    return np.where(admitted, np.clip(got, 1, MAX_CHOICES), 1)
+    n = pc.cast(pc.if_else(pc.is_valid(n), n, "1"), pa.int64()).to_numpy(zero_copy_only=False)
+    got = pc.fill_null(choices, 1).to_numpy(zero_copy_only=False).astype(np.int64)
+    status = pc.fill_null(_column(table, "status", pa.int64()), 200).to_numpy(zero_copy_only=False)
+    prompts = np.clip(got, 1, MAX_CHOICES) // np.clip(n, 1, MAX_CHOICES)
+    return np.where(admitted & (status < 400), np.maximum(prompts, 1), 1).astype(np.int64)
 
 
 def ip_prefix(ip: str | None) -> str | None:

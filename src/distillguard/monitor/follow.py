@@ -98,7 +98,7 @@ class Follower:
                 self.chains = chains if self.chains is not None else None
             except SketchKeyMismatch as exc:  # another key, or an older version's: read the ledger again
                 why = (
-                    "by another version of the monitor (its active hours were counted otherwise)"
+                    "by another version of the monitor (its counts were made otherwise)"
                     if isinstance(exc, StateRevisionMismatch)
                     else "under another monitor sketch key (or before keys were recorded)"
                 )

@@ -305,7 +305,7 @@ class Analyzer:
             m = mmd_scores[mmd.token]
         feats = entity_features(prof, geo, mmd=m, prada=-w if math.isfinite(w) else float("nan"))
         if len(accounts) > 1:  # a cluster's volume is judged per member (see ``analyse``)
-            feats["log_queries"] = math.log10(max(prof.n, 1) / len(accounts))
+            feats["log_queries"] = math.log10(max(prof.queries, 1) / len(accounts))
         link = LinkInfo(
             account=accounts[0] if len(accounts) == 1 else ",".join(accounts),
             prefixes=prof.prefixes,
@@ -323,7 +323,7 @@ class Analyzer:
             if math.isfinite(prof.first_ts) and math.isfinite(prof.last_ts)
             else 0.0,
         )
-        return EntityState(accounts, prof.n, feats, evidence_seqs(prof, geo), link)
+        return EntityState(accounts, prof.queries, feats, evidence_seqs(prof, geo), link)
 
     def accounts(
         self,
@@ -397,6 +397,18 @@ class Analyzer:
         )
 
 
+# requests an account needs besides ``min_queries`` prompts: one batched completion of 128 prompts is one
+# decision of the client's timing, parameters and text, not 128
+MIN_REQUESTS = 5
+
+
+def scorable(acc: FeatureAccumulator, account: str, min_queries: int) -> bool:
+    """Whether ``account`` has asked enough to be scored alone: ``min_queries`` prompts (a batched
+    completion's each) in at least MIN_REQUESTS requests (or ``min_queries``, when fewer)."""
+    i = acc.index[account]
+    return bool(acc.c["prompts"][i] >= min_queries and acc.c["n"][i] >= min(MIN_REQUESTS, min_queries))
+
+
 def _clusters(
     accounts: list[str],
     states: dict[str, EntityState],
@@ -448,7 +460,7 @@ def build_reference(
     an = Analyzer(options)
     o = an.options
     names = [a for a in (benign if benign is not None else acc.accounts) if a in acc.index]
-    names = [a for a in names if acc.c["n"][acc.index[a]] >= o.min_queries]
+    names = [a for a in names if scorable(acc, a, o.min_queries)]
     if len(names) < 3:
         raise UserError(f"a benign reference needs at least 3 accounts with {o.min_queries}+ queries")
     check_null(null, base)
@@ -563,7 +575,7 @@ def analyse(
     if not names:
         return Analysis({}, [], "none", acc.rows, acc.last_seq)
     mmd = reference.mmd if reference is not None else None
-    scored = [a for a in names if acc.c["n"][acc.index[a]] >= o.min_queries]
+    scored = [a for a in names if scorable(acc, a, o.min_queries)]
     if reference is None and scored:
         mmd = an.fit_mmd(acc, scored)
     if states is None:

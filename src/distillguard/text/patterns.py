@@ -17,11 +17,14 @@ COT_REASONING = (
     r"(?:think|work|go|reason)(?:ing)?,? (?:it |this )?step[- ]by[- ]step|"
     r"chain[- ]of[- ]thought|show (?:your|all|the) (?:full |complete )?(?:reasoning|work|"
     r"intermediate steps|steps)|(?:walk|talk|take) me through (?:your|the) (?:reasoning|thinking|steps)|"
-    r"think (?:through|about) (?:this|it) carefully|reasoning steps?\b|reason(?:ing)? carefully|lay out your|"
+    r"think (?:through|about) (?:this|it) carefully|"
+    r"(?:your|each|every|all|list|show|include|with)(?: the)? reasoning steps?\b|reason(?:ing)? step-?wise|"
+    r"reason(?:ing)? carefully|lay out your|"
     # the model's own thinking, every step of it, or a question thought through ("show your thinking",
     # "show every intermediate step of your thinking", "reason it through carefully"); not "show each step
-    # as a card", "never skip steps" (a stepper motor) or "the <think> tags of a model's output"; "reasoning
-    # steps", not "reason step" ("Step 1: Find the reason\nStep 2", whose space is a line break)
+    # as a card", "never skip steps" (a stepper motor) or "the <think> tags of a model's output"; "your
+    # reasoning steps", not "reason step" or "the reasoning step" ("Step 1: Find the reason\nStep 2",
+    # "Check the reasoning\nStep 2": their spaces are line breaks), nor "skip the reasoning steps"
     r"show (?:me )?your (?:full |complete )?thinking\b|"
     r"(?:every|each) (?:single |intermediate )?step of your (?:reasoning|thinking|work|solution)\b|"
     r"(?:think|reason) (?:it|this|that) through carefully|"

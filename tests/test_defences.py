@@ -369,15 +369,18 @@ def test_cot_takes_the_reasoning_request_out_of_the_prompt_and_nothing_else():
         "",
     ):
         assert on.prompt(untouched) == untouched and not is_cot(untouched)
-    # a list whose line ends in "reason" before "Step 2" is no request, here or in the monitor (which reads
-    # whitespace of any kind as a space); "reasoning steps" is one
+    # a list whose line ends in "reason" or "reasoning" before "Step 2" is no request, here or in the monitor
+    # (which reads whitespace of any kind as a space elsewhere); "reasoning steps" on one line is one
     steps = "Step 1: Find the reason\nStep 2: Fix it"
     assert on.prompt(steps) == steps and not is_cot(steps)
     for no in ("The reason step 2 fails is a typo.", "Step 1: Check the reasoning\nStep 2: Fix it",
-               "Skip the reasoning steps."):  # fmt: skip
+               "Step 1: Check your reasoning\nStep 2: Fix it"):  # fmt: skip
         assert not is_cot(no)
-    assert is_cot("List your reasoning steps.") and is_cot("Show each reasoning step, then answer.")
-    assert is_cot("Show the reasoning steps.") and is_cot("Reason stepwise.") and is_cot("Reason step-wise.")
+    yes = ("List your reasoning steps.", "Show each reasoning step, then answer.", "Reason stepwise.",
+           "Show me the reasoning steps", "Include intermediate reasoning steps",
+           "Reason step-wise.")  # fmt: skip
+    assert all(is_cot(t) for t in yes)
+    assert on.prompt("List your reasoning steps. What is 2+2?") == "What is 2+2?"
     assert on.key() != off.key() and on.describe() == {"name": "cot", "strength": 1}
     for bad in (0.5, 2, -1):
         with pytest.raises(UserError, match="cot defence takes 0"):

@@ -1,6 +1,7 @@
-"""Volume counts a batched completion's prompts (the gateway records its prompts times ``n`` as ``choices``),
-so a distiller cannot hide its volume, or stay under the scan's minimum, by batching; rates and tests stay
-per request (one decision of the client's each), so ``n`` answers to one prompt are one."""
+"""A batched completion's prompts are counted (the gateway records its prompts times ``n`` as ``choices``):
+in the prompt rate, the scan's minimum and queries to detection, so a distiller cannot stay unscored or
+slow-looking by batching. Every rate and test stays per request (one decision of the client's each), and
+``n`` answers to one prompt are one prompt."""
 
 from __future__ import annotations
 
@@ -29,16 +30,17 @@ def test_prompts_are_read_from_choices_over_n_and_are_bounded():
         {**_batch(4, T0 + 3, "a", ["q6", "q7"], params={"n": 2}), "choices": 4},  # two prompts, n = 2
         {**rec(5, T0 + 4, "a", "q8"), "choices": 10**9},  # not ours to believe past the gateway's bound
         {**_batch(6, T0 + 5, "a", ["q9", "q10"]), "decision": "refused"},  # refused: nothing asked
-        {**_batch(7, T0 + 6, "a", ["q11", "q12"]), "status": 499},  # the client hung up: no answers
-        rec(8, T0 + 7, "a", "q13", params={"stop": ['"n":9,']}),  # an "n" in a string is no parameter
+        {**_batch(7, T0 + 6, "a", ["q11", "q12"]), "status": 499},  # a stream closed early still got some
+        # an "n" in a string is no parameter: nine prompts, not one
+        {**rec(8, T0 + 7, "a", "q13", params={"stop": ['"n":9,']}), "choices": 9},
     ]
     b = derive(records_to_table(rows))
-    assert b.prompts.tolist() == [1, 1, 3, 2, MAX_CHOICES, 1, 1, 1]
+    assert b.prompts.tolist() == [1, 1, 3, 2, MAX_CHOICES, 1, 2, 9]
     acc = accumulate_records(rows)
-    assert acc.c["prompts"][0] == 1 + 1 + 3 + 2 + MAX_CHOICES + 1 + 1 + 1 and acc.c["n"][0] == 8
+    assert acc.c["prompts"][0] == 1 + 1 + 3 + 2 + MAX_CHOICES + 1 + 2 + 9 and acc.c["n"][0] == 8
 
 
-def test_volume_counts_prompts_and_rates_count_requests():
+def test_the_rate_counts_prompts_and_everything_else_counts_requests():
     # ten batched completions of 4 prompts, each batch asking for reasoning; ten single chat prompts with
     # n = 8 answers each, which add volume to nothing: one prompt each
     ask = "Explain step by step how topic {}.{} works."
@@ -48,7 +50,9 @@ def test_volume_counts_prompts_and_rates_count_requests():
         for k in range(10)
     ]
     feats, _ = features_of(accumulate_records(rows), "a")
-    assert feats["log_queries"] == pytest.approx(math.log10(50))
+    assert feats["log_queries"] == pytest.approx(math.log10(20))
+    active_hours = 2 / 6  # two 10-minute bins: seconds 0-599 and 600-670
+    assert feats["log_rate"] == pytest.approx(math.log10(50 / active_hours))
     assert feats["cot_rate"] == pytest.approx(10 / (20 + 20))  # 10 of 20 requests, whatever their size
     assert feats["novelty"] == pytest.approx(1.0, abs=0.05)  # twenty distinct texts in twenty requests
 
@@ -75,13 +79,14 @@ def test_a_harvester_that_batches_its_prompts_is_scored_and_flagged():
     hidden = analyse(accumulate_records(_batched(base, record_choices=False)), options=opts)
     # without choices (a ledger written before the gateway recorded them) its 10 requests are 10 queries,
     # under the scan's minimum of 20: not scored
-    assert hidden.accounts["harvester"].queries == 10 and not hidden.accounts["harvester"].scored
+    assert hidden.accounts["harvester"].prompts == 10 and not hidden.accounts["harvester"].scored
     seen = analyse(accumulate_records(_batched(base, record_choices=True)), options=opts)
     v = seen.accounts["harvester"]
-    assert v.queries == 60 and v.scored and v.p_value < 1e-3
+    assert (v.queries, v.prompts) == (10, 60) and v.scored and v.p_value < 1e-3
     assert any("cot_rate" in r for r in v.reasons)
     benign = np.array([x.p_value for a, x in seen.accounts.items() if a != "harvester"])
     assert benign.min() > 1e-3
     # one request is one decision however many prompts it holds: 60 prompts in 3 requests are not scored
     few = analyse(accumulate_records(_batched(base, record_choices=True, size=20)), options=opts)
-    assert few.accounts["harvester"].queries == 60 and not few.accounts["harvester"].scored
+    assert few.accounts["harvester"].prompts == 60 and not few.accounts["harvester"].scored
+    assert "fewer than 20 prompts or 5 requests (60 prompts in 3)" in few.accounts["harvester"].reasons[0]

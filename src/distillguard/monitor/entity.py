@@ -131,7 +131,7 @@ def entity_features(
     # rates measured on the sample are scaled to the account's volume before shrinking
     scale = n / k
     return {
-        "log_queries": math.log10(q),
+        "log_queries": math.log10(n),
         "log_rate": math.log10(q / active_h),
         "duty_cycle": (c["active_bins"] / profile.span_bins) if profile.span_bins >= 6 else float("nan"),
         "regularity": regularity,

@@ -70,15 +70,16 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec(
         "log_queries",
         0.15,
-        "log10 of the number of queries, a batched completion's prompts each counted (the gateway records "
-        "them as choices). Distillation needs volume; alone it is weak (batch customers are bigger), so it "
-        "only counts together with what the volume is spent on.",
+        "log10 of the number of queries (requests: the unit of every rate and test). Distillation needs "
+        "volume; alone it is weak (batch customers are bigger), so it only counts together with what the "
+        "volume is spent on.",
     ),
     FeatureSpec(
         "log_rate",
         0.15,
-        "log10 of queries per active hour. Scripts and parallel workers ask far faster than a person "
-        "reading answers; a batch job is fast too, but on narrow content.",
+        "log10 of prompts per active hour (a batched completion's each: the gateway records them as "
+        "choices). Scripts and parallel workers ask far faster than a person reading answers; a batch job "
+        "is fast too, but on narrow content.",
     ),
     FeatureSpec(
         "duty_cycle",
@@ -188,9 +189,8 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 # read in the whole prompt, not only its first and last 400 characters, and request patterns read however
 # the text is spaced or encoded; logprobs 0 counted; a completion's prompt read whole; 5, reasoning requests
 # that ask for the model's thinking, every step of it, or a question thought through, and request patterns
-# read with Cyrillic, Greek and Armenian letters that look Latin as the Latin ones; 6, volume counts a
-# batched completion's prompts, and "reason step" is no longer a reasoning request ("your reasoning
-# steps" is).
+# read with Cyrillic, Greek and Armenian letters that look Latin as the Latin ones; 6, the rate counts a
+# batched completion's prompts, and "reasoning steps" is a reasoning request on one line only.
 FEATURE_REVISION = 6
 REVISION_NOTES = {
     2: "network churn is now estimated past the 256 prefixes kept per account (an account on more networks "
@@ -208,9 +208,9 @@ REVISION_NOTES = {
     "thinking', 'every intermediate step of your reasoning') and for a question to be thought through "
     "('reason it through carefully'); reasoning requests and identity questions are read with Cyrillic, "
     "Greek and Armenian letters that look Latin as the Latin ones",
-    6: "volume (log_queries, log_rate) counts each prompt of a batched completion (128 prompts in one "
-    "request read as 128 queries, not one); 'reason step' is no longer a reasoning request (a list's "
-    "'Find the reason' before 'Step 2' on the next line was one), 'your reasoning steps' is",
+    6: "log_rate counts each prompt of a batched completion (128 prompts in one request read as 128, not "
+    "one); 'reasoning step(s)' is a reasoning request on one line only, and 'reason step' is none (a "
+    "list's 'Find the reason' or 'Check your reasoning' before 'Step 2' on the next line was one)",
 }
 # networks an account uses without churning: a person's home, office and phone carrier, each carrying at
 # least this share of its requests
@@ -448,7 +448,6 @@ COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
     "choices",
-    "status",
 )
 _LARGE = ("prompt", "params")  # texts as large_string, the layout derive reads (64-bit offsets)
 
@@ -481,7 +480,7 @@ def records_to_table(records: Iterable[dict[str, Any]]) -> pa.Table:
         cols["prompt"].append(prompt)
         params = r.get("params")
         cols["params"].append(canonical_json(params) if isinstance(params, dict) else None)
-        for name in ("prompt_tokens", "completion_tokens", "choices", "status"):
+        for name in ("prompt_tokens", "completion_tokens", "choices"):
             v = r.get(name)
             cols[name].append(v if isinstance(v, int) and not isinstance(v, bool) else None)
     return pa.table(cols, schema=records_schema())
@@ -704,17 +703,15 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
 
 def _prompts(table: pa.Table, params: pa.Array, admitted: np.ndarray) -> np.ndarray:
     """The prompts each row's request asked answers for: its recorded ``choices`` (prompts times ``n``) over
-    its ``n``, when it was admitted and answered (a status below 400; a client that hung up got nothing);
-    else 1. A ledger written before records carried ``choices`` reads 1: a batched completion's prompts
-    are joined into one text there, and nothing tells how many it held. ``n`` answers to one prompt are
-    one prompt: one decision of the client's, as its flags, timing and text are."""
+    its ``n`` when it was admitted (a stream the client closed early still got answers), else 1. A ledger
+    written before records carried ``choices`` reads 1: a batched completion's prompts are joined into one
+    text there, and nothing tells how many it held. ``n`` answers to one prompt are one prompt."""
     choices = _column(table, "choices", pa.int64())
     n = pc.struct_field(pc.extract_regex(params, _N_RE), "n")
     n = pc.cast(pc.if_else(pc.is_valid(n), n, "1"), pa.int64()).to_numpy(zero_copy_only=False)
     got = pc.fill_null(choices, 1).to_numpy(zero_copy_only=False).astype(np.int64)
-    status = pc.fill_null(_column(table, "status", pa.int64()), 200).to_numpy(zero_copy_only=False)
     prompts = np.clip(got, 1, MAX_CHOICES) // np.clip(n, 1, MAX_CHOICES)
-    return np.where(admitted & (status < 400), np.maximum(prompts, 1), 1).astype(np.int64)
+    return np.where(admitted, np.maximum(prompts, 1), 1).astype(np.int64)
 
 
 def ip_prefix(ip: str | None) -> str | None:

@@ -36,10 +36,11 @@ class EntityState:
     embeddings are not kept: at the seed case's ~65k accounts they would take gigabytes."""
 
     accounts: tuple[str, ...]
-    queries: int
+    queries: int  # requests: the unit of every rate and test
     features: dict[str, float]
     evidence: dict[str, list[int]]
     link: LinkInfo  # what account linking needs (``created`` is filled in by the caller)
+    prompts: int = 0  # the prompts they asked answers for: a batched completion's each (volume)
 
 
 # Looks at one entity (see :func:`analyse`). A look "shows evidence" at GATE_P: it opens the full profile

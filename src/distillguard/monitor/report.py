@@ -78,6 +78,7 @@ def report_json(
                 "p_value": _num(v.p_value),
                 "score": _num(v.score),
                 "queries": v.queries,
+                "prompts": v.prompts,
                 "scored": v.scored,
                 "current_tier": (store_tiers or {}).get(v.account),
                 "allowlisted": v.account in allow,

@@ -305,7 +305,7 @@ class Analyzer:
             m = mmd_scores[mmd.token]
         feats = entity_features(prof, geo, mmd=m, prada=-w if math.isfinite(w) else float("nan"))
         if len(accounts) > 1:  # a cluster's volume is judged per member (see ``analyse``)
-            feats["log_queries"] = math.log10(max(prof.queries, 1) / len(accounts))
+            feats["log_queries"] = math.log10(max(prof.n, 1) / len(accounts))
         link = LinkInfo(
             account=accounts[0] if len(accounts) == 1 else ",".join(accounts),
             prefixes=prof.prefixes,
@@ -323,7 +323,7 @@ class Analyzer:
             if math.isfinite(prof.first_ts) and math.isfinite(prof.last_ts)
             else 0.0,
         )
-        return EntityState(accounts, prof.queries, feats, evidence_seqs(prof, geo), link)
+        return EntityState(accounts, prof.n, feats, evidence_seqs(prof, geo), link, prompts=prof.queries)
 
     def accounts(
         self,
@@ -462,7 +462,10 @@ def build_reference(
     names = [a for a in (benign if benign is not None else acc.accounts) if a in acc.index]
     names = [a for a in names if scorable(acc, a, o.min_queries)]
     if len(names) < 3:
-        raise UserError(f"a benign reference needs at least 3 accounts with {o.min_queries}+ queries")
+        raise UserError(
+            f"a benign reference needs at least 3 accounts with {o.min_queries}+ prompts in "
+            f"{min(MIN_REQUESTS, o.min_queries)}+ requests"
+        )
     check_null(null, base)
     if null == "auto":
         enough = min(PERIOD_NULL_MIN, len(base.calibration.null)) if base is not None else 0
@@ -504,7 +507,7 @@ class AccountVerdict:
     """One account's outcome of a scan."""
 
     account: str
-    queries: int
+    queries: int  # requests
     score: float
     p_value: float
     p_own: float
@@ -516,6 +519,7 @@ class AccountVerdict:
     scored: bool
     features: dict[str, float]
     tests: list[dict[str, Any]] = field(default_factory=list)  # every test behind ``p_value``, with its null
+    prompts: int = 0  # the prompts its requests asked answers for (a batched completion's each)
 
 
 @dataclass
@@ -593,7 +597,8 @@ def analyse(
     else:
         if len(scored) < 3:
             raise UserError(
-                f"too few accounts with {o.min_queries}+ queries to calibrate on the population; "
+                f"too few accounts with {o.min_queries}+ prompts in {min(MIN_REQUESTS, o.min_queries)}+ "
+                "requests to calibrate on the population; "
                 "give a benign reference (`distillguard monitor calibrate`)"
             )
         cid = {c.id: k for k, c in enumerate(clusters)}
@@ -747,7 +752,10 @@ def analyse(
                 evidence = ce + [s for s in evidence if s not in set(ce)]
         p = combine_min_p(looks_p) if len(looks_p) > 1 else own.p
         if not own.scored and uid is None:
-            reasons = [f"fewer than {o.min_queries} queries: not scored alone"] + reasons
+            reasons = [
+                f"fewer than {o.min_queries} prompts or {min(MIN_REQUESTS, o.min_queries)} requests "
+                f"({st.prompts} prompts in {st.queries}): not scored alone"
+            ] + reasons
         verdicts[a] = AccountVerdict(
             account=a,
             queries=st.queries,
@@ -762,6 +770,7 @@ def analyse(
             scored=own.scored,
             features=st.features,
             tests=tests,
+            prompts=st.prompts,
         )
     analysis = Analysis(verdicts, cluster_verdicts, source, acc.rows, acc.last_seq, weak_verdicts, info)
     if reference is not None and reference.calibration.added:

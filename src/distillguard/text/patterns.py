@@ -18,13 +18,13 @@ COT_REASONING = (
     r"chain[- ]of[- ]thought|show (?:your|all|the) (?:full |complete )?(?:reasoning|work|"
     r"intermediate steps|steps)|(?:walk|talk|take) me through (?:your|the) (?:reasoning|thinking|steps)|"
     r"think (?:through|about) (?:this|it) carefully|"
-    r"(?:your|each|every|all|list|show|include|with)(?: the)? reasoning steps?\b|reason(?:ing)? step-?wise|"
-    r"reason(?:ing)? carefully|lay out your|"
+    r"reasoning[\t\x20]+steps?\b|reason(?:ing)?[\t\x20]+step-?wise\b|reason(?:ing)? carefully|lay out your|"
     # the model's own thinking, every step of it, or a question thought through ("show your thinking",
     # "show every intermediate step of your thinking", "reason it through carefully"); not "show each step
-    # as a card", "never skip steps" (a stepper motor) or "the <think> tags of a model's output"; "your
-    # reasoning steps", not "reason step" or "the reasoning step" ("Step 1: Find the reason\nStep 2",
-    # "Check the reasoning\nStep 2": their spaces are line breaks), nor "skip the reasoning steps"
+    # as a card", "never skip steps" (a stepper motor) or "the <think> tags of a model's output";
+    # "reasoning steps" on one line (its space is written as spaces and tabs, which ``tolerant`` keeps), not
+    # "reason step", nor across a line break ("Step 1: Find the reason\nStep 2", "Check your
+    # reasoning\nStep 2")
     r"show (?:me )?your (?:full |complete )?thinking\b|"
     r"(?:every|each) (?:single |intermediate )?step of your (?:reasoning|thinking|work|solution)\b|"
     r"(?:think|reason) (?:it|this|that) through carefully|"

@@ -32,7 +32,7 @@ from distillguard.splitmix import mix64_np
 
 _COUNTERS = (
     "n",  # requests: the unit of every rate and test (one decision of the client's each)
-    "prompts",  # the prompts they asked answers for: a batched completion's each (its volume)
+    "prompts",  # the prompts they asked answers for, a batched completion's each (the prompt rate)
     "admitted",
     "cot",
     "identity",
@@ -124,7 +124,8 @@ class Profile:
 
     @property
     def queries(self) -> int:
-        """Prompts asked: a batched completion's each (what volume reads)."""
+        """Prompts asked, a batched completion's each: what the prompt rate, the scan's minimum and queries
+        to detection read (every rate and test reads requests, :attr:`n`)."""
         return int(self.counts.get("prompts", self.counts["n"]))
 
 

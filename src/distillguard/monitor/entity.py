@@ -117,7 +117,7 @@ def entity_features(
     """The oriented feature values of :data:`FEATURES` for one entity (``nan`` where undefined)."""
     c = profile.counts
     n = max(c["n"], 1.0)  # requests: the unit of the rates
-    q = max(float(profile.queries), 1.0)  # prompts: a batched completion's each (volume)
+    q = max(float(profile.queries), 1.0)  # prompts, a batched completion's each: the prompt rate
     s = profile.sample
     k = max(len(s), 1)
     active_h = max(c["active_bins"], 1.0) * BIN_SECONDS / 3600.0

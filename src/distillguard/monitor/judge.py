@@ -40,7 +40,7 @@ class EntityState:
     features: dict[str, float]
     evidence: dict[str, list[int]]
     link: LinkInfo  # what account linking needs (``created`` is filled in by the caller)
-    prompts: int = 0  # the prompts they asked answers for: a batched completion's each (volume)
+    prompts: int = 0  # the prompts they asked answers for, a batched completion's each (reported)
 
 
 # Looks at one entity (see :func:`analyse`). A look "shows evidence" at GATE_P: it opens the full profile

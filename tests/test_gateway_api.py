@@ -18,6 +18,8 @@ import uuid
 
 import httpx
 import openai
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from distillguard.cli import main
@@ -27,6 +29,7 @@ from distillguard.gateway.serve import GatewayServer
 from distillguard.gateway.settings import GatewaySettings
 from distillguard.lm.io import load_tokenizer
 from distillguard.lm.tokens import token_bytes_table
+from distillguard.monitor.features import derive, records_to_table
 from distillguard.watermark.detect import detect_ids
 from distillguard.watermark.schemes import WatermarkSpec
 from gateway_server import ADMIN_TOKEN, TEST_WATERMARK_KEY, gateway_settings, start
@@ -129,7 +132,7 @@ def test_logprobs_give_the_exact_bytes_of_a_token_that_is_half_a_character(gw, t
         assert bytes(t.bytes) in table and all(bytes(x.bytes) in table for x in t.top_logprobs)
 
 
-def test_completion_logprobs_offsets_n_and_stop(gw):
+def test_completion_logprobs_offsets_n_and_stop(gw, tmp_path):
     name = account()
     client = gw.openai(gw.create_key(name))
     prompt = "Question: What does json.dumps do?\nAnswer:"
@@ -158,6 +161,15 @@ def test_completion_logprobs_offsets_n_and_stop(gw):
     assert one["choices"] == 3 and batch["choices"] == 4 and batch["prompt"] == "The os module\nThe re module"
     client.completions.create(model="aster", prompt="The os module", max_tokens=2)
     assert "choices" not in records_for(gw, account=name)[-1]  # one answer: nothing to count
+    # the monitor reads the batch's 2 prompts (3 answers to one prompt are one), from the ledger itself and
+    # from its Parquet export
+    ledger = gw.ledger()
+    try:
+        table = pq.read_table(ledger.export_parquet(tmp_path / "export"))
+    finally:
+        ledger.close()
+    exported = derive(table.filter(pc.equal(table["account"], name))).prompts.tolist()
+    assert exported == derive(records_to_table(records_for(gw, account=name))).prompts.tolist() == [1, 2, 1]
 
 
 def test_greedy_is_the_top_logprob_and_seed_is_deterministic(gw):

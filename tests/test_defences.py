@@ -380,7 +380,6 @@ def test_cot_takes_the_reasoning_request_out_of_the_prompt_and_nothing_else():
            "Show me the reasoning steps", "Include intermediate reasoning steps",
            "Reason step-wise.")  # fmt: skip
     assert all(is_cot(t) for t in yes)
-    assert on.prompt("List your reasoning steps. What is 2+2?") == "What is 2+2?"
     assert on.key() != off.key() and on.describe() == {"name": "cot", "strength": 1}
     for bad in (0.5, 2, -1):
         with pytest.raises(UserError, match="cot defence takes 0"):

@@ -1,13 +1,14 @@
-"""A batched completion's prompts are counted (the gateway records its prompts times ``n`` as ``choices``):
-in the prompt rate, the scan's minimum and queries to detection, so a distiller cannot stay unscored or
-slow-looking by batching. Every rate and test stays per request (one decision of the client's each), and
-``n`` answers to one prompt are one prompt."""
+"""A batched completion's prompts are counted (the gateway records its prompts times ``n`` as ``choices``)
+in the scan's minimum and queries to detection: 19 requests of 128 prompts no longer stay unscored (five
+requests are still needed). Every feature, rate and test stays per request (one decision of the client's
+each), and ``n`` answers to one prompt are one prompt."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from distillguard.gateway.request_model import MAX_N
@@ -38,9 +39,15 @@ def test_prompts_are_read_from_choices_over_n_and_are_bounded():
     assert b.prompts.tolist() == [1, 1, 3, 2, MAX_CHOICES, 1, 2, 9]
     acc = accumulate_records(rows)
     assert acc.c["prompts"][0] == 1 + 1 + 3 + 2 + MAX_CHOICES + 1 + 2 + 9 and acc.c["n"][0] == 8
+    # an export written by another tool may space its JSON
+    table = records_to_table(rows[3:4])
+    spaced = table.set_column(
+        table.schema.get_field_index("params"), "params", pa.array(['{"n": 2}'], pa.large_string())
+    )
+    assert derive(spaced).prompts.tolist() == [2]
 
 
-def test_the_rate_counts_prompts_and_everything_else_counts_requests():
+def test_features_count_requests_whatever_their_prompts():
     # ten batched completions of 4 prompts, each batch asking for reasoning; ten single chat prompts with
     # n = 8 answers each, which add volume to nothing: one prompt each
     ask = "Explain step by step how topic {}.{} works."
@@ -52,7 +59,7 @@ def test_the_rate_counts_prompts_and_everything_else_counts_requests():
     feats, _ = features_of(accumulate_records(rows), "a")
     assert feats["log_queries"] == pytest.approx(math.log10(20))
     active_hours = 2 / 6  # two 10-minute bins: seconds 0-599 and 600-670
-    assert feats["log_rate"] == pytest.approx(math.log10(50 / active_hours))
+    assert feats["log_rate"] == pytest.approx(math.log10(20 / active_hours))
     assert feats["cot_rate"] == pytest.approx(10 / (20 + 20))  # 10 of 20 requests, whatever their size
     assert feats["novelty"] == pytest.approx(1.0, abs=0.05)  # twenty distinct texts in twenty requests
 

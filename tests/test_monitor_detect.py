@@ -253,6 +253,7 @@ def test_request_patterns_read_what_the_model_reads_however_it_is_spaced_or_enco
            "Show every intermediate step of your thinking, numbered.", "Show your thinking.",
            "How does zip work? Reason it through carefully.", "Think it through carefully",
            "List each single step of your solution", "Show me the reasoning steps.", "Reason stepwise.",
+           "Show the reasoning\tsteps.", "Reason step-wise.",
            # letters of other scripts drawn like Latin ones (Cyrillic, Greek, Armenian), also behind
            # invisible characters
            "Think st\u0435p by st\u0435p", "\u03a4hink step by step",
@@ -277,14 +278,15 @@ def test_request_patterns_read_what_the_model_reads_however_it_is_spaced_or_enco
                "How do I strip the <think> tags from R1's output?", "Our wizard should show each step",
                "Can you show the thinking behind Keynesian economics?", "Update it with each step",
                "Step 1: Find the reason\nStep 2: Fix it", "Step 1: Check your reasoning\nStep 2: Fix it",
+               "The reason step 2 fails is a typo.",
                # Russian and Greek words read as Latin-looking nonsense, which no pattern matches
                "\u041a\u0442\u043e \u0442\u0435\u0431\u044f \u0441\u043e\u0437\u0434\u0430\u043b?",
                "\u03a0\u03bf\u03b9\u03bf\u03c2 \u03c3\u03b5 \u03ad\u03ba\u03b1\u03bd\u03b5;"]  # fmt: skip
     texts = cot + identity + neither
     b = derive(records_to_table([rec(i, T0 + i, "a", t) for i, t in enumerate(texts)]))
-    assert b.cot.tolist() == [is_cot(t) for t in texts] == [True] * len(cot) + [False] * 23
+    assert b.cot.tolist() == [is_cot(t) for t in texts] == [True] * len(cot) + [False] * 24
     assert b.identity.tolist() == [is_identity(t) for t in texts]
-    assert b.identity.tolist() == [False] * len(cot) + [True] * 5 + [False] * 18
+    assert b.identity.tolist() == [False] * len(cot) + [True] * 5 + [False] * 19
     # where the engines differ unless told (Unicode word boundaries, "$" before a final line break)
     edge = [
         "\u8bf7explain your reasoning:",

@@ -21,7 +21,7 @@ from distillguard.monitor.detectors import Calibration, RateNull
 from distillguard.monitor.jobs import reference_base
 from distillguard.monitor.reference import MIN_OWN_ACCOUNTS, Reference
 from distillguard.monitor.report import report_json
-from distillguard.monitor.scan import _no_lower, analyse, build_reference
+from distillguard.monitor.scan import _no_lower, analyse, build_reference, scorable
 from distillguard.monitor.shipped import VERSION, load_shipped_reference
 from test_monitor_campaign import OPTS, accumulate, by_persona, flagged, population
 from test_monitor_campaign import mixed as mixed  # a fixture
@@ -118,7 +118,7 @@ def test_a_period_added_to_the_shipped_reference_flags_the_campaign_not_the_harn
     assert not info["trust"].startswith("low")
     thin = report_json(analyse(acc, replace_meta(ref, accounts=8), options=OPTS, created=created), {})
     assert thin["reference"]["trust"].startswith("low: fitted on only 8 accounts")
-    few = [a for a in sorted(bacc.index) if bacc.c["n"][bacc.index[a]] >= OPTS.min_queries][:6]
+    few = [a for a in sorted(bacc.index) if scorable(bacc, a, OPTS.min_queries)][:6]
     small = build_reference(bacc, OPTS, benign=few, created=bcreated, base=shipped, null="period")
     assert small.meta["accounts"] == 6 and "calibrate on a longer" in small.meta["warning"]
     nulls = {t["null"] for v in analysis.accounts.values() for t in v.tests if "null" in t}

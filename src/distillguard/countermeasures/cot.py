@@ -35,8 +35,7 @@ _SPAN = re.compile(
 _FILLER_TEXT = """
     a after all always an and answer answering answers as be before below break briefly careful carefully
     clear clearly complete describe detail detailed down each every explain explanation final first
-    following full give giving go here in include intermediate into it its lay let let's lets list me now
-    of out outline please problem provide
+    following full give giving go here in into it its lay let let's lets me now of out please problem
     question reason reasoning respond response share show showing so solve spell step steps sure take talk
     the then think thinking this through thoroughly to us use walk with work working write you your yourself
 """

@@ -32,7 +32,7 @@ from distillguard.splitmix import mix64_np
 
 _COUNTERS = (
     "n",  # requests: the unit of every rate and test (one decision of the client's each)
-    "prompts",  # the prompts they asked answers for, a batched completion's each (the prompt rate)
+    "prompts",  # the prompts they asked answers for, a batched completion's each (the scan's minimum)
     "admitted",
     "cot",
     "identity",
@@ -123,9 +123,9 @@ class Profile:
         return int(self.counts["n"])
 
     @property
-    def queries(self) -> int:
-        """Prompts asked, a batched completion's each: what the prompt rate, the scan's minimum and queries
-        to detection read (every rate and test reads requests, :attr:`n`)."""
+    def prompts(self) -> int:
+        """Prompts asked, a batched completion's each: what the scan's minimum and queries to detection read
+        (every feature reads requests, :attr:`n`)."""
         return int(self.counts.get("prompts", self.counts["n"]))
 
 
@@ -523,7 +523,7 @@ class FeatureAccumulator:
         )
 
     def account_rows(self) -> dict[str, int]:
-        """Queries per account so far."""
+        """Queries (requests) per account so far."""
         return {name: int(self.c["n"][i]) for i, name in enumerate(self.accounts)}
 
     # -- persistence (monitor follow) -------------------------------------------------------------------

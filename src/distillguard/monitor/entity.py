@@ -116,8 +116,7 @@ def entity_features(
 ) -> dict[str, float]:
     """The oriented feature values of :data:`FEATURES` for one entity (``nan`` where undefined)."""
     c = profile.counts
-    n = max(c["n"], 1.0)  # requests: the unit of the rates
-    q = max(float(profile.queries), 1.0)  # prompts, a batched completion's each: the prompt rate
+    n = max(c["n"], 1.0)  # requests: the unit of every feature (a batch's prompts count where it is scored)
     s = profile.sample
     k = max(len(s), 1)
     active_h = max(c["active_bins"], 1.0) * BIN_SECONDS / 3600.0
@@ -132,7 +131,7 @@ def entity_features(
     scale = n / k
     return {
         "log_queries": math.log10(n),
-        "log_rate": math.log10(q / active_h),
+        "log_rate": math.log10(n / active_h),
         "duty_cycle": (c["active_bins"] / profile.span_bins) if profile.span_bins >= 6 else float("nan"),
         "regularity": regularity,
         "novelty": min(1.0, profile.distinct / n) if n >= 5 else float("nan"),

@@ -70,16 +70,15 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec(
         "log_queries",
         0.15,
-        "log10 of the number of queries (requests: the unit of every rate and test). Distillation needs "
-        "volume; alone it is weak (batch customers are bigger), so it only counts together with what the "
-        "volume is spent on.",
+        "log10 of the number of queries (requests: a batch of prompts is one). Distillation needs volume; "
+        "alone it is weak (batch customers are bigger), so it only counts together with what the volume is "
+        "spent on.",
     ),
     FeatureSpec(
         "log_rate",
         0.15,
-        "log10 of prompts per active hour (a batched completion's each: the gateway records them as "
-        "choices). Scripts and parallel workers ask far faster than a person reading answers; a batch job "
-        "is fast too, but on narrow content.",
+        "log10 of queries per active hour. Scripts and parallel workers ask far faster than a person "
+        "reading answers; a batch job is fast too, but on narrow content.",
     ),
     FeatureSpec(
         "duty_cycle",
@@ -189,8 +188,8 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 # read in the whole prompt, not only its first and last 400 characters, and request patterns read however
 # the text is spaced or encoded; logprobs 0 counted; a completion's prompt read whole; 5, reasoning requests
 # that ask for the model's thinking, every step of it, or a question thought through, and request patterns
-# read with Cyrillic, Greek and Armenian letters that look Latin as the Latin ones; 6, the rate counts a
-# batched completion's prompts, and "reasoning steps" is a reasoning request on one line only.
+# read with Cyrillic, Greek and Armenian letters that look Latin as the Latin ones; 6, "reasoning steps" is
+# a reasoning request on one line only.
 FEATURE_REVISION = 6
 REVISION_NOTES = {
     2: "network churn is now estimated past the 256 prefixes kept per account (an account on more networks "
@@ -208,9 +207,8 @@ REVISION_NOTES = {
     "thinking', 'every intermediate step of your reasoning') and for a question to be thought through "
     "('reason it through carefully'); reasoning requests and identity questions are read with Cyrillic, "
     "Greek and Armenian letters that look Latin as the Latin ones",
-    6: "log_rate counts each prompt of a batched completion (128 prompts in one request read as 128, not "
-    "one); 'reasoning step(s)' is a reasoning request on one line only, and 'reason step' is none (a "
-    "list's 'Find the reason' or 'Check your reasoning' before 'Step 2' on the next line was one)",
+    6: "'reasoning step(s)' is a reasoning request on one line only, and 'reason step' is none (a list's "
+    "'Find the reason' or 'Check your reasoning' before 'Step 2' on the next line was one)",
 }
 # networks an account uses without churning: a person's home, office and phone carrier, each carrying at
 # least this share of its requests
@@ -258,9 +256,9 @@ _SHORT_GEN_RE = r'"max_(?:completion_)?tokens":[1-7][,}]'
 # the most answers one request can get (the gateway's MAX_N: prompts times ``n``); a record claiming more
 # (a Parquet export is not necessarily ours) counts as this many
 MAX_CHOICES = 128
-# ``n`` in canonical params JSON (sorted keys, no spaces: a key starts after "{" or ","; a string's quotes
-# are escaped): the answers asked for each prompt
-_N_RE = r'(?:^|[{,])"n":(?P<n>[0-9]{1,6})[,}]'
+# ``n`` in params JSON (a key starts after "{" or ","; a string's quotes are escaped; the gateway writes no
+# spaces, another exporter may): the answers asked for each prompt
+_N_RE = r'(?:^|[{,])\s*"n"\s*:\s*(?P<n>[0-9]{1,6})\s*[,}]'
 
 _STOPWORD_TEXT = """
 a about above after again against all am an and any are as at be because been before being below
@@ -625,7 +623,7 @@ def derive(table: pa.Table | pa.RecordBatch) -> QueryBatch:
     """Vectorised per-query columns (flags, hashes, group indices) of a ledger table or record batch.
 
     Needs ``seq``, ``ts``, ``account`` and ``prompt``; ``params`` (canonical JSON), ``client_ip``,
-    ``key_id``, ``decision`` and token counts are used when present.
+    ``key_id``, ``decision``, ``choices`` and token counts are used when present.
     """
     table, _ = counted_rows(table)
     account = _column(table, "account", pa.string())

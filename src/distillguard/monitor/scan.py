@@ -83,7 +83,8 @@ class ScanOptions:
     """Knobs of one analysis (defaults are what the tests, eval and benchmarks use)."""
 
     sample_size: int = 256  # sampled queries per account for text geometry
-    min_queries: int = 20  # fewer: reported, never scored alone (a cluster still can be)
+    # fewer prompts (or MIN_REQUESTS requests): reported, never scored alone (a cluster still can be)
+    min_queries: int = 20
     dim: int = 512  # hashed embedding dimension
     k_reference: int = 1  # nearest benign profile against a benign reference
     k_population: int = 3  # against the population: three accounts must vouch
@@ -323,7 +324,7 @@ class Analyzer:
             if math.isfinite(prof.first_ts) and math.isfinite(prof.last_ts)
             else 0.0,
         )
-        return EntityState(accounts, prof.n, feats, evidence_seqs(prof, geo), link, prompts=prof.queries)
+        return EntityState(accounts, prof.n, feats, evidence_seqs(prof, geo), link, prompts=prof.prompts)
 
     def accounts(
         self,

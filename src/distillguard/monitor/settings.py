@@ -35,7 +35,7 @@ class MonitorSettings:
     # (reference.REFERENCE_NULLS, scan.build_reference)
     calibrate_null: str = "auto"
     sample_size: int | None = None  # sampled queries per account (None: ScanOptions' default)
-    min_queries: int | None = None  # fewer: reported, never scored alone (None: ScanOptions' default)
+    min_queries: int | None = None  # fewer prompts: reported, never scored alone (None: ScanOptions')
     engine: str = "local"  # where the feature pass runs (monitor.engine.ENGINES, checked when opened)
     ray_address: str | None = None  # the ray engine's cluster (None: RAY_ADDRESS, else a local instance)
     slice_rows: int | None = None  # rows per task of a distributed pass (None: the engine's default)

@@ -1,5 +1,5 @@
 """A batched completion's prompts are counted (the gateway records its prompts times ``n`` as ``choices``)
-in the scan's minimum and queries to detection: 19 requests of 128 prompts no longer stay unscored (five
+in the scan's minimum and queries to detection: 19 requests of 128 prompts no longer stay unscored (ten
 requests are still needed). Every feature, rate and test stays per request (one decision of the client's
 each), and ``n`` answers to one prompt are one prompt."""
 
@@ -96,4 +96,4 @@ def test_a_harvester_that_batches_its_prompts_is_scored_and_flagged():
     # one request is one decision however many prompts it holds: 60 prompts in 3 requests are not scored
     few = analyse(accumulate_records(_batched(base, record_choices=True, size=20)), options=opts)
     assert few.accounts["harvester"].prompts == 60 and not few.accounts["harvester"].scored
-    assert "fewer than 20 prompts or 5 requests (60 prompts in 3)" in few.accounts["harvester"].reasons[0]
+    assert "fewer than 20 prompts or 10 requests (60 prompts in 3)" in few.accounts["harvester"].reasons[0]

@@ -399,8 +399,9 @@ class Analyzer:
 
 
 # requests an account needs besides ``min_queries`` prompts: one batched completion of 128 prompts is one
-# decision of the client's timing, parameters and text, not 128
-MIN_REQUESTS = 5
+# decision of the client's timing, parameters and text, not 128. Half the minimum of unbatched traffic: its
+# timing, flags and rates are read per request, from half the requests the reference's accounts have
+MIN_REQUESTS = 10
 
 
 def scorable(acc: FeatureAccumulator, account: str, min_queries: int) -> bool:

@@ -126,7 +126,7 @@ class Profile:
     def prompts(self) -> int:
         """Prompts asked, a batched completion's each: what the scan's minimum and queries to detection read
         (every feature reads requests, :attr:`n`)."""
-        return int(self.counts.get("prompts", self.counts["n"]))
+        return int(self.counts["prompts"])
 
 
 class FeatureAccumulator:

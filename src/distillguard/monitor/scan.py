@@ -404,11 +404,16 @@ class Analyzer:
 MIN_REQUESTS = 10
 
 
+def min_requests(min_queries: int) -> int:
+    """The requests an account needs to be scored alone: MIN_REQUESTS, or ``min_queries`` when fewer."""
+    return min(MIN_REQUESTS, min_queries)
+
+
 def scorable(acc: FeatureAccumulator, account: str, min_queries: int) -> bool:
     """Whether ``account`` has asked enough to be scored alone: ``min_queries`` prompts (a batched
-    completion's each) in at least MIN_REQUESTS requests (or ``min_queries``, when fewer)."""
+    completion's each) in at least :func:`min_requests` requests."""
     i = acc.index[account]
-    return bool(acc.c["prompts"][i] >= min_queries and acc.c["n"][i] >= min(MIN_REQUESTS, min_queries))
+    return bool(acc.c["prompts"][i] >= min_queries and acc.c["n"][i] >= min_requests(min_queries))
 
 
 def _clusters(
@@ -466,7 +471,7 @@ def build_reference(
     if len(names) < 3:
         raise UserError(
             f"a benign reference needs at least 3 accounts with {o.min_queries}+ prompts in "
-            f"{min(MIN_REQUESTS, o.min_queries)}+ requests"
+            f"{min_requests(o.min_queries)}+ requests"
         )
     check_null(null, base)
     if null == "auto":
@@ -599,7 +604,7 @@ def analyse(
     else:
         if len(scored) < 3:
             raise UserError(
-                f"too few accounts with {o.min_queries}+ prompts in {min(MIN_REQUESTS, o.min_queries)}+ "
+                f"too few accounts with {o.min_queries}+ prompts in {min_requests(o.min_queries)}+ "
                 "requests to calibrate on the population; "
                 "give a benign reference (`distillguard monitor calibrate`)"
             )
@@ -755,7 +760,7 @@ def analyse(
         p = combine_min_p(looks_p) if len(looks_p) > 1 else own.p
         if not own.scored and uid is None:
             reasons = [
-                f"fewer than {o.min_queries} prompts or {min(MIN_REQUESTS, o.min_queries)} requests "
+                f"fewer than {o.min_queries} prompts or {min_requests(o.min_queries)} requests "
                 f"({st.prompts} prompts in {st.queries}): not scored alone"
             ] + reasons
         verdicts[a] = AccountVerdict(

@@ -213,7 +213,7 @@ _UNITS = {f.name: f.unit for f in FEATURES}
 #   only when something else about the entity corroborates it (breadth, evasion or a linked campaign). It
 #   also enters the joint intent look below, where reasoning requests beyond every benign profile can open
 #   the profile look by themselves (how a chain-of-thought benchmark harness was flagged in held-out
-#   traffic: see README).
+#   traffic: see docs/heldout.md).
 # - Breadth (coverage of the capability space) and evasion (rotating networks) corroborate elicitation.
 #   Novelty and paraphrase do not: one benchmark run never repeats an item, and templated multiple-choice
 #   items or support FAQs read as paraphrases of each other.

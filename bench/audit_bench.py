@@ -24,7 +24,8 @@ prompts, ``--budget`` queries, sequential stop at p <= 1e-8; read as top-1 tuple
 logprobs returned with them, the mass way: ``closed_mass``) and open mode in the four readings (plain,
 watermarked, first-occurrence, mass), Holm-corrected together. With ``--keep-students``,
 ``audit_retention.py --work DIR`` then measures what each student kept of the key. A student that trains
-for hours (rho 1% with a million of our tokens: about 254k steps) can be trained over several runs:
+for hours (rho 1% with a million of our tokens: about 143k steps over the 66M tokens this machine's
+Python sources allow, two hours on 2 cores) can be trained over several runs:
 ``--checkpoint-every N --work DIR`` saves its training state every N steps in DIR, and the same command
 run again resumes it where it stopped (model, optimiser, data order and RNGs). Goal (issue): rho = 1%
 detected at p < 1e-6 in the closed mode within 200k scored tokens (<= 5k queries) and in the open mode, with 0

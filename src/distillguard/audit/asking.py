@@ -1,6 +1,8 @@
 """The models an audit asks questions: the suspect, our own model and the controls, each a local Hugging
-Face directory or an OpenAI-compatible URL (:class:`Asked`), and the seeded prompt streams they are asked
-from. This is the audit's one I/O seam to models; :mod:`.runner` and :mod:`.modes` use it.
+Face directory or an OpenAI-compatible URL, opened and queried through :class:`Asked` (the readings in
+:mod:`.modes` also run forward passes on a local model's weights). Also here: the checks on the targets
+(each control once, never the suspect; distinct labels), the seeded prompt streams the models are asked
+from, and :class:`Log`, the audit's progress lines on stderr.
 """
 
 from __future__ import annotations

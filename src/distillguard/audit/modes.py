@@ -1,7 +1,10 @@
-"""The radioactivity readings of an audit: our own watermarked texts, the closed mode (the suspect's
-answers to probes, read as top-1 tuples and, with served logprobs, the mass way) and the open mode's
-readings of local weights. Each returns a :class:`~distillguard.audit.verdict.TestResult` for the Holm
-family; :func:`~distillguard.audit.runner.run_audit` decides which run and in what order.
+"""The radioactivity readings of an audit: the closed mode (the suspect's answers to probes, read as top-1
+tuples and, with served logprobs, the mass way) and the open mode's readings of local weights.
+
+The readings return their :class:`~distillguard.audit.verdict.TestResult` (one, or a list for the served
+reading) with the series and decoy scores the report plots; :func:`own_texts` makes our watermarked or
+plain texts that the filter and the open readings read; :func:`logprob_support` asks a URL suspect whether
+it serves top logprobs. :func:`~distillguard.audit.runner.run_audit` decides which run and in what order.
 """
 
 from __future__ import annotations

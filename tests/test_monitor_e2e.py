@@ -137,8 +137,8 @@ def test_attackers_end_restricted_or_suspended_and_customers_stay_normal(
             Path(os.environ["E2E_DEBUG"] + ".json").write_text(json.dumps(doc, indent=1))
         # a plain-answer collector of a few hundred diverse questions in one burst, alone and asking for
         # nothing else, is what a team's one-off benchmark run looks like (a benign kind of the shipped
-        # reference since sim-7), so it is not required to move (docs/heldout.md, "Later still on 2026-12-06");
-        # every other attacker is
+        # reference since sim-7), so it is not required to move (docs/heldout.md, "Later still on
+        # 2026-12-06"); every other attacker is
         (collector,) = (a for a in rows if labels[a]["persona"] == "coverage")
         for a, row in rows.items():
             if a == collector:

@@ -380,6 +380,11 @@ def test_cot_takes_the_reasoning_request_out_of_the_prompt_and_nothing_else():
            "Show me the reasoning steps", "Include intermediate reasoning steps",
            "Reason step-wise.")  # fmt: skip
     assert all(is_cot(t) for t in yes)
+    # each request is taken out and the question kept (a word left beside it, "List your.", may stay)
+    for t in yes:
+        stripped = on.prompt(f"{t} What is 2+2?")
+        assert not is_cot(stripped) and stripped.endswith("What is 2+2?")
+    assert on.prompt("Show me the reasoning steps. What is 2+2?") == "What is 2+2?"
     assert on.key() != off.key() and on.describe() == {"name": "cot", "strength": 1}
     for bad in (0.5, 2, -1):
         with pytest.raises(UserError, match="cot defence takes 0"):
